@@ -1,0 +1,201 @@
+"""Fusion: per-field vectors -> one vector whose inner product is the weighted sum of cosines.
+
+Each field vector is L2-normalised, scaled by sqrt(weight) and concatenated, so for two products
+``fused(a) . fused(b) = sum_f w_f * cos_f(a, b)`` exactly, and every neighbour's score splits into
+per-field contributions. Weights are normalised to sum to 1, so scores lie in [-1, 1].
+
+Missing fields (no image, no price, no brand, ...) encode as a zero segment: that field then
+contributes 0 to every score of that product, never a made-up similarity. Scores therefore stay
+comparable across products; a product with fewer fields simply has a lower ceiling.
+
+Change-aware: a field whose content hash is unchanged since the stored version is not re-encoded;
+its segment is copied out of the stored fused vector (segment / sqrt(w) recovers the field vector).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import orjson
+import torch
+
+from encoders.device import configure_threads
+from encoders.image import ImageEncoder
+from encoders.image_source import ImageSource
+from encoders.lexical import MpnEncoder, TitleLexicalEncoder
+from encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
+from encoders.text import TextEncoder, clean_text
+from streams.contracts import ProductEvent
+from streams.errors import EncodeError
+from streams.settings import Settings
+
+FUSION_VERSION = "fusion-v1"
+FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")
+
+
+def text_of(p: ProductEvent) -> str:
+    """What the text encoder reads: title, brand and the start of the description."""
+    parts = [p.title, p.brand or "", clean_text(p.description)[:500]]
+    return " . ".join(x for x in parts if x)
+
+
+def field_content(p: ProductEvent, name: str) -> str | float | None:
+    """The raw content of one field, for hashing (change detection)."""
+    return {
+        "text": text_of(p), "title_lexical": p.title, "mpn": p.mpn, "brand": p.brand,
+        "category": p.category, "price": p.price, "image": p.image_b64 or p.image_url,
+    }[name]
+
+
+def content_hash(value: object) -> str:
+    return hashlib.blake2b(orjson.dumps(value), digest_size=8).hexdigest()
+
+
+def load_weights(settings: Settings) -> dict[str, float]:
+    """Weights from the learned fusion config when one is set, else from settings; sum to 1."""
+    weights = dict(settings.weights)
+    if settings.fusion_config:
+        weights.update(orjson.loads(Path(settings.fusion_config).read_bytes())["weights"])
+    if not settings.image_enabled:
+        weights["image"] = 0.0
+    total = sum(weights.get(f, 0.0) for f in FIELDS)
+    return {f: weights.get(f, 0.0) / total for f in FIELDS}
+
+
+@dataclass
+class EncodedBatch:
+    """Result of encoding a batch: rows for the successes, errors for the rest."""
+
+    products: list[ProductEvent] = field(default_factory=list)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    hashes: list[dict[str, str]] = field(default_factory=list)
+    failures: list[tuple[ProductEvent, EncodeError]] = field(default_factory=list)
+    encoded_fields: dict[str, int] = field(default_factory=dict)  # field -> items actually encoded
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class ProductEncoder:
+    """All field encoders plus fusion behind one ``encode(products)`` call.
+
+    Example:
+        >>> enc = ProductEncoder(Settings())
+        >>> enc.encode([event]).vectors.shape
+        (1, enc.dim)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        configure_threads(settings.torch_threads)
+        self.settings = settings
+        self.weights = load_weights(settings)
+        self.text = TextEncoder(settings.text_model, device=settings.device, max_tokens=settings.text_max_tokens)
+        self.image = ImageEncoder(device=settings.device) if self.weights["image"] > 0 else None
+        self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
+                                  max_bytes=settings.image_max_bytes)
+        self.title_lexical = TitleLexicalEncoder()
+        self.mpn = MpnEncoder()
+        self.brand = BrandEncoder()
+        self.category = CategoryEncoder()
+        self.price = PriceEncoder()
+        dims = {
+            "text": self.text.dim, "title_lexical": self.title_lexical.dim, "mpn": self.mpn.dim,
+            "image": self.image.dim if self.image else 1280, "brand": self.brand.dim,
+            "category": self.category.dim, "price": self.price.dim,
+        }
+        self.layout: dict[str, slice] = {}
+        start = 0
+        for name in FIELDS:
+            self.layout[name] = slice(start, start + dims[name])
+            start += dims[name]
+        self.dim = start
+        self.scale = {f: math.sqrt(w) for f, w in self.weights.items()}
+        weights_tag = content_hash([round(self.weights[f], 6) for f in FIELDS])[:8]
+        self.model = f"{self.text.name}+{ImageEncoder.name}+{FUSION_VERSION}:{weights_tag}"
+        self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="image-fetch")
+
+    def warm_up(self) -> None:
+        """Run one tiny batch so the first real batch does not pay for lazy initialisation."""
+        self.text.encode(["warm up"])
+        if self.image is not None:
+            self.image.encode_tensors([torch.zeros(3, 224, 224)])
+
+    def encode(self, products: Sequence[ProductEvent],
+               stored: Mapping[str, tuple[np.ndarray, dict[str, str]]] | None = None) -> EncodedBatch:
+        """Encode upserts. ``stored`` maps product_id -> (fused vector, field hashes) of the
+        indexed version, so unchanged fields are reused instead of re-encoded."""
+        import time
+
+        stored = stored or {}
+        n = len(products)
+        hashes = [{f: content_hash(field_content(p, f)) for f in FIELDS} for p in products]
+        fused = np.zeros((n, self.dim), dtype=np.float32)
+        reuse = np.zeros((n, len(FIELDS)), dtype=bool)
+        for i, p in enumerate(products):
+            old = stored.get(p.product_id)
+            if old is None:
+                continue
+            for j, f in enumerate(FIELDS):
+                if old[1].get(f) == hashes[i][f] and self.weights[f] > 0:
+                    fused[i, self.layout[f]] = old[0][self.layout[f]]
+                    reuse[i, j] = True
+        failed: dict[int, EncodeError] = {}
+        batch = EncodedBatch()
+        encoders: dict[str, Callable[[list[ProductEvent]], np.ndarray]] = {
+            "text": lambda ps: self.text.encode([text_of(p) for p in ps], batch_size=self.settings.batch_size),
+            "title_lexical": lambda ps: self.title_lexical.encode([p.title for p in ps]),
+            "mpn": lambda ps: self.mpn.encode([p.mpn for p in ps]),
+            "brand": lambda ps: self.brand.encode([p.brand for p in ps]),
+            "category": lambda ps: self.category.encode([p.category for p in ps]),
+            "price": lambda ps: self.price.encode([p.price for p in ps]),
+        }
+        for j, f in enumerate(FIELDS):
+            if self.weights[f] <= 0:
+                continue
+            todo = [i for i in range(n) if not reuse[i, j]]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            if f == "image":
+                vecs = self._encode_images([products[i] for i in todo], todo, failed)
+            else:
+                vecs = encoders[f]([products[i] for i in todo])
+            fused[todo, self.layout[f]] = vecs * self.scale[f]
+            batch.seconds[f] = time.perf_counter() - t0
+            batch.encoded_fields[f] = len(todo)
+        keep = [i for i in range(n) if i not in failed]
+        batch.products = [products[i] for i in keep]
+        batch.vectors = fused[keep]
+        batch.hashes = [hashes[i] for i in keep]
+        batch.failures = [(products[i], exc) for i, exc in failed.items()]
+        return batch
+
+    def _encode_images(self, products: list[ProductEvent], positions: list[int],
+                       failed: dict[int, EncodeError]) -> np.ndarray:
+        """Fetch and decode on CPU threads (one bad image fails only its product), then encode."""
+        assert self.image is not None
+        out = np.zeros((len(products), self.image.dim), dtype=np.float32)
+
+        def load(p: ProductEvent) -> torch.Tensor | None | EncodeError:
+            try:
+                data = self.images.fetch(p.image_url, p.image_b64)
+                return None if data is None else self.image.preprocess(data)  # type: ignore[union-attr]
+            except EncodeError as exc:
+                return exc
+
+        loaded = list(self._fetch_pool.map(load, products))
+        ok = [k for k, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
+        for k, t in enumerate(loaded):
+            if isinstance(t, EncodeError):
+                failed[positions[k]] = t
+        if ok:
+            out[ok] = self.image.encode_tensors([loaded[k] for k in ok], batch_size=self.settings.batch_size)  # type: ignore[misc]
+        return out
+
+    def field_scores(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        """Per-field contributions to a . b (they sum to the score)."""
+        return {f: round(float(a[s] @ b[s]), 6) for f, s in self.layout.items() if self.weights[f] > 0}

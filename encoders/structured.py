@@ -1,0 +1,78 @@
+"""Structured fields: price on a log scale, brand, and the category path."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+from sklearn.feature_extraction.text import HashingVectorizer
+
+_CORPORATE = re.compile(r"\b(inc|incorporated|ltd|llc|co|corp|corporation|gmbh|ag|sa|plc|company)\b")
+_NOT_WORD = re.compile(r"[^0-9a-z]+")
+
+
+class PriceEncoder:
+    """Gaussian bumps over log10(price): cosine(a, b) falls smoothly with the price *ratio*.
+
+    Two prices a factor r apart score about exp(-(log10 r)^2 / (4 sigma^2)); 10 % apart ~0.99,
+    2x apart ~0.63, 10x apart ~0. Missing or non-positive price -> zero vector (contributes 0).
+    """
+
+    name = "price_logrbf"
+
+    def __init__(self, dim: int = 32, low: float = -1.0, high: float = 5.5, sigma: float = 0.2) -> None:
+        self.dim = dim
+        self.centers = np.linspace(low, high, dim, dtype=np.float64)
+        self.sigma = sigma
+
+    def encode(self, prices: Sequence[float | None]) -> np.ndarray:
+        out = np.zeros((len(prices), self.dim), dtype=np.float32)
+        for i, price in enumerate(prices):
+            if price is None or not math.isfinite(price) or price <= 0:
+                continue
+            bumps = np.exp(-((math.log10(price) - self.centers) ** 2) / (2 * self.sigma**2))
+            out[i] = bumps / np.linalg.norm(bumps)
+        return out
+
+
+def normalize_brand(brand: str | None) -> str:
+    """'Sony Corp.' and 'SONY' are the same brand."""
+    text = _CORPORATE.sub(" ", (brand or "").lower())
+    return _NOT_WORD.sub("", text)
+
+
+class BrandEncoder:
+    """The normalised brand hashed to one slot: same brand -> 1, different -> 0 (rare collisions)."""
+
+    name = "brand_hash"
+
+    def __init__(self, dim: int = 128) -> None:
+        self.dim = dim
+        self._vectorizer = HashingVectorizer(analyzer=lambda s: [s] if s else [], n_features=dim,
+                                             alternate_sign=False, norm="l2")
+
+    def encode(self, brands: Sequence[str | None]) -> np.ndarray:
+        return self._vectorizer.transform([normalize_brand(b) for b in brands]).toarray().astype(np.float32)
+
+
+def category_prefixes(path: str | None) -> list[str]:
+    """'A > B > C' -> ['a', 'a>b', 'a>b>c']: siblings share every token of their parent."""
+    parts = [p.strip().lower() for p in re.split(r"[>/|]", path or "") if p.strip()]
+    return [">".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+class CategoryEncoder:
+    """Hierarchical category: one hashed token per path prefix, so siblings at depth 3 score 2/3,
+    a parent and its child 2/sqrt(6), unrelated top-level categories 0."""
+
+    name = "category_prefix_hash"
+
+    def __init__(self, dim: int = 128) -> None:
+        self.dim = dim
+        self._vectorizer = HashingVectorizer(analyzer=category_prefixes, n_features=dim,
+                                             alternate_sign=False, norm="l2")
+
+    def encode(self, categories: Sequence[str | None]) -> np.ndarray:
+        return self._vectorizer.transform([c or "" for c in categories]).toarray().astype(np.float32)

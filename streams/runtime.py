@@ -1,0 +1,36 @@
+"""Wiring: settings -> encoder, store, steps, Faust worker. One place builds the object graph."""
+
+from __future__ import annotations
+
+from encoders.fusion import ProductEncoder
+from index.neighbours import ListBuilder
+from index.store import VectorStore
+from streams.app import Worker
+from streams.logs import get_logger
+from streams.pipeline import Ingestor, Refresher
+from streams.settings import Settings
+
+log = get_logger(__name__)
+
+
+def open_store(settings: Settings, dim: int) -> VectorStore:
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
+                               flush_every_rows=settings.flush_every_rows)
+
+
+def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tuple[ProductEncoder, VectorStore, Ingestor, Refresher]:
+    encoder = encoder or ProductEncoder(settings)
+    store = open_store(settings, encoder.dim)
+    ingestor = Ingestor(store, encoder, candidate_pool=settings.candidate_pool,
+                        tombstone_retention_s=settings.tombstone_retention_s)
+    refresher = Refresher(store, ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model))
+    return encoder, store, ingestor, refresher
+
+
+def build_worker(settings: Settings) -> Worker:
+    encoder, store, ingestor, refresher = build_steps(settings)
+    encoder.warm_up()
+    log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
+             weights=encoder.weights)
+    return Worker(settings, store, ingestor, refresher)

@@ -1,0 +1,110 @@
+"""Static checks of deploy/Dockerfile (no Docker engine is needed or used).
+
+They keep the image consistent with the Kubernetes manifests: same uid, same
+entrypoint/args, offline model loading, read-only-root friendly paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str, int]]:
+    """(INSTRUCTION, arguments, stage index) with line continuations joined."""
+    out: list[tuple[str, str, int]] = []
+    stage = -1
+    buf = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue  # comment inside a continued instruction
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        full = (buf + line).strip()
+        buf = ""
+        word, _, args = full.partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            stage += 1
+        out.append((word, args.strip(), stage))
+    assert not buf, "Dockerfile ends inside a line continuation"
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    ins = instructions()
+    last = max(s for _, _, s in ins)
+    return [(w, a) for w, a, s in ins if s == last]
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, args in stage:
+        if word == "ENV":
+            for key, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", args):
+                env[key] = value
+    return env
+
+
+def test_multi_stage():
+    stages = [a for w, a, _ in instructions() if w == "FROM"]
+    assert len(stages) >= 2
+    assert any(" AS builder" in s or " as builder" in s for s in stages)
+    copies = [a for w, a in final_stage() if w == "COPY"]
+    assert any(a.startswith("--from=builder") for a in copies), "runtime must copy from the builder"
+
+
+def test_runs_as_uid_10001_matching_the_deployment():
+    users = [a for w, a in final_stage() if w == "USER"]
+    assert users, "no USER in the runtime stage"
+    uid = users[-1].split(":")[0]
+    deployment = yaml.safe_load((REPO / "deploy/k8s/base/deployment.yaml").read_text())
+    run_as = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert uid == str(run_as) == "10001"
+
+
+def test_entrypoint_and_cmd():
+    stage = final_stage()
+    entry = [json.loads(a) for w, a in stage if w == "ENTRYPOINT"]
+    cmd = [json.loads(a) for w, a in stage if w == "CMD"]
+    assert entry and entry[-1] == ["simstream"]
+    assert cmd and cmd[-1] == ["worker"]
+
+
+def test_offline_and_read_only_root_friendly():
+    env = env_of(final_stage())
+    assert env.get("HF_HUB_OFFLINE") == "1"
+    assert env.get("TRANSFORMERS_OFFLINE") == "1"
+    assert env.get("SIMSTREAM_DATA_DIR") == "/var/lib/simstream"
+    for key in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_HOME"):
+        assert key in env, key
+        assert env[key].startswith(("/tmp", "/var/lib/simstream")), f"{key}={env[key]}"
+
+
+def test_torch_comes_from_the_variant_index():
+    ins = instructions()
+    args = {a.split("=", 1)[0]: a.split("=", 1)[-1] for w, a, _ in ins if w == "ARG"}
+    assert args.get("TORCH_VARIANT") == "cpu", "default build must be the CPU image"
+    runs = " ".join(a for w, a, _ in ins if w == "RUN")
+    assert "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+    # torch must be installed before the project, or pip pulls the CUDA wheel.
+    torch_at = runs.index("download.pytorch.org")
+    project_at = runs.index("pip install .")
+    assert torch_at < project_at
+
+
+def test_dockerignore_keeps_the_context_small():
+    ignore = (REPO / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    for entry in (".git", ".venv"):
+        assert entry in ignore, entry
+    assert "pyproject.toml" not in ignore and "README.md" not in ignore
