@@ -95,5 +95,48 @@ def _print_json(doc: Any) -> None:
     click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
+@main.command("eval")
+@click.argument("left", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("right", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("gold", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--field", "field_specs", multiple=True, metavar="NAME=COLUMN",
+              help="Map a product field (title, description, brand, category, price, mpn, image) to a CSV column; "
+                   "title is required.")
+@click.option("--id-column", default="id", show_default=True, help="Id column of LEFT and RIGHT.")
+@click.option("--k", "ks", default="1,5,10,20,50", show_default=True, help="Comma-separated cut-offs.")
+@click.option("--weights", "weights_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Fusion config JSON ({\"weights\": {...}}); default SIMSTREAM_FUSION_CONFIG/WEIGHTS.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as JSON here.")
+@click.option("--no-tfidf", is_flag=True, help="Skip the TF-IDF baseline.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache encodings here between runs (development only).")
+def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_column: str, ks: str,
+          weights_file: Path | None, json_out: Path | None, no_tfidf: bool, cache_dir: Path | None) -> None:
+    """Retrieval quality on a product-matching benchmark: recall@K, hit@K, MRR vs a TF-IDF baseline."""
+    from streams.evaluate import evaluate, format_report, json_report, parse_field_map
+
+    try:
+        fields = parse_field_map(field_specs)
+        cutoffs = [int(k) for k in ks.split(",") if k.strip()]
+        if not cutoffs or min(cutoffs) < 1:
+            raise ValueError("--k needs positive integers")
+    except ValueError as exc:
+        click.secho(str(exc), fg="red", err=True)
+        sys.exit(1)
+    _settings()  # validates the environment and configures logging
+    try:
+        report = evaluate(left, right, gold, fields, id_column=id_column, ks=cutoffs, weights_file=weights_file,
+                          cache_dir=cache_dir, with_tfidf=not no_tfidf)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(format_report(report, cutoffs))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_bytes(json_report(report))
+        click.echo(f"wrote {json_out}")
+
+
 if __name__ == "__main__":
     main()

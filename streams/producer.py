@@ -67,6 +67,11 @@ class EventProducer:
                 self.producer.poll(0.5)
         self.producer.poll(0)
 
+    def tombstone(self, key: str, *, topic: str) -> None:
+        """A null value: on a compacted topic it deletes the key."""
+        self.producer.produce(topic, value=None, key=key.encode(), on_delivery=self._report)
+        self.producer.poll(0)
+
     def send_all(self, docs: Iterable[dict[str, Any]], *, topic: str | None = None) -> int:
         n = 0
         for doc in docs:

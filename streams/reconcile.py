@@ -1,0 +1,41 @@
+"""``simstream reconcile``: recompute every list from the index, publish only the differences.
+
+Same code path as streaming (``Refresher.plan`` / ``commit``); run it while the stream is quiet or
+after an upgrade. A milvus-lite file is opened by one process only: stop the worker first, or run
+``milvus-lite server`` and point both at its URI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from encoders.fusion import ProductEncoder
+from streams.logs import get_logger
+from streams.producer import EventProducer
+from streams.runtime import build_steps
+from streams.settings import Settings
+
+log = get_logger(__name__)
+
+
+def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, page: int = 512) -> dict[str, Any]:
+    _, store, _, refresher = build_steps(settings, encoder)
+    ids = {p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids()
+    differed = tombstones = 0
+    ordered = sorted(ids)
+    with EventProducer(settings) as producer:
+        for start in range(0, len(ordered), page):
+            plan = refresher.plan(ordered[start:start + page], {})
+            for pid, nl in plan.publish.items():
+                if nl is None:
+                    producer.tombstone(pid, topic=settings.neighbors_topic)
+                    tombstones += 1
+                else:
+                    producer.send(nl.to_json(), key=pid, topic=settings.neighbors_topic)
+            differed += len(plan.publish)
+            producer.flush()  # durable before it is recorded as published
+            refresher.commit(plan)
+    store.flush()
+    report = {"lists": len(ids), "differed": differed, "tombstones": tombstones}
+    log.info("reconciled", **report)
+    return report

@@ -1,0 +1,55 @@
+"""Shared fixtures: real encoders loaded once per session, milvus-lite stores in temp dirs,
+and the real Tansu broker for integration tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from encoders.fusion import ProductEncoder
+from index.store import VectorStore
+from streams.contracts import ProductEvent, parse_event
+from streams.embedded import EmbeddedBroker
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGES = REPO / "streams" / "sample" / "images"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def make_event(product_id: str, version: int = 1, op: str = "upsert", **fields: Any) -> ProductEvent:
+    doc: dict[str, Any] = {"product_id": product_id, "op": op, "version": version,
+                           "event_time": int(time.time() * 1000)}
+    if op == "upsert":
+        doc["title"] = fields.pop("title", f"product {product_id}")
+    doc.update(fields)
+    return parse_event(product_id.encode(), orjson.dumps(doc))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(image_root=SAMPLE_IMAGES, data_dir=Path("/tmp/simstream-tests-unused"))
+
+
+@pytest.fixture(scope="session")
+def encoder(settings: Settings) -> ProductEncoder:
+    """Real pretrained weights (MiniLM text, EfficientNet-Lite0 image), loaded once."""
+    return ProductEncoder(settings)
+
+
+@pytest.fixture
+def store(tmp_path: Path, encoder: ProductEncoder) -> Iterator[VectorStore]:
+    """A fresh milvus-lite file per test."""
+    st = VectorStore.connect(str(tmp_path / "milvus.db"), "t", encoder.dim, flush_every_rows=0)
+    yield st
+    st.close()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
