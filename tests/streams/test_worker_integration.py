@@ -4,6 +4,7 @@ reads from the neighbour and dead-letter topics. No fakes here."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Iterator
@@ -26,8 +27,10 @@ K = 4
 
 @pytest.fixture(scope="module")
 def env(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    app = f"it-{uuid.uuid4().hex[:6]}"
-    return {
+    app = f"it_{uuid.uuid4().hex[:6]}"
+    real_milvus = os.environ.get("SIMSTREAM_TEST_MILVUS_URI")  # set by scripts/with-milvus-server.sh
+    milvus = {"SIMSTREAM_MILVUS_URI": real_milvus, "SIMSTREAM_COLLECTION": app} if real_milvus else {}
+    return {**milvus,
         "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_DATA_DIR": str(tmp_path_factory.mktemp("worker")),
         "SIMSTREAM_IMAGE_ROOT": str(SAMPLE_IMAGES), "SIMSTREAM_SESSION_TIMEOUT_S": "6",
         "SIMSTREAM_TOPIC_PARTITIONS": "2", "SIMSTREAM_TOP_K": str(K), "SIMSTREAM_APP_ID": app,
