@@ -106,3 +106,31 @@ def test_a_bad_image_fails_only_its_product(encoder):
                             make_event("bad", title="mug", image_b64=base64.b64encode(b"junk").decode())])
     assert [p.product_id for p in batch.products] == ["ok"]
     assert [(p.product_id, e.field) for p, e in batch.failures] == [("bad", "image")]
+
+
+@pytest.fixture
+def image_server():
+    """A loopback HTTP server over the sample images, for the http(s) image path."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(SAMPLE_IMAGES)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_images_are_fetched_with_a_size_cap(image_server):
+    png = (SAMPLE_IMAGES / "mug-red-350.png").read_bytes()
+    assert ImageSource(None, timeout_s=5).fetch(f"{image_server}/mug-red-350.png", None) == png
+    with pytest.raises(EncodeError, match="404"):
+        ImageSource(None, timeout_s=5).fetch(f"{image_server}/missing.png", None)
+    with pytest.raises(EncodeError, match="exceeds"):
+        ImageSource(None, timeout_s=5, max_bytes=100).fetch(f"{image_server}/mug-red-350.png", None)
