@@ -6,14 +6,14 @@
 # The command sees SIMSTREAM_TEST_MILVUS_URI=http://127.0.0.1:19530.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${SIMSTREAM_IN_NETNS:-}" ]; then
-  exec env SIMSTREAM_IN_NETNS=1 unshare -n -- bash "$0" "$@"
-fi
-ip link set lo up
 if ! .venv/bin/python -c "import milvus" 2>/dev/null; then
   # the `milvus` wheel pins an old pymilvus; install the server alone, keep the project's client
   .venv/bin/python -m pip install -q --no-deps "milvus==2.3.5"
 fi
+if [ -z "${SIMSTREAM_IN_NETNS:-}" ]; then
+  exec env SIMSTREAM_IN_NETNS=1 unshare -n -- bash "$0" "$@"
+fi
+ip link set lo up
 data=$(mktemp -d /tmp/milvus-server-XXXXXX)
 extra=()
 for role in proxy rootCoord queryCoord queryNode indexNode dataCoord dataNode; do
