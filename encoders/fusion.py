@@ -30,7 +30,8 @@ from encoders.image import ImageEncoder
 from encoders.image_source import ImageSource
 from encoders.lexical import MpnEncoder, TitleLexicalEncoder
 from encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
-from encoders.text import TextEncoder, clean_text
+from encoders.multilingual import make_text_encoder
+from encoders.text import clean_text
 from streams.contracts import ProductEvent
 from streams.errors import EncodeError
 from streams.settings import Settings
@@ -48,7 +49,7 @@ def text_of(p: ProductEvent) -> str:
 def field_content(p: ProductEvent, name: str) -> str | float | None:
     """The raw content of one field, for hashing (change detection)."""
     return {
-        "text": text_of(p), "title_lexical": p.title, "mpn": p.mpn, "brand": p.brand,
+        "text": text_of(p), "title_lexical": p.title, "mpn": p.mpn or ["title", p.title], "brand": p.brand,
         "category": p.category, "price": p.price, "image": p.image_b64 or p.image_url,
     }[name]
 
@@ -66,6 +67,13 @@ def load_weights(settings: Settings) -> dict[str, float]:
         weights["image"] = 0.0
     total = sum(weights.get(f, 0.0) for f in FIELDS)
     return {f: weights.get(f, 0.0) / total for f in FIELDS}
+
+
+def load_fusion_options(settings: Settings) -> dict[str, object]:
+    """Method switches saved beside learned weights: ``{"options": {"mpn_from_title": true}}``."""
+    if not settings.fusion_config:
+        return {}
+    return dict(orjson.loads(Path(settings.fusion_config).read_bytes()).get("options") or {})
 
 
 @dataclass
@@ -93,12 +101,14 @@ class ProductEncoder:
         configure_threads(settings.torch_threads)
         self.settings = settings
         self.weights = load_weights(settings)
-        self.text = TextEncoder(settings.text_model, device=settings.device, max_tokens=settings.text_max_tokens)
+        self.text = make_text_encoder(settings.text_model, device=settings.device,
+                                      max_tokens=settings.text_max_tokens, threads=settings.torch_threads)
         self.image = ImageEncoder(device=settings.device) if self.weights["image"] > 0 else None
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
                                   max_bytes=settings.image_max_bytes)
         self.title_lexical = TitleLexicalEncoder()
-        self.mpn = MpnEncoder()
+        self.options = load_fusion_options(settings)
+        self.mpn = MpnEncoder(from_title=bool(self.options.get("mpn_from_title", False)))
         self.brand = BrandEncoder()
         self.category = CategoryEncoder()
         self.price = PriceEncoder()
@@ -115,7 +125,8 @@ class ProductEncoder:
         self.dim = start
         self.scale = {f: math.sqrt(w) for f, w in self.weights.items()}
         weights_tag = content_hash([round(self.weights[f], 6) for f in FIELDS])[:8]
-        self.model = f"{self.text.name}+{ImageEncoder.name}+{FUSION_VERSION}:{weights_tag}"
+        method = FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
+        self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="image-fetch")
 
     def warm_up(self) -> None:
@@ -148,7 +159,7 @@ class ProductEncoder:
         encoders: dict[str, Callable[[list[ProductEvent]], np.ndarray]] = {
             "text": lambda ps: self.text.encode([text_of(p) for p in ps], batch_size=self.settings.batch_size),
             "title_lexical": lambda ps: self.title_lexical.encode([p.title for p in ps]),
-            "mpn": lambda ps: self.mpn.encode([p.mpn for p in ps]),
+            "mpn": lambda ps: self.mpn.encode([p.mpn for p in ps], [p.title for p in ps]),
             "brand": lambda ps: self.brand.encode([p.brand for p in ps]),
             "category": lambda ps: self.category.encode([p.category for p in ps]),
             "price": lambda ps: self.price.encode([p.price for p in ps]),

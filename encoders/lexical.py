@@ -47,16 +47,56 @@ def normalize_mpn(mpn: str | None) -> str:
     return _NOT_ALNUM.sub("", (mpn or "").lower())
 
 
+_MODEL_TOKEN_DIGIT = re.compile(r"[0-9]")
+_MODEL_TOKEN_ALPHA = re.compile(r"[a-z]")
+
+
+def model_numbers(text: str | None, *, min_len: int = 4, min_digits_only: int = 5) -> list[str]:
+    """Model-number-like tokens of a title: 'Sony Bravia KDL-40V3000 40" LCD' -> ['kdl40v3000'].
+
+    A whitespace token, normalised like an mpn, counts when it has at least ``min_len`` characters
+    mixing letters and digits, or is all digits and at least ``min_digits_only`` long. Order kept,
+    duplicates dropped. Product titles carry their part numbers this way far more often than
+    catalogs fill an mpn field.
+    """
+    out: list[str] = []
+    for token in clean_text(text).lower().split():
+        norm = _NOT_ALNUM.sub("", token)
+        if not _MODEL_TOKEN_DIGIT.search(norm):
+            continue
+        if (len(norm) >= min_len and _MODEL_TOKEN_ALPHA.search(norm)) or len(norm) >= min_digits_only:
+            out.append(norm)
+    return list(dict.fromkeys(out))
+
+
 class MpnEncoder:
-    """Character 2-4-grams of the normalised part number, so near-identical numbers score high."""
+    """Character n-grams of the normalised part number, so near-identical numbers score high.
 
-    name = "mpn_char2_4"
+    ``from_title=False`` (fusion-v1): the ``mpn`` field alone, one token, character 2-4-grams.
+    ``from_title=True``: the ``mpn`` field when present, else the model-number-like tokens of the
+    title (:func:`model_numbers`), each token's character 3-5-grams within its boundaries
+    (``char_wb``), so several part numbers in one title each match on their own.
+    """
 
-    def __init__(self, dim: int = 256) -> None:
+    def __init__(self, dim: int = 256, *, from_title: bool = False) -> None:
         self.dim = dim
-        self._vectorizer = HashingVectorizer(analyzer="char", ngram_range=(2, 4), n_features=dim,
-                                             alternate_sign=True, norm=None, lowercase=False)
+        self.from_title = from_title
+        self.name = "mpn_title_char3_5" if from_title else "mpn_char2_4"
+        if from_title:
+            self._vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=dim,
+                                                 alternate_sign=True, norm=None, lowercase=False)
+        else:
+            self._vectorizer = HashingVectorizer(analyzer="char", ngram_range=(2, 4), n_features=dim,
+                                                 alternate_sign=True, norm=None, lowercase=False)
 
-    def encode(self, mpns: Sequence[str | None]) -> np.ndarray:
-        texts = [f" {m} " if (m := normalize_mpn(x)) else "" for x in mpns]
-        return _sublinear_l2(self._vectorizer.transform(texts))
+    def text_of(self, mpn: str | None, title: str | None = None) -> str:
+        """What is hashed for one product ('' when it has no part number)."""
+        if m := normalize_mpn(mpn):
+            return f" {m} "
+        if self.from_title and (tokens := model_numbers(title)):
+            return " ".join(tokens)
+        return ""
+
+    def encode(self, mpns: Sequence[str | None], titles: Sequence[str | None] | None = None) -> np.ndarray:
+        titles = titles if titles is not None else [None] * len(mpns)
+        return _sublinear_l2(self._vectorizer.transform([self.text_of(m, t) for m, t in zip(mpns, titles)]))

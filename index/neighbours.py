@@ -9,9 +9,11 @@ missed; in short:
   reverse index (``listers_of``), so that set is exact.
 - X *enters* Y's list only if score(X, Y) >= Y's current k-th score. Candidates come from a search
   around X's new vector; while the weakest candidate still qualifies, the search widens (x4, up to
-  ``max_pool``), so only a product beyond ``max_pool`` candidates can be missed.
+  ``max_pool``); a product beyond the searched pool scores at most the pool's weakest score, so
+  only lists whose k-th score is that low can still qualify, and those are checked exactly.
 - Races with concurrent writers are closed afterwards by ``stale_lists``: every product written
-  since a refresh started its search is re-checked against the lists that refresh produced.
+  since a refresh started its search is re-checked against the lists that refresh produced, once
+  before publishing and once more after recording (``Refresher.recheck``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from streams.contracts import Neighbor, NeighborList
 
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
 SCORE_DECIMALS = 6
+MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err towards recomputing
 
 
 def now_ms() -> int:
@@ -44,31 +47,61 @@ class Change:
     vector: np.ndarray | None  # None: the product was deleted
 
 
-def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max_pool: int = 1024) -> set[str]:
-    """Ids whose neighbour list may differ after ``changes`` were written to the store."""
+def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max_pool: int = 256) -> set[str]:
+    """Ids whose neighbour list may differ after ``changes`` were written to the store.
+
+    Call only *after* the changes are written: a list recorded later than that write was computed
+    by a refresh that either saw the write or re-checks it (``Refresher.recheck``), so only lists
+    recorded before it can miss it, and those are the ones read here.
+    """
     ids = [c.product_id for c in changes]
     affected = set(ids) | store.listers_of(ids)
     todo = [c for c in changes if c.vector is not None]
+    # Per changed vector: the lowest score of its last search row (-inf when that row held the
+    # whole catalog). A product outside the row scores at most this with the changed vector.
+    floor: dict[str, float] = {}
     limit = pool
     while todo:
-        hits = store.search(np.stack([c.vector for c in todo]), limit=limit)  # type: ignore[misc]
+        hits = store.search_scores(np.stack([c.vector for c in todo]), limit=limit)  # type: ignore[misc]
         best: dict[str, float] = {}
         weakest: list[tuple[str, float]] = []
         for change, row in zip(todo, hits):
-            scored = [(pid, float(vec @ change.vector)) for pid, vec in row if pid != change.product_id]
+            scored = [(pid, score) for pid, score in row if pid != change.product_id]
             for pid, score in scored:
                 best[pid] = max(score, best.get(pid, -np.inf))
-            weakest.append(scored[-1] if len(row) >= limit and scored else ("", np.inf))
+            full = len(row) >= limit and scored
+            weakest.append(min(scored, key=lambda t: t[1]) if full else ("", np.inf))
+            floor[change.product_id] = min(s for _, s in scored) if full else -np.inf
         lists = store.get_lists(list(best))
         for pid, score in best.items():
             held = lists.get(pid)
-            if held is None or score >= held.kth_score - 10**-SCORE_DECIMALS:
+            # No recorded list (or a tombstone marker): the product's own refresh is still pending
+            # and will see this write, or re-check it after recording (Refresher.recheck).
+            if held is None or not held.payload:
+                continue
+            if score >= held.kth_score - MARGIN:
                 affected.add(pid)
         # Widen the search for vectors whose weakest candidate still entered its list.
         widen = [c for c, (pid, _) in zip(todo, weakest) if pid and pid in affected and pid not in ids]
         if not widen or limit >= max_pool:
             break
         todo, limit = widen, min(max_pool, limit * 4)
+    # Exact tail: a product Y outside every search row has score(X, Y) <= floor, so X can enter Y's
+    # list only if Y's k-th score is that low. Such "loose" lists (outliers, short lists) are few;
+    # check each of them exactly instead of trusting the pool.
+    top = max(floor.values(), default=-np.inf)
+    if top > -np.inf:
+        loose = {pid: kth for pid, kth in store.lists_with_kth_at_most(top + MARGIN).items()
+                 if pid not in affected}
+        if loose:
+            vectors = {pid: p.vector for pid, p in store.get_products(sorted(loose)).items()}
+            changed = [c for c in changes if c.vector is not None]
+            cmat = np.stack([c.vector for c in changed])  # type: ignore[misc]
+            for pid, vec in vectors.items():
+                scores = cmat @ vec
+                if any(float(s) >= loose[pid] - MARGIN for c, s in zip(changed, scores)
+                       if c.product_id != pid):
+                    affected.add(pid)
     return affected
 
 
@@ -85,6 +118,16 @@ class ListBuilder:
         return {f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for f, s in self.layout.items()
                 if np.any(a[s]) and np.any(b[s])}
 
+    def contributions_many(self, a: np.ndarray, bs: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        """``[contributions(a, b) for b in bs]`` with the presence tests done once per field."""
+        if not len(bs):
+            return []
+        mine = [(f, s) for f, s in self.layout.items() if np.any(a[s])]
+        stacked = np.stack(bs)
+        present = [np.any(stacked[:, s], axis=1) for _, s in mine]
+        return [{f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for (f, s), has in zip(mine, present) if has[j]}
+                for j, b in enumerate(bs)]
+
     def build(self, products: Mapping[str, StoredProduct], event_times: Mapping[str, int | None]) -> dict[str, NeighborList]:
         """Exact top-k for every product in ``products`` (one batched search)."""
         ids = list(products)
@@ -100,7 +143,8 @@ class ListBuilder:
             out[pid] = NeighborList(
                 product_id=pid,
                 version=products[pid].version,
-                neighbors=[Neighbor(nid, round(s, SCORE_DECIMALS), self.contributions(me, vec)) for s, nid, vec in scored],
+                neighbors=[Neighbor(nid, round(s, SCORE_DECIMALS), fields) for (s, nid, _), fields
+                           in zip(scored, self.contributions_many(me, [vec for _, _, vec in scored]))],
                 model=self.model,
                 computed_at=computed_at,
                 source_event_time=event_times.get(pid) or products[pid].event_time,
@@ -125,6 +169,7 @@ def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndar
         return stale
     cids = list(changed)
     cmat = np.stack([changed[c].vector for c in cids]) if cids else np.zeros((0, 0), np.float32)
+    where = {c: i for i, c in enumerate(cids)}
     for pid, nl in lists.items():
         me = vectors[pid]
         if pid in changed and not np.allclose(changed[pid].vector, me, atol=1e-6):
@@ -138,14 +183,16 @@ def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndar
             continue
         kth = nl.neighbors[-1].score if len(nl.neighbors) >= k else -np.inf
         scores = cmat @ me
-        for cid, score in zip(cids, scores):
-            if cid == pid:
-                continue
-            if cid in held:
-                if abs(held[cid] - score) > 1e-5:
-                    stale.add(pid)
-                    break
-            elif rank_key(float(score), cid) < rank_key(kth, nl.neighbors[-1].product_id if nl.neighbors else ""):
+        # Only changed products the list holds, or that score within reach of its k-th, can make it
+        # stale; test just those (the same tests as a loop over every changed product).
+        if any(cid != pid and (i := where.get(cid)) is not None and abs(held[cid] - scores[i]) > 1e-5
+               for cid in held):
+            stale.add(pid)
+            continue
+        last = rank_key(kth, nl.neighbors[-1].product_id if nl.neighbors else "")
+        for i in np.flatnonzero(scores >= kth - 1e-5):
+            cid = cids[i]
+            if cid != pid and cid not in held and rank_key(float(scores[i]), cid) < last:
                 stale.add(pid)
                 break
     return stale

@@ -75,6 +75,7 @@ class VectorStore:
         self.flush_every_rows = flush_every_rows
         self.index_type = index_type
         self._unflushed = 0
+        self.side: Any = None  # index.side.SideIndex once enable_side_index() ran
         self._call(self._ensure_collections)
 
     @classmethod
@@ -108,7 +109,7 @@ class VectorStore:
             idx = c.prepare_index_params()
             # FLAT = exact inner product: the exactness promise of the neighbour topic rests on it.
             idx.add_index("vector", index_type=self.index_type, metric_type="IP")
-            c.create_collection(self.products, schema=s, index_params=idx, **_CONSISTENCY)
+            self._create(self.products, s, idx)
         else:
             fields = {f["name"]: f for f in c.describe_collection(self.products)["fields"]}
             have = int(fields["vector"]["params"]["dim"])
@@ -125,7 +126,7 @@ class VectorStore:
             s.add_field("payload", DataType.VARCHAR, max_length=MAX_PAYLOAD)
             idx = c.prepare_index_params()
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
-            c.create_collection(self.lists, schema=s, index_params=idx, **_CONSISTENCY)
+            self._create(self.lists, s, idx)
         if not c.has_collection(self.tombstones):
             s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
@@ -134,9 +135,18 @@ class VectorStore:
             s.add_field("deleted_at", DataType.INT64)
             idx = c.prepare_index_params()
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
-            c.create_collection(self.tombstones, schema=s, index_params=idx, **_CONSISTENCY)
+            self._create(self.tombstones, s, idx)
         for name in (self.products, self.lists, self.tombstones):
             c.load_collection(name)
+
+    def _create(self, name: str, schema: Any, index_params: Any) -> None:
+        """Create a collection; another worker starting at the same moment may win the race."""
+        try:
+            self.client.create_collection(name, schema=schema, index_params=index_params, **_CONSISTENCY)
+        except MilvusException:
+            if not self.client.has_collection(name):
+                raise
+            log.info("collection created concurrently by another worker", collection=name)
 
     # --- calls ----------------------------------------------------------------------------
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -194,12 +204,30 @@ class VectorStore:
         for start in range(0, len(rows), 256):
             self._call(self.client.upsert, self.products, rows[start:start + 256])
         self._wrote(len(rows))
+        if self.side is not None:
+            self.side.upsert([r["product_id"] for r in rows], [np.asarray(r["vector"], np.float32) for r in rows],
+                             [int(r["updated_at"]) for r in rows])
         return len(rows)
 
     def delete_products(self, ids: Sequence[str]) -> None:
         if ids:
             self._call(self.client.delete, self.products, ids=list(ids))
             self._wrote(len(ids))
+            if self.side is not None:
+                self.side.delete(ids)
+
+    def enable_side_index(self) -> None:
+        """Answer search/search_scores from an exact in-memory copy of the vectors (index/side.py),
+        built from Milvus now and synced with Milvus before every search."""
+        from index.side import SideIndex
+
+        self.side = SideIndex.from_store(self)
+
+    def written_since(self, since_ms: int) -> dict[str, int]:
+        """product_id -> updated_at of the products written at or after ``since_ms`` (no vectors)."""
+        rows = self._call(self.client.query, self.products, filter=f"updated_at >= {int(since_ms)}",
+                          output_fields=["updated_at"], **_CONSISTENCY)
+        return {r["product_id"]: int(r["updated_at"]) for r in rows}
 
     def changed_since(self, since_ms: int) -> dict[str, StoredProduct]:
         """Products written at or after ``since_ms``: the concurrent changes a refresh re-checks."""
@@ -214,6 +242,9 @@ class VectorStore:
         caller computes exact scores and per-field contributions itself."""
         if len(vectors) == 0:
             return []
+        if self.side is not None:
+            self.side.sync(self)
+            return self.side.search(vectors, limit)
         out: list[list[tuple[str, np.ndarray]]] = []
         for start in range(0, len(vectors), 256):
             hits = self._call(self.client.search, self.products, data=vectors[start:start + 256].tolist(),
@@ -221,6 +252,22 @@ class VectorStore:
                               **_CONSISTENCY)
             out.extend([[(_hit_id(h), np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
                         for row in hits])
+        return out
+
+    def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
+        """Top-``limit`` (id, inner product as Milvus computes it) per query vector; no vectors are
+        fetched, so this is cheap enough for wide candidate searches."""
+        if len(vectors) == 0:
+            return []
+        if self.side is not None:
+            self.side.sync(self)
+            return self.side.search_scores(vectors, limit)
+        out: list[list[tuple[str, float]]] = []
+        for start in range(0, len(vectors), 256):
+            hits = self._call(self.client.search, self.products, data=vectors[start:start + 256].tolist(),
+                              limit=limit, output_fields=["version"], search_params={"metric_type": "IP"},
+                              **_CONSISTENCY)
+            out.extend([[(_hit_id(h), float(h["distance"])) for h in row] for row in hits])
         return out
 
     def count(self) -> int:
@@ -257,9 +304,18 @@ class VectorStore:
             out.update(r["product_id"] for r in rows)
         return out
 
+    def lists_with_kth_at_most(self, score: float) -> dict[str, float]:
+        """Recorded lists whose k-th score is <= ``score`` (short lists count as -inf): the only
+        lists a product outside a candidate search can still enter."""
+        rows = self._call(self.client.query, self.lists, filter=f"kth_score <= {float(score)!r}",
+                          output_fields=["kth_score", "payload"], **_CONSISTENCY)
+        return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
+
     def upsert_lists(self, lists: list[StoredList]) -> None:
+        """A list with an empty payload is a tombstone marker: "a tombstone was published"."""
         rows = [{"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbor_ids,
-                 "kth_score": max(x.kth_score, -3.0e38), "payload": x.payload.decode()} for x in lists]
+                 "kth_score": min(max(x.kth_score, -3.0e38), 3.0e38), "payload": x.payload.decode()}
+                for x in lists]
         for start in range(0, len(rows), 256):
             self._call(self.client.upsert, self.lists, rows[start:start + 256])
         self._wrote(len(rows))

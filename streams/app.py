@@ -71,6 +71,10 @@ class Worker:
         # One thread for all Milvus and torch work: milvus-lite is not thread-safe, inference must
         # stay off the event loop (heartbeats), and ingest/refresh batches then never interleave.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="simstream-work")
+        # Held by a refresh from its search until its lists are recorded, and by an ingest for its
+        # Milvus step, so that within one worker no ingest judges a change against lists that are
+        # being replaced (across workers, Refresher.recheck closes that race).
+        self.lists_lock = asyncio.Lock()
         self.app = self._build_app()
         self.ready_milvus = True
 
@@ -153,7 +157,7 @@ class Worker:
         async def refresh_lists(stream: faust.StreamT) -> None:
             """Recompute the neighbour lists this worker owns and publish the ones that changed."""
             async for batch in stream.noack_take(max(s.batch_size, 256), within=s.batch_within_s / 2):
-                await worker.guard(worker.handle_refresh(batch, neighbors))
+                await worker.guard(worker.handle_refresh(batch, neighbors, refresh))
                 for event in batch:
                     await stream.ack(event)
 
@@ -190,7 +194,8 @@ class Worker:
         metrics.BATCH_SIZE.observe(len(records))
         events, rejects = validate(records)
         by_position = {(r.partition, r.offset): r for r in records}
-        result = await self.with_retries("ingest", lambda: self.run(self.ingestor.apply, events, by_position))
+        async with self.lists_lock:
+            result = await self.with_retries("ingest", lambda: self.run(self.ingestor.apply, events, by_position))
         rejects += result.rejects
         futures = []
         for rej in rejects:
@@ -215,7 +220,8 @@ class Worker:
             if e.event_time:
                 metrics.WATERMARK.labels(str(e.partition)).set(max(0.0, now - e.event_time / 1000))
 
-    async def handle_refresh(self, batch: Sequence[faust.EventT], neighbors: faust.TopicT) -> None:
+    async def handle_refresh(self, batch: Sequence[faust.EventT], neighbors: faust.TopicT,
+                             refresh: faust.TopicT | None = None) -> None:
         ids: set[str] = set()
         event_times: dict[str, int | None] = {}
         for e in batch:
@@ -223,11 +229,25 @@ class Worker:
             ids.update(got_ids)
             for pid, t in got_times.items():
                 event_times[pid] = max(t or 0, event_times.get(pid) or 0) or None
-        plan = await self.with_retries("refresh", lambda: self.run(self.refresher.plan, sorted(ids), event_times))
-        futures = [await neighbors.send(key=pid.encode(), value=nl.to_json() if nl is not None else None, force=True)
-                   for pid, nl in plan.publish.items()]
-        await asyncio.gather(*futures)
-        await self.with_retries("record", lambda: self.run(self.refresher.commit, plan))
+        async with self.lists_lock:
+            plan = await self.with_retries("refresh", lambda: self.run(self.refresher.plan, sorted(ids), event_times))
+            futures = [await neighbors.send(key=pid.encode(), value=nl.to_json() if nl is not None else None,
+                                            force=True) for pid, nl in plan.publish.items()]
+            await asyncio.gather(*futures)
+            await self.with_retries("record", lambda: self.run(self.refresher.commit, plan))
+        # Lists an ingest may have judged against the previous record while this batch ran: send
+        # them back to their owner (durably, before this batch is acked).
+        stale = await self.with_retries("recheck", lambda: self.run(self.refresher.recheck, plan))
+        if stale and refresh is not None:
+            s = self.settings
+            routed: dict[int, list[str]] = {}
+            for pid in sorted(stale):
+                routed.setdefault(partition_for(pid, s.topic_partitions), []).append(pid)
+            times = {pid: t for pid, t in event_times.items() if t}
+            sent = [await refresh.send(value=encode_refresh_request(ids, times), partition=partition, force=True)
+                    for partition, ids in routed.items()]
+            await asyncio.gather(*sent)
+            log.info("lists raced with concurrent writes after recording; requeued", count=len(stale))
         now = time.time()
         for nl in plan.publish.values():
             if nl is not None and nl.source_event_time:

@@ -138,5 +138,44 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
         click.echo(f"wrote {json_out}")
 
 
+@main.command("fit-weights")
+@click.option("--dataset", "datasets", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Benchmark folder (tableA.csv, tableB.csv, train/valid/test.csv, matches_full*.csv); repeatable.")
+@click.option("--fields", "field_specs", multiple=True, required=True, metavar="NAME=COL,...",
+              help="Field mapping per --dataset, in the same order, e.g. title=name,description=description.")
+@click.option("--splits", default="train,valid", show_default=True, help="Labelled splits to fit on.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("configs/fusion-weights.json"),
+              show_default=True, help="Where to write the versioned fusion config.")
+@click.option("--version", "version", default=None, help="Version tag stored in the config.")
+@click.option("--mpn-from-title/--no-mpn-from-title", default=True, show_default=True,
+              help="Derive part numbers from titles when the mpn field is empty (a fusion option saved in the config).")
+@click.option("--candidates", default=50, show_default=True, help="Hard negatives per query (top-K retrieved).")
+@click.option("--rounds", default=2, show_default=True, help="Mine negatives again with the fitted weights this many times.")
+@click.option("--l2", default=1e-4, show_default=True, help="L2 penalty on the raw weights.")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache encodings here between runs (development only).")
+def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits: str, out: Path,
+                version: str | None, mpn_from_title: bool, candidates: int, rounds: int, l2: float,
+                id_column: str, cache_dir: Path | None) -> None:
+    """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
+    from streams.fit_weights import format_summary, run
+
+    if len(datasets) != len(field_specs):
+        click.secho("give one --fields per --dataset", fg="red", err=True)
+        sys.exit(1)
+    _settings()
+    try:
+        config = run(list(zip(datasets, field_specs)), out, splits=[s for s in splits.split(",") if s],
+                     options={"mpn_from_title": mpn_from_title}, candidates=candidates, rounds=rounds, l2=l2,
+                     version=version, cache_dir=cache_dir, id_column=id_column)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(format_summary(config))
+    click.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":
     main()

@@ -113,6 +113,11 @@ class Ingestor:
         metrics.MILVUS_SECONDS.labels("read_versions").observe(time.perf_counter() - t0)
 
         fresh: list[ProductEvent] = []
+        # Same version as stored: a duplicate, or the replay of a batch whose writes landed but
+        # whose refresh requests may not have (crash in between). Its affected set is computed
+        # again from the stored state; refreshing is idempotent, so lists that did not change are
+        # not republished.
+        replays: list[Change] = []
         for e in latest:
             current = max(stored[e.product_id].version if e.product_id in stored else -1,
                           tombs.get(e.product_id, -1))
@@ -120,10 +125,13 @@ class Ingestor:
                 result.outcomes["stale"] += 1
             elif e.version == current:
                 result.outcomes["duplicate"] += 1
+                held = stored.get(e.product_id)
+                replays.append(Change(e.product_id, held.vector if held is not None and not e.is_delete else None))
             elif e.is_delete and e.product_id not in stored:
                 # Nothing to delete, but remember the version so an older upsert stays dead.
                 self.store.upsert_tombstones({e.product_id: e.version}, now_ms())
                 result.outcomes["applied"] += 1
+                replays.append(Change(e.product_id, None))  # a list may have been published meanwhile
             else:
                 fresh.append(e)
 
@@ -148,6 +156,7 @@ class Ingestor:
 
         changes = [Change(p.product_id, v) for p, v in zip(encoded.products, encoded.vectors)]
         changes += [Change(e.product_id, None) for e in deletes]
+        changes += replays
         if changes:
             t0 = time.perf_counter()
             result.affected = affected_by(self.store, changes, pool=self.candidate_pool)
@@ -182,6 +191,11 @@ class RefreshPlan:
     record: list[StoredList] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)
     unchanged: int = 0
+    # For the re-check after recording: every list built, its owner's vector, when searching began.
+    built: dict[str, NeighborList] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    started: int = 0
+    event_times: dict[str, int | None] = field(default_factory=dict)
 
 
 class Refresher:
@@ -192,7 +206,7 @@ class Refresher:
         self.builder = builder
 
     def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None]) -> RefreshPlan:
-        plan = RefreshPlan()
+        plan = RefreshPlan(started=now_ms(), event_times=dict(event_times))
         pending = set(ids)
         for attempt in range(MAX_RECHECKS + 1):
             started = now_ms()
@@ -203,8 +217,12 @@ class Refresher:
             for pid in pending - products.keys():
                 lists.pop(pid, None)
                 plan.publish[pid] = None
+                plan.built.pop(pid, None)
+                plan.vectors.pop(pid, None)
             for pid, nl in lists.items():
                 plan.publish[pid] = nl
+                plan.built[pid] = nl
+                plan.vectors[pid] = products[pid].vector
             # Writers elsewhere may have changed products while we searched: re-check those lists.
             since = started - RACE_LOOKBACK_MS
             changed = self.store.changed_since(since)
@@ -218,12 +236,14 @@ class Refresher:
         for pid, nl in list(plan.publish.items()):
             old = previous.get(pid)
             if nl is None:
-                if old is None:
-                    del plan.publish[pid]  # never published: nothing to tombstone
+                if old is not None and not old.payload:
+                    del plan.publish[pid]  # its tombstone is already published and recorded
                 else:
-                    plan.forget.append(pid)
+                    # Tombstone even when nothing is recorded: a list may have been published by a
+                    # refresh that crashed before recording it. Recorded as a marker (empty payload).
+                    plan.record.append(StoredList(pid, [], float("inf"), b""))
                 continue
-            if old is not None and nl.same_content(NeighborList.from_json(old.payload)):
+            if old is not None and old.payload and nl.same_content(NeighborList.from_json(old.payload)):
                 del plan.publish[pid]
                 plan.unchanged += 1
             else:
@@ -234,6 +254,21 @@ class Refresher:
         """Record the published lists (the reverse index); call only after they are durable."""
         self.store.upsert_lists(plan.record)
         self.store.delete_lists(plan.forget)
+
+    def recheck(self, plan: RefreshPlan) -> set[str]:
+        """After ``commit``: lists of this plan that a concurrent write may have made stale.
+
+        An ingest that wrote a product after this plan's searches began and read the lists
+        collection before ``commit`` saw the previous lists, so it may not have asked for these.
+        Every such write is visible here (it happened before this query, or else its reads came
+        after the commit and saw the new lists). The caller sends the returned ids back to the
+        refresh topic, so they are recomputed by their owner."""
+        if not plan.built:
+            return set()
+        since = plan.started - RACE_LOOKBACK_MS
+        changed = self.store.changed_since(since)
+        deleted = self.store.deleted_since(since)
+        return stale_lists(plan.built, plan.vectors, changed, deleted, k=self.builder.k)
 
 
 def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int]) -> bytes:

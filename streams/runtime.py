@@ -15,8 +15,11 @@ log = get_logger(__name__)
 
 def open_store(settings: Settings, dim: int) -> VectorStore:
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
-                               flush_every_rows=settings.flush_every_rows)
+    store = VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
+                                flush_every_rows=settings.flush_every_rows)
+    if settings.side_index:
+        store.enable_side_index()
+    return store
 
 
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tuple[ProductEncoder, VectorStore, Ingestor, Refresher]:

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.5, gt=0)
     top_k: int = Field(10, ge=1, le=1000)
     candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates searched per change
+    side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)
     max_retries: int = Field(5, ge=0)  # transient Milvus/Kafka failures before crashing
 

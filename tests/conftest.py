@@ -3,6 +3,7 @@ and the real Tansu broker for integration tests."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +16,9 @@ from index.store import VectorStore
 from streams.contracts import ProductEvent, parse_event
 from streams.embedded import EmbeddedBroker
 from streams.settings import Settings
+
+# milvus-lite's in-process gRPC server logs each unimplemented call (AllocTimestamp) as an error.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "streams" / "sample" / "images"

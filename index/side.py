@@ -1,0 +1,174 @@
+"""An exact side index for the neighbour searches: the fused vectors in one in-memory matrix.
+
+Milvus stays the system of record and what recommenders query; this matrix only answers the
+searches of the ingest (affected set) and refresh steps, as exact inner-product top-``limit``
+(the same answer Milvus FLAT gives, computed with one matrix product instead of a round trip
+through milvus-lite, which is pure Python in-process and ~15x slower than numpy brute force;
+see docs/benchmarks.md).
+
+Kept in step with Milvus:
+- built from Milvus at start (``from_store``: every product with its vector);
+- this worker's own writes are applied as they are made (``VectorStore`` calls ``upsert``/``delete``);
+- before every search, ``sync`` applies what *any* writer did since the last sync: products
+  written at or after (last sync - ``lookback_ms``) and products deleted in that window (their
+  tombstones). So with several workers sharing a Milvus server, a search sees every write that
+  was visible in Milvus when the sync ran, as a Strong-consistency Milvus search would; writes
+  landing during the search are caught by the refresh step's race re-check (``stale_lists``),
+  exactly as before. The lookback is the same clock-skew/visibility allowance the re-check uses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from streams.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SideIndex:
+    """Exact inner-product top-k over the live products (rows of a growable float32 matrix)."""
+
+    def __init__(self, dim: int, *, lookback_ms: int = 5_000, capacity: int = 1024) -> None:
+        self.dim = dim
+        self.lookback_ms = lookback_ms
+        self._mat = np.zeros((capacity, dim), np.float32)
+        self._live = np.zeros(capacity, bool)
+        self._ids: list[str | None] = []
+        self._row: dict[str, int] = {}
+        self._free: list[int] = []
+        self._stamp: dict[str, int] = {}  # updated_at of the version held, when known
+        self.synced_at: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    @classmethod
+    def from_store(cls, store: Any, *, page: int = 2_000, lookback_ms: int = 5_000) -> "SideIndex":
+        """Every product of the store, read page by page; sync() later covers writes made meanwhile."""
+        t0 = time.perf_counter()
+        started = _now_ms()
+        idx = cls(store.dim, lookback_ms=lookback_ms)
+        for rows in store.iter_products(page, with_vectors=True):
+            idx.upsert([p.product_id for p in rows], np.stack([p.vector for p in rows]) if rows else None)
+        idx.synced_at = started
+        log.info("side index built", products=len(idx), seconds=round(time.perf_counter() - t0, 2))
+        return idx
+
+    # --- writes -----------------------------------------------------------------------------
+    def _grow(self, need: int) -> None:
+        cap = len(self._mat)
+        if need <= cap:
+            return
+        new = max(need, cap * 2)
+        mat = np.zeros((new, self.dim), np.float32)
+        mat[: len(self._ids)] = self._mat[: len(self._ids)]
+        live = np.zeros(new, bool)
+        live[: len(self._ids)] = self._live[: len(self._ids)]
+        self._mat, self._live = mat, live
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray | Iterable[np.ndarray] | None,
+               stamps: Sequence[int] | None = None) -> None:
+        """Insert or replace rows; ``stamps`` are their ``updated_at`` (lets sync skip re-reading them)."""
+        if not ids or vectors is None:
+            return
+        for i, pid in enumerate(ids):
+            if stamps is None:
+                self._stamp.pop(pid, None)
+            else:
+                self._stamp[pid] = stamps[i]
+        vecs = np.asarray(vectors if isinstance(vectors, np.ndarray) else np.stack(list(vectors)), np.float32)
+        rows = np.empty(len(ids), np.int64)
+        for i, pid in enumerate(ids):
+            r = self._row.get(pid)
+            if r is None:
+                if self._free:
+                    r = self._free.pop()
+                    self._ids[r] = pid
+                else:
+                    r = len(self._ids)
+                    self._grow(r + 1)
+                    self._ids.append(pid)
+                self._row[pid] = r
+            rows[i] = r
+        self._mat[rows] = vecs
+        self._live[rows] = True
+
+    def delete(self, ids: Iterable[str]) -> None:
+        for pid in ids:
+            r = self._row.pop(pid, None)
+            self._stamp.pop(pid, None)
+            if r is not None:
+                self._live[r] = False
+                self._mat[r] = 0.0
+                self._ids[r] = None
+                self._free.append(r)
+
+    def sync(self, store: Any) -> None:
+        """Apply every write visible in Milvus since the last sync (any writer)."""
+        started = _now_ms()
+        since = (self.synced_at if self.synced_at is not None else 0) - self.lookback_ms
+        deleted = store.deleted_since(since)
+        stamps = store.written_since(since)
+        # Vectors are read only for rows this index does not hold at that updated_at already
+        # (its own writes carry their stamp), so a single worker's sync is one light query.
+        fetch = sorted(pid for pid, t in stamps.items() if self._stamp.get(pid) != t)
+        if fetch:
+            got = store.get_products(fetch)
+            ids = [pid for pid in fetch if pid in got]
+            if ids:
+                self.upsert(ids, np.stack([got[pid].vector for pid in ids]), [stamps[pid] for pid in ids])
+        self.delete(deleted - stamps.keys())
+        self.synced_at = started
+
+    # --- search -----------------------------------------------------------------------------
+    def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per chunk of queries: (row indices best first, their scores), dead rows excluded."""
+        n = len(self._ids)
+        live_count = len(self._row)
+        if len(vectors) == 0:
+            return []
+        mat = self._mat[:n]
+        dead = ~self._live[:n]
+        k = min(limit, live_count)
+        q = np.asarray(vectors, np.float32)
+        out = []
+        for start in range(0, len(q), chunk):
+            sims = q[start:start + chunk] @ mat.T
+            if k == 0:
+                out.append((np.zeros((len(sims), 0), np.int64), np.zeros((len(sims), 0), np.float32)))
+                continue
+            if dead.any():
+                sims[:, dead] = -np.inf
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(sims), 1))
+            top = np.take_along_axis(sims, part, axis=1)
+            order = np.argsort(-top, axis=1, kind="stable")[:, :k]
+            out.append((np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)))
+        return out
+
+    def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
+        """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs,
+        the shape ``VectorStore.search`` returns. The vectors are read-only views into the index:
+        valid until the next write to it (callers score them at once, in the same thread)."""
+        out: list[list[tuple[str, np.ndarray]]] = []
+        view = self._mat[: len(self._ids)].view()
+        view.flags.writeable = False
+        for rows, _ in self._top(vectors, limit):
+            for row in rows:
+                out.append([(self._ids[j], view[j]) for j in row])  # type: ignore[misc]
+        return out
+
+    def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
+        """Top-``limit`` (id, inner product) per query, best first, like ``VectorStore.search_scores``."""
+        out: list[list[tuple[str, float]]] = []
+        for rows, scores in self._top(vectors, limit):
+            for row, sc in zip(rows, scores):
+                out.append([(self._ids[j], float(x)) for j, x in zip(row, sc)])  # type: ignore[misc]
+        return out
