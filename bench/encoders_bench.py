@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import encoder_settings, image_root, machine, make_doc, median, to_events  # type: ignore
+from common import encoder_settings, image_root, machine, make_doc, to_events  # type: ignore
 
 
 def _rate(encoder: Any, events: list[Any], batch: int, rounds: int, stored: Any = None) -> tuple[float, dict[str, float]]:

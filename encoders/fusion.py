@@ -46,7 +46,7 @@ def text_of(p: ProductEvent) -> str:
     return " . ".join(x for x in parts if x)
 
 
-def field_content(p: ProductEvent, name: str) -> str | float | None:
+def field_content(p: ProductEvent, name: str) -> object:
     """The raw content of one field, for hashing (change detection)."""
     return {
         "text": text_of(p), "title_lexical": p.title, "mpn": p.mpn or ["title", p.title], "brand": p.brand,

@@ -32,7 +32,7 @@ def load_efficientnet_lite0() -> torch.nn.Module:
     if len(names) != len(state):
         raise RuntimeError(f"EfficientNet-Lite0 weights have {len(state)} tensors, model expects {len(names)}")
     model.load_state_dict(dict(zip(names, state.values())), strict=True)
-    model.reset_classifier(0)
+    model.reset_classifier(0)  # type: ignore[operator]
     return model
 
 
@@ -50,7 +50,7 @@ class ImageEncoder:
     def __init__(self, *, device: str = "auto", pixel_budget: int = 64 * 224 * 224, decode_threads: int = 2) -> None:
         self.device = pick_device(device)
         self.model = load_efficientnet_lite0().to(self.device).eval()
-        self.dim: int = int(self.model.num_features)
+        self.dim: int = int(self.model.num_features)  # type: ignore[arg-type]
         self.pixel_budget = pixel_budget
         self.transform = v2.Compose([
             v2.Resize(256, antialias=True),  # short side

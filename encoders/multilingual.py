@@ -43,7 +43,8 @@ class _ArrayTextEncoder:
 
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
         single = isinstance(texts, str)
-        items = [clean_text(t) for t in ([texts] if single else texts)]
+        given: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        items = [clean_text(t) for t in given]
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         todo = [i for i, t in enumerate(items) if t]
         for start in range(0, len(todo), max(1, batch_size)):

@@ -55,7 +55,8 @@ class TextEncoder:
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
         """Returns: float32 [n, dim] (or [dim] for one string), L2-normalised; empty text -> zeros."""
         single = isinstance(texts, str)
-        items = [clean_text(t) for t in ([texts] if single else texts)]
+        given: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        items = [clean_text(t) for t in given]
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         todo = [i for i, t in enumerate(items) if t]
         # Longest first, so padding is wasted least; the budget caps tokens per batch.

@@ -190,9 +190,9 @@ def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndar
             stale.add(pid)
             continue
         last = rank_key(kth, nl.neighbors[-1].product_id if nl.neighbors else "")
-        for i in np.flatnonzero(scores >= kth - 1e-5):
-            cid = cids[i]
-            if cid != pid and cid not in held and rank_key(float(scores[i]), cid) < last:
+        for hit in np.flatnonzero(scores >= kth - 1e-5):
+            cid = cids[int(hit)]
+            if cid != pid and cid not in held and rank_key(float(scores[hit]), cid) < last:
                 stale.add(pid)
                 break
     return stale

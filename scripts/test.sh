@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/python -m mypy streams encoders index
 .venv/bin/python -m pytest "$@"
 if [ "$#" -eq 0 ]; then
   if unshare -n true 2>/dev/null; then

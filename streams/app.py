@@ -20,7 +20,7 @@ import os
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -148,7 +148,7 @@ class Worker:
         @app.agent(events, name="ingest")
         async def ingest(stream: faust.StreamT) -> None:
             """Validate, coalesce, encode and index product events; route refresh work by list owner."""
-            async for batch in stream.noack_take(s.batch_size, within=s.batch_within_s):
+            async for batch in cast(faust.Stream, stream).noack_take(s.batch_size, within=s.batch_within_s):
                 await worker.guard(worker.handle_ingest(batch, refresh, dlq))
                 for event in batch:
                     await stream.ack(event)
@@ -156,7 +156,7 @@ class Worker:
         @app.agent(refresh, name="refresh")
         async def refresh_lists(stream: faust.StreamT) -> None:
             """Recompute the neighbour lists this worker owns and publish the ones that changed."""
-            async for batch in stream.noack_take(max(s.batch_size, 256), within=s.batch_within_s / 2):
+            async for batch in cast(faust.Stream, stream).noack_take(max(s.batch_size, 256), within=s.batch_within_s / 2):
                 await worker.guard(worker.handle_refresh(batch, neighbors, refresh))
                 for event in batch:
                     await stream.ack(event)
@@ -225,7 +225,7 @@ class Worker:
         ids: set[str] = set()
         event_times: dict[str, int | None] = {}
         for e in batch:
-            got_ids, got_times = decode_refresh_request(e.message.value)
+            got_ids, got_times = decode_refresh_request(e.message.value or b'{"ids": [], "event_times": {}}')
             ids.update(got_ids)
             for pid, t in got_times.items():
                 event_times[pid] = max(t or 0, event_times.get(pid) or 0) or None

@@ -6,12 +6,9 @@ Expected failures print one red line and exit 1; options name their env vars.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import click
-import orjson
 
 from streams.logs import configure_logging, get_logger
 from streams.settings import Settings, load_settings
@@ -89,10 +86,6 @@ def demo(keep: bool, timeout: float) -> None:
     except (TimeoutError, RuntimeError) as exc:
         click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
         sys.exit(1)
-
-
-def _print_json(doc: Any) -> None:
-    click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
 @main.command("eval")

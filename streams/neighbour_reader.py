@@ -40,11 +40,11 @@ class NeighbourReader:
         while (left := deadline - time.monotonic()) > 0:
             msgs = self.consumer.consume(500, timeout=min(left, 0.5))
             for m in msgs:
-                if m.error():
-                    if m.error().code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                if (err := m.error()) is not None:
+                    if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                         continue
-                    raise RuntimeError(f"neighbour topic: {m.error()}")
-                key = m.key().decode()
+                    raise RuntimeError(f"neighbour topic: {err}")
+                key = (m.key() or b"").decode()
                 value = m.value()
                 self.latest[key] = NeighborList.from_json(value) if value is not None else None
                 got += 1

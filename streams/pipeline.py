@@ -233,9 +233,9 @@ class Refresher:
                 break
             log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
         previous = self.store.get_lists(list(plan.publish))
-        for pid, nl in list(plan.publish.items()):
+        for pid, maybe_list in list(plan.publish.items()):
             old = previous.get(pid)
-            if nl is None:
+            if maybe_list is None:
                 if old is not None and not old.payload:
                     del plan.publish[pid]  # its tombstone is already published and recorded
                 else:
@@ -243,11 +243,11 @@ class Refresher:
                     # refresh that crashed before recording it. Recorded as a marker (empty payload).
                     plan.record.append(StoredList(pid, [], float("inf"), b""))
                 continue
-            if old is not None and old.payload and nl.same_content(NeighborList.from_json(old.payload)):
+            if old is not None and old.payload and maybe_list.same_content(NeighborList.from_json(old.payload)):
                 del plan.publish[pid]
                 plan.unchanged += 1
             else:
-                plan.record.append(self.builder.stored_form(nl))
+                plan.record.append(self.builder.stored_form(maybe_list))
         return plan
 
     def commit(self, plan: RefreshPlan) -> None:

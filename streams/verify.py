@@ -458,7 +458,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     result = compare(stream, topic, stored, opts.top_k)
     if opts.reencode_check:
         result.max_vector_error = reencode_error(stream, stored)
-    report = {
+    report: dict[str, Any] = {
         "products": result.products, "equal": result.equal, "equal_share": result.equal_share,
         "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": opts.workers,
         "kills": kills_done,

@@ -84,7 +84,7 @@ def draw(shape: Shape, color: tuple[int, int, int], size: int = 256) -> Image.Im
 def main() -> None:
     (HERE / "images").mkdir(exist_ok=True)
     lines = []
-    for i, p in enumerate(PRODUCTS):
+    for p in PRODUCTS:
         name = f"{p['id']}.png"
         draw(str(p["shape"]), p["color"]).save(HERE / "images" / name, optimize=True)  # type: ignore[arg-type]
         lines.append(orjson.dumps({
