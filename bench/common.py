@@ -364,3 +364,13 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows)
+
+
+def emit(report: dict[str, Any], path: Path | None) -> None:
+    """Print the report as JSON and, with ``--json PATH``, write the same text there."""
+    import json
+
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if path:
+        path.write_text(text + "\n")

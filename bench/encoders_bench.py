@@ -13,13 +13,12 @@ ratio price-only / full is the change-aware saving; ``encoded_fields`` shows whi
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from common import encoder_settings, image_root, machine, make_doc, to_events  # type: ignore
+from common import emit, encoder_settings, image_root, machine, make_doc, to_events  # type: ignore
 
 
 def _rate(encoder: Any, events: list[Any], batch: int, rounds: int, stored: Any = None) -> tuple[float, dict[str, float]]:
@@ -117,10 +116,7 @@ def main() -> None:
     encs: dict[bool, Any] = {}
     report = {"machine": machine(), "encoder_ceiling": encoder_ceiling(a.items, encoders=encs),
               "change_aware": change_aware(max(64, a.items // 2), encoders=encs)}
-    text = json.dumps(report, indent=2, default=str)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
+    emit(report, a.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (  # type: ignore
-    TopicTail, encoder_settings, field_vectors, image_root, machine, make_doc, percentile, preload,
+    TopicTail, emit, encoder_settings, field_vectors, image_root, machine, make_doc, percentile, preload,
 )
 
 
@@ -313,10 +313,7 @@ def main() -> None:
     report = {"machine": machine(), "worker_env": extra,
               "pipeline": pipeline(a.preload, a.events, a.fresh_s, a.batch1_events, a.modes.split(","),
                                    profile=a.profile, extra_env=extra)}
-    text = json.dumps(report, indent=2, default=str)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
+    emit(report, a.json)
 
 
 if __name__ == "__main__":

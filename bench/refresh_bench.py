@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common import encoder_settings, field_vectors, fuse, image_root, machine, make_doc, preload, release  # type: ignore
+from common import emit, encoder_settings, field_vectors, fuse, image_root, machine, make_doc, preload, release  # type: ignore
 
 
 def _best(fn: Any, rounds: int) -> float:
@@ -123,10 +123,7 @@ def main() -> None:
     a = ap.parse_args()
     report = {"machine": machine(),
               "refresh": refresh_cost([int(x) for x in a.sizes.split(",")], queries=a.queries)}
-    text = json.dumps(report, indent=2, default=str)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
+    emit(report, a.json)
 
 
 if __name__ == "__main__":

@@ -320,11 +320,6 @@ class VectorStore:
             self._call(self.client.upsert, self.lists, rows[start:start + 256])
         self._wrote(len(rows))
 
-    def delete_lists(self, ids: Sequence[str]) -> None:
-        if ids:
-            self._call(self.client.delete, self.lists, ids=list(ids))
-            self._wrote(len(ids))
-
     def all_list_ids(self) -> set[str]:
         it = self._call(self.client.query_iterator, self.lists, batch_size=2000, filter="",
                         output_fields=["product_id"])

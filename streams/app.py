@@ -20,7 +20,7 @@ import os
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Sequence, TypeVar, cast
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -203,12 +203,7 @@ class Worker:
                         offset=rej.record.offset, key=(rej.record.key or b"").decode("utf-8", "replace"))
             futures.append(await dlq.send(key=rej.record.key, value=rej.record.value,
                                           headers=rej.headers(s.events_topic), force=True))
-        routed: dict[int, list[str]] = {}
-        for pid in sorted(result.affected):
-            routed.setdefault(partition_for(pid, s.topic_partitions), []).append(pid)
-        for partition, ids in routed.items():
-            futures.append(await refresh.send(value=encode_refresh_request(ids, result.event_times),
-                                              partition=partition, force=True))
+        futures += await self.request_refresh(refresh, result.affected, result.event_times)
         await asyncio.gather(*futures)  # durable before the input offsets may commit
         for outcome, n in result.outcomes.items():
             metrics.EVENTS.labels(outcome).inc(n)
@@ -220,8 +215,17 @@ class Worker:
             if e.event_time:
                 metrics.WATERMARK.labels(str(e.partition)).set(max(0.0, now - e.event_time / 1000))
 
+    async def request_refresh(self, refresh: faust.TopicT, ids: Iterable[str],
+                              event_times: Mapping[str, int | None]) -> list[Awaitable[Any]]:
+        """One refresh request per partition, sent to the partition that owns those lists."""
+        routed: dict[int, list[str]] = {}
+        for pid in sorted(ids):
+            routed.setdefault(partition_for(pid, self.settings.topic_partitions), []).append(pid)
+        return [await refresh.send(value=encode_refresh_request(owned, event_times), partition=partition, force=True)
+                for partition, owned in routed.items()]
+
     async def handle_refresh(self, batch: Sequence[faust.EventT], neighbors: faust.TopicT,
-                             refresh: faust.TopicT | None = None) -> None:
+                             refresh: faust.TopicT) -> None:
         ids: set[str] = set()
         event_times: dict[str, int | None] = {}
         for e in batch:
@@ -238,15 +242,8 @@ class Worker:
         # Lists an ingest may have judged against the previous record while this batch ran: send
         # them back to their owner (durably, before this batch is acked).
         stale = await self.with_retries("recheck", lambda: self.run(self.refresher.recheck, plan))
-        if stale and refresh is not None:
-            s = self.settings
-            routed: dict[int, list[str]] = {}
-            for pid in sorted(stale):
-                routed.setdefault(partition_for(pid, s.topic_partitions), []).append(pid)
-            times = {pid: t for pid, t in event_times.items() if t}
-            sent = [await refresh.send(value=encode_refresh_request(ids, times), partition=partition, force=True)
-                    for partition, ids in routed.items()]
-            await asyncio.gather(*sent)
+        if stale:
+            await asyncio.gather(*await self.request_refresh(refresh, stale, event_times))
             log.info("lists raced with concurrent writes after recording; requeued", count=len(stale))
         now = time.time()
         for nl in plan.publish.values():

@@ -16,10 +16,10 @@ import orjson
 
 from encoders.fusion import ProductEncoder
 from index.neighbours import Change, ListBuilder, affected_by, now_ms, stale_lists
-from index.store import StoredList, StoredProduct, VectorStore
+from index.store import StoredList, VectorStore
 from streams import metrics
 from streams.contracts import NeighborList, ProductEvent, parse_event
-from streams.errors import BadEvent, EncodeError
+from streams.errors import BadEvent
 from streams.logs import get_logger
 
 log = get_logger(__name__)
@@ -189,13 +189,11 @@ class RefreshPlan:
 
     publish: dict[str, NeighborList | None] = field(default_factory=dict)
     record: list[StoredList] = field(default_factory=list)
-    forget: list[str] = field(default_factory=list)
     unchanged: int = 0
     # For the re-check after recording: every list built, its owner's vector, when searching began.
     built: dict[str, NeighborList] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     started: int = 0
-    event_times: dict[str, int | None] = field(default_factory=dict)
 
 
 class Refresher:
@@ -206,7 +204,7 @@ class Refresher:
         self.builder = builder
 
     def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None]) -> RefreshPlan:
-        plan = RefreshPlan(started=now_ms(), event_times=dict(event_times))
+        plan = RefreshPlan(started=now_ms())
         pending = set(ids)
         for attempt in range(MAX_RECHECKS + 1):
             started = now_ms()
@@ -224,11 +222,7 @@ class Refresher:
                 plan.built[pid] = nl
                 plan.vectors[pid] = products[pid].vector
             # Writers elsewhere may have changed products while we searched: re-check those lists.
-            since = started - RACE_LOOKBACK_MS
-            changed = self.store.changed_since(since)
-            deleted = self.store.deleted_since(since)
-            pending = stale_lists(lists, {p: s.vector for p, s in products.items()}, changed, deleted,
-                                  k=self.builder.k)
+            pending = self._stale_since(started, lists, {p: s.vector for p, s in products.items()})
             if not pending:
                 break
             log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
@@ -253,7 +247,6 @@ class Refresher:
     def commit(self, plan: RefreshPlan) -> None:
         """Record the published lists (the reverse index); call only after they are durable."""
         self.store.upsert_lists(plan.record)
-        self.store.delete_lists(plan.forget)
 
     def recheck(self, plan: RefreshPlan) -> set[str]:
         """After ``commit``: lists of this plan that a concurrent write may have made stale.
@@ -265,13 +258,18 @@ class Refresher:
         refresh topic, so they are recomputed by their owner."""
         if not plan.built:
             return set()
-        since = plan.started - RACE_LOOKBACK_MS
-        changed = self.store.changed_since(since)
-        deleted = self.store.deleted_since(since)
-        return stale_lists(plan.built, plan.vectors, changed, deleted, k=self.builder.k)
+        return self._stale_since(plan.started, plan.built, plan.vectors)
+
+    def _stale_since(self, started_ms: int, lists: Mapping[str, NeighborList],
+                     vectors: Mapping[str, np.ndarray]) -> set[str]:
+        """Lists that products written or deleted since ``started_ms`` (less the skew allowance)
+        may have made stale."""
+        since = started_ms - RACE_LOOKBACK_MS
+        return stale_lists(lists, vectors, self.store.changed_since(since), self.store.deleted_since(since),
+                           k=self.builder.k)
 
 
-def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int]) -> bytes:
+def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None]) -> bytes:
     return orjson.dumps({"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}})
 
 
@@ -282,5 +280,5 @@ def decode_refresh_request(raw: bytes) -> tuple[list[str], dict[str, int | None]
 
 __all__ = [
     "RawRecord", "Rejected", "validate", "coalesce", "Ingestor", "IngestResult", "Refresher", "RefreshPlan",
-    "encode_refresh_request", "decode_refresh_request", "BadEvent", "EncodeError", "StoredProduct",
+    "encode_refresh_request", "decode_refresh_request",
 ]
