@@ -72,14 +72,11 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             full = len(row) >= limit and scored
             weakest.append(min(scored, key=lambda t: t[1]) if full else ("", np.inf))
             floor[change.product_id] = min(s for _, s in scored) if full else -np.inf
-        lists = store.get_lists(list(best))
+        kth = store.list_kth_scores(list(best))
         for pid, score in best.items():
-            held = lists.get(pid)
             # No recorded list (or a tombstone marker): the product's own refresh is still pending
             # and will see this write, or re-check it after recording (Refresher.recheck).
-            if held is None or not held.payload:
-                continue
-            if score >= held.kth_score - MARGIN:
+            if pid in kth and score >= kth[pid] - MARGIN:
                 affected.add(pid)
         # Widen the search for vectors whose weakest candidate still entered its list.
         widen = [c for c, (pid, _) in zip(todo, weakest) if pid and pid in affected and pid not in ids]

@@ -6,9 +6,13 @@ searches of the ingest (affected set) and refresh steps, as exact inner-product 
 through milvus-lite, which is pure Python in-process and ~15x slower than numpy brute force;
 see docs/benchmarks.md).
 
+It also holds each product's metadata (version, hashes, model, event and write times), so after a
+sync the ingest and refresh steps read products and "what changed since t" from memory instead of
+through milvus-lite filter scans (which are Python loops over the whole collection).
+
 Kept in step with Milvus:
 - built from Milvus at start (``from_store``: every product with its vector);
-- this worker's own writes are applied as they are made (``VectorStore`` calls ``upsert``/``delete``);
+- this worker's own writes are applied as they are made (``VectorStore`` calls ``put``/``delete``);
 - before every search, ``sync`` applies what *any* writer did since the last sync: products
   written at or after (last sync - ``lookback_ms``) and products deleted in that window (their
   tombstones). So with several workers sharing a Milvus server, a search sees every write that
@@ -24,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from index.store import StoredProduct
 from streams.logs import get_logger
 
 log = get_logger(__name__)
@@ -44,7 +49,8 @@ class SideIndex:
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
-        self._stamp: dict[str, int] = {}  # updated_at of the version held, when known
+        self._stamp: dict[str, int] = {}  # updated_at of the version held
+        self._meta: dict[str, StoredProduct] = {}  # metadata of the version held (vector field unused)
         self.synced_at: int | None = None
 
     def __len__(self) -> int:
@@ -57,7 +63,7 @@ class SideIndex:
         started = _now_ms()
         idx = cls(store.dim, lookback_ms=lookback_ms)
         for rows in store.iter_products(page, with_vectors=True):
-            idx.upsert([p.product_id for p in rows], np.stack([p.vector for p in rows]) if rows else None)
+            idx.put(rows)
         idx.synced_at = started
         log.info("side index built", products=len(idx), seconds=round(time.perf_counter() - t0, 2))
         return idx
@@ -74,16 +80,19 @@ class SideIndex:
         live[: len(self._ids)] = self._live[: len(self._ids)]
         self._mat, self._live = mat, live
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray | Iterable[np.ndarray] | None,
-               stamps: Sequence[int] | None = None) -> None:
-        """Insert or replace rows; ``stamps`` are their ``updated_at`` (lets sync skip re-reading them)."""
-        if not ids or vectors is None:
+    def put(self, products: Sequence[StoredProduct]) -> None:
+        """Insert or replace products, vector and metadata (their ``updated_at`` lets sync skip
+        re-reading them)."""
+        if not products:
             return
-        for i, pid in enumerate(ids):
-            if stamps is None:
-                self._stamp.pop(pid, None)
-            else:
-                self._stamp[pid] = stamps[i]
+        empty = np.zeros(0, np.float32)
+        for p in products:
+            self._stamp[p.product_id] = p.updated_at
+            self._meta[p.product_id] = StoredProduct(p.product_id, empty, p.version, p.hashes, p.model,
+                                                     p.event_time, p.updated_at)
+        self._put_vectors([p.product_id for p in products], np.stack([p.vector for p in products]))
+
+    def _put_vectors(self, ids: Sequence[str], vectors: np.ndarray | Iterable[np.ndarray]) -> None:
         vecs = np.asarray(vectors if isinstance(vectors, np.ndarray) else np.stack(list(vectors)), np.float32)
         rows = np.empty(len(ids), np.int64)
         for i, pid in enumerate(ids):
@@ -105,6 +114,7 @@ class SideIndex:
         for pid in ids:
             r = self._row.pop(pid, None)
             self._stamp.pop(pid, None)
+            self._meta.pop(pid, None)
             if r is not None:
                 self._live[r] = False
                 self._mat[r] = 0.0
@@ -121,12 +131,25 @@ class SideIndex:
         # (its own writes carry their stamp), so a single worker's sync is one light query.
         fetch = sorted(pid for pid, t in stamps.items() if self._stamp.get(pid) != t)
         if fetch:
-            got = store.get_products(fetch)
-            ids = [pid for pid in fetch if pid in got]
-            if ids:
-                self.upsert(ids, np.stack([got[pid].vector for pid in ids]), [stamps[pid] for pid in ids])
+            got = store.read_products(fetch)
+            self.put([got[pid] for pid in fetch if pid in got])
         self.delete(deleted - stamps.keys())
         self.synced_at = started
+
+    # --- reads (call after sync) --------------------------------------------------------------
+    def get(self, ids: Iterable[str]) -> dict[str, StoredProduct]:
+        """Stored products with a *copy* of their vector (safe to keep across later writes)."""
+        out: dict[str, StoredProduct] = {}
+        for pid in ids:
+            meta = self._meta.get(pid)
+            if meta is not None:
+                out[pid] = StoredProduct(pid, self._mat[self._row[pid]].copy(), meta.version, meta.hashes,
+                                         meta.model, meta.event_time, meta.updated_at)
+        return out
+
+    def written_since(self, since_ms: int) -> list[str]:
+        """Ids whose held version was written at or after ``since_ms``."""
+        return [pid for pid, t in self._stamp.items() if t >= since_ms]
 
     # --- search -----------------------------------------------------------------------------
     def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:

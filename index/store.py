@@ -43,6 +43,7 @@ class StoredProduct:
     hashes: dict[str, str]
     model: str
     event_time: int
+    updated_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,17 @@ def _quote(ids: Iterable[str]) -> str:
     return "[" + ",".join(orjson.dumps(i).decode() for i in ids) + "]"
 
 
+def _product(r: dict[str, Any]) -> StoredProduct:
+    return StoredProduct(r["product_id"], np.asarray(r.get("vector", ()), dtype=np.float32), int(r["version"]),
+                         dict(r["hashes"] or {}), r["model"], int(r["event_time"]), int(r.get("updated_at") or 0))
+
+
+def _head(r: dict[str, Any]) -> Any:
+    from index.list_mirror import ListHead
+
+    return ListHead(r["product_id"], tuple(r["neighbor_ids"]), float(r["kth_score"]), int(r.get("updated_at") or 0))
+
+
 class VectorStore:
     """One client, plain rows in and out, like ``MilvusClient`` itself."""
 
@@ -76,6 +88,8 @@ class VectorStore:
         self.index_type = index_type
         self._unflushed = 0
         self.side: Any = None  # index.side.SideIndex once enable_side_index() ran
+        self.mirror: Any = None  # index.list_mirror.ListMirror, likewise
+        self.lists_stamped = False
         self._call(self._ensure_collections)
 
     @classmethod
@@ -124,6 +138,7 @@ class VectorStore:
                         max_capacity=1000, max_length=MAX_ID)
             s.add_field("kth_score", DataType.FLOAT)
             s.add_field("payload", DataType.VARCHAR, max_length=MAX_PAYLOAD)
+            s.add_field("updated_at", DataType.INT64)  # lets the list mirror sync (index/list_mirror.py)
             idx = c.prepare_index_params()
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
             self._create(self.lists, s, idx)
@@ -138,6 +153,8 @@ class VectorStore:
             self._create(self.tombstones, s, idx)
         for name in (self.products, self.lists, self.tombstones):
             c.load_collection(name)
+        list_fields = {f["name"] for f in c.describe_collection(self.lists)["fields"]}
+        self.lists_stamped = "updated_at" in list_fields
 
     def _create(self, name: str, schema: Any, index_params: Any) -> None:
         """Create a collection; another worker starting at the same moment may win the race."""
@@ -188,15 +205,18 @@ class VectorStore:
         return out
 
     # --- products -------------------------------------------------------------------------
-    def get_products(self, ids: Sequence[str], *, with_vectors: bool = True) -> dict[str, StoredProduct]:
-        fields = ["version", "hashes", "model", "event_time"] + (["vector"] if with_vectors else [])
-        rows = self._query(self.products, ids, fields)
-        return {
-            r["product_id"]: StoredProduct(
-                r["product_id"], np.asarray(r.get("vector", ()), dtype=np.float32), int(r["version"]),
-                dict(r["hashes"] or {}), r["model"], int(r["event_time"]))
-            for r in rows
-        }
+    def get_products(self, ids: Sequence[str]) -> dict[str, StoredProduct]:
+        """Stored products (with vectors) as Milvus holds them now: from the synced side index when
+        it is enabled, else one query."""
+        if self.side is not None:
+            self.side.sync(self)
+            return self.side.get(ids)  # type: ignore[no-any-return]
+        return self.read_products(ids)
+
+    def read_products(self, ids: Sequence[str], *, with_vectors: bool = True) -> dict[str, StoredProduct]:
+        """Stored products, always read from Milvus."""
+        fields = ["version", "hashes", "model", "event_time", "updated_at"] + (["vector"] if with_vectors else [])
+        return {r["product_id"]: _product(r) for r in self._query(self.products, ids, fields)}
 
     def upsert_products(self, rows: list[dict[str, Any]]) -> int:
         if not rows:
@@ -205,8 +225,7 @@ class VectorStore:
             self._call(self.client.upsert, self.products, rows[start:start + 256])
         self._wrote(len(rows))
         if self.side is not None:
-            self.side.upsert([r["product_id"] for r in rows], [np.asarray(r["vector"], np.float32) for r in rows],
-                             [int(r["updated_at"]) for r in rows])
+            self.side.put([_product(r) for r in rows])
         return len(rows)
 
     def delete_products(self, ids: Sequence[str]) -> None:
@@ -217,11 +236,18 @@ class VectorStore:
                 self.side.delete(ids)
 
     def enable_side_index(self) -> None:
-        """Answer search/search_scores from an exact in-memory copy of the vectors (index/side.py),
-        built from Milvus now and synced with Milvus before every search."""
+        """Answer searches and product reads from an exact in-memory copy of the products
+        (index/side.py), and list-head questions from a mirror of the lists (index/list_mirror.py);
+        both built from Milvus now and synced with Milvus before every use."""
+        from index.list_mirror import ListMirror
         from index.side import SideIndex
 
         self.side = SideIndex.from_store(self)
+        if self.lists_stamped:
+            self.mirror = ListMirror.from_store(self)
+        else:
+            log.warning("lists collection has no updated_at (created by an older simstream); "
+                        "list questions go to Milvus", collection=self.lists)
 
     def written_since(self, since_ms: int) -> dict[str, int]:
         """product_id -> updated_at of the products written at or after ``since_ms`` (no vectors)."""
@@ -231,11 +257,13 @@ class VectorStore:
 
     def changed_since(self, since_ms: int) -> dict[str, StoredProduct]:
         """Products written at or after ``since_ms``: the concurrent changes a refresh re-checks."""
+        if self.side is not None:
+            self.side.sync(self)
+            return self.side.get(self.side.written_since(since_ms))  # type: ignore[no-any-return]
         rows = self._call(self.client.query, self.products, filter=f"updated_at >= {int(since_ms)}",
-                          output_fields=["version", "hashes", "model", "event_time", "vector"], **_CONSISTENCY)
-        return {r["product_id"]: StoredProduct(r["product_id"], np.asarray(r["vector"], dtype=np.float32),
-                                               int(r["version"]), dict(r["hashes"] or {}), r["model"],
-                                               int(r["event_time"])) for r in rows}
+                          output_fields=["version", "hashes", "model", "event_time", "updated_at", "vector"],
+                          **_CONSISTENCY)
+        return {r["product_id"]: _product(r) for r in rows}
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
         """Top-``limit`` products per query vector, in one call; returns (id, vector) pairs so the
@@ -276,14 +304,12 @@ class VectorStore:
 
     def iter_products(self, batch_size: int = 1000, *, with_vectors: bool = False) -> Iterator[list[StoredProduct]]:
         """Every stored product, in pages (for reconcile and the side index)."""
-        fields = ["version", "hashes", "model", "event_time"] + (["vector"] if with_vectors else [])
+        fields = ["version", "hashes", "model", "event_time", "updated_at"] + (["vector"] if with_vectors else [])
         it = self._call(self.client.query_iterator, self.products, batch_size=batch_size, filter="",
                         output_fields=fields)
         try:
             while page := it.next():
-                yield [StoredProduct(r["product_id"], np.asarray(r.get("vector", ()), dtype=np.float32),
-                                     int(r["version"]), dict(r["hashes"] or {}), r["model"], int(r["event_time"]))
-                       for r in page]
+                yield [_product(r) for r in page]
         finally:
             it.close()
 
@@ -295,6 +321,9 @@ class VectorStore:
 
     def listers_of(self, ids: Sequence[str]) -> set[str]:
         """Products whose current list contains any of ``ids`` (the reverse neighbour index)."""
+        if self.mirror is not None:
+            self.mirror.sync(self)
+            return self.mirror.listers_of(ids)  # type: ignore[no-any-return]
         out: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = list(ids[start:start + 500])
@@ -307,18 +336,56 @@ class VectorStore:
     def lists_with_kth_at_most(self, score: float) -> dict[str, float]:
         """Recorded lists whose k-th score is <= ``score`` (short lists count as -inf): the only
         lists a product outside a candidate search can still enter."""
+        if self.mirror is not None:
+            self.mirror.sync(self)
+            return self.mirror.with_kth_at_most(score)  # type: ignore[no-any-return]
         rows = self._call(self.client.query, self.lists, filter=f"kth_score <= {float(score)!r}",
                           output_fields=["kth_score", "payload"], **_CONSISTENCY)
         return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
 
+    def list_kth_scores(self, ids: Sequence[str]) -> dict[str, float]:
+        """k-th score of each recorded list among ``ids`` (tombstone markers left out)."""
+        if self.mirror is not None:
+            self.mirror.sync(self)
+            return self.mirror.kth_scores(ids)  # type: ignore[no-any-return]
+        rows = self._query(self.lists, ids, ["kth_score", "payload"])
+        return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
+
     def upsert_lists(self, lists: list[StoredList]) -> None:
         """A list with an empty payload is a tombstone marker: "a tombstone was published"."""
-        rows = [{"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbor_ids,
-                 "kth_score": min(max(x.kth_score, -3.0e38), 3.0e38), "payload": x.payload.decode()}
+        from index.list_mirror import TOMBSTONE_KTH, ListHead
+
+        written_at = int(time.time() * 1000)
+        rows: list[dict[str, Any]] = [{"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbor_ids,
+                 "kth_score": min(max(x.kth_score, -TOMBSTONE_KTH), TOMBSTONE_KTH) if x.payload else TOMBSTONE_KTH,
+                 "payload": x.payload.decode()}
                 for x in lists]
+        if self.lists_stamped:
+            for row in rows:
+                row["updated_at"] = written_at
         for start in range(0, len(rows), 256):
             self._call(self.client.upsert, self.lists, rows[start:start + 256])
         self._wrote(len(rows))
+        if self.mirror is not None:
+            self.mirror.put([ListHead(r["product_id"], tuple(r["neighbor_ids"]),
+                                      float(np.float32(r["kth_score"])), written_at)  # as Milvus stores it
+                             for r in rows])
+
+    def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[Any]]:
+        """Every recorded list without its payload, in pages (for the list mirror)."""
+        it = self._call(self.client.query_iterator, self.lists, batch_size=batch_size, filter="",
+                        output_fields=["neighbor_ids", "kth_score", "updated_at"])
+        try:
+            while page := it.next():
+                yield [_head(r) for r in page]
+        finally:
+            it.close()
+
+    def list_heads_since(self, since_ms: int) -> list[Any]:
+        """Lists recorded at or after ``since_ms``, without payloads."""
+        rows = self._call(self.client.query, self.lists, filter=f"updated_at >= {int(since_ms)}",
+                          output_fields=["neighbor_ids", "kth_score", "updated_at"], **_CONSISTENCY)
+        return [_head(r) for r in rows]
 
     def all_list_ids(self) -> set[str]:
         it = self._call(self.client.query_iterator, self.lists, batch_size=2000, filter="",

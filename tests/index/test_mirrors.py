@@ -1,0 +1,109 @@
+"""The in-memory side index and list mirror answer exactly what Milvus answers, including writes
+made by *another* worker (written straight to Milvus, bypassing this store's memory)."""
+
+import time
+
+import numpy as np
+import pytest
+
+from index.store import StoredList, VectorStore
+
+DIM = 16  # the small_store fixture's (tests/index/conftest.py)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def product_row(pid: str, vec: np.ndarray, version: int) -> dict:
+    return {"product_id": pid, "vector": vec.tolist(), "version": version, "brand": "", "category": "",
+            "price": -1.0, "hashes": {"text": f"h{version}"}, "model": "m", "updated_at": now_ms(),
+            "event_time": version}
+
+
+def list_row(pid: str, ids: list[str], kth: float, payload: str) -> dict:
+    return {"product_id": pid, "dummy": [0.0, 0.0], "neighbor_ids": ids, "kth_score": kth, "payload": payload,
+            "updated_at": now_ms()}
+
+
+def milvus_answers(store: VectorStore, ids: list[str], since: int, x: float) -> dict:
+    """The same questions with the memory switched off: plain Milvus queries."""
+    side, mirror = store.side, store.mirror
+    store.side = store.mirror = None
+    try:
+        return answers(store, ids, since, x)
+    finally:
+        store.side, store.mirror = side, mirror
+
+
+def answers(store: VectorStore, ids: list[str], since: int, x: float) -> dict:
+    products = store.get_products(ids)
+    changed = store.changed_since(since)
+    return {
+        "products": {p: (s.version, s.hashes, s.event_time, s.vector.round(5).tolist()) for p, s in products.items()},
+        "changed": {p: (s.version, s.vector.round(5).tolist()) for p, s in changed.items()},
+        "listers": {p: store.listers_of([p]) for p in ids},
+        "kth": {p: round(v, 4) for p, v in store.list_kth_scores(ids).items()},
+        "loose": {p: round(v, 4) for p, v in store.lists_with_kth_at_most(x).items()},
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_memory_answers_equal_milvus_answers(small_store, seed):
+    rng = np.random.default_rng(seed)
+    store = small_store
+    assert store.lists_stamped
+    ids = [f"p{i:02d}" for i in range(30)]
+    versions = {p: 0 for p in ids}
+
+    def write(pid: str, foreign: bool) -> None:
+        versions[pid] += 1
+        row = product_row(pid, rng.normal(size=DIM).astype(np.float32), versions[pid])
+        if foreign:
+            store.client.upsert(store.products, [row])
+        else:
+            store.upsert_products([row])
+
+    for pid in ids[:20]:
+        write(pid, foreign=False)
+    store.upsert_lists([StoredList(p, list(rng.choice(ids, 3, replace=False)), float(rng.uniform(-1, 1)), b"{}")
+                        for p in ids[:10]])
+    store.enable_side_index()  # built from what Milvus holds now
+    assert store.side is not None and store.mirror is not None
+    started = now_ms()
+    for _ in range(6):
+        for _ in range(8):
+            pid = str(rng.choice(ids))
+            foreign = bool(rng.random() < 0.5)
+            op = rng.random()
+            if op < 0.5:
+                write(pid, foreign)
+            elif op < 0.65:
+                if foreign:
+                    store.client.delete(store.products, ids=[pid])
+                    store.upsert_tombstones({pid: versions[pid]}, now_ms())
+                else:
+                    store.delete_products([pid])
+                    store.upsert_tombstones({pid: versions[pid]}, now_ms())
+            else:
+                members = list(rng.choice(ids, int(rng.integers(0, 4)), replace=False))
+                kth = float(rng.uniform(-1, 1)) if len(members) == 3 else float("-inf")
+                tomb = rng.random() < 0.2
+                if foreign:
+                    payload = "" if tomb else "{}"
+                    store.client.upsert(store.lists, [list_row(pid, [] if tomb else members,
+                                                               3.0e38 if tomb else max(kth, -3.0e38), payload)])
+                else:
+                    store.upsert_lists([StoredList(pid, [] if tomb else members, float("inf") if tomb else kth,
+                                                   b"" if tomb else b"{}")])
+        x = float(rng.uniform(-1, 1))
+        assert answers(store, ids, started, x) == milvus_answers(store, ids, started, x)
+        # the searches see foreign writes too
+        q = rng.normal(size=(3, DIM)).astype(np.float32)
+        mem = [[p for p, _ in row] for row in store.search_scores(q, 5)]
+        side = store.side
+        store.side = None
+        try:
+            assert mem == [[p for p, _ in row] for row in store.search_scores(q, 5)]
+        finally:
+            store.side = side
