@@ -78,7 +78,7 @@ class VectorStore:
     """One client, plain rows in and out, like ``MilvusClient`` itself."""
 
     def __init__(self, client: MilvusClient, prefix: str, dim: int, *, flush_every_rows: int = 20_000,
-                 index_type: str = "FLAT") -> None:
+                 index_type: str = "FLAT", exclusive: bool = False) -> None:
         self.client = client
         self.dim = dim
         self.products = f"{prefix}_products"
@@ -87,6 +87,9 @@ class VectorStore:
         self.flush_every_rows = flush_every_rows
         self.index_type = index_type
         self._unflushed = 0
+        # A milvus-lite *file* opens in one process only, so nobody else writes to it: the memory
+        # copies below are then complete without syncing. Servers (milvus-lite server, Milvus) are shared.
+        self.exclusive = exclusive
         self.side: Any = None  # index.side.SideIndex once enable_side_index() ran
         self.mirror: Any = None  # index.list_mirror.ListMirror, likewise
         self.lists_stamped = False
@@ -95,10 +98,11 @@ class VectorStore:
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, **kwargs: Any) -> "VectorStore":
         if "://" not in uri:
-            # milvus-lite file: make sure its directory exists.
+            # milvus-lite file: make sure its directory exists. Only this process can open it.
             from pathlib import Path
 
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.setdefault("exclusive", True)
         try:
             client = MilvusClient(uri=uri, token=token or "")
         except MilvusException as exc:
@@ -209,7 +213,7 @@ class VectorStore:
         """Stored products (with vectors) as Milvus holds them now: from the synced side index when
         it is enabled, else one query."""
         if self.side is not None:
-            self.side.sync(self)
+            self._sync_side()
             return self.side.get(ids)  # type: ignore[no-any-return]
         return self.read_products(ids)
 
@@ -235,6 +239,14 @@ class VectorStore:
             if self.side is not None:
                 self.side.delete(ids)
 
+    def _sync_side(self) -> None:
+        if not self.exclusive:
+            self.side.sync(self)
+
+    def _sync_mirror(self) -> None:
+        if not self.exclusive:
+            self.mirror.sync(self)
+
     def enable_side_index(self) -> None:
         """Answer searches and product reads from an exact in-memory copy of the products
         (index/side.py), and list-head questions from a mirror of the lists (index/list_mirror.py);
@@ -258,7 +270,7 @@ class VectorStore:
     def changed_since(self, since_ms: int) -> dict[str, StoredProduct]:
         """Products written at or after ``since_ms``: the concurrent changes a refresh re-checks."""
         if self.side is not None:
-            self.side.sync(self)
+            self._sync_side()
             return self.side.get(self.side.written_since(since_ms))  # type: ignore[no-any-return]
         rows = self._call(self.client.query, self.products, filter=f"updated_at >= {int(since_ms)}",
                           output_fields=["version", "hashes", "model", "event_time", "updated_at", "vector"],
@@ -271,7 +283,7 @@ class VectorStore:
         if len(vectors) == 0:
             return []
         if self.side is not None:
-            self.side.sync(self)
+            self._sync_side()
             return self.side.search(vectors, limit)
         out: list[list[tuple[str, np.ndarray]]] = []
         for start in range(0, len(vectors), 256):
@@ -288,7 +300,7 @@ class VectorStore:
         if len(vectors) == 0:
             return []
         if self.side is not None:
-            self.side.sync(self)
+            self._sync_side()
             return self.side.search_scores(vectors, limit)
         out: list[list[tuple[str, float]]] = []
         for start in range(0, len(vectors), 256):
@@ -322,7 +334,7 @@ class VectorStore:
     def listers_of(self, ids: Sequence[str]) -> set[str]:
         """Products whose current list contains any of ``ids`` (the reverse neighbour index)."""
         if self.mirror is not None:
-            self.mirror.sync(self)
+            self._sync_mirror()
             return self.mirror.listers_of(ids)  # type: ignore[no-any-return]
         out: set[str] = set()
         for start in range(0, len(ids), 500):
@@ -337,7 +349,7 @@ class VectorStore:
         """Recorded lists whose k-th score is <= ``score`` (short lists count as -inf): the only
         lists a product outside a candidate search can still enter."""
         if self.mirror is not None:
-            self.mirror.sync(self)
+            self._sync_mirror()
             return self.mirror.with_kth_at_most(score)  # type: ignore[no-any-return]
         rows = self._call(self.client.query, self.lists, filter=f"kth_score <= {float(score)!r}",
                           output_fields=["kth_score", "payload"], **_CONSISTENCY)
@@ -346,7 +358,7 @@ class VectorStore:
     def list_kth_scores(self, ids: Sequence[str]) -> dict[str, float]:
         """k-th score of each recorded list among ``ids`` (tombstone markers left out)."""
         if self.mirror is not None:
-            self.mirror.sync(self)
+            self._sync_mirror()
             return self.mirror.kth_scores(ids)  # type: ignore[no-any-return]
         rows = self._query(self.lists, ids, ["kth_score", "payload"])
         return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}

@@ -52,6 +52,9 @@ def answers(store: VectorStore, ids: list[str], since: int, x: float) -> dict:
 def test_memory_answers_equal_milvus_answers(small_store, seed):
     rng = np.random.default_rng(seed)
     store = small_store
+    # Foreign writes below go straight through the client, as a second worker on a shared server
+    # would; a milvus-lite file is exclusive to one process, so make this store sync like a server's.
+    store.exclusive = False
     assert store.lists_stamped
     ids = [f"p{i:02d}" for i in range(30)]
     versions = {p: 0 for p in ids}
@@ -107,3 +110,18 @@ def test_memory_answers_equal_milvus_answers(small_store, seed):
             assert mem == [[p for p, _ in row] for row in store.search_scores(q, 5)]
         finally:
             store.side = side
+
+
+def test_exclusive_file_store_needs_no_sync(tmp_path):
+    """A milvus-lite file opens in one process only: the store trusts its memory, and its own
+    writes keep that memory equal to Milvus."""
+    store = VectorStore.connect(str(tmp_path / "x.db"), "ex", DIM, flush_every_rows=0)
+    assert store.exclusive
+    store.enable_side_index()
+    rng = np.random.default_rng(3)
+    ids = [f"p{i}" for i in range(12)]
+    store.upsert_products([product_row(p, rng.normal(size=DIM).astype(np.float32), 1) for p in ids])
+    store.delete_products(ids[:2])
+    store.upsert_lists([StoredList(p, ids[2:5], 0.1, b"{}") for p in ids[5:]] + [StoredList(ids[2], [], float("inf"), b"")])
+    assert answers(store, ids, 0, 0.5) == milvus_answers(store, ids, 0, 0.5)
+    store.close()
