@@ -214,10 +214,11 @@ def exact_topk(vectors: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarr
     return idx, scores
 
 
-def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, with_lists: bool = True,
-            flush_every_rows: int = 20_000) -> dict[str, float]:
-    """Write the catalog (and, optionally, its exact neighbour lists) straight into Milvus."""
-    from index.neighbours import ListBuilder, SCORE_DECIMALS, now_ms
+def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, depth: int | None = None,
+            with_lists: bool = True, flush_every_rows: int = 20_000) -> dict[str, float]:
+    """Write the catalog (and, optionally, its exact neighbour lists, top-``depth`` deep as the
+    worker records them) straight into Milvus."""
+    from index.neighbours import BuiltList, ListBuilder, SCORE_DECIMALS, now_ms
     from index.store import StoredList, VectorStore
     from streams.contracts import Neighbor, NeighborList
 
@@ -241,9 +242,9 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, wi
     timings["insert_s"] = time.perf_counter() - t0
     if with_lists:
         t0 = time.perf_counter()
-        idx, scores = exact_topk(vectors, k)
+        builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model, depth=depth)
+        idx, scores = exact_topk(vectors, builder.depth)
         timings["exact_lists_s"] = time.perf_counter() - t0
-        builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model)
         t0 = time.perf_counter()
         batch: list[StoredList] = []
         seg = list(encoder.layout.items())
@@ -258,7 +259,10 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, wi
                 fields = {f: float(contrib[f][j]) for f, sl in seg if f in contrib and np.any(other[sl])}
                 neigh.append(Neighbor(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), fields))
             nl = NeighborList(pid, fv.docs[i]["version"], neigh, encoder.model, now, fv.docs[i]["event_time"])
-            batch.append(builder.stored_form(nl))
+            boundary = float(scores[i, builder.depth - 1]) if len(fv.ids) - 1 > builder.depth else float("-inf")
+            # as_of after the products' updated_at (+ the lookback), so the worker may merge at once.
+            deep = [fv.ids[j] for j in idx[i, : min(builder.depth, len(fv.ids) - 1)]]
+            batch.append(builder.stored_form(BuiltList(nl, deep, boundary, now - 30_000)))
             if len(batch) == 2000:
                 store.upsert_lists(batch)
                 batch = []

@@ -33,12 +33,18 @@ class ListHead:
 
     product_id: str
     neighbor_ids: tuple[str, ...]
-    kth_score: float
+    kth_score: float  # the boundary (index.store.StoredList.kth_score)
     updated_at: int
+    as_of: int = 0
 
     @property
     def is_tombstone(self) -> bool:
         return self.kth_score >= TOMBSTONE_KTH
+
+    @property
+    def holds_everyone(self) -> bool:
+        """Recorded when the catalog was no bigger than the list: no outsiders then."""
+        return self.kth_score <= -TOMBSTONE_KTH
 
 
 def _now_ms() -> int:
@@ -98,6 +104,9 @@ class ListMirror:
         for pid in ids:
             out |= self._listers.get(pid, set())
         return out
+
+    def heads(self, ids: Iterable[str]) -> dict[str, ListHead]:
+        return {pid: h for pid in ids if (h := self._heads.get(pid)) is not None}
 
     def kth_scores(self, ids: Iterable[str]) -> dict[str, float]:
         """k-th score of each recorded list (tombstone markers and unrecorded ids left out)."""

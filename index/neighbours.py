@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from index.list_mirror import ListHead
 from index.store import StoredList, StoredProduct, VectorStore
 from streams.contracts import Neighbor, NeighborList
 
@@ -102,12 +103,33 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     return affected
 
 
-class ListBuilder:
-    """Builds NeighborList values from stored vectors; ``layout`` splits a score into fields."""
+@dataclass(frozen=True, slots=True)
+class BuiltList:
+    """A refreshed list: the top-k to publish, and the deeper list recorded beside it.
 
-    def __init__(self, store: VectorStore, *, k: int, layout: Mapping[str, slice], model: str) -> None:
+    ``deep`` holds the exact top-``depth`` ids (best first); every product outside it scores at most
+    ``boundary`` + MARGIN with the owner (``boundary`` = -inf when it holds every product). ``as_of``
+    is when the state it was computed from was read: together with the products written since then
+    it lets the next refresh merge instead of searching (``ListBuilder.merge``)."""
+
+    published: NeighborList
+    deep: list[str]
+    boundary: float
+    as_of: int
+
+
+class ListBuilder:
+    """Builds neighbour lists from stored vectors; ``layout`` splits a score into fields.
+
+    ``build`` searches (exact top-``depth``); ``merge`` updates a recorded deep list with the
+    products written since it was computed, without a search, when that provably gives the same
+    top-k (docs/exactness.md)."""
+
+    def __init__(self, store: VectorStore, *, k: int, layout: Mapping[str, slice], model: str,
+                 depth: int | None = None) -> None:
         self.store = store
         self.k = k
+        self.depth = max(k, depth or k)
         self.layout = {f: s for f, s in layout.items()}
         self.model = model
 
@@ -125,32 +147,72 @@ class ListBuilder:
         return [{f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for (f, s), has in zip(mine, present) if has[j]}
                 for j, b in enumerate(bs)]
 
-    def build(self, products: Mapping[str, StoredProduct], event_times: Mapping[str, int | None]) -> dict[str, NeighborList]:
-        """Exact top-k for every product in ``products`` (one batched search)."""
+    def _finish(self, product: StoredProduct, ranked: list[tuple[float, str, np.ndarray]], boundary: float,
+                as_of: int, computed_at: int, event_time: int | None) -> BuiltList:
+        """``ranked``: (exact score, id, vector) best first, at least the deep list."""
+        me = product.vector
+        top = ranked[: self.k]
+        published = NeighborList(
+            product_id=product.product_id,
+            version=product.version,
+            neighbors=[Neighbor(nid, round(sc, SCORE_DECIMALS), fields) for (sc, nid, _), fields
+                       in zip(top, self.contributions_many(me, [vec for _, _, vec in top]))],
+            model=self.model,
+            computed_at=computed_at,
+            source_event_time=event_time or product.event_time,
+        )
+        return BuiltList(published, [nid for _, nid, _ in ranked[: self.depth]], boundary, as_of)
+
+    def build(self, products: Mapping[str, StoredProduct], event_times: Mapping[str, int | None],
+              as_of: int = 0) -> dict[str, BuiltList]:
+        """Exact lists for every product in ``products`` (one batched search)."""
         ids = list(products)
         if not ids:
             return {}
-        hits = self.store.search(np.stack([products[i].vector for i in ids]), limit=self.k + 1 + TIE_MARGIN)
+        hits = self.store.search(np.stack([products[i].vector for i in ids]), limit=self.depth + 1 + TIE_MARGIN)
         computed_at = now_ms()
-        out: dict[str, NeighborList] = {}
+        out: dict[str, BuiltList] = {}
         for pid, row in zip(ids, hits):
             me = products[pid].vector
             scored = sorted(((float(vec @ me), nid, vec) for nid, vec in row if nid != pid),
-                            key=lambda t: rank_key(t[0], t[1]))[: self.k]
-            out[pid] = NeighborList(
-                product_id=pid,
-                version=products[pid].version,
-                neighbors=[Neighbor(nid, round(s, SCORE_DECIMALS), fields) for (s, nid, _), fields
-                           in zip(scored, self.contributions_many(me, [vec for _, _, vec in scored]))],
-                model=self.model,
-                computed_at=computed_at,
-                source_event_time=event_times.get(pid) or products[pid].event_time,
-            )
+                            key=lambda t: rank_key(t[0], t[1]))
+            # Beyond the deep list everyone scores at most its last score; -inf: it holds everyone.
+            boundary = scored[self.depth - 1][0] if len(scored) > self.depth else -np.inf
+            out[pid] = self._finish(products[pid], scored, boundary, as_of, computed_at, event_times.get(pid))
         return out
 
-    def stored_form(self, nl: NeighborList) -> StoredList:
-        kth = nl.neighbors[-1].score if len(nl.neighbors) >= self.k else -np.inf
-        return StoredList(nl.product_id, [n.product_id for n in nl.neighbors], kth, nl.to_json())
+    def merge(self, product: StoredProduct, head: ListHead, changed: Sequence[str], vectors: Mapping[str, np.ndarray],
+              event_time: int | None, as_of: int) -> BuiltList | None:
+        """The list of an *unchanged* ``product`` from its recorded ``head`` and the products
+        ``changed`` since ``head.as_of`` (less the lookback); ``vectors``: every live product among
+        the head's ids and ``changed``. None when only a search can tell (too few certain entries).
+
+        Why it is exact: a recorded member that did not change keeps its score, and outranks every
+        outsider that did not change either (both as when the head was computed); a changed product
+        is scored now. So the top entries are certain as long as they beat ``boundary`` + margins."""
+        pid, me = product.product_id, product.vector
+        fresh = set(changed)
+        complete = head.holds_everyone
+        entries = [(float(vectors[m] @ me), m, vectors[m]) for m in head.neighbor_ids
+                   if m != pid and m not in fresh and m in vectors]
+        for c in fresh:
+            if c != pid and c in vectors:
+                score = float(vectors[c] @ me)
+                if complete or score > head.kth_score + MARGIN:
+                    entries.append((score, c, vectors[c]))
+        entries.sort(key=lambda t: rank_key(t[0], t[1]))
+        boundary = -np.inf if complete else head.kth_score
+        if len(entries) > self.depth:
+            boundary = max(boundary, entries[self.depth - 1][0])
+        # Outsiders score at most boundary + MARGIN: the k-th must clear that, ties included.
+        if not complete or len(entries) > self.depth:
+            if len(entries) < self.k or entries[self.k - 1][0] <= boundary + 2 * MARGIN:
+                return None
+        return self._finish(product, entries, boundary, as_of, now_ms(), event_time)
+
+    def stored_form(self, built: BuiltList) -> StoredList:
+        return StoredList(built.published.product_id, built.deep, built.boundary, built.published.to_json(),
+                          built.as_of)
 
 
 def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndarray],

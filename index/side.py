@@ -147,6 +147,12 @@ class SideIndex:
                                          meta.model, meta.event_time, meta.updated_at)
         return out
 
+    def vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Read-only views of the rows of the live products among ``ids`` (valid until the next write)."""
+        view = self._mat[: len(self._ids)].view()
+        view.flags.writeable = False
+        return {pid: view[r] for pid in ids if (r := self._row.get(pid)) is not None}
+
     def written_since(self, since_ms: int) -> list[str]:
         """Ids whose held version was written at or after ``since_ms``."""
         return [pid for pid, t in self._stamp.items() if t >= since_ms]

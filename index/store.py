@@ -50,8 +50,9 @@ class StoredProduct:
 class StoredList:
     product_id: str
     neighbor_ids: list[str]
-    kth_score: float  # -inf when the list holds fewer than k neighbours: anyone may enter
-    payload: bytes
+    kth_score: float  # the list's boundary: everyone outside it scores at most this; -inf: it holds everyone
+    payload: bytes  # the published top-k; empty for a tombstone marker
+    as_of: int = 0  # when the state it was computed from was read (index.neighbours.BuiltList)
 
 
 def _hit_id(hit: Any) -> str:
@@ -71,7 +72,11 @@ def _product(r: dict[str, Any]) -> StoredProduct:
 def _head(r: dict[str, Any]) -> Any:
     from index.list_mirror import ListHead
 
-    return ListHead(r["product_id"], tuple(r["neighbor_ids"]), float(r["kth_score"]), int(r.get("updated_at") or 0))
+    return ListHead(r["product_id"], tuple(r["neighbor_ids"]), float(r["kth_score"]), int(r.get("updated_at") or 0),
+                    int(r.get("as_of") or 0))
+
+
+_HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 
 
 class VectorStore:
@@ -143,6 +148,7 @@ class VectorStore:
             s.add_field("kth_score", DataType.FLOAT)
             s.add_field("payload", DataType.VARCHAR, max_length=MAX_PAYLOAD)
             s.add_field("updated_at", DataType.INT64)  # lets the list mirror sync (index/list_mirror.py)
+            s.add_field("as_of", DataType.INT64)  # lets a refresh merge instead of searching
             idx = c.prepare_index_params()
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
             self._create(self.lists, s, idx)
@@ -158,7 +164,7 @@ class VectorStore:
         for name in (self.products, self.lists, self.tombstones):
             c.load_collection(name)
         list_fields = {f["name"] for f in c.describe_collection(self.lists)["fields"]}
-        self.lists_stamped = "updated_at" in list_fields
+        self.lists_stamped = {"updated_at", "as_of"} <= list_fields
 
     def _create(self, name: str, schema: Any, index_params: Any) -> None:
         """Create a collection; another worker starting at the same moment may win the race."""
@@ -246,6 +252,11 @@ class VectorStore:
     def _sync_mirror(self) -> None:
         if not self.exclusive:
             self.mirror.sync(self)
+
+    def snapshot_vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Vectors of the live products among ``ids`` as of the side index's last sync (no new
+        sync, so they match what the preceding ``changed_since`` saw); read-only views."""
+        return self.side.vectors(ids)  # type: ignore[no-any-return]
 
     def enable_side_index(self) -> None:
         """Answer searches and product reads from an exact in-memory copy of the products
@@ -355,6 +366,14 @@ class VectorStore:
                           output_fields=["kth_score", "payload"], **_CONSISTENCY)
         return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
 
+    def list_heads(self, ids: Sequence[str]) -> dict[str, Any]:
+        """Recorded lists without payloads (``ListHead``), tombstone markers included."""
+        if self.mirror is not None:
+            self._sync_mirror()
+            return self.mirror.heads(ids)  # type: ignore[no-any-return]
+        fields = _HEAD_FIELDS if self.lists_stamped else ["neighbor_ids", "kth_score"]
+        return {r["product_id"]: _head(r) for r in self._query(self.lists, ids, fields)}
+
     def list_kth_scores(self, ids: Sequence[str]) -> dict[str, float]:
         """k-th score of each recorded list among ``ids`` (tombstone markers left out)."""
         if self.mirror is not None:
@@ -373,20 +392,21 @@ class VectorStore:
                  "payload": x.payload.decode()}
                 for x in lists]
         if self.lists_stamped:
-            for row in rows:
+            for row, x in zip(rows, lists):
                 row["updated_at"] = written_at
+                row["as_of"] = x.as_of
         for start in range(0, len(rows), 256):
             self._call(self.client.upsert, self.lists, rows[start:start + 256])
         self._wrote(len(rows))
         if self.mirror is not None:
             self.mirror.put([ListHead(r["product_id"], tuple(r["neighbor_ids"]),
-                                      float(np.float32(r["kth_score"])), written_at)  # as Milvus stores it
+                                      float(np.float32(r["kth_score"])), written_at, r["as_of"])  # as Milvus stores it
                              for r in rows])
 
     def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[Any]]:
         """Every recorded list without its payload, in pages (for the list mirror)."""
         it = self._call(self.client.query_iterator, self.lists, batch_size=batch_size, filter="",
-                        output_fields=["neighbor_ids", "kth_score", "updated_at"])
+                        output_fields=_HEAD_FIELDS)
         try:
             while page := it.next():
                 yield [_head(r) for r in page]
@@ -396,7 +416,7 @@ class VectorStore:
     def list_heads_since(self, since_ms: int) -> list[Any]:
         """Lists recorded at or after ``since_ms``, without payloads."""
         rows = self._call(self.client.query, self.lists, filter=f"updated_at >= {int(since_ms)}",
-                          output_fields=["neighbor_ids", "kth_score", "updated_at"], **_CONSISTENCY)
+                          output_fields=_HEAD_FIELDS, **_CONSISTENCY)
         return [_head(r) for r in rows]
 
     def all_list_ids(self) -> set[str]:

@@ -6,6 +6,7 @@ worker thread and do the sending. Each step is testable on its own.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ import numpy as np
 import orjson
 
 from encoders.fusion import ProductEncoder
-from index.neighbours import Change, ListBuilder, affected_by, now_ms, stale_lists
-from index.store import StoredList, VectorStore
+from index.list_mirror import ListHead
+from index.neighbours import BuiltList, Change, ListBuilder, affected_by, now_ms, stale_lists
+from index.store import StoredList, StoredProduct, VectorStore
 from streams import metrics
 from streams.contracts import NeighborList, ProductEvent, parse_event
 from streams.errors import BadEvent
@@ -190,6 +192,8 @@ class RefreshPlan:
     publish: dict[str, NeighborList | None] = field(default_factory=dict)
     record: list[StoredList] = field(default_factory=list)
     unchanged: int = 0
+    merged: int = 0  # lists updated from their recorded deep list, without a search
+    searched: int = 0
     # For the re-check after recording: every list built, its owner's vector, when searching began.
     built: dict[str, NeighborList] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
@@ -199,30 +203,36 @@ class RefreshPlan:
 class Refresher:
     """Step 6: recompute lists for affected ids, diff against what was last published."""
 
-    def __init__(self, store: VectorStore, builder: ListBuilder) -> None:
+    def __init__(self, store: VectorStore, builder: ListBuilder, *, max_merge_changes: int = 20_000) -> None:
         self.store = store
         self.builder = builder
+        self.max_merge_changes = max_merge_changes
 
     def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None]) -> RefreshPlan:
         plan = RefreshPlan(started=now_ms())
         pending = set(ids)
+        lists: dict[str, BuiltList] = {}
+        heads: dict[str, ListHead] = {}
         for attempt in range(MAX_RECHECKS + 1):
             started = now_ms()
             products = self.store.get_products(sorted(pending))
+            heads.update(self.store.list_heads(sorted(pending)))
             t0 = time.perf_counter()
-            lists = self.builder.build(products, event_times)
+            fresh = self._compute(products, heads, event_times, started, plan)
             metrics.MILVUS_SECONDS.labels("refresh_search").observe(time.perf_counter() - t0)
             for pid in pending - products.keys():
                 lists.pop(pid, None)
                 plan.publish[pid] = None
                 plan.built.pop(pid, None)
                 plan.vectors.pop(pid, None)
-            for pid, nl in lists.items():
-                plan.publish[pid] = nl
-                plan.built[pid] = nl
+            for pid, built in fresh.items():
+                lists[pid] = built
+                plan.publish[pid] = built.published
+                plan.built[pid] = built.published
                 plan.vectors[pid] = products[pid].vector
             # Writers elsewhere may have changed products while we searched: re-check those lists.
-            pending = self._stale_since(started, lists, {p: s.vector for p, s in products.items()})
+            pending = self._stale_since(started, {p: b.published for p, b in fresh.items()},
+                                        {p: s.vector for p, s in products.items()})
             if not pending:
                 break
             log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
@@ -237,12 +247,44 @@ class Refresher:
                     # refresh that crashed before recording it. Recorded as a marker (empty payload).
                     plan.record.append(StoredList(pid, [], float("inf"), b""))
                 continue
+            built = lists[pid]
             if old is not None and old.payload and maybe_list.same_content(NeighborList.from_json(old.payload)):
                 del plan.publish[pid]
                 plan.unchanged += 1
-            else:
-                plan.record.append(self.builder.stored_form(maybe_list))
+                head = heads.get(pid)
+                if head is not None and list(head.neighbor_ids) == built.deep and \
+                        float(np.float32(built.boundary)) == head.kth_score:
+                    continue  # nothing new to record either
+            # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
+            plan.record.append(self.builder.stored_form(built))
         return plan
+
+    def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
+                 event_times: Mapping[str, int | None], started: int, plan: RefreshPlan) -> dict[str, BuiltList]:
+        """Merge where the recorded deep list allows it (owner unchanged since), search for the rest."""
+        out: dict[str, BuiltList] = {}
+        mergeable = {pid: h for pid, h in heads.items()
+                     if pid in products and h.as_of and not h.is_tombstone
+                     and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS} if self.store.side is not None else {}
+        if mergeable:
+            changed = self.store.changed_since(min(h.as_of for h in mergeable.values()) - RACE_LOOKBACK_MS)
+            if len(changed) <= self.max_merge_changes:
+                by_time = sorted(changed.values(), key=lambda p: p.updated_at)
+                stamps = [p.updated_at for p in by_time]
+                members = {m for h in mergeable.values() for m in h.neighbor_ids}
+                vectors = {**self.store.snapshot_vectors(members - changed.keys()),
+                           **{p: c.vector for p, c in changed.items()}}
+                for pid, head in mergeable.items():
+                    since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
+                    built = self.builder.merge(products[pid], head, [p.product_id for p in by_time[since:]], vectors,
+                                               event_times.get(pid), started)
+                    if built is not None:
+                        out[pid] = built
+        plan.merged += len(out)
+        rest = {pid: p for pid, p in products.items() if pid not in out}
+        plan.searched += len(rest)
+        out.update(self.builder.build(rest, event_times, as_of=started))
+        return out
 
     def commit(self, plan: RefreshPlan) -> None:
         """Record the published lists (the reverse index); call only after they are durable."""

@@ -27,7 +27,9 @@ def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tu
     store = open_store(settings, encoder.dim)
     ingestor = Ingestor(store, encoder, candidate_pool=settings.candidate_pool,
                         tombstone_retention_s=settings.tombstone_retention_s)
-    refresher = Refresher(store, ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model))
+    builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
+                          depth=settings.list_depth or 2 * settings.top_k)
+    refresher = Refresher(store, builder)
     return encoder, store, ingestor, refresher
 
 

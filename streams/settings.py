@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1)
     batch_within_s: float = Field(0.5, gt=0)
     top_k: int = Field(10, ge=1, le=1000)
+    # Recorded list depth (>= top_k): the extra entries let a refresh merge changes instead of
+    # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = 2 x top_k.
+    list_depth: int = Field(0, ge=0, le=1000)
     candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates searched per change
     side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)

@@ -22,7 +22,7 @@ def product_row(pid: str, vec: np.ndarray, version: int) -> dict:
 
 
 def list_row(pid: str, ids: list[str], kth: float, payload: str) -> dict:
-    return {"product_id": pid, "dummy": [0.0, 0.0], "neighbor_ids": ids, "kth_score": kth, "payload": payload,
+    return {"product_id": pid, "dummy": [0.0, 0.0], "neighbor_ids": ids, "kth_score": kth, "payload": payload, "as_of": 7,
             "updated_at": now_ms()}
 
 
@@ -45,6 +45,7 @@ def answers(store: VectorStore, ids: list[str], since: int, x: float) -> dict:
         "listers": {p: store.listers_of([p]) for p in ids},
         "kth": {p: round(v, 4) for p, v in store.list_kth_scores(ids).items()},
         "loose": {p: round(v, 4) for p, v in store.lists_with_kth_at_most(x).items()},
+        "heads": {p: (h.neighbor_ids, round(h.kth_score, 4), h.as_of) for p, h in store.list_heads(ids).items()},
     }
 
 

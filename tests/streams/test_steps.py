@@ -31,7 +31,7 @@ def test_coalesce_keeps_highest_version_then_latest_offset():
 @pytest.fixture
 def steps(store, encoder):
     ingestor = Ingestor(store, encoder, candidate_pool=16, tombstone_retention_s=3600)
-    refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model))
+    refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model, depth=6))
     return ingestor, refresher
 
 
