@@ -208,7 +208,8 @@ class Refresher:
         self.builder = builder
         self.max_merge_changes = max_merge_changes
 
-    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None]) -> RefreshPlan:
+    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None], *, search_all: bool = False) -> RefreshPlan:
+        """``search_all``: never merge, search every list (``simstream reconcile``: from scratch)."""
         plan = RefreshPlan(started=now_ms())
         pending = set(ids)
         lists: dict[str, BuiltList] = {}
@@ -218,7 +219,7 @@ class Refresher:
             products = self.store.get_products(sorted(pending))
             heads.update(self.store.list_heads(sorted(pending)))
             t0 = time.perf_counter()
-            fresh = self._compute(products, heads, event_times, started, plan)
+            fresh = self._compute(products, {} if search_all else heads, event_times, started, plan)
             metrics.MILVUS_SECONDS.labels("refresh_search").observe(time.perf_counter() - t0)
             for pid in pending - products.keys():
                 lists.pop(pid, None)

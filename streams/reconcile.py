@@ -1,6 +1,7 @@
 """``simstream reconcile``: recompute every list from the index, publish only the differences.
 
-Same code path as streaming (``Refresher.plan`` / ``commit``); run it while the stream is quiet or
+Same code path as streaming (``Refresher.plan`` / ``commit``), with every list searched (no
+merges from recorded lists, so a damaged record cannot carry over); run it while the stream is quiet or
 after an upgrade. A milvus-lite file is opened by one process only: stop the worker first, or run
 ``milvus-lite server`` and point both at its URI.
 """
@@ -25,7 +26,7 @@ def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, 
     ordered = sorted(ids)
     with EventProducer(settings) as producer:
         for start in range(0, len(ordered), page):
-            plan = refresher.plan(ordered[start:start + page], {})
+            plan = refresher.plan(ordered[start:start + page], {}, search_all=True)
             for pid, nl in plan.publish.items():
                 if nl is None:
                     producer.tombstone(pid, topic=settings.neighbors_topic)
