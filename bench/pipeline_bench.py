@@ -50,7 +50,8 @@ def scrape(port: int) -> dict[str, float]:
         if any(name.startswith(p) for p in ("simstream_encode_seconds_sum", "simstream_milvus_seconds_sum",
                                              "simstream_encode_seconds_count", "simstream_milvus_seconds_count",
                                              "simstream_batch_size_sum", "simstream_batch_size_count",
-                                             "simstream_lists_total", "simstream_events_total")):
+                                             "simstream_lists_total", "simstream_events_total",
+                                             "simstream_refresh_lists_total")):
             out[name] = float(value)
     return out
 

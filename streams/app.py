@@ -253,5 +253,7 @@ class Worker:
         metrics.LISTS.labels("published").inc(len(plan.publish) - tombstones)
         metrics.LISTS.labels("tombstoned").inc(tombstones)
         metrics.LISTS.labels("unchanged").inc(plan.unchanged)
+        metrics.REFRESH_METHOD.labels("merged").inc(plan.merged)
+        metrics.REFRESH_METHOD.labels("searched").inc(plan.searched)
         log.info("refreshed", requested=len(ids), published=len(plan.publish) - tombstones,
-                 tombstones=tombstones, unchanged=plan.unchanged)
+                 tombstones=tombstones, unchanged=plan.unchanged, merged=plan.merged, searched=plan.searched)

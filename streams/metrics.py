@@ -15,6 +15,8 @@ ENCODE_SECONDS = Histogram("simstream_encode_seconds", "Encoder time per batch, 
 MILVUS_SECONDS = Histogram("simstream_milvus_seconds", "Milvus step latency per batch.", ["op"], registry=REGISTRY)
 LISTS = Counter("simstream_lists", "Neighbour lists computed, by result: published, unchanged, tombstoned.",
                 ["result"], registry=REGISTRY)
+REFRESH_METHOD = Counter("simstream_refresh_lists", "Lists refreshed, by method: merged (recorded deep list + "
+                         "changed products, no search) or searched.", ["method"], registry=REGISTRY)
 FRESHNESS = Histogram("simstream_freshness_seconds", "event_time -> neighbour list published.",
                       buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=REGISTRY)
 WATERMARK = Gauge("simstream_freshness_watermark_seconds",
