@@ -143,6 +143,9 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
 @click.option("--version", "version", default=None, help="Version tag stored in the config.")
 @click.option("--mpn-from-title/--no-mpn-from-title", default=True, show_default=True,
               help="Derive part numbers from titles when the mpn field is empty (a fusion option saved in the config).")
+@click.option("--text-model", default=None,
+              help="Text encoder the weights are fitted for (a fusion option saved in the config), e.g. a "
+                   "fine-tuned model name from `simstream fine-tune`; default: the bundled all-MiniLM-L6-v2.")
 @click.option("--candidates", default=50, show_default=True, help="Hard negatives per query (top-K retrieved).")
 @click.option("--rounds", default=2, show_default=True, help="Mine negatives again with the fitted weights this many times.")
 @click.option("--l2", default=1e-4, show_default=True, help="L2 penalty on the raw weights.")
@@ -150,8 +153,8 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache encodings here between runs (development only).")
 def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits: str, out: Path,
-                version: str | None, mpn_from_title: bool, candidates: int, rounds: int, l2: float,
-                id_column: str, cache_dir: Path | None) -> None:
+                version: str | None, mpn_from_title: bool, text_model: str | None, candidates: int, rounds: int,
+                l2: float, id_column: str, cache_dir: Path | None) -> None:
     """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
     from streams.fit_weights import format_summary, run
 
@@ -161,7 +164,8 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
     _settings()
     try:
         config = run(list(zip(datasets, field_specs)), out, splits=[s for s in splits.split(",") if s],
-                     options={"mpn_from_title": mpn_from_title}, candidates=candidates, rounds=rounds, l2=l2,
+                     options={"mpn_from_title": mpn_from_title, **({"text_model": text_model} if text_model else {})},
+                     candidates=candidates, rounds=rounds, l2=l2,
                      version=version, cache_dir=cache_dir, id_column=id_column)
     except (KeyError, ValueError, RuntimeError) as exc:
         click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
@@ -190,13 +194,15 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
 @click.option("--max-length", default=128, show_default=True, help="Tokens per text while training.")
 @click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
               help="Add one right product the base model ranks high but no label matches, per pair.")
+@click.option("--remine/--no-remine", default=False, show_default=True,
+              help="Mine the hard negatives again with the current model before every epoch after the first.")
 @click.option("--seed", default=13, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="torch threads.")
 @click.option("--max-steps", default=None, type=int, help="Stop after this many optimiser steps (smoke runs).")
 @click.option("--id-column", default="id", show_default=True)
 def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Path, name: str | None, splits: str,
               valid_split: str, epochs: int, batch_size: int, lr: float, train_layers: int, max_length: int,
-              hard_negatives: bool, seed: int, threads: int, max_steps: int | None, id_column: str) -> None:
+              hard_negatives: bool, remine: bool, seed: int, threads: int, max_steps: int | None, id_column: str) -> None:
     """Fine-tune the top layers of the text encoder on labelled pairs (contrastive); save a small delta model."""
     from streams.finetune import run
 
@@ -208,7 +214,7 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
         manifest = run(list(zip(datasets, field_specs)), out, name=name,
                        train_splits=[s for s in splits.split(",") if s], valid_split=valid_split or None,
                        epochs=epochs, batch_size=batch_size, lr=lr, train_layers=train_layers,
-                       max_length=max_length, hard_negatives=hard_negatives, seed=seed, threads=threads,
+                       max_length=max_length, hard_negatives=hard_negatives, remine=remine, seed=seed, threads=threads,
                        max_steps=max_steps, id_column=id_column, log=click.echo)
     except (KeyError, ValueError, RuntimeError) as exc:
         click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)

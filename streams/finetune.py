@@ -10,7 +10,8 @@ both tables of every dataset. Positives are the label-1 pairs of the training sp
 holds pairs of one dataset (so in-batch negatives are products of the same catalog), no left or
 right product twice, and one hard negative per pair: a right product that the *base* model ranks
 high for the left one but that no training/validation label says matches (sampled from the top
-``hard_pool``, excluding exact text duplicates of the positive).
+``hard_pool``, excluding exact text duplicates of the positive); with ``remine`` they are mined again
+with the current model before every epoch after the first.
 
 Loss: symmetric multiple-negatives ranking loss (InfoNCE with in-batch negatives, cosine x
 ``scale``): left -> [rights + hard negatives] and right -> lefts, averaged.
@@ -280,7 +281,7 @@ def save_model(model: TopLayers, out: Path, manifest: Mapping[str, Any]) -> int:
 def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None,
         train_splits: Sequence[str] = ("train",), valid_split: str | None = "valid", epochs: int = 4,
         batch_size: int = 32, lr: float = 5e-5, train_layers: int = 2, max_length: int = 128,
-        scale: float = 20.0, hard_negatives: bool = True, hard_pool: int = 5, seed: int = 13,
+        scale: float = 20.0, hard_negatives: bool = True, hard_pool: int = 5, remine: bool = False, seed: int = 13,
         threads: int | None = 2, max_steps: int | None = None, id_column: str = "id",
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, select the best epoch on ``valid_split`` (text-only MRR), save; returns the manifest."""
@@ -326,6 +327,8 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None
         if step >= total:
             break
         epoch_losses = []
+        if hard_negatives and remine and epoch > 1:  # hard negatives of the current model
+            hard = mine_hard_negatives(model, corpora, texts, all_pairs, hard_pool)
         for batch in make_batches(pairs_by_corpus, batch_size, rng):
             if step >= total:
                 break
@@ -370,7 +373,7 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None
         "recipe": {"loss": "symmetric multiple-negatives ranking (in-batch + 1 mined hard negative)",
                    "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW wd 0.01, "
                    "10% warm-up, linear decay, grad-norm clip 1", "scale": scale, "max_length": max_length,
-                   "hard_negatives": hard_negatives, "hard_pool": hard_pool, "seed": seed, "threads": threads,
+                   "hard_negatives": hard_negatives, "hard_pool": hard_pool, "remine": remine, "seed": seed, "threads": threads,
                    "max_steps": max_steps},
         "best_epoch": best_epoch,
         "history": history,
