@@ -70,9 +70,9 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             scored = [(pid, score) for pid, score in row if pid != change.product_id]
             for pid, score in scored:
                 best[pid] = max(score, best.get(pid, -np.inf))
-            full = len(row) >= limit and scored
-            weakest.append(min(scored, key=lambda t: t[1]) if full else ("", np.inf))
-            floor[change.product_id] = min(s for _, s in scored) if full else -np.inf
+            full = len(row) >= limit  # else the row held the whole catalog
+            weakest.append(min(scored, key=lambda t: t[1]) if full and scored else ("", np.inf))
+            floor[change.product_id] = min(s for _, s in row) if full else -np.inf
         kth = store.list_kth_scores(list(best))
         for pid, score in best.items():
             # No recorded list (or a tombstone marker): the product's own refresh is still pending
@@ -95,11 +95,13 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             vectors = {pid: p.vector for pid, p in store.get_products(sorted(loose)).items()}
             changed = [c for c in changes if c.vector is not None]
             cmat = np.stack([c.vector for c in changed])  # type: ignore[misc]
-            for pid, vec in vectors.items():
-                scores = cmat @ vec
-                if any(float(s) >= loose[pid] - MARGIN for c, s in zip(changed, scores)
-                       if c.product_id != pid):
-                    affected.add(pid)
+            owners = list(vectors)
+            scores = np.stack([vectors[o] for o in owners]) @ cmat.T  # one row per loose list
+            # A product never enters its own list.
+            scores[np.array(owners)[:, None] == np.array([c.product_id for c in changed])[None, :]] = -np.inf
+            bars = np.array([loose[o] for o in owners], np.float64)
+            for i in np.flatnonzero((scores >= (bars - MARGIN)[:, None]).any(axis=1)):
+                affected.add(owners[int(i)])
     return affected
 
 
@@ -181,25 +183,32 @@ class ListBuilder:
             out[pid] = self._finish(products[pid], scored, boundary, as_of, computed_at, event_times.get(pid))
         return out
 
-    def merge(self, product: StoredProduct, head: ListHead, changed: Sequence[str], vectors: Mapping[str, np.ndarray],
-              event_time: int | None, as_of: int) -> BuiltList | None:
-        """The list of an *unchanged* ``product`` from its recorded ``head`` and the products
-        ``changed`` since ``head.as_of`` (less the lookback); ``vectors``: every live product among
-        the head's ids and ``changed``. None when only a search can tell (too few certain entries).
+    def merge(self, product: StoredProduct, head: ListHead, changed: Sequence[str], changed_vectors: np.ndarray,
+              members: Mapping[str, np.ndarray], event_time: int | None, as_of: int) -> BuiltList | None:
+        """The list of an *unchanged* ``product`` from its recorded ``head`` and the live products
+        ``changed`` since ``head.as_of`` (less the lookback), whose vectors are the rows of
+        ``changed_vectors``; ``members``: vectors of the head's live ids. None when only a search
+        can tell (too few certain entries).
 
         Why it is exact: a recorded member that did not change keeps its score, and outranks every
         outsider that did not change either (both as when the head was computed); a changed product
         is scored now. So the top entries are certain as long as they beat ``boundary`` + margins."""
         pid, me = product.product_id, product.vector
-        fresh = set(changed)
         complete = head.holds_everyone
-        entries = [(float(vectors[m] @ me), m, vectors[m]) for m in head.neighbor_ids
-                   if m != pid and m not in fresh and m in vectors]
-        for c in fresh:
-            if c != pid and c in vectors:
-                score = float(vectors[c] @ me)
-                if complete or score > head.kth_score + MARGIN:
-                    entries.append((score, c, vectors[c]))
+        entries: list[tuple[float, str, np.ndarray]] = []
+        if len(changed):
+            # One matrix product picks the changed products within reach; their scores are then
+            # computed exactly as build() computes them, so both paths rank identically.
+            rough = changed_vectors @ me
+            reach = np.arange(len(changed)) if complete else np.flatnonzero(rough > head.kth_score + MARGIN - 1e-5)
+            for i in reach:
+                c, vec = changed[int(i)], changed_vectors[i]
+                score = float(vec @ me)
+                if c != pid and (complete or score > head.kth_score + MARGIN):
+                    entries.append((score, c, vec))
+        fresh = set(changed)
+        entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbor_ids
+                    if m != pid and m not in fresh and m in members]
         entries.sort(key=lambda t: rank_key(t[0], t[1]))
         boundary = -np.inf if complete else head.kth_score
         if len(entries) > self.depth:

@@ -37,7 +37,8 @@ def test_lists_equal_brute_force_with_ties_by_id(small_store):
     assert [n.product_id for n in lists["p000"].published.neighbors][:2] == ["twin-a", "twin-b"]
 
 
-def test_affected_set_covers_entering_and_leaving(small_store):
+@pytest.mark.parametrize("pool, max_pool", [(8, 256), (1, 1)])  # (1, 1): the exact tail does all the work
+def test_affected_set_covers_entering_and_leaving(small_store, pool, max_pool):
     rng = np.random.default_rng(1)
     vecs = {f"p{i:03d}": v for i, v in enumerate(unit(rng, 100))}
     put(small_store, vecs)
@@ -49,7 +50,7 @@ def test_affected_set_covers_entering_and_leaving(small_store):
     moved /= np.linalg.norm(moved)
     new = dict(vecs, p000=moved)
     put(small_store, {"p000": moved})
-    affected = affected_by(small_store, [Change("p000", moved)], pool=8)
+    affected = affected_by(small_store, [Change("p000", moved)], pool=pool, max_pool=max_pool)
     for pid in vecs:
         if oracle(new, pid, 5) != [n.product_id for n in lists[pid].published.neighbors]:
             assert pid in affected, pid
@@ -113,7 +114,9 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
         for o in owners:
             asked += 1
             prod = StoredProduct(o, vecs[o], 1, {}, "m", 0)
-            got = builder.merge(prod, heads[o], sorted(changed), vecs, None, as_of=rnd + 2)
+            live = sorted(changed & vecs.keys())
+            mat = np.stack([vecs[c] for c in live]) if live else np.zeros((0, 16), np.float32)
+            got = builder.merge(prod, heads[o], live, mat, vecs, None, as_of=rnd + 2)
             deep, boundary = brute_deep(vecs, o, depth)
             if got is None:
                 heads[o] = ListHead(o, tuple(deep), boundary, 0, rnd + 2)
