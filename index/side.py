@@ -27,6 +27,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from index.store import StoredProduct
 from streams.logs import get_logger
@@ -168,9 +169,12 @@ class SideIndex:
         dead = ~self._live[:n]
         k = min(limit, live_count)
         q = np.asarray(vectors, np.float32)
+        rows = torch.from_numpy(np.ascontiguousarray(mat))  # no copy: the matrix is contiguous
         out = []
         for start in range(0, len(q), chunk):
-            sims = q[start:start + chunk] @ mat.T
+            # torch, so the product uses SIMSTREAM_TORCH_THREADS (numpy's BLAS is single-threaded
+            # in the worker, streams/runtime.py); same float32 arithmetic.
+            sims = (torch.from_numpy(np.ascontiguousarray(q[start:start + chunk])) @ rows.T).numpy()
             if k == 0:
                 out.append((np.zeros((len(sims), 0), np.int64), np.zeros((len(sims), 0), np.float32)))
                 continue
