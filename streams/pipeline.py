@@ -272,12 +272,12 @@ class Refresher:
             if len(changed) <= self.max_merge_changes:
                 by_time = sorted(changed.values(), key=lambda p: p.updated_at)
                 stamps = [p.updated_at for p in by_time]
-                members = {m for h in mergeable.values() for m in h.neighbor_ids}
-                vectors = {**self.store.snapshot_vectors(members - changed.keys()),
-                           **{p: c.vector for p, c in changed.items()}}
+                changed_ids = [p.product_id for p in by_time]
+                changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, 0), np.float32)
+                members = self.store.snapshot_vectors({m for h in mergeable.values() for m in h.neighbor_ids})
                 for pid, head in mergeable.items():
                     since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
-                    built = self.builder.merge(products[pid], head, [p.product_id for p in by_time[since:]], vectors,
+                    built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
                                                event_times.get(pid), started)
                     if built is not None:
                         out[pid] = built
