@@ -187,9 +187,9 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
 @click.option("--splits", default="train", show_default=True, help="Labelled splits to train on.")
 @click.option("--valid-split", default="valid", show_default=True,
               help="Split for picking the best epoch (text-only MRR); empty = keep the last epoch.")
-@click.option("--epochs", default=4, show_default=True)
+@click.option("--epochs", default=8, show_default=True)
 @click.option("--batch-size", default=32, show_default=True, help="Pairs per step (plus one hard negative each).")
-@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
 @click.option("--train-layers", default=2, show_default=True, help="Top transformer layers trained; the rest frozen.")
 @click.option("--max-length", default=128, show_default=True, help="Tokens per text while training.")
 @click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,

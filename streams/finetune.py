@@ -279,8 +279,8 @@ def save_model(model: TopLayers, out: Path, manifest: Mapping[str, Any]) -> int:
 
 
 def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None,
-        train_splits: Sequence[str] = ("train",), valid_split: str | None = "valid", epochs: int = 4,
-        batch_size: int = 32, lr: float = 5e-5, train_layers: int = 2, max_length: int = 128,
+        train_splits: Sequence[str] = ("train",), valid_split: str | None = "valid", epochs: int = 8,
+        batch_size: int = 32, lr: float = 1e-4, train_layers: int = 2, max_length: int = 128,
         scale: float = 20.0, hard_negatives: bool = True, hard_pool: int = 5, remine: bool = False, seed: int = 13,
         threads: int | None = 2, max_steps: int | None = None, id_column: str = "id",
         log: Callable[[str], None] = print) -> dict[str, Any]:
