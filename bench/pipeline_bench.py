@@ -131,7 +131,7 @@ class Run:
         t0 = time.perf_counter()
         settings = encoder_settings(self.image, image_root=self.root)
         timings = preload(str((self.data / "simstream.db").resolve()), settings.collection, self.encoder,
-                          self.fv, k=settings.top_k, depth=settings.list_depth or 2 * settings.top_k)
+                          self.fv, k=settings.top_k, depth=settings.resolved_list_depth)
         timings["total_s"] = time.perf_counter() - t0
         for d in self.fv.docs:
             self.versions[d["product_id"]] = d["version"]

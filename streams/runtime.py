@@ -28,7 +28,7 @@ def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tu
     ingestor = Ingestor(store, encoder, candidate_pool=settings.candidate_pool,
                         tombstone_retention_s=settings.tombstone_retention_s)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
-                          depth=settings.list_depth or 2 * settings.top_k)
+                          depth=settings.resolved_list_depth)
     refresher = Refresher(store, builder)
     return encoder, store, ingestor, refresher
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.5, gt=0)
     top_k: int = Field(10, ge=1, le=1000)
     # Recorded list depth (>= top_k): the extra entries let a refresh merge changes instead of
-    # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = 2 x top_k.
+    # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = top_k + 5.
     list_depth: int = Field(0, ge=0, le=1000)
     candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates searched per change
     side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         if self.milvus_uri:
             return self.milvus_uri
         return str((self.data_dir / "simstream.db").resolve())
+
+    @property
+    def resolved_list_depth(self) -> int:
+        """Recorded list depth: ``list_depth``, or top_k + 5 when unset; never below top_k."""
+        return max(self.top_k, self.list_depth or self.top_k + 5)
 
     def safe_dump(self) -> dict[str, Any]:
         """Effective settings for the start-up log line, secrets masked."""
