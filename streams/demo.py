@@ -20,7 +20,10 @@ from streams.contracts import NeighborList
 from streams.embedded import EmbeddedBroker, WorkerProcess
 from streams.neighbour_reader import NeighbourReader
 from streams.producer import EventProducer
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
+
+#: The shipped learned fusion config (fine-tuned text model + weights, docs/quality.md), when run from a checkout.
+DEMO_FUSION_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fusion-weights-v2.json"
 
 
 def sample_catalog() -> tuple[list[dict[str, object]], Path]:
@@ -53,6 +56,8 @@ def run_demo(*, keep: bool = False, timeout_s: float = 600.0) -> None:
             "SIMSTREAM_IMAGE_ROOT": str(image_root), "SIMSTREAM_SESSION_TIMEOUT_S": "6",
             "SIMSTREAM_TOPIC_PARTITIONS": "2", "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_TOP_K": "5",
         }
+        if load_settings().fusion_config is None and DEMO_FUSION_CONFIG.exists():  # SIMSTREAM_FUSION_CONFIG wins
+            env["SIMSTREAM_FUSION_CONFIG"] = str(DEMO_FUSION_CONFIG)
         settings = Settings(kafka=broker.url, topic_partitions=2)
         click.echo(f"starting the worker (milvus-lite file in {data_dir}) ...")
         worker = WorkerProcess(env, log_path=data_dir / "worker.log").start()
