@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from index.store import VectorStore
 from streams import metrics
 from streams.errors import IndexUnavailable
+from streams.kafka_config import bound_faust_fetch_wait
 from streams.logs import get_logger
 from streams.pipeline import (
     Ingestor, RawRecord, Refresher, decode_refresh_request, encode_refresh_request, validate,
@@ -112,6 +113,7 @@ class Worker:
 
     def _build_app(self) -> faust.App:
         s = self.settings
+        bound_faust_fetch_wait(s.fetch_max_wait_ms)
         app = faust.App(
             s.app_id,
             broker=s.kafka,
@@ -156,7 +158,7 @@ class Worker:
         @app.agent(refresh, name="refresh")
         async def refresh_lists(stream: faust.StreamT) -> None:
             """Recompute the neighbour lists this worker owns and publish the ones that changed."""
-            async for batch in cast(faust.Stream, stream).noack_take(max(s.batch_size, 256), within=s.batch_within_s / 2):
+            async for batch in cast(faust.Stream, stream).noack_take(max(s.batch_size, 256), within=s.refresh_within_s):
                 await worker.guard(worker.handle_refresh(batch, neighbors, refresh))
                 for event in batch:
                     await stream.ack(event)

@@ -1,4 +1,4 @@
-"""confluent-kafka client configuration from the one settings object."""
+"""Kafka client configuration from the one settings object (confluent-kafka and Faust's aiokafka)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,24 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         conf["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
     conf.update(extra)
     return conf
+
+
+def bound_faust_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's consumer use ``fetch_max_wait_ms`` = ``max_wait_ms``.
+
+    Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting to change it
+    (faust/transport/drivers/aiokafka.py, ``_create_worker_consumer``). aiokafka reads the value
+    when the consumer starts, so it is set on the consumer right after Faust creates it.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+    original = getattr(create, "__wrapped__", create)
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    create_worker_consumer.__wrapped__ = original  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]

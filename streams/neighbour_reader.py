@@ -27,6 +27,7 @@ class NeighbourReader:
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
             "topic.metadata.refresh.interval.ms": 1000,
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
         }))
         self.consumer.subscribe([self.topic])
         self.latest: dict[str, NeighborList | None] = {}

@@ -55,7 +55,14 @@ class Settings(BaseSettings):
 
     # --- Stream ----------------------------------------------------------------------------
     batch_size: int = Field(64, ge=1)
-    batch_within_s: float = Field(0.5, gt=0)
+    batch_within_s: float = Field(0.5, gt=0)  # longest wait for an ingest batch to fill
+    # Longest a consumer's fetch may wait at the broker. Kafka answers a waiting fetch as soon as
+    # data arrives, but the embedded Tansu broker holds it to this limit (measured: 0.3-1.3 s per
+    # message at Faust's built-in 1,500 ms, 1 ms at 100 ms), and the data path has two hops.
+    fetch_max_wait_ms: int = Field(100, ge=1, le=30_000)
+    # Longest wait for refresh requests to gather. Short, so a batch's lists are refreshed before
+    # the next ingest batch takes the worker's thread (each refresh request already carries a batch).
+    refresh_within_s: float = Field(0.02, gt=0)
     top_k: int = Field(10, ge=1, le=1000)
     # Recorded list depth (>= top_k): the extra entries let a refresh merge changes instead of
     # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = top_k + 5.
