@@ -328,11 +328,16 @@ class VectorStore:
     def iter_products(self, batch_size: int = 1000, *, with_vectors: bool = False) -> Iterator[list[StoredProduct]]:
         """Every stored product, in pages (for reconcile and the side index)."""
         fields = ["version", "hashes", "model", "event_time", "updated_at"] + (["vector"] if with_vectors else [])
-        it = self._call(self.client.query_iterator, self.products, batch_size=batch_size, filter="",
+        for page in self._pages(self.products, fields, batch_size):
+            yield [_product(r) for r in page]
+
+    def _pages(self, collection: str, fields: list[str], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+        """Every row of a collection, page by page (``query_iterator``, closed however we leave)."""
+        it = self._call(self.client.query_iterator, collection, batch_size=batch_size, filter="",
                         output_fields=fields)
         try:
             while page := it.next():
-                yield [_product(r) for r in page]
+                yield page
         finally:
             it.close()
 
@@ -405,13 +410,8 @@ class VectorStore:
 
     def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[Any]]:
         """Every recorded list without its payload, in pages (for the list mirror)."""
-        it = self._call(self.client.query_iterator, self.lists, batch_size=batch_size, filter="",
-                        output_fields=_HEAD_FIELDS)
-        try:
-            while page := it.next():
-                yield [_head(r) for r in page]
-        finally:
-            it.close()
+        for page in self._pages(self.lists, _HEAD_FIELDS, batch_size):
+            yield [_head(r) for r in page]
 
     def list_heads_since(self, since_ms: int) -> list[Any]:
         """Lists recorded at or after ``since_ms``, without payloads."""
@@ -420,15 +420,7 @@ class VectorStore:
         return [_head(r) for r in rows]
 
     def all_list_ids(self) -> set[str]:
-        it = self._call(self.client.query_iterator, self.lists, batch_size=2000, filter="",
-                        output_fields=["product_id"])
-        out: set[str] = set()
-        try:
-            while page := it.next():
-                out.update(r["product_id"] for r in page)
-        finally:
-            it.close()
-        return out
+        return {r["product_id"] for page in self._pages(self.lists, ["product_id"], 2000) for r in page}
 
     # --- tombstones -----------------------------------------------------------------------
     def get_tombstones(self, ids: Sequence[str]) -> dict[str, int]:
