@@ -126,3 +126,33 @@ def test_exclusive_file_store_needs_no_sync(tmp_path):
     store.upsert_lists([StoredList(p, ids[2:5], 0.1, b"{}") for p in ids[5:]] + [StoredList(ids[2], [], float("inf"), b"")])
     assert answers(store, ids, 0, 0.5) == milvus_answers(store, ids, 0, 0.5)
     store.close()
+
+
+def test_lists_collection_from_before_deep_lists_still_works(tmp_path):
+    """An older lists collection (no updated_at / as_of): Milvus answers the list questions, no
+    mirror, heads come back with as_of 0 so nothing merges."""
+    from pymilvus import DataType, MilvusClient
+
+    uri = str(tmp_path / "old.db")
+    store = VectorStore.connect(uri, "old", DIM, flush_every_rows=0)
+    store.client.drop_collection(store.lists)
+    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=256)
+    s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
+    s.add_field("neighbor_ids", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=1000, max_length=256)
+    s.add_field("kth_score", DataType.FLOAT)
+    s.add_field("payload", DataType.VARCHAR, max_length=65_535)
+    idx = store.client.prepare_index_params()
+    idx.add_index("dummy", index_type="FLAT", metric_type="L2")
+    store.client.create_collection(store.lists, schema=s, index_params=idx)
+    store.close()
+
+    store = VectorStore.connect(uri, "old", DIM, flush_every_rows=0)
+    assert not store.lists_stamped
+    store.enable_side_index()
+    assert store.mirror is None
+    store.upsert_lists([StoredList("a", ["b", "c"], 0.25, b"{}", as_of=123)])
+    heads = store.list_heads(["a"])
+    assert heads["a"].neighbor_ids == ("b", "c") and heads["a"].as_of == 0
+    assert store.listers_of(["b"]) == {"a"} and store.list_kth_scores(["a"]) == {"a": 0.25}
+    store.close()
