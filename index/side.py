@@ -23,6 +23,7 @@ Kept in step with Milvus:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Iterable, Sequence
 
@@ -50,8 +51,7 @@ class SideIndex:
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
-        self._stamp: dict[str, int] = {}  # updated_at of the version held
-        self._meta: dict[str, StoredProduct] = {}  # metadata of the version held (vector field unused)
+        self._meta: dict[str, StoredProduct] = {}  # the version held, its updated_at included (vector unused)
         self.synced_at: int | None = None
 
     def __len__(self) -> int:
@@ -87,16 +87,10 @@ class SideIndex:
         if not products:
             return
         empty = np.zeros(0, np.float32)
-        for p in products:
-            self._stamp[p.product_id] = p.updated_at
-            self._meta[p.product_id] = StoredProduct(p.product_id, empty, p.version, p.hashes, p.model,
-                                                     p.event_time, p.updated_at)
-        self._put_vectors([p.product_id for p in products], np.stack([p.vector for p in products]))
-
-    def _put_vectors(self, ids: Sequence[str], vectors: np.ndarray | Iterable[np.ndarray]) -> None:
-        vecs = np.asarray(vectors if isinstance(vectors, np.ndarray) else np.stack(list(vectors)), np.float32)
-        rows = np.empty(len(ids), np.int64)
-        for i, pid in enumerate(ids):
+        rows = np.empty(len(products), np.int64)
+        for i, p in enumerate(products):
+            pid = p.product_id
+            self._meta[pid] = dataclasses.replace(p, vector=empty)
             r = self._row.get(pid)
             if r is None:
                 if self._free:
@@ -108,13 +102,12 @@ class SideIndex:
                     self._ids.append(pid)
                 self._row[pid] = r
             rows[i] = r
-        self._mat[rows] = vecs
+        self._mat[rows] = np.stack([p.vector for p in products])
         self._live[rows] = True
 
     def delete(self, ids: Iterable[str]) -> None:
         for pid in ids:
             r = self._row.pop(pid, None)
-            self._stamp.pop(pid, None)
             self._meta.pop(pid, None)
             if r is not None:
                 self._live[r] = False
@@ -130,7 +123,8 @@ class SideIndex:
         stamps = store.written_since(since)
         # Vectors are read only for rows this index does not hold at that updated_at already
         # (its own writes carry their stamp), so a single worker's sync is one light query.
-        fetch = sorted(pid for pid, t in stamps.items() if self._stamp.get(pid) != t)
+        fetch = sorted(pid for pid, t in stamps.items()
+                       if (held := self._meta.get(pid)) is None or held.updated_at != t)
         if fetch:
             got = store.read_products(fetch)
             self.put([got[pid] for pid in fetch if pid in got])
@@ -140,23 +134,23 @@ class SideIndex:
     # --- reads (call after sync) --------------------------------------------------------------
     def get(self, ids: Iterable[str]) -> dict[str, StoredProduct]:
         """Stored products with a *copy* of their vector (safe to keep across later writes)."""
-        out: dict[str, StoredProduct] = {}
-        for pid in ids:
-            meta = self._meta.get(pid)
-            if meta is not None:
-                out[pid] = StoredProduct(pid, self._mat[self._row[pid]].copy(), meta.version, meta.hashes,
-                                         meta.model, meta.event_time, meta.updated_at)
-        return out
+        return {pid: dataclasses.replace(meta, vector=self._mat[self._row[pid]].copy())
+                for pid in ids if (meta := self._meta.get(pid)) is not None}
+
+    def _rows_view(self) -> np.ndarray:
+        """The rows in use, read-only, without copying (valid until the next write)."""
+        view = self._mat[: len(self._ids)].view()
+        view.flags.writeable = False
+        return view
 
     def vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Read-only views of the rows of the live products among ``ids`` (valid until the next write)."""
-        view = self._mat[: len(self._ids)].view()
-        view.flags.writeable = False
+        view = self._rows_view()
         return {pid: view[r] for pid in ids if (r := self._row.get(pid)) is not None}
 
     def written_since(self, since_ms: int) -> list[str]:
         """Ids whose held version was written at or after ``since_ms``."""
-        return [pid for pid, t in self._stamp.items() if t >= since_ms]
+        return [pid for pid, meta in self._meta.items() if meta.updated_at >= since_ms]
 
     # --- search -----------------------------------------------------------------------------
     def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -191,8 +185,7 @@ class SideIndex:
         the shape ``VectorStore.search`` returns. The vectors are read-only views into the index:
         valid until the next write to it (callers score them at once, in the same thread)."""
         out: list[list[tuple[str, np.ndarray]]] = []
-        view = self._mat[: len(self._ids)].view()
-        view.flags.writeable = False
+        view = self._rows_view()
         for rows, _ in self._top(vectors, limit):
             for row in rows:
                 out.append([(self._ids[j], view[j]) for j in row])  # type: ignore[misc]
