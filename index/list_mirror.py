@@ -20,11 +20,20 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from streams.logs import get_logger
 
 log = get_logger(__name__)
 
 TOMBSTONE_KTH = 3.0e38  # the k-th score a tombstone marker is recorded with (no payload, no neighbours)
+
+
+def stored_boundary(kth: float, *, tombstone: bool = False) -> float:
+    """A list's k-th score as the lists collection holds it: clamped to what its FLOAT field takes
+    (-inf, "holds everyone", becomes -TOMBSTONE_KTH) and rounded to float32; TOMBSTONE_KTH for a
+    tombstone marker. Compare recorded heads only with values passed through this."""
+    return float(np.float32(TOMBSTONE_KTH if tombstone else min(max(kth, -TOMBSTONE_KTH), TOMBSTONE_KTH)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from index.list_mirror import ListHead, ListMirror, stored_boundary
 from streams.errors import IndexUnavailable
 from streams.logs import get_logger
 
@@ -69,9 +70,7 @@ def _product(r: dict[str, Any]) -> StoredProduct:
                          dict(r["hashes"] or {}), r["model"], int(r["event_time"]), int(r.get("updated_at") or 0))
 
 
-def _head(r: dict[str, Any]) -> Any:
-    from index.list_mirror import ListHead
-
+def _head(r: dict[str, Any]) -> ListHead:
     return ListHead(r["product_id"], tuple(r["neighbor_ids"]), float(r["kth_score"]), int(r.get("updated_at") or 0),
                     int(r.get("as_of") or 0))
 
@@ -96,7 +95,7 @@ class VectorStore:
         # copies below are then complete without syncing. Servers (milvus-lite server, Milvus) are shared.
         self.exclusive = exclusive
         self.side: Any = None  # index.side.SideIndex once enable_side_index() ran
-        self.mirror: Any = None  # index.list_mirror.ListMirror, likewise
+        self.mirror: ListMirror | None = None  # likewise
         self.lists_stamped = False
         self._call(self._ensure_collections)
 
@@ -249,9 +248,11 @@ class VectorStore:
         if not self.exclusive:
             self.side.sync(self)
 
-    def _sync_mirror(self) -> None:
-        if not self.exclusive:
+    def _synced_mirror(self) -> ListMirror | None:
+        """The list mirror, synced with Milvus first unless this process owns the store; None when off."""
+        if self.mirror is not None and not self.exclusive:
             self.mirror.sync(self)
+        return self.mirror
 
     def snapshot_vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Vectors of the live products among ``ids`` as of the side index's last sync (no new
@@ -262,7 +263,6 @@ class VectorStore:
         """Answer searches and product reads from an exact in-memory copy of the products
         (index/side.py), and list-head questions from a mirror of the lists (index/list_mirror.py);
         both built from Milvus now and synced with Milvus before every use."""
-        from index.list_mirror import ListMirror
         from index.side import SideIndex
 
         self.side = SideIndex.from_store(self)
@@ -349,9 +349,8 @@ class VectorStore:
 
     def listers_of(self, ids: Sequence[str]) -> set[str]:
         """Products whose current list contains any of ``ids`` (the reverse neighbour index)."""
-        if self.mirror is not None:
-            self._sync_mirror()
-            return self.mirror.listers_of(ids)  # type: ignore[no-any-return]
+        if (mirror := self._synced_mirror()) is not None:
+            return mirror.listers_of(ids)
         out: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = list(ids[start:start + 500])
@@ -364,37 +363,31 @@ class VectorStore:
     def lists_with_kth_at_most(self, score: float) -> dict[str, float]:
         """Recorded lists whose k-th score is <= ``score`` (short lists count as -inf): the only
         lists a product outside a candidate search can still enter."""
-        if self.mirror is not None:
-            self._sync_mirror()
-            return self.mirror.with_kth_at_most(score)  # type: ignore[no-any-return]
+        if (mirror := self._synced_mirror()) is not None:
+            return mirror.with_kth_at_most(score)
         rows = self._call(self.client.query, self.lists, filter=f"kth_score <= {float(score)!r}",
                           output_fields=["kth_score", "payload"], **_CONSISTENCY)
         return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
 
-    def list_heads(self, ids: Sequence[str]) -> dict[str, Any]:
+    def list_heads(self, ids: Sequence[str]) -> dict[str, ListHead]:
         """Recorded lists without payloads (``ListHead``), tombstone markers included."""
-        if self.mirror is not None:
-            self._sync_mirror()
-            return self.mirror.heads(ids)  # type: ignore[no-any-return]
+        if (mirror := self._synced_mirror()) is not None:
+            return mirror.heads(ids)
         fields = _HEAD_FIELDS if self.lists_stamped else ["neighbor_ids", "kth_score"]
         return {r["product_id"]: _head(r) for r in self._query(self.lists, ids, fields)}
 
     def list_kth_scores(self, ids: Sequence[str]) -> dict[str, float]:
         """k-th score of each recorded list among ``ids`` (tombstone markers left out)."""
-        if self.mirror is not None:
-            self._sync_mirror()
-            return self.mirror.kth_scores(ids)  # type: ignore[no-any-return]
+        if (mirror := self._synced_mirror()) is not None:
+            return mirror.kth_scores(ids)
         rows = self._query(self.lists, ids, ["kth_score", "payload"])
         return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
 
     def upsert_lists(self, lists: list[StoredList]) -> None:
         """A list with an empty payload is a tombstone marker: "a tombstone was published"."""
-        from index.list_mirror import TOMBSTONE_KTH, ListHead
-
         written_at = int(time.time() * 1000)
         rows: list[dict[str, Any]] = [{"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbor_ids,
-                 "kth_score": min(max(x.kth_score, -TOMBSTONE_KTH), TOMBSTONE_KTH) if x.payload else TOMBSTONE_KTH,
-                 "payload": x.payload.decode()}
+                 "kth_score": stored_boundary(x.kth_score, tombstone=not x.payload), "payload": x.payload.decode()}
                 for x in lists]
         if self.lists_stamped:
             for row, x in zip(rows, lists):
@@ -404,16 +397,15 @@ class VectorStore:
             self._call(self.client.upsert, self.lists, rows[start:start + 256])
         self._wrote(len(rows))
         if self.mirror is not None:
-            self.mirror.put([ListHead(r["product_id"], tuple(r["neighbor_ids"]),
-                                      float(np.float32(r["kth_score"])), written_at, r["as_of"])  # as Milvus stores it
+            self.mirror.put([ListHead(r["product_id"], tuple(r["neighbor_ids"]), r["kth_score"], written_at, r["as_of"])
                              for r in rows])
 
-    def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[Any]]:
+    def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[ListHead]]:
         """Every recorded list without its payload, in pages (for the list mirror)."""
         for page in self._pages(self.lists, _HEAD_FIELDS, batch_size):
             yield [_head(r) for r in page]
 
-    def list_heads_since(self, since_ms: int) -> list[Any]:
+    def list_heads_since(self, since_ms: int) -> list[ListHead]:
         """Lists recorded at or after ``since_ms``, without payloads."""
         rows = self._call(self.client.query, self.lists, filter=f"updated_at >= {int(since_ms)}",
                           output_fields=_HEAD_FIELDS, **_CONSISTENCY)

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from encoders.fusion import ProductEncoder
-from index.list_mirror import TOMBSTONE_KTH, ListHead
+from index.list_mirror import ListHead, stored_boundary
 from index.neighbours import BuiltList, Change, ListBuilder, affected_by, now_ms, stale_lists
 from index.store import StoredList, StoredProduct, VectorStore
 from streams import metrics
@@ -254,7 +254,7 @@ class Refresher:
                 plan.unchanged += 1
                 head = heads.get(pid)
                 if head is not None and list(head.neighbor_ids) == built.deep and \
-                        float(np.float32(max(built.boundary, -TOMBSTONE_KTH))) == head.kth_score:  # as stored
+                        stored_boundary(built.boundary) == head.kth_score:
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
             plan.record.append(self.builder.stored_form(built))
