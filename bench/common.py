@@ -296,14 +296,9 @@ class TopicTail:
     def __init__(self, settings: Any) -> None:
         import uuid
 
-        from confluent_kafka import Consumer
+        from streams.neighbour_reader import tail_consumer
 
-        from streams.kafka_config import client_config
-
-        self.consumer = Consumer(client_config(settings, **{
-            "group.id": f"bench-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-            "topic.metadata.refresh.interval.ms": 1000, "fetch.wait.max.ms": 50}))
+        self.consumer = tail_consumer(settings, f"bench-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 50})
         self.consumer.subscribe([settings.neighbors_topic])
         self.first: dict[tuple[str, int], dict[str, float]] = {}
         self.latest_version: dict[str, int] = {}

@@ -13,6 +13,21 @@ from streams.kafka_config import client_config
 from streams.settings import Settings
 
 
+def tail_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
+    """A consumer that reads a topic from its start in its own group, without committing, and
+    notices new partitions and topics within a second (the neighbour topic's readers)."""
+    return Consumer(client_config(settings, **{
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "topic.metadata.refresh.interval.ms": 1000,
+        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+        **overrides,
+    }))
+
+
 class NeighbourReader:
     """Tails the neighbour topic from the beginning and keeps the latest list per product
     (None after a tombstone). Counts messages; it never trusts end offsets (Tansu reports them
@@ -20,15 +35,7 @@ class NeighbourReader:
 
     def __init__(self, settings: Settings, *, topic: str | None = None, group: str | None = None) -> None:
         self.topic = topic or settings.neighbors_topic
-        self.consumer = Consumer(client_config(settings, **{
-            "group.id": group or f"simstream-reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "topic.metadata.refresh.interval.ms": 1000,
-            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
-        }))
+        self.consumer = tail_consumer(settings, group or f"simstream-reader-{uuid.uuid4().hex[:8]}")
         self.consumer.subscribe([self.topic])
         self.latest: dict[str, NeighborList | None] = {}
         self.messages = 0
