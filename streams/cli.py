@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import click
 
 from streams.logs import configure_logging, get_logger
 from streams.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = get_logger("simstream")
 
@@ -131,12 +134,28 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
         click.echo(f"wrote {json_out}")
 
 
+def labelled_datasets(folder_help: str) -> Callable[[F], F]:
+    """``--dataset DIR --fields NAME=COL,...`` pairs, repeatable (fit-weights, fine-tune)."""
+    def add(fn: F) -> F:
+        fn = click.option("--fields", "field_specs", multiple=True, required=True, metavar="NAME=COL,...",
+                          help="Field mapping per --dataset, in the same order, "
+                               "e.g. title=name,description=description.")(fn)
+        return click.option("--dataset", "datasets", multiple=True, required=True,
+                            type=click.Path(exists=True, file_okay=False, path_type=Path),
+                            help=f"Benchmark folder ({folder_help}); repeatable.")(fn)
+    return add
+
+
+def paired(datasets: tuple[Path, ...], field_specs: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """Each --dataset with its --fields; exits when the counts differ."""
+    if len(datasets) != len(field_specs):
+        click.secho("give one --fields per --dataset", fg="red", err=True)
+        sys.exit(1)
+    return list(zip(datasets, field_specs))
+
+
 @main.command("fit-weights")
-@click.option("--dataset", "datasets", multiple=True, required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Benchmark folder (tableA.csv, tableB.csv, train/valid/test.csv, matches_full*.csv); repeatable.")
-@click.option("--fields", "field_specs", multiple=True, required=True, metavar="NAME=COL,...",
-              help="Field mapping per --dataset, in the same order, e.g. title=name,description=description.")
+@labelled_datasets("tableA.csv, tableB.csv, train/valid/test.csv, matches_full*.csv")
 @click.option("--splits", default="train,valid", show_default=True, help="Labelled splits to fit on.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("configs/fusion-weights.json"),
               show_default=True, help="Where to write the versioned fusion config.")
@@ -158,12 +177,10 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
     """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
     from streams.fit_weights import format_summary, run
 
-    if len(datasets) != len(field_specs):
-        click.secho("give one --fields per --dataset", fg="red", err=True)
-        sys.exit(1)
+    pairs = paired(datasets, field_specs)
     _settings()
     try:
-        config = run(list(zip(datasets, field_specs)), out, splits=[s for s in splits.split(",") if s],
+        config = run(pairs, out, splits=[s for s in splits.split(",") if s],
                      options={"mpn_from_title": mpn_from_title, **({"text_model": text_model} if text_model else {})},
                      candidates=candidates, rounds=rounds, l2=l2,
                      version=version, cache_dir=cache_dir, id_column=id_column)
@@ -175,11 +192,7 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
 
 
 @main.command("fine-tune")
-@click.option("--dataset", "datasets", multiple=True, required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Benchmark folder (tableA.csv, tableB.csv, train.csv, valid.csv); repeatable, trained jointly.")
-@click.option("--fields", "field_specs", multiple=True, required=True, metavar="NAME=COL,...",
-              help="Field mapping per --dataset, in the same order, e.g. title=name,description=description.")
+@labelled_datasets("tableA.csv, tableB.csv, train.csv, valid.csv; all trained jointly")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("encoders/models/minilm-products-v1"), show_default=True,
               help="Model folder to write (manifest.json + delta.safetensors); its name is the model name.")
@@ -206,12 +219,10 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
     """Fine-tune the top layers of the text encoder on labelled pairs (contrastive); save a small delta model."""
     from streams.finetune import run
 
-    if len(datasets) != len(field_specs):
-        click.secho("give one --fields per --dataset", fg="red", err=True)
-        sys.exit(1)
+    pairs = paired(datasets, field_specs)
     _settings()
     try:
-        manifest = run(list(zip(datasets, field_specs)), out, name=name,
+        manifest = run(pairs, out, name=name,
                        train_splits=[s for s in splits.split(",") if s], valid_split=valid_split or None,
                        epochs=epochs, batch_size=batch_size, lr=lr, train_layers=train_layers,
                        max_length=max_length, hard_negatives=hard_negatives, remine=remine, seed=seed, threads=threads,
