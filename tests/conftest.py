@@ -3,6 +3,7 @@ and the real Tansu broker for integration tests."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from pathlib import Path
@@ -57,3 +58,17 @@ def store(tmp_path: Path, encoder: ProductEncoder) -> Iterator[VectorStore]:
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:
         yield b
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """A benchmark CSV's rows as dicts (the quality tests cut small slices out of them)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_csv(path: Path, header: list[str], rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+    return path

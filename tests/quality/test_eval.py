@@ -5,7 +5,6 @@ Skipped when ../shared/data (the public benchmarks, not part of the repo) is abs
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
+from conftest import read_csv, write_csv
 
 from streams.evaluate import read_gold, retrieval_metrics, top_k
 from streams.fit_weights import Problem, fit
@@ -29,34 +29,24 @@ def _need_data() -> None:
         pytest.skip(f"benchmark data not found at {ABT} (shared/data beside the repo); quality tests need it")
 
 
-def _write(path: Path, header: list[str], rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
 
 @pytest.fixture(scope="module")
 def abt_slice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """80 gold pairs of Abt-Buy plus 80 distractor right rows, as small CSV files."""
     _need_data()
     out = tmp_path_factory.mktemp("abt_slice")
-    with open(ABT / "tableA.csv", newline="", encoding="utf-8") as fh:
-        left = {r["id"]: r for r in csv.DictReader(fh)}
-    with open(ABT / "tableB.csv", newline="", encoding="utf-8") as fh:
-        right = {r["id"]: r for r in csv.DictReader(fh)}
-    with open(ABT / "matches_full_1097.csv", newline="", encoding="utf-8") as fh:
-        gold = list(csv.DictReader(fh))
+    left = {r["id"]: r for r in read_csv(ABT / "tableA.csv")}
+    right = {r["id"]: r for r in read_csv(ABT / "tableB.csv")}
+    gold = read_csv(ABT / "matches_full_1097.csv")
     rng = random.Random(4)
     pairs = rng.sample(gold, 80)
     rids = {p["rtable_id"] for p in pairs}
     rids |= set(rng.sample(sorted(set(right) - rids), 80))
     lids = sorted({p["ltable_id"] for p in pairs}, key=int)
     header = ["id", "name", "description", "price"]
-    return (_write(out / "left.csv", header, [left[i] for i in lids]),
-            _write(out / "right.csv", header, [right[i] for i in sorted(rids, key=int)]),
-            _write(out / "gold.csv", ["ltable_id", "rtable_id"], pairs))
+    return (write_csv(out / "left.csv", header, [left[i] for i in lids]),
+            write_csv(out / "right.csv", header, [right[i] for i in sorted(rids, key=int)]),
+            write_csv(out / "gold.csv", ["ltable_id", "rtable_id"], pairs))
 
 
 def test_metrics_by_hand() -> None:
@@ -70,7 +60,7 @@ def test_metrics_by_hand() -> None:
 
 
 def test_gold_with_labels_keeps_only_matches(tmp_path: Path) -> None:
-    path = _write(tmp_path / "g.csv", ["ltable_id", "rtable_id", "label"],
+    path = write_csv(tmp_path / "g.csv", ["ltable_id", "rtable_id", "label"],
                   [{"ltable_id": "1", "rtable_id": "2", "label": "1"}, {"ltable_id": "1", "rtable_id": "3", "label": "0"}])
     assert read_gold(path) == {"1": {"2"}}
 

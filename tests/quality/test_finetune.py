@@ -6,7 +6,6 @@ The training test is skipped when ../shared/data (the public benchmarks, not par
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from conftest import read_csv, write_csv
 from encoders.finetuned import DELTA, MANIFEST, MODELS_DIR, FineTunedTextEncoder, finetuned_dir
 from encoders.fusion import ProductEncoder
 from encoders.multilingual import make_text_encoder
@@ -26,12 +26,6 @@ SHIPPED_MODEL = MODELS_DIR / "minilm-products-v1"
 SHIPPED_CONFIG = REPO / "configs" / "fusion-weights-v2.json"
 
 
-def _write(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
-
 
 @pytest.fixture(scope="module")
 def abt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -39,12 +33,9 @@ def abt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (ABT / "tableA.csv").exists():
         pytest.skip(f"benchmark data not found at {ABT} (shared/data beside the repo); fine-tune tests need it")
     out = tmp_path_factory.mktemp("abt_ft")
-    with open(ABT / "tableA.csv", newline="", encoding="utf-8") as fh:
-        left = {r["id"]: r for r in csv.DictReader(fh)}
-    with open(ABT / "tableB.csv", newline="", encoding="utf-8") as fh:
-        right = {r["id"]: r for r in csv.DictReader(fh)}
-    with open(ABT / "train.csv", newline="", encoding="utf-8") as fh:
-        gold = [r for r in csv.DictReader(fh) if r["label"] == "1"]
+    left = {r["id"]: r for r in read_csv(ABT / "tableA.csv")}
+    right = {r["id"]: r for r in read_csv(ABT / "tableB.csv")}
+    gold = [r for r in read_csv(ABT / "train.csv") if r["label"] == "1"]
     rng = random.Random(7)
     pairs = []
     seen: set[str] = set()
@@ -57,10 +48,10 @@ def abt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rids = {p["rtable_id"] for p in pairs}
     rids |= set(rng.sample(sorted(set(right) - rids), 48))
     header = ["id", "name", "description", "price"]
-    _write(out / "tableA.csv", header, [left[i] for i in sorted({p["ltable_id"] for p in pairs}, key=int)])
-    _write(out / "tableB.csv", header, [right[i] for i in sorted(rids, key=int)])
-    _write(out / "train.csv", ["ltable_id", "rtable_id", "label"], pairs[:32])
-    _write(out / "valid.csv", ["ltable_id", "rtable_id", "label"], pairs[32:])
+    write_csv(out / "tableA.csv", header, [left[i] for i in sorted({p["ltable_id"] for p in pairs}, key=int)])
+    write_csv(out / "tableB.csv", header, [right[i] for i in sorted(rids, key=int)])
+    write_csv(out / "train.csv", ["ltable_id", "rtable_id", "label"], pairs[:32])
+    write_csv(out / "valid.csv", ["ltable_id", "rtable_id", "label"], pairs[32:])
     return out
 
 
