@@ -71,7 +71,7 @@ def load_weights(settings: Settings) -> dict[str, float]:
 
 def load_fusion_options(settings: Settings) -> dict[str, object]:
     """Method switches saved beside learned weights: ``{"options": {"mpn_from_title": true,
-    "text_model": "minilm-products-v1"}}`` (the text model is used unless SIMSTREAM_TEXT_MODEL is set)."""
+    "text_model": "minilm-products-v2"}}`` (the text model is used unless SIMSTREAM_TEXT_MODEL is set)."""
     if not settings.fusion_config:
         return {}
     return dict(orjson.loads(Path(settings.fusion_config).read_bytes()).get("options") or {})

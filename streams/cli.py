@@ -5,6 +5,7 @@ Expected failures print one red line and exit 1; options name their env vars.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -168,12 +169,15 @@ def paired(datasets: tuple[Path, ...], field_specs: tuple[str, ...]) -> list[tup
 @click.option("--candidates", default=50, show_default=True, help="Hard negatives per query (top-K retrieved).")
 @click.option("--rounds", default=2, show_default=True, help="Mine negatives again with the fitted weights this many times.")
 @click.option("--l2", default=1e-4, show_default=True, help="L2 penalty on the raw weights.")
+@click.option("--weights-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Keep this fusion config's weights instead of fitting, and only re-measure: for a text model "
+                   "re-trained on the pairs those weights were fitted on.")
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache encodings here between runs (development only).")
 def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits: str, out: Path,
                 version: str | None, mpn_from_title: bool, text_model: str | None, candidates: int, rounds: int,
-                l2: float, id_column: str, cache_dir: Path | None) -> None:
+                l2: float, weights_from: Path | None, id_column: str, cache_dir: Path | None) -> None:
     """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
     from streams.fit_weights import format_summary, run
 
@@ -183,7 +187,7 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
         config = run(pairs, out, splits=[s for s in splits.split(",") if s],
                      options={"mpn_from_title": mpn_from_title, **({"text_model": text_model} if text_model else {})},
                      candidates=candidates, rounds=rounds, l2=l2,
-                     version=version, cache_dir=cache_dir, id_column=id_column)
+                     version=version, cache_dir=cache_dir, id_column=id_column, weights_from=weights_from)
     except (KeyError, ValueError, RuntimeError) as exc:
         click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
         sys.exit(1)
@@ -193,9 +197,9 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
 
 @main.command("fine-tune")
 @labelled_datasets("tableA.csv, tableB.csv, train.csv, valid.csv; all trained jointly")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("encoders/models/minilm-products-v1"), show_default=True,
-              help="Model folder to write (manifest.json + delta.safetensors); its name is the model name.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Model folder to write (manifest.json + delta.safetensors); its name is the model name. "
+                   "Shipped models live in encoders/models/ (a new name per version: stored vectors depend on it).")
 @click.option("--name", default=None, help="Model name stored in the manifest (default: the folder name).")
 @click.option("--splits", default="train", show_default=True, help="Labelled splits to train on.")
 @click.option("--valid-split", default="valid", show_default=True,
@@ -226,7 +230,8 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
                        train_splits=[s for s in splits.split(",") if s], valid_split=valid_split or None,
                        epochs=epochs, batch_size=batch_size, lr=lr, train_layers=train_layers,
                        max_length=max_length, hard_negatives=hard_negatives, remine=remine, seed=seed, threads=threads,
-                       max_steps=max_steps, id_column=id_column, log=click.echo)
+                       max_steps=max_steps, id_column=id_column, log=click.echo,
+                       command=shlex.join(["simstream", *sys.argv[1:]]))
     except (KeyError, ValueError, RuntimeError) as exc:
         click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
         sys.exit(1)

@@ -23,7 +23,7 @@ from streams.producer import EventProducer
 from streams.settings import Settings, load_settings
 
 #: The shipped learned fusion config (fine-tuned text model + weights, docs/quality.md), when run from a checkout.
-DEMO_FUSION_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fusion-weights-v2.json"
+DEMO_FUSION_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fusion-weights-v3.json"
 
 
 def sample_catalog() -> tuple[list[dict[str, object]], Path]:

@@ -283,8 +283,11 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None
         batch_size: int = 32, lr: float = 1e-4, train_layers: int = 2, max_length: int = 128,
         scale: float = 20.0, hard_negatives: bool = True, hard_pool: int = 5, remine: bool = False, seed: int = 13,
         threads: int | None = 2, max_steps: int | None = None, id_column: str = "id",
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, select the best epoch on ``valid_split`` (text-only MRR), save; returns the manifest."""
+        log: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
+    """Train, select the best epoch on ``valid_split`` (text-only MRR), save; returns the manifest.
+
+    ``command`` (the command line) is recorded in the manifest, so a shipped model says how to rebuild it.
+    """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -382,6 +385,7 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None
                  "total_s": round(time.perf_counter() - t_start, 1)},
         "losses": losses,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"command": command} if command else {}),
     }
     size = save_model(model, out, manifest)
     log(f"saved {out} (best epoch {best_epoch}, delta {size / 1e6:.1f} MB, "

@@ -184,8 +184,13 @@ def fit_weights(datasets: Sequence[Dataset], *, splits: Sequence[str] = ("train"
 
 def run(specs: Sequence[tuple[Path, str]], out: Path, *, splits: Sequence[str] = ("train", "valid"),
         options: Mapping[str, Any] | None = None, candidates: int = 50, rounds: int = 2, l2: float = 1e-4,
-        version: str | None = None, cache_dir: Path | None = None, id_column: str = "id") -> dict[str, Any]:
-    """Encode every dataset, fit, report (train splits, test, full gold) and write the config."""
+        version: str | None = None, cache_dir: Path | None = None, id_column: str = "id",
+        weights_from: Path | None = None) -> dict[str, Any]:
+    """Encode every dataset, fit, report (train splits, test, full gold) and write the config.
+
+    ``weights_from`` keeps that config's weights instead of fitting: for a text encoder re-trained on the
+    very pairs those weights were fitted on, whose cosines on them are inflated and would bias a new fit.
+    """
     options = dict(options or {"mpn_from_title": True})
     datasets: list[Dataset] = []
     with tempfile.TemporaryDirectory(prefix="simstream-fit-") as tmp:
@@ -195,7 +200,11 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, splits: Sequence[str] =
         for root, spec in specs:
             datasets.append(load_dataset(Path(root), parse_field_map(spec.split(",")), encoder,
                                          id_column=id_column, cache_dir=cache_dir))
-    raw, shipped, learned = fit_weights(datasets, splits=splits, candidates=candidates, rounds=rounds, l2=l2)
+    kept = orjson.loads(weights_from.read_bytes()) if weights_from else None
+    if kept:
+        raw, shipped, learned = kept["learned_raw"], kept["weights"], kept["learned_fields"]
+    else:
+        raw, shipped, learned = fit_weights(datasets, splits=splits, candidates=candidates, rounds=rounds, l2=l2)
     equal = {f: 1.0 for f in learned}
     metrics: dict[str, Any] = {}
     for ds in datasets:
@@ -210,9 +219,12 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, splits: Sequence[str] =
         "options": options,
         "learned_raw": raw,
         "learned_fields": learned,
-        "trained_on": [{"data": ds.name, "splits": list(splits), "fields": ds.fields} for ds in datasets],
+        "trained_on": kept["trained_on"] if kept else [{"data": ds.name, "splits": list(splits), "fields": ds.fields}
+                                                        for ds in datasets],
         "objective": {"kind": "listwise softmax over top-K hard negatives, w >= 0", "candidates": candidates,
-                      "rounds": rounds, "l2": l2},
+                      "rounds": rounds, "l2": l2} if not kept else
+                     {"kind": "weights kept, not fitted", "from": kept["version"],
+                      "their_text_model": kept.get("options", {}).get("text_model")},
         "metrics": metrics,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
