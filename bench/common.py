@@ -153,8 +153,6 @@ def _text_pool(encoder: Any, stems: Sequence[str]) -> dict[str, np.ndarray]:
 
 def field_vectors(encoder: Any, docs: list[dict[str, Any]], image_root_dir: Path | None, seed: int) -> FieldVectors:
     """Per-field vectors for pre-loading (see the module docstring for what is real)."""
-    from encoders.fusion import FIELDS, content_hash, field_content
-
     events = to_events(docs)
     rng = np.random.default_rng(seed)
     pool = _text_pool(encoder, [stem_of(d) for d in docs])
@@ -181,7 +179,7 @@ def field_vectors(encoder: Any, docs: list[dict[str, Any]], image_root_dir: Path
             if d.get("image_url"):
                 img[i] = vecs[d["image_url"].split(":", 1)[1]]
     fields["image"] = img
-    hashes = [{f: content_hash(field_content(e, f)) for f in FIELDS} for e in events]
+    hashes = [encoder.field_hashes(e) for e in events]
     return FieldVectors([d["product_id"] for d in docs], fields, hashes, docs)
 
 

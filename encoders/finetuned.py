@@ -93,3 +93,5 @@ class FineTunedTextEncoder(TextEncoder):
         self.manifest = apply_delta(self.model, Path(directory))
         self.model.to(self.device).eval()
         self.name = str(self.manifest["name"])
+        # A model is trained on one text layout; it keeps reading that layout (manifest "text_input").
+        self.reads_brand = bool(self.manifest.get("text_input", {}).get("brand", True))

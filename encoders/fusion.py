@@ -40,16 +40,20 @@ FUSION_VERSION = "fusion-v1"
 FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")
 
 
-def text_of(p: ProductEvent) -> str:
-    """What the text encoder reads: title, brand and the start of the description."""
-    parts = [p.title, p.brand or "", clean_text(p.description)[:500]]
+def text_of(p: ProductEvent, with_brand: bool = True) -> str:
+    """What the text encoder reads: title, brand and the start of the description.
+
+    Without the brand (a text model trained that way says so), a brand-only update leaves the text
+    unchanged, so only the cheap brand encoder runs again.
+    """
+    parts = [p.title, (p.brand or "") if with_brand else "", clean_text(p.description)[:500]]
     return " . ".join(x for x in parts if x)
 
 
-def field_content(p: ProductEvent, name: str) -> object:
+def field_content(p: ProductEvent, name: str, brand_in_text: bool = True) -> object:
     """The raw content of one field, for hashing (change detection)."""
     return {
-        "text": text_of(p), "title_lexical": p.title, "mpn": p.mpn or ["title", p.title], "brand": p.brand,
+        "text": text_of(p, brand_in_text), "title_lexical": p.title, "mpn": p.mpn or ["title", p.title], "brand": p.brand,
         "category": p.category, "price": p.price, "image": p.image_b64 or p.image_url,
     }[name]
 
@@ -107,6 +111,7 @@ class ProductEncoder:
         text_model = settings.text_model or (str(self.options["text_model"]) if self.options.get("text_model") else None)
         self.text = make_text_encoder(text_model, device=settings.device,
                                       max_tokens=settings.text_max_tokens, threads=settings.torch_threads)
+        self.brand_in_text = bool(getattr(self.text, "reads_brand", True))
         self.image = ImageEncoder(device=settings.device) if self.weights["image"] > 0 else None
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
                                   max_bytes=settings.image_max_bytes)
@@ -132,6 +137,10 @@ class ProductEncoder:
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="image-fetch")
 
+    def field_hashes(self, p: ProductEvent) -> dict[str, str]:
+        """Content hash per field, as this encoder reads the fields (change detection)."""
+        return {f: content_hash(field_content(p, f, self.brand_in_text)) for f in FIELDS}
+
     def warm_up(self) -> None:
         """Run one tiny batch so the first real batch does not pay for lazy initialisation."""
         self.text.encode(["warm up"])
@@ -146,7 +155,7 @@ class ProductEncoder:
 
         stored = stored or {}
         n = len(products)
-        hashes = [{f: content_hash(field_content(p, f)) for f in FIELDS} for p in products]
+        hashes = [self.field_hashes(p) for p in products]
         fused = np.zeros((n, self.dim), dtype=np.float32)
         reuse = np.zeros((n, len(FIELDS)), dtype=bool)
         for i, p in enumerate(products):
@@ -160,7 +169,8 @@ class ProductEncoder:
         failed: dict[int, EncodeError] = {}
         batch = EncodedBatch()
         encoders: dict[str, Callable[[list[ProductEvent]], np.ndarray]] = {
-            "text": lambda ps: self.text.encode([text_of(p) for p in ps], batch_size=self.settings.batch_size),
+            "text": lambda ps: self.text.encode([text_of(p, self.brand_in_text) for p in ps],
+                                                batch_size=self.settings.batch_size),
             "title_lexical": lambda ps: self.title_lexical.encode([p.title for p in ps]),
             "mpn": lambda ps: self.mpn.encode([p.mpn for p in ps], [p.title for p in ps]),
             "brand": lambda ps: self.brand.encode([p.brand for p in ps]),

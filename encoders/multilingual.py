@@ -37,6 +37,7 @@ class _ArrayTextEncoder:
 
     name: str
     dim: int
+    reads_brand = True  # see TextEncoder.reads_brand
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")

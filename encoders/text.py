@@ -48,6 +48,9 @@ class TextEncoder:
         (2, 384)
     """
 
+    #: Whether the brand is part of the text this model reads (``encoders.fusion.text_of``).
+    reads_brand = True
+
     def __init__(self, model: str | None = None, *, device: str = "auto", max_tokens: int = 128,
                  token_budget: int = 16_384) -> None:
         path = model or default_text_model()

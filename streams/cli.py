@@ -213,13 +213,17 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
               help="Add one right product the base model ranks high but no label matches, per pair.")
 @click.option("--remine/--no-remine", default=False, show_default=True,
               help="Mine the hard negatives again with the current model before every epoch after the first.")
+@click.option("--brand-in-text/--no-brand-in-text", default=True, show_default=True,
+              help="Whether the text the model learns from (and later reads) includes the brand; without it a "
+                   "brand-only update does not re-run the text encoder.")
 @click.option("--seed", default=13, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="torch threads.")
 @click.option("--max-steps", default=None, type=int, help="Stop after this many optimiser steps (smoke runs).")
 @click.option("--id-column", default="id", show_default=True)
 def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Path, name: str | None, splits: str,
               valid_split: str, epochs: int, batch_size: int, lr: float, train_layers: int, max_length: int,
-              hard_negatives: bool, remine: bool, seed: int, threads: int, max_steps: int | None, id_column: str) -> None:
+              hard_negatives: bool, remine: bool, brand_in_text: bool, seed: int, threads: int, max_steps: int | None,
+              id_column: str) -> None:
     """Fine-tune the top layers of the text encoder on labelled pairs (contrastive); save a small delta model."""
     from streams.finetune import run
 
@@ -231,7 +235,7 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
                        epochs=epochs, batch_size=batch_size, lr=lr, train_layers=train_layers,
                        max_length=max_length, hard_negatives=hard_negatives, remine=remine, seed=seed, threads=threads,
                        max_steps=max_steps, id_column=id_column, log=click.echo,
-                       command=shlex.join(["simstream", *sys.argv[1:]]))
+                       command=shlex.join(["simstream", *sys.argv[1:]]), brand_in_text=brand_in_text)
     except (KeyError, ValueError, RuntimeError) as exc:
         click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
         sys.exit(1)

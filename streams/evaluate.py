@@ -174,11 +174,9 @@ def encode_events(encoder: Any, events: Sequence[ProductEvent], cache_dir: Path 
     (keyed by the encoder's model tag and every event's field hashes), for development loops."""
     key = None
     if cache_dir is not None:
-        from encoders.fusion import FIELDS, content_hash, field_content
-
         h = hashlib.blake2b(encoder.model.encode(), digest_size=16)
         for p in events:
-            h.update("|".join(content_hash(field_content(p, f)) for f in FIELDS).encode())
+            h.update("|".join(encoder.field_hashes(p).values()).encode())
         key = Path(cache_dir) / f"enc-{h.hexdigest()}.npy"
         if key.exists():
             return np.load(key)

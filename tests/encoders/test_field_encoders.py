@@ -134,3 +134,27 @@ def test_http_images_are_fetched_with_a_size_cap(image_server):
         ImageSource(None, timeout_s=5).fetch(f"{image_server}/missing.png", None)
     with pytest.raises(EncodeError, match="exceeds"):
         ImageSource(None, timeout_s=5, max_bytes=100).fetch(f"{image_server}/mug-red-350.png", None)
+
+
+def test_a_text_model_without_brand_skips_the_text_encoder_on_brand_only_updates(encoder, monkeypatch):
+    """A text model trained on ``title . description`` (manifest text_input.brand = false)."""
+    old = make_event("p", title="Sony WH-1000XM5 headphones", brand="Sony", price=399.0, description="noise cancelling")
+    new = make_event("p", title="Sony WH-1000XM5 headphones", brand="Sony Corp", price=399.0,
+                     description="noise cancelling")
+    # With the brand in the text (the default models), a brand change is a text change.
+    assert encoder.brand_in_text
+    assert encoder.field_hashes(old)["text"] != encoder.field_hashes(new)["text"]
+
+    monkeypatch.setattr(encoder, "brand_in_text", False)
+    before, after = encoder.field_hashes(old), encoder.field_hashes(new)
+    assert [f for f in before if before[f] != after[f]] == ["brand"]
+    first = encoder.encode([old])
+    calls: list[list[str]] = []
+    real = encoder.text.encode
+    monkeypatch.setattr(encoder.text, "encode", lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw))
+    second = encoder.encode([new], stored={"p": (first.vectors[0], first.hashes[0])})
+    assert all(not texts for texts in calls)  # the text encoder did not run for this product
+    text = encoder.layout["text"]
+    assert np.array_equal(second.vectors[0][text], first.vectors[0][text])
+    fresh = encoder.encode([new]).vectors[0]
+    assert np.allclose(second.vectors[0], fresh, atol=1e-6)  # reuse gives what a full encode gives

@@ -61,7 +61,7 @@ def test_tiny_fine_tune_learns_saves_and_reloads(abt_folder: Path, tmp_path: Pat
     # valid_split=None keeps the last epoch (on 16 valid pairs the base model may well win the selection).
     manifest = run([(abt_folder, "title=name,description=description,price=price")], out, epochs=6,
                    batch_size=8, lr=3e-4, train_layers=1, max_length=48, seed=1, threads=2, valid_split=None,
-                   log=lambda _: None)
+                   log=lambda _: None, brand_in_text=False, command="simstream fine-tune ...")
     losses = manifest["losses"]
     assert len(losses) == 24  # 32 pairs / 8 per step, 6 epochs
     assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
@@ -72,6 +72,9 @@ def test_tiny_fine_tune_learns_saves_and_reloads(abt_folder: Path, tmp_path: Pat
     texts = ["sony bravia kdl-40v3000 40in lcd tv", "canon pg-40 black ink cartridge"]
     tuned = make_text_encoder(str(out), device="cpu")
     assert isinstance(tuned, FineTunedTextEncoder) and tuned.name == "minilm-tiny"
+    # The text layout it was trained on travels with it, and so does the command that built it.
+    assert manifest["text_input"]["brand"] is False and not tuned.reads_brand
+    assert manifest["command"] == "simstream fine-tune ..."
     a, b = tuned.encode(texts), TextEncoder(device="cpu").encode(texts)
     assert a.shape == b.shape == (2, 384)
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
