@@ -50,12 +50,17 @@ def text_of(p: ProductEvent, with_brand: bool = True) -> str:
     return " . ".join(x for x in parts if x)
 
 
-def field_content(p: ProductEvent, name: str, brand_in_text: bool = True) -> object:
-    """The raw content of one field, for hashing (change detection)."""
+def field_contents(p: ProductEvent, brand_in_text: bool = True) -> dict[str, object]:
+    """The raw content of every field, for hashing (change detection)."""
     return {
         "text": text_of(p, brand_in_text), "title_lexical": p.title, "mpn": p.mpn or ["title", p.title], "brand": p.brand,
         "category": p.category, "price": p.price, "image": p.image_b64 or p.image_url,
-    }[name]
+    }
+
+
+def field_content(p: ProductEvent, name: str, brand_in_text: bool = True) -> object:
+    """The raw content of one field."""
+    return field_contents(p, brand_in_text)[name]
 
 
 def content_hash(value: object) -> str:
@@ -111,7 +116,7 @@ class ProductEncoder:
         text_model = settings.text_model or (str(self.options["text_model"]) if self.options.get("text_model") else None)
         self.text = make_text_encoder(text_model, device=settings.device,
                                       max_tokens=settings.text_max_tokens, threads=settings.torch_threads)
-        self.brand_in_text = bool(getattr(self.text, "reads_brand", True))
+        self.brand_in_text = bool(self.text.reads_brand)
         self.image = ImageEncoder(device=settings.device) if self.weights["image"] > 0 else None
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
                                   max_bytes=settings.image_max_bytes)
@@ -139,7 +144,8 @@ class ProductEncoder:
 
     def field_hashes(self, p: ProductEvent) -> dict[str, str]:
         """Content hash per field, as this encoder reads the fields (change detection)."""
-        return {f: content_hash(field_content(p, f, self.brand_in_text)) for f in FIELDS}
+        contents = field_contents(p, self.brand_in_text)  # once: text_of cleans the description
+        return {f: content_hash(contents[f]) for f in FIELDS}
 
     def warm_up(self) -> None:
         """Run one tiny batch so the first real batch does not pay for lazy initialisation."""

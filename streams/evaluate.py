@@ -191,9 +191,8 @@ def encode_events(encoder: Any, events: Sequence[ProductEvent], cache_dir: Path 
 
 
 def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.ndarray, left: Table,
-                    queries: Sequence[int], limit: int, model: str, workdir: Path) -> dict[str, list[str]]:
+                    queries: Sequence[int], limit: int, encoder: Any, workdir: Path) -> dict[str, list[str]]:
     """Index RIGHT in a fresh milvus-lite collection via VectorStore and search with the queries."""
-    from encoders.fusion import FIELDS, content_hash, field_content
     from index.store import VectorStore
 
     store = VectorStore.connect(str(workdir / "eval.db"), "eval", int(vectors_right.shape[1]),
@@ -203,7 +202,7 @@ def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.nd
         rows = [{
             "product_id": p.product_id, "vector": v.tolist(), "version": 1, "brand": (p.brand or "")[:256],
             "category": (p.category or "")[:1000], "price": float(p.price) if p.price is not None else -1.0,
-            "hashes": {f: content_hash(field_content(p, f)) for f in FIELDS}, "model": model,
+            "hashes": encoder.field_hashes(p), "model": encoder.model,
             "updated_at": now, "event_time": 0,
         } for p, v in zip(right.events, vectors_right)]
         store.upsert_products(rows)
@@ -263,7 +262,7 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
     timings["encode_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="simstream-eval-") as tmp:
-        ranked = milvus_rankings(vectors_left, right, vectors_right, left, queries, limit, encoder.model, Path(tmp))
+        ranked = milvus_rankings(vectors_left, right, vectors_right, left, queries, limit, encoder, Path(tmp))
     timings["index_search_s"] = round(time.perf_counter() - t0, 2)
     report: dict[str, Any] = {"simstream": retrieval_metrics(ranked, gold, ks)}
     if with_tfidf:
