@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   # A fresh venv with the CUDA build of torch takes about 7 GB; say so plainly before pip fails
   # half-way with "No space left on device".
   free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
-  if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+  if [ "${free_kb:-0}" -lt $((7 * 1024 * 1024)) ]; then
     echo "setup: only $((free_kb / 1024)) MB free under $(pwd); a new .venv needs about 7 GB (torch CUDA build)." >&2
     echo "setup: free some disk space and run again." >&2
     exit 1
