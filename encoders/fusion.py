@@ -58,11 +58,6 @@ def field_contents(p: ProductEvent, brand_in_text: bool = True) -> dict[str, obj
     }
 
 
-def field_content(p: ProductEvent, name: str, brand_in_text: bool = True) -> object:
-    """The raw content of one field."""
-    return field_contents(p, brand_in_text)[name]
-
-
 def content_hash(value: object) -> str:
     return hashlib.blake2b(orjson.dumps(value), digest_size=8).hexdigest()
 

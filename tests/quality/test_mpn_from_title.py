@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from encoders.fusion import ProductEncoder, field_content
+from encoders.fusion import ProductEncoder, field_contents
 from encoders.lexical import MpnEncoder, model_numbers
 from streams.contracts import ProductEvent
 from streams.settings import Settings
@@ -34,7 +34,7 @@ def test_title_part_numbers_match_and_explicit_mpn_wins() -> None:
 def test_title_changes_invalidate_the_derived_mpn_hash() -> None:
     a = ProductEvent(product_id="a", op="upsert", version=1, title="linksys ezxs88w")
     b = ProductEvent(product_id="a", op="upsert", version=2, title="linksys ezxs55w")
-    assert field_content(a, "mpn") != field_content(b, "mpn")
+    assert field_contents(a)["mpn"] != field_contents(b)["mpn"]
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="configs/fusion-weights-v1.json not present")
