@@ -200,11 +200,17 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, splits: Sequence[str] =
         for root, spec in specs:
             datasets.append(load_dataset(Path(root), parse_field_map(spec.split(",")), encoder,
                                          id_column=id_column, cache_dir=cache_dir))
-    kept = orjson.loads(weights_from.read_bytes()) if weights_from else None
-    if kept:
+    if weights_from:
+        kept = orjson.loads(weights_from.read_bytes())
         raw, shipped, learned = kept["learned_raw"], kept["weights"], kept["learned_fields"]
+        trained_on = kept["trained_on"]
+        objective = {"kind": "weights kept, not fitted", "from": kept["version"],
+                     "their_text_model": kept.get("options", {}).get("text_model")}
     else:
         raw, shipped, learned = fit_weights(datasets, splits=splits, candidates=candidates, rounds=rounds, l2=l2)
+        trained_on = [{"data": ds.name, "splits": list(splits), "fields": ds.fields} for ds in datasets]
+        objective = {"kind": "listwise softmax over top-K hard negatives, w >= 0", "candidates": candidates,
+                     "rounds": rounds, "l2": l2}
     equal = {f: 1.0 for f in learned}
     metrics: dict[str, Any] = {}
     for ds in datasets:
@@ -219,12 +225,8 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, splits: Sequence[str] =
         "options": options,
         "learned_raw": raw,
         "learned_fields": learned,
-        "trained_on": kept["trained_on"] if kept else [{"data": ds.name, "splits": list(splits), "fields": ds.fields}
-                                                        for ds in datasets],
-        "objective": {"kind": "listwise softmax over top-K hard negatives, w >= 0", "candidates": candidates,
-                      "rounds": rounds, "l2": l2} if not kept else
-                     {"kind": "weights kept, not fitted", "from": kept["version"],
-                      "their_text_model": kept.get("options", {}).get("text_model")},
+        "trained_on": trained_on,
+        "objective": objective,
         "metrics": metrics,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
