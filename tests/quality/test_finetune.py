@@ -160,3 +160,15 @@ def test_fit_weights_can_keep_weights_and_only_remeasure(abt_folder: Path, tmp_p
     # Measured afresh with this encoder: 16 queries among 96 right rows.
     measured = config["metrics"]["abt"]["test"]["learned"]
     assert measured["queries"] == 16 and measured["recall@1"] >= 0.75
+
+
+def test_fit_weights_records_what_it_fitted_on(abt_folder: Path, tmp_path: Path) -> None:
+    """`fit-weights` without --weights-from fits on the given splits and says so in the config."""
+    from streams.fit_weights import run
+
+    config = run([(abt_folder, "title=name,description=description,price=price")], tmp_path / "fitted.json",
+                 splits=["train"], version="fitted-test")
+    assert config["trained_on"] == [{"data": abt_folder.name, "splits": ["train"],
+                                     "fields": config["trained_on"][0]["fields"]}]
+    assert config["objective"]["kind"].startswith("listwise softmax")
+    assert all(w >= 0 for w in config["weights"].values()) and any(w > 0 for w in config["weights"].values())
