@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.fusion import ProductEncoder  # noqa: E402
-from streams.contracts import parse_event  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.verify import _content, generate_stream  # noqa: E402
+from simstream.encoders.fusion import ProductEncoder  # noqa: E402
+from simstream.streams.contracts import parse_event  # noqa: E402
+from simstream.settings import Settings  # noqa: E402
+from simstream.harness.exactness import _content, generate_stream  # noqa: E402
 
 
 def encode(encoder: ProductEncoder, docs: list[dict]) -> np.ndarray:

@@ -37,7 +37,7 @@ CACHE = ROOT / "bench" / ".cache"
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "esspr_sample"
 
 # The same synthetic product families as the exactness harness.
-from streams.verify import COLORS, FAMILIES  # noqa: E402
+from simstream.harness.exactness import COLORS, FAMILIES  # noqa: E402
 
 
 # --- machine --------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def machine() -> dict[str, Any]:
                 ram_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    from encoders.device import pick_device
+    from simstream.encoders.device import pick_device
 
     return {
         "cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram_gb, "python": platform.python_version(),
@@ -75,7 +75,7 @@ def image_root() -> tuple[Path, list[str]]:
     from importlib import resources
 
     root = Path(tempfile.mkdtemp(prefix="simstream-bench-img-"))
-    sources = [Path(str(resources.files("streams.sample"))) / "images"]
+    sources = [Path(str(resources.files("simstream.harness.sample"))) / "images"]
     if SHARED_IMAGES.is_dir():
         sources.append(SHARED_IMAGES)
     names: list[str] = []
@@ -113,13 +113,13 @@ def stem_of(doc: dict[str, Any]) -> str:
 
 
 def to_events(docs: Iterable[dict[str, Any]]) -> list[Any]:
-    from streams.contracts import parse_event
+    from simstream.streams.contracts import parse_event
 
     return [parse_event(d["product_id"].encode(), orjson.dumps(d)) for d in docs]
 
 
 def encoder_settings(image: bool, **extra: Any) -> Any:
-    from streams.settings import Settings
+    from simstream.settings import Settings
 
     return Settings(image_enabled=image, **extra)
 
@@ -170,7 +170,7 @@ def field_vectors(encoder: Any, docs: list[dict[str, Any]], image_root_dir: Path
     image_dim = encoder.layout["image"].stop - encoder.layout["image"].start
     img = np.zeros((len(docs), image_dim), np.float32)
     if image_root_dir is not None and any(d.get("image_url") for d in docs):
-        from encoders.image import ImageEncoder
+        from simstream.encoders.image import ImageEncoder
 
         names = sorted({d["image_url"].split(":", 1)[1] for d in docs if d.get("image_url")})
         image_enc = encoder.image or ImageEncoder(device=encoder.settings.device)
@@ -216,9 +216,9 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
             with_lists: bool = True, flush_every_rows: int = 20_000) -> dict[str, float]:
     """Write the catalog (and, optionally, its exact neighbour lists, top-``depth`` deep as the
     worker records them) straight into Milvus."""
-    from index.neighbours import BuiltList, ListBuilder, SCORE_DECIMALS, now_ms
-    from index.store import StoredList, VectorStore
-    from streams.contracts import Neighbor, NeighborList
+    from simstream.index.neighbours import BuiltList, ListBuilder, SCORE_DECIMALS, now_ms
+    from simstream.index.store import StoredList, VectorStore
+    from simstream.records import Neighbour, NeighbourList
 
     timings: dict[str, float] = {}
     vectors = fuse(encoder, fv)
@@ -255,8 +255,8 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
             for j in range(k):
                 other = nb[j]
                 fields = {f: float(contrib[f][j]) for f, sl in seg if f in contrib and np.any(other[sl])}
-                neigh.append(Neighbor(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), fields))
-            nl = NeighborList(pid, fv.docs[i]["version"], neigh, encoder.model, now, fv.docs[i]["event_time"])
+                neigh.append(Neighbour(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), fields))
+            nl = NeighbourList(pid, fv.docs[i]["version"], neigh, encoder.model, now, fv.docs[i]["event_time"])
             boundary = float(scores[i, builder.depth - 1]) if len(fv.ids) - 1 > builder.depth else float("-inf")
             # as_of after the products' updated_at (+ the lookback), so the worker may merge at once.
             deep = [fv.ids[j] for j in idx[i, : min(builder.depth, len(fv.ids) - 1)]]
@@ -294,7 +294,7 @@ class TopicTail:
     def __init__(self, settings: Any) -> None:
         import uuid
 
-        from streams.neighbour_reader import tail_consumer
+        from simstream.streams.neighbour_reader import tail_consumer
 
         self.consumer = tail_consumer(settings, f"bench-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 50})
         self.consumer.subscribe([settings.neighbors_topic])

@@ -36,7 +36,7 @@ def _rate(encoder: Any, events: list[Any], batch: int, rounds: int, stored: Any 
 
 
 def encoder_ceiling(items: int = 256, rounds: int = 2, seed: int = 1, encoders: dict[bool, Any] | None = None) -> dict[str, Any]:
-    from encoders.fusion import ProductEncoder
+    from simstream.encoders.fusion import ProductEncoder
 
     root, names = image_root()
     rng = random.Random(seed)
@@ -68,7 +68,7 @@ def encoder_ceiling(items: int = 256, rounds: int = 2, seed: int = 1, encoders: 
 
 def change_aware(items: int = 128, rounds: int = 3, seed: int = 2, encoders: dict[bool, Any] | None = None) -> dict[str, Any]:
     """Encode cost of price-only / brand-only / full updates, each against the stored previous version."""
-    from encoders.fusion import ProductEncoder
+    from simstream.encoders.fusion import ProductEncoder
 
     root, names = image_root()
     rng = random.Random(seed)

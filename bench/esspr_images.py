@@ -25,10 +25,10 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from encoders.fusion import FIELDS, ProductEncoder, load_weights  # noqa: E402
-from streams.contracts import ProductEvent  # noqa: E402
-from streams.fit_weights import unit_config  # noqa: E402
-from streams.settings import load_settings  # noqa: E402
+from simstream.encoders.fusion import FIELDS, ProductEncoder, load_weights  # noqa: E402
+from simstream.records import ProductEvent  # noqa: E402
+from simstream.quality.fit_weights import unit_config  # noqa: E402
+from simstream.settings import load_settings  # noqa: E402
 
 TEXT_FIELDS = ("text", "title_lexical", "mpn")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.verify import Options, run_exactness, summary_line  # noqa: E402
+from simstream.harness.exactness import Options, run_exactness, summary_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,9 +211,9 @@ def freshness(run: Run, producer: Any, tail: TopicTail, worker: Any, rate: float
 def run_mode(image: bool, preload_n: int, events_n: int, fresh_s: float, batch1_events: int, seed: int,
              encoder: Any, fv: Any, root: Path, names: list[str], timeout_s: float = 1800,
              profile: bool = False, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    from streams.embedded import EmbeddedBroker, WorkerProcess
-    from streams.producer import EventProducer
-    from streams.settings import Settings
+    from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
+    from simstream.streams.producer import EventProducer
+    from simstream.settings import Settings
 
     run = Run(image, preload_n, seed, root, names, encoder, fv, extra_env)
     res: dict[str, Any] = {"preloaded": preload_n, "preload": run.load()}
@@ -276,7 +276,7 @@ def run_mode(image: bool, preload_n: int, events_n: int, fresh_s: float, batch1_
 def pipeline(preload_n: int, events_n: int, fresh_s: float, batch1_events: int, modes: list[str], seed: int = 11,
              encoders: dict[bool, Any] | None = None, profile: bool = False,
              extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    from encoders.fusion import ProductEncoder
+    from simstream.encoders.fusion import ProductEncoder
 
     root, names = image_root()
     encoders = encoders if encoders is not None else {}

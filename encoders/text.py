@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from encoders.device import inference, pick_device, to_device
+from simstream.encoders.device import inference, pick_device, to_device
 
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from streams.logs import get_logger
+from simstream.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -41,7 +41,7 @@ class ListHead:
     """A recorded list without its payload."""
 
     product_id: str
-    neighbor_ids: tuple[str, ...]
+    neighbour_ids: tuple[str, ...]
     kth_score: float  # the boundary (index.store.StoredList.kth_score)
     updated_at: int
     as_of: int = 0
@@ -87,14 +87,14 @@ class ListMirror:
         for head in heads:
             old = self._heads.get(head.product_id)
             if old is not None:
-                for nid in old.neighbor_ids:
+                for nid in old.neighbour_ids:
                     owners = self._listers.get(nid)
                     if owners is not None:
                         owners.discard(head.product_id)
                         if not owners:
                             del self._listers[nid]
             self._heads[head.product_id] = head
-            for nid in head.neighbor_ids:
+            for nid in head.neighbour_ids:
                 self._listers.setdefault(nid, set()).add(head.product_id)
 
     def sync(self, store: Any) -> None:
@@ -103,7 +103,7 @@ class ListMirror:
         since = (self.synced_at if self.synced_at is not None else 0) - self.lookback_ms
         fresh = [h for h in store.list_heads_since(since)
                  if (old := self._heads.get(h.product_id)) is None or old.updated_at != h.updated_at
-                 or old.neighbor_ids != h.neighbor_ids]
+                 or old.neighbour_ids != h.neighbour_ids]
         self.put(fresh)
         self.synced_at = started
 

@@ -24,9 +24,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from index.list_mirror import ListHead
-from index.store import StoredList, StoredProduct, VectorStore
-from streams.contracts import Neighbor, NeighborList
+from simstream.index.list_mirror import ListHead
+from simstream.index.store import StoredList, StoredProduct, VectorStore
+from simstream.records import Neighbour, NeighbourList
 
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
 SCORE_DECIMALS = 6
@@ -114,7 +114,7 @@ class BuiltList:
     is when the state it was computed from was read: together with the products written since then
     it lets the next refresh merge instead of searching (``ListBuilder.merge``)."""
 
-    published: NeighborList
+    published: NeighbourList
     deep: list[str]
     boundary: float
     as_of: int
@@ -154,10 +154,10 @@ class ListBuilder:
         """``ranked``: (exact score, id, vector) best first, at least the deep list."""
         me = product.vector
         top = ranked[: self.k]
-        published = NeighborList(
+        published = NeighbourList(
             product_id=product.product_id,
             version=product.version,
-            neighbors=[Neighbor(nid, round(sc, SCORE_DECIMALS), fields) for (sc, nid, _), fields
+            neighbours=[Neighbour(nid, round(sc, SCORE_DECIMALS), fields) for (sc, nid, _), fields
                        in zip(top, self.contributions_many(me, [vec for _, _, vec in top]))],
             model=self.model,
             computed_at=computed_at,
@@ -207,7 +207,7 @@ class ListBuilder:
                 if c != pid and (complete or score > head.kth_score + MARGIN):
                     entries.append((score, c, vec))
         fresh = set(changed)
-        entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbor_ids
+        entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbour_ids
                     if m != pid and m not in fresh and m in members]
         entries.sort(key=lambda t: rank_key(t[0], t[1]))
         boundary = -np.inf if complete else head.kth_score
@@ -224,7 +224,7 @@ class ListBuilder:
                           built.as_of)
 
 
-def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndarray],
+def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.ndarray],
                 changed: Mapping[str, StoredProduct], deleted: set[str], *, k: int) -> set[str]:
     """Lists computed from a search that may have missed products written meanwhile.
 
@@ -243,13 +243,13 @@ def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndar
         if pid in changed and not np.allclose(changed[pid].vector, me, atol=1e-6):
             stale.add(pid)
             continue
-        held = {n.product_id: n.score for n in nl.neighbors}
+        held = {n.product_id: n.score for n in nl.neighbours}
         if deleted & held.keys():
             stale.add(pid)
             continue
         if not cids:
             continue
-        kth = nl.neighbors[-1].score if len(nl.neighbors) >= k else -np.inf
+        kth = nl.neighbours[-1].score if len(nl.neighbours) >= k else -np.inf
         scores = cmat @ me
         # Only changed products the list holds, or that score within reach of its k-th, can make it
         # stale; test just those (the same tests as a loop over every changed product).
@@ -257,7 +257,7 @@ def stale_lists(lists: Mapping[str, NeighborList], vectors: Mapping[str, np.ndar
                for cid in held):
             stale.add(pid)
             continue
-        last = rank_key(kth, nl.neighbors[-1].product_id if nl.neighbors else "")
+        last = rank_key(kth, nl.neighbours[-1].product_id if nl.neighbours else "")
         for hit in np.flatnonzero(scores >= kth - 1e-5):
             cid = cids[int(hit)]
             if cid != pid and cid not in held and rank_key(float(scores[hit]), cid) < last:

@@ -30,8 +30,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from index.store import StoredProduct
-from streams.logs import get_logger
+from simstream.index.store import StoredProduct
+from simstream.logs import get_logger
 
 log = get_logger(__name__)
 

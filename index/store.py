@@ -25,9 +25,9 @@ import numpy as np
 import orjson
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from index.list_mirror import ListHead, ListMirror, stored_boundary
-from streams.errors import IndexUnavailable
-from streams.logs import get_logger
+from simstream.index.list_mirror import ListHead, ListMirror, stored_boundary
+from simstream.errors import IndexUnavailable
+from simstream.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -50,7 +50,7 @@ class StoredProduct:
 @dataclass(frozen=True, slots=True)
 class StoredList:
     product_id: str
-    neighbor_ids: list[str]
+    neighbour_ids: list[str]
     kth_score: float  # the list's boundary: everyone outside it scores at most this; -inf: it holds everyone
     payload: bytes  # the published top-k; empty for a tombstone marker
     as_of: int = 0  # when the state it was computed from was read (index.neighbours.BuiltList)
@@ -263,7 +263,7 @@ class VectorStore:
         """Answer searches and product reads from an exact in-memory copy of the products
         (index/side.py), and list-head questions from a mirror of the lists (index/list_mirror.py);
         both built from Milvus now and synced with Milvus before every use."""
-        from index.side import SideIndex
+        from simstream.index.side import SideIndex
 
         self.side = SideIndex.from_store(self)
         if self.lists_stamped:
@@ -386,7 +386,7 @@ class VectorStore:
     def upsert_lists(self, lists: list[StoredList]) -> None:
         """A list with an empty payload is a tombstone marker: "a tombstone was published"."""
         written_at = int(time.time() * 1000)
-        rows: list[dict[str, Any]] = [{"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbor_ids,
+        rows: list[dict[str, Any]] = [{"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbour_ids,
                  "kth_score": stored_boundary(x.kth_score, tombstone=not x.payload), "payload": x.payload.decode()}
                 for x in lists]
         if self.lists_stamped:

@@ -18,4 +18,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision pinned to the builds on this machine's disk (a CUDA build that also runs on CPU).
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[test,multilingual]"
+# Strict editable mode: setuptools maps the repository's folders (streams/, encoders/, index/, ...)
+# under the one import name `simstream` through a link tree in build/, which mypy can read too.
+# A new module appears there when this script runs again.
+.venv/bin/python -m pip install -q -e ".[test,multilingual]" --config-settings editable_mode=strict

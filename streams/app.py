@@ -26,15 +26,15 @@ import faust
 from aiokafka.partitioner import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from index.store import VectorStore
-from streams import metrics
-from streams.errors import IndexUnavailable
-from streams.kafka_config import bound_faust_fetch_wait
-from streams.logs import get_logger
-from streams.pipeline import (
+from simstream.index.store import VectorStore
+from simstream.streams import metrics
+from simstream.errors import IndexUnavailable
+from simstream.streams.kafka_config import bound_faust_fetch_wait
+from simstream.logs import get_logger
+from simstream.streams.pipeline import (
     Ingestor, RawRecord, Refresher, decode_refresh_request, encode_refresh_request, validate,
 )
-from streams.settings import Settings
+from simstream.settings import Settings
 
 log = get_logger(__name__)
 T = TypeVar("T")

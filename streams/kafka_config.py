@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.settings import Settings
+from simstream.settings import Settings
 
 
 def bootstrap_servers(kafka_url: str) -> str:

@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError
 
-from streams.contracts import NeighborList
-from streams.kafka_config import client_config
-from streams.settings import Settings
+from simstream.records import NeighbourList
+from simstream.streams.kafka_config import client_config
+from simstream.settings import Settings
 
 
 def tail_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
@@ -37,7 +37,7 @@ class NeighbourReader:
         self.topic = topic or settings.neighbors_topic
         self.consumer = tail_consumer(settings, group or f"simstream-reader-{uuid.uuid4().hex[:8]}")
         self.consumer.subscribe([self.topic])
-        self.latest: dict[str, NeighborList | None] = {}
+        self.latest: dict[str, NeighbourList | None] = {}
         self.messages = 0
         self.last_message_at = 0.0
 
@@ -54,15 +54,15 @@ class NeighbourReader:
                     raise RuntimeError(f"neighbour topic: {err}")
                 key = (m.key() or b"").decode()
                 value = m.value()
-                self.latest[key] = NeighborList.from_json(value) if value is not None else None
+                self.latest[key] = NeighbourList.from_json(value) if value is not None else None
                 got += 1
             if msgs:
                 self.last_message_at = time.monotonic()
         self.messages += got
         return got
 
-    def wait_until(self, done: Callable[[dict[str, NeighborList | None]], bool], *, timeout_s: float,
-                   quiet_s: float = 3.0, check: Callable[[], None] | None = None) -> dict[str, NeighborList | None]:
+    def wait_until(self, done: Callable[[dict[str, NeighbourList | None]], bool], *, timeout_s: float,
+                   quiet_s: float = 3.0, check: Callable[[], None] | None = None) -> dict[str, NeighbourList | None]:
         """Poll until ``done(latest)`` holds and nothing new came for ``quiet_s``; bounded by ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

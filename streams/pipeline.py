@@ -15,14 +15,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import orjson
 
-from encoders.fusion import ProductEncoder
-from index.list_mirror import ListHead, stored_boundary
-from index.neighbours import BuiltList, Change, ListBuilder, affected_by, now_ms, stale_lists
-from index.store import StoredList, StoredProduct, VectorStore
-from streams import metrics
-from streams.contracts import NeighborList, ProductEvent, parse_event
-from streams.errors import BadEvent
-from streams.logs import get_logger
+from simstream.encoders.fusion import ProductEncoder
+from simstream.index.list_mirror import ListHead, stored_boundary
+from simstream.index.neighbours import BuiltList, Change, ListBuilder, affected_by, now_ms, stale_lists
+from simstream.index.store import StoredList, StoredProduct, VectorStore
+from simstream.streams import metrics
+from simstream.streams.contracts import parse_event
+from simstream.records import NeighbourList, ProductEvent
+from simstream.errors import BadEvent
+from simstream.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -189,13 +190,13 @@ class Ingestor:
 class RefreshPlan:
     """Lists to publish (None = tombstone) and what to record once they are durable."""
 
-    publish: dict[str, NeighborList | None] = field(default_factory=dict)
+    publish: dict[str, NeighbourList | None] = field(default_factory=dict)
     record: list[StoredList] = field(default_factory=list)
     unchanged: int = 0
     merged: int = 0  # lists updated from their recorded deep list, without a search
     searched: int = 0
     # For the re-check after recording: every list built, its owner's vector, when searching began.
-    built: dict[str, NeighborList] = field(default_factory=dict)
+    built: dict[str, NeighbourList] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     started: int = 0
 
@@ -249,11 +250,11 @@ class Refresher:
                     plan.record.append(StoredList(pid, [], float("inf"), b""))
                 continue
             built = lists[pid]
-            if old is not None and old.payload and maybe_list.same_content(NeighborList.from_json(old.payload)):
+            if old is not None and old.payload and maybe_list.same_content(NeighbourList.from_json(old.payload)):
                 del plan.publish[pid]
                 plan.unchanged += 1
                 head = heads.get(pid)
-                if head is not None and list(head.neighbor_ids) == built.deep and \
+                if head is not None and list(head.neighbour_ids) == built.deep and \
                         stored_boundary(built.boundary) == head.kth_score:
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
@@ -274,7 +275,7 @@ class Refresher:
                 stamps = [p.updated_at for p in by_time]
                 changed_ids = [p.product_id for p in by_time]
                 changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, 0), np.float32)
-                members = self.store.snapshot_vectors({m for h in mergeable.values() for m in h.neighbor_ids})
+                members = self.store.snapshot_vectors({m for h in mergeable.values() for m in h.neighbour_ids})
                 for pid, head in mergeable.items():
                     since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
                     built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
@@ -303,7 +304,7 @@ class Refresher:
             return set()
         return self._stale_since(plan.started, plan.built, plan.vectors)
 
-    def _stale_since(self, started_ms: int, lists: Mapping[str, NeighborList],
+    def _stale_since(self, started_ms: int, lists: Mapping[str, NeighbourList],
                      vectors: Mapping[str, np.ndarray]) -> set[str]:
         """Lists that products written or deleted since ``started_ms`` (less the skew allowance)
         may have made stale."""

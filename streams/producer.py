@@ -11,8 +11,8 @@ from typing import Any, Iterable, Iterator
 import orjson
 from confluent_kafka import KafkaException, Producer
 
-from streams.kafka_config import client_config
-from streams.settings import Settings
+from simstream.streams.kafka_config import client_config
+from simstream.settings import Settings
 
 _NUMERIC = {"price": float, "version": int, "event_time": int}
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoders.fusion import ProductEncoder
-from streams.logs import get_logger
-from streams.producer import EventProducer
-from streams.runtime import build_steps
-from streams.settings import Settings
+from simstream.encoders.fusion import ProductEncoder
+from simstream.logs import get_logger
+from simstream.streams.producer import EventProducer
+from simstream.streams.runtime import build_steps
+from simstream.settings import Settings
 
 log = get_logger(__name__)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from encoders.fusion import ProductEncoder
-from index.neighbours import ListBuilder
-from index.store import VectorStore
-from streams.app import Worker
-from streams.logs import get_logger
-from streams.pipeline import Ingestor, Refresher
-from streams.settings import Settings
+from simstream.encoders.fusion import ProductEncoder
+from simstream.index.neighbours import ListBuilder
+from simstream.index.store import VectorStore
+from simstream.streams.app import Worker
+from simstream.logs import get_logger
+from simstream.streams.pipeline import Ingestor, Refresher
+from simstream.settings import Settings
 
 log = get_logger(__name__)
 

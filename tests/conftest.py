@@ -12,17 +12,18 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from encoders.fusion import ProductEncoder
-from index.store import VectorStore
-from streams.contracts import ProductEvent, parse_event
-from streams.embedded import EmbeddedBroker
-from streams.settings import Settings
+from simstream.encoders.fusion import ProductEncoder
+from simstream.index.store import VectorStore
+from simstream.streams.contracts import parse_event
+from simstream.records import ProductEvent
+from simstream.harness.embedded import EmbeddedBroker
+from simstream.settings import Settings
 
 # milvus-lite's in-process gRPC server logs each unimplemented call (AllocTimestamp) as an error.
 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_IMAGES = REPO / "streams" / "sample" / "images"
+SAMPLE_IMAGES = REPO / "harness" / "sample" / "images"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -77,7 +77,7 @@ _FALLBACK_SETTINGS = {
 
 def _settings_class():
     try:
-        from streams.settings import Settings
+        from simstream.settings import Settings
     except Exception:  # noqa: BLE001 - the worker's deps may be absent where only deploy/ is tested
         return None
     return Settings

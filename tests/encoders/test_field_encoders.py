@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_IMAGES, make_event
-from encoders.image_source import ImageSource
-from encoders.lexical import MpnEncoder, TitleLexicalEncoder, normalize_mpn
-from encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder, normalize_brand
-from encoders.text import clean_text
-from streams.errors import EncodeError
+from simstream.encoders.image_source import ImageSource
+from simstream.encoders.lexical import MpnEncoder, TitleLexicalEncoder, normalize_mpn
+from simstream.encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder, normalize_brand
+from simstream.encoders.text import clean_text
+from simstream.errors import EncodeError
 
 
 def cos(a, b):

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from index.store import VectorStore
+from simstream.index.store import VectorStore
 
 
 @pytest.fixture(params=["milvus-lite", "milvus-server"])

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from index.store import StoredList, VectorStore
+from simstream.index.store import StoredList, VectorStore
 
 DIM = 16  # the small_store fixture's (tests/index/conftest.py)
 
@@ -45,7 +45,7 @@ def answers(store: VectorStore, ids: list[str], since: int, x: float) -> dict:
         "listers": {p: store.listers_of([p]) for p in ids},
         "kth": {p: round(v, 4) for p, v in store.list_kth_scores(ids).items()},
         "loose": {p: round(v, 4) for p, v in store.lists_with_kth_at_most(x).items()},
-        "heads": {p: (h.neighbor_ids, round(h.kth_score, 4), h.as_of) for p, h in store.list_heads(ids).items()},
+        "heads": {p: (h.neighbour_ids, round(h.kth_score, 4), h.as_of) for p, h in store.list_heads(ids).items()},
     }
 
 
@@ -153,6 +153,6 @@ def test_lists_collection_from_before_deep_lists_still_works(tmp_path):
     assert store.mirror is None
     store.upsert_lists([StoredList("a", ["b", "c"], 0.25, b"{}", as_of=123)])
     heads = store.list_heads(["a"])
-    assert heads["a"].neighbor_ids == ("b", "c") and heads["a"].as_of == 0
+    assert heads["a"].neighbour_ids == ("b", "c") and heads["a"].as_of == 0
     assert store.listers_of(["b"]) == {"a"} and store.list_kth_scores(["a"]) == {"a": 0.25}
     store.close()

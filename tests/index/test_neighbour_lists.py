@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from index.neighbours import Change, ListBuilder, affected_by, rank_key, stale_lists
-from index.store import StoredProduct, VectorStore
+from simstream.index.neighbours import Change, ListBuilder, affected_by, rank_key, stale_lists
+from simstream.index.store import StoredProduct, VectorStore
 
 
 def put(store, vectors):
@@ -33,8 +33,8 @@ def test_lists_equal_brute_force_with_ties_by_id(small_store):
     products = small_store.get_products(list(vecs))
     lists = builder.build(products, {})
     for pid in vecs:
-        assert [n.product_id for n in lists[pid].published.neighbors] == oracle(vecs, pid, 5)
-    assert [n.product_id for n in lists["p000"].published.neighbors][:2] == ["twin-a", "twin-b"]
+        assert [n.product_id for n in lists[pid].published.neighbours] == oracle(vecs, pid, 5)
+    assert [n.product_id for n in lists["p000"].published.neighbours][:2] == ["twin-a", "twin-b"]
 
 
 @pytest.mark.parametrize("pool, max_pool", [(8, 256), (1, 1)])  # (1, 1): the exact tail does all the work
@@ -52,7 +52,7 @@ def test_affected_set_covers_entering_and_leaving(small_store, pool, max_pool):
     put(small_store, {"p000": moved})
     affected = affected_by(small_store, [Change("p000", moved)], pool=pool, max_pool=max_pool)
     for pid in vecs:
-        if oracle(new, pid, 5) != [n.product_id for n in lists[pid].published.neighbors]:
+        if oracle(new, pid, 5) != [n.product_id for n in lists[pid].published.neighbours]:
             assert pid in affected, pid
     assert affected < set(vecs)  # and it is not simply everyone
 
@@ -60,8 +60,8 @@ def test_affected_set_covers_entering_and_leaving(small_store, pool, max_pool):
 def test_stale_lists_spots_concurrent_writes():
     rng = np.random.default_rng(2)
     v = unit(rng, 4)
-    from streams.contracts import Neighbor, NeighborList
-    nl = NeighborList("a", 1, [Neighbor("b", float(v[0] @ v[1]), {})], "m", 0, None)
+    from simstream.records import Neighbour, NeighbourList
+    nl = NeighbourList("a", 1, [Neighbour("b", float(v[0] @ v[1]), {})], "m", 0, None)
     me = {"a": v[0]}
     assert stale_lists({"a": nl}, me, {}, {"b"}, k=1) == {"a"}  # holds a deleted product
     beat = StoredProduct("c", v[0].copy(), 1, {}, "m", 0)  # c now equals a: beats everything
@@ -81,7 +81,7 @@ def brute_deep(vecs, pid, depth):
 def test_merge_equals_brute_force_over_rounds_of_changes(seed):
     """Owners' lists merged with changed products (moves, deletes, new products, exact ties) equal
     brute force whenever merge answers; it answers most of the time."""
-    from index.list_mirror import ListHead
+    from simstream.index.list_mirror import ListHead
 
     rng = np.random.default_rng(seed)
     k, depth = 5, 10
@@ -122,7 +122,7 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
                 heads[o] = ListHead(o, tuple(deep), boundary, 0, rnd + 2)
                 continue
             answered += 1
-            assert [n.product_id for n in got.published.neighbors] == oracle(vecs, o, k), (rnd, o)
+            assert [n.product_id for n in got.published.neighbours] == oracle(vecs, o, k), (rnd, o)
             assert got.deep[:k] == oracle(vecs, o, k)
             outside = [float(v @ vecs[o]) for q, v in vecs.items() if q != o and q not in got.deep]
             assert all(s <= got.boundary + 1e-5 for s in outside), (rnd, o)

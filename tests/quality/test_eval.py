@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import read_csv, write_csv
 
-from streams.evaluate import read_gold, retrieval_metrics, top_k
-from streams.fit_weights import Problem, fit
+from simstream.quality.evaluate import read_gold, retrieval_metrics, top_k
+from simstream.quality.fit_weights import Problem, fit
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
@@ -78,7 +78,7 @@ def test_listwise_fit_learns_the_informative_field() -> None:
 
 
 def test_eval_cli_on_abt_slice(abt_slice: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    from streams.cli import main
+    from simstream.cli import main
 
     left, right, gold = abt_slice
     out = tmp_path / "report.json"

@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from conftest import read_csv, write_csv
-from encoders.finetuned import DELTA, MANIFEST, MODELS_DIR, FineTunedTextEncoder, finetuned_dir
-from encoders.fusion import ProductEncoder
-from encoders.multilingual import make_text_encoder
-from encoders.text import TextEncoder
-from streams.settings import Settings
+from simstream.encoders.finetuned import DELTA, MANIFEST, MODELS_DIR, FineTunedTextEncoder, finetuned_dir
+from simstream.encoders.fusion import ProductEncoder
+from simstream.encoders.multilingual import make_text_encoder
+from simstream.encoders.text import TextEncoder
+from simstream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 ABT = REPO.parent / "shared" / "data" / "abt_buy"
@@ -55,7 +55,7 @@ def abt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_fine_tune_learns_saves_and_reloads(abt_folder: Path, tmp_path: Path) -> None:
-    from streams.finetune import run
+    from simstream.quality.finetune import run
 
     out = tmp_path / "minilm-tiny"
     # valid_split=None keeps the last epoch (on 16 valid pairs the base model may well win the selection).
@@ -94,7 +94,7 @@ def test_a_delta_for_another_base_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not SHIPPED_CONFIG.exists(), reason="configs/fusion-weights-v3.json not present")
 def test_shipped_config_selects_the_shipped_fine_tuned_model(tmp_path: Path) -> None:
-    from encoders.text import default_text_model
+    from simstream.encoders.text import default_text_model
 
     config = orjson.loads(SHIPPED_CONFIG.read_bytes())
     name = config["options"]["text_model"]
@@ -119,7 +119,7 @@ def test_every_shipped_config_names_a_shipped_model() -> None:
 
 
 def test_batches_never_repeat_a_product() -> None:
-    from streams.finetune import make_batches
+    from simstream.quality.finetune import make_batches
 
     pairs = [(0, 10), (0, 11), (1, 10), (2, 12), (3, 13), (4, 14), (5, 15)]
     batches = make_batches([pairs[:4], pairs[4:]], 3, random.Random(0))
@@ -134,7 +134,7 @@ def test_batches_never_repeat_a_product() -> None:
 def test_mnrl_loss_prefers_aligned_pairs() -> None:
     import torch
 
-    from streams.finetune import mnrl_loss
+    from simstream.quality.finetune import mnrl_loss
 
     x = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     assert float(mnrl_loss(x, x, None, 20.0)) < float(mnrl_loss(x, x.roll(1, 0), None, 20.0))
@@ -143,7 +143,7 @@ def test_mnrl_loss_prefers_aligned_pairs() -> None:
 @pytest.mark.skipif(not SHIPPED_CONFIG.exists(), reason="configs/fusion-weights-v3.json not present")
 def test_fit_weights_can_keep_weights_and_only_remeasure(abt_folder: Path, tmp_path: Path) -> None:
     """`fit-weights --weights-from`: for a text model re-trained on the pairs the weights were fitted on."""
-    from streams.fit_weights import run
+    from simstream.quality.fit_weights import run
 
     folder = tmp_path / "abt"
     folder.mkdir()
@@ -164,7 +164,7 @@ def test_fit_weights_can_keep_weights_and_only_remeasure(abt_folder: Path, tmp_p
 
 def test_fit_weights_records_what_it_fitted_on(abt_folder: Path, tmp_path: Path) -> None:
     """`fit-weights` without --weights-from fits on the given splits and says so in the config."""
-    from streams.fit_weights import run
+    from simstream.quality.fit_weights import run
 
     config = run([(abt_folder, "title=name,description=description,price=price")], tmp_path / "fitted.json",
                  splits=["train"], version="fitted-test")

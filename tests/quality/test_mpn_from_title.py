@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from encoders.fusion import ProductEncoder, field_contents
-from encoders.lexical import MpnEncoder, model_numbers
-from streams.contracts import ProductEvent
-from streams.settings import Settings
+from simstream.encoders.fusion import ProductEncoder, field_contents
+from simstream.encoders.lexical import MpnEncoder, model_numbers
+from simstream.records import ProductEvent
+from simstream.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "fusion-weights-v1.json"
 

@@ -8,9 +8,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from encoders.fusion import ProductEncoder
-from encoders.multilingual import make_text_encoder
-from streams.settings import Settings
+from simstream.encoders.fusion import ProductEncoder
+from simstream.encoders.multilingual import make_text_encoder
+from simstream.settings import Settings
 
 PAIRS = [
     ("Sony WH-1000XM5 wireless noise cancelling headphones", "索尼 WH-1000XM5 无线降噪耳机"),

@@ -1,8 +1,10 @@
 import orjson
 import pytest
 
-from streams.contracts import Neighbor, NeighborList, neighbor_list_validator, parse_event
-from streams.errors import BadEvent
+from simstream.streams.contracts import neighbour_list_validator, parse_event
+
+from simstream.records import Neighbour, NeighbourList
+from simstream.errors import BadEvent
 
 
 def raw(**doc):
@@ -40,10 +42,10 @@ def test_key_must_match_product_id():
 
 
 def test_neighbor_list_round_trips_and_matches_schema():
-    nl = NeighborList("a", 3, [Neighbor("b", 0.5, {"text": 0.3, "price": 0.2})], "m", 1, 2)
+    nl = NeighbourList("a", 3, [Neighbour("b", 0.5, {"text": 0.3, "price": 0.2})], "m", 1, 2)
     doc = orjson.loads(nl.to_json())
-    assert not list(neighbor_list_validator().iter_errors(doc))
-    assert NeighborList.from_json(nl.to_json()) == nl
-    assert nl.same_content(NeighborList("a", 3, [Neighbor("b", 0.5 + 1e-9, {})], "m", 99, None))
-    assert not nl.same_content(NeighborList("a", 3, [Neighbor("c", 0.5, {})], "m", 1, 2))
-    assert not nl.same_content(NeighborList("a", 4, [Neighbor("b", 0.5, {})], "m", 1, 2))
+    assert not list(neighbour_list_validator().iter_errors(doc))
+    assert NeighbourList.from_json(nl.to_json()) == nl
+    assert nl.same_content(NeighbourList("a", 3, [Neighbour("b", 0.5 + 1e-9, {})], "m", 99, None))
+    assert not nl.same_content(NeighbourList("a", 3, [Neighbour("c", 0.5, {})], "m", 1, 2))
+    assert not nl.same_content(NeighbourList("a", 4, [Neighbour("b", 0.5, {})], "m", 1, 2))

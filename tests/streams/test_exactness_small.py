@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.verify import Options, generate_stream, oracle_lists, run_exactness
+from simstream.harness.exactness import Options, generate_stream, oracle_lists, run_exactness
 
 
 def test_stream_has_every_kind_of_event() -> None:

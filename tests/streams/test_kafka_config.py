@@ -4,7 +4,7 @@ import asyncio
 
 import faust
 
-from streams.kafka_config import bound_faust_fetch_wait
+from simstream.streams.kafka_config import bound_faust_fetch_wait
 
 
 def test_faust_consumer_uses_the_configured_fetch_wait():

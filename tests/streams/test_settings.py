@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from streams.settings import Settings
+from simstream.settings import Settings
 
 
 def test_env_vars_are_read(monkeypatch):

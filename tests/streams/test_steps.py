@@ -4,8 +4,8 @@ import orjson
 import pytest
 
 from conftest import make_event
-from index.neighbours import ListBuilder
-from streams.pipeline import Ingestor, RawRecord, Refresher, coalesce, validate
+from simstream.index.neighbours import ListBuilder
+from simstream.streams.pipeline import Ingestor, RawRecord, Refresher, coalesce, validate
 
 
 def records(*docs):
@@ -81,11 +81,11 @@ def test_refresh_publishes_changes_only_and_tombstones_deleted(steps, store):
                             [("a", "red mug"), ("b", "blue mug"), ("c", "green mug"), ("d", "laptop 15 inch")]])
     assert res.affected == {"a", "b", "c", "d"}
     plan = refresher.plan(sorted(res.affected), res.event_times)
-    assert set(plan.publish) == {"a", "b", "c", "d"} and all(len(nl.neighbors) == 3 for nl in plan.publish.values())
+    assert set(plan.publish) == {"a", "b", "c", "d"} and all(len(nl.neighbours) == 3 for nl in plan.publish.values())
     refresher.commit(plan)
     assert refresher.plan(["a", "b"], {}).publish == {}  # nothing changed: nothing to publish
     res = apply(ingestor, make_event("b", 2, op="delete"))
     assert "b" in res.affected and {"a", "c", "d"} <= res.affected  # everyone listed b
     plan = refresher.plan(sorted(res.affected), res.event_times)
     assert plan.publish["b"] is None
-    assert all("b" not in [n.product_id for n in nl.neighbors] for p, nl in plan.publish.items() if nl)
+    assert all("b" not in [n.product_id for n in nl.neighbours] for p, nl in plan.publish.items() if nl)

@@ -14,12 +14,12 @@ import pytest
 from confluent_kafka import Consumer
 
 from conftest import SAMPLE_IMAGES
-from streams.demo import sample_catalog
-from streams.embedded import EmbeddedBroker, WorkerProcess
-from streams.kafka_config import client_config
-from streams.neighbour_reader import NeighbourReader
-from streams.producer import EventProducer
-from streams.settings import Settings
+from simstream.harness.demo import sample_catalog
+from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
+from simstream.streams.kafka_config import client_config
+from simstream.streams.neighbour_reader import NeighbourReader
+from simstream.streams.producer import EventProducer
+from simstream.settings import Settings
 
 pytestmark = pytest.mark.integration
 K = 4
@@ -34,7 +34,7 @@ def env(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> dic
         "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_DATA_DIR": str(tmp_path_factory.mktemp("worker")),
         "SIMSTREAM_IMAGE_ROOT": str(SAMPLE_IMAGES), "SIMSTREAM_SESSION_TIMEOUT_S": "6",
         "SIMSTREAM_TOPIC_PARTITIONS": "2", "SIMSTREAM_TOP_K": str(K), "SIMSTREAM_APP_ID": app,
-        "SIMSTREAM_EVENTS_TOPIC": f"{app}.products", "SIMSTREAM_NEIGHBORS_TOPIC": f"{app}.neighbors",
+        "SIMSTREAM_EVENTS_TOPIC": f"{app}.products", "SIMSTREAM_NEIGHBORS_TOPIC": f"{app}.neighbours",
         "SIMSTREAM_DLQ_TOPIC": f"{app}.dlq", "SIMSTREAM_REFRESH_TOPIC": f"{app}.refresh",
         "SIMSTREAM_BATCH_WITHIN_S": "0.3", "SIMSTREAM_LOG_FORMAT": "json",
     }
@@ -82,15 +82,15 @@ def settle(reader: NeighbourReader, worker: WorkerProcess, done, timeout_s: floa
 def test_creates_publish_a_full_list_per_product(catalog, reader):
     for pid in catalog:
         nl = reader.latest[pid]
-        assert nl is not None and nl.product_id == pid and nl.version == 10 and len(nl.neighbors) == K
-        scores = [n.score for n in nl.neighbors]
-        assert scores == sorted(scores, reverse=True) and pid not in [n.product_id for n in nl.neighbors]
-        for n in nl.neighbors:
+        assert nl is not None and nl.product_id == pid and nl.version == 10 and len(nl.neighbours) == K
+        scores = [n.score for n in nl.neighbours]
+        assert scores == sorted(scores, reverse=True) and pid not in [n.product_id for n in nl.neighbours]
+        for n in nl.neighbours:
             assert sum(n.fields.values()) == pytest.approx(n.score, abs=1e-4)
-        assert "image" in nl.neighbors[0].fields and "text" in nl.neighbors[0].fields
+        assert "image" in nl.neighbours[0].fields and "text" in nl.neighbours[0].fields
     # real embeddings: near-duplicates find each other first
-    assert reader.latest["hp-sony-xm5-blk"].neighbors[0].product_id == "hp-sony-xm5-slv"
-    assert reader.latest["tee-basic-navy-m"].neighbors[0].product_id == "tee-basic-navy-l"
+    assert reader.latest["hp-sony-xm5-blk"].neighbours[0].product_id == "hp-sony-xm5-slv"
+    assert reader.latest["tee-basic-navy-m"].neighbours[0].product_id == "tee-basic-navy-l"
 
 
 def test_update_moves_a_product_to_another_neighbourhood(catalog, reader, worker, settings_):
@@ -100,9 +100,9 @@ def test_update_moves_a_product_to_another_neighbourhood(catalog, reader, worker
     with EventProducer(settings_) as producer:
         producer.send(mug)
     got = settle(reader, worker, lambda g: g["mug-red-350"].version == 11
-                 and "mug-red-350" in [n.product_id for n in g["hp-sony-xm5-blk"].neighbors])
-    assert got["mug-red-350"].neighbors[0].product_id.startswith("hp-sony")
-    assert all("mug-red-350" not in [n.product_id for n in got[p].neighbors] or p.startswith(("hp-", "mug-"))
+                 and "mug-red-350" in [n.product_id for n in g["hp-sony-xm5-blk"].neighbours])
+    assert got["mug-red-350"].neighbours[0].product_id.startswith("hp-sony")
+    assert all("mug-red-350" not in [n.product_id for n in got[p].neighbours] or p.startswith(("hp-", "mug-"))
                for p in catalog)
 
 
@@ -112,8 +112,8 @@ def test_delete_publishes_a_tombstone_and_leaves_every_list(catalog, reader, wor
     got = settle(reader, worker, lambda g: "hp-jbl-t510" in g and g["hp-jbl-t510"] is None)
     for pid, nl in got.items():
         if nl is not None:
-            assert "hp-jbl-t510" not in [n.product_id for n in nl.neighbors], pid
-            assert len(nl.neighbors) == K
+            assert "hp-jbl-t510" not in [n.product_id for n in nl.neighbours], pid
+            assert len(nl.neighbours) == K
 
 
 def test_duplicate_and_stale_events_publish_nothing(catalog, reader, worker, settings_):

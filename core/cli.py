@@ -12,8 +12,8 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from streams.logs import configure_logging, get_logger
-from streams.settings import Settings, load_settings
+from simstream.logs import configure_logging, get_logger
+from simstream.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +40,7 @@ def worker() -> None:
     """Run the streaming worker against SIMSTREAM_KAFKA and SIMSTREAM_MILVUS_URI (production entry point)."""
     import faust
 
-    from streams.runtime import build_worker
+    from simstream.streams.runtime import build_worker
 
     settings = _settings()
     log.info("starting worker", settings=settings.safe_dump())
@@ -58,7 +58,7 @@ def worker() -> None:
 @click.option("--topic", default=None, help="Target topic (default SIMSTREAM_EVENTS_TOPIC).")
 def produce(path: Path, topic: str | None) -> None:
     """Publish product events from a JSON Lines or CSV file, keyed by product_id."""
-    from streams.producer import EventProducer, read_events
+    from simstream.streams.producer import EventProducer, read_events
 
     settings = _settings()
     with EventProducer(settings) as producer:
@@ -69,7 +69,7 @@ def produce(path: Path, topic: str | None) -> None:
 @main.command()
 def reconcile() -> None:
     """Recompute every neighbour list from the index; publish only differences (run while the stream is quiet)."""
-    from streams.reconcile import reconcile_all
+    from simstream.streams.reconcile import reconcile_all
 
     settings = _settings()
     report = reconcile_all(settings)
@@ -82,7 +82,7 @@ def reconcile() -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Give up after this many seconds.")
 def demo(keep: bool, timeout: float) -> None:
     """Run everything on this machine: broker, worker, milvus-lite, the sample catalog; print the lists."""
-    from streams.demo import run_demo
+    from simstream.harness.demo import run_demo
 
     configure_logging("console", "WARNING")
     try:
@@ -111,7 +111,7 @@ def demo(keep: bool, timeout: float) -> None:
 def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_column: str, ks: str,
           weights_file: Path | None, json_out: Path | None, no_tfidf: bool, cache_dir: Path | None) -> None:
     """Retrieval quality on a product-matching benchmark: recall@K, hit@K, MRR vs a TF-IDF baseline."""
-    from streams.evaluate import evaluate, format_report, json_report, parse_field_map
+    from simstream.quality.evaluate import evaluate, format_report, json_report, parse_field_map
 
     try:
         fields = parse_field_map(field_specs)
@@ -179,7 +179,7 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
                 version: str | None, mpn_from_title: bool, text_model: str | None, candidates: int, rounds: int,
                 l2: float, weights_from: Path | None, id_column: str, cache_dir: Path | None) -> None:
     """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
-    from streams.fit_weights import format_summary, run
+    from simstream.quality.fit_weights import format_summary, run
 
     pairs = paired(datasets, field_specs)
     _settings()
@@ -225,7 +225,7 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
               hard_negatives: bool, remine: bool, brand_in_text: bool, seed: int, threads: int, max_steps: int | None,
               id_column: str) -> None:
     """Fine-tune the top layers of the text encoder on labelled pairs (contrastive); save a small delta model."""
-    from streams.finetune import run
+    from simstream.quality.finetune import run
 
     pairs = paired(datasets, field_specs)
     _settings()

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Mapping
 
-from streams.logs import get_logger
+from simstream.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -105,7 +105,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "simstream.cli", "worker"], env=self.env,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         return self

@@ -1,6 +1,6 @@
 """Draw the demo's sample catalog: product pictures made here with Pillow, so they may be shipped.
 
-Run ``python -m streams.sample.make_catalog`` to regenerate ``catalog.jsonl`` and ``images/``.
+Run ``python -m simstream.harness.sample.make_catalog`` to regenerate ``catalog.jsonl`` and ``images/``.
 """
 
 from __future__ import annotations

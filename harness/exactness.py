@@ -32,11 +32,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from streams.contracts import NeighborList, parse_event
-from streams.embedded import EmbeddedBroker, WorkerProcess, free_port, wait_for_port
-from streams.neighbour_reader import NeighbourReader
-from streams.producer import EventProducer
-from streams.settings import Settings
+from simstream.streams.contracts import parse_event
+
+from simstream.records import NeighbourList
+from simstream.harness.embedded import EmbeddedBroker, WorkerProcess, free_port, wait_for_port
+from simstream.streams.neighbour_reader import NeighbourReader
+from simstream.streams.producer import EventProducer
+from simstream.settings import Settings
 
 SCORE_TOLERANCE = 1e-4
 
@@ -206,7 +208,7 @@ def generate_stream(n_products: int, n_events: int, seed: int) -> Stream:
 # --- the oracle -----------------------------------------------------------------------------
 def oracle_lists(vectors: dict[str, np.ndarray], k: int) -> dict[str, list[tuple[str, float]]]:
     """Exact top-k by inner product over ``vectors``, ties (to 1e-6) broken by product_id."""
-    from index.neighbours import rank_key
+    from simstream.index.neighbours import rank_key
 
     ids = sorted(vectors)
     if not ids:
@@ -246,7 +248,7 @@ class Comparison:
         return self.equal / self.products if self.products else 1.0
 
 
-def compare(stream: Stream, topic: dict[str, NeighborList | None], stored: dict[str, tuple[int, np.ndarray]],
+def compare(stream: Stream, topic: dict[str, NeighbourList | None], stored: dict[str, tuple[int, np.ndarray]],
             k: int) -> Comparison:
     """``stored``: product_id -> (version, vector) read back from Milvus after the run."""
     live, deleted = stream.live, stream.deleted
@@ -267,9 +269,9 @@ def compare(stream: Stream, topic: dict[str, NeighborList | None], stored: dict[
         want = oracle.get(pid)
         if nl is None or want is None or pid in wrong_version:
             continue
-        got_ids = [n.product_id for n in nl.neighbors]
+        got_ids = [n.product_id for n in nl.neighbours]
         want_ids = [nid for nid, _ in want]
-        same = got_ids == want_ids and all(abs(n.score - s) <= SCORE_TOLERANCE for n, (_, s) in zip(nl.neighbors, want))
+        same = got_ids == want_ids and all(abs(n.score - s) <= SCORE_TOLERANCE for n, (_, s) in zip(nl.neighbours, want))
         same = same and nl.version == live[pid]["version"]
         if same:
             equal += 1
@@ -278,7 +280,7 @@ def compare(stream: Stream, topic: dict[str, NeighborList | None], stored: dict[
             # Was it only an ordering of (near-)equal scores? Still counted as unequal.
             want_scores = dict(want)
             if sorted(got_ids) == sorted(want_ids) or all(
-                    abs(n.score - want_scores.get(n.product_id, -9)) <= 1e-5 for n in nl.neighbors):
+                    abs(n.score - want_scores.get(n.product_id, -9)) <= 1e-5 for n in nl.neighbours):
                 near.append(pid)
     # Products in Milvus that never appeared in the stream count as wrong too.
     wrong_version = sorted(set(wrong_version) | set(strays))
@@ -504,7 +506,7 @@ def read_catalog(milvus_uri: str, opts: Options) -> dict[str, tuple[int, np.ndar
 
 def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]]) -> float:
     """Re-encode the expected final catalog from scratch; the largest |stored - fresh| element."""
-    from encoders.fusion import ProductEncoder
+    from simstream.encoders.fusion import ProductEncoder
 
     settings = Settings(image_enabled=False)
     encoder = ProductEncoder(settings)
@@ -518,11 +520,11 @@ def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]]) ->
     return worst
 
 
-def explain(pid: str, topic: dict[str, NeighborList | None], stored: dict[str, tuple[int, np.ndarray]],
+def explain(pid: str, topic: dict[str, NeighbourList | None], stored: dict[str, tuple[int, np.ndarray]],
             stream: Stream, k: int) -> dict[str, Any]:
     nl = topic.get(pid)
     oracle = oracle_lists({p: v for p, (_, v) in stored.items() if p in stream.live}, k).get(pid, [])
-    return {"product_id": pid, "published": [(n.product_id, n.score) for n in nl.neighbors] if nl else None,
+    return {"product_id": pid, "published": [(n.product_id, n.score) for n in nl.neighbours] if nl else None,
             "published_version": nl.version if nl else None, "expected_version": stream.final[pid]["version"],
             "oracle": [(a, round(b, 6)) for a, b in oracle]}
 

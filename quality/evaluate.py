@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import orjson
 
-from streams.contracts import ProductEvent
+from simstream.records import ProductEvent
 
 #: ProductEvent fields a CSV column may be mapped to (``--field NAME=COLUMN``).
 MAPPABLE = ("title", "description", "brand", "category", "price", "mpn", "image")
@@ -193,7 +193,7 @@ def encode_events(encoder: Any, events: Sequence[ProductEvent], cache_dir: Path 
 def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.ndarray, left: Table,
                     queries: Sequence[int], limit: int, encoder: Any, workdir: Path) -> dict[str, list[str]]:
     """Index RIGHT in a fresh milvus-lite collection via VectorStore and search with the queries."""
-    from index.store import VectorStore
+    from simstream.index.store import VectorStore
 
     store = VectorStore.connect(str(workdir / "eval.db"), "eval", int(vectors_right.shape[1]),
                                 flush_every_rows=0)
@@ -219,7 +219,7 @@ def build_settings(fields: Mapping[str, str], *, weights_file: Path | None = Non
                    image_root: Path | None = None, **overrides: Any) -> Any:
     """Settings for an evaluation: the environment's, plus the learned weights file when given,
     and the image encoder only when an image column is mapped."""
-    from streams.settings import load_settings
+    from simstream.settings import load_settings
 
     extra: dict[str, Any] = dict(overrides)
     if weights_file is not None:
@@ -236,7 +236,7 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
              settings: Any = None, encoder: Any = None, cache_dir: Path | None = None,
              with_tfidf: bool = True, query_limit: int | None = None) -> dict[str, Any]:
     """Run the whole protocol; returns the report (what ``--json`` writes, plus timings)."""
-    from encoders.fusion import ProductEncoder
+    from simstream.encoders.fusion import ProductEncoder
 
     ks = sorted(set(int(k) for k in ks))
     if settings is None:

@@ -16,30 +16,30 @@ from pathlib import Path
 import click
 import orjson
 
-from streams.contracts import NeighborList
-from streams.embedded import EmbeddedBroker, WorkerProcess
-from streams.neighbour_reader import NeighbourReader
-from streams.producer import EventProducer
-from streams.settings import Settings, load_settings
+from simstream.records import NeighbourList
+from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
+from simstream.streams.neighbour_reader import NeighbourReader
+from simstream.streams.producer import EventProducer
+from simstream.settings import Settings, load_settings
 
 #: The shipped learned fusion config (fine-tuned text model + weights, docs/quality.md), when run from a checkout.
 DEMO_FUSION_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fusion-weights-v3.json"
 
 
 def sample_catalog() -> tuple[list[dict[str, object]], Path]:
-    root = Path(str(resources.files("streams.sample")))
+    root = Path(str(resources.files("simstream.harness.sample")))
     docs = [orjson.loads(line) for line in (root / "catalog.jsonl").read_bytes().splitlines() if line.strip()]
     return docs, root / "images"
 
 
-def print_lists(lists: dict[str, NeighborList | None], titles: dict[str, str], ids: list[str], top: int = 3) -> None:
+def print_lists(lists: dict[str, NeighbourList | None], titles: dict[str, str], ids: list[str], top: int = 3) -> None:
     for pid in ids:
         nl = lists.get(pid)
         click.secho(f"\n{titles.get(pid, pid)}  [{pid}]", bold=True)
         if nl is None:
             click.echo("   (deleted: tombstone)")
             continue
-        for n in nl.neighbors[:top]:
+        for n in nl.neighbours[:top]:
             parts = ", ".join(f"{f} {v:+.2f}" for f, v in sorted(n.fields.items(), key=lambda kv: -abs(kv[1]))[:4])
             click.echo(f"   {n.score:.3f}  {titles.get(n.product_id, n.product_id)[:60]:<60}  ({parts})")
 
@@ -71,7 +71,7 @@ def run_demo(*, keep: bool = False, timeout_s: float = 600.0) -> None:
             with NeighbourReader(settings) as reader:
                 lists = reader.wait_until(lambda got: all(got.get(t) is not None for t in titles),
                                           timeout_s=timeout_s, quiet_s=3, check=worker.check)
-                click.secho(f"\nNeighbour lists (top 3 of {len(next(iter(lists.values())).neighbors)}; "  # type: ignore[union-attr]
+                click.secho(f"\nNeighbour lists (top 3 of {len(next(iter(lists.values())).neighbours)}; "  # type: ignore[union-attr]
                             "score = weighted sum of per-field cosines):", fg="green")
                 print_lists(lists, titles, list(titles))
 

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     app_id: str = "simstream"  # consumer group id; also prefixes internal topics
     events_topic: str = "simstream.products"
-    neighbors_topic: str = "simstream.neighbors"
+    neighbors_topic: str = "simstream.neighbours"
     dlq_topic: str = "simstream.products.dlq"
     refresh_topic: str = "simstream.refresh"  # internal: refresh requests keyed by list owner
     topic_partitions: int = Field(6, ge=1)

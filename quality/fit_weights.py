@@ -29,10 +29,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import orjson
 
-from encoders.fusion import FIELDS, ProductEncoder
-from streams.evaluate import (DEFAULT_KS, Table, build_settings, encode_events, parse_field_map, read_gold,
+from simstream.encoders.fusion import FIELDS, ProductEncoder
+from simstream.quality.evaluate import (DEFAULT_KS, Table, build_settings, encode_events, parse_field_map, read_gold,
                               read_table, retrieval_metrics, top_k)
-from streams.settings import DEFAULT_WEIGHTS
+from simstream.settings import DEFAULT_WEIGHTS
 
 
 @dataclass

@@ -37,10 +37,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from encoders.finetuned import BASE_NAME, DELTA, MANIFEST, base_sha256
-from encoders.fusion import text_of
-from encoders.text import clean_text, default_text_model
-from streams.evaluate import parse_field_map, read_gold, read_table
+from simstream.encoders.finetuned import BASE_NAME, DELTA, MANIFEST, base_sha256
+from simstream.encoders.fusion import text_of
+from simstream.encoders.text import clean_text, default_text_model
+from simstream.quality.evaluate import parse_field_map, read_gold, read_table
 
 
 @dataclass

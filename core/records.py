@@ -1,0 +1,92 @@
+"""The domain records: a product change coming in, a neighbour list going out.
+
+Plain frozen dataclasses that every layer may hold; parsing and validation of the wire format live
+in ``simstream.streams.contracts`` (docs/events.md). The wire format spells the list's field
+``neighbors``; in code the concept is a *neighbour*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class ProductEvent:
+    """One validated product change, as consumed from the events topic."""
+
+    product_id: str
+    op: Literal["upsert", "delete"]
+    version: int
+    title: str = ""
+    description: str | None = None
+    brand: str | None = None
+    category: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    mpn: str | None = None
+    image_url: str | None = None
+    image_b64: str | None = None
+    attributes: dict[str, str | None] = field(default_factory=dict)
+    event_time: int | None = None
+    # Where it came from: for dead letters and logs, not part of the contract.
+    partition: int = -1
+    offset: int = -1
+
+    @property
+    def is_delete(self) -> bool:
+        return self.op == "delete"
+
+
+CONTRACT_FIELDS = frozenset(ProductEvent.__dataclass_fields__) - {"partition", "offset"}
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """One entry of a list: the neighbour, its score, and the score split by field ("why similar")."""
+
+    product_id: str
+    score: float
+    fields: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourList:
+    """The value published on the neighbour topic for one product."""
+
+    product_id: str
+    version: int
+    neighbours: list[Neighbour]
+    model: str
+    computed_at: int
+    source_event_time: int | None
+
+    def to_json(self) -> bytes:
+        """The wire form (docs/events.md): the list is spelled ``neighbors`` there."""
+        return orjson.dumps({
+            "product_id": self.product_id, "version": self.version,
+            "neighbors": [{"product_id": n.product_id, "score": n.score, "fields": n.fields} for n in self.neighbours],
+            "model": self.model, "computed_at": self.computed_at, "source_event_time": self.source_event_time,
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "NeighbourList":
+        doc: dict[str, Any] = orjson.loads(raw)
+        return cls(
+            product_id=doc["product_id"],
+            version=doc["version"],
+            neighbours=[Neighbour(**n) for n in doc["neighbors"]],
+            model=doc["model"],
+            computed_at=doc["computed_at"],
+            source_event_time=doc.get("source_event_time"),
+        )
+
+    def same_content(self, other: "NeighbourList | None") -> bool:
+        """Equal ids, order and scores (to 1e-6): a list that did not change is not republished."""
+        if other is None or other.version != self.version or other.model != self.model:
+            return False
+        if [n.product_id for n in other.neighbours] != [n.product_id for n in self.neighbours]:
+            return False
+        return all(abs(a.score - b.score) <= 1e-6 for a, b in zip(self.neighbours, other.neighbours))

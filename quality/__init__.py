@@ -1,0 +1,1 @@
+"""Offline quality tools: evaluation against labelled benchmarks, fusion-weight fitting, fine-tuning."""
