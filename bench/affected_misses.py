@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simstream.encoders.fusion import ProductEncoder  # noqa: E402
 from simstream.streams.contracts import parse_event  # noqa: E402
 from simstream.settings import Settings  # noqa: E402
-from simstream.harness.exactness import _content, generate_stream  # noqa: E402
+from simstream.harness.synthetic import generate_stream, random_content  # noqa: E402
 
 
 def encode(encoder: ProductEncoder, docs: list[dict]) -> np.ndarray:
@@ -53,7 +53,7 @@ def main() -> int:
     encoder = ProductEncoder(Settings(image_enabled=False))
     V = encode(encoder, [stream.live[p] for p in live])
     news = [{"product_id": f"new{i}", "op": "upsert", "version": 1,
-             **{k: v for k, v in _content(rng).items() if not k.startswith("_")}} for i in range(a.changes)]
+             **{k: v for k, v in random_content(rng).items() if not k.startswith("_")}} for i in range(a.changes)]
     N = encode(encoder, news)
     n, k = len(live), a.k
     entered_total = missed_total = changes_with_miss = 0

@@ -37,7 +37,8 @@ CACHE = ROOT / "bench" / ".cache"
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "esspr_sample"
 
 # The same synthetic product families as the exactness harness.
-from simstream.harness.exactness import COLORS, FAMILIES  # noqa: E402
+from simstream.harness.synthetic import COLORS, FAMILIES  # noqa: E402
+from simstream.index.exact import exact_top_k  # noqa: E402
 
 
 # --- machine --------------------------------------------------------------------------------
@@ -192,70 +193,42 @@ def fuse(encoder: Any, fv: FieldVectors) -> np.ndarray:
     return out
 
 
-def exact_topk(vectors: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-(k) neighbours (self excluded) by inner product, ties broken by position (= id order)."""
-    n = len(vectors)
-    idx = np.zeros((n, k), np.int64)
-    scores = np.zeros((n, k), np.float32)
-    take = min(n - 1, k + 8)
-    for s in range(0, n, block):
-        sims = vectors[s:s + block] @ vectors.T
-        rows = np.arange(sims.shape[0])
-        sims[rows, s + rows] = -np.inf
-        part = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < n else np.argsort(-sims, axis=1)
-        for r in range(sims.shape[0]):
-            cand = part[r]
-            sc = sims[r, cand]
-            order = sorted(range(len(cand)), key=lambda j: (-round(float(sc[j]), 6), int(cand[j])))[:k]
-            idx[s + r, :len(order)] = cand[order]
-            scores[s + r, :len(order)] = sc[order]
-    return idx, scores
-
-
 def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, depth: int | None = None,
             with_lists: bool = True, flush_every_rows: int = 20_000) -> dict[str, float]:
     """Write the catalog (and, optionally, its exact neighbour lists, top-``depth`` deep as the
     worker records them) straight into Milvus."""
-    from simstream.index.neighbours import BuiltList, ListBuilder, SCORE_DECIMALS, now_ms
-    from simstream.index.store import StoredList, VectorStore
-    from simstream.records import Neighbour, NeighbourList
+    from simstream.clock import now_ms
+    from simstream.index.exact import SCORE_DECIMALS
+    from simstream.index.neighbours import BuiltList, ListBuilder, contributions
+    from simstream.index.rows import StoredList, product_row
+    from simstream.index.store import VectorStore
+    from simstream.records import Neighbour, NeighbourList, ProductEvent
 
     timings: dict[str, float] = {}
     vectors = fuse(encoder, fv)
     store = VectorStore.connect(uri, prefix, encoder.dim, flush_every_rows=flush_every_rows)
     t0 = time.perf_counter()
     now = now_ms()
-    rows = []
-    for i, d in enumerate(fv.docs):
-        rows.append({"product_id": d["product_id"], "vector": vectors[i], "version": d["version"],
-                     "brand": d.get("brand") or "", "category": d.get("category") or "",
-                     "price": float(d["price"]) if d.get("price") is not None else -1.0,
-                     "hashes": fv.hashes[i], "model": encoder.model, "updated_at": now - 60_000,
-                     "event_time": d["event_time"]})
-        if len(rows) == 1000:
-            store._call(store.client.insert, store.products, rows)
-            rows = []
-    if rows:
-        store._call(store.client.insert, store.products, rows)
+    event_fields = set(ProductEvent.__dataclass_fields__)
+    store.milvus.insert_products([
+        product_row(ProductEvent(**{k: v for k, v in d.items() if k in event_fields}), vectors[i], fv.hashes[i],
+                    encoder.model, now - 60_000)
+        for i, d in enumerate(fv.docs)])
     timings["insert_s"] = time.perf_counter() - t0
     if with_lists:
         t0 = time.perf_counter()
         builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model, depth=depth)
-        idx, scores = exact_topk(vectors, builder.depth)
+        ranked = exact_top_k(vectors, fv.ids, builder.depth, margin=8)
+        position = {pid: i for i, pid in enumerate(fv.ids)}
+        idx = np.array([[position[pid] for pid, _ in row] for row in ranked], np.int64)
+        scores = np.array([[sc for _, sc in row] for row in ranked], np.float32)
         timings["exact_lists_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         batch: list[StoredList] = []
-        seg = list(encoder.layout.items())
         for i, pid in enumerate(fv.ids):
             me = vectors[i]
-            nb = vectors[idx[i]]
-            contrib = {f: np.round(nb[:, sl] @ me[sl], SCORE_DECIMALS) for f, sl in seg
-                       if np.any(me[sl])}
-            neigh = []
-            for j in range(k):
-                other = nb[j]
-                fields = {f: float(contrib[f][j]) for f, sl in seg if f in contrib and np.any(other[sl])}
-                neigh.append(Neighbour(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), fields))
+            why = contributions(me, [vectors[j] for j in idx[i, :k]], encoder.layout)
+            neigh = [Neighbour(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), why[j]) for j in range(k)]
             nl = NeighbourList(pid, fv.docs[i]["version"], neigh, encoder.model, now, fv.docs[i]["event_time"])
             boundary = float(scores[i, builder.depth - 1]) if len(fv.ids) - 1 > builder.depth else float("-inf")
             # as_of after the products' updated_at (+ the lookback), so the worker may merge at once.
@@ -274,15 +247,8 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
 
 
 def release(store: Any, uri: str) -> None:
-    """Close the client and stop this process's in-process milvus-lite server for the file, so a
-    worker subprocess can open it."""
+    """Close the store: for a milvus-lite file that also frees it for a worker subprocess."""
     store.close()
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(uri)
-    except ImportError:
-        pass
 
 
 # --- the neighbour topic, with timestamps -----------------------------------------------------

@@ -7,7 +7,7 @@ Starts the embedded Tansu broker, ``simstream worker`` subprocess(es) (one milvu
 ``milvus-lite server`` shared by several workers), publishes the stream, optionally SIGKILLs and
 restarts a worker at random moments, waits until quiet, and compares the latest value per key of the
 neighbour topic with an exact numpy top-K over the final catalog. The harness lives in
-``streams/verify.py`` (the integration test uses it too); docs/exactness.md records the results.
+``simstream.harness.exactness`` (harness/exactness.py; the integration test uses it too); docs/exactness.md records the results.
 Exit status 0 only when every product is equal and none is lost or resurrected.
 """
 

@@ -53,7 +53,10 @@ def refresh_cost(sizes: list[int], queries: int = 256, rounds: int = 3, seed: in
                  encoder: Any = None) -> dict[str, Any]:
     from simstream.encoders.fusion import ProductEncoder
     from simstream.index.neighbours import TIE_MARGIN
+    from simstream.index.milvus import MilvusStore
+    from simstream.index.rows import product_row
     from simstream.index.store import VectorStore
+    from simstream.records import ProductEvent
 
     root, names = image_root()
     settings = encoder_settings(True, image_root=root)
@@ -74,7 +77,7 @@ def refresh_cost(sizes: list[int], queries: int = 256, rounds: int = 3, seed: in
         matrix = fuse(enc, fv)
         qidx = np.random.default_rng(seed).choice(n, size=queries, replace=False)
         q = matrix[qidx]
-        store = VectorStore.connect(uri, "bench", enc.dim, flush_every_rows=0)
+        store = MilvusStore.connect(uri, "bench", enc.dim, flush_every_rows=0)
         store.search(q[:8], limit)  # load / warm
         milvus_s = _best(lambda: store.search(q, limit), rounds)
         numpy_s = _best(lambda: numpy_search(matrix, q, limit), rounds)
@@ -90,21 +93,16 @@ def refresh_cost(sizes: list[int], queries: int = 256, rounds: int = 3, seed: in
             "milvus_over_bruteforce": round(milvus_s / numpy_s, 2),
             "top_k_agreement": round(agree, 4),
         }
-        try:
-            from simstream.index.side import SideIndex  # type: ignore
-
-            side = SideIndex.from_store(store)
-            side_s = _best(lambda: side.search(q, limit), rounds)
-            res["side_index_ms_per_query"] = round(side_s / queries * 1000, 3)
-            res["side_index_over_bruteforce"] = round(side_s / numpy_s, 2)
-        except ImportError:
-            pass
+        memory = VectorStore(store)
+        memory.load_into_memory()
+        side = memory.side
+        assert side is not None
+        side_s = _best(lambda: side.search(q, limit), rounds)
+        res["side_index_ms_per_query"] = round(side_s / queries * 1000, 3)
+        res["side_index_over_bruteforce"] = round(side_s / numpy_s, 2)
         if unflushed:
-            rows = [{"product_id": f"u{i:07d}", "vector": matrix[i % n], "version": 1, "brand": "", "category": "",
-                     "price": -1.0, "hashes": {}, "model": enc.model, "updated_at": now, "event_time": now}
-                    for i in range(unflushed)]
-            for s in range(0, len(rows), 500):
-                store.client.upsert(store.products, rows[s:s + 500])
+            store.upsert_products([product_row(ProductEvent(product_id=f"u{i:07d}", op="upsert", version=1),
+                                               matrix[i % n], {}, enc.model, now) for i in range(unflushed)])
             un_s = _best(lambda: store.search(q, limit), rounds)
             res[f"milvus_ms_per_query_with_{unflushed}_unflushed"] = round(un_s / queries * 1000, 3)
             res["unflushed_over_flushed"] = round(un_s / milvus_s, 2)

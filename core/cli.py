@@ -8,7 +8,8 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import click
 
@@ -20,12 +21,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = get_logger("simstream")
 
 
+def fail(message: str) -> NoReturn:
+    """An expected failure: one red line on stderr, exit status 1."""
+    click.secho(message, fg="red", err=True)
+    sys.exit(1)
+
+
+@contextmanager
+def red_line(*expected: type[Exception]) -> Iterator[None]:
+    """Turn the expected exceptions of a command into one red line and exit status 1."""
+    try:
+        yield
+    except expected as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+
+
 def _settings() -> Settings:
     try:
         settings = load_settings()
     except Exception as exc:  # pydantic names the offending SIMSTREAM_* variable
-        click.secho(f"configuration error: {exc}", fg="red", err=True)
-        sys.exit(1)
+        fail(f"configuration error: {exc}")
     configure_logging(settings.log_format, settings.log_level)
     return settings
 
@@ -38,19 +53,11 @@ def main() -> None:
 @main.command()
 def worker() -> None:
     """Run the streaming worker against SIMSTREAM_KAFKA and SIMSTREAM_MILVUS_URI (production entry point)."""
-    import faust
-
-    from simstream.streams.runtime import build_worker
+    from simstream.streams.runtime import run_worker
 
     settings = _settings()
     log.info("starting worker", settings=settings.safe_dump())
-    w = build_worker(settings)
-
-    class _Worker(faust.Worker):
-        def _setup_logging(self) -> None:  # keep structlog's handlers; faust would replace them
-            configure_logging(settings.log_format, settings.log_level)
-
-    _Worker(w.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()
+    run_worker(settings)
 
 
 @main.command()
@@ -85,11 +92,8 @@ def demo(keep: bool, timeout: float) -> None:
     from simstream.harness.demo import run_demo
 
     configure_logging("console", "WARNING")
-    try:
+    with red_line(TimeoutError, RuntimeError):
         run_demo(keep=keep, timeout_s=timeout)
-    except (TimeoutError, RuntimeError) as exc:
-        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
-        sys.exit(1)
 
 
 @main.command("eval")
@@ -111,7 +115,8 @@ def demo(keep: bool, timeout: float) -> None:
 def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_column: str, ks: str,
           weights_file: Path | None, json_out: Path | None, no_tfidf: bool, cache_dir: Path | None) -> None:
     """Retrieval quality on a product-matching benchmark: recall@K, hit@K, MRR vs a TF-IDF baseline."""
-    from simstream.quality.evaluate import evaluate, format_report, json_report, parse_field_map
+    from simstream.quality.datasets import parse_field_map
+    from simstream.quality.evaluate import evaluate, format_report, json_report
 
     try:
         fields = parse_field_map(field_specs)
@@ -119,15 +124,11 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
         if not cutoffs or min(cutoffs) < 1:
             raise ValueError("--k needs positive integers")
     except ValueError as exc:
-        click.secho(str(exc), fg="red", err=True)
-        sys.exit(1)
+        fail(str(exc))
     _settings()  # validates the environment and configures logging
-    try:
+    with red_line(KeyError, ValueError, RuntimeError):
         report = evaluate(left, right, gold, fields, id_column=id_column, ks=cutoffs, weights_file=weights_file,
                           cache_dir=cache_dir, with_tfidf=not no_tfidf)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
-        sys.exit(1)
     click.echo(format_report(report, cutoffs))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +151,7 @@ def labelled_datasets(folder_help: str) -> Callable[[F], F]:
 def paired(datasets: tuple[Path, ...], field_specs: tuple[str, ...]) -> list[tuple[Path, str]]:
     """Each --dataset with its --fields; exits when the counts differ."""
     if len(datasets) != len(field_specs):
-        click.secho("give one --fields per --dataset", fg="red", err=True)
-        sys.exit(1)
+        fail("give one --fields per --dataset")
     return list(zip(datasets, field_specs))
 
 
@@ -183,14 +183,11 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
 
     pairs = paired(datasets, field_specs)
     _settings()
-    try:
+    with red_line(KeyError, ValueError, RuntimeError):
         config = run(pairs, out, splits=[s for s in splits.split(",") if s],
                      options={"mpn_from_title": mpn_from_title, **({"text_model": text_model} if text_model else {})},
                      candidates=candidates, rounds=rounds, l2=l2,
                      version=version, cache_dir=cache_dir, id_column=id_column, weights_from=weights_from)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
-        sys.exit(1)
     click.echo(format_summary(config))
     click.echo(f"wrote {out}")
 
@@ -229,16 +226,13 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
 
     pairs = paired(datasets, field_specs)
     _settings()
-    try:
+    with red_line(KeyError, ValueError, RuntimeError):
         manifest = run(pairs, out, name=name,
                        train_splits=[s for s in splits.split(",") if s], valid_split=valid_split or None,
                        epochs=epochs, batch_size=batch_size, lr=lr, train_layers=train_layers,
                        max_length=max_length, hard_negatives=hard_negatives, remine=remine, seed=seed, threads=threads,
                        max_steps=max_steps, id_column=id_column, log=click.echo,
                        command=shlex.join(["simstream", *sys.argv[1:]]), brand_in_text=brand_in_text)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        click.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
-        sys.exit(1)
     click.echo(f"wrote {out}: {manifest['name']} (best epoch {manifest['best_epoch']}); use it with "
                f"SIMSTREAM_TEXT_MODEL={manifest['name']} or \"options\": {{\"text_model\": \"{manifest['name']}\"}}")
 

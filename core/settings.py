@@ -1,7 +1,8 @@
-"""The one typed settings object: the only place that reads the environment.
+"""The one typed settings object: the only place the service reads its configuration from.
 
 Every field maps to an env var ``SIMSTREAM_<FIELD>`` (upper case). Agents, encoders and the
-index receive values from here; nothing else calls ``os.environ``.
+index receive values from here and never read ``os.environ``; only the harness passes the
+environment on to the worker subprocesses it starts (harness/embedded.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -23,6 +24,33 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "category": 0.08,
     "price": 0.04,
 }
+
+
+# The lists collection (index/store.py) holds a published list in a payload VARCHAR of 65,535 bytes
+# and its deep ids in an ARRAY of capacity 1000: a list that does not fit fails its upsert on every
+# retry, so the settings refuse such a list size at start-up.
+LIST_PAYLOAD_BYTES = 65_535
+LIST_CAPACITY = 1000
+
+
+def list_payload_bytes(k: int) -> int:
+    """Worst-case bytes of a published list of ``k`` neighbours (``NeighbourList.to_json``, orjson).
+
+    A string of 256 UTF-8 bytes (product_id, model: Milvus VARCHAR 256), every byte a control
+    character, is 6 * 256 + 2 = 1538 ("\\u0001"); a float at most 24 ("-2.2250738585072014e-308");
+    an int64 at most 20. One neighbour, with its comma: {"product_id":S,"score":F,"fields":{..}},
+    = 37 + 1538 + 24 + fields (7 x ("name": + 24) + 6 commas = 43 + 7 * 27 + 6 = 238) = 1837.
+    The envelope {"product_id":S,"version":I,"neighbors":[],"model":S,"computed_at":I,
+    "source_event_time":I} = 86 + 2 * 1538 + 3 * 20 = 3222. So 3222 + 1837 k <= 65,535: k <= 33.
+    """
+    string, number, integer = 6 * 256 + 2, 24, 20
+    fields = sum(len(f) + 3 + number for f in DEFAULT_WEIGHTS) + len(DEFAULT_WEIGHTS) - 1
+    neighbour = len('{"product_id":,"score":,"fields":{}},') + string + number + fields
+    envelope = len('{"product_id":,"version":,"neighbors":[],"model":,"computed_at":,"source_event_time":}')
+    return envelope + 2 * string + 3 * integer + k * neighbour
+
+
+MAX_TOP_K = (LIST_PAYLOAD_BYTES - list_payload_bytes(0)) // (list_payload_bytes(1) - list_payload_bytes(0))  # 33
 
 
 class Settings(BaseSettings):
@@ -39,7 +67,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     app_id: str = "simstream"  # consumer group id; also prefixes internal topics
     events_topic: str = "simstream.products"
-    neighbors_topic: str = "simstream.neighbours"
+    neighbors_topic: str = "simstream.neighbors"  # the wire name keeps the US spelling
     dlq_topic: str = "simstream.products.dlq"
     refresh_topic: str = "simstream.refresh"  # internal: refresh requests keyed by list owner
     topic_partitions: int = Field(6, ge=1)
@@ -63,14 +91,14 @@ class Settings(BaseSettings):
     # Longest wait for refresh requests to gather. Short, so a batch's lists are refreshed before
     # the next ingest batch takes the worker's thread (each refresh request already carries a batch).
     refresh_within_s: float = Field(0.02, gt=0)
-    top_k: int = Field(10, ge=1, le=1000)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)  # a list's worst-case payload must fit (list_payload_bytes)
     # Recorded list depth (>= top_k): the extra entries let a refresh merge changes instead of
     # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = top_k + 5.
-    list_depth: int = Field(0, ge=0, le=1000)
+    list_depth: int = Field(0, ge=0, le=LIST_CAPACITY)  # the lists collection's ARRAY max_capacity
     candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates searched per change
     side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)
-    max_retries: int = Field(5, ge=0)  # transient Milvus/Kafka failures before crashing
+    max_retries: int = Field(5, ge=0)  # transient Milvus failures retried (with backoff) per index step
 
     # --- Encoders --------------------------------------------------------------------------
     text_model: str | None = None  # HF id or local path; None -> bundled all-MiniLM-L6-v2
@@ -108,6 +136,18 @@ class Settings(BaseSettings):
         if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
             raise ValueError("SIMSTREAM_WEIGHTS must be non-negative with a positive sum")
         return value
+
+    @model_validator(mode="after")
+    def _check_lists_fit(self) -> "Settings":
+        """Fail at start-up, not at the first Milvus upsert of a list that cannot be stored."""
+        size = list_payload_bytes(self.top_k)
+        if size > LIST_PAYLOAD_BYTES:
+            raise ValueError(f"SIMSTREAM_TOP_K={self.top_k}: a list may take {size} bytes, over the "
+                             f"{LIST_PAYLOAD_BYTES}-byte payload field of the lists collection")
+        if self.resolved_list_depth > LIST_CAPACITY:
+            raise ValueError(f"SIMSTREAM_LIST_DEPTH / SIMSTREAM_TOP_K: a recorded list of {self.resolved_list_depth} "
+                             f"is over the lists collection's capacity of {LIST_CAPACITY}")
+        return self
 
     @cached_property
     def resolved_milvus_uri(self) -> str:

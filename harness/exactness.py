@@ -21,214 +21,33 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from simstream.streams.contracts import parse_event
-
+from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
+from simstream.harness.synthetic import Stream, generate_stream
+from simstream.index.exact import exact_top_k
 from simstream.records import NeighbourList
-from simstream.harness.embedded import EmbeddedBroker, WorkerProcess, free_port, wait_for_port
+from simstream.settings import Settings
+from simstream.streams.contracts import parse_event
 from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
-from simstream.settings import Settings
 
 SCORE_TOLERANCE = 1e-4
-
-# Product families: a "far" update moves a product to another family (title, brand, category, price).
-FAMILIES: list[dict[str, Any]] = [
-    {"noun": ["Wireless Headphones", "Noise Cancelling Headphones", "Over-Ear Headphones", "Earbuds"],
-     "brand": ["Sony", "Bose", "Sennheiser", "JBL", "Jabra"], "category": "Electronics > Audio > Headphones",
-     "price": (30, 450), "adj": ["Bluetooth", "Active", "Studio", "Sport", "Travel"]},
-    {"noun": ["Laptop", "Ultrabook", "Gaming Laptop", "Notebook"],
-     "brand": ["Lenovo", "Dell", "HP", "Asus", "Acer"], "category": "Computers > Laptops",
-     "price": (400, 3000), "adj": ["14-inch", "15.6-inch", "Slim", "Pro", "OLED"]},
-    {"noun": ["Running Shoes", "Trail Shoes", "Sneakers", "Walking Shoes"],
-     "brand": ["Nike", "Adidas", "Asics", "Brooks", "Hoka"], "category": "Sports > Footwear > Running",
-     "price": (50, 250), "adj": ["Men's", "Women's", "Lightweight", "Cushioned", "Waterproof"]},
-    {"noun": ["Espresso Machine", "Coffee Maker", "Coffee Grinder", "Drip Coffee Machine"],
-     "brand": ["DeLonghi", "Breville", "Krups", "Philips", "Melitta"], "category": "Home > Kitchen > Coffee",
-     "price": (40, 900), "adj": ["Automatic", "Manual", "Stainless", "Compact", "Programmable"]},
-    {"noun": ["Cordless Drill", "Impact Driver", "Circular Saw", "Angle Grinder"],
-     "brand": ["Bosch", "Makita", "DeWalt", "Milwaukee", "Ryobi"], "category": "Tools > Power Tools",
-     "price": (50, 400), "adj": ["18V", "Brushless", "Heavy Duty", "Compact", "Kit"]},
-    {"noun": ["Yoga Mat", "Dumbbell Set", "Kettlebell", "Resistance Bands"],
-     "brand": ["Decathlon", "Reebok", "Gaiam", "Bowflex", "Manduka"], "category": "Sports > Fitness",
-     "price": (10, 300), "adj": ["Non-Slip", "Adjustable", "Premium", "Eco", "Thick"]},
-    {"noun": ["Smartphone", "Phone Case", "Screen Protector", "Phone Charger"],
-     "brand": ["Samsung", "Apple", "Xiaomi", "Google", "OnePlus"], "category": "Electronics > Phones",
-     "price": (10, 1400), "adj": ["5G", "128GB", "Fast", "Rugged", "Unlocked"]},
-    {"noun": ["Board Game", "Jigsaw Puzzle", "Card Game", "Building Blocks Set"],
-     "brand": ["Hasbro", "Ravensburger", "Lego", "Mattel", "Asmodee"], "category": "Toys > Games",
-     "price": (8, 200), "adj": ["Family", "1000-Piece", "Strategy", "Kids", "Classic"]},
-    {"noun": ["Office Chair", "Standing Desk", "Bookshelf", "Desk Lamp"],
-     "brand": ["Ikea", "Herman Miller", "Steelcase", "Flexispot", "Songmics"], "category": "Home > Furniture > Office",
-     "price": (30, 1500), "adj": ["Ergonomic", "Adjustable", "Oak", "Mesh", "LED"]},
-    {"noun": ["Dog Food", "Cat Litter", "Dog Leash", "Cat Tree"],
-     "brand": ["Purina", "Royal Canin", "Kong", "Trixie", "Whiskas"], "category": "Pets > Supplies",
-     "price": (5, 150), "adj": ["Grain-Free", "Large", "Clumping", "Reflective", "Indoor"]},
-]
-COLORS = ["Black", "White", "Silver", "Blue", "Red", "Green", "Grey", "Navy"]
-
-
-@dataclass
-class Stream:
-    """The generated events (in publish order) and what the final catalog must be."""
-
-    events: list[dict[str, Any]]
-    final: dict[str, dict[str, Any]]  # product_id -> the highest-version event
-    kinds: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def live(self) -> dict[str, dict[str, Any]]:
-        return {pid: e for pid, e in self.final.items() if e["op"] == "upsert"}
-
-    @property
-    def deleted(self) -> set[str]:
-        return {pid for pid, e in self.final.items() if e["op"] == "delete"}
-
-
-def _content(rng: random.Random, family: int | None = None) -> dict[str, Any]:
-    f = FAMILIES[rng.randrange(len(FAMILIES)) if family is None else family]
-    brand = rng.choice(f["brand"])
-    noun = rng.choice(f["noun"])
-    title = f"{brand} {rng.choice(f['adj'])} {noun} {rng.choice(COLORS)} {rng.choice('ABCDEFGHJKLMNPRSTXZ')}{rng.randint(10, 999)}"
-    lo, hi = f["price"]
-    doc: dict[str, Any] = {"title": title, "brand": brand, "category": f["category"],
-                           "price": round(rng.uniform(lo, hi), 2), "currency": "EUR",
-                           "mpn": f"{brand[:3].upper()}-{rng.randint(1000, 99999)}",
-                           "_family": FAMILIES.index(f)}
-    if rng.random() < 0.5:
-        doc["description"] = f"{rng.choice(f['adj'])} {noun.lower()} by {brand}, {rng.choice(COLORS).lower()} finish."
-    return doc
-
-
-def generate_stream(n_products: int, n_events: int, seed: int) -> Stream:
-    """A random stream with every kind of event the worker must get right.
-
-    Versions are per product and unique per content: a re-sent event is byte-identical (an exact
-    duplicate) and an out-of-order event carries an older version than one already sent.
-    """
-    rng = random.Random(seed)
-    ids = [f"p{i:05d}" for i in range(n_products)]
-    version: dict[str, int] = {}  # highest version generated so far
-    history: dict[str, list[dict[str, Any]]] = {}  # every distinct event generated, per product
-    current: dict[str, dict[str, Any]] = {}  # content of the live product
-    events: list[dict[str, Any]] = []
-    kinds: dict[str, int] = {}
-    held_back: list[tuple[int, dict[str, Any]]] = []  # (release at len(events), event): out of order
-    base_time = int(time.time() * 1000)
-
-    def emit(doc: dict[str, Any], kind: str) -> None:
-        kinds[kind] = kinds.get(kind, 0) + 1
-        events.append(doc)
-
-    def new_event(pid: str, op: str, content: dict[str, Any] | None) -> dict[str, Any]:
-        version[pid] = version.get(pid, 0) + rng.randint(1, 3)
-        doc = {"product_id": pid, "op": op, "version": version[pid], "event_time": base_time + len(events)}
-        if content is not None:
-            doc.update({k: v for k, v in content.items() if not k.startswith("_")})
-        history.setdefault(pid, []).append(doc)
-        return doc
-
-    # First a creation wave over every product (so the catalog has >= n_products), then the mix.
-    order = ids[:]
-    rng.shuffle(order)
-    clones = 0
-    for pid in order:
-        if current and rng.random() < 0.03 and clones < n_products // 30:
-            # Identical content to another product: exact score ties, broken by product_id.
-            content = dict(rng.choice(list(current.values())))
-            clones += 1
-        else:
-            content = _content(rng)
-        current[pid] = content
-        emit(new_event(pid, "upsert", content), "create")
-    while len(events) < n_events:
-        while held_back and held_back[0][0] <= len(events):
-            emit(held_back.pop(0)[1], "out_of_order_late")
-        pid = rng.choice(ids)
-        r = rng.random()
-        if pid in current:
-            if r < 0.25:  # near update: same family, new details
-                content = dict(current[pid])
-                content["price"] = round(content["price"] * rng.uniform(0.7, 1.3), 2)
-                content["title"] = content["title"].rsplit(" ", 1)[0] + f" {rng.choice('ABCDEFGH')}{rng.randint(10, 999)}"
-                current[pid] = content
-                emit(new_event(pid, "upsert", content), "update_near")
-            elif r < 0.50:  # far update: another family entirely
-                fam = current[pid].get("_family", 0)
-                content = _content(rng, (fam + rng.randrange(1, len(FAMILIES))) % len(FAMILIES))
-                current[pid] = content
-                emit(new_event(pid, "upsert", content), "update_far")
-            elif r < 0.62:
-                del current[pid]
-                emit(new_event(pid, "delete", None), "delete")
-            elif r < 0.75:  # exact duplicate of the last event of this product
-                emit(dict(history[pid][-1]), "duplicate")
-            elif r < 0.85 and len(history[pid]) > 1:  # an older version arriving late
-                emit(dict(rng.choice(history[pid][:-1])), "stale")
-            else:  # out of order: v+2 goes out now, v+1 (older) some events later
-                first = new_event(pid, "upsert", _content(rng))
-                second_content = _content(rng) if rng.random() < 0.7 else None
-                second = new_event(pid, "upsert" if second_content else "delete", second_content)
-                if second_content is None:
-                    current.pop(pid, None)
-                else:
-                    current[pid] = second_content
-                emit(second, "out_of_order_new")
-                held_back.append((len(events) + rng.randint(1, 200), first))
-        else:
-            if r < 0.55 and pid in history:  # re-create after a delete
-                content = _content(rng)
-                current[pid] = content
-                emit(new_event(pid, "upsert", content), "recreate")
-            elif r < 0.85 and any(e["op"] == "upsert" for e in history.get(pid, [])):
-                # An old upsert after the delete: must not resurrect the product.
-                emit(dict(rng.choice([e for e in history[pid] if e["op"] == "upsert"])), "stale_after_delete")
-            elif pid in history:
-                emit(dict(history[pid][-1]), "duplicate_delete")
-    for _, doc in held_back:
-        emit(doc, "out_of_order_late")
-    final: dict[str, dict[str, Any]] = {}
-    for doc in events:
-        cur = final.get(doc["product_id"])
-        if cur is None or doc["version"] > cur["version"]:
-            final[doc["product_id"]] = doc
-    return Stream(events, final, kinds)
-
 
 # --- the oracle -----------------------------------------------------------------------------
 def oracle_lists(vectors: dict[str, np.ndarray], k: int) -> dict[str, list[tuple[str, float]]]:
     """Exact top-k by inner product over ``vectors``, ties (to 1e-6) broken by product_id."""
-    from simstream.index.neighbours import rank_key
-
     ids = sorted(vectors)
     if not ids:
         return {}
-    mat = np.stack([vectors[i] for i in ids]).astype(np.float32)
-    sims = mat @ mat.T
-    out: dict[str, list[tuple[str, float]]] = {}
-    pre = min(len(ids), k + 64)
-    for row, pid in enumerate(ids):
-        s = sims[row].copy()
-        s[row] = -np.inf
-        # Pre-select generously, then score exactly like the worker does (float32 dot, rank_key).
-        top = np.argpartition(-s, pre - 1)[:pre] if pre < len(ids) else np.arange(len(ids))
-        kth_floor = np.sort(s[top])[::-1][min(k, len(top)) - 1] if len(top) else -np.inf
-        cand = set(top.tolist()) | set(np.nonzero(s >= kth_floor - 1e-5)[0].tolist())
-        cand.discard(row)
-        me = mat[row]
-        scored = sorted(((float(mat[j] @ me), ids[j]) for j in cand), key=lambda t: rank_key(t[0], t[1]))[:k]
-        out[pid] = [(nid, sc) for sc, nid in scored]
-    return out
+    rows = exact_top_k(np.stack([vectors[i] for i in ids]), ids, k)
+    return dict(zip(ids, rows))
 
 
 @dataclass
@@ -288,41 +107,6 @@ def compare(stream: Stream, topic: dict[str, NeighbourList | None], stored: dict
 
 
 # --- processes --------------------------------------------------------------------------------
-class MilvusServer:
-    """``milvus-lite server`` on a free loopback port; stopped by PID."""
-
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 60.0) -> "MilvusServer":
-        exe = Path(sys.executable).with_name("milvus-lite")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "milvus_lite"]
-        out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*cmd, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                                      "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        out.close()
-        wait_for_port(self.port, timeout_s)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-
 def _metric_total(port: int) -> float | None:
     """Sum of the worker's event and list counters (changes while it works); None if unreachable."""
     import urllib.request
@@ -485,23 +269,14 @@ def run_exactness(opts: Options) -> dict[str, Any]:
 
 def read_catalog(milvus_uri: str, opts: Options) -> dict[str, tuple[int, np.ndarray]]:
     """Every product in Milvus with its version and vector (after the workers stopped)."""
-    from pymilvus import MilvusClient
+    from simstream.index.milvus import MilvusStore
 
-    client = MilvusClient(uri=milvus_uri)
+    store = MilvusStore.connect(milvus_uri, "simstream", dim=None)
     try:
-        name = "simstream_products"
-        client.load_collection(name)
-        out: dict[str, tuple[int, np.ndarray]] = {}
-        it = client.query_iterator(name, batch_size=1000, filter="", output_fields=["version", "vector"])
-        try:
-            while page := it.next():
-                for r in page:
-                    out[r["product_id"]] = (int(r["version"]), np.asarray(r["vector"], dtype=np.float32))
-        finally:
-            it.close()
-        return out
+        return {p.product_id: (p.version, p.vector) for page in store.iter_products(1000, with_vectors=True)
+                for p in page}
     finally:
-        client.close()
+        store.close()
 
 
 def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]]) -> float:

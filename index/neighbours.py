@@ -7,10 +7,10 @@ missed; in short:
 - X's own list is recomputed whenever X changes.
 - X *leaves* (or changes its score in) Y's list only if Y lists X now: the lists collection is a
   reverse index (``listers_of``), so that set is exact.
-- X *enters* Y's list only if score(X, Y) >= Y's current k-th score. Candidates come from a search
+- X *enters* Y's list only if score(X, Y) >= the boundary of Y's recorded list. Candidates come from a search
   around X's new vector; while the weakest candidate still qualifies, the search widens (x4, up to
   ``max_pool``); a product beyond the searched pool scores at most the pool's weakest score, so
-  only lists whose k-th score is that low can still qualify, and those are checked exactly.
+  only lists whose boundary is that low can still qualify, and those are checked exactly.
 - Races with concurrent writers are closed afterwards by ``stale_lists``: every product written
   since a refresh started its search is re-checked against the lists that refresh produced, once
   before publishing and once more after recording (``Refresher.recheck``).
@@ -18,28 +18,31 @@ missed; in short:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from simstream.index.list_mirror import ListHead
-from simstream.index.store import StoredList, StoredProduct, VectorStore
+from simstream.clock import now_ms
+from simstream.index.exact import SCORE_DECIMALS, rank_key
+from simstream.index.rows import ListHead, StoredList, StoredProduct
+from simstream.index.store import VectorStore
 from simstream.records import Neighbour, NeighbourList
 
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
-SCORE_DECIMALS = 6
 MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err towards recomputing
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def rank_key(score: float, product_id: str) -> tuple[float, str]:
-    """Higher score first; equal scores (to 1e-6) ordered by product_id, everywhere."""
-    return (-round(score, SCORE_DECIMALS), product_id)
+def contributions(a: np.ndarray, bs: Sequence[np.ndarray], layout: Mapping[str, slice]) -> list[dict[str, float]]:
+    """Per-field "why similar" of ``a`` with each of ``bs``: the field's share of the fused dot
+    product, for every field present (non-zero) in both; the shares sum to the score."""
+    if not len(bs):
+        return []
+    mine = [(f, s) for f, s in layout.items() if np.any(a[s])]
+    stacked = np.stack(bs)
+    present = [np.any(stacked[:, s], axis=1) for _, s in mine]
+    return [{f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for (f, s), has in zip(mine, present) if has[j]}
+            for j, b in enumerate(bs)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +76,11 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             full = len(row) >= limit  # else the row held the whole catalog
             weakest.append(min(scored, key=lambda t: t[1]) if full and scored else ("", np.inf))
             floor[change.product_id] = min(s for _, s in row) if full else -np.inf
-        kth = store.list_kth_scores(list(best))
+        bars = store.list_boundaries(list(best))
         for pid, score in best.items():
             # No recorded list (or a tombstone marker): the product's own refresh is still pending
             # and will see this write, or re-check it after recording (Refresher.recheck).
-            if pid in kth and score >= kth[pid] - MARGIN:
+            if pid in bars and score >= bars[pid] - MARGIN:
                 affected.add(pid)
         # Widen the search for vectors whose weakest candidate still entered its list.
         widen = [c for c, (pid, _) in zip(todo, weakest) if pid and pid in affected and pid not in ids]
@@ -85,11 +88,11 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             break
         todo, limit = widen, min(max_pool, limit * 4)
     # Exact tail: a product Y outside every search row has score(X, Y) <= floor, so X can enter Y's
-    # list only if Y's k-th score is that low. Such "loose" lists (outliers, short lists) are few;
+    # list only if Y's boundary is that low. Such "loose" lists (outliers, short lists) are few;
     # check each of them exactly instead of trusting the pool.
     top = max(floor.values(), default=-np.inf)
     if top > -np.inf:
-        loose = {pid: kth for pid, kth in store.lists_with_kth_at_most(top + MARGIN).items()
+        loose = {pid: bar for pid, bar in store.lists_with_boundary_at_most(top + MARGIN).items()
                  if pid not in affected}
         if loose:
             vectors = {pid: p.vector for pid, p in store.get_products(sorted(loose)).items()}
@@ -99,8 +102,8 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             scores = np.stack([vectors[o] for o in owners]) @ cmat.T  # one row per loose list
             # A product never enters its own list.
             scores[np.array(owners)[:, None] == np.array([c.product_id for c in changed])[None, :]] = -np.inf
-            bars = np.array([loose[o] for o in owners], np.float64)
-            for i in np.flatnonzero((scores >= (bars - MARGIN)[:, None]).any(axis=1)):
+            loose_bars = np.array([loose[o] for o in owners], np.float64)
+            for i in np.flatnonzero((scores >= (loose_bars - MARGIN)[:, None]).any(axis=1)):
                 affected.add(owners[int(i)])
     return affected
 
@@ -135,20 +138,6 @@ class ListBuilder:
         self.layout = {f: s for f, s in layout.items()}
         self.model = model
 
-    def contributions(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-        return {f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for f, s in self.layout.items()
-                if np.any(a[s]) and np.any(b[s])}
-
-    def contributions_many(self, a: np.ndarray, bs: Sequence[np.ndarray]) -> list[dict[str, float]]:
-        """``[contributions(a, b) for b in bs]`` with the presence tests done once per field."""
-        if not len(bs):
-            return []
-        mine = [(f, s) for f, s in self.layout.items() if np.any(a[s])]
-        stacked = np.stack(bs)
-        present = [np.any(stacked[:, s], axis=1) for _, s in mine]
-        return [{f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for (f, s), has in zip(mine, present) if has[j]}
-                for j, b in enumerate(bs)]
-
     def _finish(self, product: StoredProduct, ranked: list[tuple[float, str, np.ndarray]], boundary: float,
                 as_of: int, computed_at: int, event_time: int | None) -> BuiltList:
         """``ranked``: (exact score, id, vector) best first, at least the deep list."""
@@ -158,7 +147,7 @@ class ListBuilder:
             product_id=product.product_id,
             version=product.version,
             neighbours=[Neighbour(nid, round(sc, SCORE_DECIMALS), fields) for (sc, nid, _), fields
-                       in zip(top, self.contributions_many(me, [vec for _, _, vec in top]))],
+                       in zip(top, contributions(me, [vec for _, _, vec in top], self.layout))],
             model=self.model,
             computed_at=computed_at,
             source_event_time=event_time or product.event_time,
@@ -200,17 +189,17 @@ class ListBuilder:
             # One matrix product picks the changed products within reach; their scores are then
             # computed exactly as build() computes them, so both paths rank identically.
             rough = changed_vectors @ me
-            reach = np.arange(len(changed)) if complete else np.flatnonzero(rough > head.kth_score + MARGIN - 1e-5)
+            reach = np.arange(len(changed)) if complete else np.flatnonzero(rough > head.boundary + MARGIN - 1e-5)
             for i in reach:
                 c, vec = changed[int(i)], changed_vectors[i]
                 score = float(vec @ me)
-                if c != pid and (complete or score > head.kth_score + MARGIN):
+                if c != pid and (complete or score > head.boundary + MARGIN):
                     entries.append((score, c, vec))
         fresh = set(changed)
         entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbour_ids
                     if m != pid and m not in fresh and m in members]
         entries.sort(key=lambda t: rank_key(t[0], t[1]))
-        boundary = -np.inf if complete else head.kth_score
+        boundary = -np.inf if complete else head.boundary
         if len(entries) > self.depth:
             boundary = max(boundary, entries[self.depth - 1][0])
         # Outsiders score at most boundary + MARGIN: the k-th must clear that, ties included.

@@ -15,116 +15,21 @@ The same figures are computed in the same run for a character-trigram TF-IDF bas
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
 
+from simstream.clock import now_ms
+from simstream.index.exact import top_k_rows
+from simstream.quality.datasets import MAPPABLE, Table, read_gold, read_table
 from simstream.records import ProductEvent
 
-#: ProductEvent fields a CSV column may be mapped to (``--field NAME=COLUMN``).
-MAPPABLE = ("title", "description", "brand", "category", "price", "mpn", "image")
 DEFAULT_KS = (1, 5, 10, 20, 50)
-
-
-# --- reading ---------------------------------------------------------------------------------
-def parse_field_map(specs: Iterable[str]) -> dict[str, str]:
-    """['title=name', 'price=price'] -> {'title': 'name', 'price': 'price'}; title is required."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, column = spec.partition("=")
-        name, column = name.strip(), column.strip()
-        if not sep or not column:
-            raise ValueError(f"--field expects NAME=COLUMN, got {spec!r}")
-        if name not in MAPPABLE:
-            raise ValueError(f"--field {name!r} is not one of {', '.join(MAPPABLE)}")
-        out[name] = column
-    if "title" not in out:
-        raise ValueError("--field title=COLUMN is required")
-    return out
-
-
-def _price(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    text = raw.strip().lower().replace(",", "").replace("$", "")
-    for token in text.split():
-        try:
-            value = float(token)
-        except ValueError:
-            continue
-        return value if math.isfinite(value) and value > 0 else None
-    return None
-
-
-def _text(raw: str | None) -> str | None:
-    text = (raw or "").strip()
-    return text or None
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.DictReader(fh, skipinitialspace=True)
-        return [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
-
-
-def row_to_event(row: Mapping[str, str], fields: Mapping[str, str], product_id: str) -> ProductEvent:
-    """One CSV row as an upsert event, mapped column by column."""
-    def col(name: str) -> str | None:
-        column = fields.get(name)
-        if column is None:
-            return None
-        if column not in row:
-            raise KeyError(f"column {column!r} (for --field {name}) not in the CSV; has {sorted(row)}")
-        return row[column]
-
-    image = _text(col("image"))
-    if image and "://" not in image and not image.startswith("file:"):
-        image = f"file:{image}"  # relative to the CSV's folder (the image root)
-    return ProductEvent(
-        product_id=product_id, op="upsert", version=1, title=_text(col("title")) or "",
-        description=_text(col("description")), brand=_text(col("brand")), category=_text(col("category")),
-        price=_price(col("price")), mpn=_text(col("mpn")), image_url=image,
-    )
-
-
-@dataclass
-class Table:
-    ids: list[str]
-    events: list[ProductEvent]
-    texts: list[str]  # what the TF-IDF baseline reads: the mapped columns, concatenated
-
-
-def read_table(path: Path, fields: Mapping[str, str], id_column: str = "id", prefix: str = "") -> Table:
-    rows = read_rows(path)
-    if rows and id_column not in rows[0]:
-        raise KeyError(f"{path}: no id column {id_column!r}; has {sorted(rows[0])}")
-    # Each distinct column once (``--field mpn=name`` must not count the title twice); no images.
-    columns = list(dict.fromkeys(c for f, c in fields.items() if f != "image"))
-    ids, events, texts = [], [], []
-    for row in rows:
-        rid = row[id_column].strip()
-        ids.append(rid)
-        events.append(row_to_event(row, fields, f"{prefix}{rid}"))
-        texts.append(" ".join(row.get(c, "").strip() for c in columns if row.get(c, "").strip()))
-    return Table(ids, events, texts)
-
-
-def read_gold(path: Path) -> dict[str, set[str]]:
-    """ltable_id -> {rtable_id}; when there is a ``label`` column only label 1 rows count."""
-    gold: dict[str, set[str]] = {}
-    for row in read_rows(path):
-        if "label" in row and row["label"].strip() not in ("1", "1.0", "true", "True"):
-            continue
-        gold.setdefault(row["ltable_id"].strip(), set()).add(row["rtable_id"].strip())
-    return gold
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -163,10 +68,8 @@ def tfidf_rankings(left: Table, right: Table, queries: Sequence[int], limit: int
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores, best first; ties broken by index (stable)."""
-    k = min(k, len(scores))
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.lexsort((part, -scores[part]))]
+    """Indices of the k largest scores, best first; ties broken by index (``index.exact``)."""
+    return top_k_rows(scores[None, :], k)[0][0]
 
 
 def encode_events(encoder: Any, events: Sequence[ProductEvent], cache_dir: Path | None = None) -> np.ndarray:
@@ -193,18 +96,15 @@ def encode_events(encoder: Any, events: Sequence[ProductEvent], cache_dir: Path 
 def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.ndarray, left: Table,
                     queries: Sequence[int], limit: int, encoder: Any, workdir: Path) -> dict[str, list[str]]:
     """Index RIGHT in a fresh milvus-lite collection via VectorStore and search with the queries."""
+    from simstream.index.rows import product_row
     from simstream.index.store import VectorStore
 
     store = VectorStore.connect(str(workdir / "eval.db"), "eval", int(vectors_right.shape[1]),
                                 flush_every_rows=0)
     try:
-        now = int(time.time() * 1000)
-        rows = [{
-            "product_id": p.product_id, "vector": v.tolist(), "version": 1, "brand": (p.brand or "")[:256],
-            "category": (p.category or "")[:1000], "price": float(p.price) if p.price is not None else -1.0,
-            "hashes": encoder.field_hashes(p), "model": encoder.model,
-            "updated_at": now, "event_time": 0,
-        } for p, v in zip(right.events, vectors_right)]
+        now = now_ms()
+        rows = [product_row(p, v, encoder.field_hashes(p), encoder.model, now)
+                for p, v in zip(right.events, vectors_right)]
         store.upsert_products(rows)
         store.flush()
         hits = store.search(vectors_left[list(queries)], limit)

@@ -40,7 +40,7 @@ import torch
 from simstream.encoders.finetuned import BASE_NAME, DELTA, MANIFEST, base_sha256
 from simstream.encoders.fusion import text_of
 from simstream.encoders.text import clean_text, default_text_model
-from simstream.quality.evaluate import parse_field_map, read_gold, read_table
+from simstream.quality.datasets import parse_field_map, read_gold, read_table
 
 
 @dataclass

@@ -30,8 +30,8 @@ import numpy as np
 import orjson
 
 from simstream.encoders.fusion import FIELDS, ProductEncoder
-from simstream.quality.evaluate import (DEFAULT_KS, Table, build_settings, encode_events, parse_field_map, read_gold,
-                              read_table, retrieval_metrics, top_k)
+from simstream.quality.datasets import Table, parse_field_map, read_gold, read_table
+from simstream.quality.evaluate import DEFAULT_KS, build_settings, encode_events, retrieval_metrics, top_k
 from simstream.settings import DEFAULT_WEIGHTS
 
 

@@ -1,48 +1,43 @@
 """The Faust app: topics, the two agents, and the web pages (health, metrics).
 
-Two agents, so that one worker owns each list (issue: several workers must never race on one
-product's list):
+Two agents, so that one worker owns each list (several workers must never race on one list):
 
     products topic --ingest--> Milvus products + refresh requests, routed by the *list owner's* key
     refresh topic  --refresh-> neighbour lists published on the neighbours topic (compacted)
 
-The ingest agent batches with ``take``-like buffering (``noack_take``) and acks the input events only
-after Milvus writes and the refresh requests are durable; the refresh agent acks only after the
-lists are published and recorded. A crash anywhere reprocesses, never loses (at-least-once, with
-idempotent writes and version checks making replays harmless).
+Each agent reads as its data path, one named step per line; the steps are plain sync functions
+(streams/ingest.py, streams/refresh.py) run on the worker's one thread. The ingest agent acks its
+input only after the Milvus writes and the refresh requests are durable; the refresh agent only
+after the lists are published and recorded. A crash anywhere reprocesses, never loses
+(at-least-once; idempotent writes and version checks make replays harmless).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar, cast
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, TypeVar, cast
 
 import faust
-from aiokafka.partitioner import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from simstream.index.store import VectorStore
-from simstream.streams import metrics
 from simstream.errors import IndexUnavailable
-from simstream.streams.kafka_config import bound_faust_fetch_wait
 from simstream.logs import get_logger
-from simstream.streams.pipeline import (
-    Ingestor, RawRecord, Refresher, decode_refresh_request, encode_refresh_request, validate,
-)
 from simstream.settings import Settings
+from simstream.streams import metrics
+from simstream.streams.dead_letter import RawRecord, Rejected
+from simstream.streams.ingest import Ingest, coalesce, encode_rejects, outcome_counts, refresh_causes, validate
+from simstream.streams.kafka_config import bound_faust_fetch_wait
+from simstream.streams.refresh import Refresher, RefreshPlan
+from simstream.streams.refresh_requests import RefreshRequest, encode_refresh_request, route
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-
-def partition_for(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), so refresh work lands where the list's key lives."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -61,107 +56,180 @@ def broker_credentials(settings: Settings) -> Any:
     )
 
 
-class Worker:
-    """Holds the app and the state its agents share (store, steps, one Milvus/encoder thread)."""
+def build_app(settings: Settings) -> faust.App:
+    s = settings
+    bound_faust_fetch_wait(s.fetch_max_wait_ms)
+    return faust.App(
+        s.app_id,
+        broker=s.kafka,
+        broker_credentials=broker_credentials(s),
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=s.topic_partitions,
+        topic_replication_factor=s.topic_replication,
+        topic_allow_declare=s.create_topics,
+        topic_disable_leader=True,
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 10),
+        broker_rebalance_timeout=max(s.session_timeout_s * 2, 10.0),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=s.web_enabled,
+        web_bind=s.web_host,
+        web_port=s.web_port,
+        web_host=s.web_host,
+        datadir=str(s.data_dir / "faust"),
+    )
 
-    def __init__(self, settings: Settings, store: VectorStore, ingestor: Ingestor, refresher: Refresher) -> None:
+
+class Worker:
+    """The app, its topics and agents, and the state they share (one thread for all index and
+    encoder work, the lists lock)."""
+
+    def __init__(self, settings: Settings, ingest: Ingest, refresher: Refresher) -> None:
         self.settings = settings
-        self.store = store
-        self.ingestor = ingestor
-        self.refresher = refresher
+        self.store = ingest.store
         # One thread for all Milvus and torch work: milvus-lite is not thread-safe, inference must
         # stay off the event loop (heartbeats), and ingest/refresh batches then never interleave.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="simstream-work")
         # Held by a refresh from its search until its lists are recorded, and by an ingest for its
-        # Milvus step, so that within one worker no ingest judges a change against lists that are
+        # index steps, so that within one worker no ingest judges a change against lists that are
         # being replaced (across workers, Refresher.recheck closes that race).
         self.lists_lock = asyncio.Lock()
-        self.app = self._build_app()
-        self.ready_milvus = True
+        self.index_ready = True
+        self.app = build_app(settings)
+        self._declare(ingest, refresher)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    # --- the data path ---------------------------------------------------------------------
+    def _declare(self, steps: Ingest, refresher: Refresher) -> None:
+        s, app, worker = self.settings, self.app, self
+        raw: dict[str, Any] = dict(value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
+                                   partitions=s.topic_partitions)
+        self.events = app.topic(s.events_topic, **raw)
+        self.refresh = app.topic(s.refresh_topic, internal=True, **raw)
+        self.neighbours = app.topic(s.neighbors_topic, config={"cleanup.policy": "compact"}, **raw)
+        self.dlq = app.topic(s.dlq_topic, **raw)
 
-    async def with_retries(self, step: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Retry transient Milvus failures with backoff; then crash so no offset moves past them."""
-        delay = 0.5
-        for attempt in range(self.settings.max_retries + 1):
-            try:
-                result = await fn()
-                self.ready_milvus = True
-                return result
-            except IndexUnavailable as exc:
-                self.ready_milvus = False
-                metrics.RETRIES.labels(step).inc()
-                if attempt == self.settings.max_retries:
-                    log.error("giving up after retries; crashing so the batch is redelivered", step=step, error=str(exc))
-                    raise
-                log.warning("transient failure, retrying", step=step, attempt=attempt + 1, error=str(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")
-
-    async def guard(self, step: Awaitable[None]) -> None:
-        """Run one batch; on an error that retries could not fix, exit the process *without*
-        acking, so the batch is redelivered after restart (Faust would otherwise ack and move on)."""
-        try:
-            await step
-        except Exception:
-            log.exception("batch failed; exiting without committing its offsets")
-            logging.shutdown()
-            os._exit(70)
-
-    def _build_app(self) -> faust.App:
-        s = self.settings
-        bound_faust_fetch_wait(s.fetch_max_wait_ms)
-        app = faust.App(
-            s.app_id,
-            broker=s.kafka,
-            broker_credentials=broker_credentials(s),
-            store="memory://",
-            value_serializer="raw",
-            key_serializer="raw",
-            topic_partitions=s.topic_partitions,
-            topic_replication_factor=s.topic_replication,
-            topic_allow_declare=s.create_topics,
-            topic_disable_leader=True,
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=max(0.5, s.session_timeout_s / 10),
-            broker_rebalance_timeout=max(s.session_timeout_s * 2, 10.0),
-            broker_commit_interval=1.0,
-            consumer_auto_offset_reset="earliest",
-            web_enabled=s.web_enabled,
-            web_bind=s.web_host,
-            web_port=s.web_port,
-            web_host=s.web_host,
-            datadir=str(s.data_dir / "faust"),
-        )
-        events = app.topic(s.events_topic, value_type=bytes, key_type=bytes, value_serializer="raw",
-                           key_serializer="raw", partitions=s.topic_partitions)
-        refresh = app.topic(s.refresh_topic, value_type=bytes, key_type=bytes, value_serializer="raw",
-                            key_serializer="raw", partitions=s.topic_partitions, internal=True)
-        neighbors = app.topic(s.neighbors_topic, value_type=bytes, key_type=bytes, value_serializer="raw",
-                              key_serializer="raw", partitions=s.topic_partitions,
-                              config={"cleanup.policy": "compact"})
-        dlq = app.topic(s.dlq_topic, value_type=bytes, key_type=bytes, value_serializer="raw",
-                        key_serializer="raw", partitions=s.topic_partitions)
-        worker = self
-
-        @app.agent(events, name="ingest")
+        @app.agent(self.events, name="ingest")
         async def ingest(stream: faust.StreamT) -> None:
             """Validate, coalesce, encode and index product events; route refresh work by list owner."""
             async for batch in cast(faust.Stream, stream).noack_take(s.batch_size, within=s.batch_within_s):
-                await worker.guard(worker.handle_ingest(batch, refresh, dlq))
+                async with worker.exit_unless_done("ingest"):
+                    records = [RawRecord.of(e) for e in batch]
+                    events, rejects = validate(records)
+                    latest, dropped = coalesce(events)
+                    async with worker.lists_lock:
+                        check = await worker.index_step("read_versions", steps.check_versions, latest)
+                        encoded = await worker.run(steps.encode, check)
+                        rejects += encode_rejects(encoded, records)
+                        changes = await worker.index_step("write", steps.write, check, encoded)
+                        affected = await worker.index_step("affected", steps.affected_set, changes)
+                    await worker.dead_letter(rejects)
+                    await worker.request_refresh(affected, refresh_causes(check, affected))
+                    metrics.observe_encoding(encoded)
+                    metrics.observe_ingest(len(records), outcome_counts(check, dropped), len(rejects), events)
+                    log.info("ingested", events=len(records), **outcome_counts(check, dropped),
+                             dead_lettered=len(rejects), affected=len(affected))
                 for event in batch:
                     await stream.ack(event)
 
-        @app.agent(refresh, name="refresh")
+        @app.agent(self.refresh, name="refresh")
         async def refresh_lists(stream: faust.StreamT) -> None:
             """Recompute the neighbour lists this worker owns and publish the ones that changed."""
             async for batch in cast(faust.Stream, stream).noack_take(max(s.batch_size, 256), within=s.refresh_within_s):
-                await worker.guard(worker.handle_refresh(batch, neighbors, refresh))
+                async with worker.exit_unless_done("refresh"):
+                    request = RefreshRequest.merged(e.message.value for e in batch)
+                    async with worker.lists_lock:
+                        plan = await worker.index_step("plan", refresher.plan, sorted(request.ids), request.event_times)
+                        await worker.publish(plan)
+                        await worker.index_step("record", refresher.record, plan)
+                    stale = await worker.index_step("recheck", refresher.recheck, plan)
+                    await worker.request_refresh(stale, request.event_times)
+                    metrics.observe_refresh(plan.publish, plan.unchanged, plan.merged, plan.searched)
+                    log.info("refreshed", requested=len(request.ids), published=len(plan.publish),
+                             unchanged=plan.unchanged, merged=plan.merged, searched=plan.searched, requeued=len(stale))
                 for event in batch:
                     await stream.ack(event)
+
+        @app.timer(interval=600.0)
+        async def purge_tombstones() -> None:
+            """Forget delete markers past their retention."""
+            await worker.index_step("purge", steps.purge_tombstones, s.tombstone_retention_s)
+
+        @app.timer(interval=30.0)
+        async def check_index() -> None:
+            worker.index_ready = await worker.run(worker.store.ping)
+
+        self._pages()
+
+    # --- what the steps need from Kafka and the thread ---------------------------------------
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a sync step on the worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def index_step(self, op: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run an index step on the worker thread; retry transient Milvus failures with backoff,
+        then give up so that no offset moves past them."""
+        delay = 0.5
+        for attempt in range(self.settings.max_retries + 1):
+            started = time.perf_counter()
+            try:
+                result = await self.run(fn, *args)
+            except IndexUnavailable as exc:
+                self.index_ready = False
+                metrics.RETRIES.labels(op).inc()
+                if attempt == self.settings.max_retries:
+                    log.error("giving up after retries", step=op, error=str(exc))
+                    raise
+                log.warning("transient index failure, retrying", step=op, attempt=attempt + 1, error=str(exc),
+                            delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            metrics.observe_index_step(op, started)
+            self.index_ready = True
+            return result
+        raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def exit_unless_done(self, agent: str) -> AsyncIterator[None]:
+        """On an error the steps could not handle, exit the process *without* acking, so the batch
+        is redelivered after restart (Faust would otherwise ack and move on)."""
+        try:
+            yield
+        except Exception:
+            log.exception("batch failed; exiting without committing its offsets", agent=agent)
+            logging.shutdown()
+            os._exit(70)
+
+    async def dead_letter(self, rejects: Iterable[Rejected]) -> None:
+        """Send rejected records to the DLQ, durably (before the input offsets may commit)."""
+        futures = []
+        for rej in rejects:
+            log.warning("dead-lettered", kind=rej.kind, reason=str(rej.error), stage=rej.stage,
+                        partition=rej.record.partition, offset=rej.record.offset,
+                        key=(rej.record.key or b"").decode("utf-8", "replace"))
+            futures.append(await self.dlq.send(key=rej.record.key, value=rej.record.value,
+                                               headers=rej.headers(self.settings.events_topic), force=True))
+        await asyncio.gather(*futures)
+
+    async def request_refresh(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
+        """One refresh request per owning partition, durably."""
+        futures = [await self.refresh.send(value=encode_refresh_request(owned, event_times), partition=partition,
+                                           force=True)
+                   for partition, owned in route(ids, self.settings.topic_partitions).items()]
+        await asyncio.gather(*futures)
+
+    async def publish(self, plan: RefreshPlan) -> None:
+        """Publish the lists that changed (None: a tombstone), durably, before they are recorded."""
+        futures = [await self.neighbours.send(key=pid.encode(), value=nl.to_json() if nl is not None else None,
+                                              force=True) for pid, nl in plan.publish.items()]
+        await asyncio.gather(*futures)
+
+    # --- web pages ----------------------------------------------------------------------------
+    def _pages(self) -> None:
+        app, worker = self.app, self
 
         @app.page("/healthz")
         async def healthz(web: Any, request: Any) -> Any:
@@ -174,88 +242,11 @@ class Worker:
                 assigned = len(app.consumer.assignment())
             except Exception:  # consumer not started yet
                 assigned = 0
-            ready = not rebalancing and assigned > 0 and worker.ready_milvus
+            ready = not rebalancing and assigned > 0 and worker.index_ready
             body = {"ready": ready, "rebalancing": rebalancing, "assigned_partitions": assigned,
-                    "milvus": worker.ready_milvus}
+                    "milvus": worker.index_ready}
             return web.json(body, status=200 if ready else 503)
 
         @app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:
             return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-        @app.timer(interval=30.0)
-        async def check_milvus() -> None:
-            worker.ready_milvus = await worker.run(worker.store.ping)
-
-        return app
-
-    async def handle_ingest(self, batch: Sequence[faust.EventT], refresh: faust.TopicT, dlq: faust.TopicT) -> None:
-        s = self.settings
-        records = [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset,
-                             int(e.message.timestamp * 1000) if e.message.timestamp else None) for e in batch]
-        metrics.BATCH_SIZE.observe(len(records))
-        events, rejects = validate(records)
-        by_position = {(r.partition, r.offset): r for r in records}
-        async with self.lists_lock:
-            result = await self.with_retries("ingest", lambda: self.run(self.ingestor.apply, events, by_position))
-        rejects += result.rejects
-        futures = []
-        for rej in rejects:
-            log.warning("dead-lettered", kind=rej.kind, reason=rej.message, partition=rej.record.partition,
-                        offset=rej.record.offset, key=(rej.record.key or b"").decode("utf-8", "replace"))
-            futures.append(await dlq.send(key=rej.record.key, value=rej.record.value,
-                                          headers=rej.headers(s.events_topic), force=True))
-        futures += await self.request_refresh(refresh, result.affected, result.event_times)
-        await asyncio.gather(*futures)  # durable before the input offsets may commit
-        for outcome, n in result.outcomes.items():
-            metrics.EVENTS.labels(outcome).inc(n)
-        metrics.EVENTS.labels("dead_lettered").inc(len(rejects))
-        log.info("ingested", events=len(records), **dict(result.outcomes), dead_lettered=len(rejects),
-                 affected=len(result.affected))
-        now = time.time()
-        for e in events:
-            if e.event_time:
-                metrics.WATERMARK.labels(str(e.partition)).set(max(0.0, now - e.event_time / 1000))
-
-    async def request_refresh(self, refresh: faust.TopicT, ids: Iterable[str],
-                              event_times: Mapping[str, int | None]) -> list[Awaitable[Any]]:
-        """One refresh request per partition, sent to the partition that owns those lists."""
-        routed: dict[int, list[str]] = {}
-        for pid in sorted(ids):
-            routed.setdefault(partition_for(pid, self.settings.topic_partitions), []).append(pid)
-        return [await refresh.send(value=encode_refresh_request(owned, event_times), partition=partition, force=True)
-                for partition, owned in routed.items()]
-
-    async def handle_refresh(self, batch: Sequence[faust.EventT], neighbors: faust.TopicT,
-                             refresh: faust.TopicT) -> None:
-        ids: set[str] = set()
-        event_times: dict[str, int | None] = {}
-        for e in batch:
-            got_ids, got_times = decode_refresh_request(e.message.value or b'{"ids": [], "event_times": {}}')
-            ids.update(got_ids)
-            for pid, t in got_times.items():
-                event_times[pid] = max(t or 0, event_times.get(pid) or 0) or None
-        async with self.lists_lock:
-            plan = await self.with_retries("refresh", lambda: self.run(self.refresher.plan, sorted(ids), event_times))
-            futures = [await neighbors.send(key=pid.encode(), value=nl.to_json() if nl is not None else None,
-                                            force=True) for pid, nl in plan.publish.items()]
-            await asyncio.gather(*futures)
-            await self.with_retries("record", lambda: self.run(self.refresher.commit, plan))
-        # Lists an ingest may have judged against the previous record while this batch ran: send
-        # them back to their owner (durably, before this batch is acked).
-        stale = await self.with_retries("recheck", lambda: self.run(self.refresher.recheck, plan))
-        if stale:
-            await asyncio.gather(*await self.request_refresh(refresh, stale, event_times))
-            log.info("lists raced with concurrent writes after recording; requeued", count=len(stale))
-        now = time.time()
-        for nl in plan.publish.values():
-            if nl is not None and nl.source_event_time:
-                metrics.FRESHNESS.observe(max(0.0, now - nl.source_event_time / 1000))
-        tombstones = sum(1 for nl in plan.publish.values() if nl is None)
-        metrics.LISTS.labels("published").inc(len(plan.publish) - tombstones)
-        metrics.LISTS.labels("tombstoned").inc(tombstones)
-        metrics.LISTS.labels("unchanged").inc(plan.unchanged)
-        metrics.REFRESH_METHOD.labels("merged").inc(plan.merged)
-        metrics.REFRESH_METHOD.labels("searched").inc(plan.searched)
-        log.info("refreshed", requested=len(ids), published=len(plan.publish) - tombstones,
-                 tombstones=tombstones, unchanged=plan.unchanged, merged=plan.merged, searched=plan.searched)

@@ -1,8 +1,15 @@
-"""Prometheus metrics, served on the worker's web port at /metrics."""
+"""Prometheus metrics, served on the worker's web port at /metrics, and the helpers that update
+them, so the agents show the data path and not the bookkeeping."""
 
 from __future__ import annotations
 
+import time
+from typing import Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from simstream.encoders.fusion import EncodedBatch
+from simstream.records import NeighbourList, ProductEvent
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -12,7 +19,8 @@ BATCH_SIZE = Histogram("simstream_batch_size", "Events per ingest batch.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)
 ENCODE_SECONDS = Histogram("simstream_encode_seconds", "Encoder time per batch, per field.", ["field"],
                            registry=REGISTRY)
-MILVUS_SECONDS = Histogram("simstream_milvus_seconds", "Milvus step latency per batch.", ["op"], registry=REGISTRY)
+MILVUS_SECONDS = Histogram("simstream_milvus_seconds", "Index step latency per batch (Milvus and the in-memory "
+                           "copies).", ["op"], registry=REGISTRY)
 LISTS = Counter("simstream_lists", "Neighbour lists computed, by result: published, unchanged, tombstoned.",
                 ["result"], registry=REGISTRY)
 REFRESH_METHOD = Counter("simstream_refresh_lists", "Lists refreshed, by method: merged (recorded deep list + "
@@ -22,5 +30,42 @@ FRESHNESS = Histogram("simstream_freshness_seconds", "event_time -> neighbour li
 WATERMARK = Gauge("simstream_freshness_watermark_seconds",
                   "Age of the newest event_time fully processed, per input partition.", ["partition"],
                   registry=REGISTRY)
-RETRIES = Counter("simstream_retries", "Batch retries after transient Milvus/Kafka failures.", ["step"],
+RETRIES = Counter("simstream_retries", "Index steps retried after a transient Milvus failure.", ["step"],
                   registry=REGISTRY)
+
+
+def observe_index_step(op: str, started: float) -> None:
+    """Latency of one index step (``started`` from ``time.perf_counter()``)."""
+    MILVUS_SECONDS.labels(op).observe(time.perf_counter() - started)
+
+
+def observe_encoding(encoded: EncodedBatch) -> None:
+    for f, seconds in encoded.seconds.items():
+        ENCODE_SECONDS.labels(f).observe(seconds)
+
+
+def observe_ingest(batch_size: int, outcomes: Mapping[str, int], dead_lettered: int,
+                   events: Iterable[ProductEvent]) -> None:
+    """Counters and the per-partition watermark after an ingest batch's offsets may commit."""
+    BATCH_SIZE.observe(batch_size)
+    for outcome, n in outcomes.items():
+        EVENTS.labels(outcome).inc(n)
+    EVENTS.labels("dead_lettered").inc(dead_lettered)
+    now = time.time()
+    for e in events:
+        if e.event_time:
+            WATERMARK.labels(str(e.partition)).set(max(0.0, now - e.event_time / 1000))
+
+
+def observe_refresh(published: Mapping[str, NeighbourList | None], unchanged: int, merged: int, searched: int) -> None:
+    """Counters and freshness after a refresh batch's lists are published and recorded."""
+    now = time.time()
+    for nl in published.values():
+        if nl is not None and nl.source_event_time:
+            FRESHNESS.observe(max(0.0, now - nl.source_event_time / 1000))
+    tombstones = sum(1 for nl in published.values() if nl is None)
+    LISTS.labels("published").inc(len(published) - tombstones)
+    LISTS.labels("tombstoned").inc(tombstones)
+    LISTS.labels("unchanged").inc(unchanged)
+    REFRESH_METHOD.labels("merged").inc(merged)
+    REFRESH_METHOD.labels("searched").inc(searched)

@@ -1,6 +1,6 @@
 """``simstream reconcile``: recompute every list from the index, publish only the differences.
 
-Same code path as streaming (``Refresher.plan`` / ``commit``), with every list searched (no
+Same code path as streaming (``Refresher.plan`` / ``record``), with every list searched (no
 merges from recorded lists, so a damaged record cannot carry over); run it while the stream is quiet or
 after an upgrade. A milvus-lite file is opened by one process only: stop the worker first, or run
 ``milvus-lite server`` and point both at its URI.
@@ -20,7 +20,8 @@ log = get_logger(__name__)
 
 
 def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, page: int = 512) -> dict[str, Any]:
-    _, store, _, refresher = build_steps(settings, encoder)
+    ingest, refresher = build_steps(settings, encoder)
+    store = ingest.store
     ids = {p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids()
     differed = tombstones = 0
     ordered = sorted(ids)
@@ -35,7 +36,7 @@ def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, 
                     producer.send(nl.to_json(), key=pid, topic=settings.neighbors_topic)
             differed += len(plan.publish)
             producer.flush()  # durable before it is recorded as published
-            refresher.commit(plan)
+            refresher.record(plan)
     store.flush()
     report = {"lists": len(ids), "differed": differed, "tombstones": tombstones}
     log.info("reconciled", **report)

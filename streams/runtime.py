@@ -5,32 +5,27 @@ from __future__ import annotations
 from simstream.encoders.fusion import ProductEncoder
 from simstream.index.neighbours import ListBuilder
 from simstream.index.store import VectorStore
-from simstream.streams.app import Worker
-from simstream.logs import get_logger
-from simstream.streams.pipeline import Ingestor, Refresher
+from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings
+from simstream.streams.app import Worker
+from simstream.streams.ingest import Ingest
+from simstream.streams.refresh import Refresher
 
 log = get_logger(__name__)
 
 
 def open_store(settings: Settings, dim: int) -> VectorStore:
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    store = VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
-                                flush_every_rows=settings.flush_every_rows)
-    if settings.side_index:
-        store.enable_side_index()
-    return store
+    return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
+                               flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index)
 
 
-def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tuple[ProductEncoder, VectorStore, Ingestor, Refresher]:
+def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tuple[Ingest, Refresher]:
     encoder = encoder or ProductEncoder(settings)
     store = open_store(settings, encoder.dim)
-    ingestor = Ingestor(store, encoder, candidate_pool=settings.candidate_pool,
-                        tombstone_retention_s=settings.tombstone_retention_s)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
-    refresher = Refresher(store, builder)
-    return encoder, store, ingestor, refresher
+    return Ingest(store, encoder, candidate_pool=settings.candidate_pool), Refresher(store, builder)
 
 
 def single_threaded_numpy() -> None:
@@ -45,8 +40,22 @@ def single_threaded_numpy() -> None:
 
 def build_worker(settings: Settings) -> Worker:
     single_threaded_numpy()
-    encoder, store, ingestor, refresher = build_steps(settings)
+    ingest, refresher = build_steps(settings)
+    encoder = ingest.encoder
     encoder.warm_up()
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
              weights=encoder.weights)
-    return Worker(settings, store, ingestor, refresher)
+    return Worker(settings, ingest, refresher)
+
+
+def run_worker(settings: Settings) -> None:
+    """Build the worker and run it until it is stopped (the production entry point)."""
+    import faust
+
+    worker = build_worker(settings)
+
+    class _Worker(faust.Worker):
+        def _setup_logging(self) -> None:  # keep structlog's handlers; faust would replace them
+            configure_logging(settings.log_format, settings.log_level)
+
+    _Worker(worker.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()

@@ -21,6 +21,5 @@ def small_store(request, tmp_path):
         st = VectorStore.connect(uri, f"t_{uuid.uuid4().hex[:8]}", 16, flush_every_rows=0)
     yield st
     if request.param == "milvus-server":
-        for name in (st.products, st.lists, st.tombstones):
-            st.client.drop_collection(name)
+        st.milvus.drop()
     st.close()

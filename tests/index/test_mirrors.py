@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from simstream.index.store import StoredList, VectorStore
+from simstream.index.rows import StoredList
+from simstream.index.store import VectorStore
 
 DIM = 16  # the small_store fixture's (tests/index/conftest.py)
 
@@ -43,9 +44,9 @@ def answers(store: VectorStore, ids: list[str], since: int, x: float) -> dict:
         "products": {p: (s.version, s.hashes, s.event_time, s.vector.round(5).tolist()) for p, s in products.items()},
         "changed": {p: (s.version, s.vector.round(5).tolist()) for p, s in changed.items()},
         "listers": {p: store.listers_of([p]) for p in ids},
-        "kth": {p: round(v, 4) for p, v in store.list_kth_scores(ids).items()},
-        "loose": {p: round(v, 4) for p, v in store.lists_with_kth_at_most(x).items()},
-        "heads": {p: (h.neighbour_ids, round(h.kth_score, 4), h.as_of) for p, h in store.list_heads(ids).items()},
+        "kth": {p: round(v, 4) for p, v in store.list_boundaries(ids).items()},
+        "loose": {p: round(v, 4) for p, v in store.lists_with_boundary_at_most(x).items()},
+        "heads": {p: (h.neighbour_ids, round(h.boundary, 4), h.as_of) for p, h in store.list_heads(ids).items()},
     }
 
 
@@ -55,8 +56,8 @@ def test_memory_answers_equal_milvus_answers(small_store, seed):
     store = small_store
     # Foreign writes below go straight through the client, as a second worker on a shared server
     # would; a milvus-lite file is exclusive to one process, so make this store sync like a server's.
-    store.exclusive = False
-    assert store.lists_stamped
+    store.milvus.exclusive = False
+    assert store.milvus.lists_stamped
     ids = [f"p{i:02d}" for i in range(30)]
     versions = {p: 0 for p in ids}
 
@@ -64,7 +65,7 @@ def test_memory_answers_equal_milvus_answers(small_store, seed):
         versions[pid] += 1
         row = product_row(pid, rng.normal(size=DIM).astype(np.float32), versions[pid])
         if foreign:
-            store.client.upsert(store.products, [row])
+            store.milvus.client.upsert(store.milvus.products, [row])
         else:
             store.upsert_products([row])
 
@@ -72,7 +73,7 @@ def test_memory_answers_equal_milvus_answers(small_store, seed):
         write(pid, foreign=False)
     store.upsert_lists([StoredList(p, list(rng.choice(ids, 3, replace=False)), float(rng.uniform(-1, 1)), b"{}")
                         for p in ids[:10]])
-    store.enable_side_index()  # built from what Milvus holds now
+    store.load_into_memory()  # built from what Milvus holds now
     assert store.side is not None and store.mirror is not None
     started = now_ms()
     for _ in range(6):
@@ -84,7 +85,7 @@ def test_memory_answers_equal_milvus_answers(small_store, seed):
                 write(pid, foreign)
             elif op < 0.65:
                 if foreign:
-                    store.client.delete(store.products, ids=[pid])
+                    store.milvus.client.delete(store.milvus.products, ids=[pid])
                     store.upsert_tombstones({pid: versions[pid]}, now_ms())
                 else:
                     store.delete_products([pid])
@@ -95,7 +96,7 @@ def test_memory_answers_equal_milvus_answers(small_store, seed):
                 tomb = rng.random() < 0.2
                 if foreign:
                     payload = "" if tomb else "{}"
-                    store.client.upsert(store.lists, [list_row(pid, [] if tomb else members,
+                    store.milvus.client.upsert(store.milvus.lists, [list_row(pid, [] if tomb else members,
                                                                3.0e38 if tomb else max(kth, -3.0e38), payload)])
                 else:
                     store.upsert_lists([StoredList(pid, [] if tomb else members, float("inf") if tomb else kth,
@@ -117,8 +118,8 @@ def test_exclusive_file_store_needs_no_sync(tmp_path):
     """A milvus-lite file opens in one process only: the store trusts its memory, and its own
     writes keep that memory equal to Milvus."""
     store = VectorStore.connect(str(tmp_path / "x.db"), "ex", DIM, flush_every_rows=0)
-    assert store.exclusive
-    store.enable_side_index()
+    assert store.milvus.exclusive
+    store.load_into_memory()
     rng = np.random.default_rng(3)
     ids = [f"p{i}" for i in range(12)]
     store.upsert_products([product_row(p, rng.normal(size=DIM).astype(np.float32), 1) for p in ids])
@@ -135,24 +136,24 @@ def test_lists_collection_from_before_deep_lists_still_works(tmp_path):
 
     uri = str(tmp_path / "old.db")
     store = VectorStore.connect(uri, "old", DIM, flush_every_rows=0)
-    store.client.drop_collection(store.lists)
+    store.milvus.client.drop_collection(store.milvus.lists)
     s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=256)
     s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
     s.add_field("neighbor_ids", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=1000, max_length=256)
     s.add_field("kth_score", DataType.FLOAT)
     s.add_field("payload", DataType.VARCHAR, max_length=65_535)
-    idx = store.client.prepare_index_params()
+    idx = store.milvus.client.prepare_index_params()
     idx.add_index("dummy", index_type="FLAT", metric_type="L2")
-    store.client.create_collection(store.lists, schema=s, index_params=idx)
+    store.milvus.client.create_collection(store.milvus.lists, schema=s, index_params=idx)
     store.close()
 
     store = VectorStore.connect(uri, "old", DIM, flush_every_rows=0)
-    assert not store.lists_stamped
-    store.enable_side_index()
+    assert not store.milvus.lists_stamped
+    store.load_into_memory()
     assert store.mirror is None
     store.upsert_lists([StoredList("a", ["b", "c"], 0.25, b"{}", as_of=123)])
     heads = store.list_heads(["a"])
     assert heads["a"].neighbour_ids == ("b", "c") and heads["a"].as_of == 0
-    assert store.listers_of(["b"]) == {"a"} and store.list_kth_scores(["a"]) == {"a": 0.25}
+    assert store.listers_of(["b"]) == {"a"} and store.list_boundaries(["a"]) == {"a": 0.25}
     store.close()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from simstream.index.neighbours import Change, ListBuilder, affected_by, rank_key, stale_lists
-from simstream.index.store import StoredProduct, VectorStore
+from simstream.index.rows import StoredProduct
+from simstream.index.store import VectorStore
 
 
 def put(store, vectors):
@@ -81,7 +82,7 @@ def brute_deep(vecs, pid, depth):
 def test_merge_equals_brute_force_over_rounds_of_changes(seed):
     """Owners' lists merged with changed products (moves, deletes, new products, exact ties) equal
     brute force whenever merge answers; it answers most of the time."""
-    from simstream.index.list_mirror import ListHead
+    from simstream.index.rows import ListHead
 
     rng = np.random.default_rng(seed)
     k, depth = 5, 10

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import read_csv, write_csv
 
-from simstream.quality.evaluate import read_gold, retrieval_metrics, top_k
+from simstream.quality.datasets import read_gold
+from simstream.quality.evaluate import retrieval_metrics, top_k
 from simstream.quality.fit_weights import Problem, fit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from simstream.index.neighbours import contributions
+
 from simstream.encoders.fusion import ProductEncoder, field_contents
 from simstream.encoders.lexical import MpnEncoder, model_numbers
 from simstream.records import ProductEvent
@@ -44,6 +46,6 @@ def test_shipped_config_turns_the_option_on_and_keeps_exact_fusion(tmp_path: Pat
     events = [ProductEvent(product_id=p, op="upsert", version=1, title=t, price=9.0) for p, t in
               [("a", "canon pg-40 black ink cartridge"), ("b", "canon black ink cartridge pg40bk")]]
     a, b = encoder.encode(events).vectors
-    parts = encoder.field_scores(a, b)
+    parts = contributions(a, [b], encoder.layout)[0]
     assert sum(parts.values()) == pytest.approx(float(a @ b), abs=1e-5)
     assert parts["mpn"] > 0

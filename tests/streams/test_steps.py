@@ -1,11 +1,16 @@
 """Unit tests of the sync steps, on a real milvus-lite file and real encoders (no broker)."""
 
+from dataclasses import dataclass, field
+
 import orjson
 import pytest
 
 from conftest import make_event
+from simstream.errors import BadEvent
 from simstream.index.neighbours import ListBuilder
-from simstream.streams.pipeline import Ingestor, RawRecord, Refresher, coalesce, validate
+from simstream.streams.dead_letter import RawRecord
+from simstream.streams.ingest import Ingest, coalesce, outcome_counts, validate
+from simstream.streams.refresh import Refresher
 
 
 def records(*docs):
@@ -18,6 +23,7 @@ def test_validate_splits_good_from_bad_with_reasons():
     events, rejects = validate(records(good, b"{oops", {"product_id": "b", "op": "upsert", "version": 1}))
     assert [e.product_id for e in events] == ["a"]
     assert [(r.kind, r.record.offset) for r in rejects] == [("BadEvent", 1), ("BadEvent", 2)]
+    assert all(isinstance(r.error, BadEvent) for r in rejects)  # the exception itself, not a string
     headers = dict(rejects[1].headers("simstream.products"))
     assert headers["x-simstream-source-offset"] == b"2" and b"title" in headers["x-simstream-error"]
 
@@ -30,20 +36,35 @@ def test_coalesce_keeps_highest_version_then_latest_offset():
 
 @pytest.fixture
 def steps(store, encoder):
-    ingestor = Ingestor(store, encoder, candidate_pool=16, tombstone_retention_s=3600)
+    ingest = Ingest(store, encoder, candidate_pool=16)
     refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model, depth=6))
-    return ingestor, refresher
+    return ingest, refresher
 
 
-def apply(ingestor, *events):
-    return ingestor.apply(list(events), {(e.partition, e.offset): None for e in events})
+@dataclass
+class Applied:
+    outcomes: dict = field(default_factory=dict)
+    affected: set = field(default_factory=set)
+    event_times: dict = field(default_factory=dict)
+
+
+def apply(ingest, *events):
+    """The ingest agent's steps, in its order (streams/app.py), without Kafka."""
+    from simstream.streams.ingest import refresh_causes
+
+    latest, dropped = coalesce(list(events))
+    check = ingest.check_versions(latest)
+    encoded = ingest.encode(check)
+    assert not encoded.failures
+    affected = ingest.affected_set(ingest.write(check, encoded))
+    return Applied(outcome_counts(check, dropped), affected, refresh_causes(check, affected))
 
 
 def test_stale_and_duplicate_events_change_nothing(steps, store):
     ingestor, refresher = steps
     first = apply(ingestor, make_event("a", 5, title="Red mug"), make_event("b", 1, title="Blue mug"))
     assert first.outcomes["applied"] == 2
-    refresher.commit(refresher.plan(sorted(first.affected), first.event_times))
+    refresher.record(refresher.plan(sorted(first.affected), first.event_times))
     again = apply(ingestor, make_event("a", 5, title="Red mug"), make_event("a", 4, title="Blue mug"))
     # the two coalesce to v5, which equals the stored version: nothing is written, and the replayed
     # refresh (a duplicate may be the redelivery of a crashed batch) publishes nothing new
@@ -82,7 +103,7 @@ def test_refresh_publishes_changes_only_and_tombstones_deleted(steps, store):
     assert res.affected == {"a", "b", "c", "d"}
     plan = refresher.plan(sorted(res.affected), res.event_times)
     assert set(plan.publish) == {"a", "b", "c", "d"} and all(len(nl.neighbours) == 3 for nl in plan.publish.values())
-    refresher.commit(plan)
+    refresher.record(plan)
     assert refresher.plan(["a", "b"], {}).publish == {}  # nothing changed: nothing to publish
     res = apply(ingestor, make_event("b", 2, op="delete"))
     assert "b" in res.affected and {"a", "c", "d"} <= res.affected  # everyone listed b

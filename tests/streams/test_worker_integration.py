@@ -34,7 +34,7 @@ def env(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> dic
         "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_DATA_DIR": str(tmp_path_factory.mktemp("worker")),
         "SIMSTREAM_IMAGE_ROOT": str(SAMPLE_IMAGES), "SIMSTREAM_SESSION_TIMEOUT_S": "6",
         "SIMSTREAM_TOPIC_PARTITIONS": "2", "SIMSTREAM_TOP_K": str(K), "SIMSTREAM_APP_ID": app,
-        "SIMSTREAM_EVENTS_TOPIC": f"{app}.products", "SIMSTREAM_NEIGHBORS_TOPIC": f"{app}.neighbours",
+        "SIMSTREAM_EVENTS_TOPIC": f"{app}.products", "SIMSTREAM_NEIGHBORS_TOPIC": f"{app}.neighbors",
         "SIMSTREAM_DLQ_TOPIC": f"{app}.dlq", "SIMSTREAM_REFRESH_TOPIC": f"{app}.refresh",
         "SIMSTREAM_BATCH_WITHIN_S": "0.3", "SIMSTREAM_LOG_FORMAT": "json",
     }

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from simstream.harness.exactness import Options, generate_stream, oracle_lists, run_exactness
+from simstream.harness.exactness import Options, oracle_lists, run_exactness
+from simstream.harness.synthetic import generate_stream
 
 
 def test_stream_has_every_kind_of_event() -> None:

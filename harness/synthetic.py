@@ -1,0 +1,176 @@
+"""A synthetic product stream with every kind of event a worker must get right.
+
+Products from ten families (a "far" update moves a product to another family), and the events:
+creates, near and far updates, deletes, re-creates, exact duplicates, out-of-order older versions,
+and stale upserts after a delete. The exactness proof (harness/exactness.py) and the benchmarks
+(bench/) generate their catalogs here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# Product families: a "far" update moves a product to another family (title, brand, category, price).
+FAMILIES: list[dict[str, Any]] = [
+    {"noun": ["Wireless Headphones", "Noise Cancelling Headphones", "Over-Ear Headphones", "Earbuds"],
+     "brand": ["Sony", "Bose", "Sennheiser", "JBL", "Jabra"], "category": "Electronics > Audio > Headphones",
+     "price": (30, 450), "adj": ["Bluetooth", "Active", "Studio", "Sport", "Travel"]},
+    {"noun": ["Laptop", "Ultrabook", "Gaming Laptop", "Notebook"],
+     "brand": ["Lenovo", "Dell", "HP", "Asus", "Acer"], "category": "Computers > Laptops",
+     "price": (400, 3000), "adj": ["14-inch", "15.6-inch", "Slim", "Pro", "OLED"]},
+    {"noun": ["Running Shoes", "Trail Shoes", "Sneakers", "Walking Shoes"],
+     "brand": ["Nike", "Adidas", "Asics", "Brooks", "Hoka"], "category": "Sports > Footwear > Running",
+     "price": (50, 250), "adj": ["Men's", "Women's", "Lightweight", "Cushioned", "Waterproof"]},
+    {"noun": ["Espresso Machine", "Coffee Maker", "Coffee Grinder", "Drip Coffee Machine"],
+     "brand": ["DeLonghi", "Breville", "Krups", "Philips", "Melitta"], "category": "Home > Kitchen > Coffee",
+     "price": (40, 900), "adj": ["Automatic", "Manual", "Stainless", "Compact", "Programmable"]},
+    {"noun": ["Cordless Drill", "Impact Driver", "Circular Saw", "Angle Grinder"],
+     "brand": ["Bosch", "Makita", "DeWalt", "Milwaukee", "Ryobi"], "category": "Tools > Power Tools",
+     "price": (50, 400), "adj": ["18V", "Brushless", "Heavy Duty", "Compact", "Kit"]},
+    {"noun": ["Yoga Mat", "Dumbbell Set", "Kettlebell", "Resistance Bands"],
+     "brand": ["Decathlon", "Reebok", "Gaiam", "Bowflex", "Manduka"], "category": "Sports > Fitness",
+     "price": (10, 300), "adj": ["Non-Slip", "Adjustable", "Premium", "Eco", "Thick"]},
+    {"noun": ["Smartphone", "Phone Case", "Screen Protector", "Phone Charger"],
+     "brand": ["Samsung", "Apple", "Xiaomi", "Google", "OnePlus"], "category": "Electronics > Phones",
+     "price": (10, 1400), "adj": ["5G", "128GB", "Fast", "Rugged", "Unlocked"]},
+    {"noun": ["Board Game", "Jigsaw Puzzle", "Card Game", "Building Blocks Set"],
+     "brand": ["Hasbro", "Ravensburger", "Lego", "Mattel", "Asmodee"], "category": "Toys > Games",
+     "price": (8, 200), "adj": ["Family", "1000-Piece", "Strategy", "Kids", "Classic"]},
+    {"noun": ["Office Chair", "Standing Desk", "Bookshelf", "Desk Lamp"],
+     "brand": ["Ikea", "Herman Miller", "Steelcase", "Flexispot", "Songmics"], "category": "Home > Furniture > Office",
+     "price": (30, 1500), "adj": ["Ergonomic", "Adjustable", "Oak", "Mesh", "LED"]},
+    {"noun": ["Dog Food", "Cat Litter", "Dog Leash", "Cat Tree"],
+     "brand": ["Purina", "Royal Canin", "Kong", "Trixie", "Whiskas"], "category": "Pets > Supplies",
+     "price": (5, 150), "adj": ["Grain-Free", "Large", "Clumping", "Reflective", "Indoor"]},
+]
+COLORS = ["Black", "White", "Silver", "Blue", "Red", "Green", "Grey", "Navy"]
+
+
+@dataclass
+class Stream:
+    """The generated events (in publish order) and what the final catalog must be."""
+
+    events: list[dict[str, Any]]
+    final: dict[str, dict[str, Any]]  # product_id -> the highest-version event
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def live(self) -> dict[str, dict[str, Any]]:
+        return {pid: e for pid, e in self.final.items() if e["op"] == "upsert"}
+
+    @property
+    def deleted(self) -> set[str]:
+        return {pid for pid, e in self.final.items() if e["op"] == "delete"}
+
+
+def random_content(rng: random.Random, family: int | None = None) -> dict[str, Any]:
+    f = FAMILIES[rng.randrange(len(FAMILIES)) if family is None else family]
+    brand = rng.choice(f["brand"])
+    noun = rng.choice(f["noun"])
+    title = f"{brand} {rng.choice(f['adj'])} {noun} {rng.choice(COLORS)} {rng.choice('ABCDEFGHJKLMNPRSTXZ')}{rng.randint(10, 999)}"
+    lo, hi = f["price"]
+    doc: dict[str, Any] = {"title": title, "brand": brand, "category": f["category"],
+                           "price": round(rng.uniform(lo, hi), 2), "currency": "EUR",
+                           "mpn": f"{brand[:3].upper()}-{rng.randint(1000, 99999)}",
+                           "_family": FAMILIES.index(f)}
+    if rng.random() < 0.5:
+        doc["description"] = f"{rng.choice(f['adj'])} {noun.lower()} by {brand}, {rng.choice(COLORS).lower()} finish."
+    return doc
+
+
+def generate_stream(n_products: int, n_events: int, seed: int) -> Stream:
+    """A random stream with every kind of event the worker must get right.
+
+    Versions are per product and unique per content: a re-sent event is byte-identical (an exact
+    duplicate) and an out-of-order event carries an older version than one already sent.
+    """
+    rng = random.Random(seed)
+    ids = [f"p{i:05d}" for i in range(n_products)]
+    version: dict[str, int] = {}  # highest version generated so far
+    history: dict[str, list[dict[str, Any]]] = {}  # every distinct event generated, per product
+    current: dict[str, dict[str, Any]] = {}  # content of the live product
+    events: list[dict[str, Any]] = []
+    kinds: dict[str, int] = {}
+    held_back: list[tuple[int, dict[str, Any]]] = []  # (release at len(events), event): out of order
+    base_time = int(time.time() * 1000)
+
+    def emit(doc: dict[str, Any], kind: str) -> None:
+        kinds[kind] = kinds.get(kind, 0) + 1
+        events.append(doc)
+
+    def new_event(pid: str, op: str, content: dict[str, Any] | None) -> dict[str, Any]:
+        version[pid] = version.get(pid, 0) + rng.randint(1, 3)
+        doc = {"product_id": pid, "op": op, "version": version[pid], "event_time": base_time + len(events)}
+        if content is not None:
+            doc.update({k: v for k, v in content.items() if not k.startswith("_")})
+        history.setdefault(pid, []).append(doc)
+        return doc
+
+    # First a creation wave over every product (so the catalog has >= n_products), then the mix.
+    order = ids[:]
+    rng.shuffle(order)
+    clones = 0
+    for pid in order:
+        if current and rng.random() < 0.03 and clones < n_products // 30:
+            # Identical content to another product: exact score ties, broken by product_id.
+            content = dict(rng.choice(list(current.values())))
+            clones += 1
+        else:
+            content = random_content(rng)
+        current[pid] = content
+        emit(new_event(pid, "upsert", content), "create")
+    while len(events) < n_events:
+        while held_back and held_back[0][0] <= len(events):
+            emit(held_back.pop(0)[1], "out_of_order_late")
+        pid = rng.choice(ids)
+        r = rng.random()
+        if pid in current:
+            if r < 0.25:  # near update: same family, new details
+                content = dict(current[pid])
+                content["price"] = round(content["price"] * rng.uniform(0.7, 1.3), 2)
+                content["title"] = content["title"].rsplit(" ", 1)[0] + f" {rng.choice('ABCDEFGH')}{rng.randint(10, 999)}"
+                current[pid] = content
+                emit(new_event(pid, "upsert", content), "update_near")
+            elif r < 0.50:  # far update: another family entirely
+                fam = current[pid].get("_family", 0)
+                content = random_content(rng, (fam + rng.randrange(1, len(FAMILIES))) % len(FAMILIES))
+                current[pid] = content
+                emit(new_event(pid, "upsert", content), "update_far")
+            elif r < 0.62:
+                del current[pid]
+                emit(new_event(pid, "delete", None), "delete")
+            elif r < 0.75:  # exact duplicate of the last event of this product
+                emit(dict(history[pid][-1]), "duplicate")
+            elif r < 0.85 and len(history[pid]) > 1:  # an older version arriving late
+                emit(dict(rng.choice(history[pid][:-1])), "stale")
+            else:  # out of order: v+2 goes out now, v+1 (older) some events later
+                first = new_event(pid, "upsert", random_content(rng))
+                second_content = random_content(rng) if rng.random() < 0.7 else None
+                second = new_event(pid, "upsert" if second_content else "delete", second_content)
+                if second_content is None:
+                    current.pop(pid, None)
+                else:
+                    current[pid] = second_content
+                emit(second, "out_of_order_new")
+                held_back.append((len(events) + rng.randint(1, 200), first))
+        else:
+            if r < 0.55 and pid in history:  # re-create after a delete
+                content = random_content(rng)
+                current[pid] = content
+                emit(new_event(pid, "upsert", content), "recreate")
+            elif r < 0.85 and any(e["op"] == "upsert" for e in history.get(pid, [])):
+                # An old upsert after the delete: must not resurrect the product.
+                emit(dict(rng.choice([e for e in history[pid] if e["op"] == "upsert"])), "stale_after_delete")
+            elif pid in history:
+                emit(dict(history[pid][-1]), "duplicate_delete")
+    for _, doc in held_back:
+        emit(doc, "out_of_order_late")
+    final: dict[str, dict[str, Any]] = {}
+    for doc in events:
+        cur = final.get(doc["product_id"])
+        if cur is None or doc["version"] > cur["version"]:
+            final[doc["product_id"]] = doc
+    return Stream(events, final, kinds)

@@ -1,0 +1,372 @@
+"""MilvusStore: the only class that talks to Milvus (a milvus-lite file or a real server).
+
+Three collections, all keyed by product_id:
+- ``<prefix>_products``: the fused vector and what is needed to skip stale events and re-use
+  unchanged fields (version, per-field content hashes, model, updated_at). Milvus is the system of
+  record that recommenders query.
+- ``<prefix>_lists``: the neighbour list last published for each product (deep ids, boundary, the
+  payload). Written only by the refresh step that owns the product's partition; read by the ingest
+  step to find whose lists a changed product enters or leaves (``array_contains_any``).
+- ``<prefix>_tombstones``: a deleted product's version, kept for a retention period so that an
+  older upsert arriving late cannot bring the product back.
+
+Always ``upsert`` (a real server keeps duplicates on insert); searches and queries use Strong
+consistency so a refresh sees the writes of the same batch. Flush policy: milvus-lite converts
+unflushed rows again on every search, so we flush after ``flush_every_rows`` writes.
+The field names (``neighbor_ids``, ``kth_score``) are the stored schema and stay as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import orjson
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from simstream.errors import IndexUnavailable
+from simstream.index.rows import (
+    MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_LIST_DEPTH, MAX_MODEL_BYTES, MAX_PAYLOAD_BYTES,
+    ListHead, StoredList, StoredProduct, stored_boundary,
+)
+from simstream.logs import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+_CONSISTENCY = {"consistency_level": "Strong"}
+_PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
+_HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
+
+
+def _hit_id(hit: Any) -> str:
+    """pymilvus names a hit's key after the primary field; older servers/clients call it "id"."""
+    return hit["product_id"] if "product_id" in hit else hit["id"]
+
+
+def quote_ids(ids: Iterable[str]) -> str:
+    """A Milvus expression list literal of ``ids``, each quoted as a JSON string."""
+    return "[" + ",".join(orjson.dumps(i).decode() for i in ids) + "]"
+
+
+def _product(r: dict[str, Any]) -> StoredProduct:
+    return StoredProduct(r["product_id"], np.asarray(r.get("vector", ()), dtype=np.float32), int(r["version"]),
+                         dict(r["hashes"] or {}), r["model"], int(r["event_time"]), int(r.get("updated_at") or 0))
+
+
+def _head(r: dict[str, Any]) -> ListHead:
+    return ListHead(r["product_id"], tuple(r["neighbor_ids"]), float(r["kth_score"]), int(r.get("updated_at") or 0),
+                    int(r.get("as_of") or 0))
+
+
+class MilvusStore:
+    """One client, plain rows in and out, like ``MilvusClient`` itself."""
+
+    def __init__(self, client: MilvusClient, uri: str, prefix: str, dim: int | None, *, flush_every_rows: int = 20_000,
+                 index_type: str = "FLAT", exclusive: bool = False) -> None:
+        """``dim`` None: open collections that must exist already, at whatever dimension they have
+        (readers such as the exactness proof)."""
+        self.client = client
+        self.uri = uri
+        self.dim = dim or 0
+        self._dim_given = dim is not None
+        self.products = f"{prefix}_products"
+        self.lists = f"{prefix}_lists"
+        self.tombstones = f"{prefix}_tombstones"
+        self.flush_every_rows = flush_every_rows
+        self.index_type = index_type
+        self._unflushed = 0
+        # A milvus-lite *file* opens in one process only, so nobody else writes to it. Servers
+        # (milvus-lite server, Milvus) are shared by every worker.
+        self.exclusive = exclusive
+        self.lists_stamped = False
+        self._call(self._ensure_collections)
+
+    @classmethod
+    def connect(cls, uri: str, prefix: str, dim: int | None, *, token: str | None = None, **kwargs: Any) -> "MilvusStore":
+        if "://" not in uri:
+            # milvus-lite file: make sure its directory exists. Only this process can open it.
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.setdefault("exclusive", True)
+        try:
+            client = MilvusClient(uri=uri, token=token or "")
+        except MilvusException as exc:
+            raise IndexUnavailable(f"cannot open Milvus at {uri}: {exc}") from exc
+        return cls(client, uri, prefix, dim, **kwargs)
+
+    # --- schema ---------------------------------------------------------------------------
+    def _ensure_collections(self) -> None:
+        c = self.client
+        if not self._dim_given:
+            if not c.has_collection(self.products):
+                raise ValueError(f"collection {self.products} does not exist")
+            fields = {f["name"]: f for f in c.describe_collection(self.products)["fields"]}
+            self.dim = int(fields["vector"]["params"]["dim"])
+        if not c.has_collection(self.products):
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+            s.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            s.add_field("version", DataType.INT64)
+            s.add_field("brand", DataType.VARCHAR, max_length=MAX_BRAND_BYTES)
+            s.add_field("category", DataType.VARCHAR, max_length=MAX_CATEGORY_BYTES)
+            s.add_field("price", DataType.DOUBLE)  # -1 when unknown
+            s.add_field("hashes", DataType.JSON)  # per-field content hashes
+            s.add_field("model", DataType.VARCHAR, max_length=MAX_MODEL_BYTES)
+            s.add_field("updated_at", DataType.INT64)
+            s.add_field("event_time", DataType.INT64)
+            idx = c.prepare_index_params()
+            # FLAT = exact inner product: the exactness promise of the neighbour topic rests on it.
+            idx.add_index("vector", index_type=self.index_type, metric_type="IP")
+            self._create(self.products, s, idx)
+        else:
+            fields = {f["name"]: f for f in c.describe_collection(self.products)["fields"]}
+            have = int(fields["vector"]["params"]["dim"])
+            if have != self.dim:
+                raise ValueError(f"collection {self.products} has dim {have} but the encoders give {self.dim}; "
+                                 "set SIMSTREAM_COLLECTION to a new name and run `simstream reconcile`")
+        if not c.has_collection(self.lists):
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+            s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one vector field
+            s.add_field("neighbor_ids", DataType.ARRAY, element_type=DataType.VARCHAR,
+                        max_capacity=MAX_LIST_DEPTH, max_length=MAX_ID_BYTES)
+            s.add_field("kth_score", DataType.FLOAT)  # the list's boundary (rows.StoredList.boundary)
+            s.add_field("payload", DataType.VARCHAR, max_length=MAX_PAYLOAD_BYTES)
+            s.add_field("updated_at", DataType.INT64)  # lets the list mirror sync (index/list_mirror.py)
+            s.add_field("as_of", DataType.INT64)  # lets a refresh merge instead of searching
+            idx = c.prepare_index_params()
+            idx.add_index("dummy", index_type="FLAT", metric_type="L2")
+            self._create(self.lists, s, idx)
+        if not c.has_collection(self.tombstones):
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+            s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
+            s.add_field("version", DataType.INT64)
+            s.add_field("deleted_at", DataType.INT64)
+            idx = c.prepare_index_params()
+            idx.add_index("dummy", index_type="FLAT", metric_type="L2")
+            self._create(self.tombstones, s, idx)
+        for name in (self.products, self.lists, self.tombstones):
+            c.load_collection(name)
+        list_fields = {f["name"] for f in c.describe_collection(self.lists)["fields"]}
+        self.lists_stamped = {"updated_at", "as_of"} <= list_fields
+
+    def _create(self, name: str, schema: Any, index_params: Any) -> None:
+        """Create a collection; another worker starting at the same moment may win the race."""
+        try:
+            self.client.create_collection(name, schema=schema, index_params=index_params, **_CONSISTENCY)
+        except MilvusException:
+            if not self.client.has_collection(name):
+                raise
+            log.info("collection created concurrently by another worker", collection=name)
+
+    # --- calls ----------------------------------------------------------------------------
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Every Milvus failure becomes IndexUnavailable, which the stream retries, then crashes on."""
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as exc:
+            raise IndexUnavailable(f"milvus: {exc}") from exc
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise IndexUnavailable(f"milvus unreachable: {exc}") from exc
+
+    def ping(self) -> bool:
+        try:
+            self._call(self.client.has_collection, self.products)
+            return True
+        except IndexUnavailable:
+            return False
+
+    def _wrote(self, rows: int) -> None:
+        self._unflushed += rows
+        if self.flush_every_rows and self._unflushed >= self.flush_every_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        t0 = time.perf_counter()
+        for name in (self.products, self.lists, self.tombstones):
+            self._call(self.client.flush, name)
+        log.info("milvus flushed", rows=self._unflushed, seconds=round(time.perf_counter() - t0, 3))
+        self._unflushed = 0
+
+    def _query(self, collection: str, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 1000):
+            chunk = list(ids[start:start + 1000])
+            out.extend(self._call(self.client.query, collection, filter=f"product_id in {quote_ids(chunk)}",
+                                  output_fields=fields, **_CONSISTENCY))
+        return out
+
+    def _filter(self, collection: str, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        return self._call(self.client.query, collection, filter=expr, output_fields=fields, **_CONSISTENCY)
+
+    def _pages(self, collection: str, fields: list[str], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+        """Every row of a collection, page by page (``query_iterator``, closed however we leave)."""
+        it = self._call(self.client.query_iterator, collection, batch_size=batch_size, filter="",
+                        output_fields=fields)
+        try:
+            while page := it.next():
+                yield page
+        finally:
+            it.close()
+
+    # --- products -------------------------------------------------------------------------
+    def read_products(self, ids: Sequence[str], *, with_vectors: bool = True) -> dict[str, StoredProduct]:
+        fields = _PRODUCT_FIELDS + (["vector"] if with_vectors else [])
+        return {r["product_id"]: _product(r) for r in self._query(self.products, ids, fields)}
+
+    def upsert_products(self, rows: list[dict[str, Any]]) -> list[StoredProduct]:
+        """Write product rows (``rows.product_row``); returns them as stored products."""
+        for start in range(0, len(rows), 256):
+            self._call(self.client.upsert, self.products, rows[start:start + 256])
+        self._wrote(len(rows))
+        return [_product(r) for r in rows]
+
+    def insert_products(self, rows: list[dict[str, Any]]) -> None:
+        """Bulk-load rows of products known to be absent (insert skips upsert's delete step)."""
+        for start in range(0, len(rows), 1000):
+            self._call(self.client.insert, self.products, rows[start:start + 1000])
+        self._wrote(len(rows))
+
+    def delete_products(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._call(self.client.delete, self.products, ids=list(ids))
+            self._wrote(len(ids))
+
+    def write_stamps_since(self, since_ms: int) -> dict[str, int]:
+        """product_id -> updated_at of the products written at or after ``since_ms`` (no vectors)."""
+        rows = self._filter(self.products, f"updated_at >= {int(since_ms)}", ["updated_at"])
+        return {r["product_id"]: int(r["updated_at"]) for r in rows}
+
+    def read_changed_since(self, since_ms: int) -> dict[str, StoredProduct]:
+        """Products written at or after ``since_ms``, with vectors."""
+        rows = self._filter(self.products, f"updated_at >= {int(since_ms)}", _PRODUCT_FIELDS + ["vector"])
+        return {r["product_id"]: _product(r) for r in rows}
+
+    def iter_products(self, batch_size: int = 1000, *, with_vectors: bool = False) -> Iterator[list[StoredProduct]]:
+        """Every stored product, in pages."""
+        for page in self._pages(self.products, _PRODUCT_FIELDS + (["vector"] if with_vectors else []), batch_size):
+            yield [_product(r) for r in page]
+
+    def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
+        """Top-``limit`` (id, vector) per query vector by inner product, in one call per 256 queries."""
+        out: list[list[tuple[str, np.ndarray]]] = []
+        for start in range(0, len(vectors), 256):
+            hits = self._call(self.client.search, self.products, data=vectors[start:start + 256].tolist(),
+                              limit=limit, output_fields=["vector"], search_params={"metric_type": "IP"},
+                              **_CONSISTENCY)
+            out.extend([[(_hit_id(h), np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
+                        for row in hits])
+        return out
+
+    def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
+        """Top-``limit`` (id, inner product as Milvus computes it) per query; no vectors fetched."""
+        out: list[list[tuple[str, float]]] = []
+        for start in range(0, len(vectors), 256):
+            hits = self._call(self.client.search, self.products, data=vectors[start:start + 256].tolist(),
+                              limit=limit, output_fields=["version"], search_params={"metric_type": "IP"},
+                              **_CONSISTENCY)
+            out.extend([[(_hit_id(h), float(h["distance"])) for h in row] for row in hits])
+        return out
+
+    # --- lists ----------------------------------------------------------------------------
+    def read_lists(self, ids: Sequence[str]) -> dict[str, StoredList]:
+        """Recorded lists with their payloads."""
+        rows = self._query(self.lists, ids, ["neighbor_ids", "kth_score", "payload"])
+        return {r["product_id"]: StoredList(r["product_id"], list(r["neighbor_ids"]), float(r["kth_score"]),
+                                            r["payload"].encode()) for r in rows}
+
+    def read_listers_of(self, ids: Sequence[str]) -> set[str]:
+        """Products whose recorded list contains any of ``ids`` (the reverse neighbour index)."""
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            rows = self._filter(self.lists, f"array_contains_any(neighbor_ids, {quote_ids(chunk)})", ["product_id"])
+            out.update(r["product_id"] for r in rows)
+        return out
+
+    def read_boundaries_at_most(self, score: float) -> dict[str, float]:
+        """Recorded lists (tombstone markers left out) whose boundary is at most ``score``."""
+        rows = self._filter(self.lists, f"kth_score <= {float(score)!r}", ["kth_score", "payload"])
+        return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
+
+    def read_list_heads(self, ids: Sequence[str]) -> dict[str, ListHead]:
+        fields = _HEAD_FIELDS if self.lists_stamped else ["neighbor_ids", "kth_score"]
+        return {r["product_id"]: _head(r) for r in self._query(self.lists, ids, fields)}
+
+    def read_boundaries(self, ids: Sequence[str]) -> dict[str, float]:
+        """Boundary of each recorded list among ``ids`` (tombstone markers left out)."""
+        rows = self._query(self.lists, ids, ["kth_score", "payload"])
+        return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
+
+    def upsert_lists(self, lists: Sequence[StoredList], written_at: int) -> list[ListHead]:
+        """A list with an empty payload is a tombstone marker: "a tombstone was published".
+        Returns the heads as recorded."""
+        rows: list[dict[str, Any]] = [
+            {"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbour_ids,
+             "kth_score": stored_boundary(x.boundary, tombstone=not x.payload), "payload": x.payload.decode()}
+            for x in lists]
+        if self.lists_stamped:
+            for row, x in zip(rows, lists):
+                row["updated_at"] = written_at
+                row["as_of"] = x.as_of
+        for start in range(0, len(rows), 256):
+            self._call(self.client.upsert, self.lists, rows[start:start + 256])
+        self._wrote(len(rows))
+        return [ListHead(r["product_id"], tuple(r["neighbor_ids"]), r["kth_score"], written_at, x.as_of)
+                for r, x in zip(rows, lists)]
+
+    def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[ListHead]]:
+        """Every recorded list without its payload, in pages."""
+        for page in self._pages(self.lists, _HEAD_FIELDS, batch_size):
+            yield [_head(r) for r in page]
+
+    def list_heads_since(self, since_ms: int) -> list[ListHead]:
+        """Lists recorded at or after ``since_ms``, without payloads."""
+        return [_head(r) for r in self._filter(self.lists, f"updated_at >= {int(since_ms)}", _HEAD_FIELDS)]
+
+    def all_list_ids(self) -> set[str]:
+        return {r["product_id"] for page in self._pages(self.lists, ["product_id"], 2000) for r in page}
+
+    # --- tombstones -----------------------------------------------------------------------
+    def read_tombstones(self, ids: Sequence[str]) -> dict[str, int]:
+        return {r["product_id"]: int(r["version"]) for r in self._query(self.tombstones, ids, ["version"])}
+
+    def deleted_since(self, since_ms: int) -> set[str]:
+        return {r["product_id"] for r in self._filter(self.tombstones, f"deleted_at >= {int(since_ms)}", ["product_id"])}
+
+    def upsert_tombstones(self, versions: dict[str, int], deleted_at: int) -> None:
+        rows = [{"product_id": pid, "dummy": [0.0, 0.0], "version": v, "deleted_at": deleted_at}
+                for pid, v in versions.items()]
+        if rows:
+            self._call(self.client.upsert, self.tombstones, rows)
+            self._wrote(len(rows))
+
+    def delete_tombstones(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._call(self.client.delete, self.tombstones, ids=list(ids))
+
+    def purge_tombstones(self, older_than_ms: int) -> None:
+        """Forget delete markers past their retention (docs/exactness.md explains the trade-off)."""
+        self._call(self.client.delete, self.tombstones, filter=f"deleted_at < {int(older_than_ms)}")
+
+    def drop(self) -> None:
+        """Drop the three collections (tests and benchmarks on a shared server)."""
+        for name in (self.products, self.lists, self.tombstones):
+            self._call(self.client.drop_collection, name)
+
+    def close(self) -> None:
+        """Close the client; for a milvus-lite file also stop this process's in-process server for
+        it, so that another process (a worker) can open the file."""
+        self.client.close()
+        if self.exclusive:
+            from milvus_lite.server_manager import server_manager_instance
+
+            try:
+                server_manager_instance.release_server(self.uri)
+            except Exception as exc:  # the file stays locked until this process exits; say so
+                log.warning("could not release the milvus-lite file", uri=self.uri, error=str(exc))

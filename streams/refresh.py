@@ -1,0 +1,150 @@
+"""The refresh steps as plain sync functions: plan (merge or search), record, recheck.
+
+The refresh agent (streams/app.py) calls them top to bottom in the worker thread and publishes in
+between: plan -> publish -> record -> recheck. ``simstream reconcile`` runs the same plan with
+every list searched.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.index.neighbours import BuiltList, ListBuilder, stale_lists
+from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
+from simstream.index.store import VectorStore
+from simstream.logs import get_logger
+from simstream.records import NeighbourList
+
+log = get_logger(__name__)
+
+MAX_RECHECKS = 3
+
+
+@dataclass
+class RefreshPlan:
+    """Lists to publish (None = tombstone) and what to record once they are durable."""
+
+    publish: dict[str, NeighbourList | None] = field(default_factory=dict)
+    record: list[StoredList] = field(default_factory=list)
+    unchanged: int = 0
+    merged: int = 0  # lists updated from their recorded deep list, without a search
+    searched: int = 0
+    # For the re-check after recording: every list built, its owner's vector, when searching began.
+    built: dict[str, NeighbourList] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    started: int = 0
+
+
+class Refresher:
+    """Step 6: recompute lists for affected ids, diff against what was last published."""
+
+    def __init__(self, store: VectorStore, builder: ListBuilder, *, max_merge_changes: int = 20_000) -> None:
+        self.store = store
+        self.builder = builder
+        self.max_merge_changes = max_merge_changes
+
+    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None], *, search_all: bool = False) -> RefreshPlan:
+        """``search_all``: never merge, search every list (``simstream reconcile``: from scratch)."""
+        plan = RefreshPlan(started=now_ms())
+        pending = set(ids)
+        lists: dict[str, BuiltList] = {}
+        heads: dict[str, ListHead] = {}
+        for attempt in range(MAX_RECHECKS + 1):
+            started = now_ms()
+            products = self.store.get_products(sorted(pending))
+            heads.update(self.store.list_heads(sorted(pending)))
+            fresh = self._compute(products, {} if search_all else heads, event_times, started, plan)
+            for pid in pending - products.keys():
+                lists.pop(pid, None)
+                plan.publish[pid] = None
+                plan.built.pop(pid, None)
+                plan.vectors.pop(pid, None)
+            for pid, built in fresh.items():
+                lists[pid] = built
+                plan.publish[pid] = built.published
+                plan.built[pid] = built.published
+                plan.vectors[pid] = products[pid].vector
+            # Writers elsewhere may have changed products while we searched: re-check those lists.
+            pending = self._stale_since(started, {p: b.published for p, b in fresh.items()},
+                                        {p: s.vector for p, s in products.items()})
+            if not pending:
+                break
+            log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
+        previous = self.store.get_lists(list(plan.publish))
+        for pid, maybe_list in list(plan.publish.items()):
+            old = previous.get(pid)
+            if maybe_list is None:
+                if old is not None and not old.payload:
+                    del plan.publish[pid]  # its tombstone is already published and recorded
+                else:
+                    # Tombstone even when nothing is recorded: a list may have been published by a
+                    # refresh that crashed before recording it. Recorded as a marker (empty payload).
+                    plan.record.append(StoredList(pid, [], float("inf"), b""))
+                continue
+            built = lists[pid]
+            if old is not None and old.payload and maybe_list.same_content(NeighbourList.from_json(old.payload)):
+                del plan.publish[pid]
+                plan.unchanged += 1
+                head = heads.get(pid)
+                if head is not None and list(head.neighbour_ids) == built.deep and \
+                        stored_boundary(built.boundary) == head.boundary:
+                    continue  # nothing new to record either
+            # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
+            plan.record.append(self.builder.stored_form(built))
+        return plan
+
+    def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
+                 event_times: Mapping[str, int | None], started: int, plan: RefreshPlan) -> dict[str, BuiltList]:
+        """Merge where the recorded deep list allows it (owner unchanged since), search for the rest."""
+        out: dict[str, BuiltList] = {}
+        mergeable = {pid: h for pid, h in heads.items()
+                     if pid in products and h.as_of and not h.is_tombstone
+                     and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS} if self.store.side is not None else {}
+        if mergeable:
+            changed = self.store.changed_since(min(h.as_of for h in mergeable.values()) - RACE_LOOKBACK_MS)
+            if len(changed) <= self.max_merge_changes:
+                by_time = sorted(changed.values(), key=lambda p: p.updated_at)
+                stamps = [p.updated_at for p in by_time]
+                changed_ids = [p.product_id for p in by_time]
+                changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, 0), np.float32)
+                members = self.store.snapshot_vectors({m for h in mergeable.values() for m in h.neighbour_ids})
+                for pid, head in mergeable.items():
+                    since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
+                    built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
+                                               event_times.get(pid), started)
+                    if built is not None:
+                        out[pid] = built
+        plan.merged += len(out)
+        rest = {pid: p for pid, p in products.items() if pid not in out}
+        plan.searched += len(rest)
+        out.update(self.builder.build(rest, event_times, as_of=started))
+        return out
+
+    def record(self, plan: RefreshPlan) -> None:
+        """Record the published lists (the reverse index); call only after they are durable."""
+        self.store.upsert_lists(plan.record)
+
+    def recheck(self, plan: RefreshPlan) -> set[str]:
+        """After ``record``: lists of this plan that a concurrent write may have made stale.
+
+        An ingest that wrote a product after this plan's searches began and read the lists
+        collection before ``record`` saw the previous lists, so it may not have asked for these.
+        Every such write is visible here (it happened before this query, or else its reads came
+        after the record and saw the new lists). The caller sends the returned ids back to the
+        refresh topic, so they are recomputed by their owner."""
+        if not plan.built:
+            return set()
+        return self._stale_since(plan.started, plan.built, plan.vectors)
+
+    def _stale_since(self, started_ms: int, lists: Mapping[str, NeighbourList],
+                     vectors: Mapping[str, np.ndarray]) -> set[str]:
+        """Lists that products written or deleted since ``started_ms`` (less the skew allowance)
+        may have made stale."""
+        since = started_ms - RACE_LOOKBACK_MS
+        return stale_lists(lists, vectors, self.store.changed_since(since), self.store.deleted_since(since),
+                           k=self.builder.k)

@@ -1,0 +1,148 @@
+"""The package layout holds: one import name, layers that only point down, no import cycles,
+pymilvus only in ``simstream.index``, Kafka and Faust only in ``simstream.streams``."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BOTTOM = "bottom"  # the modules directly in simstream (core/): settings, errors, logs, records, clock
+# Which layers each layer may import (besides itself and the bottom layer).
+MAY_IMPORT = {
+    BOTTOM: set(),
+    "encoders": set(),
+    "index": set(),
+    "streams": {"encoders", "index"},
+    "quality": {"encoders", "index", "streams"},
+    "harness": {"encoders", "index", "streams"},
+    "entry": {"encoders", "index", "streams", "quality", "harness"},  # simstream.cli, simstream.__main__
+}
+ENTRY_POINTS = {"simstream.cli", "simstream.__main__"}
+MILVUS = ("pymilvus", "milvus_lite")
+KAFKA = ("faust", "aiokafka", "confluent_kafka", "mode")
+
+
+def package_dirs() -> dict[str, Path]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {name: REPO / folder for name, folder in config["package-dir"].items()}
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by its dotted name, from the folders pyproject maps."""
+    out: dict[str, Path] = {}
+    for package, folder in package_dirs().items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            if package == "simstream" and len(rel.parts) > 1:
+                continue  # only the bottom modules live directly in core/
+            parts = [p for p in rel.parts if p != "__init__"]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def layer(module: str) -> str:
+    if module in ENTRY_POINTS:
+        return "entry"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in MAY_IMPORT) else BOTTOM
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth of the file (lazy imports count too)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def own(name: str, known: set[str]) -> str | None:
+    """The module of ours that an imported name refers to (a module, or a name in one)."""
+    while name:
+        if name in known:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def test_every_module_imports_only_its_layer_and_those_below() -> None:
+    mods = modules()
+    assert {"simstream.settings", "simstream.streams.app", "simstream.index.store"} <= set(mods)
+    wrong = []
+    for name, path in mods.items():
+        mine = layer(name)
+        for target in {own(i, set(mods)) for i in imports(path)} - {None}:
+            theirs = layer(target)  # type: ignore[arg-type]
+            if theirs not in {mine, BOTTOM} | MAY_IMPORT[mine] or (mine == BOTTOM and target not in mods):
+                wrong.append(f"{name} ({mine}) imports {target} ({theirs})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles() -> None:
+    mods = modules()
+    graph = {name: {t for i in imports(path) if (t := own(i, set(mods))) and t != name and not
+                    name.startswith(t + ".")} for name, path in mods.items()}
+    # Tarjan-free check: a cycle exists iff some module reaches itself.
+    cycles = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node == start:
+                cycles.append(start)
+                break
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+    assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
+
+
+@pytest.mark.parametrize("libraries, allowed", [(MILVUS, "simstream.index"), (KAFKA, "simstream.streams")])
+def test_third_party_clients_stay_in_their_layer(libraries: tuple[str, ...], allowed: str) -> None:
+    offenders = sorted(f"{name} imports {lib}" for name, path in modules().items() if not name.startswith(allowed)
+                       for i in imports(path) for lib in libraries if i == lib or i.startswith(lib + "."))
+    # bench/ and the quality tools go through simstream.index as well
+    offenders += sorted(f"bench/{p.name} imports {lib}" for p in (REPO / "bench").glob("*.py") for i in imports(p)
+                        for lib in MILVUS if libraries == MILVUS and (i == lib or i.startswith(lib + ".")))
+    assert not offenders, "\n".join(offenders)
+
+
+def test_a_detector_mistake_is_caught() -> None:
+    """The checks above find what they look for: an upward import in a sample file."""
+    sample = REPO / "build" / "layout-probe.py"
+    sample.parent.mkdir(exist_ok=True)
+    sample.write_text("from simstream.streams.app import Worker\nimport pymilvus\n")
+    try:
+        got = imports(sample)
+        assert own("simstream.streams.app.Worker", set(modules())) == "simstream.streams.app"
+        assert "pymilvus" in got and layer("simstream.index.side") == "index" and layer("simstream.clock") == BOTTOM
+        assert "streams" not in MAY_IMPORT["index"] | MAY_IMPORT["encoders"] | MAY_IMPORT[BOTTOM]
+    finally:
+        sample.unlink()
+
+
+def test_the_wheel_installs_one_top_level_name(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(REPO)], check=True, timeout=600)
+    (wheel,) = tmp_path.glob("simstream-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        assert zf.read(top_level).decode().split() == ["simstream"]
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    roots = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert roots == {"simstream"}
+    assert "simstream = simstream.cli:main" in entry_points
+    for needed in ("simstream/streams/app.py", "simstream/streams/schemas/product_event.schema.json",
+                   "simstream/harness/sample/catalog.jsonl", "simstream/py.typed"):
+        assert needed in names
