@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--kills", type=int, default=0)
+    ap.add_argument("--fault", action="append", default=[], metavar="KIND:SECONDS",
+                    help="inject a fault between publish chunks: milvus-pause:30, milvus-crash:30, broker-pause:30 "
+                         "(repeatable; Milvus faults run against a milvus-lite server)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--partitions", type=int, default=4)
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
-    report = run_exactness(Options(products=a.products, events=a.events, workers=a.workers, kills=a.kills,
+    faults = [(kind, float(sec)) for kind, _, sec in (f.partition(":") for f in a.fault)]
+    report = run_exactness(Options(products=a.products, events=a.events, workers=a.workers, kills=a.kills, faults=faults,
                                    seed=a.seed, top_k=a.top_k, partitions=a.partitions,
                                    candidate_pool=a.candidate_pool, quiet_s=a.quiet, timeout_s=a.timeout,
                                    reencode_check=not a.no_reencode, keep=a.keep))
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({k: report[k] for k in
-                                      ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills")},
+                                      ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills",
+                                       "faults")},
                                      indent=2) + "\n")
     ok = report["equal"] == report["products"] and report["lost"] == 0 and report["resurrected"] == 0
     return 0 if ok else 1

@@ -3,7 +3,12 @@
 SimstreamError
  ├─ BadEvent          -> dead-letter with the reason, never retried
  ├─ EncodeError       -> dead-letter (names the field that failed), never retried
- └─ IndexUnavailable  -> retry the batch with backoff, then crash so nothing is committed
+ ├─ IndexRejected     -> Milvus refuses the data itself: dead-letter the record that fails alone
+ ├─ IndexUnavailable  -> Milvus did not answer in time: retry; an outage is waited out
+ └─ KafkaUnavailable  -> a send was not acknowledged in time: retry; an outage is waited out
+
+Anything else raised while a batch is applied is treated like IndexRejected: the batch is narrowed
+down and the record that fails alone is dead-lettered (streams/isolation.py).
 """
 
 from __future__ import annotations
@@ -26,4 +31,13 @@ class EncodeError(SimstreamError):
 
 
 class IndexUnavailable(SimstreamError):
-    """Milvus could not be reached or refused a write; retriable."""
+    """Milvus could not be reached or did not answer within its deadline; retriable."""
+
+
+class IndexRejected(SimstreamError):
+    """Milvus refused the data itself (a value its schema cannot hold); retrying cannot help."""
+
+
+class KafkaUnavailable(SimstreamError):
+    """A send to Kafka did not complete within its deadline (broker down, paused or unreachable);
+    retried until the broker answers, never dead-lettered."""

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     milvus_token: SecretStr | None = None
     collection: str = "simstream"  # prefix of the three collections
     flush_every_rows: int = Field(20_000, ge=0)  # milvus-lite: flush after this many writes
+    milvus_timeout_s: float = Field(10.0, gt=0)  # deadline of every Milvus call (a hung server is an outage)
 
     # --- Stream ----------------------------------------------------------------------------
     batch_size: int = Field(64, ge=1)
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
     side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)
     max_retries: int = Field(5, ge=0)  # transient Milvus failures retried (with backoff) per index step
+    # A batch whose steps keep failing with transient errors while Milvus and Kafka answer is not an
+    # outage but a record's fault: after this long it is bisected and the failing record dead-lettered.
+    poison_after_s: float = Field(60.0, gt=0)
+    kafka_timeout_s: float = Field(30.0, gt=0)  # deadline for a batch's sends (DLQ, refresh, neighbours)
+    max_message_bytes: int = Field(1_000_000, ge=10_000)  # producer request cap; bigger dead letters omit the value
+    refresh_request_max_bytes: int = Field(256_000, ge=1_000)  # refresh requests are split to stay under this
 
     # --- Encoders --------------------------------------------------------------------------
     text_model: str | None = None  # HF id or local path; None -> bundled all-MiniLM-L6-v2

@@ -40,6 +40,18 @@ def wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
+def pause(proc: subprocess.Popen[bytes] | None, seconds: float) -> None:
+    """Freeze a process we started (SIGSTOP) for ``seconds``, then let it go on (SIGCONT): a hang,
+    as a stuck server or a long GC pause looks to its clients."""
+    if proc is None or proc.poll() is not None:
+        raise RuntimeError("nothing to pause: the process is not running")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -81,6 +93,10 @@ class EmbeddedBroker:
         if self.proc is not None:
             _stop(self.proc)
             self.proc = None
+
+    def pause(self, seconds: float) -> None:
+        """Freeze the broker for ``seconds`` (it is memory-only: a crash would lose the topics)."""
+        pause(self.proc, seconds)
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
@@ -188,3 +204,15 @@ class MilvusServer:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+    def pause(self, seconds: float) -> None:
+        """Freeze the server for ``seconds``: calls hang until their deadlines."""
+        pause(self.proc, seconds)
+
+    def crash(self, down_s: float, timeout_s: float = 60.0) -> None:
+        """SIGKILL the server, stay down ``down_s``, start it again on the same port and data."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+        time.sleep(down_s)
+        self.start(timeout_s)

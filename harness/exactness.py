@@ -23,7 +23,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,6 +129,9 @@ class Options:
     events: int = 5000
     workers: int = 1
     kills: int = 0
+    # Faults injected between publish chunks, after the kills: ("milvus-pause" | "milvus-crash" |
+    # "broker-pause", seconds). Milvus faults run the workers against a `milvus-lite server`.
+    faults: list[tuple[str, float]] = field(default_factory=list)
     seed: int = 7
     top_k: int = 10
     partitions: int = 4
@@ -159,7 +162,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     rng = random.Random(opts.seed + 1)
     try:
         with EmbeddedBroker() as broker:
-            if opts.workers > 1:
+            if opts.workers > 1 or any(kind.startswith("milvus") for kind, _ in opts.faults):
                 server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
                 milvus_uri = server.uri
             else:
@@ -186,9 +189,10 @@ def run_exactness(opts: Options) -> dict[str, Any]:
 
             settings = Settings(kafka=broker.url, topic_partitions=opts.partitions, app_id=app_id)
             reader = NeighbourReader(settings)
-            chunks = opts.kills + 1
+            chunks = opts.kills + len(opts.faults) + 1
             size = -(-len(stream.events) // chunks)
             kills_done = 0
+            faults_done: list[str] = []
             t_pub = time.monotonic()
             for c in range(chunks):
                 with EventProducer(settings) as producer:
@@ -207,6 +211,12 @@ def run_exactness(opts: Options) -> dict[str, Any]:
                         reader.poll(rng.uniform(0.0, 3.0))  # sometimes stay down a moment
                     workers[victim] = WorkerProcess(workers[victim].env, log_path=workers[victim].log_path).start()
                     workers[victim].wait_ready(timeout_s=min(240.0, deadline - time.monotonic()))
+                elif c < opts.kills + len(opts.faults):
+                    kind, seconds = opts.faults[c - opts.kills]
+                    reader.poll(rng.uniform(1.0, 4.0))
+                    say(f"  fault {kind} for {seconds:.0f} s at {time.monotonic() - t_pub:.1f} s")
+                    inject(kind, seconds, broker, server)
+                    faults_done.append(f"{kind}:{seconds:.0f}")
             say(f"published {len(stream.events)} events in {time.monotonic() - t_pub:.1f} s; waiting until quiet")
 
             # Quiet = no neighbour message and no worker counter change for quiet_s seconds.
@@ -247,7 +257,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     report: dict[str, Any] = {
         "products": result.products, "equal": result.equal, "equal_share": result.equal_share,
         "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": opts.workers,
-        "kills": kills_done,
+        "kills": kills_done, "faults": faults_done,
         "details": {
             "events": len(stream.events), "event_kinds": stream.kinds, "live": result.live,
             "deleted": len(stream.deleted), "unequal": len(result.unequal),
@@ -265,6 +275,18 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     if not opts.keep and result.equal == result.products and opts.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return report
+
+
+def inject(kind: str, seconds: float, broker: EmbeddedBroker, server: MilvusServer | None) -> None:
+    """One fault, by name: freeze the broker or the Milvus server, or crash and restart the latter."""
+    if kind == "broker-pause":
+        broker.pause(seconds)
+    elif kind == "milvus-pause" and server is not None:
+        server.pause(seconds)
+    elif kind == "milvus-crash" and server is not None:
+        server.crash(seconds)
+    else:
+        raise ValueError(f"unknown fault {kind!r} (or no Milvus server to inject it into)")
 
 
 def read_catalog(milvus_uri: str, opts: Options) -> dict[str, tuple[int, np.ndarray]]:
@@ -307,4 +329,4 @@ def explain(pid: str, topic: dict[str, NeighbourList | None], stored: dict[str, 
 def summary_line(report: dict[str, Any]) -> str:
     return (f"equal: {report['equal']}/{report['products']} = {report['equal_share']:.4%}   "
             f"lost: {report['lost']}   resurrected: {report['resurrected']}   "
-            f"(workers {report['workers']}, kills {report['kills']})")
+            f"(workers {report['workers']}, kills {report['kills']}, faults {report.get('faults') or 'none'})")

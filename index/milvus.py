@@ -25,8 +25,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import orjson
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.exceptions import (
+    DataNotMatchException, DataTypeNotMatchException, FieldsTypeException, FieldTypeException, ParamError,
+    PrimaryKeyException,
+)
 
-from simstream.errors import IndexUnavailable
+from simstream.errors import IndexRejected, IndexUnavailable
 from simstream.index.rows import (
     MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_LIST_DEPTH, MAX_MODEL_BYTES, MAX_PAYLOAD_BYTES,
     ListHead, StoredList, StoredProduct, stored_boundary,
@@ -37,6 +41,10 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 _CONSISTENCY = {"consistency_level": "Strong"}
+# Client-side checks of the data, and the server's "parameter invalid" family: never retried.
+_REJECTIONS = (ParamError, DataTypeNotMatchException, DataNotMatchException, PrimaryKeyException,
+               FieldsTypeException, FieldTypeException)
+_REJECTED_CODES = {1100, 1101}
 _PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
 _HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 
@@ -65,11 +73,12 @@ class MilvusStore:
     """One client, plain rows in and out, like ``MilvusClient`` itself."""
 
     def __init__(self, client: MilvusClient, uri: str, prefix: str, dim: int | None, *, flush_every_rows: int = 20_000,
-                 index_type: str = "FLAT", exclusive: bool = False) -> None:
+                 index_type: str = "FLAT", exclusive: bool = False, timeout_s: float = 10.0) -> None:
         """``dim`` None: open collections that must exist already, at whatever dimension they have
         (readers such as the exactness proof)."""
         self.client = client
         self.uri = uri
+        self.timeout_s = timeout_s
         self.dim = dim or 0
         self._dim_given = dim is not None
         self.products = f"{prefix}_products"
@@ -91,8 +100,8 @@ class MilvusStore:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             kwargs.setdefault("exclusive", True)
         try:
-            client = MilvusClient(uri=uri, token=token or "")
-        except MilvusException as exc:
+            client = MilvusClient(uri=uri, token=token or "", timeout=kwargs.get("timeout_s", 10.0))
+        except (MilvusException, ConnectionError, TimeoutError, OSError) as exc:
             raise IndexUnavailable(f"cannot open Milvus at {uri}: {exc}") from exc
         return cls(client, uri, prefix, dim, **kwargs)
 
@@ -164,10 +173,17 @@ class MilvusStore:
 
     # --- calls ----------------------------------------------------------------------------
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Every Milvus failure becomes IndexUnavailable, which the stream retries, then crashes on."""
+        """Every client call has a deadline. A refusal of the data itself becomes IndexRejected
+        (the stream dead-letters the record); every other failure IndexUnavailable (retried)."""
+        if getattr(fn, "__self__", None) is self.client:
+            kwargs.setdefault("timeout", self.timeout_s)
         try:
             return fn(*args, **kwargs)
+        except _REJECTIONS as exc:
+            raise IndexRejected(f"milvus refused the data: {exc}") from exc
         except MilvusException as exc:
+            if getattr(exc, "code", None) in _REJECTED_CODES:
+                raise IndexRejected(f"milvus refused the data: {exc}") from exc
             raise IndexUnavailable(f"milvus: {exc}") from exc
         except (ConnectionError, TimeoutError, OSError) as exc:
             raise IndexUnavailable(f"milvus unreachable: {exc}") from exc

@@ -30,8 +30,10 @@ FRESHNESS = Histogram("simstream_freshness_seconds", "event_time -> neighbour li
 WATERMARK = Gauge("simstream_freshness_watermark_seconds",
                   "Age of the newest event_time fully processed, per input partition.", ["partition"],
                   registry=REGISTRY)
-RETRIES = Counter("simstream_retries", "Index steps retried after a transient Milvus failure.", ["step"],
-                  registry=REGISTRY)
+RETRIES = Counter("simstream_retries", "Retries after a transient failure, by index step or by error while a "
+                  "batch waits out an outage.", ["step"], registry=REGISTRY)
+POISON = Counter("simstream_poison_records", "Records that failed alone after a batch was narrowed down, and were "
+                 "dead-lettered, by agent.", ["agent"], registry=REGISTRY)
 
 
 def observe_index_step(op: str, started: float) -> None:

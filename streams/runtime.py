@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import time
+
 from simstream.encoders.fusion import ProductEncoder
+from simstream.errors import IndexUnavailable
 from simstream.index.neighbours import ListBuilder
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
@@ -14,15 +18,28 @@ from simstream.streams.refresh import Refresher
 log = get_logger(__name__)
 
 
-def open_store(settings: Settings, dim: int) -> VectorStore:
+def open_store(settings: Settings, dim: int, *, wait: bool = False) -> VectorStore:
+    """Connect to Milvus; with ``wait``, a Milvus that is down or starting is waited for (jittered
+    backoff, a log line per attempt) instead of the worker crash-looping."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
-                               flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index)
+    delay = 1.0
+    while True:
+        try:
+            return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
+                                       flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
+                                       timeout_s=settings.milvus_timeout_s)
+        except IndexUnavailable as exc:
+            if not wait:
+                raise
+            log.warning("Milvus is not answering; waiting for it", error=str(exc)[:300], retry_in_s=round(delay, 1))
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 30.0)
 
 
-def build_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tuple[Ingest, Refresher]:
+def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
+                wait_for_milvus: bool = False) -> tuple[Ingest, Refresher]:
     encoder = encoder or ProductEncoder(settings)
-    store = open_store(settings, encoder.dim)
+    store = open_store(settings, encoder.dim, wait=wait_for_milvus)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
     return Ingest(store, encoder, candidate_pool=settings.candidate_pool), Refresher(store, builder)
@@ -40,7 +57,7 @@ def single_threaded_numpy() -> None:
 
 def build_worker(settings: Settings) -> Worker:
     single_threaded_numpy()
-    ingest, refresher = build_steps(settings)
+    ingest, refresher = build_steps(settings, wait_for_milvus=True)
     encoder = ingest.encoder
     encoder.warm_up()
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
