@@ -1,11 +1,16 @@
 """Errors simstream tells apart, because each one is handled differently.
 
 SimstreamError
- ├─ BadEvent          -> dead-letter with the reason, never retried
- ├─ EncodeError       -> dead-letter (names the field that failed), never retried
- ├─ IndexRejected     -> Milvus refuses the data itself: dead-letter the record that fails alone
- ├─ IndexUnavailable  -> Milvus did not answer in time: retry; an outage is waited out
- └─ KafkaUnavailable  -> a send was not acknowledged in time: retry; an outage is waited out
+ ├─ BadEvent              -> dead-letter with the reason, never retried
+ ├─ EncodeError           -> dead-letter (names the field that failed), never retried
+ ├─ IndexRejected         -> Milvus refuses the data itself (wrong dimension, value over a VARCHAR
+ │                           limit, invalid expression, schema mismatch): dead-letter the record
+ │                           that fails alone, never retried
+ ├─ IndexUnavailable      -> Milvus did not answer in time (connect failure, DEADLINE_EXCEEDED,
+ │                           UNAVAILABLE, server busy or rate-limited): retry; an outage is waited out
+ ├─ KafkaUnavailable      -> a send was not acknowledged in time: retry; an outage is waited out
+ └─ MemoryBudgetExceeded  -> the in-memory copies of the index would not fit the process's memory
+                             limit: refuse to start (names the numbers and the settings to change)
 
 Anything else raised while a batch is applied is treated like IndexRejected: the batch is narrowed
 down and the record that fails alone is dead-lettered (streams/isolation.py).
@@ -25,9 +30,10 @@ class BadEvent(SimstreamError):
 class EncodeError(SimstreamError):
     """One product could not be encoded (e.g. an undecodable image)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, transient: bool = False) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.transient = transient  # True: a retriable cause (timeout, 503, reset) outlasted the retries
 
 
 class IndexUnavailable(SimstreamError):
@@ -41,3 +47,8 @@ class IndexRejected(SimstreamError):
 class KafkaUnavailable(SimstreamError):
     """A send to Kafka did not complete within its deadline (broker down, paused or unreachable);
     retried until the broker answers, never dead-lettered."""
+
+
+class MemoryBudgetExceeded(SimstreamError):
+    """The in-memory copies of the index would not fit within the process's memory limit; raised
+    before building them, so the pod fails with a reason instead of being OOM-killed mid-build."""

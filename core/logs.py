@@ -1,11 +1,56 @@
-"""structlog set-up: JSON lines in production, readable colours in a terminal."""
+"""structlog set-up: JSON lines in production, readable colours in a terminal, secrets masked.
+
+Log lines leave the pod (log shippers, support tickets), so credentials never reach them: a URL's
+password (``scheme://user:password@host`` -> ``scheme://user:***@host``) and the query string of
+an http(s) URL (signed image URLs carry their signature there -> ``?***``) are masked in every
+string of every record, ours and the libraries' (faust, aiokafka, pymilvus), exception text included.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Any
 
 import structlog
+
+# The same userinfo rule as settings.safe_dump (the bottom layer's modules do not import each other).
+_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:;]*):[^\s/?#;]*@")
+_HTTP_QUERY = re.compile(r"(?P<url>https?://[^\s?#\"'<>]*)\?[^\s#\"'<>]+", re.IGNORECASE)
+_PLAIN = (int, float, bool, type(None))
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with URL passwords and http(s) query strings masked."""
+    if "://" not in text:
+        return text
+    return _HTTP_QUERY.sub(r"\g<url>?***", _URL_PASSWORD.sub(r"\g<user>:***@", text))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_mask(v) for v in value]
+    # Anything else is rendered with repr (JSON) or str (console): mask that, keep the object when
+    # there is nothing to hide (exc_info tuples are rendered later by format_exc_info, masked then).
+    shown = repr(value)
+    masked = mask_secrets(shown)
+    return value if masked == shown else masked
+
+
+def mask_event(logger: Any, method: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """structlog processor: mask secrets in every value of the event (``_record`` and ``exc_info``
+    are left for the formatter; their text is masked once rendered)."""
+    for key, value in event_dict.items():
+        if key not in ("_record", "_from_structlog", "exc_info"):
+            event_dict[key] = _mask(value)
+    return event_dict
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
@@ -15,6 +60,7 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
     shared: list[structlog.typing.Processor] = [
+        mask_event,  # first: no later processor (or sink added later) sees a secret
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -31,6 +77,7 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            mask_event,  # again: exception text exists only from here, and context vars merged after the first pass
             renderer,
         ],
     )

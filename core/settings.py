@@ -7,6 +7,7 @@ environment on to the worker subprocesses it starts (harness/embedded.py).
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,10 @@ def list_payload_bytes(k: int) -> int:
 
 
 MAX_TOP_K = (LIST_PAYLOAD_BYTES - list_payload_bytes(0)) // (list_payload_bytes(1) - list_payload_bytes(0))  # 33
+
+
+# The password of a URL's userinfo (logs.py masks the same, and http(s) query strings, in log lines).
+_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:;]*):[^\s/?#;]*@")
 
 
 class Settings(BaseSettings):
@@ -114,6 +119,10 @@ class Settings(BaseSettings):
     image_root: Path | None = None  # file:// images must resolve under this directory
     image_fetch_timeout_s: float = Field(5.0, gt=0)
     image_max_bytes: int = Field(10_000_000, gt=0)
+    image_max_pixels: int = Field(16_000_000, gt=0)  # read from the header, refused before decoding
+    # http(s) images may come from private, loopback and link-local addresses (on-prem image
+    # servers, tests). False: only public addresses, so a catalog feed cannot reach internal services.
+    image_allow_private_networks: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
@@ -126,6 +135,9 @@ class Settings(BaseSettings):
     web_port: int = 6066
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit
+    # (v2 memory.max, else v1 memory.limit_in_bytes), else physical memory.
+    memory_limit_bytes: int | None = Field(None, gt=0)
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -169,11 +181,15 @@ class Settings(BaseSettings):
         return max(self.top_k, self.list_depth or self.top_k + 5)
 
     def safe_dump(self) -> dict[str, Any]:
-        """Effective settings for the start-up log line, secrets masked."""
+        """Effective settings for the start-up log line, secrets masked: the secret fields, and
+        passwords inside the URLs (``scheme://user:password@host``, ``;``-separated lists too)."""
         out = self.model_dump(mode="json")
         for key in ("kafka_sasl_password", "milvus_token"):
             if out.get(key):
                 out[key] = "**********"
+        for key in ("kafka", "milvus_uri"):
+            if isinstance(out.get(key), str):
+                out[key] = _URL_PASSWORD.sub(r"\g<user>:***@", out[key])
         return out
 
 

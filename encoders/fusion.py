@@ -112,9 +112,11 @@ class ProductEncoder:
         self.text = make_text_encoder(text_model, device=settings.device,
                                       max_tokens=settings.text_max_tokens, threads=settings.torch_threads)
         self.brand_in_text = bool(self.text.reads_brand)
-        self.image = ImageEncoder(device=settings.device) if self.weights["image"] > 0 else None
+        self.image = (ImageEncoder(device=settings.device, max_pixels=settings.image_max_pixels)
+                      if self.weights["image"] > 0 else None)
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
-                                  max_bytes=settings.image_max_bytes)
+                                  max_bytes=settings.image_max_bytes,
+                                  allow_private_networks=settings.image_allow_private_networks)
         self.title_lexical = TitleLexicalEncoder()
         self.mpn = MpnEncoder(from_title=bool(self.options.get("mpn_from_title", False)))
         self.brand = BrandEncoder()
@@ -146,7 +148,7 @@ class ProductEncoder:
         """Run one tiny batch so the first real batch does not pay for lazy initialisation."""
         self.text.encode(["warm up"])
         if self.image is not None:
-            self.image.encode_tensors([torch.zeros(3, 224, 224)])
+            self.image.warm_up()
 
     def encode(self, products: Sequence[ProductEvent],
                stored: Mapping[str, tuple[np.ndarray, dict[str, str]]] | None = None) -> EncodedBatch:
@@ -201,16 +203,21 @@ class ProductEncoder:
 
     def _encode_images(self, products: list[ProductEvent], positions: list[int],
                        failed: dict[int, EncodeError]) -> np.ndarray:
-        """Fetch and decode on CPU threads (one bad image fails only its product), then encode."""
+        """Fetch, check, decode and preprocess each image on a fetch thread (the only image pool:
+        fetching is I/O bound, decoding follows on the same thread), then encode the good ones.
+        Whatever goes wrong with one image fails only its product, never the batch."""
         assert self.image is not None
-        out = np.zeros((len(products), self.image.dim), dtype=np.float32)
+        image = self.image
+        out = np.zeros((len(products), image.dim), dtype=np.float32)
 
         def load(p: ProductEvent) -> torch.Tensor | None | EncodeError:
             try:
                 data = self.images.fetch(p.image_url, p.image_b64)
-                return None if data is None else self.image.preprocess(data)  # type: ignore[union-attr]
+                return None if data is None else image.preprocess(data)  # header check, decode, shape check
             except EncodeError as exc:
                 return exc
+            except Exception as exc:  # the type only: the message may quote the URL's secrets
+                return EncodeError("image", f"cannot load image ({type(exc).__name__})")
 
         loaded = list(self._fetch_pool.map(load, products))
         ok = [k for k, t in enumerate(loaded) if isinstance(t, torch.Tensor)]

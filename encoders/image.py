@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import io
 from typing import Sequence
 
 import numpy as np
 import timm
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
@@ -16,6 +17,20 @@ from simstream.errors import EncodeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # the formats read; Pillow tries no other parser on hostile bytes
+MAX_SIDE = 20_000
+MAX_ASPECT = 50  # Resize(256) on the short side turns a 1 x 65,535 strip into 256 x 16.7M pixels
+
+
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse, from the header's dimensions, what would take gigabytes to decode or resize."""
+    if width < 1 or height < 1:
+        raise EncodeError("image", f"image is {width} x {height} pixels")
+    if width * height > max_pixels or max(width, height) > MAX_SIDE:
+        raise EncodeError("image", f"image is {width} x {height} pixels, over the cap of {max_pixels} "
+                                   f"pixels or {MAX_SIDE} per side")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise EncodeError("image", f"image is {width} x {height} pixels, an aspect ratio over {MAX_ASPECT}:1")
 
 
 def load_efficientnet_lite0() -> torch.nn.Module:
@@ -37,7 +52,7 @@ def load_efficientnet_lite0() -> torch.nn.Module:
 
 
 class ImageEncoder:
-    """Image embeddings, batch in, batch out; decoding runs on CPU threads, inference on the device.
+    """Image embeddings, batch in, batch out; decoding runs on the caller's thread, inference on the device.
 
     Example:
         >>> enc = ImageEncoder()
@@ -47,35 +62,57 @@ class ImageEncoder:
 
     name = "efficientnet_lite0"
 
-    def __init__(self, *, device: str = "auto", pixel_budget: int = 64 * 224 * 224, decode_threads: int = 2) -> None:
+    def __init__(self, *, device: str = "auto", pixel_budget: int = 64 * 224 * 224, max_pixels: int = 16_000_000) -> None:
         self.device = pick_device(device)
         self.model = load_efficientnet_lite0().to(self.device).eval()
         self.dim: int = int(self.model.num_features)  # type: ignore[arg-type]
         self.pixel_budget = pixel_budget
+        self.max_pixels = max_pixels
         self.transform = v2.Compose([
             v2.Resize(256, antialias=True),  # short side
             v2.CenterCrop(224),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
 
     def preprocess(self, data: bytes) -> torch.Tensor:
-        """Decode (JPEG/PNG/GIF/WEBP) to RGB and preprocess to a [3, 224, 224] tensor."""
+        """Decode (JPEG/PNG/GIF/WEBP) to RGB and preprocess to a [3, 224, 224] tensor.
+
+        The header is read first (Pillow opens lazily) and oversized images are refused before a
+        pixel is decoded. GIFs decode only their first frame: torchvision would decode every frame
+        of an animation. Runs on the caller's thread (the fetch workers); any failure is an EncodeError.
+        """
         try:
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            img = decode_image(raw, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as exc:
-            raise EncodeError("image", f"cannot decode image: {str(exc)[:200]}") from None
-        return self.transform(img)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                check_size(*im.size, self.max_pixels)
+                if im.format == "GIF":
+                    img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                else:
+                    img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            if img.ndim == 4:  # an animation: its first frame
+                img = img[0]
+            out = self.transform(img)
+        except EncodeError:
+            raise
+        except Exception as exc:
+            raise EncodeError("image", f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if tuple(out.shape) != (3, 224, 224):
+            raise EncodeError("image", f"preprocessed image has shape {tuple(out.shape)}, not (3, 224, 224)")
+        return out
+
+    def warm_up(self) -> None:
+        """Decode and encode one tiny image, so the first batch pays no lazy initialisation."""
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "PNG")
+        self.encode_tensors([self.preprocess(buf.getvalue())])
 
     def encode(self, images: bytes | Sequence[bytes], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         """Returns: float32 [n, dim] (or [dim] for one image). Raises EncodeError on a bad image;
         use ``preprocess`` per item first when one bad image must not fail the batch."""
-        single = isinstance(images, (bytes, bytearray))
-        items = [images] if single else list(images)
-        tensors = list(self._pool.map(self.preprocess, items))
-        return self.encode_tensors(tensors, batch_size=batch_size, normalize=normalize)[0 if single else slice(None)]
+        if isinstance(images, (bytes, bytearray)):
+            return self.encode([bytes(images)], batch_size=batch_size, normalize=normalize)[0]
+        tensors = [self.preprocess(x) for x in images]  # no pool of its own: callers decode on their threads
+        return self.encode_tensors(tensors, batch_size=batch_size, normalize=normalize)
 
     def encode_tensors(self, tensors: Sequence[torch.Tensor], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         out = np.zeros((len(tensors), self.dim), dtype=np.float32)

@@ -29,17 +29,31 @@ class ListMirror:
 
     def put(self, heads: Iterable[ListHead]) -> None:
         for head in heads:
-            old = self._heads.get(head.product_id)
-            if old is not None:
-                for nid in old.neighbour_ids:
-                    owners = self._listers.get(nid)
-                    if owners is not None:
-                        owners.discard(head.product_id)
-                        if not owners:
-                            del self._listers[nid]
+            self._forget(head.product_id)
             self._heads[head.product_id] = head
             for nid in head.neighbour_ids:
                 self._listers.setdefault(nid, set()).add(head.product_id)
+
+    def _forget(self, owner: str) -> None:
+        """Drop ``owner``'s head and its entries in the reverse map."""
+        old = self._heads.pop(owner, None)
+        if old is None:
+            return
+        for nid in old.neighbour_ids:
+            owners = self._listers.get(nid)
+            if owners is not None:
+                owners.discard(owner)
+                if not owners:
+                    del self._listers[nid]
+
+    def remove_markers_older_than(self, older_than_ms: int) -> int:
+        """Drop the tombstone markers recorded before ``older_than_ms`` (the ones
+        ``MilvusStore.purge_list_markers`` deletes: same rule, so the copy stays equal); a list
+        recorded again since is a real list or a newer marker and stays. Returns how many went."""
+        old = [pid for pid, h in self._heads.items() if h.is_tombstone and h.updated_at < older_than_ms]
+        for pid in old:
+            self._forget(pid)
+        return len(old)
 
     def not_held(self, heads: Iterable[ListHead]) -> list[ListHead]:
         """The heads among ``heads`` that differ from what the mirror holds."""

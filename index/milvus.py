@@ -13,27 +13,28 @@ Three collections, all keyed by product_id:
 Always ``upsert`` (a real server keeps duplicates on insert); searches and queries use Strong
 consistency so a refresh sees the writes of the same batch. Flush policy: milvus-lite converts
 unflushed rows again on every search, so we flush after ``flush_every_rows`` writes.
+Every call carries the deadline ``timeout_s`` (a hung server is an outage, not a hang); failures
+are sorted into retriable and refused-data errors by ``index/failures.py``.
 The field names (``neighbor_ids``, ``kth_score``) are the stored schema and stay as they are.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+import grpc
 import numpy as np
 import orjson
-from pymilvus import DataType, MilvusClient, MilvusException
-from pymilvus.exceptions import (
-    DataNotMatchException, DataTypeNotMatchException, FieldsTypeException, FieldTypeException, ParamError,
-    PrimaryKeyException,
-)
+from pymilvus import DataType, MilvusClient
 
 from simstream.errors import IndexRejected, IndexUnavailable
+from simstream.index.failures import is_milvus_failure, translate
 from simstream.index.rows import (
     MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_LIST_DEPTH, MAX_MODEL_BYTES, MAX_PAYLOAD_BYTES,
-    ListHead, StoredList, StoredProduct, stored_boundary,
+    TOMBSTONE_BOUNDARY, ListHead, StoredList, StoredProduct, stored_boundary,
 )
 from simstream.logs import get_logger
 
@@ -41,10 +42,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 _CONSISTENCY = {"consistency_level": "Strong"}
-# Client-side checks of the data, and the server's "parameter invalid" family: never retried.
-_REJECTIONS = (ParamError, DataTypeNotMatchException, DataNotMatchException, PrimaryKeyException,
-               FieldsTypeException, FieldTypeException)
-_REJECTED_CODES = {1100, 1101}
+_NOT_LOADED = 101  # "collection ... is in state 'released'; call load()": after a server restart
+DEFAULT_TIMEOUT_S = 10.0  # settings.milvus_timeout_s
 _PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
 _HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 
@@ -73,9 +72,9 @@ class MilvusStore:
     """One client, plain rows in and out, like ``MilvusClient`` itself."""
 
     def __init__(self, client: MilvusClient, uri: str, prefix: str, dim: int | None, *, flush_every_rows: int = 20_000,
-                 index_type: str = "FLAT", exclusive: bool = False, timeout_s: float = 10.0) -> None:
+                 index_type: str = "FLAT", exclusive: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         """``dim`` None: open collections that must exist already, at whatever dimension they have
-        (readers such as the exactness proof)."""
+        (readers such as the exactness proof). ``timeout_s``: the deadline of every call."""
         self.client = client
         self.uri = uri
         self.timeout_s = timeout_s
@@ -91,29 +90,37 @@ class MilvusStore:
         # (milvus-lite server, Milvus) are shared by every worker.
         self.exclusive = exclusive
         self.lists_stamped = False
-        self._call(self._ensure_collections)
+        self._ensure_collections()
 
     @classmethod
-    def connect(cls, uri: str, prefix: str, dim: int | None, *, token: str | None = None, **kwargs: Any) -> "MilvusStore":
+    def connect(cls, uri: str, prefix: str, dim: int | None, *, token: str | None = None,
+                timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> "MilvusStore":
+        """Open ``uri`` (a milvus-lite file path or a server URL); ``timeout_s`` bounds connecting
+        and every later call. A failure to open releases what was opened (a lite file's lock)."""
         if "://" not in uri:
             # milvus-lite file: make sure its directory exists. Only this process can open it.
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             kwargs.setdefault("exclusive", True)
         try:
-            client = MilvusClient(uri=uri, token=token or "", timeout=kwargs.get("timeout_s", 10.0))
-        except (MilvusException, ConnectionError, TimeoutError, OSError) as exc:
+            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+        except Exception as exc:
+            if not is_milvus_failure(exc):
+                raise
             raise IndexUnavailable(f"cannot open Milvus at {uri}: {exc}") from exc
-        return cls(client, uri, prefix, dim, **kwargs)
+        try:
+            return cls(client, uri, prefix, dim, timeout_s=timeout_s, **kwargs)
+        except BaseException:
+            _release(client, uri, exclusive=bool(kwargs.get("exclusive")))
+            raise
 
     # --- schema ---------------------------------------------------------------------------
     def _ensure_collections(self) -> None:
         c = self.client
         if not self._dim_given:
-            if not c.has_collection(self.products):
+            if not self._call(c.has_collection, self.products):
                 raise ValueError(f"collection {self.products} does not exist")
-            fields = {f["name"]: f for f in c.describe_collection(self.products)["fields"]}
-            self.dim = int(fields["vector"]["params"]["dim"])
-        if not c.has_collection(self.products):
+            self.dim = self._vector_dim()
+        if not self._call(c.has_collection, self.products):
             s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
             s.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
@@ -129,13 +136,10 @@ class MilvusStore:
             # FLAT = exact inner product: the exactness promise of the neighbour topic rests on it.
             idx.add_index("vector", index_type=self.index_type, metric_type="IP")
             self._create(self.products, s, idx)
-        else:
-            fields = {f["name"]: f for f in c.describe_collection(self.products)["fields"]}
-            have = int(fields["vector"]["params"]["dim"])
-            if have != self.dim:
-                raise ValueError(f"collection {self.products} has dim {have} but the encoders give {self.dim}; "
-                                 "set SIMSTREAM_COLLECTION to a new name and run `simstream reconcile`")
-        if not c.has_collection(self.lists):
+        elif (have := self._vector_dim()) != self.dim:
+            raise ValueError(f"collection {self.products} has dim {have} but the encoders give {self.dim}; "
+                             "set SIMSTREAM_COLLECTION to a new name and run `simstream reconcile`")
+        if not self._call(c.has_collection, self.lists):
             s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
             s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one vector field
@@ -148,7 +152,7 @@ class MilvusStore:
             idx = c.prepare_index_params()
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
             self._create(self.lists, s, idx)
-        if not c.has_collection(self.tombstones):
+        if not self._call(c.has_collection, self.tombstones):
             s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
             s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
@@ -158,41 +162,52 @@ class MilvusStore:
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
             self._create(self.tombstones, s, idx)
         for name in (self.products, self.lists, self.tombstones):
-            c.load_collection(name)
-        list_fields = {f["name"] for f in c.describe_collection(self.lists)["fields"]}
+            self._call(c.load_collection, name)
+        list_fields = {f["name"] for f in self._call(c.describe_collection, self.lists)["fields"]}
         self.lists_stamped = {"updated_at", "as_of"} <= list_fields
+
+    def _vector_dim(self) -> int:
+        fields = {f["name"]: f for f in self._call(self.client.describe_collection, self.products)["fields"]}
+        return int(fields["vector"]["params"]["dim"])
 
     def _create(self, name: str, schema: Any, index_params: Any) -> None:
         """Create a collection; another worker starting at the same moment may win the race."""
         try:
-            self.client.create_collection(name, schema=schema, index_params=index_params, **_CONSISTENCY)
-        except MilvusException:
-            if not self.client.has_collection(name):
+            self._call(self.client.create_collection, name, schema=schema, index_params=index_params, **_CONSISTENCY)
+        except (IndexUnavailable, IndexRejected):
+            if not self._call(self.client.has_collection, name):
                 raise
             log.info("collection created concurrently by another worker", collection=name)
 
     # --- calls ----------------------------------------------------------------------------
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Every client call has a deadline. A refusal of the data itself becomes IndexRejected
-        (the stream dead-letters the record); every other failure IndexUnavailable (retried)."""
+        """Call a client method with the deadline ``timeout_s`` (pymilvus's own retries of
+        transient errors stop at it too). A refusal of the data itself becomes IndexRejected (the
+        stream dead-letters the record); every other Milvus failure IndexUnavailable (retried)."""
         if getattr(fn, "__self__", None) is self.client:
             kwargs.setdefault("timeout", self.timeout_s)
         try:
-            return fn(*args, **kwargs)
-        except _REJECTIONS as exc:
-            raise IndexRejected(f"milvus refused the data: {exc}") from exc
-        except MilvusException as exc:
-            if getattr(exc, "code", None) in _REJECTED_CODES:
-                raise IndexRejected(f"milvus refused the data: {exc}") from exc
-            raise IndexUnavailable(f"milvus: {exc}") from exc
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise IndexUnavailable(f"milvus unreachable: {exc}") from exc
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if getattr(exc, "code", None) != _NOT_LOADED:
+                    raise
+                # A restarted server comes back with every collection released: load them, once.
+                log.warning("milvus collections were released (server restarted?); loading them again")
+                for name in (self.products, self.lists, self.tombstones):
+                    self.client.load_collection(name, timeout=self.timeout_s)
+                return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_milvus_failure(exc):
+                raise
+            raise translate(exc, _describe(fn, args)) from exc
 
     def ping(self) -> bool:
+        """Whether Milvus answers within the deadline (never raises: readiness and health checks)."""
         try:
             self._call(self.client.has_collection, self.products)
             return True
-        except IndexUnavailable:
+        except Exception:
             return False
 
     def _wrote(self, rows: int) -> None:
@@ -222,13 +237,34 @@ class MilvusStore:
 
     def _pages(self, collection: str, fields: list[str], batch_size: int) -> Iterator[list[dict[str, Any]]]:
         """Every row of a collection, page by page (``query_iterator``, closed however we leave)."""
-        it = self._call(self.client.query_iterator, collection, batch_size=batch_size, filter="",
-                        output_fields=fields)
+        # Opening an iterator makes a describe_collection call without the deadline (pymilvus 3.0's
+        # QueryIterator), which a frozen server holds until gRPC keepalive gives up (~55 s): bound
+        # the whole opening from outside. Its page calls carry the deadline themselves.
+        it = self._call(_within, self.timeout_s, self.client.query_iterator, collection, batch_size=batch_size,
+                        filter="", output_fields=fields, timeout=self.timeout_s)
         try:
-            while page := it.next():
+            while page := self._call(it.next):
                 yield page
         finally:
             it.close()
+
+    def _count(self, collection: str) -> int:
+        rows = self._call(self.client.query, collection, filter="", output_fields=["count(*)"], **_CONSISTENCY)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def count_products(self) -> int:
+        """Rows of the products collection (sizes the side index before it is filled)."""
+        return self._count(self.products)
+
+    def count_lists(self) -> int:
+        """Rows of the lists collection, tombstone markers included."""
+        return self._count(self.lists)
+
+    def sample_list_depth(self, rows: int = 256) -> float:
+        """Mean number of ids in up to ``rows`` recorded lists (0.0 when there are none)."""
+        got = self._call(self.client.query, self.lists, filter="", output_fields=["neighbor_ids"], limit=rows,
+                         **_CONSISTENCY)
+        return sum(len(r["neighbor_ids"]) for r in got) / len(got) if got else 0.0
 
     # --- products -------------------------------------------------------------------------
     def read_products(self, ids: Sequence[str], *, with_vectors: bool = True) -> dict[str, StoredProduct]:
@@ -370,6 +406,18 @@ class MilvusStore:
         """Forget delete markers past their retention (docs/exactness.md explains the trade-off)."""
         self._call(self.client.delete, self.tombstones, filter=f"deleted_at < {int(older_than_ms)}")
 
+    def purge_list_markers(self, older_than_ms: int) -> None:
+        """Forget list tombstone markers (recorded with boundary TOMBSTONE_BOUNDARY, empty payload)
+        recorded before ``older_than_ms``; the same rule as ``ListMirror.remove_markers_older_than``.
+        One delete by expression, evaluated by Milvus at delete time: a list recorded again since
+        (a re-created product) has a real boundary and a new updated_at, so it never matches; there
+        is no read-then-delete window. Lists collections without updated_at (an older simstream)
+        keep their markers."""
+        if not self.lists_stamped:
+            return
+        expr = f"kth_score >= {float(TOMBSTONE_BOUNDARY)!r} and updated_at < {int(older_than_ms)}"
+        self._call(self.client.delete, self.lists, filter=expr)
+
     def drop(self) -> None:
         """Drop the three collections (tests and benchmarks on a shared server)."""
         for name in (self.products, self.lists, self.tombstones):
@@ -378,11 +426,46 @@ class MilvusStore:
     def close(self) -> None:
         """Close the client; for a milvus-lite file also stop this process's in-process server for
         it, so that another process (a worker) can open the file."""
-        self.client.close()
-        if self.exclusive:
-            from milvus_lite.server_manager import server_manager_instance
+        _release(self.client, self.uri, exclusive=self.exclusive)
 
-            try:
-                server_manager_instance.release_server(self.uri)
-            except Exception as exc:  # the file stays locked until this process exits; say so
-                log.warning("could not release the milvus-lite file", uri=self.uri, error=str(exc))
+
+def _describe(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """"upsert s_products": the client method and the collection, for error messages."""
+    if fn is _within and len(args) > 1:
+        fn, args = args[1], args[2:]
+    collection = next((a for a in args if isinstance(a, str)), "")
+    return f"{getattr(fn, '__name__', 'call')} {collection}".strip()
+
+
+def _within(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a daemon thread; TimeoutError when it has not returned within
+    ``seconds`` (the thread is left to end on its own: a daemon thread does not hold up exit)."""
+    done: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            done.append((True, fn(*args, **kwargs)))
+        except BaseException as exc:  # handed to the caller's thread
+            done.append((False, exc))
+
+    thread = threading.Thread(target=run, name=f"milvus-{getattr(fn, '__name__', 'call')}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not done:
+        raise TimeoutError(f"{getattr(fn, '__name__', 'call')} did not return within {seconds} s")
+    ok, value = done[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def _release(client: MilvusClient, uri: str, *, exclusive: bool) -> None:
+    """Close ``client``; for a milvus-lite file (``exclusive``) release its lock in this process."""
+    client.close()
+    if exclusive:
+        from milvus_lite.server_manager import server_manager_instance
+
+        try:
+            server_manager_instance.release_server(uri)
+        except Exception as exc:  # the file stays locked until this process exits; say so
+            log.warning("could not release the milvus-lite file", uri=uri, error=str(exc))

@@ -26,11 +26,21 @@ from simstream.index.exact import top_k_rows
 from simstream.index.rows import StoredProduct
 
 
+# Growth factor of the matrix when it is full. Growing copies into a new matrix, so for a moment
+# both exist: 1 + GROWTH times the old one (2.25x; doubling would need 3x), and afterwards at most
+# GROWTH times the live rows sit allocated. The builder pre-sizes the matrix from the product count,
+# so a start-up build does not grow at all.
+GROWTH = 1.25
+MIN_CAPACITY = 1024
+
+
 class SideIndex:
     """Exact inner-product top-k over the live products (rows of a growable float32 matrix)."""
 
-    def __init__(self, dim: int, *, capacity: int = 1024) -> None:
+    def __init__(self, dim: int, *, capacity: int = MIN_CAPACITY) -> None:
+        """``capacity``: rows allocated up front (the expected product count)."""
         self.dim = dim
+        capacity = max(int(capacity), 1)
         self._mat = np.zeros((capacity, dim), np.float32)
         self._live = np.zeros(capacity, bool)
         self._ids: list[str | None] = []
@@ -41,12 +51,17 @@ class SideIndex:
     def __len__(self) -> int:
         return len(self._row)
 
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (live, free and not yet used)."""
+        return len(self._mat)
+
     # --- writes -----------------------------------------------------------------------------
     def _grow(self, need: int) -> None:
         cap = len(self._mat)
         if need <= cap:
             return
-        new = max(need, cap * 2)
+        new = max(need, int(cap * GROWTH) + 1)
         mat = np.zeros((new, self.dim), np.float32)
         mat[: len(self._ids)] = self._mat[: len(self._ids)]
         live = np.zeros(new, bool)
@@ -57,6 +72,8 @@ class SideIndex:
         """Insert or replace products, vector and metadata."""
         if not products:
             return
+        fresh = {p.product_id for p in products} - self._row.keys()
+        self._grow(len(self._ids) + max(0, len(fresh) - len(self._free)))  # one copy per batch at most
         empty = np.zeros(0, np.float32)
         rows = np.empty(len(products), np.int64)
         for i, p in enumerate(products):

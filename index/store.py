@@ -11,6 +11,11 @@ memory. This layer keeps the copies in step and answers the stream's questions:
   write that was visible in Milvus when the sync ran, as a Strong-consistency Milvus query would;
   writes landing later are caught by the refresh step's race re-check (docs/exactness.md).
 - A milvus-lite *file* opens in one process only, so there nothing needs syncing.
+- Before building, the copies' footprint is checked against the process's memory limit
+  (``index/budget.py``): MemoryBudgetExceeded names the numbers instead of an OOM kill mid-build.
+- Purged list tombstone markers leave this worker's mirror by the same rule as Milvus; another
+  worker's mirror drops them at its own next purge (until then it reports an old marker, which
+  stands for the same thing as no list: a tombstone published long ago).
 
 Without the copies (``SIMSTREAM_SIDE_INDEX=false``) every question is a Milvus query.
 """
@@ -23,11 +28,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.index.budget import Footprint, check_fits, side_capacity
 from simstream.index.list_mirror import ListMirror
-from simstream.index.milvus import MilvusStore
+from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
 from simstream.index.rows import ListHead, StoredList, StoredProduct
 from simstream.index.side import SideIndex
 from simstream.logs import get_logger
+from simstream.memory import current_rss, memory_limit
 
 log = get_logger(__name__)
 
@@ -35,9 +42,11 @@ log = get_logger(__name__)
 class VectorStore:
     """The index as the stream sees it: one object, plain records in and out."""
 
-    def __init__(self, milvus: MilvusStore) -> None:
+    def __init__(self, milvus: MilvusStore, *, memory_limit_bytes: int | None = None) -> None:
+        """``memory_limit_bytes``: the limit the copies must fit in; None: detected (cgroup, RAM)."""
         self.milvus = milvus
         self.dim = milvus.dim
+        self.memory_limit_bytes = memory_limit_bytes
         self.side: SideIndex | None = None
         self.mirror: ListMirror | None = None
         self._side_synced_at = 0
@@ -45,17 +54,38 @@ class VectorStore:
 
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, in_memory: bool = False,
+                timeout_s: float = DEFAULT_TIMEOUT_S, memory_limit_bytes: int | None = None,
                 **kwargs: Any) -> "VectorStore":
-        store = cls(MilvusStore.connect(uri, prefix, dim, token=token, **kwargs))
+        """Open the index; ``timeout_s`` is the deadline of every Milvus call, ``in_memory`` builds
+        the copies (within ``memory_limit_bytes``, else the detected limit). Other ``kwargs`` go to
+        ``MilvusStore``. Nothing stays open when this raises."""
+        store = cls(MilvusStore.connect(uri, prefix, dim, token=token, timeout_s=timeout_s, **kwargs),
+                    memory_limit_bytes=memory_limit_bytes)
         if in_memory:
-            store.load_into_memory()
+            try:
+                store.load_into_memory()
+            except BaseException:
+                store.close()
+                raise
         return store
 
+    def footprint(self) -> Footprint:
+        """Estimated bytes of the in-memory copies of what Milvus holds now (index/budget.py)."""
+        lists = self.milvus.count_lists() if self.milvus.lists_stamped else 0
+        return Footprint(self.milvus.count_products(), self.dim, lists, self.milvus.sample_list_depth() if lists else 0.0)
+
     def load_into_memory(self) -> None:
-        """Build the side index and the list mirror from Milvus; from now on reads use them."""
+        """Build the side index and the list mirror from Milvus; from now on reads use them.
+        Raises MemoryBudgetExceeded, before allocating, when they would not fit (index/budget.py)."""
+        need = self.footprint()
+        limit = memory_limit(self.memory_limit_bytes)
+        rss = current_rss()
+        check_fits(need, limit, rss)
+        log.info("in-memory index copies fit", need_mib=need.total >> 20, limit_mib=limit.bytes >> 20 if limit else None,
+                 limit_source=limit.source if limit else None, rss_mib=rss >> 20)
         t0 = time.perf_counter()
         started = now_ms()
-        side = SideIndex(self.dim)
+        side = SideIndex(self.dim, capacity=side_capacity(need.products))
         for page in self.milvus.iter_products(2_000, with_vectors=True):
             side.put(page)
         self.side, self._side_synced_at = side, started
@@ -207,7 +237,12 @@ class VectorStore:
         self.milvus.delete_tombstones(ids)
 
     def purge_tombstones(self, older_than_ms: int) -> None:
+        """Forget product tombstones and list tombstone markers recorded before ``older_than_ms``,
+        in Milvus and in the list mirror (the same rule: ``MilvusStore.purge_list_markers``)."""
         self.milvus.purge_tombstones(older_than_ms)
+        self.milvus.purge_list_markers(older_than_ms)
+        if self.mirror is not None:
+            self.mirror.remove_markers_older_than(older_than_ms)
 
     # --- lifecycle ------------------------------------------------------------------------
     def flush(self) -> None:

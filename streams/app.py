@@ -181,7 +181,8 @@ class Worker:
 
         @app.timer(interval=10.0)
         async def check_index() -> None:
-            worker.index_ready = await worker.ping_index()
+            """Readiness follows Milvus even while no batch runs."""
+            await worker.ping_index()
 
         self._pages()
 

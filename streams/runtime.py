@@ -27,7 +27,8 @@ def open_store(settings: Settings, dim: int, *, wait: bool = False) -> VectorSto
         try:
             return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
                                        flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
-                                       timeout_s=settings.milvus_timeout_s)
+                                       timeout_s=settings.milvus_timeout_s,
+                                       memory_limit_bytes=settings.memory_limit_bytes)
         except IndexUnavailable as exc:
             if not wait:
                 raise

@@ -130,12 +130,13 @@ def image_server():
 
 
 def test_http_images_are_fetched_with_a_size_cap(image_server):
+    """A loopback server, so the test opts in to private networks."""
     png = (SAMPLE_IMAGES / "mug-red-350.png").read_bytes()
-    assert ImageSource(None, timeout_s=5).fetch(f"{image_server}/mug-red-350.png", None) == png
+    assert ImageSource(None, timeout_s=5, allow_private_networks=True).fetch(f"{image_server}/mug-red-350.png", None) == png
     with pytest.raises(EncodeError, match="404"):
-        ImageSource(None, timeout_s=5).fetch(f"{image_server}/missing.png", None)
+        ImageSource(None, timeout_s=5, allow_private_networks=True).fetch(f"{image_server}/missing.png", None)
     with pytest.raises(EncodeError, match="exceeds"):
-        ImageSource(None, timeout_s=5, max_bytes=100).fetch(f"{image_server}/mug-red-350.png", None)
+        ImageSource(None, timeout_s=5, max_bytes=100, allow_private_networks=True).fetch(f"{image_server}/mug-red-350.png", None)
 
 
 def test_a_text_model_without_brand_skips_the_text_encoder_on_brand_only_updates(encoder, monkeypatch):
