@@ -1,4 +1,4 @@
-"""The ``simstream`` command: worker, produce, reconcile, demo, eval, fit-weights, fine-tune.
+"""The ``simstream`` command: worker, produce, reconcile, dlq, demo, eval, fit-weights, fine-tune.
 
 Expected failures print one red line and exit 1; options name their env vars.
 """
@@ -235,6 +235,119 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
                        command=shlex.join(["simstream", *sys.argv[1:]]), brand_in_text=brand_in_text)
     click.echo(f"wrote {out}: {manifest['name']} (best epoch {manifest['best_epoch']}); use it with "
                f"SIMSTREAM_TEXT_MODEL={manifest['name']} or \"options\": {{\"text_model\": \"{manifest['name']}\"}}")
+
+
+def _since(text: str | None) -> Any:
+    """``--since`` as a datetime (ISO-8601 or ``2h``/``30m``/``7d`` back from now), or None."""
+    from simstream.streams.dlq import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _when(at: Any) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at is not None else "-"
+
+
+def dlq_filters(fn: F) -> F:
+    """``--reason``, ``--since``, ``--stage`` of the dlq commands."""
+    fn = click.option("--stage", default=None, help="Only this stage (validate, encode, ingest, refresh-request, ...).")(fn)
+    fn = click.option("--since", default=None, metavar="WHEN",
+                      help="Dead-lettered at or after WHEN: ISO-8601 (2024-05-01T12:00Z) or back from now (30m, 2h, 7d).")(fn)
+    return click.option("--reason", default=None,
+                        help="Exception class (BadEvent, EncodeError, ...) or a substring of the error message.")(fn)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters (SIMSTREAM_DLQ_TOPIC): summarise, show, replay byte for byte to their source topic."""
+
+
+@dlq.command("summary")
+@dlq_filters
+@click.option("--timeout", default=30.0, show_default=True, help="Give up reading after this many seconds.")
+def dlq_summary(reason: str | None, since: str | None, stage: str | None, timeout: float) -> None:
+    """Dead letters counted by exception class and stage, with the first and last time (UTC)."""
+    from simstream.streams.dlq import DlqError, read_dead_letters, summary
+
+    settings = _settings()
+    with red_line(TimeoutError, DlqError):
+        letters = read_dead_letters(settings, since=_since(since), reason=reason, stage=stage, timeout_s=timeout)
+    groups = summary(letters)
+    click.echo(f"{len(letters)} dead letters in {settings.dlq_topic}")
+    if groups:
+        click.echo(f"{'count':>7}  {'kind':<20} {'stage':<16} {'first (UTC)':<19}  {'last (UTC)':<19}  value omitted")
+        for g in groups:
+            click.echo(f"{g.count:>7}  {g.kind:<20} {g.stage:<16} {_when(g.first):<19}  {_when(g.last):<19}  {g.value_omitted}")
+
+
+@dlq.command("show")
+@dlq_filters
+@click.option("--limit", default=20, show_default=True, help="Show the newest N (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--timeout", default=30.0, show_default=True, help="Give up reading after this many seconds.")
+def dlq_show(reason: str | None, since: str | None, stage: str | None, limit: int, as_json: bool, timeout: float) -> None:
+    """Dead letters with their reason and origin; URL credentials and query strings are masked."""
+    import orjson
+
+    from simstream.streams.dead_letter import redact
+    from simstream.streams.dlq import DlqError, read_dead_letters
+
+    settings = _settings()
+    with red_line(TimeoutError, DlqError):
+        letters = read_dead_letters(settings, since=_since(since), reason=reason, stage=stage, timeout_s=timeout)
+    letters.sort(key=lambda d: (d.at is None, d.at, d.dlq_partition, d.dlq_offset))
+    for d in letters[-limit if limit > 0 else 0:]:
+        if as_json:
+            click.echo(orjson.dumps(d.to_json()).decode())
+            continue
+        source = f"{d.source_topic}[{d.source_partition}]@{d.source_offset}"
+        value = (f"<omitted, {d.value_omitted} bytes at the source>" if d.value_omitted is not None
+                 else repr(redact((d.value or b"").decode("utf-8", "replace"))[:200]))
+        click.echo(f"{_when(d.at)}  {d.kind} at {d.stage}  from {source}  attempts {d.attempts}  "
+                   f"worker {d.version}\n  key   {(d.key or b'').decode('utf-8', 'replace')!r}\n"
+                   f"  error {redact(d.error)}\n  value {value}")
+
+
+@dlq.command("replay")
+@dlq_filters
+@click.option("--topic", default=None, help="Publish here instead of each letter's source topic.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be replayed.")
+@click.option("--timeout", default=30.0, show_default=True, help="Deadline for reading, and for the deliveries.")
+def dlq_replay(reason: str | None, since: str | None, stage: str | None, topic: str | None, dry_run: bool,
+               timeout: float) -> None:
+    """Re-publish dead letters byte for byte (key, value, original headers, timestamp) to their source topic."""
+    from collections import Counter
+
+    from simstream.streams.dlq import DlqError, read_dead_letters, replay
+
+    settings = _settings()
+    with red_line(TimeoutError, DlqError):
+        letters = read_dead_letters(settings, since=_since(since), reason=reason, stage=stage, timeout_s=timeout)
+    if not letters:
+        click.echo("no dead letters match")
+        return
+    targets = Counter(topic or d.source_topic or "?" for d in letters)
+    kinds = Counter(f"{d.kind} at {d.stage}" for d in letters)
+    omitted = sum(d.value_omitted is not None for d in letters)
+    what = ", ".join(f"{n} to {t}" for t, n in targets.items())
+    if dry_run:
+        click.echo(f"would replay {len(letters)} dead letters: {what} ({', '.join(f'{n} {k}' for k, n in kinds.items())}"
+                   f"{f'; {omitted} read from their source offset' if omitted else ''})")
+        return
+    skipped: list[str] = []
+    with red_line(TimeoutError, DlqError):
+        n = replay(settings, letters, topic=topic, timeout_s=timeout,
+                   on_skip=lambda d, why: skipped.append(f"  {d.source_topic}[{d.source_partition}]@{d.source_offset}: {why}"))
+    click.echo(f"replayed {n} of {len(letters)} dead letters ({what})")
+    if skipped:
+        click.echo("\n".join(skipped))
+        fail(f"{len(skipped)} dead letters could not be replayed")
+
 
 
 if __name__ == "__main__":

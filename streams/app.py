@@ -195,7 +195,7 @@ class Worker:
                                 on_retry=lambda exc: metrics.RETRIES.labels(type(exc).__name__).inc())
 
         async def reject(record: RawRecord, exc: Exception, attempts: int) -> None:
-            log.warning("record fails alone; dead-lettering it", stage=stage, error=repr(exc)[:300],
+            log.warning("record fails alone; dead-lettering it", stage=stage, kind=type(exc).__name__,
                         attempts=attempts, partition=record.partition, offset=record.offset)
             metrics.POISON.labels(stage).inc()
             await self.dead_letter([Rejected(record, exc, stage, attempts=attempts)], topic)
@@ -256,7 +256,7 @@ class Worker:
         sends = []
         limit = self.settings.max_message_bytes - 64_000  # room for the headers and the request
         for rej in rejects:
-            log.warning("dead-lettered", kind=rej.kind, reason=str(rej.error)[:300], stage=rej.stage,
+            log.warning("dead-lettered", kind=rej.kind, reason=rej.reason[:300], stage=rej.stage,
                         partition=rej.record.partition, offset=rej.record.offset,
                         key=(rej.record.key or b"").decode("utf-8", "replace")[:300])
             value, extra = rej.value_for_dlq(limit)

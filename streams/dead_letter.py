@@ -1,38 +1,55 @@
 """The consumed record as the agents hand it over, and a rejected one on its way to the DLQ.
 
 A dead letter keeps the original key, value, headers and timestamp, and says why in headers of its
-own: the exception's class (``x-simstream-error-kind``) and message, the step that rejected it,
-the attempts, the worker version, and where the record came from (topic, partition, offset,
-timestamp), so that it can be inspected and replayed byte for byte (docs/operations.md).
+own, appended after the original ones: the exception's class (``x-simstream-error-kind``) and
+message, the step that rejected it, the attempts, the worker version, when it was rejected, and
+where the record came from (topic, partition, offset, timestamp), so that it can be inspected and
+replayed byte for byte (streams/dlq.py, ``simstream dlq``, docs/operations.md).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from simstream import __version__
 
 SIMSTREAM_HEADER = "x-simstream-"
-# URL credentials and query strings (signed image URLs) never reach headers or logs.
-_URL_SECRETS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]*@)?(?P<rest>[^\s?#'\"]*)"
-                          r"(?P<query>\?[^\s#'\"]*)?")
+KIND_HEADER = "x-simstream-error-kind"  # the first of simstream's headers: everything before it is the original's
+ERROR_HEADER_MAX_BYTES = 1000
+# URL credentials, query strings and fragments (signed image URLs) never reach headers or logs:
+# any ``scheme://`` URL and ``file:`` paths without the slashes.
+_URL_SECRETS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://|file:)"
+    r"(?P<userinfo>[^/@\s'\"<>]*@)?"
+    r"(?P<rest>[^\s?#'\"<>]*)"
+    r"(?P<query>\?[^\s#'\"<>]*)?"
+    r"(?P<fragment>#[^\s'\"<>]*)?")
 
 
 def redact(text: str) -> str:
-    """``text`` with the userinfo and query string of every URL in it masked."""
+    """``text`` with the userinfo, query string and fragment of every URL in it masked
+    (``https://u:p@cdn/x.png?sig=S`` -> ``https://***@cdn/x.png?***``)."""
     def mask(m: re.Match[str]) -> str:
         userinfo = "***@" if m.group("userinfo") else ""
         query = "?***" if m.group("query") else ""
-        return f"{m.group('scheme')}{userinfo}{m.group('rest')}{query}"
+        fragment = "#***" if m.group("fragment") else ""
+        return f"{m.group('scheme')}{userinfo}{m.group('rest')}{query}{fragment}"
     return _URL_SECRETS.sub(mask, text)
+
+
+def _clip(text: str, max_bytes: int) -> bytes:
+    """``text`` as UTF-8, cut to at most ``max_bytes`` without splitting a character."""
+    return text.encode()[:max_bytes].decode("utf-8", "ignore").encode()
 
 
 def _headers_of(raw: Any) -> tuple[tuple[str, bytes], ...]:
     """Faust hands headers over as a list of pairs or a mapping; values may be str or None."""
     items = raw.items() if isinstance(raw, dict) else (raw or ())
-    return tuple((str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in items)
+    return tuple((k.decode() if isinstance(k, bytes) else str(k),
+                  v if isinstance(v, bytes) else str(v if v is not None else "").encode()) for k, v in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +65,15 @@ class RawRecord:
 
     @classmethod
     def of(cls, event: Any) -> "RawRecord":
-        """From a Faust event (``event.message``)."""
+        """From a Faust event (``event.message``; its timestamp is in seconds)."""
         m = event.message
-        return cls(m.key, m.value, m.partition, m.offset, int(m.timestamp * 1000) if m.timestamp else None,
+        return cls(m.key, m.value, m.partition, m.offset, round(m.timestamp * 1000) if m.timestamp else None,
                    _headers_of(getattr(m, "headers", None)))
+
+    @property
+    def size(self) -> int:
+        """Key, value and header bytes (what counts against Kafka's request limit)."""
+        return len(self.key or b"") + len(self.value or b"") + sum(len(k.encode()) + len(v) for k, v in self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,29 +89,36 @@ class Rejected:
     def kind(self) -> str:
         return type(self.error).__name__
 
+    @property
+    def reason(self) -> str:
+        """The error message with URL secrets masked (for headers and logs)."""
+        return redact(str(self.error) or repr(self.error))
+
     def headers(self, source_topic: str) -> list[tuple[str, bytes]]:
-        """The original headers, then simstream's."""
+        """The original headers, unchanged and in order, then simstream's (``KIND_HEADER`` first)."""
         r = self.record
-        own = [
-            ("x-simstream-error-kind", self.kind),
-            ("x-simstream-error", redact(str(self.error))[:1000]),
-            ("x-simstream-stage", self.stage),
-            ("x-simstream-source-topic", source_topic),
-            ("x-simstream-source-partition", str(r.partition)),
-            ("x-simstream-source-offset", str(r.offset)),
-            ("x-simstream-attempts", str(self.attempts)),
-            ("x-simstream-worker-version", __version__),
+        own: list[tuple[str, bytes]] = [
+            (KIND_HEADER, self.kind.encode()),
+            ("x-simstream-error", _clip(self.reason, ERROR_HEADER_MAX_BYTES)),
+            ("x-simstream-stage", self.stage.encode()),
+            ("x-simstream-source-topic", source_topic.encode()),
+            ("x-simstream-source-partition", str(r.partition).encode()),
+            ("x-simstream-source-offset", str(r.offset).encode()),
         ]
         if r.timestamp_ms is not None:
-            own.append(("x-simstream-source-timestamp", str(r.timestamp_ms)))
-        return [h for h in r.headers if not h[0].startswith(SIMSTREAM_HEADER)] + [(k, v.encode()) for k, v in own]
+            own.append(("x-simstream-source-timestamp", str(r.timestamp_ms).encode()))
+        own += [
+            ("x-simstream-attempts", str(self.attempts).encode()),
+            ("x-simstream-worker-version", __version__.encode()),
+            ("x-simstream-rejected-at", str(int(time.time() * 1000)).encode()),
+        ]
+        return list(r.headers) + own
 
     def value_for_dlq(self, max_bytes: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
         """The value to send and any extra headers: the original value when key, value and headers
         fit in ``max_bytes``; else no value and ``x-simstream-value-omitted`` with its size (the
-        record stays readable at its source offset while the topic retains it)."""
+        record stays readable at its source offset while the topic retains it; replay reads it there)."""
         r = self.record
-        size = len(r.key or b"") + len(r.value or b"") + sum(len(k) + len(v) for k, v in r.headers)
-        if size <= max_bytes:
+        if r.size <= max_bytes:
             return r.value, []
         return None, [("x-simstream-value-omitted", str(len(r.value or b"")).encode())]
