@@ -94,8 +94,9 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     if top > -np.inf:
         loose = {pid: bar for pid, bar in store.lists_with_boundary_at_most(top + MARGIN).items()
                  if pid not in affected}
-        if loose:
-            vectors = {pid: p.vector for pid, p in store.get_products(sorted(loose)).items()}
+        # A loose list whose owner is gone (deleted, its tombstone refresh still pending) needs nothing.
+        vectors = {pid: p.vector for pid, p in store.get_products(sorted(loose)).items()} if loose else {}
+        if vectors:
             changed = [c for c in changes if c.vector is not None]
             cmat = np.stack([c.vector for c in changed])  # type: ignore[misc]
             owners = list(vectors)

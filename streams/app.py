@@ -252,19 +252,33 @@ class Worker:
         self.kafka_ready = True
 
     async def dead_letter(self, rejects: Iterable[Rejected], source_topic: str) -> None:
-        """Send rejected records to the DLQ, durably (before the input offsets may commit)."""
-        sends = []
+        """Send rejected records to the DLQ, durably (before the input offsets may commit). When
+        Kafka refuses a dead letter itself (an oversized key or headers), it goes again as a bare
+        pointer: no value, no original headers, the key cut to 1 kB; the source offset keeps it."""
+        rejects = list(rejects)
         limit = self.settings.max_message_bytes - 64_000  # room for the headers and the request
         for rej in rejects:
             log.warning("dead-lettered", kind=rej.kind, reason=rej.reason[:300], stage=rej.stage,
                         partition=rej.record.partition, offset=rej.record.offset,
                         key=(rej.record.key or b"").decode("utf-8", "replace")[:300])
-            value, extra = rej.value_for_dlq(limit)
-            ts = rej.record.timestamp_ms / 1000 if rej.record.timestamp_ms else None
-            sends.append(await self.dlq.send(key=rej.record.key, value=value, timestamp=ts,
-                                             headers=rej.headers(source_topic) + extra,
-                                             force=True))
-        await self.durably("dead letters", sends)
+        try:
+            await self.durably("dead letters", [await self._send_dead_letter(rej, source_topic, limit)
+                                                for rej in rejects])
+        except KafkaUnavailable:
+            raise
+        except Exception as exc:
+            log.error("Kafka refused a dead letter; sending bare pointers", error=repr(exc)[:300])
+            await self.durably("dead letters", [await self._send_dead_letter(rej, source_topic, 0, bare=True)
+                                                for rej in rejects])
+
+    async def _send_dead_letter(self, rej: Rejected, source_topic: str, limit: int, *, bare: bool = False) -> Any:
+        value, extra = rej.value_for_dlq(limit)
+        headers = rej.headers(source_topic) + extra
+        if bare:
+            headers = [h for h in headers if h[0].startswith("x-simstream-")]
+        ts = rej.record.timestamp_ms / 1000 if rej.record.timestamp_ms else None
+        key = (rej.record.key or b"")[:1024] if bare else rej.record.key
+        return await self.dlq.send(key=key, value=value, timestamp=ts, headers=headers, force=True)
 
     async def request_refresh(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
         """Refresh requests to the partitions that own the lists, each under the size cap, durably."""

@@ -39,3 +39,17 @@ def test_neighbour_topic_equals_exact_oracle(tmp_path) -> None:
     assert report["lost"] == 0, report["details"]
     assert report["resurrected"] == 0, report["details"]
     assert report["equal_share"] == 1.0, report["details"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_outages_during_the_stream_lose_nothing(tmp_path) -> None:
+    """A frozen Milvus server, a crashed and restarted one, and a frozen broker while events flow:
+    afterwards every product is applied once and every list equals the oracle (docs/reliability.md
+    records the full-size runs)."""
+    report = run_exactness(Options(products=60, events=300, workers=1, seed=13, quiet_s=8.0, timeout_s=540.0,
+                                   faults=[("milvus-pause", 15.0), ("milvus-crash", 10.0), ("broker-pause", 15.0)],
+                                   data_dir=tmp_path / "run", log=lambda _: None))
+    assert report["faults"] == ["milvus-pause:15", "milvus-crash:10", "broker-pause:15"]
+    assert report["lost"] == 0 and report["resurrected"] == 0, report["details"]
+    assert report["equal_share"] == 1.0, report["details"]

@@ -129,3 +129,21 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
             assert all(s <= got.boundary + 1e-5 for s in outside), (rnd, o)
             heads[o] = ListHead(o, tuple(got.deep), float(np.float32(got.boundary)), 0, rnd + 2)
     assert answered >= asked // 2, (answered, asked)
+
+
+def test_a_loose_list_whose_owner_is_gone_needs_nothing(tmp_path) -> None:
+    """A recorded list can outlive its owner until the owner's tombstone refresh runs: the exact
+    tail of ``affected_by`` must skip it, not fail on an empty stack."""
+    import time
+
+    from simstream.index.rows import StoredList
+    from simstream.index.store import VectorStore as Store
+
+    store = Store.connect(str(tmp_path / "g.db"), "g", 4, flush_every_rows=0, in_memory=True)
+    now = int(time.time() * 1000)
+    row = {"product_id": "a", "vector": [1.0, 0.0, 0.0, 0.0], "version": 1, "brand": "", "category": "",
+           "price": -1.0, "hashes": {}, "model": "m", "updated_at": now, "event_time": 0}
+    store.upsert_products([row, dict(row, product_id="b", vector=[0.0, 1.0, 0.0, 0.0])])
+    store.upsert_lists([StoredList("gone", ["b"], -1.0, b"{}")])  # owner "gone" is not in the store
+    assert affected_by(store, [Change("a", np.array([1.0, 0.0, 0.0, 0.0], np.float32))], pool=1) >= {"a"}
+    store.close()
