@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     milvus_timeout_s: float = Field(10.0, gt=0)  # deadline of every Milvus call (a hung server is an outage)
 
     # --- Stream ----------------------------------------------------------------------------
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # events per ingest batch (Kafka take); the models batch by encode_batch_size
     batch_within_s: float = Field(0.5, gt=0)  # longest wait for an ingest batch to fill
     # Longest a consumer's fetch may wait at the broker. Kafka answers a waiting fetch as soon as
     # data arrives, but the embedded Tansu broker holds it to this limit (measured: 0.3-1.3 s per
@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     # --- Encoders --------------------------------------------------------------------------
     text_model: str | None = None  # HF id or local path; None -> bundled all-MiniLM-L6-v2
     text_max_tokens: int = Field(128, ge=8)
+    encode_batch_size: int = Field(64, ge=1)  # items per model forward pass (the Kafka take size is batch_size)
     image_enabled: bool = True
     image_root: Path | None = None  # file:// images must resolve under this directory
     image_fetch_timeout_s: float = Field(5.0, gt=0)

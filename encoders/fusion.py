@@ -173,7 +173,7 @@ class ProductEncoder:
         batch = EncodedBatch()
         encoders: dict[str, Callable[[list[ProductEvent]], np.ndarray]] = {
             "text": lambda ps: self.text.encode([text_of(p, self.brand_in_text) for p in ps],
-                                                batch_size=self.settings.batch_size),
+                                                batch_size=self.settings.encode_batch_size),
             "title_lexical": lambda ps: self.title_lexical.encode([p.title for p in ps]),
             "mpn": lambda ps: self.mpn.encode([p.mpn for p in ps], [p.title for p in ps]),
             "brand": lambda ps: self.brand.encode([p.brand for p in ps]),
@@ -225,5 +225,5 @@ class ProductEncoder:
             if isinstance(t, EncodeError):
                 failed[positions[k]] = t
         if ok:
-            out[ok] = self.image.encode_tensors([loaded[k] for k in ok], batch_size=self.settings.batch_size)  # type: ignore[misc]
+            out[ok] = self.image.encode_tensors([loaded[k] for k in ok], batch_size=self.settings.encode_batch_size)  # type: ignore[misc]
         return out
