@@ -37,6 +37,10 @@ REJECTED_LEGACY_CODES = frozenset({
     common_pb2.IllegalVectorID, common_pb2.SchemaMismatch,
 })
 MILVUS_LITE_ILLEGAL_ARGUMENT = 6  # milvus-lite sets both codes to 6 (adapter/grpc/errors.py)
+LEGACY_CATCH_ALL = 65535
+# Messages of Milvus 2.3's refusals of the data (measured against milvus 2.3.5 in CI).
+LEGACY_REFUSAL_SIGNS = ("cannot parse expression", "should divide the dim", "exceeds max length",
+                        "length of varchar", "dim mismatch", "type mismatch", "invalid expression")
 REJECTED_GRPC = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
 
 
@@ -58,7 +62,10 @@ def is_rejection(exc: BaseException) -> bool:
         return code in REJECTED_GRPC
     if code == legacy == MILVUS_LITE_ILLEGAL_ARGUMENT:
         return True
-    return code in REJECTED_CODES or legacy in REJECTED_LEGACY_CODES
+    if code in REJECTED_CODES or legacy in REJECTED_LEGACY_CODES:
+        return True
+    # Milvus 2.3 answers most refusals with the catch-all code 65535; only the message tells.
+    return code == LEGACY_CATCH_ALL and any(sign in str(exc).lower() for sign in LEGACY_REFUSAL_SIGNS)
 
 
 def is_milvus_failure(exc: BaseException) -> bool:
