@@ -116,6 +116,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "WorkerProcess":
+        if self.running:  # a second start would orphan the first process (``with ....start()``)
+            raise RuntimeError(f"worker already running (pid {self.proc.pid if self.proc else '?'})")
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "simstream.cli", "worker"], env=self.env,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -95,7 +95,7 @@ def test_poison_never_stops_the_worker(broker: EmbeddedBroker, tmp_path, trap: i
             refused.add(key)
     assert len(refused) > POISON / 2  # the generator mostly breaks the contract, and not always
 
-    with WorkerProcess(env, log_path=tmp_path / "worker.log").start() as worker:
+    with WorkerProcess(env, log_path=tmp_path / "worker.log") as worker:
         worker.wait_ready(timeout_s=240)
         started = time.monotonic()
         with EventProducer(settings) as producer:
