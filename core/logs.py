@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-# The same userinfo rule as settings.safe_dump (the bottom layer's modules do not import each other).
+# URL passwords (settings.safe_dump uses the same function) and http(s) query strings.
 _URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:;]*):[^\s/?#;]*@")
 _HTTP_QUERY = re.compile(r"(?P<url>https?://[^\s?#\"'<>]*)\?[^\s#\"'<>]+", re.IGNORECASE)
 _PLAIN = (int, float, bool, type(None))

@@ -7,7 +7,6 @@ environment on to the worker subprocesses it starts (harness/embedded.py).
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from simstream.logs import mask_secrets
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "text": 0.30,
@@ -52,10 +53,6 @@ def list_payload_bytes(k: int) -> int:
 
 
 MAX_TOP_K = (LIST_PAYLOAD_BYTES - list_payload_bytes(0)) // (list_payload_bytes(1) - list_payload_bytes(0))  # 33
-
-
-# The password of a URL's userinfo (logs.py masks the same, and http(s) query strings, in log lines).
-_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:;]*):[^\s/?#;]*@")
 
 
 class Settings(BaseSettings):
@@ -190,7 +187,7 @@ class Settings(BaseSettings):
                 out[key] = "**********"
         for key in ("kafka", "milvus_uri"):
             if isinstance(out.get(key), str):
-                out[key] = _URL_PASSWORD.sub(r"\g<user>:***@", out[key])
+                out[key] = mask_secrets(out[key])
         return out
 
 
