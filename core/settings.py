@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = top_k + 5.
     list_depth: int = Field(0, ge=0, le=LIST_CAPACITY)  # the lists collection's ARRAY max_capacity
     candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates searched per change
+    # How fused vectors are stored (simstream.vector_codec): "compact" rounds each field onto a
+    # float16 or int8 grid at encode time (4-5x less worker memory, exact search unchanged);
+    # "float32" keeps the encoders' values. Part of the model tag: changing it re-encodes.
+    vector_codec: Literal["compact", "float32"] = "compact"
     side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)
     max_retries: int = Field(5, ge=0)  # transient Milvus failures retried (with backoff) per index step

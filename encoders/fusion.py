@@ -35,9 +35,14 @@ from simstream.encoders.text import clean_text
 from simstream.records import ProductEvent
 from simstream.errors import EncodeError
 from simstream.settings import Settings
+from simstream.vector_codec import Codec, Segment, canonical
 
 FUSION_VERSION = "fusion-v1"
 FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")
+# How each field's segment is stored (simstream.vector_codec): learned embeddings and price bumps
+# on float16, hashed counts, one-hot slots and image features on int8 with a power-of-two scale.
+COMPACT_CODECS: dict[str, Codec] = {"text": "f16", "price": "f16", "title_lexical": "i8", "mpn": "i8",
+                                    "brand": "i8", "category": "i8", "image": "i8"}
 
 
 def text_of(p: ProductEvent, with_brand: bool = True) -> str:
@@ -134,8 +139,14 @@ class ProductEncoder:
             start += dims[name]
         self.dim = start
         self.scale = {f: math.sqrt(w) for f, w in self.weights.items()}
+        # Only fields with weight are stored: the others are zero in every vector.
+        self.codecs: dict[str, Codec] = {f: COMPACT_CODECS[f] if settings.vector_codec == "compact" else "f32"
+                                         for f in FIELDS}
+        self.segments = [Segment(f, self.layout[f].start, self.layout[f].stop, self.codecs[f])
+                         for f in FIELDS if self.weights[f] > 0]
         weights_tag = content_hash([round(self.weights[f], 6) for f in FIELDS])[:8]
-        method = FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
+        method = (FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
+                  + ("-q" if settings.vector_codec == "compact" else ""))
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="image-fetch")
 
@@ -191,7 +202,8 @@ class ProductEncoder:
                 vecs = self._encode_images([products[i] for i in todo], todo, failed)
             else:
                 vecs = encoders[f]([products[i] for i in todo])
-            fused[todo, self.layout[f]] = vecs * self.scale[f]
+            # Rounded onto the field's storage grid once, here: every copy then holds these values.
+            fused[todo, self.layout[f]] = canonical(vecs * self.scale[f], self.codecs[f])
             batch.seconds[f] = time.perf_counter() - t0
             batch.encoded_fields[f] = len(todo)
         keep = [i for i in range(n) if i not in failed]

@@ -46,10 +46,15 @@ class Footprint:
     dim: int
     lists: int = 0
     list_depth: float = 0.0
+    row_bytes: int = 0  # bytes of one stored vector (simstream.vector_codec); 0: float32, dim x 4
+
+    @property
+    def vector_bytes(self) -> int:
+        return self.row_bytes or self.dim * 4
 
     @property
     def vectors(self) -> int:
-        return int(side_capacity(self.products) * self.dim * 4 * VECTOR_PEAK)
+        return int(side_capacity(self.products) * self.vector_bytes * VECTOR_PEAK)
 
     @property
     def metadata(self) -> int:
@@ -64,7 +69,7 @@ class Footprint:
         return self.vectors + self.metadata + self.list_heads
 
     def describe(self) -> str:
-        return (f"{self.products} products x dim {self.dim} x 4 B x {VECTOR_PEAK} while the matrix grows = "
+        return (f"{self.products} products x {self.vector_bytes} B x {VECTOR_PEAK} while the matrix grows = "
                 f"{self.vectors / MIB:.0f} MiB, their metadata {self.metadata / MIB:.0f} MiB, {self.lists} list "
                 f"heads of ~{self.list_depth:.0f} ids {self.list_heads / MIB:.0f} MiB")
 

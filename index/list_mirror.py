@@ -12,27 +12,35 @@ applies the lists it records and keeps it in step with other workers' records.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from typing import Iterable, Sequence
 
 from simstream.index.rows import ListHead
 
 
 class ListMirror:
-    """Forward (owner -> head) and reverse (neighbour -> owners) maps of the recorded lists."""
+    """Forward (owner -> head) and reverse (neighbour -> owners) maps of the recorded lists.
+
+    Memory, at one list per product: ids are interned (one string object per product however many
+    lists name it; the side index interns too) and the reverse map holds lists, not sets (a
+    15-element set is ~700 bytes, a list ~180; an owner appears once per neighbour's entry)."""
 
     def __init__(self) -> None:
         self._heads: dict[str, ListHead] = {}
-        self._listers: dict[str, set[str]] = {}
+        self._listers: dict[str, list[str]] = {}
 
     def __len__(self) -> int:
         return len(self._heads)
 
     def put(self, heads: Iterable[ListHead]) -> None:
         for head in heads:
-            self._forget(head.product_id)
-            self._heads[head.product_id] = head
-            for nid in head.neighbour_ids:
-                self._listers.setdefault(nid, set()).add(head.product_id)
+            owner = sys.intern(head.product_id)
+            self._forget(owner)
+            members = tuple(sys.intern(nid) for nid in head.neighbour_ids)
+            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
+            for nid in dict.fromkeys(members):
+                self._listers.setdefault(nid, []).append(owner)
 
     def _forget(self, owner: str) -> None:
         """Drop ``owner``'s head and its entries in the reverse map."""
@@ -41,8 +49,8 @@ class ListMirror:
             return
         for nid in old.neighbour_ids:
             owners = self._listers.get(nid)
-            if owners is not None:
-                owners.discard(owner)
+            if owners is not None and owner in owners:
+                owners.remove(owner)
                 if not owners:
                     del self._listers[nid]
 
@@ -64,7 +72,7 @@ class ListMirror:
     def listers_of(self, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()
         for pid in ids:
-            out |= self._listers.get(pid, set())
+            out.update(self._listers.get(pid, ()))
         return out
 
     def heads(self, ids: Iterable[str]) -> dict[str, ListHead]:

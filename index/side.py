@@ -16,14 +16,16 @@ applies its own writes to it and keeps it in step with other writers (docs/exact
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from simstream.index.exact import top_k_rows
+from simstream.index.packed_rows import PackedRows
 from simstream.index.rows import StoredProduct
+from simstream.vector_codec import Segment
 
 
 # Growth factor of the matrix when it is full. Growing copies into a new matrix, so for a moment
@@ -32,21 +34,85 @@ from simstream.index.rows import StoredProduct
 # so a start-up build does not grow at all.
 GROWTH = 1.25
 MIN_CAPACITY = 1024
+SCAN_BLOCK_ROWS = 2048  # rows decoded to float32 at a time by a search: stays in cache
+HASH_SLOTS = 8  # field hashes held per product as 64-bit numbers (simstream has 7 fields)
+
+
+class ProductMeta:
+    """Per-product metadata as columns (version, times, model, field hashes), ~100 bytes a row
+    instead of ~1.1 KB of Python objects. Field hashes are 16 hex digits (``content_hash``); any
+    other shape is kept as given in a side dict."""
+
+    def __init__(self, capacity: int) -> None:
+        self.version = np.zeros(capacity, np.int64)
+        self.updated_at = np.zeros(capacity, np.int64)
+        self.event_time = np.zeros(capacity, np.int64)
+        self.model = np.zeros(capacity, np.int32)
+        self.hash_keys = np.zeros(capacity, np.int32)
+        self.hashes = np.zeros((capacity, HASH_SLOTS), np.uint64)
+        self._models: dict[str, int] = {}
+        self._model_names: list[str] = []
+        self._key_sets: dict[tuple[str, ...], int] = {}
+        self._key_set_names: list[tuple[str, ...]] = []
+        self._odd_hashes: dict[int, dict[str, str]] = {}
+
+    def grow(self, capacity: int) -> None:
+        for name in ("version", "updated_at", "event_time", "model", "hash_keys", "hashes"):
+            old = getattr(self, name)
+            new = np.zeros((capacity,) + old.shape[1:], old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    @staticmethod
+    def _code(table: dict, names: list, value: object) -> int:  # type: ignore[type-arg]
+        code = table.get(value)
+        if code is None:
+            code = table[value] = len(names)
+            names.append(value)
+        return int(code)
+
+    def write(self, row: int, p: StoredProduct) -> None:
+        self.version[row], self.updated_at[row], self.event_time[row] = p.version, p.updated_at, p.event_time
+        self.model[row] = self._code(self._models, self._model_names, p.model)
+        keys = tuple(p.hashes)
+        self._odd_hashes.pop(row, None)
+        try:
+            values = [int(v, 16) for v in p.hashes.values()]
+            if len(keys) > HASH_SLOTS or any(len(v) != 16 for v in p.hashes.values()):
+                raise ValueError
+        except (ValueError, TypeError):
+            self._odd_hashes[row] = dict(p.hashes)
+            return
+        self.hash_keys[row] = self._code(self._key_sets, self._key_set_names, keys)
+        self.hashes[row, : len(values)] = values
+
+    def read(self, row: int, product_id: str, vector: np.ndarray) -> StoredProduct:
+        hashes = self._odd_hashes.get(row)
+        if hashes is None:
+            keys = self._key_set_names[int(self.hash_keys[row])] if self._key_set_names else ()
+            hashes = {k: format(int(v), "016x") for k, v in zip(keys, self.hashes[row])}
+        return StoredProduct(product_id, vector, int(self.version[row]), hashes,
+                             self._model_names[int(self.model[row])], int(self.event_time[row]),
+                             int(self.updated_at[row]))
 
 
 class SideIndex:
-    """Exact inner-product top-k over the live products (rows of a growable float32 matrix)."""
+    """Exact inner-product top-k over the live products (rows of a growable, compact matrix).
 
-    def __init__(self, dim: int, *, capacity: int = MIN_CAPACITY) -> None:
+    ``segments`` say how each run of columns is stored (simstream.vector_codec); vectors come back
+    bit-identical, so searches score exactly what Milvus holds. None: plain float32.
+    """
+
+    def __init__(self, dim: int, *, capacity: int = MIN_CAPACITY, segments: Sequence[Segment] | None = None) -> None:
         """``capacity``: rows allocated up front (the expected product count)."""
         self.dim = dim
         capacity = max(int(capacity), 1)
-        self._mat = np.zeros((capacity, dim), np.float32)
+        self._rows = PackedRows(dim, segments, capacity)
+        self._meta = ProductMeta(capacity)
         self._live = np.zeros(capacity, bool)
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
-        self._meta: dict[str, StoredProduct] = {}  # the version held, its updated_at included (vector unused)
 
     def __len__(self) -> int:
         return len(self._row)
@@ -54,19 +120,29 @@ class SideIndex:
     @property
     def capacity(self) -> int:
         """Rows allocated (live, free and not yet used)."""
-        return len(self._mat)
+        return len(self._live)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored vector."""
+        return self._rows.row_bytes
+
+    @property
+    def loose_rows(self) -> int:
+        """Rows kept as float32 because they were not on the grid (docs/scaling.md)."""
+        return self._rows.loose_rows
 
     # --- writes -----------------------------------------------------------------------------
     def _grow(self, need: int) -> None:
-        cap = len(self._mat)
+        cap = len(self._live)
         if need <= cap:
             return
         new = max(need, int(cap * GROWTH) + 1)
-        mat = np.zeros((new, self.dim), np.float32)
-        mat[: len(self._ids)] = self._mat[: len(self._ids)]
+        self._rows.grow(new)
+        self._meta.grow(new)
         live = np.zeros(new, bool)
-        live[: len(self._ids)] = self._live[: len(self._ids)]
-        self._mat, self._live = mat, live
+        live[:cap] = self._live
+        self._live = live
 
     def put(self, products: Sequence[StoredProduct]) -> None:
         """Insert or replace products, vector and metadata."""
@@ -74,11 +150,9 @@ class SideIndex:
             return
         fresh = {p.product_id for p in products} - self._row.keys()
         self._grow(len(self._ids) + max(0, len(fresh) - len(self._free)))  # one copy per batch at most
-        empty = np.zeros(0, np.float32)
         rows = np.empty(len(products), np.int64)
         for i, p in enumerate(products):
-            pid = p.product_id
-            self._meta[pid] = dataclasses.replace(p, vector=empty)
+            pid = sys.intern(p.product_id)  # shared with the list mirror's copies of the id
             r = self._row.get(pid)
             if r is None:
                 if self._free:
@@ -90,73 +164,83 @@ class SideIndex:
                     self._ids.append(pid)
                 self._row[pid] = r
             rows[i] = r
-        self._mat[rows] = np.stack([p.vector for p in products])
+            self._meta.write(r, p)
+        self._rows.write(rows, np.stack([p.vector for p in products]))
         self._live[rows] = True
 
     def delete(self, ids: Iterable[str]) -> None:
         for pid in ids:
             r = self._row.pop(pid, None)
-            self._meta.pop(pid, None)
             if r is not None:
                 self._live[r] = False
-                self._mat[r] = 0.0
+                self._rows.clear(r)
                 self._ids[r] = None
                 self._free.append(r)
 
     def not_held(self, stamps: Mapping[str, int]) -> list[str]:
         """Ids of ``stamps`` (product_id -> updated_at) whose version this index does not hold."""
-        return sorted(pid for pid, t in stamps.items() if (held := self._meta.get(pid)) is None or held.updated_at != t)
+        updated = self._meta.updated_at
+        return sorted(pid for pid, t in stamps.items() if (r := self._row.get(pid)) is None or int(updated[r]) != t)
 
     # --- reads --------------------------------------------------------------------------------
     def get(self, ids: Iterable[str]) -> dict[str, StoredProduct]:
-        """Stored products with a *copy* of their vector (safe to keep across later writes)."""
-        return {pid: dataclasses.replace(meta, vector=self._mat[self._row[pid]].copy())
-                for pid in ids if (meta := self._meta.get(pid)) is not None}
-
-    def _rows_view(self) -> np.ndarray:
-        """The rows in use, read-only, without copying (valid until the next write)."""
-        view = self._mat[: len(self._ids)].view()
-        view.flags.writeable = False
-        return view
+        """Stored products with their own copy of the vector."""
+        found = [(pid, r) for pid in ids if (r := self._row.get(pid)) is not None]
+        vectors = self._rows.read(np.array([r for _, r in found], np.int64))
+        return {pid: self._meta.read(r, pid, vectors[i]) for i, (pid, r) in enumerate(found)}
 
     def vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """Read-only views of the rows of the live products among ``ids`` (valid until the next write)."""
-        view = self._rows_view()
-        return {pid: view[r] for pid in ids if (r := self._row.get(pid)) is not None}
+        """Vectors of the live products among ``ids``."""
+        found = [(pid, r) for pid in ids if (r := self._row.get(pid)) is not None]
+        vectors = self._rows.read(np.array([r for _, r in found], np.int64))
+        return {pid: vectors[i] for i, (pid, _) in enumerate(found)}
 
     def ids_written_since(self, since_ms: int) -> list[str]:
         """Ids whose held version was written at or after ``since_ms``."""
-        return [pid for pid, meta in self._meta.items() if meta.updated_at >= since_ms]
+        n = len(self._ids)
+        rows = np.flatnonzero(self._live[:n] & (self._meta.updated_at[:n] >= since_ms))
+        return [self._ids[r] for r in rows.tolist()]  # type: ignore[misc]
 
     # --- search -----------------------------------------------------------------------------
     def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per chunk of queries: (row indices best first, their scores), dead rows excluded."""
+        """Per chunk of queries: (row indices best first, their scores), dead rows excluded.
+
+        One pass over the matrix per chunk of queries: each block of rows is decoded to float32
+        once and multiplied with every query; each block's top-``limit`` is kept and the blocks'
+        candidates merged (score desc, row asc: the same order a single full product gives)."""
         n = len(self._ids)
         if len(vectors) == 0:
             return []
-        dead = ~self._live[:n]
         k = min(limit, len(self._row))
         q = np.asarray(vectors, np.float32)
-        rows = torch.from_numpy(np.ascontiguousarray(self._mat[:n]))  # no copy: the matrix is contiguous
         out = []
         for start in range(0, len(q), chunk):
             # torch, so the product uses SIMSTREAM_TORCH_THREADS (numpy's BLAS is single-threaded
             # in the worker, streams/runtime.py); same float32 arithmetic.
-            sims = (torch.from_numpy(np.ascontiguousarray(q[start:start + chunk])) @ rows.T).numpy()
-            if dead.any():
-                sims[:, dead] = -np.inf
-            out.append(top_k_rows(sims, k))
+            queries = torch.from_numpy(np.ascontiguousarray(q[start:start + chunk]))
+            cand_rows, cand_scores = [], []
+            for first, block in self._rows.blocks(n, SCAN_BLOCK_ROWS):
+                sims = (queries @ torch.from_numpy(block).T).numpy()
+                dead = ~self._live[first:first + len(block)]
+                if dead.any():
+                    sims[:, dead] = -np.inf
+                rows, scores = top_k_rows(sims, k)
+                cand_rows.append(rows + first)
+                cand_scores.append(scores)
+            rows_all, scores_all = np.concatenate(cand_rows, axis=1), np.concatenate(cand_scores, axis=1)
+            order = np.lexsort((rows_all, -scores_all), axis=1)[:, :k]
+            out.append((np.take_along_axis(rows_all, order, axis=1), np.take_along_axis(scores_all, order, axis=1)))
         return out
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
-        """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs.
-        The vectors are read-only views into the index, valid until the next write to it (callers
-        score them at once, in the same thread)."""
+        """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs."""
         out: list[list[tuple[str, np.ndarray]]] = []
-        view = self._rows_view()
         for rows, _ in self._top(vectors, limit):
+            unique = np.unique(rows)
+            decoded = self._rows.read(unique)
+            at = {int(r): i for i, r in enumerate(unique.tolist())}
             for row in rows:
-                out.append([(self._ids[j], view[j]) for j in row])  # type: ignore[misc]
+                out.append([(self._ids[j], decoded[at[j]]) for j in row.tolist()])  # type: ignore[misc]
         return out
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
@@ -164,5 +248,5 @@ class SideIndex:
         out: list[list[tuple[str, float]]] = []
         for rows, scores in self._top(vectors, limit):
             for row, sc in zip(rows, scores):
-                out.append([(self._ids[j], float(x)) for j, x in zip(row, sc)])  # type: ignore[misc]
+                out.append([(self._ids[j], float(x)) for j, x in zip(row.tolist(), sc.tolist())])  # type: ignore[misc]
         return out

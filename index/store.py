@@ -35,6 +35,7 @@ from simstream.index.rows import ListHead, StoredList, StoredProduct
 from simstream.index.side import SideIndex
 from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
+from simstream.vector_codec import Segment, bytes_per_row
 
 log = get_logger(__name__)
 
@@ -42,10 +43,14 @@ log = get_logger(__name__)
 class VectorStore:
     """The index as the stream sees it: one object, plain records in and out."""
 
-    def __init__(self, milvus: MilvusStore, *, memory_limit_bytes: int | None = None) -> None:
-        """``memory_limit_bytes``: the limit the copies must fit in; None: detected (cgroup, RAM)."""
+    def __init__(self, milvus: MilvusStore, *, memory_limit_bytes: int | None = None,
+                 segments: Sequence[Segment] | None = None) -> None:
+        """``memory_limit_bytes``: the limit the copies must fit in; None: detected (cgroup, RAM).
+        ``segments``: how the side index stores the vectors (the encoder's, simstream.vector_codec);
+        None: float32."""
         self.milvus = milvus
         self.dim = milvus.dim
+        self.segments = list(segments) if segments else None
         self.memory_limit_bytes = memory_limit_bytes
         self.side: SideIndex | None = None
         self.mirror: ListMirror | None = None
@@ -55,12 +60,12 @@ class VectorStore:
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, in_memory: bool = False,
                 timeout_s: float = DEFAULT_TIMEOUT_S, memory_limit_bytes: int | None = None,
-                **kwargs: Any) -> "VectorStore":
+                segments: Sequence[Segment] | None = None, **kwargs: Any) -> "VectorStore":
         """Open the index; ``timeout_s`` is the deadline of every Milvus call, ``in_memory`` builds
         the copies (within ``memory_limit_bytes``, else the detected limit). Other ``kwargs`` go to
         ``MilvusStore``. Nothing stays open when this raises."""
         store = cls(MilvusStore.connect(uri, prefix, dim, token=token, timeout_s=timeout_s, **kwargs),
-                    memory_limit_bytes=memory_limit_bytes)
+                    memory_limit_bytes=memory_limit_bytes, segments=segments)
         if in_memory:
             try:
                 store.load_into_memory()
@@ -72,7 +77,9 @@ class VectorStore:
     def footprint(self) -> Footprint:
         """Estimated bytes of the in-memory copies of what Milvus holds now (index/budget.py)."""
         lists = self.milvus.count_lists() if self.milvus.lists_stamped else 0
-        return Footprint(self.milvus.count_products(), self.dim, lists, self.milvus.sample_list_depth() if lists else 0.0)
+        row_bytes = bytes_per_row(self.segments) if self.segments else self.dim * 4
+        return Footprint(self.milvus.count_products(), self.dim, lists, self.milvus.sample_list_depth() if lists else 0.0,
+                         row_bytes=row_bytes)
 
     def load_into_memory(self) -> None:
         """Build the side index and the list mirror from Milvus; from now on reads use them.
@@ -85,11 +92,12 @@ class VectorStore:
                  limit_source=limit.source if limit else None, rss_mib=rss >> 20)
         t0 = time.perf_counter()
         started = now_ms()
-        side = SideIndex(self.dim, capacity=side_capacity(need.products))
+        side = SideIndex(self.dim, capacity=side_capacity(need.products), segments=self.segments)
         for page in self.milvus.iter_products(2_000, with_vectors=True):
             side.put(page)
         self.side, self._side_synced_at = side, started
-        log.info("side index built", products=len(side), seconds=round(time.perf_counter() - t0, 2))
+        log.info("side index built", products=len(side), seconds=round(time.perf_counter() - t0, 2),
+                 bytes_per_vector=side.row_bytes, loose_rows=side.loose_rows)
         if not self.milvus.lists_stamped:
             log.warning("lists collection has no updated_at (created by an older simstream); "
                         "list questions go to Milvus", collection=self.milvus.lists)

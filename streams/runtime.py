@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Sequence
 
 from simstream.encoders.fusion import ProductEncoder
 from simstream.errors import IndexUnavailable
@@ -12,13 +13,15 @@ from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings
 from simstream.streams.app import Worker
+from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
 log = get_logger(__name__)
 
 
-def open_store(settings: Settings, dim: int, *, wait: bool = False) -> VectorStore:
+def open_store(settings: Settings, dim: int, *, wait: bool = False,
+               segments: Sequence[Segment] | None = None) -> VectorStore:
     """Connect to Milvus; with ``wait``, a Milvus that is down or starting is waited for (jittered
     backoff, a log line per attempt) instead of the worker crash-looping."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
@@ -28,7 +31,7 @@ def open_store(settings: Settings, dim: int, *, wait: bool = False) -> VectorSto
             return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
                                        flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
                                        timeout_s=settings.milvus_timeout_s,
-                                       memory_limit_bytes=settings.memory_limit_bytes)
+                                       memory_limit_bytes=settings.memory_limit_bytes, segments=segments)
         except IndexUnavailable as exc:
             if not wait:
                 raise
@@ -40,7 +43,7 @@ def open_store(settings: Settings, dim: int, *, wait: bool = False) -> VectorSto
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
                 wait_for_milvus: bool = False) -> tuple[Ingest, Refresher]:
     encoder = encoder or ProductEncoder(settings)
-    store = open_store(settings, encoder.dim, wait=wait_for_milvus)
+    store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
     return Ingest(store, encoder, candidate_pool=settings.candidate_pool), Refresher(store, builder)

@@ -99,8 +99,10 @@ def test_fused_score_is_the_weighted_sum_of_field_cosines(encoder):
     parts = contributions(a, [b], encoder.layout)[0]
     assert sum(parts.values()) == pytest.approx(float(a @ b), abs=1e-5)
     assert "mpn" not in parts  # b has no mpn: a missing field contributes nothing
-    assert float(a @ a) == pytest.approx(1.0 - encoder.weights["mpn"] * 0, abs=1e-5)
-    assert float(b @ b) == pytest.approx(1.0 - encoder.weights["mpn"], abs=1e-5)
+    # Each field's segment has norm sqrt(weight), up to the compact storage grid (int8 steps of
+    # 1/64..1/127 of a row's peak, simstream.vector_codec), which moves a norm by well under 1 %.
+    assert float(a @ a) == pytest.approx(1.0, abs=5e-3)
+    assert float(b @ b) == pytest.approx(1.0 - encoder.weights["mpn"], abs=5e-3)
 
 
 def test_a_bad_image_fails_only_its_product(encoder):

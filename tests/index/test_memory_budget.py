@@ -58,7 +58,7 @@ def test_the_check_names_the_numbers_and_the_settings():
         check_fits(need, MemoryLimit(4 << 30, "cgroup /sys/fs/cgroup/memory.max"), 1 << 30)
     message = str(info.value)
     for part in ("SIMSTREAM_SIDE_INDEX=false", "SIMSTREAM_MEMORY_LIMIT_BYTES", "memory limit 4096 MiB",
-                 "1000000 products x dim 768", "/sys/fs/cgroup/memory.max"):
+                 "1000000 products x 3072 B", "/sys/fs/cgroup/memory.max"):
         assert part in message
 
 

@@ -1,0 +1,109 @@
+"""A growable matrix of fused vectors stored on their compact grids (simstream.vector_codec).
+
+Rows are packed per segment (float16 or int8 with a power-of-two exponent); columns outside every
+segment hold zeros (fields whose weight is 0, such as the image when images are off). Reading
+gives float32 rows bit-identical to what was written, so scores computed from them equal the ones
+Milvus and the exactness oracle compute. A row that is not canonical (written by an older
+simstream, or non-zero outside the segments) is kept as float32 beside the grid ("loose") and
+patched into every read: never rounded, never lost.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from simstream.vector_codec import Packed, Segment, bytes_per_row, pack, unpack
+
+DTYPES = {"f16": np.float16, "i8": np.int8, "f32": np.float32}
+
+
+class PackedRows:
+    """Rows of ``dim`` float32 values, stored compactly by ``segments``."""
+
+    def __init__(self, dim: int, segments: Sequence[Segment] | None, capacity: int) -> None:
+        self.dim = dim
+        self.segments = list(segments) if segments else [Segment("all", 0, dim, "f32")]
+        covered = np.zeros(dim, bool)
+        for s in self.segments:
+            covered[s.start:s.stop] = True
+        self._outside = np.flatnonzero(~covered)  # columns that must be zero on the grid
+        self._values = [np.zeros((capacity, s.width), DTYPES[s.codec]) for s in self.segments]
+        self._exponents = [np.zeros(capacity, np.int8) if s.codec == "i8" else None for s in self.segments]
+        self._loose: dict[int, np.ndarray] = {}
+
+    @property
+    def capacity(self) -> int:
+        return len(self._values[0]) if self._values else 0
+
+    @property
+    def row_bytes(self) -> int:
+        return bytes_per_row(self.segments)
+
+    @property
+    def loose_rows(self) -> int:
+        return len(self._loose)
+
+    def grow(self, capacity: int) -> None:
+        """Reallocate to ``capacity`` rows, keeping the contents."""
+        old = self.capacity
+        for i, arr in enumerate(self._values):
+            new = np.zeros((capacity,) + arr.shape[1:], arr.dtype)
+            new[:old] = arr
+            self._values[i] = new
+        for i, exps in enumerate(self._exponents):
+            if exps is not None:
+                new_e = np.zeros(capacity, np.int8)
+                new_e[:old] = exps
+                self._exponents[i] = new_e
+
+    def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Store ``vectors`` (float32, n x dim) at ``rows``."""
+        vectors = np.asarray(vectors, np.float32)
+        inexact = np.zeros(len(rows), bool)
+        if len(self._outside):
+            inexact |= (vectors[:, self._outside] != 0).any(axis=1)
+        for s, values, exps in zip(self.segments, self._values, self._exponents):
+            packed, bad = pack(vectors[:, s.start:s.stop], s.codec)
+            values[rows] = packed.values
+            if exps is not None:
+                assert packed.exponents is not None
+                exps[rows] = packed.exponents
+            inexact |= bad
+        for r, vec, loose in zip(rows.tolist(), vectors, inexact.tolist()):
+            if loose:
+                self._loose[r] = vec.copy()
+            else:
+                self._loose.pop(r, None)
+
+    def clear(self, row: int) -> None:
+        for values, exps in zip(self._values, self._exponents):
+            values[row] = 0
+            if exps is not None:
+                exps[row] = 0
+        self._loose.pop(row, None)
+
+    def read(self, rows: np.ndarray | slice) -> np.ndarray:
+        """Float32 rows (a new array), bit-identical to what was written. ``rows``: row numbers,
+        or a slice with explicit start and stop (a scan block)."""
+        sel: np.ndarray | slice = rows if isinstance(rows, slice) else np.asarray(rows, np.int64)
+        n = (rows.stop - rows.start) if isinstance(rows, slice) else len(sel)  # type: ignore[arg-type]
+        out = np.zeros((n, self.dim), np.float32)
+        for s, values, exps in zip(self.segments, self._values, self._exponents):
+            unpack(Packed(values[sel], None if exps is None else exps[sel]), s.codec, out[:, s.start:s.stop])
+        if self._loose:
+            if isinstance(rows, slice):  # a scan block: visit the few loose rows, not every row
+                for r, vec in self._loose.items():
+                    if rows.start <= r < rows.stop:
+                        out[r - rows.start] = vec
+            else:
+                for i, r in enumerate(sel.tolist()):  # type: ignore[union-attr]
+                    if (held := self._loose.get(r)) is not None:
+                        out[i] = held
+        return out
+
+    def blocks(self, used: int, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 block) over rows [0, used): what an exact scan multiplies with."""
+        for start in range(0, used, block_rows):
+            yield start, self.read(slice(start, min(used, start + block_rows)))
