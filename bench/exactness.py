@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", type=float, default=10.0, help="seconds without activity that count as quiet")
     ap.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     ap.add_argument("--no-reencode", action="store_true", help="skip re-encoding the final catalog")
+    ap.add_argument("--backfill", type=int, default=0, metavar="N",
+                    help="load the first N events with `simstream backfill`, then stream the rest")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
@@ -46,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     report = run_exactness(Options(products=a.products, events=a.events, workers=a.workers, kills=a.kills, faults=faults,
                                    seed=a.seed, top_k=a.top_k, partitions=a.partitions,
                                    candidate_pool=a.candidate_pool, quiet_s=a.quiet, timeout_s=a.timeout,
-                                   reencode_check=not a.no_reencode, keep=a.keep))
+                                   reencode_check=not a.no_reencode, keep=a.keep, backfill=a.backfill))
     print(json.dumps(report["details"], indent=2, default=str))
     print(summary_line(report))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({k: report[k] for k in
                                       ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills",
-                                       "faults")},
+                                       "faults", "backfill")},
                                      indent=2) + "\n")
     ok = report["equal"] == report["products"] and report["lost"] == 0 and report["resurrected"] == 0
     return 0 if ok else 1

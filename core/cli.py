@@ -85,6 +85,19 @@ def reconcile() -> None:
 
 
 @main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", default=1024, show_default=True, help="Records encoded and written per batch.")
+def backfill(path: Path, batch_size: int) -> None:
+    """Load a catalog (JSON Lines or CSV events) at the encoders' speed, then publish every list that differs."""
+    from simstream.streams.backfill import backfill_file
+
+    report = backfill_file(_settings(), path, batch_size=batch_size)
+    click.echo(f"{report.records} records: {report.applied} applied, {report.stale_or_duplicate} stale or duplicate, "
+               f"{report.dead_lettered} dead-lettered; {report.lists} lists checked, {report.published} published "
+               f"({report.tombstones} tombstones); load {report.seconds['load']} s, lists {report.seconds['lists']} s")
+
+
+@main.command()
 @click.option("--keep", is_flag=True, help="Keep the data directory afterwards.")
 @click.option("--timeout", default=600.0, show_default=True, help="Give up after this many seconds.")
 def demo(keep: bool, timeout: float) -> None:

@@ -21,6 +21,8 @@ import json
 import os
 import random
 import shutil
+import sys
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -139,6 +141,9 @@ class Options:
     quiet_s: float = 10.0
     timeout_s: float = 1800.0
     reencode_check: bool = True
+    # The first ``backfill`` events are loaded with `simstream backfill FILE` before the workers
+    # start; the rest streams through them (a backfill followed by a stream).
+    backfill: int = 0
     keep: bool = False
     data_dir: Path | None = None
     log: Callable[[str], None] = print
@@ -181,6 +186,10 @@ def run_exactness(opts: Options) -> dict[str, Any]:
                 env = {**base_env, "SIMSTREAM_DATA_DIR": str(data_dir / f"worker-{i}"), "SIMSTREAM_WEB_PORT": str(free_port())}
                 return WorkerProcess(env, log_path=data_dir / f"worker-{i}.log").start()
 
+            backfill_s = run_backfill(stream.events[:opts.backfill], data_dir, base_env, deadline) if opts.backfill else 0.0
+            if opts.backfill:
+                say(f"backfilled {opts.backfill} events in {backfill_s:.0f} s")
+            streamed = stream.events[opts.backfill:]
             for i in range(opts.workers):
                 workers.append(make_worker(i))
             for w in workers:
@@ -190,13 +199,13 @@ def run_exactness(opts: Options) -> dict[str, Any]:
             settings = Settings(kafka=broker.url, topic_partitions=opts.partitions, app_id=app_id)
             reader = NeighbourReader(settings)
             chunks = opts.kills + len(opts.faults) + 1
-            size = -(-len(stream.events) // chunks)
+            size = -(-len(streamed) // chunks)
             kills_done = 0
             faults_done: list[str] = []
             t_pub = time.monotonic()
             for c in range(chunks):
                 with EventProducer(settings) as producer:
-                    for doc in stream.events[c * size:(c + 1) * size]:
+                    for doc in streamed[c * size:(c + 1) * size]:
                         producer.send(doc)
                 del producer  # no client may outlive the broker (librdkafka would keep reconnecting)
                 if c < opts.kills:
@@ -257,7 +266,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     report: dict[str, Any] = {
         "products": result.products, "equal": result.equal, "equal_share": result.equal_share,
         "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": opts.workers,
-        "kills": kills_done, "faults": faults_done,
+        "kills": kills_done, "faults": faults_done, "backfill": opts.backfill,
         "details": {
             "events": len(stream.events), "event_kinds": stream.kinds, "live": result.live,
             "deleted": len(stream.deleted), "unequal": len(result.unequal),
@@ -275,6 +284,20 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     if not opts.keep and result.equal == result.products and opts.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return report
+
+
+def run_backfill(events: list[dict[str, Any]], data_dir: Path, env: dict[str, str], deadline: float) -> float:
+    """`simstream backfill` over ``events`` as a JSON Lines file, in its own process (as an operator
+    runs it); returns its seconds. Raises when it fails."""
+    path = data_dir / "backfill.jsonl"
+    path.write_bytes(b"".join(json.dumps(doc).encode() + b"\n" for doc in events))
+    (data_dir / "backfill").mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with (data_dir / "backfill.log").open("wb") as log_file:
+        subprocess.run([sys.executable, "-m", "simstream", "backfill", str(path)], check=True, stdout=log_file,
+                       stderr=subprocess.STDOUT, timeout=max(1.0, deadline - time.monotonic()),
+                       env={**os.environ, **env, "SIMSTREAM_DATA_DIR": str(data_dir / "backfill")})
+    return time.monotonic() - t0
 
 
 def inject(kind: str, seconds: float, broker: EmbeddedBroker, server: MilvusServer | None) -> None:

@@ -17,15 +17,14 @@ from simstream.memory import MemoryLimit
 SAFETY_FRACTION = 0.85  # of the limit; the rest for the encoders' buffers, Kafka batches, allocator slack
 # The matrix's first growth holds the old matrix and one GROWTH times larger at once (side.py).
 VECTOR_PEAK = 1 + GROWTH
-# Measured with tracemalloc, milvus-lite 3.2, CPython 3.11, 5,000 products read back through
-# ``MilvusStore.iter_products`` into a SideIndex (ids "sku-00000001", 7 field hashes of 16 hex
-# chars, a 50-char model name): 1,121 bytes per product besides its matrix row. List heads read
-# through ``iter_list_heads`` into a ListMirror: 1,114 / 2,319 / 4,591 bytes per list at depth
-# 5 / 15 / 30, i.e. ~420 + ~140 per entry. Rounded up for allocator overhead that tracemalloc
-# does not see.
-PRODUCT_META_BYTES = 1_200
-LIST_BASE_BYTES = 500
-LIST_ENTRY_BYTES = 160
+# Measured with tracemalloc (CPython 3.11, 20,000 products, ids "sku-00000001", 7 field hashes,
+# bench/scale.py measures the whole worker): 216 bytes per product besides its packed vector (columnar
+# metadata, the interned id, its dict slot); list heads in a ListMirror at depth 15: 493 bytes per
+# list (interned ids, a tuple, the reverse map's lists). Rounded up for allocator overhead that
+# tracemalloc does not see.
+PRODUCT_META_BYTES = 300
+LIST_BASE_BYTES = 250
+LIST_ENTRY_BYTES = 24
 # A page of rows in flight while building: Python lists of floats (a float object and a pointer,
 # 32 bytes) plus the decoded protobuf (4), rounded up.
 BUILD_PAGE_ROWS = 2_000

@@ -113,6 +113,8 @@ class SideIndex:
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
+        # The scan's matrix products run on the GPU when there is one (float32 either way).
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def __len__(self) -> int:
         return len(self._row)
@@ -217,10 +219,13 @@ class SideIndex:
         for start in range(0, len(q), chunk):
             # torch, so the product uses SIMSTREAM_TORCH_THREADS (numpy's BLAS is single-threaded
             # in the worker, streams/runtime.py); same float32 arithmetic.
-            queries = torch.from_numpy(np.ascontiguousarray(q[start:start + chunk]))
+            queries = torch.from_numpy(np.ascontiguousarray(q[start:start + chunk])).to(self.device)
             cand_rows, cand_scores = [], []
             for first, block in self._rows.blocks(n, SCAN_BLOCK_ROWS):
-                sims = (queries @ torch.from_numpy(block).T).numpy()
+                rows_t = torch.from_numpy(block)
+                if self.device.type == "cuda":  # pinned, so the copy overlaps the decode of the next block
+                    rows_t = rows_t.pin_memory().to(self.device, non_blocking=True)
+                sims = (queries @ rows_t.T).cpu().numpy()
                 dead = ~self._live[first:first + len(block)]
                 if dead.any():
                     sims[:, dead] = -np.inf

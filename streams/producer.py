@@ -54,14 +54,16 @@ class EventProducer:
         if err is not None:
             self.errors.append(f"{msg.key()!r}: {err}")
 
-    def send(self, doc: dict[str, Any] | bytes, *, key: str | bytes | None = None, topic: str | None = None) -> None:
-        value = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+    def send(self, doc: dict[str, Any] | bytes | None, *, key: str | bytes | None = None, topic: str | None = None,
+             headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+        value = doc if isinstance(doc, bytes) or doc is None else orjson.dumps(doc)
         if key is None and isinstance(doc, dict):
             key = str(doc.get("product_id", ""))
         while True:
             try:
                 self.producer.produce(topic or self.settings.events_topic, value=value,
-                                      key=key.encode() if isinstance(key, str) else key, on_delivery=self._report)
+                                      key=key.encode() if isinstance(key, str) else key, on_delivery=self._report,
+                                      headers=headers)
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.5)

@@ -13,6 +13,7 @@ from typing import Any
 from simstream.encoders.fusion import ProductEncoder
 from simstream.logs import get_logger
 from simstream.streams.producer import EventProducer
+from simstream.streams.publish_lists import publish_searched
 from simstream.streams.runtime import build_steps
 from simstream.settings import Settings
 
@@ -23,21 +24,9 @@ def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, 
     ingest, refresher = build_steps(settings, encoder)
     store = ingest.store
     ids = {p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids()
-    differed = tombstones = 0
-    ordered = sorted(ids)
     with EventProducer(settings) as producer:
-        for start in range(0, len(ordered), page):
-            plan = refresher.plan(ordered[start:start + page], {}, search_all=True)
-            for pid, nl in plan.publish.items():
-                if nl is None:
-                    producer.tombstone(pid, topic=settings.neighbors_topic)
-                    tombstones += 1
-                else:
-                    producer.send(nl.to_json(), key=pid, topic=settings.neighbors_topic)
-            differed += len(plan.publish)
-            producer.flush()  # durable before it is recorded as published
-            refresher.record(plan)
+        done = publish_searched(refresher, producer, settings, sorted(ids), page=page)
     store.flush()
-    report = {"lists": len(ids), "differed": differed, "tombstones": tombstones}
+    report = {"lists": done.lists, "differed": done.differed, "tombstones": done.tombstones}
     log.info("reconciled", **report)
     return report

@@ -1,0 +1,155 @@
+"""``simstream backfill FILE``: load a catalog at the encoders' speed, then every list at once.
+
+Streaming refreshes the lists an event affects, ~15 per event, each a search or a merge: right
+for a trickle, wasteful for a new catalog, a re-embedding or a replay, where nearly every list
+changes many times over. A backfill runs the ingest steps the worker runs (validate -> coalesce ->
+check versions -> encode -> write) over the file in large batches without computing affected sets,
+then recomputes *every* list with the same builder (``publish_searched``): blocked all-pairs top-K,
+one pass over the catalog matrix per page of lists, on the GPU when there is one (index/side.py).
+The lists therefore equal the streaming path's, and only lists whose content differs from what was
+last published go to the topic.
+
+A record that does not parse or cannot be encoded goes to the dead-letter topic with its reason
+(``x-simstream-source-topic: backfill:FILE``, the line number as the offset), like the worker's.
+Run it with the worker stopped or pointed at a Milvus server (a milvus-lite file opens in one
+process only); the stream may continue afterwards from where its offsets are.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from simstream.logs import get_logger
+from simstream.settings import Settings
+from simstream.streams.dead_letter import RawRecord, Rejected
+from simstream.streams.ingest import Ingest, coalesce, encode_rejects, validate
+from simstream.streams.producer import EventProducer, _from_csv_row
+from simstream.streams.publish_lists import publish_searched
+from simstream.streams.runtime import build_steps, single_threaded_numpy
+
+log = get_logger(__name__)
+
+
+def read_records(path: Path) -> Iterator[RawRecord]:
+    """Every line (JSON Lines) or row (CSV, header = field names) as a record to validate; the
+    line number is its offset. ``op`` defaults to upsert, ``version``/``event_time`` to now (ms).
+    A line that is not JSON stays as it is, so validation dead-letters it with the reason."""
+    now = int(time.time() * 1000)
+
+    def record(n: int, doc: object, raw: bytes) -> RawRecord:
+        if isinstance(doc, dict):
+            doc.setdefault("op", "upsert")
+            doc.setdefault("version", now)
+            doc.setdefault("event_time", now)
+            raw = orjson.dumps(doc)
+            key = str(doc.get("product_id", "")).encode()
+        else:
+            key = None
+        return RawRecord(key, raw, partition=0, offset=n, timestamp_ms=now)
+
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            for n, row in enumerate(csv.DictReader(fh)):
+                try:
+                    doc: object = _from_csv_row(row)
+                except ValueError:  # a non-numeric price or version: validation names it
+                    doc = {k: v for k, v in row.items() if k is not None}
+                yield record(n, doc, orjson.dumps(doc))
+        return
+    with path.open("rb") as raw_lines:
+        for n, line in enumerate(raw_lines):
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                doc = None
+            yield record(n, doc, line.rstrip(b"\r\n"))
+
+
+@dataclass
+class BackfillReport:
+    records: int = 0
+    applied: int = 0
+    stale_or_duplicate: int = 0
+    dead_lettered: int = 0
+    lists: int = 0
+    published: int = 0
+    tombstones: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    batch: list[RawRecord] = []
+    for r in records:
+        batch.append(r)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load(ingest: Ingest, records: Iterator[RawRecord], report: BackfillReport, *, batch_size: int,
+         dead_letter: "DeadLetters") -> None:
+    """The worker's ingest steps over big batches, without affected sets (every list follows)."""
+    for batch in _batches(records, batch_size):
+        events, rejects = validate(batch)
+        latest, dropped = coalesce(events)
+        check = ingest.check_versions(latest)
+        encoded = ingest.encode(check)
+        ingest.write(check, encoded)
+        rejects += encode_rejects(encoded, batch)
+        dead_letter.send(rejects)
+        report.records += len(batch)
+        report.applied += check.outcomes["applied"]
+        report.stale_or_duplicate += dropped + check.outcomes["stale"] + check.outcomes["duplicate"]
+        report.dead_lettered += len(rejects)
+        log.info("backfill batch written", records=report.records, applied=report.applied,
+                 dead_lettered=report.dead_lettered)
+
+
+class DeadLetters:
+    """Rejected records to the DLQ topic with the worker's headers, durably (flushed per batch)."""
+
+    def __init__(self, producer: EventProducer, settings: Settings, source: str) -> None:
+        self.producer, self.settings, self.source = producer, settings, source
+
+    def send(self, rejects: list[Rejected]) -> None:
+        limit = self.settings.max_message_bytes - 64_000
+        for rej in rejects:
+            log.warning("dead-lettered", kind=rej.kind, reason=rej.reason[:300], stage=rej.stage, line=rej.record.offset)
+            value, extra = rej.value_for_dlq(limit)
+            headers: list[tuple[str, str | bytes | None]] = [*rej.headers(self.source), *extra]
+            self.producer.send(value, key=rej.record.key, topic=self.settings.dlq_topic,
+                               headers=headers)
+        if rejects:
+            self.producer.flush()
+
+
+def backfill_file(settings: Settings, path: Path, *, batch_size: int = 1024, page: int = 512) -> BackfillReport:
+    """Load ``path`` into the index and publish every list that differs from the topic's."""
+    single_threaded_numpy()
+    ingest, refresher = build_steps(settings, wait_for_milvus=True)
+    store = ingest.store
+    report = BackfillReport()
+    with EventProducer(settings) as producer:
+        t0 = time.perf_counter()
+        load(ingest, read_records(path), report, batch_size=batch_size,
+             dead_letter=DeadLetters(producer, settings, f"backfill:{path.name}"))
+        store.flush()
+        t1 = time.perf_counter()
+        ids = {p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids()
+        done = publish_searched(refresher, producer, settings, sorted(ids), page=page)
+        store.flush()
+        t2 = time.perf_counter()
+    report.lists, report.published, report.tombstones = done.lists, done.differed, done.tombstones
+    report.seconds = {"load": round(t1 - t0, 2), "lists": round(t2 - t1, 2)}
+    log.info("backfilled", **{k: v for k, v in report.__dict__.items()})
+    return report
