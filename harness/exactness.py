@@ -226,7 +226,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
                     say(f"  fault {kind} for {seconds:.0f} s at {time.monotonic() - t_pub:.1f} s")
                     inject(kind, seconds, broker, server)
                     faults_done.append(f"{kind}:{seconds:.0f}")
-            say(f"published {len(stream.events)} events in {time.monotonic() - t_pub:.1f} s; waiting until quiet")
+            say(f"published {len(streamed)} events in {time.monotonic() - t_pub:.1f} s; waiting until quiet")
 
             # Quiet = no neighbour message and no worker counter change for quiet_s seconds.
             last_change = time.monotonic()
