@@ -35,9 +35,9 @@ class ListMirror:
 
     def put(self, heads: Iterable[ListHead]) -> None:
         for head in heads:
-            owner = sys.intern(head.product_id)
+            owner = sys.intern(str(head.product_id))
             self._forget(owner)
-            members = tuple(sys.intern(nid) for nid in head.neighbour_ids)
+            members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
             self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
             for nid in dict.fromkeys(members):
                 self._listers.setdefault(nid, []).append(owner)

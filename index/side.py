@@ -154,7 +154,7 @@ class SideIndex:
         self._grow(len(self._ids) + max(0, len(fresh) - len(self._free)))  # one copy per batch at most
         rows = np.empty(len(products), np.int64)
         for i, p in enumerate(products):
-            pid = sys.intern(p.product_id)  # shared with the list mirror's copies of the id
+            pid = sys.intern(str(p.product_id))  # shared with the list mirror's copies of the id
             r = self._row.get(pid)
             if r is None:
                 if self._free:
