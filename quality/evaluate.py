@@ -55,15 +55,20 @@ def retrieval_metrics(ranked: Mapping[str, Sequence[str]], gold: Mapping[str, se
 
 
 # --- baselines and retrieval -----------------------------------------------------------------
-def tfidf_rankings(left: Table, right: Table, queries: Sequence[int], limit: int) -> dict[str, list[str]]:
-    """Character-trigram TF-IDF (fit on both tables' texts), cosine, top-``limit`` right ids."""
+def tfidf_scores(left: Table, right: Table, queries: Sequence[int]) -> np.ndarray:
+    """Character-trigram TF-IDF (fit on both tables' texts) cosines [len(queries), len(right)]."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True)
     vec.fit(left.texts + right.texts)
     a = vec.transform([left.texts[i] for i in queries])
     b = vec.transform(right.texts)
-    scores = (a @ b.T).toarray()
+    return np.asarray((a @ b.T).toarray())
+
+
+def tfidf_rankings(left: Table, right: Table, queries: Sequence[int], limit: int) -> dict[str, list[str]]:
+    """Character-trigram TF-IDF (fit on both tables' texts), cosine, top-``limit`` right ids."""
+    scores = tfidf_scores(left, right, queries)
     return {left.ids[i]: [right.ids[j] for j in top_k(scores[n], limit)] for n, i in enumerate(queries)}
 
 
@@ -96,11 +101,19 @@ def encode_events(encoder: Any, events: Sequence[ProductEvent], cache_dir: Path 
 def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.ndarray, left: Table,
                     queries: Sequence[int], limit: int, encoder: Any, workdir: Path) -> dict[str, list[str]]:
     """Index RIGHT in a fresh milvus-lite collection via VectorStore and search with the queries."""
+    scored = milvus_scored(vectors_left, right, vectors_right, left, queries, limit, encoder, workdir)
+    return {q: [rid for rid, _ in row] for q, row in scored.items()}
+
+
+def milvus_scored(vectors_left: np.ndarray, right: Table, vectors_right: np.ndarray, left: Table,
+                  queries: Sequence[int], limit: int, encoder: Any, workdir: Path) -> dict[str, list[tuple[str, float]]]:
+    """``milvus_rankings`` with each neighbour's exact inner product (the score the stream publishes)."""
     from simstream.index.rows import product_row
     from simstream.index.store import VectorStore
 
+    # An offline run on a shared machine: a generous deadline (the stream's default is 10 s per call).
     store = VectorStore.connect(str(workdir / "eval.db"), "eval", int(vectors_right.shape[1]),
-                                flush_every_rows=0)
+                                flush_every_rows=0, timeout_s=300)
     try:
         now = now_ms()
         rows = [product_row(p, v, encoder.field_hashes(p), encoder.model, now)
@@ -111,19 +124,48 @@ def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.nd
     finally:
         store.close()
     by_pid = {p.product_id: rid for p, rid in zip(right.events, right.ids)}
-    return {left.ids[i]: [by_pid[pid] for pid, _ in row] for i, row in zip(queries, hits)}
+    return {left.ids[i]: [(by_pid[pid], float(np.dot(vec, vectors_left[i]))) for pid, vec in row]
+            for i, row in zip(queries, hits)}
+
+
+def scored_top(scores: np.ndarray, left: Table, right: Table, queries: Sequence[int],
+               limit: int) -> dict[str, list[tuple[str, float]]]:
+    """Top-``limit`` (right id, score) per query row of ``scores`` [len(queries), len(right)]."""
+    idx, vals = top_k_rows(scores, limit)
+    return {left.ids[i]: [(right.ids[int(j)], float(v)) for j, v in zip(idx[n], vals[n])]
+            for n, i in enumerate(queries)}
+
+
+def euclidean_scores(vectors_left: np.ndarray, vectors_right: np.ndarray, queries: Sequence[int]) -> np.ndarray:
+    """Minus the squared Euclidean distance between the fused vectors (higher = closer)."""
+    a = vectors_left[list(queries)].astype(np.float64)
+    b = vectors_right.astype(np.float64)
+    return -((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T)
+
+
+def threshold_gold(gold_csv: Path, files: Sequence[Path] | None) -> tuple[dict[str, set[str]], list[str]]:
+    """Labelled pairs to choose the match threshold on: ``files``, else train.csv and valid.csv beside
+    GOLD when present (label-1 rows are the matches; every other top-K neighbour counts as not one)."""
+    if files is None:
+        files = [p for p in (Path(gold_csv).parent / "train.csv", Path(gold_csv).parent / "valid.csv") if p.exists()]
+    out: dict[str, set[str]] = {}
+    for f in files:
+        for q, rs in read_gold(Path(f)).items():
+            out.setdefault(q, set()).update(rs)
+    return out, [str(f) for f in files]
 
 
 # --- the command -----------------------------------------------------------------------------
-def build_settings(fields: Mapping[str, str], *, weights_file: Path | None = None,
+def build_settings(fields: Mapping[str, str], *, weights_file: str | Path | None = None,
                    image_root: Path | None = None, **overrides: Any) -> Any:
-    """Settings for an evaluation: the environment's, plus the learned weights file when given,
+    """Settings for an evaluation: the environment's (default fusion config: the shipped v3), plus the
+    fusion config when given (shipped name, path or "none"),
     and the image encoder only when an image column is mapped."""
     from simstream.settings import load_settings
 
     extra: dict[str, Any] = dict(overrides)
     if weights_file is not None:
-        extra["fusion_config"] = Path(weights_file)
+        extra["fusion_config"] = str(weights_file)  # a shipped name, a path or "none"
     if "image" not in fields:
         extra["image_enabled"] = False
     elif image_root is not None:
@@ -132,10 +174,20 @@ def build_settings(fields: Mapping[str, str], *, weights_file: Path | None = Non
 
 
 def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[str, str], *,
-             id_column: str = "id", ks: Sequence[int] = DEFAULT_KS, weights_file: Path | None = None,
+             id_column: str = "id", ks: Sequence[int] = DEFAULT_KS, weights_file: str | Path | None = None,
              settings: Any = None, encoder: Any = None, cache_dir: Path | None = None,
-             with_tfidf: bool = True, query_limit: int | None = None) -> dict[str, Any]:
-    """Run the whole protocol; returns the report (what ``--json`` writes, plus timings)."""
+             with_tfidf: bool = True, query_limit: int | None = None, metrics: Sequence[str] = ("cosine",),
+             match_k: int = 10, threshold_files: Sequence[Path] | None = None,
+             threshold: float | None = None) -> dict[str, Any]:
+    """Run the whole protocol; returns the report (what ``--json`` writes, plus timings).
+
+    Besides retrieval: the match decision (``quality/match.py``) on every query's top-``match_k``,
+    its threshold chosen on ``threshold_files`` (default train/valid beside GOLD) unless given, and
+    the recall@K and precision-recall curves (``curves``, drawn by ``quality/plots.py``).
+    ``metrics``: "cosine" (inner product of the fused vectors, as the stream ranks, via Milvus)
+    and/or "euclidean" (the same vectors by Euclidean distance, exact, numpy).
+    """
+    from simstream.quality import match
     from simstream.encoders.fusion import ProductEncoder
 
     ks = sorted(set(int(k) for k in ks))
@@ -149,7 +201,11 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
     if query_limit is not None:
         queries = queries[:query_limit]
     gold = {left.ids[i]: gold[left.ids[i]] for i in queries}
-    limit = max(ks)
+    fit_gold, fit_files = threshold_gold(Path(gold_csv), threshold_files) if threshold is None else ({}, [])
+    fit_gold = {q: rs for q, rs in fit_gold.items() if q in left_pos}
+    measured = list(queries)
+    queries = list(dict.fromkeys(measured + [left_pos[q] for q in fit_gold]))
+    limit = max(max(ks), match_k)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -161,14 +217,37 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
     vectors_left[queries] = encode_events(encoder, [left.events[i] for i in queries], cache_dir)
     timings["encode_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="simstream-eval-") as tmp:
-        ranked = milvus_rankings(vectors_left, right, vectors_right, left, queries, limit, encoder, Path(tmp))
+    scored: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    if "cosine" in metrics:
+        with tempfile.TemporaryDirectory(prefix="simstream-eval-") as tmp:
+            scored["simstream"] = milvus_scored(vectors_left, right, vectors_right, left, queries, limit, encoder,
+                                                Path(tmp))
+    if "euclidean" in metrics:
+        scored["simstream_euclidean"] = scored_top(euclidean_scores(vectors_left, vectors_right, queries),
+                                                   left, right, queries, limit)
     timings["index_search_s"] = round(time.perf_counter() - t0, 2)
-    report: dict[str, Any] = {"simstream": retrieval_metrics(ranked, gold, ks)}
     if with_tfidf:
         t0 = time.perf_counter()
-        report["tfidf"] = retrieval_metrics(tfidf_rankings(left, right, queries, limit), gold, ks)
+        scored["tfidf"] = scored_top(tfidf_scores(left, right, queries), left, right, queries, limit)
         timings["tfidf_s"] = round(time.perf_counter() - t0, 2)
+    report: dict[str, Any] = {}
+    for method, rows in scored.items():
+        report[method] = retrieval_metrics({q: [r for r, _ in row] for q, row in rows.items()}, gold, ks)
+    report["match_k"] = match_k
+    report["threshold_from"] = (f"given ({threshold})" if threshold is not None else
+                                ", ".join(fit_files) if fit_gold else "the measured gold itself (no train/valid "
+                                "labels found): optimistic")
+    report["match"], report["match_heldout"], report["curves"] = {}, {}, {}
+    heldout = {q: rs for q, rs in gold.items() if q not in fit_gold}
+    for method, rows in scored.items():
+        chosen = threshold if threshold is not None else match.best_threshold(
+            match.candidates(rows, fit_gold or gold, match_k))
+        measured_c = match.candidates(rows, gold, match_k)
+        report["match"][method] = match.decision(measured_c, chosen)
+        if fit_gold and heldout:
+            report["match_heldout"][method] = match.decision(match.candidates(rows, heldout, match_k), chosen)
+        report["curves"][method] = {"recall_at_k": match.recall_curve(rows, gold, limit),
+                                    "pr": match.sampled_curve(measured_c)}
     report["fields"] = sorted(fields, key=MAPPABLE.index)
     report["columns"] = dict(fields)
     report["weights"] = {f: round(w, 6) for f, w in encoder.weights.items()}
@@ -182,11 +261,19 @@ def format_report(report: Mapping[str, Any], ks: Sequence[int]) -> str:
     """A plain-text table: one row per method, one column per metric."""
     ks = sorted(set(int(k) for k in ks))
     keys = [f"recall@{k}" for k in ks] + [f"hit@{k}" for k in ks] + ["mrr"]
-    methods = [m for m in ("simstream", "tfidf") if m in report]
+    methods = [m for m in ("simstream", "simstream_euclidean", "tfidf") if m in report]
+    heads = {"simstream": "simstream", "simstream_euclidean": "euclidean", "tfidf": "tfidf"}
     width = max(len(k) for k in keys) + 1
-    lines = [f"{'metric':<{width}}" + "".join(f"{m:>11}" for m in methods)]
+    lines = [f"{'metric':<{width}}" + "".join(f"{heads[m]:>11}" for m in methods)]
     for key in keys:
         lines.append(f"{key:<{width}}" + "".join(f"{report[m][key]:>11.4f}" for m in methods))
+    for label, section in (("match", "match"), ("match, held-out queries", "match_heldout")):
+        for m in [m for m in methods if m in report.get(section, {})]:
+            d = report[section][m]
+            lines.append(f"{label} ({heads[m]}, top-{report['match_k']}): P {d['precision']:.4f} R {d['recall']:.4f} "
+                         f"F1 {d['f1']:.4f} at score >= {d['threshold']:.4f} ({d['gold_pairs']} gold pairs)")
+    if "threshold_from" in report:
+        lines.append(f"match threshold chosen on: {report['threshold_from']}")
     first = report[methods[0]]
     lines.append(f"queries {first['queries']}, gold pairs {first['pairs']}, fields {', '.join(report['fields'])}")
     nonzero = {f: w for f, w in report["weights"].items() if w > 0}

@@ -47,6 +47,16 @@ class Dataset:
     left_fv: dict[str, np.ndarray]  # field -> [n_left, d] unit vectors (zero rows: field missing)
     right_fv: dict[str, np.ndarray]
     gold: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # split -> ltable_id -> {rtable_id}
+    excluded: dict[str, set[str]] = field(default_factory=dict)  # left id -> right ids never ranked (twins)
+
+    def mask(self, scores: np.ndarray, queries: Sequence[int]) -> np.ndarray:
+        """``scores`` with each query's excluded right items (exact twins) set to -inf, in place."""
+        if self.excluded:
+            rpos = {rid: j for j, rid in enumerate(self.right.ids)}
+            for n, i in enumerate(queries):
+                cols = [rpos[r] for r in self.excluded.get(self.left.ids[i], ()) if r in rpos]
+                scores[n, cols] = -np.inf
+        return scores
 
     def scores(self, weights: Mapping[str, float], queries: Sequence[int]) -> np.ndarray:
         """Fused scores [len(queries), n_right] for ``weights`` (any scale)."""
@@ -60,7 +70,7 @@ class Dataset:
         gold = self.gold[split]
         pos = {rid: i for i, rid in enumerate(self.left.ids)}
         queries = [pos[q] for q in gold if q in pos]
-        scores = self.scores(weights, queries)
+        scores = self.mask(self.scores(weights, queries), queries)
         limit = max(ks)
         ranked = {self.left.ids[i]: [self.right.ids[j] for j in top_k(scores[n], limit)]
                   for n, i in enumerate(queries)}
@@ -101,6 +111,19 @@ class Problem:
 
     features: list[np.ndarray]
     positive: list[np.ndarray]
+    _padded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features [q, c, f], valid [q, c] and positive [q, c], candidates padded to the longest list:
+        one vectorised loss per optimiser step instead of a Python loop over the queries."""
+        if self._padded is None:
+            n, c = len(self.features), max((len(x) for x in self.features), default=0)
+            f = self.features[0].shape[1] if self.features else 0
+            x, valid, pos = np.zeros((n, c, f)), np.zeros((n, c), bool), np.zeros((n, c), bool)
+            for i, (xi, mi) in enumerate(zip(self.features, self.positive)):
+                x[i, :len(xi)], valid[i, :len(xi)], pos[i, :len(xi)] = xi, True, mi
+            self._padded = (x, valid, pos)
+        return self._padded
 
 
 def build_problem(datasets: Sequence[Dataset], splits: Sequence[str], fields: Sequence[str],
@@ -116,7 +139,7 @@ def build_problem(datasets: Sequence[Dataset], splits: Sequence[str], fields: Se
         queries = [lpos[q] for q in gold if q in lpos]
         if not queries:
             continue
-        scores = ds.scores(weights, queries)
+        scores = ds.mask(ds.scores(weights, queries), queries)
         for n, i in enumerate(queries):
             matches = [rpos[r] for r in gold[ds.left.ids[i]] if r in rpos]
             if not matches:
@@ -133,16 +156,16 @@ def build_problem(datasets: Sequence[Dataset], splits: Sequence[str], fields: Se
 
 def listwise_loss(w: np.ndarray, problem: Problem, l2: float) -> tuple[float, np.ndarray]:
     """Mean over queries of -log(sum of softmax mass on the matches), plus ``l2 * |w|^2``."""
-    loss, grad = 0.0, np.zeros_like(w)
-    for x, m in zip(problem.features, problem.positive):
-        s = x @ w
-        s = s - s.max()
-        e = np.exp(s)
-        p_all = e / e.sum()
-        p_pos = e[m] / e[m].sum()
-        loss -= np.log(e[m].sum() / e.sum())
-        grad -= p_pos @ x[m] - p_all @ x
-    n = max(len(problem.features), 1)
+    x, valid, pos = problem.padded()
+    n = max(len(x), 1)
+    if not len(x):
+        return l2 * float(w @ w), 2 * l2 * w
+    s = np.where(valid, x @ w, -np.inf)
+    e = np.exp(s - s.max(axis=1, keepdims=True))  # padding: exp(-inf) = 0
+    total, matched = e.sum(axis=1), (e * pos).sum(axis=1)
+    loss = -float(np.log(matched / total).sum())
+    coef = e * pos / matched[:, None] - e / total[:, None]  # p_pos - p_all per candidate
+    grad = -np.einsum("qc,qcf->f", coef, x)
     return loss / n + l2 * float(w @ w), grad / n + 2 * l2 * w
 
 

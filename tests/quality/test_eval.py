@@ -103,3 +103,25 @@ def test_eval_cli_on_abt_slice(abt_slice: tuple[Path, Path, Path], tmp_path: Pat
     assert ours["mrr"] >= 0.8
     # The stream's fusion stays in the baseline's league on the slice (the full-data comparison is in docs/quality.md).
     assert ours["recall@10"] >= report["tfidf"]["recall@10"] - 0.05
+
+
+def test_eval_match_decision_metrics_and_plots(abt_slice: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from simstream.cli import main
+
+    left, right, gold = abt_slice
+    out, plots = tmp_path / "report.json", tmp_path / "plots"
+    result = CliRunner().invoke(main, ["eval", str(left), str(right), str(gold), *FIELDS, "--k", "1,10",
+                                       "--metric", "cosine,euclidean", "--threshold", "0.5",
+                                       "--json", str(out), "--plots", str(plots)])
+    assert result.exit_code == 0, result.output
+    assert "match (simstream, top-10): P" in result.output and "euclidean" in result.output
+    report = orjson.loads(out.read_bytes())
+    assert set(report["match"]) == {"simstream", "simstream_euclidean", "tfidf"}
+    ours = report["match"]["simstream"]
+    assert ours["threshold"] == 0.5 and ours["gold_pairs"] == 80 and 0 < ours["precision"] <= 1 and 0 < ours["recall"] <= 1
+    curve = report["curves"]["simstream"]
+    assert len(curve["recall_at_k"]) == 10 and curve["recall_at_k"][0] == report["simstream"]["recall@1"]
+    assert curve["recall_at_k"][-1] == report["simstream"]["recall@10"]
+    assert all(a >= b for a, b in zip(curve["pr"]["threshold"], curve["pr"]["threshold"][1:]))
+    for name in ("recall_at_k.png", "precision_recall.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
