@@ -33,8 +33,8 @@ from pymilvus import DataType, MilvusClient
 from simstream.errors import IndexRejected, IndexUnavailable
 from simstream.index.failures import is_milvus_failure, translate
 from simstream.index.rows import (
-    MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_LIST_DEPTH, MAX_MODEL_BYTES, MAX_PAYLOAD_BYTES,
-    TOMBSTONE_BOUNDARY, ListHead, StoredList, StoredProduct, stored_boundary,
+    MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES, MAX_LIST_DEPTH, MAX_MODEL_BYTES,
+    MAX_PAYLOAD_BYTES, SERVING_FIELDS, TOMBSTONE_BOUNDARY, ListHead, StoredList, StoredProduct, stored_boundary,
 )
 from simstream.logs import get_logger
 
@@ -132,6 +132,11 @@ class MilvusStore:
             s.add_field("model", DataType.VARCHAR, max_length=MAX_MODEL_BYTES)
             s.add_field("updated_at", DataType.INT64)
             s.add_field("event_time", DataType.INT64)
+            # simstream serve's fields (rows.SERVING_FIELDS); optional, so rows written without them
+            # (another tool, an older worker on a shared server) are still accepted
+            s.add_field("display", DataType.JSON, nullable=True)  # what serve shows (rows.display_of)
+            s.add_field("brand_key", DataType.VARCHAR, max_length=MAX_BRAND_BYTES, default_value="")  # rows.brand_key
+            s.add_field("category_key", DataType.VARCHAR, max_length=MAX_CATEGORY_KEY_BYTES, default_value="")
             idx = c.prepare_index_params()
             # FLAT = exact inner product: the exactness promise of the neighbour topic rests on it.
             idx.add_index("vector", index_type=self.index_type, metric_type="IP")
@@ -165,6 +170,10 @@ class MilvusStore:
             self._call(c.load_collection, name)
         list_fields = {f["name"] for f in self._call(c.describe_collection, self.lists)["fields"]}
         self.lists_stamped = {"updated_at", "as_of"} <= list_fields
+        product_fields = {f["name"] for f in self._call(c.describe_collection, self.products)["fields"]}
+        # simstream serve's fields (rows.SERVING_FIELDS): absent in collections made before it existed
+        self.serving_fields = tuple(f for f in SERVING_FIELDS if f in product_fields)
+        self.products_display = set(self.serving_fields) == set(SERVING_FIELDS)
 
     def _vector_dim(self) -> int:
         fields = {f["name"]: f for f in self._call(self.client.describe_collection, self.products)["fields"]}
@@ -273,6 +282,7 @@ class MilvusStore:
 
     def upsert_products(self, rows: list[dict[str, Any]]) -> list[StoredProduct]:
         """Write product rows (``rows.product_row``); returns them as stored products."""
+        rows = self._fit_products(rows)
         for start in range(0, len(rows), 256):
             self._call(self.client.upsert, self.products, rows[start:start + 256])
         self._wrote(len(rows))
@@ -280,6 +290,7 @@ class MilvusStore:
 
     def insert_products(self, rows: list[dict[str, Any]]) -> None:
         """Bulk-load rows of products known to be absent (insert skips upsert's delete step)."""
+        rows = self._fit_products(rows)
         for start in range(0, len(rows), 1000):
             self._call(self.client.insert, self.products, rows[start:start + 1000])
         self._wrote(len(rows))
@@ -324,6 +335,17 @@ class MilvusStore:
                               **_CONSISTENCY)
             out.extend([[(_hit_id(h), float(h["distance"])) for h in row] for row in hits])
         return out
+
+    def _fit_products(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A products collection made before the serving fields existed takes rows without them;
+        one that has them takes rows built elsewhere (tests, tools) with empty ones."""
+        missing = [f for f in SERVING_FIELDS if f not in self.serving_fields]
+        if missing:
+            rows = [{k: v for k, v in r.items() if k not in missing} for r in rows]
+        empty: dict[str, Any] = {"display": {}, "brand_key": "", "category_key": ""}
+        if any(f not in r for r in rows for f in self.serving_fields):
+            rows = [{**{f: empty[f] for f in self.serving_fields}, **r} for r in rows]
+        return rows
 
     # --- lists ----------------------------------------------------------------------------
     def read_lists(self, ids: Sequence[str]) -> dict[str, StoredList]:
@@ -383,6 +405,31 @@ class MilvusStore:
 
     def all_list_ids(self) -> set[str]:
         return {r["product_id"] for page in self._pages(self.lists, ["product_id"], 2000) for r in page}
+
+    # --- serving reads (simstream serve; never write) ------------------------------------------
+    def display_fields(self, *, with_vectors: bool = False) -> list[str]:
+        """The product fields a reader shows: the columns, ``display`` when the collection has it."""
+        return (["version", "brand", "category", "price", "model", "event_time", "updated_at"]
+                + (["display"] if "display" in self.serving_fields else []) + (["vector"] if with_vectors else []))
+
+    def read_product_rows(self, ids: Sequence[str], *, with_vectors: bool = False) -> dict[str, dict[str, Any]]:
+        """product_id -> stored row (display fields, the vector on request) of the ``ids`` present."""
+        return {r["product_id"]: r for r in self._query(self.products, ids, self.display_fields(with_vectors=with_vectors))}
+
+    def read_list_payload(self, product_id: str) -> bytes | None:
+        """The list last published for ``product_id`` (b"" for a tombstone marker), None when none is recorded."""
+        rows = self._query(self.lists, [product_id], ["payload"])
+        return rows[0]["payload"].encode() if rows else None
+
+    def search_rows(self, vector: np.ndarray, limit: int, expr: str = "", *,
+                    with_vectors: bool = True) -> list[dict[str, Any]]:
+        """Exact top-``limit`` products by inner product among those matching the Milvus filter
+        ``expr`` (built by the caller from structured, quoted parts); each row carries ``score``
+        (Milvus' inner product) and the display fields."""
+        hits = self._call(self.client.search, self.products, data=[vector.tolist()], limit=limit, filter=expr,
+                          output_fields=self.display_fields(with_vectors=with_vectors),
+                          search_params={"metric_type": "IP"}, **_CONSISTENCY)
+        return [{**h["entity"], "product_id": _hit_id(h), "score": float(h["distance"])} for h in hits[0]]
 
     # --- tombstones -----------------------------------------------------------------------
     def read_tombstones(self, ids: Sequence[str]) -> dict[str, int]:

@@ -6,10 +6,12 @@ all write through it, so the schema has one spelling.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from simstream.records import ProductEvent
 
@@ -87,4 +89,56 @@ def product_row(product: ProductEvent, vector: np.ndarray | list[float], hashes:
         "category": clip_utf8(product.category, MAX_CATEGORY_BYTES),
         "price": float(product.price) if product.price is not None else -1.0, "hashes": hashes,
         "model": model, "updated_at": written_at, "event_time": product.event_time or 0,
+        "display": display_of(product), "brand_key": brand_key(product.brand),
+        "category_key": category_key(product.category),
     }
+
+
+# --- serving fields (simstream serve) ---------------------------------------------------------
+# What the query API shows, in one bounded JSON field of the products collection (``display``:
+# title, image URL, currency, attributes), and what its filters compare, in two scalar columns
+# (``brand_key``, ``category_key``: the normalised brand and category path; scalar because Milvus
+# filters JSON and ARRAY fields ~100x slower). Collections made before these fields existed do not
+# get them (MilvusStore strips them from their rows).
+SERVING_FIELDS = ("display", "brand_key", "category_key")
+MAX_DISPLAY_BYTES = 16_384  # the serialised JSON; Milvus caps a JSON value at 64 KiB
+MAX_TITLE_BYTES = 1000
+MAX_IMAGE_URL_BYTES = 2048
+MAX_CATEGORY_KEY_BYTES = 1024
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY_BYTES = 64
+MAX_ATTRIBUTE_VALUE_BYTES = 256
+_CORPORATE = re.compile(r"\b(inc|incorporated|ltd|llc|co|corp|corporation|gmbh|ag|sa|plc|company)\b")
+_NOT_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def brand_key(brand: str | None) -> str:
+    """'Sony Corp.' and 'SONY' -> 'sony': the brand encoder's normalisation
+    (encoders/structured.py ``normalize_brand``; a test keeps the two equal)."""
+    return clip_utf8(_NOT_WORD.sub("", _CORPORATE.sub(" ", (brand or "").lower())), MAX_BRAND_BYTES)
+
+
+def category_key(path: str | None) -> str:
+    """'A > B / C' -> 'a>b>c', the deepest of encoders/structured.py ``category_prefixes``: the
+    paths under a prefix P are P itself and the keys in ["P>", "P?") ('?' follows '>' in ASCII),
+    so a prefix filter is two string comparisons, no LIKE pattern to escape."""
+    parts = [p.strip().lower() for p in re.split(r"[>/|]", path or "") if p.strip()]
+    return clip_utf8(">".join(parts), MAX_CATEGORY_KEY_BYTES)
+
+
+def display_of(product: ProductEvent) -> dict[str, Any]:
+    """The ``display`` JSON of one product, at most ``MAX_DISPLAY_BYTES`` serialised: the
+    attributes go first, then the image URL, then the title is cut further (control characters
+    escape to 6 bytes each, so byte caps alone do not bound the JSON)."""
+    url = product.image_url if product.image_url and len(product.image_url.encode()) <= MAX_IMAGE_URL_BYTES else None
+    attrs = {clip_utf8(k, MAX_ATTRIBUTE_KEY_BYTES): (clip_utf8(v, MAX_ATTRIBUTE_VALUE_BYTES) if v is not None else None)
+             for k, v in list((product.attributes or {}).items())[:MAX_ATTRIBUTES]}
+    out: dict[str, Any] = {
+        "title": clip_utf8(product.title, MAX_TITLE_BYTES), "image_url": url,
+        "currency": clip_utf8(product.currency, 16) or None, "attributes": attrs,
+    }
+    for trim in ("attributes", "image_url", "title"):
+        if len(orjson.dumps(out)) <= MAX_DISPLAY_BYTES:
+            break
+        out[trim] = {"attributes": {}, "image_url": None, "title": clip_utf8(product.title, 200)}[trim]
+    return out

@@ -1,0 +1,289 @@
+"""simstream serve under load, and the quality of its text search (docs/serving.md).
+
+Latency: a catalog of N products is written straight into a milvus-lite file through the index API
+(``index.rows.product_row`` + ``MilvusStore``): titles, brands, 3-level categories and prices are
+synthetic, the fused vectors are *random but valid* (each field segment a random unit vector scaled
+by sqrt(weight), as fusion lays them out), and every product gets a published list of 10 random
+catalog ids in the wire format. Exactness does not matter for latency; the shapes and sizes do.
+Then ``simstream serve`` runs as its own process, and 32 concurrent clients (httpx, asyncio) call
+one endpoint at a time for a bounded time each: p50 / p99 latency, throughput, errors.
+
+Quality: the right table of Abt-Buy and Amazon-Google through the real encoders into Milvus; each
+left title (test-split gold pairs) as a ``GET /v1/search`` query; recall@1/@10 and MRR, beside the
+char-trigram TF-IDF baseline (left titles vs the right table's texts) in the same run.
+
+    python bench/serve_bench.py --sizes 10000 --seconds 20 --json bench/results/serve.json
+    python bench/serve_bench.py --skip-latency --quality      # quality only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+WORDS = ("wireless bluetooth noise cancelling headphones over-ear black silver steel travel mug ceramic "
+         "cotton t-shirt running shoe laptop 13 inch 16gb ssd gaming bottle insulated stainless 1l pro air "
+         "compact portable charger usb-c cable hdmi 4k monitor keyboard mechanical mouse optical").split()
+BRANDS = [f"brand{i:02d}" for i in range(50)]
+CATEGORIES = [f"Dept{a} > Group{b} > Kind{c}" for a in range(5) for b in range(6) for c in range(8)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the synthetic catalog --------------------------------------------------------------------
+def write_catalog(uri: str, collection: str, n: int, seed: int = 7) -> dict[str, Any]:
+    """N products with random-but-valid fused vectors and random published lists; returns a sample
+    of ids, brands and categories for the request generators."""
+    from simstream.encoders.fusion import FIELDS, load_weights
+    from simstream.index.milvus import MilvusStore
+    from simstream.index.rows import StoredList, product_row
+    from simstream.records import Neighbour, NeighbourList, ProductEvent
+    from simstream.settings import Settings
+
+    settings = Settings()
+    weights = load_weights(settings)
+    dims = {"text": 384, "title_lexical": 1024, "mpn": 256, "image": 1280, "brand": 128, "category": 128, "price": 32}
+    dim = sum(dims[f] for f in FIELDS)
+    rng = np.random.default_rng(seed)
+    rnd = random.Random(seed)
+    store = MilvusStore.connect(uri, collection, dim, flush_every_rows=0, timeout_s=600)  # bulk flushes take long
+    ids = [f"p{i:07d}" for i in range(n)]
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    for start in range(0, n, 2000):
+        chunk = ids[start:start + 2000]
+        parts = []
+        for f in FIELDS:
+            seg = rng.normal(size=(len(chunk), dims[f])).astype(np.float32)
+            seg /= np.linalg.norm(seg, axis=1, keepdims=True)
+            parts.append(seg * np.float32(np.sqrt(weights[f])))
+        vectors = np.concatenate(parts, axis=1)
+        rows = []
+        for pid, vec in zip(chunk, vectors):
+            event = ProductEvent(pid, "upsert", 1, title=" ".join(rnd.choices(WORDS, k=6)), brand=rnd.choice(BRANDS),
+                                 category=rnd.choice(CATEGORIES), price=round(float(rng.lognormal(3.5, 1.0)), 2),
+                                 currency="EUR", attributes={"colour": rnd.choice(["black", "white", "red"])},
+                                 event_time=now)
+            rows.append(product_row(event, vec, {}, "bench-random", now))
+        store.insert_products(rows)
+        lists = []
+        for pid in chunk:
+            picks = rnd.sample(ids, 10)
+            nl = NeighbourList(pid, 1, [Neighbour(x, round(0.9 - 0.05 * j, 6), {f: round((0.9 - 0.05 * j) * weights[f], 6)
+                                                                                   for f in FIELDS})
+                                        for j, x in enumerate(picks)], "bench-random", now, now)
+            lists.append(StoredList(pid, picks, 0.4, nl.to_json(), now))
+        store.upsert_lists(lists, now)
+    store.flush()
+    store.close()
+    return {"ids": ids, "seconds": round(time.perf_counter() - t0, 1), "dim": dim}
+
+
+# --- load ------------------------------------------------------------------------------------
+def endpoints(ids: list[str]) -> dict[str, Callable[[random.Random], tuple[str, str, Any]]]:
+    """Request generators per endpoint: (method, path, json body)."""
+    return {
+        "GET /v1/products/{id}": lambda r: ("GET", f"/v1/products/{r.choice(ids)}", None),
+        "GET /v1/products/{id}/neighbors": lambda r: ("GET", f"/v1/products/{r.choice(ids)}/neighbors?k=10", None),
+        "GET neighbors, filter brand": lambda r: (
+            "GET", f"/v1/products/{r.choice(ids)}/neighbors?k=10&brand={r.choice(BRANDS)}", None),
+        "GET neighbors, filter category+price": lambda r: (
+            "GET", f"/v1/products/{r.choice(ids)}/neighbors?k=10&category=Dept{r.randrange(5)}&price_max=100", None),
+        "GET /v1/search": lambda r: ("GET", "/v1/search?k=10&q=" + "+".join(r.choices(WORDS, k=4)), None),
+        "GET /v1/search, filter brand": lambda r: (
+            "GET", f"/v1/search?k=10&brand={r.choice(BRANDS)}&q=" + "+".join(r.choices(WORDS, k=4)), None),
+        "POST /v1/similar": lambda r: ("POST", "/v1/similar", {"k": 10, "product": {
+            "title": " ".join(r.choices(WORDS, k=6)), "brand": r.choice(BRANDS), "category": r.choice(CATEGORIES),
+            "price": round(r.uniform(5, 500), 2)}}),
+    }
+
+
+async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], clients: int,
+               seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        async def one(seed: int) -> None:
+            r = random.Random(seed)
+            while time.perf_counter() < deadline:
+                method, path, body = gen(r)
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.request(method, path, json=body)
+                    ok = resp.status_code == 200
+                    key = str(resp.status_code)
+                except httpx.HTTPError as exc:
+                    ok, key = False, type(exc).__name__
+                latencies.append(time.perf_counter() - t0)
+                if not ok:
+                    errors[key] = errors.get(key, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = sorted(latencies)
+    pct = lambda p: round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None  # noqa: E731
+    return {"requests": len(lat), "rps": round(len(lat) / wall, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None, "errors": errors}
+
+
+def serve_process(data_dir: Path, collection: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SIMSTREAM_DATA_DIR": str(data_dir), "SIMSTREAM_COLLECTION": collection,
+           "SIMSTREAM_TORCH_THREADS": "1", "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json"}
+    exe = Path(sys.executable).with_name("simstream")
+    out = open(log, "ab")
+    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("serve did not become ready")
+
+
+def latency_run(n: int, clients: int, seconds: float) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    try:
+        print(f"[{n}] writing {n} products (random-but-valid vectors) ...", flush=True)
+        info = write_catalog(str((work / "simstream.db").resolve()), "bench", n)
+        print(f"[{n}] written in {info['seconds']} s (dim {info['dim']}); starting simstream serve ...", flush=True)
+        port = free_port()
+        proc = serve_process(work, "bench", port, work / "serve.log")
+        try:
+            out: dict[str, Any] = {"products": n, "clients": clients, "seconds": seconds, "write_s": info["seconds"],
+                                   "endpoints": {}}
+            base = f"http://127.0.0.1:{port}"
+            for name, gen in endpoints(info["ids"]).items():
+                asyncio.run(load(base, gen, clients, min(3.0, seconds)))  # warm-up, not recorded
+                res = asyncio.run(load(base, gen, clients, seconds))
+                out["endpoints"][name] = res
+                print(f"[{n}] {name:<40} p50 {res['p50_ms']:>7} ms  p99 {res['p99_ms']:>7} ms  "
+                      f"{res['rps']:>7} req/s  errors {res['errors'] or 0}", flush=True)
+            return out
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- quality ----------------------------------------------------------------------------------
+QUALITY = {"abt_buy": ({"title": "name", "description": "description", "price": "price"}, "name"),
+           "amazon_google": ({"title": "title", "brand": "manufacturer", "price": "price"}, "title")}
+
+
+def quality_run(names: list[str]) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from simstream.index.milvus import MilvusStore
+    from simstream.index.rows import product_row
+    from simstream.quality.datasets import read_gold, read_table
+    from simstream.quality.evaluate import retrieval_metrics, tfidf_rankings
+    from simstream.serve.app import create_app
+    from simstream.serve.queries import QueryEncoder
+    from simstream.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="serve-quality-"))
+    out: dict[str, Any] = {}
+    settings = Settings(data_dir=work)
+    encoder = QueryEncoder(settings)
+    try:
+        for name in names:
+            folder = DATA / name
+            if not folder.exists():
+                print(f"[quality] {folder} is absent: skipped", flush=True)
+                continue
+            fields, title_col = QUALITY[name]
+            right = read_table(folder / "tableB.csv", fields)
+            left_titles = read_table(folder / "tableA.csv", {"title": title_col})
+            gold = {q: r for q, r in read_gold(folder / "test.csv").items()}
+            t0 = time.perf_counter()
+            batch = encoder.encoder.encode(right.events)
+            store = MilvusStore.connect(str(work / f"{name}.db"), name, encoder.dim, flush_every_rows=0, timeout_s=600)
+            store.insert_products([product_row(p, v, h, encoder.model, 1)
+                                   for p, v, h in zip(batch.products, batch.vectors, batch.hashes)])
+            store.flush()
+            encode_s = time.perf_counter() - t0
+            where = {rid: i for i, rid in enumerate(left_titles.ids)}
+            queries = [where[q] for q in gold if q in where]
+            ranked: dict[str, list[str]] = {}
+            t0 = time.perf_counter()
+            with TestClient(create_app(settings, milvus=store, encoder=encoder)) as client:
+                for i in queries:
+                    resp = client.get("/v1/search", params={"q": left_titles.texts[i][:500], "k": 10})
+                    resp.raise_for_status()
+                    ranked[left_titles.ids[i]] = [n["product_id"] for n in resp.json()["neighbors"]]
+            search_s = time.perf_counter() - t0
+            store.close()
+            tfidf = tfidf_rankings(left_titles, right, queries, 10)
+            ks = [1, 10]
+            out[name] = {"right_products": len(right.ids), "queries": len(queries), "encode_s": round(encode_s, 1),
+                         "search_ms_mean": round(1000 * search_s / max(len(queries), 1), 1),
+                         "serve_search": retrieval_metrics(ranked, gold, ks), "tfidf": retrieval_metrics(tfidf, gold, ks)}
+            s, b = out[name]["serve_search"], out[name]["tfidf"]
+            print(f"[quality] {name}: {len(queries)} queries vs {len(right.ids)} products | serve search "
+                  f"R@1 {s['recall@1']} R@10 {s['recall@10']} MRR {s['mrr']} | TF-IDF R@1 {b['recall@1']} "
+                  f"R@10 {b['recall@10']} MRR {b['mrr']}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000", help="catalog sizes, comma-separated (e.g. 10000,100000)")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=20.0, help="load time per endpoint")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--quality", action="store_true", help="also measure search quality (Abt-Buy, Amazon-Google)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "latency": [], "quality": {}}
+    if not args.skip_latency:
+        for n in [int(x) for x in args.sizes.split(",") if x]:
+            report["latency"].append(latency_run(n, args.clients, args.seconds))
+    if args.quality:
+        report["quality"] = quality_run(list(QUALITY))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""The query API (FastAPI): read-only routes over the index, plus the explorer page at ``/``.
+
+    GET  /v1/products/{id}                 what is stored about a product
+    GET  /v1/products/{id}/neighbors?k=    the list as last published; with filters: exact filtered top-K
+    GET  /v1/products/{id}/image           a file: image from the image root (guarded)
+    GET  /v1/search?q=&k=&filters          search ranking: query text in the fused space
+    POST /v1/similar                       query by example: a product document
+    GET  /healthz /readyz /metrics         liveness, readiness (Milvus answers), latency histograms
+
+Errors: 400 bad parameters or filters, 404 unknown/deleted product, 409 filters an old collection
+cannot answer, 422 a body or document that does not validate or encode, 503 Milvus unavailable;
+every error body is ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from simstream.errors import EncodeError, IndexUnavailable
+from simstream.index.milvus import MilvusStore
+from simstream.logs import get_logger
+from simstream.serve.catalog import Catalog, NotFound, filters_view
+from simstream.serve.filters import FilterError, Filters
+from simstream.serve.images import LocalImages
+from simstream.serve.metrics import ServeMetrics
+from simstream.serve.queries import MAX_QUERY_CHARS, ProductDocument, QueryEncoder, field_names
+from simstream.settings import Settings
+
+log = get_logger(__name__)
+# the real folder (the strict editable install links each file from a tree of its own)
+STATIC = Path(str(resources.files("simstream.serve") / "static" / "index.html")).resolve().parent
+
+
+class Conflict(Exception):
+    """A request this collection cannot answer (filters on a collection without display fields)."""
+
+
+class FilterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    brand: str | None = None
+    category: str | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class SimilarRequest(BaseModel):
+    """Query by example: ``product`` in the event format (docs/events.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    product: ProductDocument
+    k: int = 10
+    filters: FilterBody = Field(default_factory=FilterBody)
+
+
+class Services:
+    """What the routes read through; opened at start-up unless given (tests, the demo)."""
+
+    def __init__(self, settings: Settings, milvus: MilvusStore | None, encoder: QueryEncoder | None) -> None:
+        self.settings = settings
+        self.milvus = milvus
+        self.encoder = encoder
+        self.owns_milvus = milvus is None
+        self.images = LocalImages(settings)
+
+    def open(self) -> None:
+        s = self.settings
+        if self.milvus is None:
+            # dim None: open the collections the worker made, at their dimension; never create them
+            self.milvus = MilvusStore.connect(s.resolved_milvus_uri, s.collection, None,
+                                              token=s.milvus_token.get_secret_value() if s.milvus_token else None,
+                                              timeout_s=s.milvus_timeout_s)
+        if self.encoder is None:
+            self.encoder = QueryEncoder(s)
+            self.encoder.encoder.warm_up()
+        if self.encoder.dim != self.milvus.dim:
+            raise ValueError(f"the encoders give dim {self.encoder.dim} but {self.milvus.products} has "
+                             f"{self.milvus.dim}: serve with the worker's fusion config and text model")
+        log.info("serve ready", collection=self.milvus.products, model=self.encoder.model)
+
+    def close(self) -> None:
+        if self.owns_milvus and self.milvus is not None:
+            self.milvus.close()
+
+    @property
+    def catalog(self) -> Catalog:
+        assert self.milvus is not None and self.encoder is not None
+        return Catalog(self.milvus, self.encoder.layout)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _k(raw: str | int | None, max_k: int, default: int = 10) -> int:
+    if raw is None:
+        return default
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise FilterError(f"k must be an integer, got {str(raw)[:40]!r}") from None
+    if not 1 <= k <= max_k:
+        raise FilterError(f"k must be between 1 and {max_k}")
+    return k
+
+
+def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
+               encoder: QueryEncoder | None = None) -> FastAPI:
+    """The app; ``milvus`` / ``encoder`` given: use those (not closed here), else open them at start."""
+    services = Services(settings, milvus, encoder)
+    metrics = ServeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.open()
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(title="simstream query API", version="1", lifespan=lifespan,
+                  description="Read-only similar items, search ranking and query by example (docs/serving.md).")
+    app.state.services = services
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def timed(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        t0 = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        metrics.observe(endpoint, request.method, response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(FilterError)
+    async def bad_request(request: Request, exc: FilterError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(EncodeError)
+    async def cannot_encode(request: Request, exc: EncodeError) -> JSONResponse:
+        return _error(422, f"cannot encode the query: {exc}")
+
+    @app.exception_handler(IndexUnavailable)
+    async def unavailable(request: Request, exc: IndexUnavailable) -> JSONResponse:
+        return _error(503, "the index is unavailable, try again")
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = ["/".join(str(x) for x in e.get("loc", ())) + ": " + str(e.get("msg", "")) for e in exc.errors()[:5]]
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        ok = services.milvus is not None and services.encoder is not None and services.milvus.ping()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or filtered top-K")
+    def neighbors(request: Request, product_id: str,
+                  k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
+                  brand: str | None = None, category: str | None = Query(None, description="a path prefix"),
+                  price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
+        """Without filters: the list as last published. With ``brand``, ``category``, ``price_min``,
+        ``price_max`` or ``attr.NAME=VALUE``: an exact filtered top-K over the current catalog."""
+        filters, rest = Filters.from_query(request.query_params.multi_items(), {"k"})
+        size = _k(rest.get("k"), settings.serve_max_k)
+        if filters.empty:
+            return services.catalog.published(product_id, size)
+        return _live(lambda: services.catalog.filtered(product_id, size, filters))
+
+    @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)")
+    def image(product_id: str) -> Response:
+        url = services.catalog.product(product_id).get("image_url") or ""
+        try:
+            data, kind = services.images.read(url)
+        except (EncodeError, ValueError) as exc:
+            return _error(404, f"no image served for {product_id[:80]!r}: {exc}")
+        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=300",
+                                                         "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/v1/products/{product_id:path}", summary="What is stored about a product")
+    def product(product_id: str) -> dict[str, Any]:
+        return services.catalog.product(product_id)
+
+    @app.get("/v1/search", summary="Search ranking: query text in the fused space")
+    def search(request: Request, q: str | None = Query(None, description=f"1..{MAX_QUERY_CHARS} characters"),
+               k: str | None = None, brand: str | None = None, category: str | None = None,
+               price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
+        filters, rest = Filters.from_query(request.query_params.multi_items(), {"q", "k"})
+        size = _k(rest.get("k"), settings.serve_max_k)
+        text = (rest.get("q") or "").strip()
+        if not text or len(text) > MAX_QUERY_CHARS:
+            raise FilterError(f"q must be 1 to {MAX_QUERY_CHARS} characters")
+        assert services.encoder is not None
+        vector = services.encoder.text(text)
+        return {"query": text, "model": services.encoder.model, "query_fields": field_names(vector, services.encoder.layout),
+                "filters": filters_view(filters), "neighbors": _live(lambda: services.catalog.nearest(vector, size, filters))}
+
+    @app.post("/v1/similar", summary="Query by example: a product document not (yet) in the catalog")
+    def similar(body: SimilarRequest = Body(...)) -> dict[str, Any]:
+        size = _k(body.k, settings.serve_max_k)
+        f = body.filters
+        filters = Filters.build(f.brand, f.category, f.price_min, f.price_max, f.attributes)
+        assert services.encoder is not None
+        vector = services.encoder.document(body.product)
+        exclude = [body.product.product_id] if body.product.product_id else []
+        return {"model": services.encoder.model, "query_fields": field_names(vector, services.encoder.layout),
+                "filters": filters_view(filters),
+                "neighbors": _live(lambda: services.catalog.nearest(vector, size, filters, exclude))}
+
+    return app
+
+
+def _live(fn: Callable[[], Any]) -> Any:
+    """A live search; an old collection that cannot answer a filter is a 409, not a 500."""
+    try:
+        return fn()
+    except ValueError as exc:
+        if isinstance(exc, FilterError):
+            raise
+        raise Conflict(str(exc)) from None

@@ -1,0 +1,86 @@
+"""Queries into the fused space: a shopper's text, or a product document not in the catalog.
+
+Both go through the worker's own ``ProductEncoder`` (same fusion config, same weights), so a
+query vector is comparable with the stored ones. A text query is a product with only a title:
+its text, title-lexical and (from the title) part-number fields are encoded, every other field is
+a zero segment and contributes nothing, which the per-field contributions show.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from simstream.encoders.fusion import ProductEncoder
+from simstream.records import ProductEvent
+from simstream.settings import Settings
+
+MAX_QUERY_CHARS = 500
+
+
+class ProductDocument(BaseModel):
+    """A product in the event format (docs/events.md) for query by example; ``title`` is required,
+    ``product_id`` / ``op`` / ``version`` / ``event_time`` are accepted and ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str | None = Field(None, max_length=256)
+    op: str | None = None
+    version: int | None = None
+    event_time: int | None = None
+    title: str = Field(min_length=1, max_length=2000)
+    description: str | None = Field(None, max_length=100_000)
+    brand: str | None = Field(None, max_length=256)
+    category: str | None = Field(None, max_length=1000)
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    currency: str | None = Field(None, max_length=16)
+    mpn: str | None = Field(None, max_length=256)
+    image_url: str | None = Field(None, max_length=2048)
+    image_b64: str | None = None
+    attributes: dict[str, str | None] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("op")
+    @classmethod
+    def _upsert_only(cls, value: str | None) -> str | None:
+        if value not in (None, "upsert"):
+            raise ValueError("a query document describes a product: op must be 'upsert' or absent")
+        return value
+
+    def event(self) -> ProductEvent:
+        data = self.model_dump(exclude={"product_id", "op", "version", "event_time"})
+        return ProductEvent(product_id=self.product_id or "query", op="upsert", version=0, **data)
+
+
+class QueryEncoder:
+    """The fused vector of a query; one encode at a time (the models are not re-entrant-safe)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.encoder = ProductEncoder(settings)
+        self.layout: Mapping[str, slice] = self.encoder.layout
+        self.model = self.encoder.model
+        self.dim = self.encoder.dim
+        self._lock = threading.Lock()
+
+    def text(self, query: str) -> np.ndarray:
+        """The fused vector of a search text (fields other than the title's are zero)."""
+        return self._encode(ProductEvent(product_id="query", op="upsert", version=0, title=query))
+
+    def document(self, doc: ProductDocument) -> np.ndarray:
+        """The fused vector of a product document; EncodeError when a field cannot be encoded."""
+        return self._encode(doc.event())
+
+    def _encode(self, product: ProductEvent) -> np.ndarray:
+        with self._lock:
+            batch = self.encoder.encode([product])
+        if batch.failures:
+            raise batch.failures[0][1]
+        return np.asarray(batch.vectors[0], dtype=np.float32)
+
+
+def field_names(vector: np.ndarray, layout: Mapping[str, slice]) -> list[str]:
+    """The fields a query vector has (non-zero segments): what its scores can come from."""
+    return [f for f, s in layout.items() if np.any(vector[s])]
+

@@ -1,0 +1,112 @@
+"""Filters compiled to Milvus expressions: hostile strings are quoted, never interpreted.
+
+Unit checks on the compiled text, then a round trip through a real milvus-lite file: every
+hostile value, stored as a category and an attribute, is found exactly (itself and nothing else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simstream.index.milvus import MilvusStore
+from simstream.index.rows import brand_key, category_key, display_of, product_row
+from simstream.records import ProductEvent
+from simstream.serve.filters import FilterError, Filters, quote
+
+HOSTILE = ['a"b', "a\\b", "x%y", "x_y", "new\nline", "tab\tz", "cr\rx", "ünï ✓ 🎧", '" or 1==1 or "', "it's", '\\"',
+           "') or ('1'=='1", "a\\\\\"]) or true or ([\"", "${x}", "%", "_", "*", "  padded  "]
+
+
+def test_quote_is_a_json_literal_and_refuses_control_characters() -> None:
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+    for bad in ("\x00", "a\x01", "\x1b[31m", "x\x7f"):
+        with pytest.raises(FilterError, match="control"):
+            quote(bad)
+    with pytest.raises(FilterError, match="longer"):
+        quote("x" * 5000)
+
+
+def test_expression_is_built_from_the_structured_parts_only() -> None:
+    f = Filters.build(brand="Sony Corp.", category="Electronics > Audio", price_min="10", price_max=20,
+                      attributes={"colour": 'red" or "1"=="1'})
+    expr = f.expression(exclude=['p"1'])
+    assert expr == ('product_id != "p\\"1" and brand_key == "sony" and (category_key == "electronics>audio" or '
+                    '(category_key >= "electronics>audio>" and category_key < "electronics>audio?")) and '
+                    'price >= 10.0 and price >= 0.0 and price <= 20.0 and '
+                    'display["attributes"]["colour"] == "red\\" or \\"1\\"==\\"1"')
+    assert Filters().expression() == "" and Filters().empty
+
+
+@pytest.mark.parametrize("items, message", [
+    ([("expr", "1==1")], "unknown query parameter 'expr'"),
+    ([("brand", "a"), ("brand", "b")], "more than once"),
+    ([("price_min", "inf")], "finite"),
+    ([("price_max", "1e400")], "finite"),
+    ([("price_min", "3"), ("price_max", "2")], "greater"),
+    ([("category", " > / ")], "empty"),
+    ([("attr.", "x")], "without a name"),
+    ([(f"attr.a{i}", "x") for i in range(9)], "at most 8"),
+])
+def test_bad_filters_name_the_problem(items: list[tuple[str, str]], message: str) -> None:
+    with pytest.raises(FilterError, match=message):
+        Filters.from_query(items, {"k"})
+
+
+def test_keys_agree_with_the_encoders_normalisation() -> None:
+    """rows.brand_key / category_keys repeat the encoders' normalisation (index may not import encoders)."""
+    from simstream.encoders.structured import category_prefixes, normalize_brand
+
+    for brand in ["Sony Corp.", "SONY", "Bang & Olufsen", "H&M Inc", "", "Ünïcode GmbH", "co-op"]:
+        assert brand_key(brand) == normalize_brand(brand)
+    for path in ["Electronics > Audio > Headphones", "a/b|c", " A >  B ", "", "x>>y"]:
+        assert category_key(path) == (category_prefixes(path) or [""])[-1]
+
+
+def test_display_is_bounded() -> None:
+    import orjson
+
+    from simstream.index.rows import MAX_DISPLAY_BYTES
+
+    huge = ProductEvent("p", "upsert", 1, title="\x01" * 2000, category=">".join(["\x02" * 120] * 8),
+                        image_url="http://x/" + "a" * 3000, attributes={f"k{i}\x03": "\x04" * 256 for i in range(100)})
+    assert len(orjson.dumps(display_of(huge))) <= MAX_DISPLAY_BYTES
+
+
+PATHS = ["x", "x>y", "x>y>z", "xy", "x?", "x>yz", "x>", "X / Y", "x>y?", "y>x"]
+
+
+@pytest.fixture
+def hostile_store(tmp_path: Path):
+    store = MilvusStore.connect(str(tmp_path / "f.db"), "f", 4, flush_every_rows=0)
+    rng = np.random.default_rng(5)
+    rows = [product_row(ProductEvent(f"p{i}", "upsert", 1, title=f"t{i}", brand=f"brand {h}", category=h,
+                                     price=float(i), attributes={h: h, "note": h}),
+                        rng.normal(size=4).astype(np.float32), {}, "m", 1) for i, h in enumerate(HOSTILE)]
+    rows += [product_row(ProductEvent(f"c{i}", "upsert", 1, title="t", category=path), rng.normal(size=4).astype(np.float32),
+                         {}, "m", 1) for i, path in enumerate(PATHS)]
+    store.upsert_products(rows)
+    yield store
+    store.close()
+
+
+def test_hostile_values_round_trip_through_milvus(hostile_store: MilvusStore) -> None:
+    q = np.ones(4, np.float32)
+    everyone = {r["product_id"] for r in hostile_store.search_rows(q, 100, "")}
+    assert len(everyone) == len(HOSTILE) + len(PATHS)
+    for i, h in enumerate(HOSTILE):
+        for f in (Filters.build(category=h), Filters.build(attributes={"note": h}), Filters.build(attributes={h: h})):
+            got = [r["product_id"] for r in hostile_store.search_rows(q, 100, f.expression())]
+            assert got == [f"p{i}"], (h, f.expression())
+        excluded = {r["product_id"] for r in hostile_store.search_rows(q, 100, Filters().expression([f"p{i}"]))}
+        assert excluded == everyone - {f"p{i}"}
+    # a category prefix finds its path and the paths below it, nothing that merely starts alike
+    expected = {"x": {"c0", "c1", "c2", "c5", "c6", "c7", "c8"}, "x > y": {"c1", "c2", "c7"}, "x>y>z": {"c2"},
+                "x?": {"c4"}, "y": {"c9"}}
+    for prefix, ids in expected.items():
+        got = {r["product_id"] for r in hostile_store.search_rows(q, 100, Filters.build(category=prefix).expression())}
+        assert got == ids, prefix
+    # a filter that is itself an injection attempt matches nothing
+    for attempt in ['" or product_id != "', "x\" || true || \"", "1==1"]:
+        assert hostile_store.search_rows(q, 100, Filters.build(attributes={"note": attempt}).expression()) == []

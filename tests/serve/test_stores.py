@@ -1,0 +1,103 @@
+"""The API over collections the sample catalog does not cover: one made before the ``display``
+field existed (the worker and serve must still read it), and stored image URLs that try to leave
+the image root. Real milvus-lite; the query encoder is a small stand-in (no text search here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pymilvus import DataType, MilvusClient
+
+from simstream.index.milvus import MilvusStore
+from simstream.index.rows import product_row
+from simstream.records import ProductEvent
+from simstream.serve.app import create_app
+from simstream.settings import Settings
+
+PNG = (Path(__file__).resolve().parents[2] / "harness" / "sample" / "images" / "mug-red-350.png").read_bytes()
+
+
+class StandIn:
+    """What the app needs of a QueryEncoder, for a 4-dimensional store."""
+
+    dim = 4
+    layout = {"text": slice(0, 2), "price": slice(2, 4)}
+    model = "stand-in"
+
+    def text(self, query: str) -> np.ndarray:
+        return np.array([1, 0, 0, 0], np.float32)
+
+
+def old_schema(path: str) -> None:
+    """The products collection as simstream created it before issue 14 (no display field)."""
+    c = MilvusClient(uri=path)
+    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=256)
+    s.add_field("vector", DataType.FLOAT_VECTOR, dim=4)
+    s.add_field("version", DataType.INT64)
+    s.add_field("brand", DataType.VARCHAR, max_length=256)
+    s.add_field("category", DataType.VARCHAR, max_length=1000)
+    s.add_field("price", DataType.DOUBLE)
+    s.add_field("hashes", DataType.JSON)
+    s.add_field("model", DataType.VARCHAR, max_length=256)
+    s.add_field("updated_at", DataType.INT64)
+    s.add_field("event_time", DataType.INT64)
+    idx = c.prepare_index_params()
+    idx.add_index("vector", index_type="FLAT", metric_type="IP")
+    c.create_collection("old_products", schema=s, index_params=idx, consistency_level="Strong")
+    c.close()
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(path)
+
+
+def rows(n: int, **fields: object) -> list[dict]:
+    rng = np.random.default_rng(3)
+    return [product_row(ProductEvent(f"p{i}", "upsert", 1, title=f"title {i}", brand="Acme", price=float(i),
+                                     **fields),  # type: ignore[arg-type]
+                        rng.normal(size=4).astype(np.float32), {}, "stand-in", 1) for i in range(n)]
+
+
+def test_a_collection_without_display_fields_still_works(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    old_schema(path)
+    store = MilvusStore.connect(path, "old", 4, flush_every_rows=0)
+    try:
+        assert not store.products_display
+        store.upsert_products(rows(5))  # the worker's rows carry display: dropped for this collection
+        store.insert_products([dict(rows(6)[5])])
+        assert set(store.read_products(["p0", "p5"])) == {"p0", "p5"}
+        app = create_app(Settings(data_dir=tmp_path), milvus=store, encoder=StandIn())  # type: ignore[arg-type]
+        with TestClient(app) as client:
+            got = client.get("/v1/products/p1").json()
+            assert got["brand"] == "Acme" and got["price"] == 1.0 and got["title"] is None
+            assert client.get("/v1/products/p1/neighbors?price_max=3").status_code == 200
+            r = client.get("/v1/products/p1/neighbors?brand=acme")
+            assert r.status_code == 409 and "display" in r.json()["error"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["file:../outside.png", "file:///etc/passwd", "file:%2e%2e/outside.png",
+                                 "file:sub/../../outside.png", "file:link.png", "file:notes.txt"])
+def test_the_image_route_stays_inside_the_image_root(tmp_path: Path, url: str) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    (tmp_path / "outside.png").write_bytes(PNG)
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / "ok.png").write_bytes(PNG)
+    store = MilvusStore.connect(str(tmp_path / "img.db"), "img", 4, flush_every_rows=0)
+    try:
+        store.upsert_products(rows(1, image_url=url) + [dict(rows(2, image_url="file:ok.png")[1])])
+        app = create_app(Settings(data_dir=tmp_path, image_root=root), milvus=store, encoder=StandIn())  # type: ignore[arg-type]
+        with TestClient(app) as client:
+            r = client.get("/v1/products/p0/image")
+            assert r.status_code == 404 and r.content != PNG
+            ok = client.get("/v1/products/p1/image")
+            assert ok.status_code == 200 and ok.content == PNG
+    finally:
+        store.close()
