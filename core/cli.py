@@ -100,13 +100,53 @@ def backfill(path: Path, batch_size: int) -> None:
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the data directory afterwards.")
 @click.option("--timeout", default=600.0, show_default=True, help="Give up after this many seconds.")
-def demo(keep: bool, timeout: float) -> None:
+@click.option("--serve", "serve_after", is_flag=True,
+              help="Afterwards keep the demo's data and run the query API and explorer page on it (Ctrl-C stops).")
+@click.option("--port", default=None, type=int, help="Port of --serve (default SIMSTREAM_SERVE_PORT).")
+def demo(keep: bool, timeout: float, serve_after: bool, port: int | None) -> None:
     """Run everything on this machine: broker, worker, milvus-lite, the sample catalog; print the lists."""
     from simstream.harness.demo import run_demo
 
     configure_logging("console", "WARNING")
     with red_line(TimeoutError, RuntimeError):
-        run_demo(keep=keep, timeout_s=timeout)
+        run_demo(keep=keep, timeout_s=timeout, serve=serve_after, serve_port=port)
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default SIMSTREAM_SERVE_HOST, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default SIMSTREAM_SERVE_PORT, 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the read-only query API and the neighbour explorer page on SIMSTREAM_MILVUS_URI (docs/serving.md)."""
+    from simstream.errors import IndexUnavailable
+    from simstream.serve.server import run_server
+
+    settings = _settings()
+    log.info("starting serve", settings=settings.safe_dump())
+    with red_line(IndexUnavailable, ValueError):
+        run_server(settings, host, port)
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def config_(as_json: bool) -> None:
+    """Print the fusion config, text model and weights in force, and where each came from."""
+    import orjson
+
+    from simstream.encoders.fusion import load_weights
+    from simstream.encoders.fusion_config import describe
+
+    settings = _settings()
+    with red_line(ValueError, OSError):
+        info = describe(settings, load_weights(settings))
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return
+    fc = info["fusion_config"]
+    click.echo(f"fusion config  {fc['version'] or 'none (untuned)'}  {fc['path'] or ''}  [{fc['source']}]")
+    click.echo(f"text model     {info['text_model']['value']}  [{info['text_model']['source']}]")
+    click.echo("weights        " + ", ".join(f"{f}={w:.3f}" for f, w in info["weights"]["value"].items())
+               + f"  [{info['weights']['source']}]")
+    click.echo("options        " + (", ".join(f"{k}={v}" for k, v in info["options"].items()) or "-"))
 
 
 @main.command("eval")
@@ -118,15 +158,24 @@ def demo(keep: bool, timeout: float) -> None:
                    "title is required.")
 @click.option("--id-column", default="id", show_default=True, help="Id column of LEFT and RIGHT.")
 @click.option("--k", "ks", default="1,5,10,20,50", show_default=True, help="Comma-separated cut-offs.")
-@click.option("--weights", "weights_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Fusion config JSON ({\"weights\": {...}}); default SIMSTREAM_FUSION_CONFIG/WEIGHTS.")
+@click.option("--weights", "weights_file", default=None,
+              help="Fusion config: a shipped name (v3, v2, v1), a JSON file, or 'none' (untuned); "
+                   "default SIMSTREAM_FUSION_CONFIG (v3).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as JSON here.")
 @click.option("--no-tfidf", is_flag=True, help="Skip the TF-IDF baseline.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache encodings here between runs (development only).")
+@click.option("--metric", "metric", default="cosine", show_default=True,
+              help="cosine (inner product, as the stream ranks), euclidean, or both: cosine,euclidean.")
+@click.option("--match-k", default=10, show_default=True, help="Match decision over each query's top-K neighbours.")
+@click.option("--threshold", type=float, default=None,
+              help="Match threshold; default: the best F1 on train.csv/valid.csv beside GOLD.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write recall@K and precision-recall curves (PNG) into this folder.")
 def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_column: str, ks: str,
-          weights_file: Path | None, json_out: Path | None, no_tfidf: bool, cache_dir: Path | None) -> None:
+          weights_file: str | None, json_out: Path | None, no_tfidf: bool, cache_dir: Path | None,
+          metric: str, match_k: int, threshold: float | None, plots_dir: Path | None) -> None:
     """Retrieval quality on a product-matching benchmark: recall@K, hit@K, MRR vs a TF-IDF baseline."""
     from simstream.quality.datasets import parse_field_map
     from simstream.quality.evaluate import evaluate, format_report, json_report
@@ -136,13 +185,22 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
         cutoffs = [int(k) for k in ks.split(",") if k.strip()]
         if not cutoffs or min(cutoffs) < 1:
             raise ValueError("--k needs positive integers")
+        metrics = [m.strip() for m in metric.split(",") if m.strip()]
+        if not metrics or set(metrics) - {"cosine", "euclidean"}:
+            raise ValueError("--metric expects cosine, euclidean or cosine,euclidean")
     except ValueError as exc:
         fail(str(exc))
     _settings()  # validates the environment and configures logging
     with red_line(KeyError, ValueError, RuntimeError):
         report = evaluate(left, right, gold, fields, id_column=id_column, ks=cutoffs, weights_file=weights_file,
-                          cache_dir=cache_dir, with_tfidf=not no_tfidf)
+                          cache_dir=cache_dir, with_tfidf=not no_tfidf, metrics=metrics, match_k=match_k,
+                          threshold=threshold)
     click.echo(format_report(report, cutoffs))
+    if plots_dir is not None:
+        from simstream.quality.plots import write_plots
+
+        for path in write_plots(report, plots_dir, title=gold.parent.name):
+            click.echo(f"wrote {path}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_bytes(json_report(report))

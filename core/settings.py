@@ -27,6 +27,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "price": 0.04,
 }
 
+#: The fusion config used unless SIMSTREAM_FUSION_CONFIG says otherwise: the best shipped one, chosen on
+#: the leave-one-dataset-out protocol of docs/quality.md.
+DEFAULT_FUSION_CONFIG = "v3"
 
 # The lists collection (index/store.py) holds a published list in a payload VARCHAR of 65,535 bytes
 # and its deep ids in an ARRAY of capacity 1000: a list that does not fit fails its upsert on every
@@ -127,19 +130,37 @@ class Settings(BaseSettings):
     image_allow_private_networks: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
+    # Encoders (encoders/device.py pick_backend): "auto" = ONNX Runtime on CPU, torch on CUDA; the
+    # ONNX export of each model is cached in encoder_cache_dir (None: ~/.cache/simstream/onnx).
+    encoder_backend: Literal["auto", "torch", "onnx"] = "auto"  # SIMSTREAM_ENCODER_BACKEND
+    encoder_cache_dir: Path | None = None  # SIMSTREAM_ENCODER_CACHE_DIR
+    image_fetch_threads: int = Field(8, ge=1)  # SIMSTREAM_IMAGE_FETCH_THREADS: I/O-bound fetch + decode
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    fusion_config: Path | None = None  # learned weights file; overrides ``weights``
+    # The fusion config in force (learned weights + method options, may name the text model): a shipped
+    # name ("v3", "fusion-weights-v2"; package data in encoders/configs), a path, or "none" (= ``weights``
+    # and the bundled base text model). Overrides ``weights``. encoders/fusion_config.py resolves it.
+    fusion_config: str = DEFAULT_FUSION_CONFIG
 
     # --- Process ---------------------------------------------------------------------------
     data_dir: Path = Path(".simstream")
     web_enabled: bool = True
     web_host: str = "127.0.0.1"  # Faust binds 0.0.0.0 by default; never do that silently
     web_port: int = 6066
+    # simstream serve (the read-only query API; serve/): where it listens, and the largest k it answers
+    serve_host: str = "127.0.0.1"  # SIMSTREAM_SERVE_HOST; the container sets 0.0.0.0
+    serve_port: int = Field(8080, ge=1, le=65535)  # SIMSTREAM_SERVE_PORT
+    serve_max_k: int = Field(100, ge=1, le=1000)  # SIMSTREAM_SERVE_MAX_K
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit
     # (v2 memory.max, else v1 memory.limit_in_bytes), else physical memory.
     memory_limit_bytes: int | None = Field(None, gt=0)
+
+    @field_validator("fusion_config", mode="before")
+    @classmethod
+    def _fusion_config_text(cls, value: Any) -> Any:
+        """A path object reads as its text; None means untuned ("none")."""
+        return "none" if value is None else str(value) if isinstance(value, Path) else value
 
     @field_validator("weights", mode="before")
     @classmethod

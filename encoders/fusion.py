@@ -68,10 +68,12 @@ def content_hash(value: object) -> str:
 
 
 def load_weights(settings: Settings) -> dict[str, float]:
-    """Weights from the learned fusion config when one is set, else from settings; sum to 1."""
+    """Weights from the fusion config in force (default: the shipped v3; ``encoders/fusion_config.py``),
+    else, with ``SIMSTREAM_FUSION_CONFIG=none``, from settings; sum to 1."""
+    from simstream.encoders.fusion_config import read_fusion_config
+
     weights = dict(settings.weights)
-    if settings.fusion_config:
-        weights.update(orjson.loads(Path(settings.fusion_config).read_bytes())["weights"])
+    weights.update(read_fusion_config(settings).get("weights") or {})
     if not settings.image_enabled:
         weights["image"] = 0.0
     total = sum(weights.get(f, 0.0) for f in FIELDS)
@@ -81,9 +83,9 @@ def load_weights(settings: Settings) -> dict[str, float]:
 def load_fusion_options(settings: Settings) -> dict[str, object]:
     """Method switches saved beside learned weights: ``{"options": {"mpn_from_title": true,
     "text_model": "minilm-products-v2"}}`` (the text model is used unless SIMSTREAM_TEXT_MODEL is set)."""
-    if not settings.fusion_config:
-        return {}
-    return dict(orjson.loads(Path(settings.fusion_config).read_bytes()).get("options") or {})
+    from simstream.encoders.fusion_config import read_fusion_config
+
+    return dict(read_fusion_config(settings).get("options") or {})
 
 
 @dataclass
@@ -115,9 +117,12 @@ class ProductEncoder:
         # SIMSTREAM_TEXT_MODEL wins; else the text model the fusion config's weights were fitted with.
         text_model = settings.text_model or (str(self.options["text_model"]) if self.options.get("text_model") else None)
         self.text = make_text_encoder(text_model, device=settings.device,
-                                      max_tokens=settings.text_max_tokens, threads=settings.torch_threads)
+                                      max_tokens=settings.text_max_tokens, threads=settings.torch_threads,
+                                      backend=settings.encoder_backend, cache_dir=settings.encoder_cache_dir)
         self.brand_in_text = bool(self.text.reads_brand)
-        self.image = (ImageEncoder(device=settings.device, max_pixels=settings.image_max_pixels)
+        self.image = (ImageEncoder(device=settings.device, max_pixels=settings.image_max_pixels,
+                                   backend=settings.encoder_backend, cache_dir=settings.encoder_cache_dir,
+                                   threads=settings.torch_threads)
                       if self.weights["image"] > 0 else None)
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
                                   max_bytes=settings.image_max_bytes,
@@ -148,7 +153,7 @@ class ProductEncoder:
         method = (FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
                   + ("-q" if settings.vector_codec == "compact" else ""))
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
-        self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="image-fetch")
+        self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_threads, thread_name_prefix="image-fetch")
 
     def field_hashes(self, p: ProductEvent) -> dict[str, str]:
         """Content hash per field, as this encoder reads the fields (change detection)."""
@@ -216,7 +221,9 @@ class ProductEncoder:
     def _encode_images(self, products: list[ProductEvent], positions: list[int],
                        failed: dict[int, EncodeError]) -> np.ndarray:
         """Fetch, check, decode and preprocess each image on a fetch thread (the only image pool:
-        fetching is I/O bound, decoding follows on the same thread), then encode the good ones.
+        fetching is I/O bound, decoding follows on the same thread, with Pillow and numpy only, so
+        no torch intra-op pool runs on those threads), and encode the good ones a model batch at a
+        time as they arrive, so inference overlaps the fetches still running.
         Whatever goes wrong with one image fails only its product, never the batch."""
         assert self.image is not None
         image = self.image
@@ -231,11 +238,15 @@ class ProductEncoder:
             except Exception as exc:  # the type only: the message may quote the URL's secrets
                 return EncodeError("image", f"cannot load image ({type(exc).__name__})")
 
-        loaded = list(self._fetch_pool.map(load, products))
-        ok = [k for k, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
-        for k, t in enumerate(loaded):
-            if isinstance(t, EncodeError):
-                failed[positions[k]] = t
-        if ok:
-            out[ok] = self.image.encode_tensors([loaded[k] for k in ok], batch_size=self.settings.encode_batch_size)  # type: ignore[misc]
+        step = image.step(self.settings.encode_batch_size)
+        ready: list[tuple[int, torch.Tensor]] = []
+        for k, loaded in enumerate(self._fetch_pool.map(load, products)):  # in order, fetched ahead
+            if isinstance(loaded, EncodeError):
+                failed[positions[k]] = loaded
+            elif loaded is not None:
+                ready.append((k, loaded))
+            if ready and (len(ready) >= step or k == len(products) - 1):
+                rows = [r for r, _ in ready]
+                out[rows] = image.encode_tensors([t for _, t in ready], batch_size=step)
+                ready.clear()
         return out

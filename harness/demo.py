@@ -22,12 +22,12 @@ from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 from simstream.settings import Settings, load_settings
 
-#: The shipped learned fusion config (fine-tuned text model + weights, docs/quality.md), when run from a checkout.
-DEMO_FUSION_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fusion-weights-v3.json"
 
 
 def sample_catalog() -> tuple[list[dict[str, object]], Path]:
-    root = Path(str(resources.files("simstream.harness.sample")))
+    # the real folder: the strict editable install links each file from a tree of its own, and
+    # image paths must resolve under the image root
+    root = Path(str(resources.files("simstream.harness.sample") / "catalog.jsonl")).resolve().parent
     docs = [orjson.loads(line) for line in (root / "catalog.jsonl").read_bytes().splitlines() if line.strip()]
     return docs, root / "images"
 
@@ -44,7 +44,7 @@ def print_lists(lists: dict[str, NeighbourList | None], titles: dict[str, str], 
             click.echo(f"   {n.score:.3f}  {titles.get(n.product_id, n.product_id)[:60]:<60}  ({parts})")
 
 
-def run_demo(*, keep: bool = False, timeout_s: float = 600.0) -> None:
+def run_demo(*, keep: bool = False, timeout_s: float = 600.0, serve: bool = False, serve_port: int | None = None) -> None:
     docs, image_root = sample_catalog()
     titles = {str(d["product_id"]): str(d["title"]) for d in docs}
     data_dir = Path(tempfile.mkdtemp(prefix="simstream-demo-"))
@@ -56,8 +56,7 @@ def run_demo(*, keep: bool = False, timeout_s: float = 600.0) -> None:
             "SIMSTREAM_IMAGE_ROOT": str(image_root), "SIMSTREAM_SESSION_TIMEOUT_S": "6",
             "SIMSTREAM_TOPIC_PARTITIONS": "2", "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_TOP_K": "5",
         }
-        if load_settings().fusion_config is None and DEMO_FUSION_CONFIG.exists():  # SIMSTREAM_FUSION_CONFIG wins
-            env["SIMSTREAM_FUSION_CONFIG"] = str(DEMO_FUSION_CONFIG)
+        # The worker uses the shipped fusion config (Settings.fusion_config, v3) unless SIMSTREAM_FUSION_CONFIG says otherwise.
         settings = Settings(kafka=broker.url, topic_partitions=2)
         click.echo(f"starting the worker (milvus-lite file in {data_dir}) ...")
         worker = WorkerProcess(env, log_path=data_dir / "worker.log").start()
@@ -91,7 +90,23 @@ def run_demo(*, keep: bool = False, timeout_s: float = 600.0) -> None:
             raise
         finally:
             worker.stop()
-    if keep:
-        click.echo(f"data kept in {data_dir}")
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    try:
+        if serve:
+            serve_demo(data_dir, image_root, serve_port)
+    finally:
+        if keep:
+            click.echo(f"data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def serve_demo(data_dir: Path, image_root: Path, port: int | None) -> None:
+    """``simstream demo --serve``: the query API and explorer on the demo's milvus-lite file (the
+    worker has stopped and released it: a lite file opens in one process only), until Ctrl-C."""
+    from simstream.serve.server import run_server
+
+    settings = load_settings(data_dir=data_dir, image_root=image_root, top_k=5)
+    port = port or settings.serve_port
+    click.secho(f"\nexplorer: http://{settings.serve_host}:{port}/   API docs: http://{settings.serve_host}:{port}/docs"
+                "   (Ctrl-C stops)", fg="green")
+    run_server(settings, settings.serve_host, port)

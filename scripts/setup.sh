@@ -22,3 +22,10 @@ fi
 # under the one import name `simstream` through a link tree in build/, which mypy can read too.
 # A new module appears there when this script runs again.
 .venv/bin/python -m pip install -q -e ".[test,multilingual]" --config-settings editable_mode=strict
+# The explorer page test (tests/serve/test_explorer_page.py) drives Debian's chromium through
+# playwright (which cannot download browsers here): install it when missing and we are root.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+    || echo "setup: could not install chromium; the explorer page test will skip" >&2
+fi

@@ -22,8 +22,9 @@ MAY_IMPORT = {
     "index": set(),
     "streams": {"encoders", "index"},
     "quality": {"encoders", "index", "streams"},
-    "harness": {"encoders", "index", "streams"},
-    "entry": {"encoders", "index", "streams", "quality", "harness"},  # simstream.cli, simstream.__main__
+    "harness": {"encoders", "index", "streams", "serve"},  # serve: `simstream demo --serve`
+    "serve": {"encoders", "index"},  # the read-only query API: never the stream
+    "entry": {"encoders", "index", "streams", "quality", "harness", "serve"},  # simstream.cli, simstream.__main__
 }
 ENTRY_POINTS = {"simstream.cli", "simstream.__main__"}
 MILVUS = ("pymilvus", "milvus_lite")
@@ -153,5 +154,5 @@ def test_the_wheel_installs_one_top_level_name(tmp_path: Path) -> None:
     assert roots == {"simstream"}
     assert "simstream = simstream.cli:main" in entry_points
     for needed in ("simstream/streams/app.py", "simstream/streams/schemas/product_event.schema.json",
-                   "simstream/harness/sample/catalog.jsonl", "simstream/py.typed"):
+                   "simstream/harness/sample/catalog.jsonl", "simstream/py.typed", "simstream/serve/static/index.html"):
         assert needed in names
