@@ -47,7 +47,11 @@ class EventProducer:
 
     def __init__(self, settings: Settings, **extra: Any) -> None:
         self.settings = settings
-        self.producer = Producer(client_config(settings, **{"linger.ms": 5, "enable.idempotence": False, "log_level": 4, **extra}))
+        # murmur2, as the Java client and the worker (Faust -> aiokafka's DefaultPartitioner) partition
+        # keys: librdkafka's default (CRC32) would put a key's lists that reconcile or backfill
+        # publish on another partition than the worker's, and a compacted topic would keep both.
+        self.producer = Producer(client_config(settings, **{"linger.ms": 5, "enable.idempotence": False, "log_level": 4,
+                                                            "partitioner": "murmur2_random", **extra}))
         self.errors: list[str] = []
 
     def _report(self, err: Any, msg: Any) -> None:
