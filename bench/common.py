@@ -193,10 +193,111 @@ def fuse(encoder: Any, fv: FieldVectors) -> np.ndarray:
     return out
 
 
+def _compressed(rows: np.ndarray, max_distinct: int = 1024) -> np.ndarray:
+    """Rows with the same inner products among themselves in fewer columns, when few distinct rows
+    exist (a segment with a handful of pictures): their coordinates in an orthonormal basis of the
+    span of the distinct rows. Otherwise the rows unchanged."""
+    probe = rows @ np.random.default_rng(0).standard_normal(rows.shape[1]).astype(np.float32)
+    if len(np.unique(probe)) > max_distinct:  # cheap: distinct rows project apart (almost surely)
+        return rows
+    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+    if len(distinct) > max_distinct or len(distinct) >= rows.shape[1]:
+        return rows
+    basis, _ = np.linalg.qr(distinct.T.astype(np.float64))
+    return (distinct @ basis).astype(np.float32)[inverse.reshape(-1)]
+
+
+def exact_lists_by_mode(encoders: Sequence[Any], fv: FieldVectors, depth: int, *, block: int = 1024, margin: int = 8,
+                        deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every product's exact top-``depth`` (self excluded; row indices and scores, best first) for
+    several fusion weightings of the same catalog, in one pass over the all-pairs matrix.
+
+    What ``exact_top_k`` (index/exact.py) gives for ``fuse(encoder, fv)``, computed cheaper: the
+    fields every encoder weighs are one shared matrix product (each encoder's scale of them differs
+    by one factor, e.g. the renormalised weights when images are off); a field only some weigh is
+    added per encoder, in compressed form when it has few distinct rows (``_compressed``). These
+    pre-select ``depth + margin`` candidates, widened by everything within 1e-5 of the last; the
+    candidates are then scored on the full fused vectors and ranked by ``rank_key``, as
+    ``exact_top_k`` does. ``deadline`` (time.monotonic) bounds the pass: TimeoutError past it.
+    """
+    fused = [fuse(e, fv) for e in encoders]
+    ref = encoders[0]
+    common = [f for f in ref.layout if all(e.weights[f] > 0 for e in encoders)]
+    factors = []
+    for e in encoders:
+        ratios = {round(e.scale[f] / ref.scale[f], 6) for f in common}
+        if len(ratios) != 1 or any(e.layout[f] != ref.layout[f] for f in common):
+            raise ValueError("the encoders do not share their common fields up to one factor")
+        factors.append(ratios.pop() ** 2)
+    base = np.concatenate([_compressed(fv.fields[f] * ref.scale[f]) for f in common], axis=1).astype(np.float32)
+    own = []
+    for e in encoders:
+        extra = [f for f in e.layout if e.weights[f] > 0 and f not in common]
+        own.append(np.concatenate([_compressed(fv.fields[f] * e.scale[f]) for f in extra], axis=1)
+                   if extra else None)
+    n = len(fv.ids)
+    pre = min(n - 1, depth + margin)
+    idx = [np.zeros((n, depth), np.int64) for _ in encoders]
+    scores = [np.zeros((n, depth), np.float32) for _ in encoders]
+    for start in range(0, n, block):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"exact lists: {start} of {n} rows done when the time bound passed")
+        shared = base[start:start + block] @ base.T
+        rows = np.arange(len(shared))
+        for m, mat in enumerate(fused):
+            sims = shared * np.float32(factors[m])
+            if own[m] is not None:
+                sims += own[m][start:start + block] @ own[m].T
+            sims[rows, start + rows] = -np.inf
+            for r, best in enumerate(rank_rows(mat, fv.ids, sims, start + rows, depth, pre)):
+                idx[m][start + r, :len(best)] = [j for j, _ in best]
+                scores[m][start + r, :len(best)] = [sc for _, sc in best]
+    return list(zip(idx, scores))
+
+
+def rank_rows(mat: np.ndarray, ids: Sequence[str], sims: np.ndarray, owners: np.ndarray, k: int,
+              pre: int) -> list[list[tuple[int, float]]]:
+    """Exact top-``k`` (row index, score) of each owner, from ``sims`` (owner r's pre-scores against
+    every row, its own already -inf): the ``pre`` best widened by everything within 1e-5 of the
+    last, scored on the full vectors and ranked by ``rank_key``, as index/exact.py ``exact_top_k``."""
+    import torch
+
+    from simstream.index.exact import rank_key
+
+    # Pre-selection only (the ranking below is exact): torch's top-k is several times faster than
+    # an argpartition of the whole block.
+    vals, cand_t = torch.topk(torch.from_numpy(sims), pre, dim=1, sorted=False)
+    cand, kths = cand_t.numpy(), vals.min(dim=1).values.numpy()
+    out = []
+    for r in range(len(sims)):
+        kth = kths[r]
+        pool = set(cand[r].tolist()) | set(np.flatnonzero(sims[r] >= kth - 1e-5).tolist())
+        pool.discard(int(owners[r]))
+        me = mat[owners[r]]
+        best = sorted(((float(mat[j] @ me), ids[j], j) for j in pool), key=lambda t: rank_key(t[0], t[1]))[:k]
+        out.append([(j, sc) for sc, _, j in best])
+    return out
+
+
+def exact_rows(mat: np.ndarray, ids: Sequence[str], owners: Sequence[int], k: int, *, margin: int = 8,
+               block: int = 1024) -> list[list[tuple[int, float]]]:
+    """Exact top-``k`` of some rows only (self excluded), against all of ``mat``."""
+    out: list[list[tuple[int, float]]] = []
+    pre = min(len(ids) - 1, k + margin)
+    for start in range(0, len(owners), block):
+        own = np.asarray(owners[start:start + block], np.int64)
+        sims = mat[own] @ mat.T
+        sims[np.arange(len(own)), own] = -np.inf
+        out.extend(rank_rows(mat, ids, sims, own, k, pre))
+    return out
+
+
 def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, depth: int | None = None,
-            with_lists: bool = True, flush_every_rows: int = 20_000) -> dict[str, float]:
+            with_lists: bool = True, flush_every_rows: int = 20_000,
+            top: tuple[np.ndarray, np.ndarray] | None = None, timeout_s: float = 10.0) -> dict[str, float]:
     """Write the catalog (and, optionally, its exact neighbour lists, top-``depth`` deep as the
-    worker records them) straight into Milvus."""
+    worker records them) straight into Milvus. ``top``: those lists already computed (row indices
+    and scores, best first, at least ``depth`` wide: ``exact_lists_by_mode``), else computed here."""
     from simstream.clock import now_ms
     from simstream.index.exact import SCORE_DECIMALS
     from simstream.index.neighbours import BuiltList, ListBuilder, contributions
@@ -206,22 +307,27 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
 
     timings: dict[str, float] = {}
     vectors = fuse(encoder, fv)
-    store = VectorStore.connect(uri, prefix, encoder.dim, flush_every_rows=flush_every_rows)
+    store = VectorStore.connect(uri, prefix, encoder.dim, flush_every_rows=flush_every_rows, timeout_s=timeout_s)
     t0 = time.perf_counter()
     now = now_ms()
     event_fields = set(ProductEvent.__dataclass_fields__)
-    store.milvus.insert_products([
-        product_row(ProductEvent(**{k: v for k, v in d.items() if k in event_fields}), vectors[i], fv.hashes[i],
-                    encoder.model, now - 60_000)
-        for i, d in enumerate(fv.docs)])
+    page = 2_000  # rows hold their vectors as Python lists (~100 KB a row): a page at a time
+    for start in range(0, len(fv.docs), page):
+        store.milvus.insert_products([
+            product_row(ProductEvent(**{k: v for k, v in d.items() if k in event_fields}), vectors[i], fv.hashes[i],
+                        encoder.model, now - 60_000)
+            for i, d in enumerate(fv.docs[start:start + page], start)])
     timings["insert_s"] = time.perf_counter() - t0
     if with_lists:
         t0 = time.perf_counter()
         builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model, depth=depth)
-        ranked = exact_top_k(vectors, fv.ids, builder.depth, margin=8)
-        position = {pid: i for i, pid in enumerate(fv.ids)}
-        idx = np.array([[position[pid] for pid, _ in row] for row in ranked], np.int64)
-        scores = np.array([[sc for _, sc in row] for row in ranked], np.float32)
+        if top is None:
+            ranked = exact_top_k(vectors, fv.ids, builder.depth, margin=8)
+            position = {pid: i for i, pid in enumerate(fv.ids)}
+            idx = np.array([[position[pid] for pid, _ in row] for row in ranked], np.int64)
+            scores = np.array([[sc for _, sc in row] for row in ranked], np.float32)
+        else:
+            idx, scores = top
         timings["exact_lists_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         batch: list[StoredList] = []
@@ -251,6 +357,53 @@ def release(store: Any, uri: str) -> None:
     store.close()
 
 
+# --- worker processes ------------------------------------------------------------------------
+def _status_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def process_rss(pid: int) -> dict[str, int]:
+    """Resident bytes of a process (``self``) and of it with all its descendants (``tree``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        tree += _status_rss(p)
+        todo.extend(children.get(p, []))
+    return {"self": _status_rss(pid), "tree": tree}
+
+
+def worker_log_events(path: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The worker's JSON log records whose ``event`` is one of ``names`` (SIMSTREAM_LOG_FORMAT=json)."""
+    out = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if doc.get("event") in names:
+            out.append(doc)
+    return out
+
+
 # --- the neighbour topic, with timestamps -----------------------------------------------------
 class TopicTail:
     """Consumes the neighbour topic from the beginning; for each (product, version) remembers the
@@ -266,6 +419,7 @@ class TopicTail:
         self.consumer.subscribe([settings.neighbors_topic])
         self.first: dict[tuple[str, int], dict[str, float]] = {}
         self.latest_version: dict[str, int] = {}
+        self.latest: dict[str, bytes] = {}  # product_id -> the newest list's raw payload
         self.messages = 0
         self.last_at = 0.0
 
@@ -291,8 +445,9 @@ class TopicTail:
                     self.first[key] = {"ts": m.timestamp()[1] / 1000.0, "recv": recv,
                                        "computed_at": doc["computed_at"] / 1000.0,
                                        "source_event_time": (doc.get("source_event_time") or 0) / 1000.0}
-                if version > self.latest_version.get(pid, -1):
+                if version >= self.latest_version.get(pid, -1):
                     self.latest_version[pid] = version
+                    self.latest[pid] = m.value()
             if got:
                 self.last_at = time.monotonic()
         self.messages += got

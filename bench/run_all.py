@@ -8,6 +8,8 @@ c  freshness p50/p95/p99 at 50 % of (b)                                        b
 d  batching gain: worker with batch size 1 vs the tuned batch                  bench/pipeline_bench.py
 e  refresh cost: VectorStore.search vs numpy brute force at 10k and 100k      bench/refresh_bench.py
 f  change-aware updates: price-only / full encode cost                         bench/encoders_bench.py
+scale  issue 13: RSS/product, start-up, non-encoder ms/event, events/s, exactness at 10k and 100k,
+       price-only rate and freshness at 100k; 1M on the side index alone      bench/scale.py
 
 Every number that has a baseline is reported as a ratio to a baseline measured in the same run
 (the machine is shared and noisy). ``--quick`` uses small sizes (a smoke run of a few minutes);
@@ -30,6 +32,7 @@ from common import machine, table  # type: ignore  # noqa: E402
 from encoders_bench import change_aware, encoder_ceiling  # type: ignore  # noqa: E402
 from pipeline_bench import pipeline  # type: ignore  # noqa: E402
 from refresh_bench import refresh_cost  # type: ignore  # noqa: E402
+from scale import FULL as SCALE_FULL, QUICK as SCALE_QUICK, scale, summary as scale_summary  # type: ignore  # noqa: E402
 
 FULL = {"encoder_items": 256, "preload": 20_000, "events": 512, "fresh_s": 30.0, "batch1_events": 64,
         "refresh_sizes": [10_000, 100_000], "refresh_queries": 256, "change_items": 128}
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-profile", action="store_true", help="do not attach py-spy to the worker during (b)/(c)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: pipeline,refresh (for debugging)")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: pipeline,refresh,scale (for debugging)")
     a = ap.parse_args(argv)
     sizes = QUICK if a.quick else FULL
     skip = set(filter(None, a.skip.split(",")))
@@ -108,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     report["refresh"] = {"0": {"milvus_over_bruteforce": None}} if "refresh" in skip else refresh_cost(
         sizes["refresh_sizes"], queries=sizes["refresh_queries"], encoder=encoders.get(True))
     report["seconds_refresh"] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
+    scale_params = dict(SCALE_QUICK if a.quick else SCALE_FULL)
+    scale_sizes, scale_side = scale_params.pop("sizes"), scale_params.pop("side_only")
+    report["scale_run"] = {"skipped": ["scale: skipped with --skip scale"]} if "scale" in skip else scale(
+        scale_sizes, scale_side, scale_params, encoders=encoders, ceiling=report["encoder_ceiling"])
+    report.update(scale_summary(report["scale_run"]))
+    for line in report["scale_not_measured"]:
+        print(f"not measured: {line}")
+    report["seconds_scale"] = round(time.monotonic() - t0, 1)
     report.update(headline(report))
     report["seconds_total"] = round(time.time() - started, 1)
     report["machine"]["load_avg_at_end"] = list(__import__("os").getloadavg())
@@ -119,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [("metric", "value", "target (issue 5)")]
     targets = {"pipeline_over_ceiling": ">= 0.8", "pipeline_encoder_share": ">= 0.8 (same ratio, in-run)", "freshness_p99_s": "<= 2 s", "batching_gain": ">= 10",
-               "refresh_over_bruteforce": "<= 1", "price_only_over_full": "<= 0.1"}
+               "refresh_over_bruteforce": "<= 1", "price_only_over_full": "<= 0.1",
+               "pipeline_over_ceiling_100k_text": ">= 0.8 (issue 13)", "pipeline_over_ceiling_100k_image": ">= 0.9 (issue 13)",
+               "price_only_events_per_s_100k": ">= 200 (issue 13)", "freshness_p99_s_100k_text": "<= 2 s (issue 13)",
+               "freshness_p99_s_100k_image": "<= 2 s (issue 13)"}
     for key in ("encoder_ceiling_items_per_s", "pipeline_events_per_s", "pipeline_over_ceiling",
                 "freshness_p50_s", "freshness_p95_s", "freshness_p99_s",
                 "encoder_ceiling_items_per_s_text_only", "pipeline_events_per_s_text_only",
                 "pipeline_over_ceiling_text_only", "pipeline_encoder_share", "pipeline_encoder_share_text_only",
                 "freshness_p99_s_text_only", "batching_gain",
-                "refresh_over_bruteforce", "price_only_over_full", "price_only_over_full_text_only"):
+                "refresh_over_bruteforce", "price_only_over_full", "price_only_over_full_text_only",
+                "pipeline_over_ceiling_100k_text", "pipeline_over_ceiling_100k_image", "price_only_events_per_s_100k",
+                "freshness_p99_s_100k_text", "freshness_p99_s_100k_image"):
         rows.append((key, fmt(report.get(key)), targets.get(key, "")))
     print(table(rows))
     print(f"wrote {a.json} in {report['seconds_total']:.0f} s")
