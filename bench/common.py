@@ -186,10 +186,12 @@ def field_vectors(encoder: Any, docs: list[dict[str, Any]], image_root_dir: Path
 
 def fuse(encoder: Any, fv: FieldVectors) -> np.ndarray:
     """The fused vectors this encoder's weights give (same arithmetic as ProductEncoder.encode)."""
+    from simstream.vector_codec import canonical
+
     out = np.zeros((len(fv.ids), encoder.dim), np.float32)
     for f, sl in encoder.layout.items():
-        if encoder.weights[f] > 0:
-            out[:, sl] = fv.fields[f] * encoder.scale[f]
+        if encoder.weights[f] > 0:  # rounded onto the field's storage grid, as the encoder does
+            out[:, sl] = canonical(fv.fields[f] * encoder.scale[f], encoder.codecs[f])
     return out
 
 
@@ -249,14 +251,16 @@ def exact_lists_by_mode(encoders: Sequence[Any], fv: FieldVectors, depth: int, *
             if own[m] is not None:
                 sims += own[m][start:start + block] @ own[m].T
             sims[rows, start + rows] = -np.inf
-            for r, best in enumerate(rank_rows(mat, fv.ids, sims, start + rows, depth, pre)):
+            # The pre-scores use the fields before rounding onto the storage grid (vector_codec):
+            # they differ from the fused vectors' scores by < 5e-3, so widen the pool by 1e-2.
+            for r, best in enumerate(rank_rows(mat, fv.ids, sims, start + rows, depth, pre, slack=1e-2)):
                 idx[m][start + r, :len(best)] = [j for j, _ in best]
                 scores[m][start + r, :len(best)] = [sc for _, sc in best]
     return list(zip(idx, scores))
 
 
 def rank_rows(mat: np.ndarray, ids: Sequence[str], sims: np.ndarray, owners: np.ndarray, k: int,
-              pre: int) -> list[list[tuple[int, float]]]:
+              pre: int, slack: float = 1e-5) -> list[list[tuple[int, float]]]:
     """Exact top-``k`` (row index, score) of each owner, from ``sims`` (owner r's pre-scores against
     every row, its own already -inf): the ``pre`` best widened by everything within 1e-5 of the
     last, scored on the full vectors and ranked by ``rank_key``, as index/exact.py ``exact_top_k``."""
@@ -271,7 +275,7 @@ def rank_rows(mat: np.ndarray, ids: Sequence[str], sims: np.ndarray, owners: np.
     out = []
     for r in range(len(sims)):
         kth = kths[r]
-        pool = set(cand[r].tolist()) | set(np.flatnonzero(sims[r] >= kth - 1e-5).tolist())
+        pool = set(cand[r].tolist()) | set(np.flatnonzero(sims[r] >= kth - slack).tolist())
         pool.discard(int(owners[r]))
         me = mat[owners[r]]
         best = sorted(((float(mat[j] @ me), ids[j], j) for j in pool), key=lambda t: rank_key(t[0], t[1]))[:k]

@@ -335,8 +335,11 @@ def side_only(n: int, encoder: Any, seed: int, queries: int = 64, page: int = 2_
     from simstream.memory import current_rss
     from simstream.settings import Settings
 
+    from simstream.index.budget import PRODUCT_META_BYTES
+    from simstream.vector_codec import bytes_per_row, canonical_rows
+
     dim = encoder.dim
-    need = int(side_capacity(n) * dim * 4 + n * 1_200)
+    need = int(side_capacity(n) * bytes_per_row(encoder.segments) + n * PRODUCT_META_BYTES)
     avail = mem_available()
     if need > 0.8 * avail:
         return {"skipped": f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available (80 % rule)"}
@@ -349,11 +352,12 @@ def side_only(n: int, encoder: Any, seed: int, queries: int = 64, page: int = 2_
             seg = rng.standard_normal((count, sl.stop - sl.start)).astype(np.float32)
             seg /= np.linalg.norm(seg, axis=1, keepdims=True)
             out[:, sl] = seg * encoder.scale[f]
+        canonical_rows(out, encoder.segments)  # on the storage grid, as the encoder writes them
         return out
 
     before = current_rss()
     t0 = time.perf_counter()
-    side = SideIndex(dim, capacity=side_capacity(n))
+    side = SideIndex(dim, capacity=side_capacity(n), segments=encoder.segments)
     hashes = {f: "0123456789abcdef" for f in encoder.layout}
     for start in range(0, n, page):
         if deadline is not None and time.monotonic() > deadline:
@@ -374,7 +378,8 @@ def side_only(n: int, encoder: Any, seed: int, queries: int = 64, page: int = 2_
     res = {"products": n, "vectors": "synthetic (segment layout and sqrt(weight) scaling of the text+image "
                                      "fusion; random unit segments)",
            "dim": dim, "fill_s": round(fill_s, 1), "rss_bytes_per_product": round((after - before) / n),
-           "matrix_bytes_per_product": dim * 4, "search_ms_per_query": round(best / queries * 1000, 2),
+           "matrix_bytes_per_product": side.row_bytes, "loose_rows": side.loose_rows,
+           "search_ms_per_query": round(best / queries * 1000, 2),
            "queries_per_call": queries, "limit": limit}
     del side
     return res
