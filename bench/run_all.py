@@ -29,7 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, table  # type: ignore  # noqa: E402
-from encoders_bench import change_aware, encoder_ceiling  # type: ignore  # noqa: E402
+from backfill_bench import run as backfill_run  # type: ignore  # noqa: E402
+from encoders_bench import backend_speedup, change_aware, encoder_ceiling  # type: ignore  # noqa: E402
 from pipeline_bench import pipeline  # type: ignore  # noqa: E402
 from refresh_bench import refresh_cost  # type: ignore  # noqa: E402
 from scale import FULL as SCALE_FULL, QUICK as SCALE_QUICK, scale, summary as scale_summary  # type: ignore  # noqa: E402
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-profile", action="store_true", help="do not attach py-spy to the worker during (b)/(c)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: pipeline,refresh,scale (for debugging)")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: pipeline,refresh,scale,backfill,backends (for debugging)")
     a = ap.parse_args(argv)
     sizes = QUICK if a.quick else FULL
     skip = set(filter(None, a.skip.split(",")))
@@ -120,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     for line in report["scale_not_measured"]:
         print(f"not measured: {line}")
     report["seconds_scale"] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
+    # Issue 13: the bulk path against the encoders alone (100k full; 2k quick), and the encoder
+    # backends against today's torch path, each measured in one run.
+    bf_products = 2_000 if a.quick else 100_000
+    report["backfill"] = {"skipped": "--skip backfill"} if "backfill" in skip else backfill_run(bf_products, False)
+    report[f"backfill_over_encoder_{'2k' if a.quick else '100k'}"] = report["backfill"].get("backfill_over_encoder")
+    report["backends"] = {} if "backends" in skip else backend_speedup()
+    for key in ("text_ms_per_item", "image_ms_per_item", "text_speedup_vs_torch", "image_speedup_vs_torch"):
+        report[key] = report["backends"].get(key)
+    report["seconds_backfill_backends"] = round(time.monotonic() - t0, 1)
     report.update(headline(report))
     report["seconds_total"] = round(time.time() - started, 1)
     report["machine"]["load_avg_at_end"] = list(__import__("os").getloadavg())
