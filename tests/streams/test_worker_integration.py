@@ -102,8 +102,10 @@ def test_update_moves_a_product_to_another_neighbourhood(catalog, reader, worker
     got = settle(reader, worker, lambda g: g["mug-red-350"].version == 11
                  and "mug-red-350" in [n.product_id for n in g["hp-sony-xm5-blk"].neighbours])
     assert got["mug-red-350"].neighbours[0].product_id.startswith("hp-sony")
-    assert all("mug-red-350" not in [n.product_id for n in got[p].neighbours] or p.startswith(("hp-", "mug-"))
-               for p in catalog)
+    # It left the lists of the neighbourhood it came from, except its old family's own (a mug's
+    # top-4 among 20 products may still reach it); it may enter any Electronics list.
+    holders = [p for p in catalog if "mug-red-350" in [n.product_id for n in got[p].neighbours]]
+    assert all(p.startswith("mug-") or str(catalog[p]["category"]).startswith("Electronics") for p in holders), holders
 
 
 def test_delete_publishes_a_tombstone_and_leaves_every_list(catalog, reader, worker, settings_):
