@@ -258,6 +258,7 @@ def check_exactness(run: Any, tail: TopicTail, encoder: Any, check: int, seed: i
     from simstream.index.milvus import MilvusStore
     from simstream.records import NeighbourList
     from simstream.settings import Settings
+    from simstream.vector_codec import canonical
 
     from common import exact_rows  # type: ignore
 
@@ -276,8 +277,9 @@ def check_exactness(run: Any, tail: TopicTail, encoder: Any, check: int, seed: i
         new = [pid for pid in written if pid not in position and pid in got]
         mat = np.zeros((len(ids) + len(new), encoder.dim), np.float32)  # fuse() into place: one copy at 100k
         for f, sl in encoder.layout.items():
-            if encoder.weights[f] > 0:
+            if encoder.weights[f] > 0:  # as common.fuse: on the field's storage grid
                 np.multiply(run.fv.fields[f], encoder.scale[f], out=mat[:len(ids), sl])
+                mat[:len(ids), sl] = canonical(mat[:len(ids), sl], encoder.codecs[f])
         for pid in new:
             position[pid] = len(ids)
             ids.append(pid)
