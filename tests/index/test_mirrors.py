@@ -19,7 +19,8 @@ def now_ms() -> int:
 def product_row(pid: str, vec: np.ndarray, version: int) -> dict:
     return {"product_id": pid, "vector": vec.tolist(), "version": version, "brand": "", "category": "",
             "price": -1.0, "hashes": {"text": f"h{version}"}, "model": "m", "updated_at": now_ms(),
-            "event_time": version}
+            # serve's fields: Milvus 2.3.5 ignores nullable/default values, so a writer sends them all
+            "event_time": version, "display": {}, "brand_key": "", "category_key": ""}
 
 
 def list_row(pid: str, ids: list[str], kth: float, payload: str) -> dict:
