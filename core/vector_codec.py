@@ -55,6 +55,12 @@ def _i8_exponent(rows: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, e, 0)
 
 
+def _i8_steps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row the exponent e of the int8 grid, and x in steps of 2**e rounded (not yet clipped)."""
+    e = _i8_exponent(x)
+    return np.rint(np.ldexp(x, -e[:, None])), e
+
+
 def canonical(vectors: np.ndarray, codec: Codec) -> np.ndarray:
     """``vectors`` (rows of one segment) rounded onto ``codec``'s grid, as float32."""
     x = np.asarray(vectors, np.float32)
@@ -62,9 +68,8 @@ def canonical(vectors: np.ndarray, codec: Codec) -> np.ndarray:
         return x.copy()
     if codec == "f16":
         return x.astype(np.float16).astype(np.float32)
-    e = _i8_exponent(x)
-    q = np.clip(np.rint(np.ldexp(x, -e[:, None])), -I8_MAX, I8_MAX)
-    return np.ldexp(q, e[:, None]).astype(np.float32)
+    q, e = _i8_steps(x)
+    return np.ldexp(np.clip(q, -I8_MAX, I8_MAX), e[:, None]).astype(np.float32)
 
 
 def canonical_rows(vectors: np.ndarray, segments: Sequence[Segment], rows: Sequence[int] | None = None) -> None:
@@ -94,8 +99,7 @@ def pack(rows: np.ndarray, codec: Codec) -> tuple[Packed, np.ndarray]:
         values = x.astype(np.float16)
         exact = (values.astype(np.float32) == x).all(axis=1)
         return Packed(values, None), ~exact
-    e = _i8_exponent(x)
-    q = np.rint(np.ldexp(x, -e[:, None]))
+    q, e = _i8_steps(x)
     exact = (np.ldexp(q, e[:, None]).astype(np.float32) == x).all(axis=1) & (np.abs(q) <= I8_MAX).all(axis=1)
     return Packed(np.clip(q, -I8_MAX, I8_MAX).astype(np.int8), e.astype(np.int8)), ~exact
 

@@ -185,16 +185,19 @@ class SideIndex:
         return sorted(pid for pid, t in stamps.items() if (r := self._row.get(pid)) is None or int(updated[r]) != t)
 
     # --- reads --------------------------------------------------------------------------------
+    def _read(self, ids: Iterable[str]) -> tuple[list[tuple[str, int]], np.ndarray]:
+        """The live products among ``ids`` with their rows, and their decoded vectors in that order."""
+        found = [(pid, r) for pid in ids if (r := self._row.get(pid)) is not None]
+        return found, self._rows.read(np.array([r for _, r in found], np.int64))
+
     def get(self, ids: Iterable[str]) -> dict[str, StoredProduct]:
         """Stored products with their own copy of the vector."""
-        found = [(pid, r) for pid in ids if (r := self._row.get(pid)) is not None]
-        vectors = self._rows.read(np.array([r for _, r in found], np.int64))
+        found, vectors = self._read(ids)
         return {pid: self._meta.read(r, pid, vectors[i]) for i, (pid, r) in enumerate(found)}
 
     def vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Vectors of the live products among ``ids``."""
-        found = [(pid, r) for pid in ids if (r := self._row.get(pid)) is not None]
-        vectors = self._rows.read(np.array([r for _, r in found], np.int64))
+        found, vectors = self._read(ids)
         return {pid: vectors[i] for i, (pid, _) in enumerate(found)}
 
     def ids_written_since(self, since_ms: int) -> list[str]:

@@ -29,8 +29,8 @@ from simstream.logs import get_logger
 from simstream.settings import Settings
 from simstream.streams.dead_letter import RawRecord, Rejected
 from simstream.streams.ingest import Ingest, coalesce, encode_rejects, validate
-from simstream.streams.producer import EventProducer, _from_csv_row
-from simstream.streams.publish_lists import publish_searched
+from simstream.streams.producer import EventProducer, from_csv_row, with_event_defaults
+from simstream.streams.publish_lists import every_list_owner, publish_searched
 from simstream.streams.runtime import build_steps, single_threaded_numpy
 
 log = get_logger(__name__)
@@ -44,10 +44,7 @@ def read_records(path: Path) -> Iterator[RawRecord]:
 
     def record(n: int, doc: object, raw: bytes) -> RawRecord:
         if isinstance(doc, dict):
-            doc.setdefault("op", "upsert")
-            doc.setdefault("version", now)
-            doc.setdefault("event_time", now)
-            raw = orjson.dumps(doc)
+            raw = orjson.dumps(with_event_defaults(doc, now))
             key = str(doc.get("product_id", "")).encode()
         else:
             key = None
@@ -57,7 +54,7 @@ def read_records(path: Path) -> Iterator[RawRecord]:
         with path.open(newline="", encoding="utf-8", errors="replace") as fh:
             for n, row in enumerate(csv.DictReader(fh)):
                 try:
-                    doc: object = _from_csv_row(row)
+                    doc: object = from_csv_row(row)
                 except ValueError:  # a non-numeric price or version: validation names it
                     doc = {k: v for k, v in row.items() if k is not None}
                 yield record(n, doc, orjson.dumps(doc))
@@ -145,8 +142,7 @@ def backfill_file(settings: Settings, path: Path, *, batch_size: int = 1024, pag
              dead_letter=DeadLetters(producer, settings, f"backfill:{path.name}"))
         store.flush()
         t1 = time.perf_counter()
-        ids = {p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids()
-        done = publish_searched(refresher, producer, settings, sorted(ids), page=page)
+        done = publish_searched(refresher, producer, settings, every_list_owner(store), page=page)
         store.flush()
         t2 = time.perf_counter()
     report.lists, report.published, report.tombstones = done.lists, done.differed, done.tombstones

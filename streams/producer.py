@@ -17,7 +17,16 @@ from simstream.settings import Settings
 _NUMERIC = {"price": float, "version": int, "event_time": int}
 
 
-def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:
+def with_event_defaults(doc: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """Missing ``op`` means upsert; missing ``version``/``event_time`` take ``now_ms``."""
+    doc.setdefault("op", "upsert")
+    doc.setdefault("version", now_ms)
+    doc.setdefault("event_time", now_ms)
+    return doc
+
+
+def from_csv_row(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row (header = field names) as an event document: empty cells left out, numbers parsed."""
     doc: dict[str, Any] = {}
     for key, value in row.items():
         if key is None or value is None or value == "":
@@ -32,14 +41,11 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
     now = int(time.time() * 1000)
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as fh:
-            rows: Iterable[dict[str, Any]] = [_from_csv_row(r) for r in csv.DictReader(fh)]
+            rows: Iterable[dict[str, Any]] = [from_csv_row(r) for r in csv.DictReader(fh)]
     else:
         rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
     for doc in rows:
-        doc.setdefault("op", "upsert")
-        doc.setdefault("version", now)
-        doc.setdefault("event_time", now)
-        yield doc
+        yield with_event_defaults(doc, now)
 
 
 class EventProducer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from simstream.index.store import VectorStore
 from simstream.settings import Settings
 from simstream.streams.producer import EventProducer
 from simstream.streams.refresh import Refresher
@@ -21,6 +22,12 @@ class Published:
     lists: int = 0
     differed: int = 0
     tombstones: int = 0
+
+
+def every_list_owner(store: VectorStore) -> list[str]:
+    """Every product in the index and every product with a recorded list (a list whose owner is
+    gone gets its tombstone), sorted."""
+    return sorted({p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids())
 
 
 def publish_searched(refresher: Refresher, producer: EventProducer, settings: Settings, ids: Sequence[str], *,

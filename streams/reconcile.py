@@ -13,7 +13,7 @@ from typing import Any
 from simstream.encoders.fusion import ProductEncoder
 from simstream.logs import get_logger
 from simstream.streams.producer import EventProducer
-from simstream.streams.publish_lists import publish_searched
+from simstream.streams.publish_lists import every_list_owner, publish_searched
 from simstream.streams.runtime import build_steps
 from simstream.settings import Settings
 
@@ -23,9 +23,8 @@ log = get_logger(__name__)
 def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, page: int = 512) -> dict[str, Any]:
     ingest, refresher = build_steps(settings, encoder)
     store = ingest.store
-    ids = {p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids()
     with EventProducer(settings) as producer:
-        done = publish_searched(refresher, producer, settings, sorted(ids), page=page)
+        done = publish_searched(refresher, producer, settings, every_list_owner(store), page=page)
     store.flush()
     report = {"lists": done.lists, "differed": done.differed, "tombstones": done.tombstones}
     log.info("reconciled", **report)
