@@ -365,7 +365,7 @@ def dlq_show(reason: str | None, since: str | None, stage: str | None, limit: in
     """Dead letters with their reason and origin; URL credentials and query strings are masked."""
     import orjson
 
-    from simstream.streams.dead_letter import redact
+    from simstream.redact import redact
     from simstream.streams.dlq import DlqError, read_dead_letters
 
     settings = _settings()

@@ -1,36 +1,26 @@
 """structlog set-up: JSON lines in production, readable colours in a terminal, secrets masked.
 
-Log lines leave the pod (log shippers, support tickets), so credentials never reach them: a URL's
-password (``scheme://user:password@host`` -> ``scheme://user:***@host``) and the query string of
-an http(s) URL (signed image URLs carry their signature there -> ``?***``) are masked in every
-string of every record, ours and the libraries' (faust, aiokafka, pymilvus), exception text included.
+Log lines leave the pod (log shippers, support tickets), so credentials never reach them: every
+string of every record, ours and the libraries' (faust, aiokafka, pymilvus), exception text
+included, goes through ``simstream.redact`` (URL passwords, query strings and fragments).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 
-# URL passwords (settings.safe_dump uses the same function) and http(s) query strings.
-_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:;]*):[^\s/?#;]*@")
-_HTTP_QUERY = re.compile(r"(?P<url>https?://[^\s?#\"'<>]*)\?[^\s#\"'<>]+", re.IGNORECASE)
+from simstream.redact import redact
+
 _PLAIN = (int, float, bool, type(None))
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with URL passwords and http(s) query strings masked."""
-    if "://" not in text:
-        return text
-    return _HTTP_QUERY.sub(r"\g<url>?***", _URL_PASSWORD.sub(r"\g<user>:***@", text))
 
 
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        return mask_secrets(value)
+        return redact(value)
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, dict):
@@ -40,7 +30,7 @@ def _mask(value: Any) -> Any:
     # Anything else is rendered with repr (JSON) or str (console): mask that, keep the object when
     # there is nothing to hide (exc_info tuples are rendered later by format_exc_info, masked then).
     shown = repr(value)
-    masked = mask_secrets(shown)
+    masked = redact(shown)
     return value if masked == shown else masked
 
 

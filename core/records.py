@@ -42,6 +42,10 @@ class ProductEvent:
 
 CONTRACT_FIELDS = frozenset(ProductEvent.__dataclass_fields__) - {"partition", "offset"}
 
+#: The fields fused into one vector, in the order of their segments; a list entry's "why similar"
+#: contributions are keyed by them (encoders/fusion.py).
+FUSED_FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")
+
 
 @dataclass(frozen=True, slots=True)
 class Neighbour:

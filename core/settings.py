@@ -15,9 +15,11 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from simstream.logs import mask_secrets
+from simstream.limits import LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_TOP_K, list_payload_bytes
+from simstream.records import FUSED_FIELDS
+from simstream.redact import redact
 
-DEFAULT_WEIGHTS: dict[str, float] = {
+DEFAULT_WEIGHTS: dict[str, float] = {  # one per simstream.records.FUSED_FIELDS
     "text": 0.30,
     "title_lexical": 0.30,
     "mpn": 0.10,
@@ -27,35 +29,11 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "price": 0.04,
 }
 
+assert tuple(DEFAULT_WEIGHTS) == FUSED_FIELDS
+
 #: The fusion config used unless SIMSTREAM_FUSION_CONFIG says otherwise: the best shipped one, chosen on
 #: the leave-one-dataset-out protocol of docs/quality.md.
 DEFAULT_FUSION_CONFIG = "v3"
-
-# The lists collection (index/store.py) holds a published list in a payload VARCHAR of 65,535 bytes
-# and its deep ids in an ARRAY of capacity 1000: a list that does not fit fails its upsert on every
-# retry, so the settings refuse such a list size at start-up.
-LIST_PAYLOAD_BYTES = 65_535
-LIST_CAPACITY = 1000
-
-
-def list_payload_bytes(k: int) -> int:
-    """Worst-case bytes of a published list of ``k`` neighbours (``NeighbourList.to_json``, orjson).
-
-    A string of 256 UTF-8 bytes (product_id, model: Milvus VARCHAR 256), every byte a control
-    character, is 6 * 256 + 2 = 1538 ("\\u0001"); a float at most 24 ("-2.2250738585072014e-308");
-    an int64 at most 20. One neighbour, with its comma: {"product_id":S,"score":F,"fields":{..}},
-    = 37 + 1538 + 24 + fields (7 x ("name": + 24) + 6 commas = 43 + 7 * 27 + 6 = 238) = 1837.
-    The envelope {"product_id":S,"version":I,"neighbors":[],"model":S,"computed_at":I,
-    "source_event_time":I} = 86 + 2 * 1538 + 3 * 20 = 3222. So 3222 + 1837 k <= 65,535: k <= 33.
-    """
-    string, number, integer = 6 * 256 + 2, 24, 20
-    fields = sum(len(f) + 3 + number for f in DEFAULT_WEIGHTS) + len(DEFAULT_WEIGHTS) - 1
-    neighbour = len('{"product_id":,"score":,"fields":{}},') + string + number + fields
-    envelope = len('{"product_id":,"version":,"neighbors":[],"model":,"computed_at":,"source_event_time":}')
-    return envelope + 2 * string + 3 * integer + k * neighbour
-
-
-MAX_TOP_K = (LIST_PAYLOAD_BYTES - list_payload_bytes(0)) // (list_payload_bytes(1) - list_payload_bytes(0))  # 33
 
 
 class Settings(BaseSettings):
@@ -212,7 +190,7 @@ class Settings(BaseSettings):
                 out[key] = "**********"
         for key in ("kafka", "milvus_uri"):
             if isinstance(out.get(key), str):
-                out[key] = mask_secrets(out[key])
+                out[key] = redact(out[key])
         return out
 
 

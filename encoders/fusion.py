@@ -32,13 +32,13 @@ from simstream.encoders.lexical import MpnEncoder, TitleLexicalEncoder
 from simstream.encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
 from simstream.encoders.multilingual import make_text_encoder
 from simstream.encoders.text import clean_text
-from simstream.records import ProductEvent
+from simstream.records import FUSED_FIELDS, ProductEvent
 from simstream.errors import EncodeError
 from simstream.settings import Settings
 from simstream.vector_codec import Codec, Segment, canonical
 
 FUSION_VERSION = "fusion-v1"
-FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")
+FIELDS = FUSED_FIELDS
 # How each field's segment is stored (simstream.vector_codec): learned embeddings and price bumps
 # on float16, hashed counts, one-hot slots and image features on int8 with a power-of-two scale.
 COMPACT_CODECS: dict[str, Codec] = {"text": "f16", "price": "f16", "title_lexical": "i8", "mpn": "i8",

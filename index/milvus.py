@@ -33,8 +33,11 @@ from pymilvus import DataType, MilvusClient
 from simstream.errors import IndexRejected, IndexUnavailable
 from simstream.index.failures import is_milvus_failure, translate
 from simstream.index.rows import (
-    MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES, MAX_LIST_DEPTH, MAX_MODEL_BYTES,
-    MAX_PAYLOAD_BYTES, SERVING_FIELDS, TOMBSTONE_BOUNDARY, ListHead, StoredList, StoredProduct, stored_boundary,
+    SERVING_FIELDS, TOMBSTONE_BOUNDARY, ListHead, StoredList, StoredProduct, stored_boundary,
+)
+from simstream.limits import (
+    LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
+    MAX_MODEL_BYTES,
 )
 from simstream.logs import get_logger
 
@@ -149,9 +152,9 @@ class MilvusStore:
             s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
             s.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one vector field
             s.add_field("neighbor_ids", DataType.ARRAY, element_type=DataType.VARCHAR,
-                        max_capacity=MAX_LIST_DEPTH, max_length=MAX_ID_BYTES)
+                        max_capacity=LIST_CAPACITY, max_length=MAX_ID_BYTES)
             s.add_field("kth_score", DataType.FLOAT)  # the list's boundary (rows.StoredList.boundary)
-            s.add_field("payload", DataType.VARCHAR, max_length=MAX_PAYLOAD_BYTES)
+            s.add_field("payload", DataType.VARCHAR, max_length=LIST_PAYLOAD_BYTES)
             s.add_field("updated_at", DataType.INT64)  # lets the list mirror sync (index/list_mirror.py)
             s.add_field("as_of", DataType.INT64)  # lets a refresh merge instead of searching
             idx = c.prepare_index_params()

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from simstream.limits import (
+    MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES,
+    MAX_CATEGORY_KEY_BYTES, MAX_DISPLAY_BYTES, MAX_DISPLAY_CURRENCY_BYTES, MAX_DISPLAY_IMAGE_URL_BYTES,
+    MAX_DISPLAY_TITLE_BYTES,
+)
 from simstream.records import ProductEvent
 
-MAX_ID_BYTES = 256
-MAX_BRAND_BYTES = 256
-MAX_CATEGORY_BYTES = 1000
-MAX_MODEL_BYTES = 256
-MAX_PAYLOAD_BYTES = 65_535
-MAX_LIST_DEPTH = 1000  # the lists collection's ARRAY max_capacity
 TOMBSTONE_BOUNDARY = 3.0e38  # the boundary a tombstone marker is recorded with (no payload, no neighbours)
 
 
@@ -100,14 +99,7 @@ def product_row(product: ProductEvent, vector: np.ndarray | list[float], hashes:
 # (``brand_key``, ``category_key``: the normalised brand and category path; scalar because Milvus
 # filters JSON and ARRAY fields ~100x slower). Collections made before these fields existed do not
 # get them (MilvusStore strips them from their rows).
-SERVING_FIELDS = ("display", "brand_key", "category_key")
-MAX_DISPLAY_BYTES = 16_384  # the serialised JSON; Milvus caps a JSON value at 64 KiB
-MAX_TITLE_BYTES = 1000
-MAX_IMAGE_URL_BYTES = 2048
-MAX_CATEGORY_KEY_BYTES = 1024
-MAX_ATTRIBUTES = 32
-MAX_ATTRIBUTE_KEY_BYTES = 64
-MAX_ATTRIBUTE_VALUE_BYTES = 256
+SERVING_FIELDS = ("display", "brand_key", "category_key")  # their caps: simstream.limits
 _CORPORATE = re.compile(r"\b(inc|incorporated|ltd|llc|co|corp|corporation|gmbh|ag|sa|plc|company)\b")
 _NOT_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -130,12 +122,12 @@ def display_of(product: ProductEvent) -> dict[str, Any]:
     """The ``display`` JSON of one product, at most ``MAX_DISPLAY_BYTES`` serialised: the
     attributes go first, then the image URL, then the title is cut further (control characters
     escape to 6 bytes each, so byte caps alone do not bound the JSON)."""
-    url = product.image_url if product.image_url and len(product.image_url.encode()) <= MAX_IMAGE_URL_BYTES else None
+    url = product.image_url if product.image_url and len(product.image_url.encode()) <= MAX_DISPLAY_IMAGE_URL_BYTES else None
     attrs = {clip_utf8(k, MAX_ATTRIBUTE_KEY_BYTES): (clip_utf8(v, MAX_ATTRIBUTE_VALUE_BYTES) if v is not None else None)
              for k, v in list((product.attributes or {}).items())[:MAX_ATTRIBUTES]}
     out: dict[str, Any] = {
-        "title": clip_utf8(product.title, MAX_TITLE_BYTES), "image_url": url,
-        "currency": clip_utf8(product.currency, 16) or None, "attributes": attrs,
+        "title": clip_utf8(product.title, MAX_DISPLAY_TITLE_BYTES), "image_url": url,
+        "currency": clip_utf8(product.currency, MAX_DISPLAY_CURRENCY_BYTES) or None, "attributes": attrs,
     }
     for trim in ("attributes", "image_url", "title"):
         if len(orjson.dumps(out)) <= MAX_DISPLAY_BYTES:

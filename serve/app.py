@@ -34,7 +34,8 @@ from simstream.serve.catalog import Catalog, NotFound, filters_view
 from simstream.serve.filters import FilterError, Filters
 from simstream.serve.images import LocalImages
 from simstream.serve.metrics import ServeMetrics
-from simstream.serve.queries import MAX_QUERY_CHARS, ProductDocument, QueryEncoder, field_names
+from simstream.limits import MAX_QUERY_CHARS
+from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
 from simstream.settings import Settings
 
 log = get_logger(__name__)

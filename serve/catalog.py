@@ -17,6 +17,7 @@ import orjson
 from simstream.index.exact import SCORE_DECIMALS, rank_key
 from simstream.index.milvus import MilvusStore
 from simstream.index.neighbours import TIE_MARGIN, contributions
+from simstream.limits import MAX_ID_BYTES
 from simstream.serve.filters import Filters, quote
 
 
@@ -70,7 +71,7 @@ class Catalog:
 
     def _check_id(self, pid: str) -> None:
         try:
-            quote(pid, "product id", 256)
+            quote(pid, "product id", MAX_ID_BYTES)
         except ValueError:
             raise NotFound(f"no product {pid[:80]!r}") from None
 

@@ -19,16 +19,16 @@ from typing import Iterable
 
 import orjson
 
-from simstream.index.rows import (
-    MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_ID_BYTES, brand_key,
-    category_key,
+from simstream.index.rows import brand_key, category_key
+from simstream.limits import (
+    MAX_ATTRIBUTE_FILTERS, MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES,
+    MAX_ID_BYTES,
 )
 
 # Milvus reads back the short escapes \t \n \r but no \uXXXX escape: other control characters are refused
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 FILTER_PARAMS = frozenset({"brand", "category", "price_min", "price_max"})
 ATTR_PREFIX = "attr."
-MAX_ATTRIBUTE_FILTERS = 8
 
 
 class FilterError(ValueError):

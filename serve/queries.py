@@ -15,10 +15,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from simstream.encoders.fusion import ProductEncoder
+from simstream.limits import (
+    MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CURRENCY_CHARS, MAX_DESCRIPTION_CHARS, MAX_ID_BYTES, MAX_IMAGE_URL_CHARS,
+    MAX_MPN_CHARS, MAX_QUERY_ATTRIBUTES, MAX_QUERY_CHARS, MAX_TITLE_CHARS,
+)
 from simstream.records import ProductEvent
 from simstream.settings import Settings
-
-MAX_QUERY_CHARS = 500
 
 
 class ProductDocument(BaseModel):
@@ -27,20 +29,20 @@ class ProductDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    product_id: str | None = Field(None, max_length=256)
+    product_id: str | None = Field(None, max_length=MAX_ID_BYTES)
     op: str | None = None
     version: int | None = None
     event_time: int | None = None
-    title: str = Field(min_length=1, max_length=2000)
-    description: str | None = Field(None, max_length=100_000)
-    brand: str | None = Field(None, max_length=256)
-    category: str | None = Field(None, max_length=1000)
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
+    brand: str | None = Field(None, max_length=MAX_BRAND_BYTES)
+    category: str | None = Field(None, max_length=MAX_CATEGORY_BYTES)
     price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    currency: str | None = Field(None, max_length=16)
-    mpn: str | None = Field(None, max_length=256)
-    image_url: str | None = Field(None, max_length=2048)
+    currency: str | None = Field(None, max_length=MAX_CURRENCY_CHARS)
+    mpn: str | None = Field(None, max_length=MAX_MPN_CHARS)
+    image_url: str | None = Field(None, max_length=MAX_IMAGE_URL_CHARS)
     image_b64: str | None = None
-    attributes: dict[str, str | None] = Field(default_factory=dict, max_length=64)
+    attributes: dict[str, str | None] = Field(default_factory=dict, max_length=MAX_QUERY_ATTRIBUTES)
 
     @field_validator("op")
     @classmethod

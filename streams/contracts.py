@@ -18,14 +18,9 @@ import orjson
 from jsonschema.protocols import Validator
 
 from simstream.errors import BadEvent
+from simstream.limits import EVENT_FIELD_BYTES, MAX_EVENT_DEPTH, MAX_REASON_CHARS
 from simstream.records import CONTRACT_FIELDS, ProductEvent
 
-# Milvus VARCHAR max_length counts UTF-8 bytes (index/store.py): the limits of the stored strings.
-MAX_BYTES: dict[str, int] = {"product_id": 256, "brand": 256, "category": 1000}
-# Nesting allowed in an event (the schema itself needs 3: event > attributes > value). Checked
-# iteratively before validation: jsonschema recurses and a deep array overflows the stack.
-MAX_DEPTH = 32
-_MAX_REASON = 500  # a dead letter's reason; a schema message may quote a 100 kB string
 
 
 def _is_integer(_checker: Any, instance: object) -> bool:
@@ -92,18 +87,18 @@ def parse_event(key: bytes | None, value: bytes | None, *, partition: int = -1, 
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadEvent(f"expected a JSON object, got {type(doc).__name__}")
-    if _too_deep(doc, MAX_DEPTH):
-        raise BadEvent(f"schema: nested deeper than {MAX_DEPTH} levels")
+    if _too_deep(doc, MAX_EVENT_DEPTH):
+        raise BadEvent(f"schema: nested deeper than {MAX_EVENT_DEPTH} levels")
     reason = _schema_error(doc)
     if reason is not None:
-        raise BadEvent(f"schema: {reason[:_MAX_REASON]}")
-    for name, limit in MAX_BYTES.items():
+        raise BadEvent(f"schema: {reason[:MAX_REASON_CHARS]}")
+    for name, limit in EVENT_FIELD_BYTES.items():
         text = doc.get(name)
         size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else 0
         if size > limit:
             raise BadEvent(f"{name}: {size} bytes in UTF-8, over the {limit}-byte limit of its Milvus field")
     if key is not None and key.decode("utf-8", "replace") != doc["product_id"]:
-        raise BadEvent(f"key {key[:_MAX_REASON]!r} does not match product_id {doc['product_id']!r}")
+        raise BadEvent(f"key {key[:MAX_REASON_CHARS]!r} does not match product_id {doc['product_id']!r}")
     known = {k: v for k, v in doc.items() if k in CONTRACT_FIELDS}
     if known.get("attributes") is None:
         known["attributes"] = {}

@@ -9,37 +9,16 @@ replayed byte for byte (streams/dlq.py, ``simstream dlq``, docs/operations.md).
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from simstream import __version__
+from simstream.redact import redact
 
 SIMSTREAM_HEADER = "x-simstream-"
 KIND_HEADER = "x-simstream-error-kind"  # the first of simstream's headers: everything before it is the original's
 ERROR_HEADER_MAX_BYTES = 1000
-# URL credentials, query strings and fragments (signed image URLs) never reach headers or logs:
-# any ``scheme://`` URL and ``file:`` paths without the slashes.
-_URL_SECRETS = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://|file:)"
-    r"(?P<userinfo>[^/@\s'\"<>]*@)?"
-    r"(?P<rest>[^\s?#'\"<>]*)"
-    r"(?P<query>\?[^\s#'\"<>]*)?"
-    r"(?P<fragment>#[^\s'\"<>]*)?")
-
-
-def redact(text: str) -> str:
-    """``text`` with the userinfo, query string and fragment of every URL in it masked
-    (``https://u:p@cdn/x.png?sig=S`` -> ``https://***@cdn/x.png?***``)."""
-    def mask(m: re.Match[str]) -> str:
-        userinfo = "***@" if m.group("userinfo") else ""
-        query = "?***" if m.group("query") else ""
-        fragment = "#***" if m.group("fragment") else ""
-        return f"{m.group('scheme')}{userinfo}{m.group('rest')}{query}{fragment}"
-    return _URL_SECRETS.sub(mask, text)
-
-
 def _clip(text: str, max_bytes: int) -> bytes:
     """``text`` as UTF-8, cut to at most ``max_bytes`` without splitting a character."""
     return text.encode()[:max_bytes].decode("utf-8", "ignore").encode()

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable, Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from simstream.settings import Settings
-from simstream.streams.dead_letter import KIND_HEADER, SIMSTREAM_HEADER, redact
+from simstream.redact import redact
+from simstream.streams.dead_letter import KIND_HEADER, SIMSTREAM_HEADER
 from simstream.streams.kafka_config import client_config
 
 Headers = tuple[tuple[str, bytes | None], ...]

@@ -31,7 +31,8 @@ def test_default_milvus_uri_is_a_lite_file_in_the_data_dir(tmp_path):
 
 def test_top_k_is_bounded_by_the_worst_case_list_payload(monkeypatch):
     from simstream.records import Neighbour, NeighbourList
-    from simstream.settings import DEFAULT_WEIGHTS, LIST_PAYLOAD_BYTES, MAX_TOP_K, list_payload_bytes
+    from simstream.limits import LIST_PAYLOAD_BYTES, MAX_TOP_K, list_payload_bytes
+    from simstream.settings import DEFAULT_WEIGHTS
 
     assert list_payload_bytes(MAX_TOP_K) <= LIST_PAYLOAD_BYTES < list_payload_bytes(MAX_TOP_K + 1)
     # The formula against the real serialiser: every string byte escaped, longest floats and ints.

@@ -11,6 +11,7 @@ from simstream.streams.contracts import neighbour_list_validator, parse_event
 
 from simstream.records import Neighbour, NeighbourList
 from simstream.errors import BadEvent
+from simstream.limits import EVENT_FIELD_BYTES
 
 
 def raw(**doc):
@@ -142,7 +143,7 @@ def check_outcome(value: bytes) -> None:
     for name in ("version", "event_time"):
         v = getattr(event, name)
         assert v is None or (type(v) is int and 0 <= v < 2**63)
-    for name, limit in contracts.MAX_BYTES.items():
+    for name, limit in EVENT_FIELD_BYTES.items():
         assert len((getattr(event, name) or "").encode()) <= limit
 
 

@@ -1,0 +1,105 @@
+"""Every size limit simstream enforces, in one place, with the reason it has that value.
+
+Three families, checked in different places but spelled only here:
+
+- **Event fields** (the input contract, ``streams/schemas/product_event.schema.json``): characters
+  as JSON Schema counts them, plus UTF-8 bytes for the strings Milvus stores in a VARCHAR (Milvus
+  counts bytes); ``streams/contracts.py`` checks the bytes, a test checks the schema agrees.
+- **Stored fields** (the Milvus collections, ``index/milvus.py``): VARCHAR lengths, the list
+  payload and its ARRAY capacity, the bounded ``display`` JSON the query API shows.
+- **Messages** (Kafka): the room a dead letter keeps for simstream's headers, the header and key
+  caps of a dead letter, the reason text; the producer cap itself is a setting
+  (``SIMSTREAM_MAX_MESSAGE_BYTES``).
+
+The top-K bound follows from the list payload: ``MAX_TOP_K`` is the largest k whose worst-case
+list fits (``list_payload_bytes``).
+"""
+
+from __future__ import annotations
+
+from simstream.records import FUSED_FIELDS
+
+__all__ = [
+    "MAX_ID_BYTES", "MAX_BRAND_BYTES", "MAX_CATEGORY_BYTES", "MAX_MODEL_BYTES", "MAX_MPN_CHARS", "MAX_TITLE_CHARS",
+    "MAX_DESCRIPTION_CHARS", "MAX_CURRENCY_CHARS", "MAX_IMAGE_URL_CHARS", "MAX_IMAGE_B64_CHARS", "MAX_EVENT_DEPTH",
+    "EVENT_FIELD_BYTES", "EVENT_FIELD_CHARS",
+    "LIST_PAYLOAD_BYTES", "LIST_CAPACITY", "MAX_TOP_K", "list_payload_bytes",
+    "MAX_DISPLAY_BYTES", "MAX_DISPLAY_TITLE_BYTES", "MAX_DISPLAY_IMAGE_URL_BYTES", "MAX_DISPLAY_CURRENCY_BYTES",
+    "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
+    "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS",
+]
+
+# --- event fields (the input contract) ----------------------------------------------------------
+# Milvus VARCHAR max_length counts UTF-8 bytes: these strings are stored as they come.
+MAX_ID_BYTES = 256  # product ids (products, lists, tombstones collections; list entries)
+MAX_BRAND_BYTES = 256
+MAX_CATEGORY_BYTES = 1000
+MAX_MODEL_BYTES = 256  # the model tag stored with a product (ours, not the event's)
+# Characters (JSON Schema's maxLength): the encoders read these, Milvus does not store them as is.
+MAX_TITLE_CHARS = 2000
+MAX_DESCRIPTION_CHARS = 100_000
+MAX_MPN_CHARS = 256
+MAX_CURRENCY_CHARS = 8
+MAX_IMAGE_URL_CHARS = 4096
+MAX_IMAGE_B64_CHARS = 13_333_336  # base64 of SIMSTREAM_IMAGE_MAX_BYTES' default (10 MB)
+# Nesting allowed in an event (the schema itself needs 3: event > attributes > value), checked
+# iteratively before validation: jsonschema recurses, and a deep array would overflow the stack.
+MAX_EVENT_DEPTH = 32
+
+#: Byte limits ``parse_event`` checks beyond the schema (the stored VARCHARs).
+EVENT_FIELD_BYTES: dict[str, int] = {"product_id": MAX_ID_BYTES, "brand": MAX_BRAND_BYTES,
+                                     "category": MAX_CATEGORY_BYTES}
+#: The schema's ``maxLength`` per field (tests/core/test_limits.py checks the schema file agrees).
+EVENT_FIELD_CHARS: dict[str, int] = {
+    "product_id": MAX_ID_BYTES, "title": MAX_TITLE_CHARS, "description": MAX_DESCRIPTION_CHARS,
+    "brand": MAX_BRAND_BYTES, "category": MAX_CATEGORY_BYTES, "currency": MAX_CURRENCY_CHARS, "mpn": MAX_MPN_CHARS,
+    "image_url": MAX_IMAGE_URL_CHARS, "image_b64": MAX_IMAGE_B64_CHARS,
+}
+
+# --- stored lists and the top-K bound ---------------------------------------------------------
+# The lists collection holds a published list in a payload VARCHAR and its deep ids in an ARRAY:
+# a list that does not fit fails its upsert on every retry, so the settings refuse such a size.
+LIST_PAYLOAD_BYTES = 65_535
+LIST_CAPACITY = 1000  # the ARRAY's max_capacity: the deepest recorded list
+
+
+def list_payload_bytes(k: int) -> int:
+    """Worst-case bytes of a published list of ``k`` neighbours (``NeighbourList.to_json``, orjson).
+
+    A string of 256 UTF-8 bytes (product_id, model: Milvus VARCHAR 256), every byte a control
+    character, is 6 * 256 + 2 = 1538 ("\\u0001"); a float at most 24 ("-2.2250738585072014e-308");
+    an int64 at most 20. One neighbour, with its comma: {"product_id":S,"score":F,"fields":{..}},
+    = 37 + 1538 + 24 + fields (7 x ("name": + 24) + 6 commas = 43 + 7 * 27 + 6 = 238) = 1837.
+    The envelope {"product_id":S,"version":I,"neighbors":[],"model":S,"computed_at":I,
+    "source_event_time":I} = 86 + 2 * 1538 + 3 * 20 = 3222. So 3222 + 1837 k <= 65,535: k <= 33.
+    """
+    string, number, integer = 6 * max(MAX_ID_BYTES, MAX_MODEL_BYTES) + 2, 24, 20
+    fields = sum(len(f) + 3 + number for f in FUSED_FIELDS) + len(FUSED_FIELDS) - 1
+    neighbour = len('{"product_id":,"score":,"fields":{}},') + string + number + fields
+    envelope = len('{"product_id":,"version":,"neighbors":[],"model":,"computed_at":,"source_event_time":}')
+    return envelope + 2 * string + 3 * integer + k * neighbour
+
+
+MAX_TOP_K = (LIST_PAYLOAD_BYTES - list_payload_bytes(0)) // (list_payload_bytes(1) - list_payload_bytes(0))  # 33
+
+# --- the serving fields of a product (index/rows.py display_of, brand_key, category_key) --------
+MAX_DISPLAY_BYTES = 16_384  # the serialised ``display`` JSON; Milvus caps a JSON value at 64 KiB
+MAX_DISPLAY_TITLE_BYTES = 1000
+MAX_DISPLAY_IMAGE_URL_BYTES = 2048  # longer URLs are not shown (the encoder still reads them)
+MAX_DISPLAY_CURRENCY_BYTES = 16
+MAX_CATEGORY_KEY_BYTES = 1024
+MAX_ATTRIBUTES = 32  # attributes kept for display and filters
+MAX_ATTRIBUTE_KEY_BYTES = 64
+MAX_ATTRIBUTE_VALUE_BYTES = 256
+
+# --- dead letters -----------------------------------------------------------------------------
+MAX_REASON_CHARS = 500  # of a rejection's reason (a schema message may quote a 100 kB string)
+MAX_ERROR_HEADER_BYTES = 1000  # the ``x-simstream-error`` header
+DEAD_LETTER_HEADROOM_BYTES = 64_000  # kept free under the producer cap for simstream's headers and the request
+MAX_BARE_KEY_BYTES = 1024  # a dead letter Kafka refused goes again as a bare pointer, its key cut to this
+
+# --- the query API (serve/) -----------------------------------------------------------------------
+MAX_QUERY_CHARS = 500  # a text search
+MAX_QUERY_ATTRIBUTES = 64  # attributes of a query document
+MAX_ATTRIBUTE_FILTERS = 8  # attr.NAME=VALUE filters per request

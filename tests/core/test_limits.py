@@ -1,0 +1,63 @@
+"""The limits live in ``simstream.limits`` only: the JSON Schema contract, the Milvus schema and the
+query API agree with them."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from simstream import limits
+
+
+def _schema(name: str) -> dict:
+    return json.loads(resources.files("simstream.streams.schemas").joinpath(name).read_text())
+
+
+def test_the_event_schema_states_the_same_limits() -> None:
+    props = _schema("product_event.schema.json")["properties"]
+    stated = {name: p["maxLength"] for name, p in props.items() if "maxLength" in p}
+    assert stated == limits.EVENT_FIELD_CHARS
+
+
+def test_byte_limits_are_no_looser_than_the_character_limits() -> None:
+    # a character is at least one byte: the byte check of parse_event is the binding one
+    for name, max_bytes in limits.EVENT_FIELD_BYTES.items():
+        assert limits.EVENT_FIELD_CHARS[name] == max_bytes, name
+
+
+def test_the_milvus_collections_use_the_limits(tmp_path) -> None:
+    from simstream.index.milvus import MilvusStore
+
+    store = MilvusStore.connect(str(tmp_path / "m.db"), "u", 8)
+    try:
+        fields = {name: {f["name"]: f.get("params", {}) for f in store.client.describe_collection(name)["fields"]}
+                  for name in (store.products, store.lists, store.tombstones)}
+    finally:
+        store.close()
+    for collection in fields.values():
+        assert int(collection["product_id"]["max_length"]) == limits.MAX_ID_BYTES
+    products, lists = fields[store.products], fields[store.lists]
+    assert int(products["brand"]["max_length"]) == limits.MAX_BRAND_BYTES
+    assert int(products["category"]["max_length"]) == limits.MAX_CATEGORY_BYTES
+    assert int(products["model"]["max_length"]) == limits.MAX_MODEL_BYTES
+    assert int(products["category_key"]["max_length"]) == limits.MAX_CATEGORY_KEY_BYTES
+    assert int(lists["payload"]["max_length"]) == limits.LIST_PAYLOAD_BYTES
+    assert int(lists["neighbor_ids"]["max_capacity"]) == limits.LIST_CAPACITY
+
+
+@pytest.mark.parametrize("field, limit", [
+    ("product_id", limits.MAX_ID_BYTES), ("title", limits.MAX_TITLE_CHARS), ("brand", limits.MAX_BRAND_BYTES),
+    ("category", limits.MAX_CATEGORY_BYTES), ("currency", limits.MAX_CURRENCY_CHARS), ("mpn", limits.MAX_MPN_CHARS),
+    ("image_url", limits.MAX_IMAGE_URL_CHARS), ("description", limits.MAX_DESCRIPTION_CHARS),
+])
+def test_a_query_document_takes_what_an_event_takes(field: str, limit: int) -> None:
+    from simstream.serve.queries import ProductDocument
+
+    assert ProductDocument.model_fields[field].metadata[-1].max_length == limit
+
+
+def test_the_top_k_bound_is_the_largest_list_that_fits() -> None:
+    assert limits.list_payload_bytes(limits.MAX_TOP_K) <= limits.LIST_PAYLOAD_BYTES
+    assert limits.list_payload_bytes(limits.MAX_TOP_K + 1) > limits.LIST_PAYLOAD_BYTES
