@@ -9,6 +9,8 @@ SimstreamError
  ├─ IndexUnavailable      -> Milvus did not answer in time (connect failure, DEADLINE_EXCEEDED,
  │                           UNAVAILABLE, server busy or rate-limited): retry; an outage is waited out
  ├─ KafkaUnavailable      -> a send was not acknowledged in time: retry; an outage is waited out
+ ├─ KafkaRefused          -> the broker refused a message itself (too large, invalid): a dead letter
+ │                           goes again as a bare pointer; anything else is narrowed down
  └─ MemoryBudgetExceeded  -> the in-memory copies of the index would not fit the process's memory
                              limit: refuse to start (names the numbers and the settings to change)
 
@@ -47,6 +49,11 @@ class IndexRejected(SimstreamError):
 class KafkaUnavailable(SimstreamError):
     """A send to Kafka did not complete within its deadline (broker down, paused or unreachable);
     retried until the broker answers, never dead-lettered."""
+
+
+class KafkaRefused(SimstreamError):
+    """Kafka refused a message itself (over the size limit, invalid); sending it again as it is
+    cannot help."""
 
 
 class MemoryBudgetExceeded(SimstreamError):

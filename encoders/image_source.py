@@ -11,7 +11,6 @@ import base64
 import binascii
 import ipaddress
 import os
-import random
 import re
 import ssl
 import stat
@@ -22,12 +21,14 @@ from urllib.parse import unquote, urlsplit
 import httpcore
 import httpx
 
+from email.utils import parsedate_to_datetime
+
+from simstream import retry
 from simstream.encoders.safe_fetch import Blocked, GuardedBackend
 from simstream.errors import EncodeError
 
 MAX_URL_CHARS = 8192
 MAX_REDIRECTS = 3
-MAX_ATTEMPTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
@@ -36,9 +37,10 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 class _Failure(Exception):
     """One failed fetch attempt; ``transient`` ones are retried while the deadline allows."""
 
-    def __init__(self, reason: str, *, transient: bool = False) -> None:
+    def __init__(self, reason: str, *, transient: bool = False, retry_after_s: float | None = None) -> None:
         super().__init__(reason)
         self.transient = transient
+        self.retry_after_s = retry_after_s  # the server's Retry-After: the retry policy waits at least this
 
 
 class ImageSource:
@@ -121,21 +123,18 @@ class ImageSource:
     # --- http(s) ----------------------------------------------------------------------------
 
     def _download(self, raw_url: str) -> bytes:
-        """Up to MAX_ATTEMPTS attempts on transient failures, with jittered exponential backoff,
-        all within one deadline of ``timeout_s``."""
+        """Transient failures (429, 5xx, timeouts, resets) retried under ``retry.IMAGE_FETCH``, which
+        honours ``Retry-After``, all within one deadline of ``timeout_s``."""
         deadline = time.monotonic() + self.timeout_s
         url = _checked_url(raw_url)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return self._attempt(url, deadline)
-            except _Failure as exc:
-                delay = 0.1 * 2**attempt * (0.5 + random.random())
-                if exc.transient and attempt < MAX_ATTEMPTS and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    continue
-                note = f" (transient, gave up after {attempt} attempt(s))" if exc.transient else ""
-                raise EncodeError("image", f"cannot fetch {_shown(url)}: {exc}{note}", transient=exc.transient) from None
-        raise AssertionError("unreachable")
+        attempts = [1]
+        try:
+            return retry.call(retry.IMAGE_FETCH.with_deadline(self.timeout_s), "image_fetch", self._attempt, url,
+                              deadline, retry_on=lambda exc: isinstance(exc, _Failure) and exc.transient,
+                              on_retry=lambda exc: attempts.append(1))
+        except _Failure as exc:
+            note = f" (transient, gave up after {len(attempts)} attempt(s))" if exc.transient else ""
+            raise EncodeError("image", f"cannot fetch {_shown(url)}: {exc}{note}", transient=exc.transient) from None
 
     def _attempt(self, url: httpx.URL, deadline: float) -> bytes:
         """One GET, following up to MAX_REDIRECTS redirects; every hop connects through the guard."""
@@ -156,7 +155,8 @@ class ImageSource:
                             url = _checked_url(str(url.join(location.decode("latin-1"))))
                             continue
                         if resp.status in TRANSIENT_STATUSES:
-                            raise _Failure(f"HTTP {resp.status}", transient=True)
+                            raise _Failure(f"HTTP {resp.status}", transient=True,
+                                           retry_after_s=_retry_after(_header(resp, b"retry-after")))
                         if not 200 <= resp.status < 300:
                             raise _Failure(f"HTTP {resp.status}")
                         return self._body(resp)
@@ -210,6 +210,19 @@ def _checked_url(raw: str) -> httpx.URL:
 
 def _header(resp: httpcore.Response, name: bytes) -> bytes | None:
     return next((v for k, v in resp.headers if k.lower() == name), None)
+
+
+def _retry_after(value: bytes | None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _shown(url: httpx.URL) -> str:

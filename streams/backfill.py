@@ -2,21 +2,24 @@
 
 Streaming refreshes the lists an event affects, ~15 per event, each a search or a merge: right
 for a trickle, wasteful for a new catalog, a re-embedding or a replay, where nearly every list
-changes many times over. A backfill runs the ingest steps the worker runs (validate -> coalesce ->
-check versions -> encode -> write) over the file in large batches without computing affected sets,
+changes many times over. A backfill runs the worker's own ingest sequence (streams/pipeline.py
+``ingest_steps``: validate -> coalesce -> check versions -> encode -> write) over the file in large
+batches without computing affected sets,
 then recomputes *every* list with the same builder (``publish_searched``): blocked all-pairs top-K,
 one pass over the catalog matrix per page of lists, on the GPU when there is one (index/side.py).
 The lists therefore equal the streaming path's, and only lists whose content differs from what was
 last published go to the topic.
 
 A record that does not parse or cannot be encoded goes to the dead-letter topic with its reason
-(``x-simstream-source-topic: backfill:FILE``, the line number as the offset), like the worker's.
+(``x-simstream-source-topic: backfill:FILE``, the line number as the offset) through the worker's
+own dead-letter sender (streams/outbox.py).
 Run it with the worker stopped or pointed at a Milvus server (a milvus-lite file opens in one
 process only); the stream may continue afterwards from where its offsets are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import time
 from dataclasses import dataclass, field
@@ -27,11 +30,17 @@ import orjson
 
 from simstream.logs import get_logger
 from simstream.settings import Settings
-from simstream.streams.dead_letter import RawRecord, Rejected
-from simstream.streams.ingest import Ingest, coalesce, encode_rejects, validate
-from simstream.streams.producer import EventProducer, from_csv_row, with_event_defaults
+from simstream.streams.dead_letter import RawRecord
+from simstream.streams.ingest import Ingest
+from simstream.streams.outbox import Outbox
+from simstream.streams.pipeline import StepRunner, ingest_steps
+from simstream.streams.producer import from_csv_row, with_event_defaults
 from simstream.streams.publish_lists import every_list_owner, publish_searched
+from simstream.streams.refresh import Refresher
 from simstream.streams.runtime import build_steps, single_threaded_numpy
+from simstream.streams.transports import ConfluentTransport
+
+__all__ = ["BackfillReport", "backfill_file", "read_records"]
 
 log = get_logger(__name__)
 
@@ -93,59 +102,46 @@ def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord
         yield batch
 
 
-def load(ingest: Ingest, records: Iterator[RawRecord], report: BackfillReport, *, batch_size: int,
-         dead_letter: "DeadLetters") -> None:
-    """The worker's ingest steps over big batches, without affected sets (every list follows)."""
+async def load(ingest: Ingest, run: StepRunner, outbox: Outbox, records: Iterator[RawRecord], report: BackfillReport,
+               *, batch_size: int, source: str) -> None:
+    """The worker's ingest sequence over big batches, without affected sets (every list follows)."""
     for batch in _batches(records, batch_size):
-        events, rejects = validate(batch)
-        latest, dropped = coalesce(events)
-        check = ingest.check_versions(latest)
-        encoded = ingest.encode(check)
-        ingest.write(check, encoded)
-        rejects += encode_rejects(encoded, batch)
-        dead_letter.send(rejects)
+        out = await ingest_steps(batch, ingest, run, affected=False)
+        await outbox.dead_letters(out.rejects, source)
         report.records += len(batch)
-        report.applied += check.outcomes["applied"]
-        report.stale_or_duplicate += dropped + check.outcomes["stale"] + check.outcomes["duplicate"]
-        report.dead_lettered += len(rejects)
+        report.applied += out.check.outcomes["applied"]
+        report.stale_or_duplicate += out.dropped + out.check.outcomes["stale"] + out.check.outcomes["duplicate"]
+        report.dead_lettered += len(out.rejects)
         log.info("backfill batch written", records=report.records, applied=report.applied,
                  dead_lettered=report.dead_lettered)
 
 
-class DeadLetters:
-    """Rejected records to the DLQ topic with the worker's headers, durably (flushed per batch)."""
-
-    def __init__(self, producer: EventProducer, settings: Settings, source: str) -> None:
-        self.producer, self.settings, self.source = producer, settings, source
-
-    def send(self, rejects: list[Rejected]) -> None:
-        limit = self.settings.max_message_bytes - 64_000
-        for rej in rejects:
-            log.warning("dead-lettered", kind=rej.kind, reason=rej.reason[:300], stage=rej.stage, line=rej.record.offset)
-            value, extra = rej.value_for_dlq(limit)
-            headers: list[tuple[str, str | bytes | None]] = [*rej.headers(self.source), *extra]
-            self.producer.send(value, key=rej.record.key, topic=self.settings.dlq_topic,
-                               headers=headers)
-        if rejects:
-            self.producer.flush()
+async def _backfill(settings: Settings, path: Path, ingest: Ingest, refresher: Refresher, run: StepRunner,
+                    report: BackfillReport, *, batch_size: int, page: int) -> None:
+    store = ingest.store
+    with ConfluentTransport(settings) as transport:
+        outbox = Outbox(transport, settings)
+        t0 = time.perf_counter()
+        await load(ingest, run, outbox, read_records(path), report, batch_size=batch_size,
+                   source=f"backfill:{path.name}")
+        await run("flush", store.flush)
+        t1 = time.perf_counter()
+        done = await publish_searched(refresher, outbox, run, every_list_owner(store), page=page)
+        await run("flush", store.flush)
+        t2 = time.perf_counter()
+    report.lists, report.published, report.tombstones = done.lists, done.differed, done.tombstones
+    report.seconds = {"load": round(t1 - t0, 2), "lists": round(t2 - t1, 2)}
 
 
 def backfill_file(settings: Settings, path: Path, *, batch_size: int = 1024, page: int = 512) -> BackfillReport:
     """Load ``path`` into the index and publish every list that differs from the topic's."""
     single_threaded_numpy()
     ingest, refresher = build_steps(settings, wait_for_milvus=True)
-    store = ingest.store
+    run = StepRunner(max_retries=settings.max_retries)
     report = BackfillReport()
-    with EventProducer(settings) as producer:
-        t0 = time.perf_counter()
-        load(ingest, read_records(path), report, batch_size=batch_size,
-             dead_letter=DeadLetters(producer, settings, f"backfill:{path.name}"))
-        store.flush()
-        t1 = time.perf_counter()
-        done = publish_searched(refresher, producer, settings, every_list_owner(store), page=page)
-        store.flush()
-        t2 = time.perf_counter()
-    report.lists, report.published, report.tombstones = done.lists, done.differed, done.tombstones
-    report.seconds = {"load": round(t1 - t0, 2), "lists": round(t2 - t1, 2)}
+    try:
+        asyncio.run(_backfill(settings, path, ingest, refresher, run, report, batch_size=batch_size, page=page))
+    finally:
+        run.close()
     log.info("backfilled", **{k: v for k, v in report.__dict__.items()})
     return report

@@ -15,11 +15,10 @@ Plain asyncio over callables, so the rules are unit-tested without a broker.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from typing import Awaitable, Callable, Sequence, TypeVar
 
+from simstream import retry
 from simstream.errors import IndexUnavailable, KafkaUnavailable
 from simstream.logs import get_logger
 
@@ -30,28 +29,28 @@ TRANSIENT: tuple[type[Exception], ...] = (IndexUnavailable, KafkaUnavailable)
 
 
 async def until_applied(process: Callable[[Sequence[R]], Awaitable[None]], records: Sequence[R], *,
-                        answering: Callable[[], Awaitable[bool]], poison_after_s: float,
-                        on_retry: Callable[[Exception], None] = lambda exc: None,
-                        first_delay_s: float = 0.5, max_delay_s: float = 30.0) -> None:
-    """Run ``process(records)``; retry transient failures while the dependencies do not answer.
-    Raise a non-transient failure at once, and a transient one that lasts ``poison_after_s``
-    while ``answering()`` says both Milvus and Kafka answer."""
-    delay, answering_since = first_delay_s, None
-    while True:
+                        answering: Callable[[], Awaitable[bool]], poison_after_s: float, stage: str = "batch",
+                        policy: retry.Backoff = retry.OUTAGE) -> None:
+    """Run ``process(records)``; retry transient failures (``policy``, the outage wait) while the
+    dependencies do not answer. Raise a non-transient failure at once, and a transient one that
+    lasts ``poison_after_s`` while ``answering()`` says both Milvus and Kafka answer."""
+    answering_since: float | None = None
+    give_up = False
+
+    async def attempt() -> None:
+        nonlocal answering_since, give_up
         try:
             await process(records)
-            return
-        except TRANSIENT as exc:
+        except TRANSIENT:
             if await answering():
                 answering_since = answering_since or time.monotonic()
-                if time.monotonic() - answering_since >= poison_after_s:
-                    raise
+                give_up = time.monotonic() - answering_since >= poison_after_s
             else:
                 answering_since = None
-            on_retry(exc)
-            log.warning("waiting out a transient failure", error=str(exc)[:300], retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, max_delay_s)
+            raise
+
+    await retry.call_async(policy.with_attempts(None), f"{stage}-outage", attempt,
+                           retry_on=lambda exc: isinstance(exc, TRANSIENT) and not give_up)
 
 
 async def apply_or_dead_letter(records: Sequence[R], apply: Callable[[Sequence[R]], Awaitable[None]],

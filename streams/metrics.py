@@ -8,6 +8,7 @@ from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from simstream import retry
 from simstream.encoders.fusion import EncodedBatch
 from simstream.records import NeighbourList, ProductEvent
 
@@ -19,8 +20,8 @@ BATCH_SIZE = Histogram("simstream_batch_size", "Events per ingest batch.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)
 ENCODE_SECONDS = Histogram("simstream_encode_seconds", "Encoder time per batch, per field.", ["field"],
                            registry=REGISTRY)
-MILVUS_SECONDS = Histogram("simstream_milvus_seconds", "Index step latency per batch (Milvus and the in-memory "
-                           "copies).", ["op"], registry=REGISTRY)
+MILVUS_SECONDS = Histogram("simstream_milvus_seconds", "Step latency per batch, by step: the index steps (Milvus "
+                           "and the in-memory copies) and encode.", ["op"], registry=REGISTRY)
 LISTS = Counter("simstream_lists", "Neighbour lists computed, by result: published, unchanged, tombstoned.",
                 ["result"], registry=REGISTRY)
 REFRESH_METHOD = Counter("simstream_refresh_lists", "Lists refreshed, by method: merged (recorded deep list + "
@@ -30,14 +31,15 @@ FRESHNESS = Histogram("simstream_freshness_seconds", "event_time -> neighbour li
 WATERMARK = Gauge("simstream_freshness_watermark_seconds",
                   "Age of the newest event_time fully processed, per input partition.", ["partition"],
                   registry=REGISTRY)
-RETRIES = Counter("simstream_retries", "Retries after a transient failure, by index step or by error while a "
-                  "batch waits out an outage.", ["step"], registry=REGISTRY)
+# simstream_retries{operation, error}: counted by the one retry policy (simstream.retry) wherever it retries.
+RETRIES = retry.RETRIES
+REGISTRY.register(RETRIES)
 POISON = Counter("simstream_poison_records", "Records that failed alone after a batch was narrowed down, and were "
                  "dead-lettered, by agent.", ["agent"], registry=REGISTRY)
 
 
-def observe_index_step(op: str, started: float) -> None:
-    """Latency of one index step (``started`` from ``time.perf_counter()``)."""
+def observe_step(op: str, started: float) -> None:
+    """Latency of one step (``started`` from ``time.perf_counter()``)."""
     MILVUS_SECONDS.labels(op).observe(time.perf_counter() - started)
 
 

@@ -9,10 +9,11 @@ from types import TracebackType
 from typing import Any, Iterable, Iterator
 
 import orjson
-from confluent_kafka import KafkaException, Producer
-
-from simstream.streams.kafka_config import client_config
 from simstream.settings import Settings
+from simstream.streams import messages
+from simstream.streams.transports import ConfluentTransport
+
+__all__ = ["EventProducer", "read_events", "with_event_defaults", "from_csv_row"]
 
 _NUMERIC = {"price": float, "version": int, "event_time": int}
 
@@ -49,40 +50,26 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class EventProducer:
-    """A confluent-kafka producer that waits for every delivery report before it returns."""
+    """The catalog side's producer (``simstream produce``, the demo, the harness): sends as it reads
+    through ``ConfluentTransport``, so keys land on the partitions the worker's own messages use;
+    ``flush`` (and leaving ``with``) waits for every delivery."""
 
-    def __init__(self, settings: Settings, **extra: Any) -> None:
+    def __init__(self, settings: Settings, *, timeout_s: float = 60.0, **extra: Any) -> None:
         self.settings = settings
-        # murmur2, as the Java client and the worker (Faust -> aiokafka's DefaultPartitioner) partition
-        # keys: librdkafka's default (CRC32) would put a key's lists that reconcile or backfill
-        # publish on another partition than the worker's, and a compacted topic would keep both.
-        self.producer = Producer(client_config(settings, **{"linger.ms": 5, "enable.idempotence": False, "log_level": 4,
-                                                            "partitioner": "murmur2_random", **extra}))
-        self.errors: list[str] = []
-
-    def _report(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.key()!r}: {err}")
+        self.transport = ConfluentTransport(settings, timeout_s=timeout_s, **extra)
 
     def send(self, doc: dict[str, Any] | bytes | None, *, key: str | bytes | None = None, topic: str | None = None,
              headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
         value = doc if isinstance(doc, bytes) or doc is None else orjson.dumps(doc)
         if key is None and isinstance(doc, dict):
             key = str(doc.get("product_id", ""))
-        while True:
-            try:
-                self.producer.produce(topic or self.settings.events_topic, value=value,
-                                      key=key.encode() if isinstance(key, str) else key, on_delivery=self._report,
-                                      headers=headers)
-                break
-            except BufferError:  # local queue full: serve delivery reports, then retry
-                self.producer.poll(0.5)
-        self.producer.poll(0)
+        self.transport.produce(messages.product_event(
+            value, key=key.encode() if isinstance(key, str) else key, topic=topic or self.settings.events_topic,
+            headers=[(k, v.encode() if isinstance(v, str) else v) for k, v in headers or ()]))
 
     def tombstone(self, key: str, *, topic: str) -> None:
         """A null value: on a compacted topic it deletes the key."""
-        self.producer.produce(topic, value=None, key=key.encode(), on_delivery=self._report)
-        self.producer.poll(0)
+        self.send(None, key=key, topic=topic)
 
     def send_all(self, docs: Iterable[dict[str, Any]], *, topic: str | None = None) -> int:
         n = 0
@@ -92,12 +79,8 @@ class EventProducer:
         self.flush()
         return n
 
-    def flush(self, timeout_s: float = 60.0) -> None:
-        left = self.producer.flush(timeout_s)
-        if left:
-            raise KafkaException(f"{left} events not delivered after {timeout_s} s")
-        if self.errors:
-            raise KafkaException(f"{len(self.errors)} events failed: {self.errors[:3]}")
+    def flush(self) -> None:
+        self.transport.flush()
 
     def __enter__(self) -> "EventProducer":
         return self
@@ -107,4 +90,4 @@ class EventProducer:
             if exc_type is None:
                 self.flush()
         finally:
-            self.producer.close()  # stop its broker connections now, not at garbage collection
+            self.transport.close()

@@ -1,9 +1,10 @@
 """Recompute lists with every one searched, publish the ones that differ, then record them.
 
 Shared by ``simstream reconcile`` (every list, from the index) and ``simstream backfill`` (every
-list after a bulk load). Same steps as the refresh agent (``Refresher.plan`` -> publish -> flush ->
-``record``), so the lists equal the streaming path's; a page of lists is one batched search, i.e.
-one blocked pass of its queries over the whole catalog matrix (index/side.py).
+list after a bulk load). Same steps as the refresh agent (``Refresher.plan`` -> publish ->
+``record``) through the same ``Outbox``, so the lists and their messages equal the streaming
+path's; a page of lists is one batched search, i.e. one blocked pass of its queries over the
+whole catalog matrix (index/side.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from simstream.index.store import VectorStore
-from simstream.settings import Settings
-from simstream.streams.producer import EventProducer
+from simstream.streams.outbox import Outbox
+from simstream.streams.pipeline import StepRunner
 from simstream.streams.refresh import Refresher
+
+__all__ = ["Published", "every_list_owner", "publish_searched"]
 
 
 @dataclass
@@ -30,21 +33,16 @@ def every_list_owner(store: VectorStore) -> list[str]:
     return sorted({p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids())
 
 
-def publish_searched(refresher: Refresher, producer: EventProducer, settings: Settings, ids: Sequence[str], *,
-                     page: int = 512) -> Published:
+async def publish_searched(refresher: Refresher, outbox: Outbox, run: StepRunner, ids: Sequence[str], *,
+                           page: int = 512) -> Published:
     """Search, publish and record the lists of ``ids`` (sorted), ``page`` at a time. Each page is
     durable on the topic before it is recorded, as in the refresh agent."""
     out = Published(lists=len(ids))
     ordered = sorted(ids)
     for start in range(0, len(ordered), page):
-        plan = refresher.plan(ordered[start:start + page], {}, search_all=True)
-        for pid, nl in plan.publish.items():
-            if nl is None:
-                producer.tombstone(pid, topic=settings.neighbors_topic)
-                out.tombstones += 1
-            else:
-                producer.send(nl.to_json(), key=pid, topic=settings.neighbors_topic)
+        plan = await run("plan", lambda chunk: refresher.plan(chunk, {}, search_all=True), ordered[start:start + page])
+        await outbox.lists(plan.publish)
+        await run("record", refresher.record, plan)
         out.differed += len(plan.publish)
-        producer.flush()  # durable before it is recorded as published
-        refresher.record(plan)
+        out.tombstones += sum(1 for nl in plan.publish.values() if nl is None)
     return out

@@ -8,24 +8,35 @@ after an upgrade. A milvus-lite file is opened by one process only: stop the wor
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from simstream.encoders.fusion import ProductEncoder
 from simstream.logs import get_logger
-from simstream.streams.producer import EventProducer
+from simstream.settings import Settings
+from simstream.streams.outbox import Outbox
+from simstream.streams.pipeline import StepRunner
 from simstream.streams.publish_lists import every_list_owner, publish_searched
 from simstream.streams.runtime import build_steps
-from simstream.settings import Settings
+from simstream.streams.transports import ConfluentTransport
+
+__all__ = ["reconcile_all"]
 
 log = get_logger(__name__)
 
 
 def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, page: int = 512) -> dict[str, Any]:
+    """Every list searched and compared with what was published; returns the counts."""
     ingest, refresher = build_steps(settings, encoder)
     store = ingest.store
-    with EventProducer(settings) as producer:
-        done = publish_searched(refresher, producer, settings, every_list_owner(store), page=page)
-    store.flush()
+    run = StepRunner(max_retries=settings.max_retries)
+    try:
+        with ConfluentTransport(settings) as transport:
+            owners = every_list_owner(store)
+            done = asyncio.run(publish_searched(refresher, Outbox(transport, settings), run, owners, page=page))
+        store.flush()
+    finally:
+        run.close()
     report = {"lists": done.lists, "differed": done.differed, "tombstones": done.tombstones}
     log.info("reconciled", **report)
     return report

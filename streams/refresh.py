@@ -1,7 +1,7 @@
 """The refresh steps as plain sync functions: plan (merge or search), record, recheck.
 
-The refresh agent (streams/app.py) calls them top to bottom in the worker thread and publishes in
-between: plan -> publish -> record -> recheck. ``simstream reconcile`` runs the same plan with
+The refresh path (streams/pipeline.py ``DataPath.refresh``) runs them on the worker thread and
+publishes in between: plan -> publish -> record -> recheck. ``simstream reconcile`` runs the same plan with
 every list searched.
 """
 
@@ -41,7 +41,7 @@ class RefreshPlan:
 
 
 class Refresher:
-    """Step 6: recompute lists for affected ids, diff against what was last published."""
+    """Recompute the lists of affected ids and diff them against what was last published."""
 
     def __init__(self, store: VectorStore, builder: ListBuilder, *, max_merge_changes: int = 20_000) -> None:
         self.store = store

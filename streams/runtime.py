@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import random
-import time
 from typing import Sequence
 
+from simstream import retry
 from simstream.encoders.fusion import ProductEncoder
 from simstream.errors import IndexUnavailable
 from simstream.index.neighbours import ListBuilder
@@ -25,19 +24,16 @@ def open_store(settings: Settings, dim: int, *, wait: bool = False,
     """Connect to Milvus; with ``wait``, a Milvus that is down or starting is waited for (jittered
     backoff, a log line per attempt) instead of the worker crash-looping."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    delay = 1.0
-    while True:
-        try:
-            return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
-                                       flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
-                                       timeout_s=settings.milvus_timeout_s,
-                                       memory_limit_bytes=settings.memory_limit_bytes, segments=segments)
-        except IndexUnavailable as exc:
-            if not wait:
-                raise
-            log.warning("Milvus is not answering; waiting for it", error=str(exc)[:300], retry_in_s=round(delay, 1))
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 30.0)
+
+    def connect() -> VectorStore:
+        return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
+                                   flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
+                                   timeout_s=settings.milvus_timeout_s,
+                                   memory_limit_bytes=settings.memory_limit_bytes, segments=segments)
+
+    if not wait:
+        return connect()
+    return retry.call(retry.MILVUS_START, "milvus_connect", connect, retry_on=(IndexUnavailable,))
 
 
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,

@@ -9,7 +9,10 @@ from typing import Sequence
 import pytest
 
 from simstream.errors import BadEvent, IndexUnavailable
+from simstream import retry
 from simstream.streams.isolation import apply_or_dead_letter, until_applied
+
+FAST = retry.Backoff(first_s=0.01, max_s=0.05)
 
 
 class Catalog:
@@ -57,7 +60,7 @@ def test_an_outage_is_waited_out_and_dead_letters_nothing() -> None:
     async def answering() -> bool:
         return next(answers)
 
-    run(until_applied(catalog.apply, [1, 2, 3], answering=answering, poison_after_s=60, first_delay_s=0.01))
+    run(until_applied(catalog.apply, [1, 2, 3], answering=answering, poison_after_s=60, policy=FAST))
     assert catalog.applied == [1, 2, 3] and catalog.calls == 5
 
 
@@ -73,7 +76,7 @@ def test_a_transient_error_that_lasts_while_everything_answers_is_a_records_faul
         return True
 
     with pytest.raises(IndexUnavailable):
-        run(until_applied(always_times_out, [7], answering=answering, poison_after_s=0.05, first_delay_s=0.01))
+        run(until_applied(always_times_out, [7], answering=answering, poison_after_s=0.05, policy=FAST))
     assert calls >= 2  # retried first: a blip is not poison
 
 

@@ -49,15 +49,22 @@ class Applied:
 
 
 def apply(ingest, *events):
-    """The ingest agent's steps, in its order (streams/app.py), without Kafka."""
-    from simstream.streams.ingest import refresh_causes
+    """The ingest agent's own sequence (streams/pipeline.py ``ingest_steps``), without Kafka; the
+    events go in as the records they were parsed from, at offsets 0, 1, ..."""
+    import asyncio
+    from dataclasses import asdict
 
-    latest, dropped = coalesce(list(events))
-    check = ingest.check_versions(latest)
-    encoded = ingest.encode(check)
-    assert not encoded.failures
-    affected = ingest.affected_set(ingest.write(check, encoded))
-    return Applied(outcome_counts(check, dropped), affected, refresh_causes(check, affected))
+    from simstream.records import CONTRACT_FIELDS
+    from simstream.streams.pipeline import StepRunner, ingest_steps
+
+    docs = [{k: v for k, v in asdict(e).items() if k in CONTRACT_FIELDS and v is not None} for e in events]
+    run = StepRunner(max_retries=0)
+    try:
+        out = asyncio.run(ingest_steps(records(*docs), ingest, run))
+    finally:
+        run.close()
+    assert not out.rejects, [r.reason for r in out.rejects]
+    return Applied(outcome_counts(out.check, out.dropped), out.affected, out.causes)
 
 
 def test_stale_and_duplicate_events_change_nothing(steps, store):

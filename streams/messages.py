@@ -1,0 +1,126 @@
+"""Every message simstream writes to Kafka, built here and nowhere else, as a plain ``Message``.
+
+The worker (through Faust) and the command-line tools (through confluent-kafka) send the same
+records: a dead letter, a neighbour list or its tombstone, a refresh request, a product event.
+Each is a topic, a key, a value, headers, a timestamp and a partition, where the partition of a
+keyed message comes from ``partition_for`` — Kafka's default murmur2 partitioner, applied by the
+transports (streams/transports.py) with the topic's real partition count, never by the clients'
+own partitioners (two of those once disagreed, and a compacted topic kept a stale list beside a
+later tombstone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from simstream.limits import DEAD_LETTER_HEADROOM_BYTES, MAX_BARE_KEY_BYTES
+from simstream.records import NeighbourList
+from simstream.streams.dead_letter import SIMSTREAM_HEADER, Rejected
+
+__all__ = ["Message", "partition_for", "route", "dead_letter", "bare_dead_letter", "neighbour_list",
+           "refresh_requests", "encode_refresh_request", "product_event"]
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record to produce. ``partition`` None: the key's partition (``partition_for``), or any
+    partition for a message without a key."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None: a tombstone on a compacted topic
+    headers: Headers = ()
+    partition: int | None = None
+    timestamp_ms: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Key, value and header bytes (what counts against the broker's request limit)."""
+        return len(self.key or b"") + len(self.value or b"") + sum(len(k.encode()) + len(v or b"") for k, v in self.headers)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2, as the Java clients and aiokafka use): the one rule for
+    which partition a key lives on, so a list, its tombstone and its refresh requests meet there."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def route(ids: Iterable[str], partitions: int) -> dict[int, list[str]]:
+    """Ids grouped by the partition that owns their lists (sorted, so requests are deterministic)."""
+    routed: dict[int, list[str]] = {}
+    for pid in sorted(ids):
+        routed.setdefault(partition_for(pid.encode(), partitions), []).append(pid)
+    return routed
+
+
+# --- dead letters ---------------------------------------------------------------------------------
+
+def dead_letter(rejected: Rejected, *, source_topic: str, dlq_topic: str, max_message_bytes: int) -> Message:
+    """The original key, value, headers and timestamp, then simstream's headers saying why; the
+    value is left out (``x-simstream-value-omitted``) when the record would not fit the request cap
+    with room for those headers."""
+    value, extra = rejected.value_for_dlq(max_message_bytes - DEAD_LETTER_HEADROOM_BYTES)
+    r = rejected.record
+    return Message(dlq_topic, r.key, value, tuple(rejected.headers(source_topic) + extra), timestamp_ms=r.timestamp_ms)
+
+
+def bare_dead_letter(rejected: Rejected, *, source_topic: str, dlq_topic: str) -> Message:
+    """The fallback when Kafka refused the dead letter itself (an oversized key or headers): no value,
+    no original headers, the key cut to ``MAX_BARE_KEY_BYTES``; the source offset still points at
+    the record."""
+    full = dead_letter(rejected, source_topic=source_topic, dlq_topic=dlq_topic, max_message_bytes=0)
+    own = tuple(h for h in full.headers if h[0].startswith(SIMSTREAM_HEADER))
+    return Message(dlq_topic, (rejected.record.key or b"")[:MAX_BARE_KEY_BYTES], None, own,
+                   timestamp_ms=rejected.record.timestamp_ms)
+
+
+# --- neighbour lists ------------------------------------------------------------------------------
+
+def neighbour_list(product_id: str, lst: NeighbourList | None, *, topic: str) -> Message:
+    """A product's list keyed by its id; None is the tombstone of a deleted product."""
+    return Message(topic, product_id.encode(), lst.to_json() if lst is not None else None)
+
+
+# --- refresh requests -----------------------------------------------------------------------------
+
+def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None]) -> bytes:
+    """The wire form (streams/refresh_requests.py reads it): the ids and, per id, its causing event time."""
+    return orjson.dumps({"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}})
+
+
+def _chunks(ids: Sequence[str], max_bytes: int) -> Iterable[list[str]]:
+    """``ids`` in runs whose request stays under ``max_bytes`` (a whole catalog's worth of affected
+    lists must not exceed the broker's message size)."""
+    chunk: list[str] = []
+    size = 32
+    for pid in ids:
+        entry = len(orjson.dumps(pid)) * 2 + 24  # the id in "ids" and as a key of "event_times", with a time
+        if chunk and size + entry > max_bytes:
+            yield chunk
+            chunk, size = [], 32
+        chunk.append(pid)
+        size += entry
+    if chunk:
+        yield chunk
+
+
+def refresh_requests(ids: Iterable[str], event_times: Mapping[str, int | None], *, topic: str, partitions: int,
+                     max_bytes: int) -> list[Message]:
+    """Requests to refresh the lists of ``ids``, each sent to the partition that owns those lists, so
+    that exactly one worker ever writes a given list."""
+    return [Message(topic, None, encode_refresh_request(chunk, event_times), partition=partition)
+            for partition, owned in route(ids, partitions).items() for chunk in _chunks(owned, max_bytes)]
+
+
+# --- product events (the catalog side: simstream produce, the harness) -----------------------------
+
+def product_event(value: bytes | None, *, key: bytes | None, topic: str,
+                  headers: Sequence[tuple[str, bytes | None]] = ()) -> Message:
+    """A product event (or any raw record the tools publish) keyed by its product id."""
+    return Message(topic, key, value, tuple(headers))

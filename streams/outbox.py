@@ -1,0 +1,75 @@
+"""What simstream sends, durably: dead letters, neighbour lists, refresh requests.
+
+One sender for each, used by the worker (over ``FaustTransport``) and by ``backfill`` and
+``reconcile`` (over ``ConfluentTransport``), so the dead-letter fallback, the list wire format and
+the refresh routing exist once. Every method returns only after Kafka acknowledged its messages:
+the callers commit offsets or record lists only after that.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+from simstream.errors import KafkaRefused, KafkaUnavailable
+from simstream.logs import get_logger
+from simstream.records import NeighbourList
+from simstream.settings import Settings
+from simstream.streams import messages
+from simstream.streams.dead_letter import Rejected
+from simstream.streams.transports import Transport
+
+__all__ = ["Outbox"]
+
+log = get_logger(__name__)
+
+
+class Outbox:
+    """Builds the messages (streams/messages.py) and sends them through one ``Transport``."""
+
+    def __init__(self, transport: Transport, settings: Settings) -> None:
+        self.transport = transport
+        self.settings = settings
+        self.answering = True  # whether Kafka acknowledged the last send (readiness, outage detection)
+
+    async def _send(self, what: str, batch: Sequence[messages.Message]) -> None:
+        if not batch:
+            return
+        try:
+            await self.transport.send(batch)
+        except KafkaUnavailable as exc:
+            self.answering = False
+            raise KafkaUnavailable(f"{what}: {exc}") from exc
+        self.answering = True
+
+    async def dead_letters(self, rejects: Iterable[Rejected], source_topic: str) -> None:
+        """Rejected records to the DLQ with the reason in headers. When Kafka refuses a dead letter
+        itself (an oversized key or headers), the batch goes again as bare pointers."""
+        rejects = list(rejects)
+        for rej in rejects:
+            log.warning("dead-lettered", kind=rej.kind, reason=rej.reason[:300], stage=rej.stage,
+                        partition=rej.record.partition, offset=rej.record.offset,
+                        key=(rej.record.key or b"").decode("utf-8", "replace")[:300])
+        s = self.settings
+        try:
+            await self._send("dead letters", [
+                messages.dead_letter(r, source_topic=source_topic, dlq_topic=s.dlq_topic,
+                                     max_message_bytes=s.max_message_bytes) for r in rejects])
+        except KafkaRefused as exc:
+            log.error("Kafka refused a dead letter; sending bare pointers", error=str(exc)[:300])
+            await self._send("dead letters", [
+                messages.bare_dead_letter(r, source_topic=source_topic, dlq_topic=s.dlq_topic) for r in rejects])
+
+    async def lists(self, lists: Mapping[str, NeighbourList | None]) -> None:
+        """Publish lists (None: a tombstone) keyed by product id, before they are recorded."""
+        topic = self.settings.neighbors_topic
+        await self._send("neighbour lists", [messages.neighbour_list(pid, nl, topic=topic) for pid, nl in lists.items()])
+
+    async def refresh_requests(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
+        """Requests to the partitions that own the lists of ``ids``, each under the size cap."""
+        ids = list(ids)
+        if not ids:
+            return
+        s = self.settings
+        partitions = await self.transport.partitions(s.refresh_topic)
+        await self._send("refresh requests", messages.refresh_requests(
+            ids, event_times, topic=s.refresh_topic, partitions=partitions, max_bytes=s.refresh_request_max_bytes))

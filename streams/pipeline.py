@@ -1,0 +1,189 @@
+"""The data path, read top to bottom: what the two agents do with a batch, without Faust.
+
+    ingest:  validate -> coalesce -> check versions -> encode -> write -> affected set
+             -> dead letters, refresh requests (durable)                       [ack the input]
+    refresh: decode requests -> plan (merge or search) -> publish -> record -> recheck
+             -> refresh requests for lists that raced                          [ack the input]
+
+The agents (streams/app.py) only take batches and ack them after ``DataPath.ingest`` or
+``DataPath.refresh`` returned; everything here runs on plain records (``RawRecord``) and sends
+through an ``Outbox``, so tests drive it with a fake transport, and ``simstream backfill`` runs the
+same ``ingest_steps`` sequence.
+
+Every step that touches the index or the models runs through ``StepRunner`` (one thread for all of
+them, a retry of Milvus blips, a latency metric per step name). No record can stop a partition:
+``DataPath.isolate`` waits out outages and narrows a failing batch down to the record that fails
+alone, which is dead-lettered with its exception (streams/isolation.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from simstream import retry
+from simstream.errors import IndexUnavailable
+from simstream.encoders.fusion import EncodedBatch
+from simstream.logs import get_logger
+from simstream.settings import Settings
+from simstream.streams import metrics
+from simstream.streams.dead_letter import RawRecord, Rejected
+from simstream.streams.ingest import (
+    Ingest, VersionCheck, coalesce, encode_rejects, outcome_counts, refresh_causes, validate,
+)
+from simstream.streams.isolation import apply_or_dead_letter, until_applied
+from simstream.streams.outbox import Outbox
+from simstream.streams.refresh import Refresher
+from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
+
+__all__ = ["StepRunner", "IngestOutcome", "ingest_steps", "DataPath"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class StepRunner:
+    """The one way a step runs: ``await run("write", fn, *args)`` runs ``fn`` on the worker's
+    thread, retries a Milvus blip (``IndexUnavailable``) under ``retry.INDEX_BLIP``, and observes
+    the step's latency under its name."""
+
+    def __init__(self, *, max_retries: int) -> None:
+        # One thread for all Milvus and model work: milvus-lite is not thread-safe, inference must
+        # stay off the event loop (heartbeats), and ingest and refresh batches then never interleave.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="simstream-work")
+        self.policy = retry.INDEX_BLIP.with_attempts(max_retries + 1)
+        self.index_ready = True
+        self.busy_since: float | None = None  # when the step on the thread started (readiness sees a stuck one)
+        # Held by a refresh from its plan until its lists are recorded, and by an ingest for its
+        # index steps, so that within one worker no ingest judges a change against lists being
+        # replaced (across workers, Refresher.recheck closes that race).
+        self.lists_lock = asyncio.Lock()
+
+    async def on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the worker thread, once."""
+        self.busy_since = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.busy_since = None
+
+    async def __call__(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+
+        def blip(exc: BaseException) -> None:
+            self.index_ready = False
+
+        result = await retry.call_async(self.policy, name, self.on_thread, fn, *args,
+                                        retry_on=(IndexUnavailable,), on_retry=blip)
+        metrics.observe_step(name, started)
+        self.index_ready = True
+        return result
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+
+
+@dataclass
+class IngestOutcome:
+    """What one ingest batch did, and what must be sent for it."""
+
+    rejects: list[Rejected] = field(default_factory=list)
+    affected: set[str] = field(default_factory=set)
+    causes: dict[str, int] = field(default_factory=dict)  # per affected list, the event time behind it
+    check: VersionCheck = field(default_factory=VersionCheck)
+    encoded: EncodedBatch | None = None
+    dropped: int = 0  # superseded by a later event of the same batch
+    events: list[Any] = field(default_factory=list)
+
+
+async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRunner, *,
+                       affected: bool = True) -> IngestOutcome:
+    """The ingest steps in order, the one sequence both the agent and ``simstream backfill`` run
+    (the backfill without affected sets: it computes every list afterwards)."""
+    out = IngestOutcome()
+    out.events, out.rejects = validate(records)
+    latest, out.dropped = coalesce(out.events)
+    async with run.lists_lock:
+        out.check = await run("read_versions", steps.check_versions, latest)
+        out.encoded = await run("encode", steps.encode, out.check)
+        out.rejects += encode_rejects(out.encoded, records)
+        changes = await run("write", steps.write, out.check, out.encoded)
+        if affected:
+            out.affected = await run("affected", steps.affected_set, changes)
+    out.causes = refresh_causes(out.check, out.affected)
+    return out
+
+
+class DataPath:
+    """Both agents' work on a batch, over the steps, one ``StepRunner`` and one ``Outbox``."""
+
+    def __init__(self, settings: Settings, steps: Ingest, refresher: Refresher, outbox: Outbox, run: StepRunner) -> None:
+        self.settings, self.steps, self.refresher, self.outbox, self.run = settings, steps, refresher, outbox, run
+
+    # --- ingest -----------------------------------------------------------------------------------
+    async def ingest(self, records: Sequence[RawRecord]) -> None:
+        """Apply a batch of product events so that each ends applied or dead-lettered."""
+        await self.isolate("ingest", self.settings.events_topic, records, self._ingest, lambda r: r)
+
+    async def _ingest(self, records: Sequence[RawRecord]) -> None:
+        out = await ingest_steps(records, self.steps, self.run)
+        await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
+        await self.outbox.refresh_requests(out.affected, out.causes)
+        if out.encoded is not None:
+            metrics.observe_encoding(out.encoded)
+        counts = outcome_counts(out.check, out.dropped)
+        metrics.observe_ingest(len(records), counts, len(out.rejects), out.events)
+        log.info("ingested", events=len(records), **counts, dead_lettered=len(out.rejects), affected=len(out.affected))
+
+    # --- refresh ----------------------------------------------------------------------------------
+    async def refresh(self, records: Sequence[RawRecord]) -> None:
+        """Recompute the lists a batch of refresh requests names and publish the ones that changed."""
+        items, rejects = decode_requests(records)
+        await self.outbox.dead_letters(rejects, self.settings.refresh_topic)
+        await self.isolate("refresh", self.settings.refresh_topic, items, self._refresh, RefreshItem.as_record)
+
+    async def _refresh(self, items: Sequence[RefreshItem]) -> None:
+        ids, event_times = merge(items)
+        async with self.run.lists_lock:
+            plan = await self.run("plan", self.refresher.plan, ids, event_times)
+            await self.outbox.lists(plan.publish)
+            await self.run("record", self.refresher.record, plan)
+        stale = await self.run("recheck", self.refresher.recheck, plan)
+        await self.outbox.refresh_requests(stale, event_times)
+        metrics.observe_refresh(plan.publish, plan.unchanged, plan.merged, plan.searched)
+        log.info("refreshed", requested=len(ids), published=len(plan.publish), unchanged=plan.unchanged,
+                 merged=plan.merged, searched=plan.searched, requeued=len(stale))
+
+    # --- no record stops a partition --------------------------------------------------------------
+    async def isolate(self, stage: str, topic: str, items: Sequence[R], process: Callable[[Sequence[R]], Awaitable[None]],
+                      record_of: Callable[[R], RawRecord]) -> None:
+        """Apply ``process`` to ``items`` so that each ends applied or dead-lettered (as ``record_of(item)``)."""
+        async def apply(part: Sequence[R]) -> None:
+            await until_applied(process, part, answering=self.answering, poison_after_s=self.settings.poison_after_s,
+                                stage=stage)
+
+        async def reject(item: R, exc: Exception, attempts: int) -> None:
+            record = record_of(item)
+            log.warning("record fails alone; dead-lettering it", stage=stage, kind=type(exc).__name__,
+                        attempts=attempts, partition=record.partition, offset=record.offset)
+            metrics.POISON.labels(stage).inc()
+            await self.outbox.dead_letters([Rejected(record, exc, stage, attempts=attempts)], topic)
+
+        await apply_or_dead_letter(items, apply, reject)
+
+    async def ping_index(self) -> bool:
+        """Whether Milvus answers now (on the worker thread, so never concurrently with a step)."""
+        self.run.index_ready = await self.run.on_thread(self.steps.store.ping)
+        return self.run.index_ready
+
+    async def answering(self) -> bool:
+        """Whether Milvus answers now and Kafka answered the last sends."""
+        return await self.ping_index() and self.outbox.answering
+
+    async def purge_tombstones(self) -> None:
+        """Forget delete markers past their retention."""
+        await self.run("purge", self.steps.purge_tombstones, self.settings.tombstone_retention_s)
