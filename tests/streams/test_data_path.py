@@ -1,0 +1,176 @@
+"""The agents' data path in process: real steps (milvus-lite, real encoders), a fake transport in
+place of Kafka. Acks follow the side effects, every record ends applied or dead-lettered, outages
+are waited out, and the worker's dead-letter fallback (bare pointers) really runs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Sequence
+
+import orjson
+import pytest
+
+from simstream import retry
+from simstream.errors import KafkaRefused, KafkaUnavailable
+from simstream.index.neighbours import ListBuilder
+from simstream.records import NeighbourList
+from simstream.settings import Settings
+from simstream.streams import messages
+from simstream.streams.app import consume
+from simstream.streams.dead_letter import KIND_HEADER, RawRecord
+from simstream.streams.ingest import Ingest
+from simstream.streams.outbox import Outbox
+from simstream.streams.pipeline import DataPath, StepRunner
+from simstream.streams.refresh import Refresher
+
+PARTITIONS = 3
+
+
+class FakeTransport:
+    """Keeps what was sent; ``down`` sends fail as an outage, ``refuse`` messages as a refusal."""
+
+    def __init__(self) -> None:
+        self.sent: list[messages.Message] = []
+        self.down = 0
+        self.refuse = lambda m: False
+        self.calls = 0
+
+    async def partitions(self, topic: str) -> int:
+        return PARTITIONS
+
+    async def send(self, batch: Sequence[messages.Message]) -> None:
+        self.calls += 1
+        if self.down > 0:
+            self.down -= 1
+            raise KafkaUnavailable("broker not answering")
+        if any(self.refuse(m) for m in batch):
+            raise KafkaRefused("MessageSizeTooLargeError")
+        self.sent += batch
+
+    def on(self, topic: str) -> list[messages.Message]:
+        return [m for m in self.sent if m.topic == topic]
+
+
+@pytest.fixture
+def path(settings: Settings, store, encoder):  # noqa: ANN001, ANN201
+    s = settings.model_copy(update={"poison_after_s": 0.5, "topic_partitions": PARTITIONS})
+    steps = Ingest(store, encoder, candidate_pool=16)
+    refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model, depth=6))
+    transport = FakeTransport()
+    run = StepRunner(max_retries=1)
+    yield DataPath(s, steps, refresher, Outbox(transport, s), run), transport
+    run.close()
+
+
+def event(pid: str, version: int = 1, **fields: Any) -> bytes:
+    return orjson.dumps({"product_id": pid, "op": "upsert", "version": version, "title": f"mug {pid}",
+                         "event_time": 1_000, **fields})
+
+
+def records(*values: tuple[bytes | None, bytes | None]) -> list[RawRecord]:
+    return [RawRecord(k, v, 0, i, 1_000) for i, (k, v) in enumerate(values)]
+
+
+def as_consumed(sent: Sequence[messages.Message]) -> list[RawRecord]:
+    return [RawRecord(m.key, m.value, m.partition or 0, i) for i, m in enumerate(sent)]
+
+
+def test_ingest_then_refresh_publishes_lists_and_dead_letters_the_bad(path) -> None:  # noqa: ANN001
+    data, transport = path
+    s = data.settings
+    batch = records((b"a", event("a", title="Red ceramic mug")), (b"b", event("b", title="Blue ceramic mug")),
+                    (b"c", event("c", title="Steel water bottle")), (b"x", b"{not json"))
+    asyncio.run(data.ingest(batch))
+
+    letters = transport.on(s.dlq_topic)
+    assert [(m.key, m.value) for m in letters] == [(b"x", b"{not json")]
+    assert dict(letters[0].headers)[KIND_HEADER] == b"BadEvent"
+    requests = transport.on(s.refresh_topic)
+    requested = {pid: m.partition for m in requests for pid in orjson.loads(m.value or b"")["ids"]}
+    assert set(requested) == {"a", "b", "c"}
+    assert all(p == messages.partition_for(pid.encode(), PARTITIONS) for pid, p in requested.items())
+
+    asyncio.run(data.refresh(as_consumed(requests)))
+    lists = {m.key.decode(): NeighbourList.from_json(m.value) for m in transport.on(s.neighbors_topic) if m.key and m.value}
+    assert set(lists) == {"a", "b", "c"}
+    assert [n.product_id for n in lists["a"].neighbours][0] == "b"  # the other mug first
+    assert data.refresher.store.list_heads(["a", "b", "c"]).keys() == {"a", "b", "c"}  # recorded after publishing
+
+
+def test_an_outage_is_waited_out_and_nothing_is_dead_lettered(path) -> None:  # noqa: ANN001
+    data, transport = path
+    transport.down = 2  # the refresh requests fail twice, then Kafka answers again
+    before = retry.RETRIES.labels("ingest-outage", "KafkaUnavailable")._value.get()
+    asyncio.run(data.ingest(records((b"a", event("a")))))
+    assert retry.RETRIES.labels("ingest-outage", "KafkaUnavailable")._value.get() - before == 2
+    assert transport.on(data.settings.dlq_topic) == []
+    assert {pid for m in transport.on(data.settings.refresh_topic) for pid in orjson.loads(m.value or b"")["ids"]} == {"a"}
+    assert data.outbox.answering
+
+
+def test_a_refused_dead_letter_goes_again_as_a_bare_pointer(path) -> None:  # noqa: ANN001
+    data, transport = path
+    huge_key = b"k" * 5000
+    transport.refuse = lambda m: m.topic == data.settings.dlq_topic and m.value is not None
+    asyncio.run(data.ingest(records((huge_key, b"{not json"), (b"a", event("a")))))
+    (letter,) = transport.on(data.settings.dlq_topic)
+    assert letter.value is None and letter.key == huge_key[:1024]
+    assert all(k.startswith("x-simstream-") for k, _ in letter.headers)
+    assert dict(letter.headers)["x-simstream-source-offset"] == b"0"
+
+
+def test_a_list_that_fails_alone_is_dead_lettered_alone(path, monkeypatch) -> None:  # noqa: ANN001
+    data, transport = path
+    asyncio.run(data.ingest(records(*((p.encode(), event(p)) for p in "abcd"))))
+    plan = data.refresher.plan
+
+    def plan_or_fail(ids: Sequence[str], *args: Any, **kwargs: Any) -> Any:
+        if "c" in ids:
+            raise ValueError("cannot refresh c")
+        return plan(ids, *args, **kwargs)
+
+    monkeypatch.setattr(data.refresher, "plan", plan_or_fail)
+    asyncio.run(data.refresh(as_consumed(transport.on(data.settings.refresh_topic))))
+    (letter,) = transport.on(data.settings.dlq_topic)
+    assert letter.key == b"c" and orjson.loads(letter.value or b"")["ids"] == ["c"]
+    assert dict(letter.headers)["x-simstream-stage"] == b"refresh"
+    published = {m.key for m in transport.on(data.settings.neighbors_topic)}
+    assert published == {b"a", b"b", b"d"}
+
+
+class FakeEvent:
+    def __init__(self, offset: int) -> None:
+        self.message = type("M", (), {"key": b"k", "value": b"v", "partition": 0, "offset": offset,
+                                       "timestamp": 1.0, "headers": []})()
+
+
+class FakeStream:
+    """A Faust stream as ``consume`` sees it: batches out, acks in."""
+
+    def __init__(self, batches: list[list[FakeEvent]]) -> None:
+        self.batches, self.log = batches, []
+
+    async def _take(self) -> Any:
+        for batch in self.batches:
+            yield batch
+
+    def noack_take(self, max_: int, within: float) -> Any:
+        return self._take()
+
+    async def ack(self, event: FakeEvent) -> bool:
+        self.log.append(("ack", event.message.offset))
+        return True
+
+
+def test_the_agent_acks_a_batch_only_after_its_side_effects() -> None:
+    stream = FakeStream([[FakeEvent(0), FakeEvent(1)], [FakeEvent(2)], [FakeEvent(3)]])
+
+    async def handle(batch: Sequence[RawRecord]) -> None:
+        await asyncio.sleep(0)
+        if batch[0].offset == 3:
+            raise RuntimeError("worker stops")
+        stream.log.append(("durable", [r.offset for r in batch]))
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(consume(stream, size=2, within_s=0.1, handle=handle))
+    assert stream.log == [("durable", [0, 1]), ("ack", 0), ("ack", 1), ("durable", [2]), ("ack", 2)]
