@@ -4,6 +4,8 @@ and replayed byte for byte onto the input topic, on the real Tansu broker; plus 
 
 from __future__ import annotations
 
+import asyncio
+
 import dataclasses
 import time
 import uuid
@@ -22,6 +24,8 @@ from simstream.cli import main
 from simstream.errors import EncodeError
 from simstream.settings import Settings
 from simstream.streams.dead_letter import RawRecord, Rejected
+from simstream.streams.outbox import Outbox
+from simstream.streams.transports import ConfluentTransport
 from simstream.streams.dlq import DeadLetter, parse_since, read_dead_letters, replay, summary
 from simstream.streams.ingest import validate
 from simstream.streams.kafka_config import client_config
@@ -123,7 +127,7 @@ def dead(broker) -> Iterator[SimpleNamespace]:
                         timestamp=now - 1000 * (len(sent) - i))
     assert catalog.flush(15) == 0
     catalog.close()
-    # the worker's side: read the records, reject them, dead-letter them (streams/app.py dead_letter)
+    # the worker's side: read the records, reject them, dead-letter them with the worker's own sender
     originals = {m.key(): m for m in consume_all(settings, settings.events_topic, {0: 0, 1: 0}, len(sent))}
     records = {k: RawRecord(k, m.value(), m.partition(), m.offset(), m.timestamp()[1], headers_of(m))
                for k, m in originals.items()}
@@ -131,13 +135,8 @@ def dead(broker) -> Iterator[SimpleNamespace]:
     rejects += [Rejected(records[b"bad-image"], EncodeError("image", f"cannot fetch {SECRET_URL}: HTTP 403"), "encode"),
                 Rejected(records[b"odd"], RuntimeError("milvus said no"), "ingest", attempts=3)]
     assert [r.record.key for r in rejects] == [b"broken-1", b"no-title", b"huge", b"bad-image", b"odd"]
-    worker = Producer(client_config(settings, **{"acks": "all", "log_level": 3}))  # default 1 MB request cap
-    for rej in rejects:
-        value, extra = rej.value_for_dlq(settings.max_message_bytes - 64_000)
-        worker.produce(settings.dlq_topic, key=rej.record.key, value=value,
-                       headers=rej.headers(settings.events_topic) + extra, timestamp=rej.record.timestamp_ms or 0)
-    assert worker.flush(15) == 0
-    worker.close()
+    with ConfluentTransport(settings) as transport:  # the Outbox is the worker's, over the tools' transport
+        asyncio.run(Outbox(transport, settings).dead_letters(rejects, settings.events_topic))
     yield SimpleNamespace(settings=settings, originals=originals, rejects=rejects)
 
 
