@@ -20,12 +20,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Message as KafkaMessage
 
+from simstream.errors import KafkaRefused, KafkaUnavailable
 from simstream.settings import Settings
 from simstream.redact import redact
 from simstream.streams.dead_letter import KIND_HEADER, SIMSTREAM_HEADER
 from simstream.streams.kafka_config import client_config
+from simstream.streams.messages import Message
+from simstream.streams.transports import ConfluentTransport
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -57,7 +61,7 @@ class DeadLetter:
     value_omitted: int | None = None
 
     @classmethod
-    def from_message(cls, m: Message) -> "DeadLetter":
+    def from_message(cls, m: KafkaMessage) -> "DeadLetter":
         raw = list(_headers(m))
         # simstream's headers start at the last KIND_HEADER; everything before it is the original's
         start = max((i for i, (k, _) in enumerate(raw) if k == KIND_HEADER), default=None)
@@ -123,7 +127,7 @@ class Group:
     value_omitted: int = 0
 
 
-def _headers(m: Message) -> Headers:
+def _headers(m: KafkaMessage) -> Headers:
     """A message's headers as (str, bytes | None) pairs, in order."""
     raw = m.headers() or ()
     items = raw.items() if isinstance(raw, dict) else raw
@@ -261,9 +265,10 @@ def replay(settings: Settings, letters: Sequence[DeadLetter], *, topic: str | No
            fetch_timeout_s: float = 5.0, on_skip: Callable[[DeadLetter, str], None] | None = None) -> int:
     """Re-publish ``letters`` to their source topic (or ``topic``) with the original key, value,
     headers and timestamp; to the source partition unless ``topic`` overrides it (then Kafka's
-    murmur2 key partitioner, as the Java clients use). Letters whose value was omitted are read
+    murmur2 key partitioner, streams/messages.py ``partition_for``). Letters whose value was omitted are read
     from the source offset first; those that cannot be had (or have no source topic) go to
-    ``on_skip(letter, why)``. Acks from all replicas, idempotent, in source order per partition;
+    ``on_skip(letter, why)``. Sent through ``ConfluentTransport``: acks from all replicas,
+    idempotent, in source order per partition;
     raises ``DlqError`` unless every record was confirmed within ``timeout_s``. Returns how many."""
     plan: list[tuple[str, int | None, _Original]] = []
     reader: Consumer | None = None
@@ -291,42 +296,17 @@ def replay(settings: Settings, letters: Sequence[DeadLetter], *, topic: str | No
         return 0
     largest = max(len(o.key or b"") + len(o.value or b"") + sum(len(k) + len(v or b"") for k, v in o.headers)
                   for _, _, o in plan)
-    producer = Producer(client_config(settings, **{
-        "acks": "all", "enable.idempotence": True, "linger.ms": 5, "partitioner": "murmur2_random",
-        "message.max.bytes": max(1_000_000, largest + 100_000), "log_level": 3,
-        "message.timeout.ms": max(1000, int(timeout_s * 1000)),
-    }))
-    deadline = time.monotonic() + timeout_s
-    failed: list[str] = []
-
-    def report(err: Any, msg: Any) -> None:
-        if err is not None:
-            failed.append(f"{msg.topic()}[{msg.partition()}] key {msg.key()!r}: {err}")
-
+    # Acks from all replicas, idempotent: a replay must not reorder or duplicate within a partition.
+    transport = ConfluentTransport(settings, timeout_s=timeout_s, **{
+        "acks": "all", "enable.idempotence": True, "message.max.bytes": max(1_000_000, largest + 100_000),
+        "log_level": 3})
     try:
-        for target, partition, o in plan:
-            extra: dict[str, Any] = {"partition": partition} if partition is not None else {}
-            while True:
-                try:
-                    producer.produce(target, key=o.key, value=o.value, headers=list(o.headers),
-                                     timestamp=o.timestamp_ms or 0, on_delivery=report, **extra)
-                    break
-                except BufferError:  # local queue full: serve delivery reports, then retry
-                    if time.monotonic() > deadline:
-                        raise DlqError(f"the producer queue stayed full for {timeout_s} s") from None
-                    producer.poll(0.5)
-                except KafkaException as exc:
-                    raise DlqError(f"{target}: {exc}") from exc
-            producer.poll(0)
-        left = producer.flush(max(0.0, deadline - time.monotonic()))
+        transport.send_now([Message(target, o.key, o.value, o.headers, partition, o.timestamp_ms)
+                            for target, partition, o in plan])
+    except KafkaUnavailable as exc:
+        raise DlqError(f"{exc}; replaying again duplicates the others (the worker counts them as duplicates)") from exc
+    except KafkaRefused as exc:
+        raise DlqError(f"of {len(plan)} records: {exc}") from exc
     finally:
-        if len(producer):  # unconfirmed after the deadline: drop them, so close() does not wait for them
-            producer.purge()
-            producer.flush(0)
-        producer.close()  # stop its broker connections now, not at garbage collection
-    if left:
-        raise DlqError(f"{left} of {len(plan)} records not confirmed within {timeout_s} s; "
-                       f"replaying again duplicates the others (the worker counts them as duplicates)")
-    if failed:
-        raise DlqError(f"{len(failed)} of {len(plan)} records failed: {failed[:3]}")
+        transport.close()
     return len(plan)
