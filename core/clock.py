@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+__all__ = ["RACE_LOOKBACK_MS", "now_ms"]
+
 RACE_LOOKBACK_MS = 5_000
 
 

@@ -20,6 +20,11 @@ down and the record that fails alone is dead-lettered (streams/isolation.py).
 
 from __future__ import annotations
 
+__all__ = [
+    "SimstreamError", "BadEvent", "EncodeError", "IndexUnavailable", "IndexRejected", "KafkaUnavailable",
+    "KafkaRefused", "MemoryBudgetExceeded",
+]
+
 
 class SimstreamError(Exception):
     """Base class of every error simstream raises on purpose."""

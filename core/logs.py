@@ -15,6 +15,8 @@ import structlog
 
 from simstream.redact import redact
 
+__all__ = ["mask_event", "configure_logging", "get_logger"]
+
 _PLAIN = (int, float, bool, type(None))
 
 

@@ -12,6 +12,11 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "CGROUP_V2_MAX", "CGROUP_V1_LIMIT", "PROC_STATM", "PROC_MEMINFO", "UNLIMITED_ABOVE", "MemoryLimit",
+    "parse_limit", "read_limit_file", "read_meminfo_total", "memory_limit", "current_rss",
+]
+
 CGROUP_V2_MAX = Path("/sys/fs/cgroup/memory.max")
 CGROUP_V1_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
 PROC_STATM = Path("/proc/self/statm")

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import orjson
 
+__all__ = ["ProductEvent", "CONTRACT_FIELDS", "FUSED_FIELDS", "Neighbour", "NeighbourList"]
+
 
 @dataclass(frozen=True, slots=True)
 class ProductEvent:

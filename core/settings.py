@@ -19,6 +19,8 @@ from simstream.limits import LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_TOP_K, list_
 from simstream.records import FUSED_FIELDS
 from simstream.redact import redact
 
+__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_FUSION_CONFIG", "Settings", "load_settings"]
+
 DEFAULT_WEIGHTS: dict[str, float] = {  # one per simstream.records.FUSED_FIELDS
     "text": 0.30,
     "title_lexical": 0.30,

@@ -28,6 +28,11 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+__all__ = [
+    "BYTES_PER_VALUE", "I8_MAX", "Segment", "canonical", "canonical_rows", "Packed", "pack", "unpack",
+    "bytes_per_row",
+]
+
 Codec = Literal["f16", "i8", "f32"]
 BYTES_PER_VALUE: dict[str, int] = {"f16": 2, "i8": 1, "f32": 4}
 I8_MAX = 127

@@ -32,7 +32,7 @@ from simstream.streams.pipeline import DataPath, StepRunner
 from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 
-__all__ = ["Worker", "build_app", "consume", "broker_credentials"]
+__all__ = ["Worker", "BatchStream", "build_app", "consume", "broker_credentials"]
 
 log = get_logger(__name__)
 

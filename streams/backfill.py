@@ -40,7 +40,7 @@ from simstream.streams.refresh import Refresher
 from simstream.streams.runtime import build_steps, single_threaded_numpy
 from simstream.streams.transports import ConfluentTransport
 
-__all__ = ["BackfillReport", "backfill_file", "read_records"]
+__all__ = ["BackfillReport", "backfill_file", "read_records", "load"]
 
 log = get_logger(__name__)
 

@@ -21,6 +21,8 @@ from simstream.errors import BadEvent
 from simstream.limits import EVENT_FIELD_BYTES, MAX_EVENT_DEPTH, MAX_REASON_CHARS
 from simstream.records import CONTRACT_FIELDS, ProductEvent
 
+__all__ = ["product_event_validator", "neighbour_list_validator", "parse_event"]
+
 
 
 def _is_integer(_checker: Any, instance: object) -> bool:

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from simstream import __version__
+from simstream.limits import MAX_ERROR_HEADER_BYTES
 from simstream.redact import redact
+
+__all__ = ["SIMSTREAM_HEADER", "KIND_HEADER", "RawRecord", "Rejected"]
 
 SIMSTREAM_HEADER = "x-simstream-"
 KIND_HEADER = "x-simstream-error-kind"  # the first of simstream's headers: everything before it is the original's
-ERROR_HEADER_MAX_BYTES = 1000
 def _clip(text: str, max_bytes: int) -> bytes:
     """``text`` as UTF-8, cut to at most ``max_bytes`` without splitting a character."""
     return text.encode()[:max_bytes].decode("utf-8", "ignore").encode()
@@ -78,7 +80,7 @@ class Rejected:
         r = self.record
         own: list[tuple[str, bytes]] = [
             (KIND_HEADER, self.kind.encode()),
-            ("x-simstream-error", _clip(self.reason, ERROR_HEADER_MAX_BYTES)),
+            ("x-simstream-error", _clip(self.reason, MAX_ERROR_HEADER_BYTES)),
             ("x-simstream-stage", self.stage.encode()),
             ("x-simstream-source-topic", source_topic.encode()),
             ("x-simstream-source-partition", str(r.partition).encode()),

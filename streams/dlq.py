@@ -31,6 +31,8 @@ from simstream.streams.kafka_config import client_config
 from simstream.streams.messages import Message
 from simstream.streams.transports import ConfluentTransport
 
+__all__ = ["DlqError", "DeadLetter", "Group", "parse_since", "read_dead_letters", "summary", "replay"]
+
 Headers = tuple[tuple[str, bytes | None], ...]
 
 

@@ -19,6 +19,8 @@ from simstream.records import ProductEvent
 from simstream.streams.contracts import parse_event
 from simstream.streams.dead_letter import RawRecord, Rejected
 
+__all__ = ["validate", "coalesce", "VersionCheck", "encode_rejects", "refresh_causes", "Ingest", "outcome_counts"]
+
 
 def validate(records: Sequence[RawRecord]) -> tuple[list[ProductEvent], list[Rejected]]:
     """Parse every record against the contract; bad ones become Rejected, never exceptions."""

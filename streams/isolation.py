@@ -22,6 +22,8 @@ from simstream import retry
 from simstream.errors import IndexUnavailable, KafkaUnavailable
 from simstream.logs import get_logger
 
+__all__ = ["TRANSIENT", "until_applied", "apply_or_dead_letter"]
+
 log = get_logger(__name__)
 R = TypeVar("R")
 

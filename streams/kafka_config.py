@@ -6,6 +6,8 @@ from typing import Any
 
 from simstream.settings import Settings
 
+__all__ = ["bootstrap_servers", "client_config", "bound_faust_fetch_wait"]
+
 
 def bootstrap_servers(kafka_url: str) -> str:
     """'kafka://h1:9092;kafka://h2:9092' (faust style) -> 'h1:9092,h2:9092'."""

@@ -12,6 +12,11 @@ from simstream import retry
 from simstream.encoders.fusion import EncodedBatch
 from simstream.records import NeighbourList, ProductEvent
 
+__all__ = [
+    "REGISTRY", "EVENTS", "BATCH_SIZE", "ENCODE_SECONDS", "MILVUS_SECONDS", "LISTS", "REFRESH_METHOD", "FRESHNESS",
+    "WATERMARK", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
+]
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS = Counter("simstream_events", "Input events by outcome: applied, stale, duplicate, dead_lettered.",

@@ -12,6 +12,8 @@ from simstream.records import NeighbourList
 from simstream.streams.kafka_config import client_config
 from simstream.settings import Settings
 
+__all__ = ["tail_consumer", "NeighbourReader"]
+
 
 def tail_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
     """A consumer that reads a topic from its start in its own group, without committing, and

@@ -20,6 +20,8 @@ from simstream.index.store import VectorStore
 from simstream.logs import get_logger
 from simstream.records import NeighbourList
 
+__all__ = ["MAX_RECHECKS", "RefreshPlan", "Refresher"]
+
 log = get_logger(__name__)
 
 MAX_RECHECKS = 3

@@ -16,6 +16,8 @@ from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
+__all__ = ["open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
+
 log = get_logger(__name__)
 
 

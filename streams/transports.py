@@ -30,10 +30,10 @@ from simstream.streams.messages import Message, partition_for
 
 __all__ = ["Transport", "FaustTransport", "ConfluentTransport"]
 
-FAUST_TRANSIENT = (asyncio.TimeoutError, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError,
+_FAUST_TRANSIENT = (asyncio.TimeoutError, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError,
                    RequestTimedOutError)
 # librdkafka's codes for "not acknowledged in time / broker not reachable", beside ``retriable()``.
-CONFLUENT_TRANSIENT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+_CONFLUENT_TRANSIENT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
                        KafkaError._ALL_BROKERS_DOWN, KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
                        KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION}
 
@@ -66,7 +66,7 @@ class FaustTransport:
     async def send(self, messages: Sequence[Message]) -> None:
         try:
             await asyncio.wait_for(self._send(messages), timeout=self.timeout_s)
-        except FAUST_TRANSIENT as exc:
+        except _FAUST_TRANSIENT as exc:
             raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except (KafkaUnavailable, KafkaRefused):
             raise
@@ -147,7 +147,7 @@ class ConfluentTransport:
             self.producer.flush(0)
             raise KafkaUnavailable(f"{left} messages not acknowledged within {self.timeout_s} s")
         if failed:
-            transient = [e for e in failed if e.retriable() or e.code() in CONFLUENT_TRANSIENT]
+            transient = [e for e in failed if e.retriable() or e.code() in _CONFLUENT_TRANSIENT]
             error = KafkaUnavailable if len(transient) == len(failed) else KafkaRefused
             raise error(f"{len(failed)} messages failed: {[str(e) for e in failed[:3]]}")
 
