@@ -1,6 +1,6 @@
 """Fine-tuned text encoders stored as a small delta over the bundled all-MiniLM-L6-v2.
 
-``simstream fine-tune`` (``streams/finetune.py``) trains only the top transformer layers, so a
+``simstream fine-tune`` (``quality/finetune.py``) trains only the top transformer layers, so a
 fine-tuned model is stored as those layers' weights (fp16 safetensors, a few MB) plus a JSON
 manifest, in a folder::
 

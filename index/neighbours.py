@@ -13,7 +13,7 @@ missed; in short:
   only lists whose boundary is that low can still qualify, and those are checked exactly.
 - Races with concurrent writers are closed afterwards by ``stale_lists``: every product written
   since a refresh started its search is re-checked against the lists that refresh produced, once
-  before publishing and once more after recording (``Refresher.recheck``).
+  before publishing (``Refresher.plan``) and once more after recording (``Refresher.recheck``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Milvus stays the system of record and what recommenders query; this matrix only answers the
 searches of the ingest (affected set) and refresh steps, as exact inner-product top-``limit``
 (the same answer Milvus FLAT gives, computed with one matrix product instead of a round trip
-through milvus-lite, which is pure Python in-process and ~15x slower than numpy brute force;
-see docs/benchmarks.md).
+through milvus-lite, which is pure Python in-process: ~13x slower than numpy brute force at
+10,000 products, ~2.4x at 100,000; see docs/benchmarks.md, row e).
 
 It also holds each product's metadata (version, hashes, model, event and write times), so the
 ingest and refresh steps read products and "what changed since t" from memory instead of through

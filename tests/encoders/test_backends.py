@@ -180,9 +180,29 @@ def test_onnx_cpu_batches_are_small(cache_dir: Path) -> None:
     assert fast.step(64) == image_mod.ONNX_CPU_BATCH < 64 and ref.step(64) == 64
 
 
-def test_settings_name_the_backend_fields() -> None:
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_backend_settings_reach_the_encoders(backend: str, cache_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIMSTREAM_ENCODER_BACKEND picks what the text and image models of the stream's ProductEncoder
+    run on (torch module or ONNX Runtime session, never both), and SIMSTREAM_IMAGE_FETCH_THREADS
+    sizes its image-fetch pool; both are read from the environment, as the worker reads them."""
+    from simstream.encoders.fusion import ProductEncoder
     from simstream.settings import Settings
 
-    s = Settings(encoder_backend="torch", image_fetch_threads=2)
-    assert s.encoder_backend == "torch" and s.image_fetch_threads == 2
-    assert Settings().encoder_backend == "auto" and Settings().image_fetch_threads == 8
+    monkeypatch.setenv("SIMSTREAM_ENCODER_BACKEND", backend)
+    monkeypatch.setenv("SIMSTREAM_IMAGE_FETCH_THREADS", "3")
+    monkeypatch.setenv("SIMSTREAM_DEVICE", "cpu")
+    monkeypatch.setenv("SIMSTREAM_ENCODER_CACHE_DIR", str(cache_dir))
+    enc = ProductEncoder(Settings())
+    assert enc.image is not None  # the shipped weights give images a share
+    for model in (enc.text, enc.image):
+        assert model.backend == backend
+        assert (model.onnx is not None, model.model is not None) == (backend == "onnx", backend == "torch")
+    if backend == "onnx":  # the exports went to the configured cache, not ~/.cache
+        assert enc.text.onnx is not None and enc.image.onnx is not None
+        assert enc.text.onnx.path.parent == enc.image.onnx.path.parent == cache_dir
+    assert enc._fetch_pool._max_workers == 3
+    enc._fetch_pool.shutdown()
+    monkeypatch.delenv("SIMSTREAM_ENCODER_BACKEND")
+    monkeypatch.delenv("SIMSTREAM_IMAGE_FETCH_THREADS")
+    assert Settings().encoder_backend == "auto" and Settings().image_fetch_threads == 8  # the defaults

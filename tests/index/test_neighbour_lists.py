@@ -132,18 +132,30 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
 
 
 def test_a_loose_list_whose_owner_is_gone_needs_nothing(tmp_path) -> None:
-    """A recorded list can outlive its owner until the owner's tombstone refresh runs: the exact
-    tail of ``affected_by`` must skip it, not fail on an empty stack."""
+    """With ``pool=1`` the search row of the changed product ``a`` holds only ``a``, so every other
+    list is reached by the exact tail of ``affected_by`` alone. It must flag the list ``a`` now
+    enters (b's), leave the one it does not enter (e's), and skip a recorded list whose owner is
+    gone (deleted, its tombstone refresh still pending) instead of failing on an empty stack."""
     import time
 
     from simstream.index.rows import StoredList
     from simstream.index.store import VectorStore as Store
 
+    before = {"b": [0.0, 1.0, 0.0, 0.0], "c": [0.0, 0.6, 0.8, 0.0], "e": [-0.6, -0.8, 0.0, 0.0]}
+    after = dict(before, a=[0.6, 0.8, 0.0, 0.0])  # a moves next to b
+    vecs = {pid: np.array(v, np.float32) for pid, v in after.items()}
     store = Store.connect(str(tmp_path / "g.db"), "g", 4, flush_every_rows=0, in_memory=True)
     now = int(time.time() * 1000)
-    row = {"product_id": "a", "vector": [1.0, 0.0, 0.0, 0.0], "version": 1, "brand": "", "category": "",
-           "price": -1.0, "hashes": {}, "model": "m", "updated_at": now, "event_time": 0}
-    store.upsert_products([row, dict(row, product_id="b", vector=[0.0, 1.0, 0.0, 0.0])])
-    store.upsert_lists([StoredList("gone", ["b"], -1.0, b"{}")])  # owner "gone" is not in the store
-    assert affected_by(store, [Change("a", np.array([1.0, 0.0, 0.0, 0.0], np.float32))], pool=1) >= {"a"}
+    row = {"version": 1, "brand": "", "category": "", "price": -1.0, "hashes": {}, "model": "m",
+           "updated_at": now, "event_time": 0}
+    store.upsert_products([dict(row, product_id=pid, vector=v) for pid, v in after.items()])
+    # Lists recorded before a moved (top-1, boundary = the score of the last id kept), and one
+    # whose owner "gone" is not in the store.
+    recorded = {"b": (["c"], 0.6), "e": (["c"], -0.48), "gone": (["b"], -1.0)}
+    store.upsert_lists([StoredList(o, ids, bar, b"{}") for o, (ids, bar) in recorded.items()])
+    # Brute force over the new vectors: the lists of present owners whose top-1 is no longer the recorded one.
+    changed = {o for o, (ids, _) in recorded.items() if o in vecs and oracle(vecs, o, 1) != ids}
+    assert changed == {"b"}  # the premise: a enters b's list (0.8 > 0.6), not e's (-1.0 < -0.48)
+    got = affected_by(store, [Change("a", vecs["a"])], pool=1, max_pool=1)
+    assert got == {"a"} | changed  # a itself, b's list; not e's, not gone's
     store.close()
