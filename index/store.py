@@ -23,7 +23,7 @@ Without the copies (``SIMSTREAM_SIDE_INDEX=false``) every question is a Milvus q
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from simstream.memory import current_rss, memory_limit
 from simstream.vector_codec import Segment, bytes_per_row
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class VectorStore:
@@ -197,30 +198,28 @@ class VectorStore:
         """Recorded lists with their payloads (always from Milvus)."""
         return self.milvus.read_lists(ids)
 
+    def _from_lists(self, from_mirror: Callable[[ListMirror], T], from_milvus: Callable[[], T]) -> T:
+        """A question about the recorded lists, answered by the in-memory mirror when it is in step
+        with Milvus, else by Milvus itself."""
+        mirror = self._synced_mirror()
+        return from_mirror(mirror) if mirror is not None else from_milvus()
+
     def listers_of(self, ids: Sequence[str]) -> set[str]:
         """Products whose current list contains any of ``ids`` (the reverse neighbour index)."""
-        if (mirror := self._synced_mirror()) is not None:
-            return mirror.listers_of(ids)
-        return self.milvus.read_listers_of(ids)
+        return self._from_lists(lambda mirror: mirror.listers_of(ids), lambda: self.milvus.read_listers_of(ids))
 
     def list_boundaries(self, ids: Sequence[str]) -> dict[str, float]:
         """Boundary of each recorded list among ``ids`` (tombstone markers left out)."""
-        if (mirror := self._synced_mirror()) is not None:
-            return mirror.boundaries(ids)
-        return self.milvus.read_boundaries(ids)
+        return self._from_lists(lambda mirror: mirror.boundaries(ids), lambda: self.milvus.read_boundaries(ids))
 
     def lists_with_boundary_at_most(self, score: float) -> dict[str, float]:
         """Recorded lists whose boundary is <= ``score`` (lists holding everyone count as -inf):
         the only lists a product outside a candidate search can still enter."""
-        if (mirror := self._synced_mirror()) is not None:
-            return mirror.boundaries_at_most(score)
-        return self.milvus.read_boundaries_at_most(score)
+        return self._from_lists(lambda mirror: mirror.boundaries_at_most(score), lambda: self.milvus.read_boundaries_at_most(score))
 
     def list_heads(self, ids: Sequence[str]) -> dict[str, ListHead]:
         """Recorded lists without payloads, tombstone markers included."""
-        if (mirror := self._synced_mirror()) is not None:
-            return mirror.heads(ids)
-        return self.milvus.read_list_heads(ids)
+        return self._from_lists(lambda mirror: mirror.heads(ids), lambda: self.milvus.read_list_heads(ids))
 
     def upsert_lists(self, lists: Sequence[StoredList]) -> None:
         """Record lists (an empty payload is a tombstone marker)."""
