@@ -1,5 +1,6 @@
 """The ingest steps as plain sync functions: validate, coalesce, check versions, encode, write,
-affected set. The ingest agent (streams/app.py) calls them top to bottom in the worker thread;
+affected set. ``streams/pipeline.py`` ``ingest_steps`` calls them in that order on the worker thread
+(for the agent through ``DataPath.ingest``, and for ``simstream backfill``);
 nothing here touches Kafka or the event loop, so each step is testable on its own.
 """
 
