@@ -33,7 +33,8 @@ from pymilvus import DataType, MilvusClient
 from simstream.errors import IndexRejected, IndexUnavailable
 from simstream.index.failures import is_milvus_failure, translate
 from simstream.index.rows import (
-    SERVING_FIELDS, TOMBSTONE_BOUNDARY, ListHead, StoredList, StoredProduct, stored_boundary,
+    SERVING_FIELDS, TOMBSTONE_BOUNDARY, ListHead, ServedProduct, StoredList, StoredProduct, served_product,
+    stored_boundary,
 )
 from simstream.limits import (
     LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
@@ -415,24 +416,25 @@ class MilvusStore:
         return (["version", "brand", "category", "price", "model", "event_time", "updated_at"]
                 + (["display"] if "display" in self.serving_fields else []) + (["vector"] if with_vectors else []))
 
-    def read_product_rows(self, ids: Sequence[str], *, with_vectors: bool = False) -> dict[str, dict[str, Any]]:
-        """product_id -> stored row (display fields, the vector on request) of the ``ids`` present."""
-        return {r["product_id"]: r for r in self._query(self.products, ids, self.display_fields(with_vectors=with_vectors))}
+    def read_served(self, ids: Sequence[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
+        """product_id -> what a reader shows of it (the vector on request), for the ``ids`` present."""
+        rows = self._query(self.products, ids, self.display_fields(with_vectors=with_vectors))
+        return {r["product_id"]: served_product(r["product_id"], r) for r in rows}
 
     def read_list_payload(self, product_id: str) -> bytes | None:
         """The list last published for ``product_id`` (b"" for a tombstone marker), None when none is recorded."""
         rows = self._query(self.lists, [product_id], ["payload"])
         return rows[0]["payload"].encode() if rows else None
 
-    def search_rows(self, vector: np.ndarray, limit: int, expr: str = "", *,
-                    with_vectors: bool = True) -> list[dict[str, Any]]:
+    def search_served(self, vector: np.ndarray, limit: int, expr: str = "", *,
+                      with_vectors: bool = True) -> list[ServedProduct]:
         """Exact top-``limit`` products by inner product among those matching the Milvus filter
-        ``expr`` (built by the caller from structured, quoted parts); each row carries ``score``
-        (Milvus' inner product) and the display fields."""
+        ``expr`` (built by the caller from structured, quoted parts), in Milvus' order; callers
+        that rank rescore the vectors themselves (float32, ``index.exact.rank_key``)."""
         hits = self._call(self.client.search, self.products, data=[vector.tolist()], limit=limit, filter=expr,
                           output_fields=self.display_fields(with_vectors=with_vectors),
                           search_params={"metric_type": "IP"}, **_CONSISTENCY)
-        return [{**h["entity"], "product_id": _hit_id(h), "score": float(h["distance"])} for h in hits[0]]
+        return [served_product(_hit_id(h), h["entity"]) for h in hits[0]]
 
     # --- tombstones -----------------------------------------------------------------------
     def read_tombstones(self, ids: Sequence[str]) -> dict[str, int]:

@@ -1,14 +1,15 @@
-"""What the index stores, as plain records: a product row, a recorded list, a list's head.
+"""What the index stores, as plain records: a product row, a recorded list, a list's head, a
+product as a reader shows it.
 
 One place builds the Milvus product row (``product_row``): the worker, ``eval`` and the benchmarks
-all write through it, so the schema has one spelling.
+all write through it, so the schema has one spelling; ``served_product`` reads it back for serve.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import orjson
@@ -134,3 +135,53 @@ def display_of(product: ProductEvent) -> dict[str, Any]:
             break
         out[trim] = {"attributes": {}, "image_url": None, "title": clip_utf8(product.title, 200)}[trim]
     return out
+
+
+# --- served products (simstream serve reads these, never a Milvus row) ---------------------------
+@dataclass(frozen=True, slots=True)
+class Display:
+    """The ``display`` JSON of a product (``display_of``); all empty in a collection made before
+    the field existed, so a reader needs no second code path."""
+
+    title: str | None = None
+    image_url: str | None = None
+    currency: str | None = None
+    attributes: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedProduct:
+    """A stored product as a reader shows it. Unknowns are None here (the row stores price -1,
+    brand "", event_time 0), so the reading side does not need to know the row's sentinels."""
+
+    product_id: str
+    version: int
+    brand: str | None
+    category: str | None
+    price: float | None
+    model: str
+    event_time: int | None
+    updated_at: int | None
+    display: Display
+    # empty unless read with vectors; left out of ==, which compares what is shown (an array has no truth value)
+    vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), compare=False)
+
+
+def served_product(product_id: str, row: Mapping[str, Any]) -> ServedProduct:
+    """A products-collection row (the display fields, ``display`` and ``vector`` when read) as a
+    ``ServedProduct``; the inverse of ``product_row`` for what serve shows."""
+    price = float(row.get("price", -1.0))
+    return ServedProduct(
+        product_id=product_id, version=int(row["version"]), brand=row.get("brand") or None,
+        category=row.get("category") or None, price=price if price >= 0 else None, model=row["model"],
+        event_time=int(row.get("event_time") or 0) or None, updated_at=int(row.get("updated_at") or 0) or None,
+        display=_display(row.get("display")),
+        vector=np.asarray(row.get("vector", ()), dtype=np.float32),
+    )
+
+
+def _display(raw: Mapping[str, Any] | None) -> Display:
+    """``None`` or ``{}`` (a row written without display fields) reads as an empty ``Display``."""
+    d = raw or {}
+    return Display(title=d.get("title"), image_url=d.get("image_url"), currency=d.get("currency"),
+                   attributes=dict(d.get("attributes") or {}))

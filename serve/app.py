@@ -205,7 +205,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
 
     @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)")
     def image(product_id: str) -> Response:
-        url = services.catalog.product(product_id).get("image_url") or ""
+        url = services.catalog.served(product_id).display.image_url or ""
         try:
             data, kind = services.images.read(url)
         except (EncodeError, ValueError) as exc:

@@ -93,20 +93,20 @@ def hostile_store(tmp_path: Path):
 
 def test_hostile_values_round_trip_through_milvus(hostile_store: MilvusStore) -> None:
     q = np.ones(4, np.float32)
-    everyone = {r["product_id"] for r in hostile_store.search_rows(q, 100, "")}
+    everyone = {r.product_id for r in hostile_store.search_served(q, 100, "")}
     assert len(everyone) == len(HOSTILE) + len(PATHS)
     for i, h in enumerate(HOSTILE):
         for f in (Filters.build(category=h), Filters.build(attributes={"note": h}), Filters.build(attributes={h: h})):
-            got = [r["product_id"] for r in hostile_store.search_rows(q, 100, f.expression())]
+            got = [r.product_id for r in hostile_store.search_served(q, 100, f.expression())]
             assert got == [f"p{i}"], (h, f.expression())
-        excluded = {r["product_id"] for r in hostile_store.search_rows(q, 100, Filters().expression([f"p{i}"]))}
+        excluded = {r.product_id for r in hostile_store.search_served(q, 100, Filters().expression([f"p{i}"]))}
         assert excluded == everyone - {f"p{i}"}
     # a category prefix finds its path and the paths below it, nothing that merely starts alike
     expected = {"x": {"c0", "c1", "c2", "c5", "c6", "c7", "c8"}, "x > y": {"c1", "c2", "c7"}, "x>y>z": {"c2"},
                 "x?": {"c4"}, "y": {"c9"}}
     for prefix, ids in expected.items():
-        got = {r["product_id"] for r in hostile_store.search_rows(q, 100, Filters.build(category=prefix).expression())}
+        got = {r.product_id for r in hostile_store.search_served(q, 100, Filters.build(category=prefix).expression())}
         assert got == ids, prefix
     # a filter that is itself an injection attempt matches nothing
     for attempt in ['" or product_id != "', "x\" || true || \"", "1==1"]:
-        assert hostile_store.search_rows(q, 100, Filters.build(attributes={"note": attempt}).expression()) == []
+        assert hostile_store.search_served(q, 100, Filters.build(attributes={"note": attempt}).expression()) == []

@@ -1,0 +1,52 @@
+"""What serve reads: a product row read back as a ``ServedProduct`` (index.rows.served_product),
+directly and through Milvus (``MilvusStore.read_served`` / ``search_served``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simstream.index.rows import Display, ServedProduct, product_row, served_product
+from simstream.records import ProductEvent
+
+FULL = ProductEvent("p1", "upsert", 7, title="Red mug", brand="Acme", category="Home > Kitchen", price=9.5,
+                    currency="EUR", image_url="file:mug.png", attributes={"colour": "red", "size": None},
+                    event_time=1234)
+BARE = ProductEvent("p2", "upsert", 3)
+
+
+def vector(seed: int, dim: int = 16) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_a_row_reads_back_as_written() -> None:
+    row = product_row(FULL, vector(1), {}, "m1", written_at=99)
+    got = served_product("p1", row)
+    assert got == ServedProduct("p1", 7, "Acme", "Home > Kitchen", 9.5, "m1", 1234, 99,
+                                Display("Red mug", "file:mug.png", "EUR", {"colour": "red", "size": None}))
+    assert got.vector.dtype == np.float32 and np.array_equal(got.vector, vector(1))
+
+
+def test_unknowns_read_as_none_not_as_the_rows_sentinels() -> None:
+    got = served_product("p2", product_row(BARE, vector(2), {}, "m", 0))
+    assert (got.brand, got.category, got.price, got.event_time, got.updated_at) == (None, None, None, None, None)
+    assert got.display.title == "" and got.display.currency is None and got.display.attributes == {}
+
+
+def test_a_row_without_display_fields_reads_as_an_empty_display() -> None:
+    row = {k: v for k, v in product_row(FULL, vector(3), {}, "m", 1).items() if k not in ("display", "vector")}
+    got = served_product("p1", row)
+    assert got.display == Display() and got.vector.size == 0 and got.brand == "Acme"
+
+
+def test_milvus_reads_and_searches_return_served_products(small_store) -> None:
+    milvus = small_store.milvus
+    milvus.upsert_products([product_row(FULL, vector(1), {}, "m", 5), product_row(BARE, vector(2), {}, "m", 5)])
+    got = milvus.read_served(["p1", "p2", "gone"])
+    assert set(got) == {"p1", "p2"} and got["p1"].display.title == "Red mug" and got["p1"].vector.size == 0
+    assert got["p2"].price is None and got["p1"].price == 9.5
+    with_vectors = milvus.read_served(["p1"], with_vectors=True)["p1"]
+    assert np.allclose(with_vectors.vector, vector(1))
+    hits = milvus.search_served(vector(1), 2)
+    assert [h.product_id for h in hits][0] == "p1" and all(h.vector.shape == (16,) for h in hits)
+    assert hits[0] == served_product("p1", product_row(FULL, vector(1), {}, "m", 5))
