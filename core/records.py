@@ -79,11 +79,13 @@ class NeighbourList:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "NeighbourList":
+        """The wire form back (readers: serve, the exactness proof, recommenders in Python)."""
         doc: dict[str, Any] = orjson.loads(raw)
         return cls(
             product_id=doc["product_id"],
             version=doc["version"],
-            neighbours=[Neighbour(**n) for n in doc["neighbors"]],
+            # by name, so a payload from a newer writer with more keys still reads
+            neighbours=[Neighbour(n["product_id"], n["score"], n["fields"]) for n in doc["neighbors"]],
             model=doc["model"],
             computed_at=doc["computed_at"],
             source_event_time=doc.get("source_event_time"),
