@@ -8,6 +8,8 @@ from typing import Callable, Iterator, Literal
 
 import torch
 
+__all__ = ["BACKENDS", "pick_device", "pick_backend", "configure_threads", "inference", "to_device"]
+
 Backend = Literal["torch", "onnx"]
 BACKENDS = ("auto", "torch", "onnx")
 

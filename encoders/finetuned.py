@@ -28,6 +28,11 @@ import torch
 
 from simstream.encoders.text import TextEncoder, default_text_model
 
+__all__ = [
+    "MODELS_DIR", "MANIFEST", "DELTA", "BASE_NAME", "finetuned_dir", "base_sha256", "read_manifest", "apply_delta",
+    "FineTunedTextEncoder",
+]
+
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 MANIFEST = "manifest.json"
 DELTA = "delta.safetensors"

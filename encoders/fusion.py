@@ -37,6 +37,11 @@ from simstream.errors import EncodeError
 from simstream.settings import Settings
 from simstream.vector_codec import Codec, Segment, canonical
 
+__all__ = [
+    "FUSION_VERSION", "FIELDS", "COMPACT_CODECS", "text_of", "field_contents", "content_hash", "load_weights",
+    "load_fusion_options", "EncodedBatch", "ProductEncoder",
+]
+
 FUSION_VERSION = "fusion-v1"
 FIELDS = FUSED_FIELDS
 # How each field's segment is stored (simstream.vector_codec): learned embeddings and price bumps

@@ -16,6 +16,8 @@ import orjson
 
 from simstream.settings import Settings
 
+__all__ = ["CONFIG_DIR", "NONE", "shipped_configs", "resolve_fusion_config", "read_fusion_config", "describe"]
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 NONE = ("", "none")
 

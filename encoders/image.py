@@ -19,6 +19,11 @@ from simstream.encoders.device import inference, pick_backend, pick_device, to_d
 from simstream.encoders.onnx_runtime import OnnxModel, export_once
 from simstream.errors import EncodeError
 
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "FORMATS", "MAX_SIDE", "MAX_ASPECT", "DRAFT_SIDE", "ONNX_CPU_BATCH",
+    "check_size", "load_efficientnet_lite0", "decode_rgb", "resize_crop", "ImageEncoder",
+]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # the formats read; Pillow tries no other parser on hostile bytes

@@ -27,6 +27,8 @@ from simstream import retry
 from simstream.encoders.safe_fetch import Blocked, GuardedBackend
 from simstream.errors import EncodeError
 
+__all__ = ["MAX_URL_CHARS", "MAX_REDIRECTS", "REDIRECT_STATUSES", "TRANSIENT_STATUSES", "ImageSource"]
+
 MAX_URL_CHARS = 8192
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

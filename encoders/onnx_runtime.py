@@ -25,6 +25,8 @@ import numpy as np
 import structlog
 import torch
 
+__all__ = ["OPSET", "RECIPE", "default_cache_dir", "weights_key", "export_once", "OnnxModel", "onnxruntime_available"]
+
 log = structlog.get_logger(__name__)
 
 OPSET = 17

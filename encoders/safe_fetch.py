@@ -21,6 +21,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import httpcore
 
+__all__ = ["NAT64", "Blocked", "is_public", "remaining", "resolve", "DeadlineStream", "GuardedBackend"]
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 

@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 
+__all__ = ["PriceEncoder", "normalize_brand", "BrandEncoder", "category_prefixes", "CategoryEncoder"]
+
 _CORPORATE = re.compile(r"\b(inc|incorporated|ltd|llc|co|corp|corporation|gmbh|ag|sa|plc|company)\b")
 _NOT_WORD = re.compile(r"[^0-9a-z]+")
 

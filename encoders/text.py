@@ -14,6 +14,8 @@ from transformers import AutoModel, AutoTokenizer
 from simstream.encoders.device import inference, pick_backend, pick_device, to_device
 from simstream.encoders.onnx_runtime import OnnxModel, export_once
 
+__all__ = ["ONNX_CPU_BATCH", "clean_text", "start_encode", "default_text_model", "TextEncoder"]
+
 # A tag may not contain "<": with ``<[^>]+>`` every "<" of an unclosed run scanned to the end of
 # the text (quadratic; 100 kB of "<" took seconds), this one stops at the next "<" (linear).
 _TAG = re.compile(r"<[^<>]+>")

@@ -14,6 +14,11 @@ from simstream.errors import MemoryBudgetExceeded
 from simstream.index.side import GROWTH, MIN_CAPACITY
 from simstream.memory import MemoryLimit
 
+__all__ = [
+    "SAFETY_FRACTION", "VECTOR_PEAK", "PRODUCT_META_BYTES", "LIST_BASE_BYTES", "LIST_ENTRY_BYTES", "BUILD_PAGE_ROWS",
+    "PAGE_VALUE_BYTES", "MIB", "side_capacity", "Footprint", "check_fits",
+]
+
 SAFETY_FRACTION = 0.85  # of the limit; the rest for the encoders' buffers, Kafka batches, allocator slack
 # The matrix's first growth holds the old matrix and one GROWTH times larger at once (side.py).
 VECTOR_PEAK = 1 + GROWTH

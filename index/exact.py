@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = ["SCORE_DECIMALS", "rank_key", "top_k_rows", "exact_top_k"]
+
 SCORE_DECIMALS = 6
 
 

@@ -23,6 +23,11 @@ from pymilvus.grpc_gen import common_pb2
 
 from simstream.errors import IndexRejected, IndexUnavailable
 
+__all__ = [
+    "CLIENT_REJECTIONS", "REJECTED_CODES", "REJECTED_LEGACY_CODES", "MILVUS_LITE_ILLEGAL_ARGUMENT",
+    "LEGACY_CATCH_ALL", "LEGACY_REFUSAL_SIGNS", "REJECTED_GRPC", "is_rejection", "is_milvus_failure", "translate",
+]
+
 # pymilvus raises these before sending anything: the request itself is malformed.
 CLIENT_REJECTIONS: tuple[type[MilvusException], ...] = (
     ParamError, DataTypeNotMatchException, DataNotMatchException, DataTypeNotSupportException, PrimaryKeyException,

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 
 from simstream.index.rows import ListHead
 
+__all__ = ["ListMirror"]
+
 
 class ListMirror:
     """Forward (owner -> head) and reverse (neighbour -> owners) maps of the recorded lists.

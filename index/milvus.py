@@ -42,6 +42,8 @@ from simstream.limits import (
 )
 from simstream.logs import get_logger
 
+__all__ = ["DEFAULT_TIMEOUT_S", "quote_ids", "MilvusStore"]
+
 log = get_logger(__name__)
 T = TypeVar("T")
 

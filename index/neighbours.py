@@ -29,6 +29,10 @@ from simstream.index.rows import ListHead, StoredList, StoredProduct
 from simstream.index.store import VectorStore
 from simstream.records import Neighbour, NeighbourList
 
+__all__ = [
+    "TIE_MARGIN", "MARGIN", "contributions", "Change", "affected_by", "BuiltList", "ListBuilder", "stale_lists",
+]
+
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
 MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err towards recomputing
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from simstream.vector_codec import Packed, Segment, bytes_per_row, pack, unpack
 
+__all__ = ["DTYPES", "PackedRows"]
+
 DTYPES = {"f16": np.float16, "i8": np.int8, "f32": np.float32}
 
 

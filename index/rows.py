@@ -21,6 +21,11 @@ from simstream.limits import (
 )
 from simstream.records import ProductEvent
 
+__all__ = [
+    "TOMBSTONE_BOUNDARY", "StoredProduct", "StoredList", "ListHead", "stored_boundary", "clip_utf8", "product_row",
+    "SERVING_FIELDS", "brand_key", "category_key", "display_of", "Display", "ServedProduct", "served_product",
+]
+
 TOMBSTONE_BOUNDARY = 3.0e38  # the boundary a tombstone marker is recorded with (no payload, no neighbours)
 
 

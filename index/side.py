@@ -27,6 +27,8 @@ from simstream.index.packed_rows import PackedRows
 from simstream.index.rows import StoredProduct
 from simstream.vector_codec import Segment
 
+__all__ = ["GROWTH", "MIN_CAPACITY", "SCAN_BLOCK_ROWS", "HASH_SLOTS", "ProductMeta", "SideIndex"]
+
 
 # Growth factor of the matrix when it is full. Growing copies into a new matrix, so for a moment
 # both exist: 1 + GROWTH times the old one (2.25x; doubling would need 3x), and afterwards at most

@@ -37,6 +37,8 @@ from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
 from simstream.vector_codec import Segment, bytes_per_row
 
+__all__ = ["VectorStore"]
+
 log = get_logger(__name__)
 T = TypeVar("T")
 

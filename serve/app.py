@@ -38,6 +38,8 @@ from simstream.limits import MAX_QUERY_CHARS
 from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
 from simstream.settings import Settings
 
+__all__ = ["STATIC", "Conflict", "FilterBody", "SimilarRequest", "Services", "create_app"]
+
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
 STATIC = Path(str(resources.files("simstream.serve") / "static" / "index.html")).resolve().parent

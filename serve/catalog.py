@@ -22,6 +22,8 @@ from simstream.limits import MAX_ID_BYTES
 from simstream.records import Neighbour, NeighbourList
 from simstream.serve.filters import Filters, quote
 
+__all__ = ["NotFound", "image_src", "product_view", "card", "neighbour_view", "Catalog", "filters_view"]
+
 
 class NotFound(LookupError):
     """An unknown or deleted product (answered with 404)."""

@@ -25,6 +25,8 @@ from simstream.limits import (
     MAX_ID_BYTES,
 )
 
+__all__ = ["FILTER_PARAMS", "ATTR_PREFIX", "FilterError", "quote", "Filters"]
+
 # Milvus reads back the short escapes \t \n \r but no \uXXXX escape: other control characters are refused
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 FILTER_PARAMS = frozenset({"brand", "category", "price_min", "price_max"})

@@ -10,6 +10,8 @@ from __future__ import annotations
 from simstream.encoders.image_source import ImageSource
 from simstream.settings import Settings
 
+__all__ = ["media_type", "LocalImages"]
+
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
           (b"GIF89a", "image/gif"))
 

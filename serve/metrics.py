@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+__all__ = ["BUCKETS", "ServeMetrics"]
+
 # from 1 ms to 2.5 s: the by-id target is 20 ms, searches 150 ms (docs/serving.md)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 

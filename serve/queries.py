@@ -22,6 +22,8 @@ from simstream.limits import (
 from simstream.records import ProductEvent
 from simstream.settings import Settings
 
+__all__ = ["ProductDocument", "QueryEncoder", "field_names"]
+
 
 class ProductDocument(BaseModel):
     """A product in the event format (docs/events.md) for query by example; ``title`` is required,

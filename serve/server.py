@@ -9,6 +9,8 @@ from simstream.serve.app import create_app
 from simstream.serve.queries import QueryEncoder
 from simstream.settings import Settings
 
+__all__ = ["run_server"]
+
 
 def run_server(settings: Settings, host: str | None = None, port: int | None = None, *,
                milvus: MilvusStore | None = None, encoder: QueryEncoder | None = None) -> None:

@@ -15,7 +15,7 @@ import simstream
 
 # The packages whose modules are held to it (the offline tools in quality/ and harness/ are not a
 # library surface).
-PACKAGES = ("simstream", "simstream.streams")
+PACKAGES = ("simstream", "simstream.streams", "simstream.encoders", "simstream.index", "simstream.serve")
 
 
 def _modules() -> list[str]:
