@@ -59,6 +59,11 @@ class Server:
             self.reply(h, 200, PNG)
         elif path in ("/flaky", "/down"):
             self.reply(h, 503, b"busy")
+        elif path.startswith("/busy-for/"):  # 429 with Retry-After: N the first time, then the image
+            if self.count(path) > 1:
+                self.reply(h, 200, PNG)
+            else:
+                self.reply(h, 429, b"slow down", retry_after=path.rsplit("/", 1)[1])
         elif path.startswith("/redirect/"):
             n = int(path.rsplit("/", 1)[1])
             self.reply(h, 302, location=f"/redirect/{n - 1}" if n > 1 else "/img.png")  # n redirects
@@ -79,10 +84,13 @@ class Server:
             self.reply(h, 404, b"no")
 
     @staticmethod
-    def reply(h: BaseHTTPRequestHandler, status: int, body: bytes = b"", location: str | None = None) -> None:
+    def reply(h: BaseHTTPRequestHandler, status: int, body: bytes = b"", location: str | None = None,
+              retry_after: str | None = None) -> None:
         h.send_response(status)
         if location:
             h.send_header("Location", location)
+        if retry_after:
+            h.send_header("Retry-After", retry_after)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         h.wfile.write(body)
@@ -228,6 +236,19 @@ def test_retries_give_up_as_transient_and_permanent_failures_are_not_retried(ser
     with pytest.raises(EncodeError, match="404") as err:
         lenient().fetch(f"{server.base}/missing", None)
     assert not err.value.transient and server.count("/missing") == 1
+
+
+def test_retry_after_is_honoured_within_the_deadline(server):
+    started = time.monotonic()
+    assert lenient(timeout_s=5.0).fetch(f"{server.base}/busy-for/1", None) == PNG
+    assert time.monotonic() - started >= 1.0 and server.count("/busy-for/1") == 2
+
+
+def test_a_retry_after_past_the_deadline_gives_up_at_once(server):
+    started = time.monotonic()
+    with pytest.raises(EncodeError, match="429.*gave up after 1 attempt") as err:
+        lenient(timeout_s=2.0).fetch(f"{server.base}/busy-for/30", None)
+    assert err.value.transient and time.monotonic() - started < 1.0 and server.count("/busy-for/30") == 1
 
 
 def test_connection_refused_is_transient():
