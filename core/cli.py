@@ -1,4 +1,5 @@
-"""The ``simstream`` command: worker, produce, reconcile, dlq, demo, eval, fit-weights, fine-tune.
+"""The ``simstream`` command: worker, produce, reconcile, backfill, serve, config, dlq (summary, show,
+replay), demo, eval, fit-weights, fine-tune.
 
 Expected failures print one red line and exit 1; options name their env vars.
 """

@@ -11,8 +11,8 @@ import re
 from typing import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
 
+from simstream.encoders.hashing import char_ngrams, char_wb_ngrams, hashed_counts
 from simstream.encoders.text import clean_text
 
 __all__ = ["TitleLexicalEncoder", "normalize_mpn", "model_numbers", "MpnEncoder"]
@@ -20,12 +20,12 @@ __all__ = ["TitleLexicalEncoder", "normalize_mpn", "model_numbers", "MpnEncoder"
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
-def _sublinear_l2(matrix) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """1 + log(tf) like TfidfVectorizer(sublinear_tf=True), then L2 rows; empty rows stay zero."""
-    matrix = matrix.tocsr().astype(np.float32)
-    matrix.eliminate_zeros()  # signed hashing can cancel a count to exactly 0
-    matrix.data = np.sign(matrix.data) * (1.0 + np.log(np.abs(matrix.data)))
-    dense = matrix.toarray()
+def _sublinear_l2(counts: np.ndarray) -> np.ndarray:
+    """1 + log(tf) like TfidfVectorizer(sublinear_tf=True), then L2 rows; empty rows stay zero.
+    In float32, as the stored vectors have always been computed."""
+    dense = counts.astype(np.float32)
+    nonzero = dense != 0  # signed hashing can cancel a count to exactly 0
+    dense[nonzero] = np.sign(dense[nonzero]) * (1.0 + np.log(np.abs(dense[nonzero])))
     norms = np.linalg.norm(dense, axis=1, keepdims=True)
     return np.divide(dense, norms, out=np.zeros_like(dense), where=norms > 0)
 
@@ -37,11 +37,10 @@ class TitleLexicalEncoder:
 
     def __init__(self, dim: int = 1024) -> None:
         self.dim = dim
-        self._vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 3), n_features=dim,
-                                             alternate_sign=True, norm=None, lowercase=True)
 
     def encode(self, titles: Sequence[str | None]) -> np.ndarray:
-        return _sublinear_l2(self._vectorizer.transform([clean_text(t) for t in titles]))
+        grams = (char_wb_ngrams(clean_text(t).lower(), 3, 3) for t in titles)
+        return _sublinear_l2(hashed_counts(grams, self.dim, alternate_sign=True))
 
 
 def normalize_mpn(mpn: str | None) -> str:
@@ -84,12 +83,6 @@ class MpnEncoder:
         self.dim = dim
         self.from_title = from_title
         self.name = "mpn_title_char3_5" if from_title else "mpn_char2_4"
-        if from_title:
-            self._vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=dim,
-                                                 alternate_sign=True, norm=None, lowercase=False)
-        else:
-            self._vectorizer = HashingVectorizer(analyzer="char", ngram_range=(2, 4), n_features=dim,
-                                                 alternate_sign=True, norm=None, lowercase=False)
 
     def text_of(self, mpn: str | None, title: str | None = None) -> str:
         """What is hashed for one product ('' when it has no part number)."""
@@ -101,4 +94,6 @@ class MpnEncoder:
 
     def encode(self, mpns: Sequence[str | None], titles: Sequence[str | None] | None = None) -> np.ndarray:
         titles = titles if titles is not None else [None] * len(mpns)
-        return _sublinear_l2(self._vectorizer.transform([self.text_of(m, t) for m, t in zip(mpns, titles)]))
+        texts = [self.text_of(m, t) for m, t in zip(mpns, titles)]
+        grams = (char_wb_ngrams(x, 3, 5) if self.from_title else char_ngrams(x, 2, 4) for x in texts)
+        return _sublinear_l2(hashed_counts(grams, self.dim, alternate_sign=True))

@@ -7,7 +7,8 @@ import re
 from typing import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
+
+from simstream.encoders.hashing import hashed_counts, l2_rows
 
 __all__ = ["PriceEncoder", "normalize_brand", "BrandEncoder", "category_prefixes", "CategoryEncoder"]
 
@@ -52,11 +53,10 @@ class BrandEncoder:
 
     def __init__(self, dim: int = 128) -> None:
         self.dim = dim
-        self._vectorizer = HashingVectorizer(analyzer=lambda s: [s] if s else [], n_features=dim,
-                                             alternate_sign=False, norm="l2")
 
     def encode(self, brands: Sequence[str | None]) -> np.ndarray:
-        return self._vectorizer.transform([normalize_brand(b) for b in brands]).toarray().astype(np.float32)
+        tokens = ([b] if b else [] for b in map(normalize_brand, brands))
+        return l2_rows(hashed_counts(tokens, self.dim, alternate_sign=False)).astype(np.float32)
 
 
 def category_prefixes(path: str | None) -> list[str]:
@@ -73,8 +73,7 @@ class CategoryEncoder:
 
     def __init__(self, dim: int = 128) -> None:
         self.dim = dim
-        self._vectorizer = HashingVectorizer(analyzer=category_prefixes, n_features=dim,
-                                             alternate_sign=False, norm="l2")
 
     def encode(self, categories: Sequence[str | None]) -> np.ndarray:
-        return self._vectorizer.transform([c or "" for c in categories]).toarray().astype(np.float32)
+        prefixes = (category_prefixes(c or "") for c in categories)
+        return l2_rows(hashed_counts(prefixes, self.dim, alternate_sign=False)).astype(np.float32)
