@@ -55,6 +55,7 @@ def test_the_deployment_serves_with_probes_on_its_port(serve: dict[str, dict]) -
     (c,) = pod["containers"]
     assert c["args"] == ["serve"] and "command" not in c
     assert not c["image"].endswith(":latest") and ":" in c["image"].rsplit("/", 1)[-1]
+    assert c["image"].endswith("-serve")  # the image built with the serve extra; the worker's has no web framework
     cfg = serve["ConfigMap"]["data"]
     port = int(cfg["SIMSTREAM_SERVE_PORT"])
     assert cfg["SIMSTREAM_SERVE_HOST"] == "0.0.0.0"
