@@ -8,44 +8,17 @@ and stale upserts after a delete. The exactness proof (harness/exactness.py) and
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from importlib import resources
 from dataclasses import dataclass, field
 from typing import Any
 
-# Product families: a "far" update moves a product to another family (title, brand, category, price).
-FAMILIES: list[dict[str, Any]] = [
-    {"noun": ["Wireless Headphones", "Noise Cancelling Headphones", "Over-Ear Headphones", "Earbuds"],
-     "brand": ["Sony", "Bose", "Sennheiser", "JBL", "Jabra"], "category": "Electronics > Audio > Headphones",
-     "price": (30, 450), "adj": ["Bluetooth", "Active", "Studio", "Sport", "Travel"]},
-    {"noun": ["Laptop", "Ultrabook", "Gaming Laptop", "Notebook"],
-     "brand": ["Lenovo", "Dell", "HP", "Asus", "Acer"], "category": "Computers > Laptops",
-     "price": (400, 3000), "adj": ["14-inch", "15.6-inch", "Slim", "Pro", "OLED"]},
-    {"noun": ["Running Shoes", "Trail Shoes", "Sneakers", "Walking Shoes"],
-     "brand": ["Nike", "Adidas", "Asics", "Brooks", "Hoka"], "category": "Sports > Footwear > Running",
-     "price": (50, 250), "adj": ["Men's", "Women's", "Lightweight", "Cushioned", "Waterproof"]},
-    {"noun": ["Espresso Machine", "Coffee Maker", "Coffee Grinder", "Drip Coffee Machine"],
-     "brand": ["DeLonghi", "Breville", "Krups", "Philips", "Melitta"], "category": "Home > Kitchen > Coffee",
-     "price": (40, 900), "adj": ["Automatic", "Manual", "Stainless", "Compact", "Programmable"]},
-    {"noun": ["Cordless Drill", "Impact Driver", "Circular Saw", "Angle Grinder"],
-     "brand": ["Bosch", "Makita", "DeWalt", "Milwaukee", "Ryobi"], "category": "Tools > Power Tools",
-     "price": (50, 400), "adj": ["18V", "Brushless", "Heavy Duty", "Compact", "Kit"]},
-    {"noun": ["Yoga Mat", "Dumbbell Set", "Kettlebell", "Resistance Bands"],
-     "brand": ["Decathlon", "Reebok", "Gaiam", "Bowflex", "Manduka"], "category": "Sports > Fitness",
-     "price": (10, 300), "adj": ["Non-Slip", "Adjustable", "Premium", "Eco", "Thick"]},
-    {"noun": ["Smartphone", "Phone Case", "Screen Protector", "Phone Charger"],
-     "brand": ["Samsung", "Apple", "Xiaomi", "Google", "OnePlus"], "category": "Electronics > Phones",
-     "price": (10, 1400), "adj": ["5G", "128GB", "Fast", "Rugged", "Unlocked"]},
-    {"noun": ["Board Game", "Jigsaw Puzzle", "Card Game", "Building Blocks Set"],
-     "brand": ["Hasbro", "Ravensburger", "Lego", "Mattel", "Asmodee"], "category": "Toys > Games",
-     "price": (8, 200), "adj": ["Family", "1000-Piece", "Strategy", "Kids", "Classic"]},
-    {"noun": ["Office Chair", "Standing Desk", "Bookshelf", "Desk Lamp"],
-     "brand": ["Ikea", "Herman Miller", "Steelcase", "Flexispot", "Songmics"], "category": "Home > Furniture > Office",
-     "price": (30, 1500), "adj": ["Ergonomic", "Adjustable", "Oak", "Mesh", "LED"]},
-    {"noun": ["Dog Food", "Cat Litter", "Dog Leash", "Cat Tree"],
-     "brand": ["Purina", "Royal Canin", "Kong", "Trixie", "Whiskas"], "category": "Pets > Supplies",
-     "price": (5, 150), "adj": ["Grain-Free", "Large", "Clumping", "Reflective", "Indoor"]},
-]
+# Product families (harness/sample/families.json): a "far" update moves a product to another family
+# (title, brand, category, price range).
+FAMILIES: list[dict[str, Any]] = json.loads(
+    resources.files("simstream.harness.sample").joinpath("families.json").read_text(encoding="utf-8"))
 COLORS = ["Black", "White", "Silver", "Blue", "Red", "Green", "Grey", "Navy"]
 
 
