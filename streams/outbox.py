@@ -41,6 +41,13 @@ class Outbox:
             raise KafkaUnavailable(f"{what}: {exc}") from exc
         self.answering = True
 
+    async def _partitions(self, topic: str) -> int:
+        try:
+            return await self.transport.partitions(topic)
+        except KafkaUnavailable:
+            self.answering = False
+            raise
+
     async def dead_letters(self, rejects: Iterable[Rejected], source_topic: str) -> None:
         """Rejected records to the DLQ with the reason in headers. When Kafka refuses a dead letter
         itself (an oversized key or headers), the batch goes again as bare pointers."""
@@ -70,6 +77,6 @@ class Outbox:
         if not ids:
             return
         s = self.settings
-        partitions = await self.transport.partitions(s.refresh_topic)
+        partitions = await self._partitions(s.refresh_topic)
         await self._send("refresh requests", messages.refresh_requests(
             ids, event_times, topic=s.refresh_topic, partitions=partitions, max_bytes=s.refresh_request_max_bytes))

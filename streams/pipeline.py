@@ -28,6 +28,7 @@ from simstream import retry
 from simstream.errors import IndexUnavailable
 from simstream.encoders.fusion import EncodedBatch
 from simstream.logs import get_logger
+from simstream.records import ProductEvent
 from simstream.settings import Settings
 from simstream.streams import metrics
 from simstream.streams.dead_letter import RawRecord, Rejected
@@ -97,7 +98,7 @@ class IngestOutcome:
     check: VersionCheck = field(default_factory=VersionCheck)
     encoded: EncodedBatch | None = None
     dropped: int = 0  # superseded by a later event of the same batch
-    events: list[Any] = field(default_factory=list)
+    events: list[ProductEvent] = field(default_factory=list)
 
 
 async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRunner, *,

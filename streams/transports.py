@@ -59,7 +59,10 @@ class FaustTransport:
         if topic not in self._partitions:
             # aiokafka waits for the topic's metadata (Faust has no public call for this).
             producer = self.app.producer._ensure_producer()
-            found = await asyncio.wait_for(producer.partitions_for(topic), timeout=self.timeout_s)
+            try:
+                found = await asyncio.wait_for(producer.partitions_for(topic), timeout=self.timeout_s)
+            except _FAUST_TRANSIENT as exc:
+                raise KafkaUnavailable(f"metadata of {topic}: {type(exc).__name__}: {exc}") from exc
             self._partitions[topic] = len(found)
         return self._partitions[topic]
 
@@ -68,7 +71,7 @@ class FaustTransport:
             await asyncio.wait_for(self._send(messages), timeout=self.timeout_s)
         except _FAUST_TRANSIENT as exc:
             raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        except (KafkaUnavailable, KafkaRefused):
+        except (KafkaUnavailable, KafkaRefused):  # from partitions(): already sorted
             raise
         except Exception as exc:  # the broker or the client refused a message (size, ...)
             raise KafkaRefused(f"{type(exc).__name__}: {exc}") from exc

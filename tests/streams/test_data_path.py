@@ -32,10 +32,14 @@ class FakeTransport:
     def __init__(self) -> None:
         self.sent: list[messages.Message] = []
         self.down = 0
+        self.metadata_down = 0
         self.refuse = lambda m: False
         self.calls = 0
 
     async def partitions(self, topic: str) -> int:
+        if self.metadata_down > 0:
+            self.metadata_down -= 1
+            raise KafkaUnavailable("no metadata")
         return PARTITIONS
 
     async def send(self, batch: Sequence[messages.Message]) -> None:
@@ -97,9 +101,11 @@ def test_ingest_then_refresh_publishes_lists_and_dead_letters_the_bad(path) -> N
     assert data.refresher.store.list_heads(["a", "b", "c"]).keys() == {"a", "b", "c"}  # recorded after publishing
 
 
-def test_an_outage_is_waited_out_and_nothing_is_dead_lettered(path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("failing", ["sends", "metadata"])
+def test_an_outage_is_waited_out_and_nothing_is_dead_lettered(path, failing) -> None:  # noqa: ANN001
     data, transport = path
-    transport.down = 2  # the refresh requests fail twice, then Kafka answers again
+    # the refresh requests (or the refresh topic's metadata) fail twice, then Kafka answers again
+    setattr(transport, "down" if failing == "sends" else "metadata_down", 2)
     before = retry.RETRIES.labels("ingest-outage", "KafkaUnavailable")._value.get()
     asyncio.run(data.ingest(records((b"a", event("a")))))
     assert retry.RETRIES.labels("ingest-outage", "KafkaUnavailable")._value.get() - before == 2
