@@ -16,6 +16,8 @@ import dataclasses
 import sys
 from typing import Iterable, Sequence
 
+from sortedcontainers import SortedKeyList
+
 from simstream.index.rows import ListHead
 
 __all__ = ["ListMirror"]
@@ -26,29 +28,41 @@ class ListMirror:
 
     Memory, at one list per product: ids are interned (one string object per product however many
     lists name it; the side index interns too) and the reverse map holds lists, not sets (a
-    15-element set is ~700 bytes, a list ~180; an owner appears once per neighbour's entry)."""
+    15-element set is ~700 bytes, a list ~180; an owner appears once per neighbour's entry).
+
+    "Which lists have a boundary at most x" is asked once per ingest batch: the owners of real
+    lists are also kept sorted by boundary, so it costs O(log N + answer), not a pass over N heads
+    (13.5 ms per batch at 100k lists, 1.35 s at 10M, as a Python loop)."""
 
     def __init__(self) -> None:
         self._heads: dict[str, ListHead] = {}
         self._listers: dict[str, list[str]] = {}
+        self._by_boundary = SortedKeyList(key=lambda owner: self._heads[owner].boundary)
 
     def __len__(self) -> int:
         return len(self._heads)
 
     def put(self, heads: Iterable[ListHead]) -> None:
-        for head in heads:
-            owner = sys.intern(str(head.product_id))
+        latest = {sys.intern(str(h.product_id)): h for h in heads}  # one head per owner: the last
+        real: list[str] = []
+        for owner, head in latest.items():
             self._forget(owner)
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
             self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
+            if not head.is_tombstone:
+                real.append(owner)
             for nid in dict.fromkeys(members):
                 self._listers.setdefault(nid, []).append(owner)
+        self._by_boundary.update(real)  # sorted in bulk: a start-up load is one sort, not N inserts
 
     def _forget(self, owner: str) -> None:
         """Drop ``owner``'s head and its entries in the reverse map."""
-        old = self._heads.pop(owner, None)
+        old = self._heads.get(owner)
         if old is None:
             return
+        if not old.is_tombstone:
+            self._by_boundary.remove(owner)  # while its head, and so its key, is still there
+        del self._heads[owner]
         for nid in old.neighbour_ids:
             owners = self._listers.get(nid)
             if owners is not None and owner in owners:
@@ -85,4 +99,5 @@ class ListMirror:
         return {pid: h.boundary for pid in ids if (h := self._heads.get(pid)) is not None and not h.is_tombstone}
 
     def boundaries_at_most(self, score: float) -> dict[str, float]:
-        return {pid: h.boundary for pid, h in self._heads.items() if not h.is_tombstone and h.boundary <= score}
+        """Boundary of every real list whose boundary is <= ``score``."""
+        return {pid: self._heads[pid].boundary for pid in self._by_boundary.irange_key(max_key=score)}
