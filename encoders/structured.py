@@ -21,6 +21,9 @@ class PriceEncoder:
 
     Two prices a factor r apart score about exp(-(log10 r)^2 / (4 sigma^2)); 10 % apart ~0.99,
     2x apart ~0.63, 10x apart ~0. Missing or non-positive price -> zero vector (contributes 0).
+    A price so far outside the centres that every bump underflows to 0 (from ~1e12, or below
+    ~1e-7) gets the limit of the normalised bumps: the unit vector of the nearest edge centre
+    (it was 0/0 = NaN, which made every score with that product NaN).
     """
 
     name = "price_logrbf"
@@ -36,7 +39,11 @@ class PriceEncoder:
             if price is None or not math.isfinite(price) or price <= 0:
                 continue
             bumps = np.exp(-((math.log10(price) - self.centers) ** 2) / (2 * self.sigma**2))
-            out[i] = bumps / np.linalg.norm(bumps)
+            norm = np.linalg.norm(bumps)
+            if norm > 0:
+                out[i] = bumps / norm
+            else:
+                out[i, 0 if math.log10(price) < self.centers[0] else -1] = 1.0
         return out
 
 

@@ -13,6 +13,7 @@ applies the lists it records and keeps it in step with other workers' records.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from typing import Iterable, Sequence
 
@@ -21,6 +22,13 @@ from sortedcontainers import SortedKeyList
 from simstream.index.rows import ListHead
 
 __all__ = ["ListMirror"]
+
+
+def _indexed(head: ListHead) -> bool:
+    """Whether a head belongs in the boundary index: a real list with a comparable boundary (a NaN
+    boundary, which older workers recorded for products with an extreme price, never satisfies
+    ``<= x`` and would break the index's order)."""
+    return not head.is_tombstone and not math.isnan(head.boundary)
 
 
 class ListMirror:
@@ -49,7 +57,7 @@ class ListMirror:
             self._forget(owner)
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
             self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
-            if not head.is_tombstone:
+            if _indexed(head):
                 real.append(owner)
             for nid in dict.fromkeys(members):
                 self._listers.setdefault(nid, []).append(owner)
@@ -60,7 +68,7 @@ class ListMirror:
         old = self._heads.get(owner)
         if old is None:
             return
-        if not old.is_tombstone:
+        if _indexed(old):
             self._by_boundary.remove(owner)  # while its head, and so its key, is still there
         del self._heads[owner]
         for nid in old.neighbour_ids:

@@ -64,6 +64,17 @@ def test_price_similarity_falls_with_the_ratio():
     assert not v[4].any() and not v[5].any()
 
 
+def test_extreme_prices_are_finite_and_ordinary_ones_unchanged():
+    enc = PriceEncoder()
+    extreme = enc.encode([1e308, 1e12, 1e-300, 1e-9])
+    assert np.isfinite(extreme).all() and np.allclose(np.linalg.norm(extreme, axis=1), 1.0)
+    assert [int(row.argmax()) for row in extreme] == [enc.dim - 1, enc.dim - 1, 0, 0]  # the nearest edge
+    prices = [0.01, 0.5, 3.0, 99.99, 2_500.0, 1e6, 1e9]
+    formula = np.stack([b / np.linalg.norm(b) for b in (np.exp(-((np.log10(p) - enc.centers) ** 2)
+                                                               / (2 * enc.sigma**2)) for p in prices)])
+    assert np.array_equal(enc.encode(prices), formula.astype(np.float32))
+
+
 def test_brand_normalisation_and_hash():
     assert normalize_brand("Sony Corp.") == normalize_brand("SONY") == "sony"
     v = BrandEncoder().encode(["Sony Corp.", "SONY", "Bose", None])
