@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from simstream.encoders.fusion import ProductEncoder
 from simstream.limits import (
     MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CURRENCY_CHARS, MAX_DESCRIPTION_CHARS, MAX_ID_BYTES, MAX_IMAGE_URL_CHARS,
-    MAX_MPN_CHARS, MAX_QUERY_ATTRIBUTES, MAX_QUERY_CHARS, MAX_TITLE_CHARS,
+    MAX_MPN_CHARS, MAX_QUERY_ATTRIBUTES, MAX_TITLE_CHARS,
 )
 from simstream.records import ProductEvent
 from simstream.settings import Settings

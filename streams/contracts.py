@@ -24,7 +24,6 @@ from simstream.records import CONTRACT_FIELDS, ProductEvent
 __all__ = ["product_event_validator", "neighbour_list_validator", "parse_event"]
 
 
-
 def _is_integer(_checker: Any, instance: object) -> bool:
     """A real JSON integer: draft 2020-12 also counts 3.0 and 1e19, which Milvus INT64 rejects."""
     return type(instance) is int

@@ -28,13 +28,10 @@ from simstream.settings import Settings
 from simstream.redact import redact
 from simstream.streams.dead_letter import KIND_HEADER, SIMSTREAM_HEADER
 from simstream.streams.kafka_config import client_config
-from simstream.streams.messages import Message
+from simstream.streams.messages import Headers, Message
 from simstream.streams.transports import ConfluentTransport
 
 __all__ = ["DlqError", "DeadLetter", "Group", "parse_since", "read_dead_letters", "summary", "replay"]
-
-Headers = tuple[tuple[str, bytes | None], ...]
-
 
 class DlqError(RuntimeError):
     """Reading or replaying dead letters failed (broker unreachable, deliveries not confirmed)."""
@@ -272,7 +269,7 @@ def replay(settings: Settings, letters: Sequence[DeadLetter], *, topic: str | No
     ``on_skip(letter, why)``. Sent through ``ConfluentTransport``: acks from all replicas,
     idempotent, in source order per partition;
     raises ``DlqError`` unless every record was confirmed within ``timeout_s``. Returns how many."""
-    plan: list[tuple[str, int | None, _Original]] = []
+    plan: list[Message] = []
     reader: Consumer | None = None
     skip = on_skip or (lambda letter, why: None)
     try:
@@ -290,21 +287,21 @@ def replay(settings: Settings, letters: Sequence[DeadLetter], *, topic: str | No
                     skip(letter, fetched)
                     continue
                 original = fetched
-            plan.append((target, letter.source_partition if topic is None else None, original))
+            partition = letter.source_partition if topic is None else None
+            plan.append(Message(target, original.key, original.value, original.headers, partition,
+                                original.timestamp_ms))
     finally:
         if reader is not None:
             reader.close()
     if not plan:
         return 0
-    largest = max(len(o.key or b"") + len(o.value or b"") + sum(len(k) + len(v or b"") for k, v in o.headers)
-                  for _, _, o in plan)
+    largest = max(m.size for m in plan)
     # Acks from all replicas, idempotent: a replay must not reorder or duplicate within a partition.
     transport = ConfluentTransport(settings, timeout_s=timeout_s, **{
         "acks": "all", "enable.idempotence": True, "message.max.bytes": max(1_000_000, largest + 100_000),
         "log_level": 3})
     try:
-        transport.send_now([Message(target, o.key, o.value, o.headers, partition, o.timestamp_ms)
-                            for target, partition, o in plan])
+        transport.send_now(plan)
     except KafkaUnavailable as exc:
         raise DlqError(f"{exc}; replaying again duplicates the others (the worker counts them as duplicates)") from exc
     except KafkaRefused as exc:

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Iterable, Iterator
 
 import orjson
+
 from simstream.settings import Settings
 from simstream.streams import messages
 from simstream.streams.transports import ConfluentTransport
