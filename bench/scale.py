@@ -380,6 +380,7 @@ def side_only(n: int, encoder: Any, seed: int, queries: int = 64, page: int = 2_
     res = {"products": n, "vectors": "synthetic (segment layout and sqrt(weight) scaling of the text+image "
                                      "fusion; random unit segments)",
            "dim": dim, "fill_s": round(fill_s, 1), "rss_bytes_per_product": round((after - before) / n),
+           "allocated_bytes_per_product": round(side.nbytes / n),
            "matrix_bytes_per_product": side.row_bytes, "loose_rows": side.loose_rows,
            "search_ms_per_query": round(best / queries * 1000, 2),
            "queries_per_call": queries, "limit": limit}

@@ -47,6 +47,12 @@ class PackedRows:
     def loose_rows(self) -> int:
         return len(self._loose)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated for the packed values and exponents (loose rows included)."""
+        held = sum(a.nbytes for a in self._values) + sum(e.nbytes for e in self._exponents if e is not None)
+        return held + sum(v.nbytes for v in self._loose.values())
+
     def grow(self, capacity: int) -> None:
         """Reallocate to ``capacity`` rows, keeping the contents."""
         old = self.capacity

@@ -58,6 +58,12 @@ class ProductMeta:
         self._key_set_names: list[tuple[str, ...]] = []
         self._odd_hashes: dict[int, dict[str, str]] = {}
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated for the columns (the side dicts of odd hashes not counted)."""
+        return sum(getattr(self, n).nbytes for n in ("version", "updated_at", "event_time", "model", "hash_keys",
+                                                     "hashes"))
+
     def grow(self, capacity: int) -> None:
         for name in ("version", "updated_at", "event_time", "model", "hash_keys", "hashes"):
             old = getattr(self, name)
@@ -130,6 +136,12 @@ class SideIndex:
     def row_bytes(self) -> int:
         """Bytes of one stored vector."""
         return self._rows.row_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated by the arrays (rows, metadata, live flags): the deterministic part of
+        the index's memory; ids and the id->row dict come on top (measured as RSS)."""
+        return self._rows.nbytes + self._meta.nbytes + self._live.nbytes
 
     @property
     def loose_rows(self) -> int:

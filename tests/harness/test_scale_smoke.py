@@ -55,8 +55,10 @@ def test_exact_rows_agree_with_the_all_pairs_lists(encoders: dict[bool, Any]) ->
 def test_side_only_measures_memory_and_search(encoders: dict[bool, Any]) -> None:
     res = scale.side_only(4_000, encoders[True], seed=1, queries=8)
     assert res["products"] == 4_000 and res["search_ms_per_query"] > 0
-    # the matrix alone is dim x 4 bytes a product; the RSS delta includes it (pages are touched)
-    assert res["rss_bytes_per_product"] >= 0.9 * res["matrix_bytes_per_product"]
+    # the arrays hold at least the packed matrix; the RSS delta is process-wide (heap pages freed by
+    # earlier work in this process are reused), so it is reported, not compared
+    assert res["allocated_bytes_per_product"] >= res["matrix_bytes_per_product"] > 0
+    assert isinstance(res["rss_bytes_per_product"], int)
 
 
 def test_summary_reports_null_with_a_reason_when_not_measured() -> None:
