@@ -34,6 +34,7 @@ class PackedRows:
         self._values = [np.zeros((capacity, s.width), DTYPES[s.codec]) for s in self.segments]
         self._exponents = [np.zeros(capacity, np.int8) if s.codec == "i8" else None for s in self.segments]
         self._loose: dict[int, np.ndarray] = {}
+        self.max_norm = 0.0  # the largest norm of any row written: bounds the scan's error (index/packed_scan.py)
 
     @property
     def capacity(self) -> int:
@@ -53,6 +54,14 @@ class PackedRows:
         held = sum(a.nbytes for a in self._values) + sum(e.nbytes for e in self._exponents if e is not None)
         return held + sum(v.nbytes for v in self._loose.values())
 
+    def segment(self, i: int) -> tuple[Segment, np.ndarray, np.ndarray | None]:
+        """Segment ``i`` with its packed values (rows x width) and, for i8, per-row exponents."""
+        return self.segments[i], self._values[i], self._exponents[i]
+
+    def loose_items(self) -> list[tuple[int, np.ndarray]]:
+        """(row, float32 vector) of the rows kept off the grid."""
+        return list(self._loose.items())
+
     def grow(self, capacity: int) -> None:
         """Reallocate to ``capacity`` rows, keeping the contents."""
         old = self.capacity
@@ -69,6 +78,8 @@ class PackedRows:
     def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Store ``vectors`` (float32, n x dim) at ``rows``."""
         vectors = np.asarray(vectors, np.float32)
+        if len(vectors):
+            self.max_norm = max(self.max_norm, float(np.linalg.norm(vectors.astype(np.float64), axis=1).max()))
         inexact = np.zeros(len(rows), bool)
         if len(self._outside):
             inexact |= (vectors[:, self._outside] != 0).any(axis=1)

@@ -2,7 +2,7 @@
 
 Milvus stays the system of record and what recommenders query; this matrix only answers the
 searches of the ingest (affected set) and refresh steps, as exact inner-product top-``limit``
-(the same answer Milvus FLAT gives, computed with one matrix product instead of a round trip
+(the same answer Milvus FLAT gives, computed on the packed rows, index/packed_scan.py, instead of a round trip
 through milvus-lite, which is pure Python in-process: ~13x slower than numpy brute force at
 10,000 products, ~2.4x at 100,000; see docs/benchmarks.md, row e).
 
@@ -17,17 +17,18 @@ applies its own writes to it and keeps it in step with other writers (docs/exact
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from simstream.index.exact import top_k_rows
+from simstream.index.exact import rank_key
 from simstream.index.packed_rows import PackedRows
+from simstream.index.packed_scan import scan_candidates
 from simstream.index.rows import StoredProduct
 from simstream.vector_codec import Segment
 
-__all__ = ["GROWTH", "MIN_CAPACITY", "SCAN_BLOCK_ROWS", "HASH_SLOTS", "ProductMeta", "SideIndex"]
+__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "ProductMeta", "SideIndex"]
 
 
 # Growth factor of the matrix when it is full. Growing copies into a new matrix, so for a moment
@@ -36,7 +37,6 @@ __all__ = ["GROWTH", "MIN_CAPACITY", "SCAN_BLOCK_ROWS", "HASH_SLOTS", "ProductMe
 # so a start-up build does not grow at all.
 GROWTH = 1.25
 MIN_CAPACITY = 1024
-SCAN_BLOCK_ROWS = 2048  # rows decoded to float32 at a time by a search: stays in cache
 HASH_SLOTS = 8  # field hashes held per product as 64-bit numbers (simstream has 7 fields)
 
 
@@ -221,54 +221,35 @@ class SideIndex:
         return [self._ids[r] for r in rows.tolist()]  # type: ignore[misc]
 
     # --- search -----------------------------------------------------------------------------
-    def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per chunk of queries: (row indices best first, their scores), dead rows excluded.
+    def _top(self, vectors: np.ndarray, limit: int,
+             chunk: int = 256) -> Iterator[tuple[list[tuple[list[int], list[float]]], np.ndarray, dict[int, int]]]:
+        """Per chunk of queries: each query's exact top-``limit`` live rows by the ranking rule
+        (index/exact.py), best first, with their float32 scores computed as the oracle computes
+        them; and the decoded candidate rows (``decoded[at[row]]``).
 
-        One pass over the matrix per chunk of queries: each block of rows is decoded to float32
-        once and multiplied with every query; each block's top-``limit`` is kept and the blocks'
-        candidates merged (score desc, row asc: the same order a single full product gives)."""
-        n = len(self._ids)
-        if len(vectors) == 0:
-            return []
-        k = min(limit, len(self._row))
+        One pass over the packed matrix per chunk yields a provable superset of each top-``limit``
+        (index/packed_scan.py); only those rows are decoded and rescored."""
         q = np.asarray(vectors, np.float32)
-        out = []
+        ids = self._ids
         for start in range(0, len(q), chunk):
-            # torch, so the product uses SIMSTREAM_TORCH_THREADS (numpy's BLAS is single-threaded
-            # in the worker, streams/runtime.py); same float32 arithmetic.
-            queries = torch.from_numpy(np.ascontiguousarray(q[start:start + chunk])).to(self.device)
-            cand_rows, cand_scores = [], []
-            for first, block in self._rows.blocks(n, SCAN_BLOCK_ROWS):
-                rows_t = torch.from_numpy(block)
-                if self.device.type == "cuda":  # pinned, so the copy overlaps the decode of the next block
-                    rows_t = rows_t.pin_memory().to(self.device, non_blocking=True)
-                sims = (queries @ rows_t.T).cpu().numpy()
-                dead = ~self._live[first:first + len(block)]
-                if dead.any():
-                    sims[:, dead] = -np.inf
-                rows, scores = top_k_rows(sims, k)
-                cand_rows.append(rows + first)
-                cand_scores.append(scores)
-            rows_all, scores_all = np.concatenate(cand_rows, axis=1), np.concatenate(cand_scores, axis=1)
-            order = np.lexsort((rows_all, -scores_all), axis=1)[:, :k]
-            out.append((np.take_along_axis(rows_all, order, axis=1), np.take_along_axis(scores_all, order, axis=1)))
-        return out
+            queries = np.ascontiguousarray(q[start:start + chunk])
+            cand = scan_candidates(self._rows, self._live, len(ids), queries, limit, device=self.device)
+            unique = np.unique(np.concatenate(cand.rows)) if cand.rows else np.zeros(0, np.int64)
+            decoded = self._rows.read(unique)
+            at = {int(r): i for i, r in enumerate(unique.tolist())}
+            tops = []
+            for query, rows in zip(queries, cand.rows):
+                scored = sorted(((float(decoded[at[r]] @ query), ids[r], r) for r in rows.tolist()),
+                                key=lambda t: rank_key(t[0], t[1]))[:limit]  # type: ignore[arg-type]
+                tops.append(([r for _, _, r in scored], [sc for sc, _, _ in scored]))
+            yield tops, decoded, at
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
         """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs."""
-        out: list[list[tuple[str, np.ndarray]]] = []
-        for rows, _ in self._top(vectors, limit):
-            unique = np.unique(rows)
-            decoded = self._rows.read(unique)
-            at = {int(r): i for i, r in enumerate(unique.tolist())}
-            for row in rows:
-                out.append([(self._ids[j], decoded[at[j]]) for j in row.tolist()])  # type: ignore[misc]
-        return out
+        return [[(self._ids[r], decoded[at[r]]) for r in rows]  # type: ignore[misc]
+                for tops, decoded, at in self._top(vectors, limit) for rows, _ in tops]
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, inner product) per query, best first."""
-        out: list[list[tuple[str, float]]] = []
-        for rows, scores in self._top(vectors, limit):
-            for row, sc in zip(rows, scores):
-                out.append([(self._ids[j], float(x)) for j, x in zip(row.tolist(), sc.tolist())])  # type: ignore[misc]
-        return out
+        return [[(self._ids[r], sc) for r, sc in zip(rows, scores)]  # type: ignore[misc]
+                for tops, _, _ in self._top(vectors, limit) for rows, scores in tops]

@@ -1,0 +1,176 @@
+"""The exact scan's candidates, computed on the packed rows themselves (no per-pass decode).
+
+A scan used to decode every row to float32 (3,232 columns, most of them int8 on the storage grid)
+and multiply: decoding was ~80 % of the pass. Here each segment is multiplied where it lies:
+
+- an ``i8`` segment holds integers ``q`` times ``2**e`` per row. A canonical query is on the same
+  grid, so the segment's dot product is ``2**(e_row + e_query)`` times an integer dot product,
+  which int8 x int8 -> int32 matrix products (``torch._int_mm``: VNNI on this CPU) compute
+  *exactly*; the power of two is applied exactly too;
+- ``f16`` (and ``f32``) segments are widened per block of rows, in cache, and multiplied in float32.
+
+The sum of the segments is then within a proven bound of the real dot product, and so is the float32
+dot product every list is ranked by (``index/exact.py``: the oracle's arithmetic). So each row that
+can be in a query's exact top-``limit`` scores at least (the ``limit``-th best scan score) minus
+``window``: this module returns every such row (a few more than ``limit``), and the caller rescores
+them with the oracle's arithmetic and ranks them (index/side.py). docs/exactness.md has the proof.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from simstream.index.packed_rows import PackedRows
+from simstream.vector_codec import Segment, pack
+
+__all__ = ["BLOCK_ROWS", "Candidates", "gamma", "window", "scan_candidates"]
+
+BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
+UNIT_ROUNDOFF = 2.0 ** -24  # float32
+
+
+def gamma(n: int) -> float:
+    """Higham's gamma_n: the relative error bound of an n-term float32 dot product, any order."""
+    return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
+
+
+def window(dim: int, widest_float_segment: int, segments: int, query_norm: float, row_norm: float) -> float:
+    """How far below the ``limit``-th best scan score a row of the exact top-``limit`` can score.
+
+    With A = sum |q_i v_i| <= |q| |v|: the scan's error is at most (gamma(widest float segment)
+    + gamma(segments + 1) + u) A (int8 segments are exact integers, rounded once to float32); the
+    oracle's float32 dot product over ``dim`` columns is within gamma(dim) A of the real value. A
+    row ranks in the top ``limit`` only if its oracle score reaches the ``limit``-th best oracle
+    score (less 1e-6: ranking rounds to 6 decimals and then orders by id), so its scan score is at
+    least t - 2 (scan error + oracle error) - 2e-6, where t is the ``limit``-th best scan score."""
+    a = query_norm * row_norm
+    scan = (gamma(widest_float_segment) + gamma(segments + 1) + UNIT_ROUNDOFF) * a * (1 + 1e-6)
+    return 2 * (scan + gamma(dim) * a) + 3e-6  # 1e-6 more: the float32 comparison with t - window
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Per query: row numbers and their scan scores (unordered), a superset of its exact top-limit."""
+
+    rows: list[np.ndarray]
+    scores: list[np.ndarray]
+
+
+class _PackedQueries:
+    """Queries split by segment, as the scan multiplies them."""
+
+    def __init__(self, queries: np.ndarray, segments: Sequence[Segment]) -> None:
+        self.parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # segment no., values, 2**e
+        self.widest_float = 0  # columns of the widest segment multiplied in float32
+        for i, s in enumerate(segments):
+            q = queries[:, s.start:s.stop]
+            if not q.any():
+                continue  # every query is zero here: the segment adds nothing to any score
+            if s.codec == "i8":
+                packed, inexact = pack(q, "i8")
+                if not inexact.any():
+                    assert packed.exponents is not None
+                    scale = np.ldexp(np.float32(1.0), packed.exponents.astype(np.int32)).astype(np.float32)
+                    self.parts.append((i, torch.from_numpy(np.ascontiguousarray(packed.values.T)),
+                                       torch.from_numpy(scale)))
+                    continue
+            # f16/f32 segments, and i8 segments of a query off the grid: float32 arithmetic
+            self.widest_float = max(self.widest_float, s.width)
+            self.parts.append((i, torch.from_numpy(np.ascontiguousarray(q.T, np.float32)), None))
+
+
+def _block_scores(rows: PackedRows, q: _PackedQueries, first: int, stop: int, count: int) -> torch.Tensor:
+    """(stop - first) x queries scan scores of rows [first, stop), on the CPU."""
+    acc = torch.zeros((stop - first, count), dtype=torch.float32)
+    for i, values_t, q_scale in q.parts:
+        s, values, exps = rows.segment(i)
+        block = torch.from_numpy(values[first:stop])
+        if q_scale is None:
+            if exps is None:
+                acc.addmm_(block.float(), values_t)
+            else:  # an i8 segment against a query off its grid: widen the rows exactly
+                row_scale = torch.ldexp(torch.ones(stop - first), torch.from_numpy(exps[first:stop]).to(torch.int32))
+                acc.addmm_(block.float() * row_scale[:, None], values_t)
+            continue
+        assert exps is not None
+        exact = torch._int_mm(block, values_t)  # int8 x int8 -> int32, exact
+        row_scale = torch.ldexp(torch.ones(stop - first), torch.from_numpy(exps[first:stop]).to(torch.int32))
+        acc.addcmul_(exact.float(), torch.outer(row_scale, q_scale))
+    return acc
+
+
+def _decoded_block_scores(rows: PackedRows, queries: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    """The same scores from rows decoded to float32 and multiplied on ``queries``' device (CUDA)."""
+    block = torch.from_numpy(rows.read(slice(first, stop))).pin_memory().to(queries.device, non_blocking=True)
+    return block @ queries.T
+
+
+def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.ndarray, limit: int,
+                    device: torch.device | None = None) -> Candidates:
+    """Every live row among [0, used) whose scan score is within ``window`` of query j's
+    ``limit``-th best: a superset of each query's exact top-``limit``. Rows held loose (float32,
+    off the grid) are scored with a float32 dot product instead (within the same bound)."""
+    queries = np.asarray(queries, np.float32)
+    count = len(queries)
+    q = _PackedQueries(queries, rows.segments)
+    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    on_device = device is not None and device.type != "cpu"
+    widest = rows.dim if on_device or rows.loose_rows else q.widest_float  # all float32 there
+    windows = np.array([window(rows.dim, widest, len(rows.segments), float(n), rows.max_norm) for n in norms])
+    win = torch.from_numpy(np.asarray(windows, np.float32))
+    loose = [] if on_device else rows.loose_items()  # decoded blocks already hold them
+    q_device = torch.from_numpy(queries).to(device) if on_device else None
+    kept_rows: list[list[np.ndarray]] = [[] for _ in range(count)]
+    kept_scores: list[list[np.ndarray]] = [[] for _ in range(count)]
+    qf = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
+    for first in range(0, used, BLOCK_ROWS):
+        stop = min(used, first + BLOCK_ROWS)
+        if q_device is not None:
+            acc = _decoded_block_scores(rows, q_device, first, stop)
+            win = win.to(acc.device)
+        else:
+            acc = _block_scores(rows, q, first, stop, count)
+        for r, vec in loose:
+            if first <= r < stop:
+                acc[r - first] = qf @ torch.from_numpy(vec)
+        dead = torch.from_numpy(~live[first:stop]).to(acc.device)
+        if bool(dead.any()):
+            acc[dead] = -torch.inf
+        k = min(limit, stop - first)
+        if k == 0:
+            continue
+        kth = torch.topk(acc, k, dim=0, sorted=False).values.min(dim=0).values  # per query
+        keep = (acc >= (kth - win)[None, :]) & (acc > -torch.inf)
+        hit_rows, hit_queries = torch.nonzero(keep, as_tuple=True)
+        if len(hit_rows) == 0:
+            continue
+        hit_scores = acc[hit_rows, hit_queries].cpu().numpy()
+        hit_rows, hit_queries = hit_rows.cpu(), hit_queries.cpu()
+        hr, hq = hit_rows.numpy() + first, hit_queries.numpy()
+        order = np.argsort(hq, kind="stable")
+        hr, hq, hit_scores = hr[order], hq[order], hit_scores[order]
+        bounds = np.searchsorted(hq, np.arange(count + 1))
+        for j in range(count):
+            a, b = bounds[j], bounds[j + 1]
+            if a < b:
+                kept_rows[j].append(hr[a:b])
+                kept_scores[j].append(hit_scores[a:b])
+    out_rows, out_scores = [], []
+    windows64 = np.asarray(windows, np.float64)
+    for j in range(count):
+        if not kept_rows[j]:
+            out_rows.append(np.zeros(0, np.int64))
+            out_scores.append(np.zeros(0, np.float32))
+            continue
+        r, sc = np.concatenate(kept_rows[j]), np.concatenate(kept_scores[j])
+        if len(sc) > limit:  # the global limit-th best, then everyone within the window of it
+            t = np.partition(sc, len(sc) - limit)[len(sc) - limit]
+            sel = sc >= t - windows64[j]
+            r, sc = r[sel], sc[sel]
+        out_rows.append(r.astype(np.int64))
+        out_scores.append(sc)
+    return Candidates(out_rows, out_scores)

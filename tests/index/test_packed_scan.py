@@ -1,0 +1,110 @@
+"""The packed scan: exact top-k by the ranking rule without decoding the matrix (index/packed_scan.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simstream.index import packed_scan
+from simstream.index.exact import rank_key
+from simstream.index.rows import StoredProduct
+from simstream.index.side import SideIndex
+from simstream.vector_codec import Segment, canonical_rows
+
+SEGMENTS = [Segment("text", 0, 24, "f16"), Segment("lex", 24, 56, "i8"), Segment("brand", 56, 64, "i8"),
+            Segment("price", 64, 68, "f16")]
+DIM = 72  # columns 68..71 belong to no segment (zero on the grid)
+
+
+def catalog(n: int, seed: int, *, duplicates: int = 0) -> np.ndarray:
+    """Unit-norm rows on the grid, with blocks of identical rows (exact ties) and coarse values
+    (many near ties), like hashed n-gram counts and one-hot slots."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, DIM), np.float32)
+    x[:, :24] = rng.standard_normal((n, 24))
+    x[:, 24:56] = rng.integers(0, 3, (n, 32))
+    x[np.arange(n), 56 + rng.integers(0, 8, n)] = 1.0
+    x[:, 64:68] = rng.standard_normal((n, 4))
+    for s in SEGMENTS:
+        seg = x[:, s.start:s.stop]
+        seg /= np.maximum(np.linalg.norm(seg, axis=1, keepdims=True), 1e-9)
+        seg *= 0.5
+    if duplicates:
+        x[n - duplicates:] = x[0]
+    canonical_rows(x, SEGMENTS)
+    return x
+
+
+def brute_force(x: np.ndarray, ids: list[str], live: np.ndarray, queries: np.ndarray, k: int) -> list[list[str]]:
+    """The definition: float32 dot products one by one, ranked by rank_key over every live row."""
+    out = []
+    for q in queries:
+        scored = sorted((rank_key(float(x[j] @ q), ids[j]) for j in np.flatnonzero(live)))
+        out.append([pid for _, pid in scored[:k]])
+    return out
+
+
+def fill(x: np.ndarray, ids: list[str], capacity: int = 1024) -> SideIndex:
+    side = SideIndex(DIM, capacity=capacity, segments=SEGMENTS)
+    side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, 2) for i in range(len(x))])
+    return side
+
+
+@pytest.mark.parametrize("block_rows", [97, 8_192])
+def test_equals_brute_force_with_ties_deletes_and_block_edges(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+    monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    x = catalog(1_500, seed=3, duplicates=40)
+    rng = np.random.default_rng(4)
+    ids = [f"p{v:05d}" for v in rng.permutation(len(x))]  # id order unrelated to row order
+    side = fill(x, ids)
+    gone = rng.choice(len(x), 200, replace=False)
+    side.delete(ids[i] for i in gone)
+    live = np.ones(len(x), bool)
+    live[gone] = False
+    queries = np.concatenate([x[:30], x[-5:]])  # the duplicates' twin among them
+    for k in (1, 10, 70):
+        got = side.search_scores(queries, k)
+        assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, queries, k)
+        for q, row in zip(queries, got):
+            assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)  # the oracle's own numbers
+
+
+def test_a_near_tie_within_rounding_goes_to_the_smaller_id() -> None:
+    """0.5000004 and 0.5000001 both rank as 0.500000, so the id decides: the scan must keep the
+    lower-scored row as a candidate (the window), or it would publish the wrong one."""
+    segments = [Segment("all", 0, 4, "f32")]
+    x = np.array([[0.5000004, 0, 0, 0], [0.5000001, 0, 0, 0], [0.1, 0, 0, 0]], np.float32)
+    side = SideIndex(4, capacity=8, segments=segments)
+    side.put([StoredProduct(pid, x[i], 1, {}, "m", 1, 2) for i, pid in enumerate(["z", "a", "m"])])
+    assert [pid for pid, _ in side.search_scores(np.array([[1, 0, 0, 0]], np.float32), 1)[0]] == ["a"]
+
+
+def test_loose_rows_and_queries_off_the_grid() -> None:
+    x = catalog(600, seed=5)
+    ids = [f"q{i:04d}" for i in range(len(x))]
+    odd = x[7].copy()
+    odd[30] += 1e-3  # not on the i8 grid: kept loose, scored in float32
+    odd[70] = 0.01  # outside every segment
+    x[7] = odd
+    side = fill(x, ids)
+    assert side.loose_rows == 1
+    queries = np.concatenate([x[:5], x[7:8], np.random.default_rng(6).standard_normal((3, DIM)).astype(np.float32)])
+    got = side.search_scores(queries, 15)
+    assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, np.ones(len(x), bool), queries, 15)
+
+
+def test_fewer_live_rows_than_the_limit() -> None:
+    x = catalog(12, seed=7)
+    ids = [f"r{i}" for i in range(12)]
+    side = fill(x, ids, capacity=16)
+    side.delete(ids[:4])
+    live = np.array([False] * 4 + [True] * 8)
+    got = side.search_scores(x[:3], 50)
+    assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, x[:3], 50)
+    assert all(len(row) == 8 for row in got)
+
+
+def test_the_window_covers_the_proven_bound() -> None:
+    w = packed_scan.window(3_232, 416, 7, 1.0, 1.0)
+    assert 2 * packed_scan.gamma(3_232) < w < 1e-3  # wide enough for the oracle's error, still narrow
+    assert packed_scan.window(3_232, 416, 7, 0.5, 1.0) < w
