@@ -18,6 +18,7 @@ missed; in short:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -25,12 +26,13 @@ import numpy as np
 
 from simstream.clock import now_ms
 from simstream.index.exact import SCORE_DECIMALS, rank_key
-from simstream.index.rows import ListHead, StoredList, StoredProduct
+from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
 from simstream.records import Neighbour, NeighbourList
 
 __all__ = [
-    "TIE_MARGIN", "MARGIN", "contributions", "Change", "affected_by", "BuiltList", "ListBuilder", "stale_lists",
+    "TIE_MARGIN", "MARGIN", "contributions", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
+    "stale_lists",
 ]
 
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
@@ -55,12 +57,56 @@ class Change:
     vector: np.ndarray | None  # None: the product was deleted
 
 
-def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max_pool: int = 256) -> set[str]:
+class RecentSearches:
+    """The exact top lists the affected-set search just computed around each changed product,
+    kept so that the product's own refresh merges from them instead of searching again (one pass
+    over the catalog per event instead of two). Bounded: the oldest entries go first.
+
+    An entry is used only while the product's stored vector is the one that was searched, and as a
+    head recorded at the search's start: ``ListBuilder.merge`` then scores every product written
+    since (less the race lookback), exactly as it does for a recorded list."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._held: OrderedDict[str, tuple[np.ndarray, int, list[tuple[str, float]], bool]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def put(self, product_id: str, vector: np.ndarray, as_of: int, hits: list[tuple[str, float]],
+            holds_everyone: bool) -> None:
+        """``hits``: the exact top-``limit`` (id, score) around ``vector``, best first, from a search
+        that read the catalog at ``as_of``; ``holds_everyone``: that row held every product."""
+        self._held.pop(product_id, None)
+        self._held[product_id] = (vector, as_of, hits, holds_everyone)
+        while len(self._held) > self.capacity:
+            self._held.popitem(last=False)
+
+    def take(self, product_id: str, vector: np.ndarray, depth: int) -> ListHead | None:
+        """The search around ``product_id`` as a list head of ``depth`` entries, if it was made with
+        this very ``vector`` and holds enough entries to bound the rest; forgotten either way."""
+        held = self._held.pop(product_id, None)
+        if held is None or not np.array_equal(held[0], vector):
+            return None
+        _, as_of, hits, everyone = held
+        others = [(pid, sc) for pid, sc in hits if pid != product_id]
+        if len(others) > depth:
+            boundary = others[depth - 1][1]  # everyone outside the deep list ranks below it
+        elif everyone:
+            boundary = -np.inf
+        else:
+            return None
+        return ListHead(product_id, tuple(pid for pid, _ in others[:depth]), stored_boundary(boundary), 0, as_of)
+
+
+def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max_pool: int = 256,
+                recent: RecentSearches | None = None) -> set[str]:
     """Ids whose neighbour list may differ after ``changes`` were written to the store.
 
     Call only *after* the changes are written: a list recorded later than that write was computed
     by a refresh that either saw the write or re-checks it (``Refresher.recheck``), so only lists
-    recorded before it can miss it, and those are the ones read here.
+    recorded before it can miss it, and those are the ones read here. ``recent``: where the first
+    search around each changed product is kept for its own refresh.
     """
     ids = [c.product_id for c in changes]
     affected = set(ids) | store.listers_of(ids)
@@ -69,8 +115,14 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     # whole catalog). A product outside the row scores at most this with the changed vector.
     floor: dict[str, float] = {}
     limit = pool
+    first = True
     while todo:
+        searched_at = now_ms()
         hits = store.search_scores(np.stack([c.vector for c in todo]), limit=limit)  # type: ignore[misc]
+        if first and recent is not None:
+            for change, row in zip(todo, hits):
+                recent.put(change.product_id, change.vector, searched_at, row, len(row) < limit)  # type: ignore[arg-type]
+        first = False
         best: dict[str, float] = {}
         weakest: list[tuple[str, float]] = []
         for change, row in zip(todo, hits):
@@ -178,11 +230,13 @@ class ListBuilder:
         return out
 
     def merge(self, product: StoredProduct, head: ListHead, changed: Sequence[str], changed_vectors: np.ndarray,
-              members: Mapping[str, np.ndarray], event_time: int | None, as_of: int) -> BuiltList | None:
+              members: Mapping[str, np.ndarray], event_time: int | None, as_of: int,
+              rough: np.ndarray | None = None) -> BuiltList | None:
         """The list of an *unchanged* ``product`` from its recorded ``head`` and the live products
         ``changed`` since ``head.as_of`` (less the lookback), whose vectors are the rows of
         ``changed_vectors``; ``members``: vectors of the head's live ids. None when only a search
-        can tell (too few certain entries).
+        can tell (too few certain entries). ``rough``: ``changed_vectors @ product.vector`` when the
+        caller computed it already (one matrix product for many merges).
 
         Why it is exact: a recorded member that did not change keeps its score, and outranks every
         outsider that did not change either (both as when the head was computed); a changed product
@@ -193,7 +247,8 @@ class ListBuilder:
         if len(changed):
             # One matrix product picks the changed products within reach; their scores are then
             # computed exactly as build() computes them, so both paths rank identically.
-            rough = changed_vectors @ me
+            if rough is None:
+                rough = changed_vectors @ me
             reach = np.arange(len(changed)) if complete else np.flatnonzero(rough > head.boundary + MARGIN - 1e-5)
             for i in reach:
                 c, vec = changed[int(i)], changed_vectors[i]

@@ -27,7 +27,7 @@ import torch
 from simstream.index.packed_rows import PackedRows
 from simstream.vector_codec import Segment, pack
 
-__all__ = ["BLOCK_ROWS", "Candidates", "gamma", "window", "scan_candidates"]
+__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "gamma", "window", "scan_candidates"]
 
 BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
@@ -166,11 +166,11 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
             out_rows.append(np.zeros(0, np.int64))
             out_scores.append(np.zeros(0, np.float32))
             continue
-        r, sc = np.concatenate(kept_rows[j]), np.concatenate(kept_scores[j])
+        rows_j, sc = np.concatenate(kept_rows[j]), np.concatenate(kept_scores[j])
         if len(sc) > limit:  # the global limit-th best, then everyone within the window of it
             t = np.partition(sc, len(sc) - limit)[len(sc) - limit]
             sel = sc >= t - windows64[j]
-            r, sc = r[sel], sc[sel]
-        out_rows.append(r.astype(np.int64))
+            rows_j, sc = rows_j[sel], sc[sel]
+        out_rows.append(rows_j.astype(np.int64))
         out_scores.append(sc)
     return Candidates(out_rows, out_scores)

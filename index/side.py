@@ -220,6 +220,22 @@ class SideIndex:
         rows = np.flatnonzero(self._live[:n] & (self._meta.updated_at[:n] >= since_ms))
         return [self._ids[r] for r in rows.tolist()]  # type: ignore[misc]
 
+    def count_written_since(self, times_ms: Sequence[int]) -> list[int]:
+        """Per time, the live rows whose held version was written at or after it: one pass over the
+        write times, whatever the number of times asked."""
+        if not len(times_ms):
+            return []
+        n = len(self._ids)
+        stamps = self._meta.updated_at[:n][self._live[:n]]
+        cuts = np.asarray(times_ms, np.int64)
+        order = np.argsort(cuts, kind="stable")
+        # rows per interval between consecutive sorted cut-offs, then suffix sums
+        per = np.bincount(np.searchsorted(cuts[order], stamps, side="right"), minlength=len(cuts) + 1)
+        after = np.cumsum(per[::-1])[::-1]  # after[i]: rows at or after the i-th smallest cut
+        out = np.empty(len(cuts), np.int64)
+        out[order] = after[1:]
+        return out.tolist()
+
     # --- search -----------------------------------------------------------------------------
     def _top(self, vectors: np.ndarray, limit: int,
              chunk: int = 256) -> Iterator[tuple[list[tuple[list[int], list[float]]], np.ndarray, dict[int, int]]]:

@@ -168,6 +168,12 @@ class VectorStore:
             return side.get(side.ids_written_since(since_ms))
         return self.milvus.read_changed_since(since_ms)
 
+    def count_written_since(self, times_ms: Sequence[int]) -> list[int]:
+        """Per time, how many live products were written at or after it (as of the last sync).
+        Needs the side index."""
+        assert self.side is not None
+        return self.side.count_written_since(times_ms)
+
     def snapshot_vectors(self, ids: Sequence[str] | set[str]) -> dict[str, np.ndarray]:
         """Vectors of the live products among ``ids`` as of the last sync (no new sync, so they
         match what the preceding ``changed_since`` saw); read-only views. Needs the side index."""

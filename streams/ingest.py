@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 from simstream.clock import now_ms
 from simstream.encoders.fusion import EncodedBatch, ProductEncoder
 from simstream.errors import BadEvent
-from simstream.index.neighbours import Change, affected_by
+from simstream.index.neighbours import Change, RecentSearches, affected_by
 from simstream.index.rows import StoredProduct, product_row
 from simstream.index.store import VectorStore
 from simstream.records import ProductEvent
@@ -81,10 +81,14 @@ def refresh_causes(check: VersionCheck, affected: set[str]) -> dict[str, int]:
 class Ingest:
     """The steps that read or write the index, over one store and one encoder."""
 
-    def __init__(self, store: VectorStore, encoder: ProductEncoder, *, candidate_pool: int) -> None:
+    def __init__(self, store: VectorStore, encoder: ProductEncoder, *, candidate_pool: int,
+                 recent: RecentSearches | None = None) -> None:
+        """``recent``: where the affected-set search keeps each changed product's exact top list for
+        its own refresh (``Refresher``, same object)."""
         self.store = store
         self.encoder = encoder
         self.candidate_pool = candidate_pool
+        self.recent = recent
 
     def check_versions(self, latest: Sequence[ProductEvent]) -> VersionCheck:
         """Split coalesced events into stale, duplicate and fresh against the stored versions and
@@ -127,7 +131,9 @@ class Ingest:
 
     def affected_set(self, changes: Sequence[Change]) -> set[str]:
         """The lists that may differ after ``changes`` (call after ``write``: index/neighbours.py)."""
-        return affected_by(self.store, changes, pool=self.candidate_pool) if changes else set()
+        if not changes:
+            return set()
+        return affected_by(self.store, changes, pool=self.candidate_pool, recent=self.recent)
 
     def purge_tombstones(self, retention_s: float) -> None:
         """Forget delete markers older than the retention (docs/exactness.md)."""

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
-from simstream.index.neighbours import BuiltList, ListBuilder, stale_lists
+from simstream.index.neighbours import BuiltList, ListBuilder, RecentSearches, stale_lists
 from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
 from simstream.logs import get_logger
@@ -45,10 +45,15 @@ class RefreshPlan:
 class Refresher:
     """Recompute the lists of affected ids and diff them against what was last published."""
 
-    def __init__(self, store: VectorStore, builder: ListBuilder, *, max_merge_changes: int = 20_000) -> None:
+    def __init__(self, store: VectorStore, builder: ListBuilder, *, max_merge_changes: int = 20_000,
+                 recent: RecentSearches | None = None) -> None:
+        """``max_merge_changes``: a head with more products written since it was computed is searched
+        instead of merged. ``recent``: the ingest's searches around changed products (their own
+        lists merge from those)."""
         self.store = store
         self.builder = builder
         self.max_merge_changes = max_merge_changes
+        self.recent = recent
 
     def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None], *, search_all: bool = False) -> RefreshPlan:
         """``search_all``: never merge, search every list (``simstream reconcile``: from scratch)."""
@@ -60,7 +65,7 @@ class Refresher:
             started = now_ms()
             products = self.store.get_products(sorted(pending))
             heads.update(self.store.list_heads(sorted(pending)))
-            fresh = self._compute(products, {} if search_all else heads, event_times, started, plan)
+            fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all)
             for pid in pending - products.keys():
                 lists.pop(pid, None)
                 plan.publish[pid] = None
@@ -101,30 +106,57 @@ class Refresher:
         return plan
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
-                 event_times: Mapping[str, int | None], started: int, plan: RefreshPlan) -> dict[str, BuiltList]:
-        """Merge where the recorded deep list allows it (owner unchanged since), search for the rest."""
+                 event_times: Mapping[str, int | None], started: int, plan: RefreshPlan, *,
+                 search_all: bool = False) -> dict[str, BuiltList]:
+        """Merge where a head allows it (the recorded deep list, owner unchanged since; or the
+        ingest's own search around a changed owner), search for the rest, in one batched pass."""
         out: dict[str, BuiltList] = {}
-        mergeable = {pid: h for pid, h in heads.items()
-                     if pid in products and h.as_of and not h.is_tombstone
-                     and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS} if self.store.side is not None else {}
+        mergeable: dict[str, ListHead] = {}
+        if self.store.side is not None and not search_all:
+            mergeable = {pid: h for pid, h in heads.items()
+                         if pid in products and h.as_of and not h.is_tombstone
+                         and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS}
+            if self.recent is not None:
+                for pid, p in products.items():
+                    if pid not in mergeable and (h := self.recent.take(pid, p.vector, self.builder.depth)) is not None:
+                        mergeable[pid] = h
+            mergeable = self._young(mergeable)
         if mergeable:
-            changed = self.store.changed_since(min(h.as_of for h in mergeable.values()) - RACE_LOOKBACK_MS)
-            if len(changed) <= self.max_merge_changes:
-                by_time = sorted(changed.values(), key=lambda p: p.updated_at)
-                stamps = [p.updated_at for p in by_time]
-                changed_ids = [p.product_id for p in by_time]
-                changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, 0), np.float32)
-                members = self.store.snapshot_vectors({m for h in mergeable.values() for m in h.neighbour_ids})
-                for pid, head in mergeable.items():
-                    since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
-                    built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
-                                               event_times.get(pid), started)
-                    if built is not None:
-                        out[pid] = built
+            out = self._merge(products, mergeable, event_times, started)
         plan.merged += len(out)
         rest = {pid: p for pid, p in products.items() if pid not in out}
         plan.searched += len(rest)
         out.update(self.builder.build(rest, event_times, as_of=started))
+        return out
+
+    def _young(self, heads: dict[str, ListHead]) -> dict[str, ListHead]:
+        """The heads with at most ``max_merge_changes`` products written since they were computed:
+        an old head is searched (and recorded anew), without stopping the young ones from merging."""
+        since = {pid: h.as_of - RACE_LOOKBACK_MS for pid, h in heads.items()}
+        counts = self.store.count_written_since(list(since.values()))
+        return {pid: heads[pid] for pid, n in zip(since, counts) if n <= self.max_merge_changes}
+
+    def _merge(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
+               event_times: Mapping[str, int | None], started: int) -> dict[str, BuiltList]:
+        out: dict[str, BuiltList] = {}
+        changed = self.store.changed_since(min(h.as_of for h in heads.values()) - RACE_LOOKBACK_MS)
+        by_time = sorted(changed.values(), key=lambda p: p.updated_at)
+        stamps = [p.updated_at for p in by_time]
+        changed_ids = [p.product_id for p in by_time]
+        dim = self.store.dim
+        changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, dim), np.float32)
+        owners = list(heads)
+        # One matrix product scores every changed product against every owner (a pre-filter;
+        # ListBuilder.merge recomputes the scores that matter one by one, as build() does).
+        rough = changed_mat @ np.stack([products[pid].vector for pid in owners]).T
+        members = self.store.snapshot_vectors({m for h in heads.values() for m in h.neighbour_ids})
+        for j, pid in enumerate(owners):
+            head = heads[pid]
+            since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
+            built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
+                                       event_times.get(pid), started, rough=rough[since:, j])
+            if built is not None:
+                out[pid] = built
         return out
 
     def record(self, plan: RefreshPlan) -> None:

@@ -7,7 +7,7 @@ from typing import Sequence
 from simstream import retry
 from simstream.encoders.fusion import ProductEncoder
 from simstream.errors import IndexUnavailable
-from simstream.index.neighbours import ListBuilder
+from simstream.index.neighbours import ListBuilder, RecentSearches
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings
@@ -44,7 +44,10 @@ def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
     store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
-    return Ingest(store, encoder, candidate_pool=settings.candidate_pool), Refresher(store, builder)
+    # The ingest's search around each changed product is its own list's starting point (one pass per event).
+    recent = RecentSearches()
+    return (Ingest(store, encoder, candidate_pool=settings.candidate_pool, recent=recent),
+            Refresher(store, builder, recent=recent))
 
 
 def single_threaded_numpy() -> None:

@@ -1,0 +1,106 @@
+"""The refresh merges instead of searching where it provably may: a changed product's own list from
+the ingest's search around it, and young recorded heads while old ones are searched (no cliff)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simstream.clock import now_ms
+from simstream.index.exact import rank_key
+from simstream.index.neighbours import Change, ListBuilder, RecentSearches, affected_by
+from simstream.index.store import VectorStore
+from simstream.streams.refresh import Refresher
+
+K, DEPTH, DIM = 5, 10, 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write(store: VectorStore, vecs: dict[str, np.ndarray], at: int) -> None:
+    store.upsert_products([{"product_id": pid, "vector": v.tolist(), "version": 1, "brand": "", "category": "",
+                            "price": -1.0, "hashes": {}, "model": "m", "updated_at": at, "event_time": 0}
+                           for pid, v in vecs.items()])
+
+
+def oracle(vecs: dict[str, np.ndarray], pid: str) -> list[str]:
+    me = vecs[pid]
+    scored = sorted(((float(v @ me), q) for q, v in vecs.items() if q != pid), key=lambda t: rank_key(*t))
+    return [q for _, q in scored[:K]]
+
+
+def setup(tmp_path, rng, n=300, **kwargs):  # type: ignore[no-untyped-def]
+    store = VectorStore.connect(str(tmp_path / "r.db"), "r", DIM, flush_every_rows=0, in_memory=True)
+    vecs = {f"p{i:03d}": v for i, v in enumerate(unit(rng, n))}
+    write(store, vecs, now_ms() - 600_000)
+    recent = RecentSearches()
+    refresher = Refresher(store, ListBuilder(store, k=K, layout={"all": slice(0, DIM)}, model="m", depth=DEPTH),
+                          recent=recent, **kwargs)
+    first = refresher.plan(sorted(vecs), {}, search_all=True)
+    refresher.record(first)
+    return store, vecs, recent, refresher
+
+
+def published(plan, pid):  # type: ignore[no-untyped-def]
+    return [n.product_id for n in plan.built[pid].neighbours]
+
+
+def test_a_changed_products_own_list_merges_from_the_ingest_search(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    store, vecs, recent, refresher = setup(tmp_path, rng)
+    moved = {"p007": unit(rng, 1)[0], "p008": unit(rng, 1)[0]}
+    vecs.update(moved)
+    write(store, moved, now_ms())
+    affected_by(store, [Change(pid, v) for pid, v in moved.items()], pool=40, recent=recent)
+    # written after the search: a twin next to p007 must still enter its list
+    twin = (vecs["p007"] + 0.01 * unit(rng, 1)[0])
+    vecs["p999"] = twin / np.linalg.norm(twin)
+    write(store, {"p999": vecs["p999"]}, now_ms())
+    # p008 changes again before its refresh: its recorded search is for another vector
+    vecs["p008"] = unit(rng, 1)[0]
+    write(store, {"p008": vecs["p008"]}, now_ms())
+    plan = refresher.plan(["p007", "p008"], {})
+    assert (plan.merged, plan.searched) == (1, 1)
+    assert published(plan, "p007") == oracle(vecs, "p007") and published(plan, "p007")[0] == "p999"
+    assert published(plan, "p008") == oracle(vecs, "p008")
+    assert len(recent) == 0  # each search is used once, or forgotten
+    store.close()
+
+
+def test_old_heads_are_searched_while_young_ones_still_merge(tmp_path, monkeypatch) -> None:
+    """With a merge bound of 30 changes: the heads recorded before 60 writes are searched, the ones
+    recorded after them merge, and every list is exact (before, a single old head made every list
+    of the cycle search)."""
+    rng = np.random.default_rng(2)
+    store, vecs, recent, refresher = setup(tmp_path, rng, max_merge_changes=30)
+    old_heads = [f"p{i:03d}" for i in range(100, 110)]
+    churn = {f"p{i:03d}": unit(rng, 1)[0] for i in range(200, 260)}
+    vecs.update(churn)
+    write(store, churn, now_ms())
+    young = [f"p{i:03d}" for i in range(110, 120)]
+    from simstream.streams import refresh
+
+    later = now_ms() + 10_000  # recorded after the churn, beyond the race lookback: young heads
+    monkeypatch.setattr(refresh, "now_ms", lambda: later)
+    refresher.record(refresher.plan(young, {}))
+    monkeypatch.undo()
+    plan = refresher.plan(old_heads + young, {})
+    assert plan.searched == len(old_heads) and plan.merged == len(young)
+    for pid in old_heads + young:
+        assert published(plan, pid) == oracle(vecs, pid), pid
+    store.close()
+
+
+def test_count_written_since_any_order_of_times(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    store = VectorStore.connect(str(tmp_path / "c.db"), "c", DIM, flush_every_rows=0, in_memory=True)
+    stamps = rng.integers(1_000, 2_000, 200)
+    for i, t in enumerate(stamps):
+        write(store, {f"x{i:03d}": unit(rng, 1)[0]}, int(t))
+    store.delete_products(["x000", "x001"])
+    live = stamps[2:]
+    asks = [1_500, 999, 2_001, 1_200, 1_500, int(stamps[5])]
+    assert store.count_written_since(asks) == [int((live >= t).sum()) for t in asks]
+    store.close()
