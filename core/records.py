@@ -7,6 +7,7 @@ in ``simstream.streams.contracts`` (docs/events.md). The wire format spells the 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,6 +91,13 @@ class NeighbourList:
             computed_at=doc["computed_at"],
             source_event_time=doc.get("source_event_time"),
         )
+
+    def content_digest(self) -> bytes:
+        """16 bytes that change whenever ``same_content`` could: version, model, ids, scores. Kept
+        in memory beside a recorded list, so the next refresh diffs without reading it back."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(orjson.dumps([self.version, self.model, [[n.product_id, n.score] for n in self.neighbours]]))
+        return h.digest()
 
     def same_content(self, other: "NeighbourList | None") -> bool:
         """Equal ids, order and scores (to 1e-6): a list that did not change is not republished."""

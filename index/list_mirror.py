@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from sortedcontainers import SortedKeyList
 
@@ -46,15 +46,22 @@ class ListMirror:
         self._heads: dict[str, ListHead] = {}
         self._listers: dict[str, list[str]] = {}
         self._by_boundary = SortedKeyList(key=lambda owner: self._heads[owner].boundary)
+        # Content digests of the lists this worker recorded (NeighbourList.content_digest), valid
+        # while their head is the held one: any other head put for the owner drops it.
+        self._digests: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._heads)
 
-    def put(self, heads: Iterable[ListHead]) -> None:
+    def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None) -> None:
+        """Hold ``heads`` (the last one per owner), with the content digests of those this worker
+        just recorded."""
         latest = {sys.intern(str(h.product_id)): h for h in heads}  # one head per owner: the last
         real: list[str] = []
         for owner, head in latest.items():
             self._forget(owner)
+            if digests is not None and (digest := digests.get(owner)) is not None:
+                self._digests[owner] = digest
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
             self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
             if _indexed(head):
@@ -64,7 +71,8 @@ class ListMirror:
         self._by_boundary.update(real)  # sorted in bulk: a start-up load is one sort, not N inserts
 
     def _forget(self, owner: str) -> None:
-        """Drop ``owner``'s head and its entries in the reverse map."""
+        """Drop ``owner``'s head, its digest and its entries in the reverse map."""
+        self._digests.pop(owner, None)
         old = self._heads.get(owner)
         if old is None:
             return
@@ -101,6 +109,10 @@ class ListMirror:
 
     def heads(self, ids: Iterable[str]) -> dict[str, ListHead]:
         return {pid: h for pid in ids if (h := self._heads.get(pid)) is not None}
+
+    def digests(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """Content digests of the held lists among ``ids`` that this worker recorded."""
+        return {pid: d for pid in ids if (d := self._digests.get(pid)) is not None}
 
     def boundaries(self, ids: Iterable[str]) -> dict[str, float]:
         """Boundary of each recorded list (tombstone markers and unrecorded ids left out)."""

@@ -41,14 +41,19 @@ MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err toward
 
 def contributions(a: np.ndarray, bs: Sequence[np.ndarray], layout: Mapping[str, slice]) -> list[dict[str, float]]:
     """Per-field "why similar" of ``a`` with each of ``bs``: the field's share of the fused dot
-    product, for every field present (non-zero) in both; the shares sum to the score."""
+    product, for every field present (non-zero) in both; the shares sum to the score. One matrix
+    product per field for all of ``bs`` (a list's worth), not one per neighbour and field."""
     if not len(bs):
         return []
     mine = [(f, s) for f, s in layout.items() if np.any(a[s])]
+    if not mine:
+        return [{} for _ in bs]
     stacked = np.stack(bs)
-    present = [np.any(stacked[:, s], axis=1) for _, s in mine]
-    return [{f: round(float(a[s] @ b[s]), SCORE_DECIMALS) for (f, s), has in zip(mine, present) if has[j]}
-            for j, b in enumerate(bs)]
+    present = np.stack([np.any(stacked[:, s], axis=1) for _, s in mine], axis=1)  # neighbours x fields
+    shares = np.round(np.stack([stacked[:, s] @ a[s] for _, s in mine], axis=1).astype(np.float64), SCORE_DECIMALS)
+    names = [f for f, _ in mine]
+    return [{f: v for f, v, has in zip(names, row, held) if has}
+            for row, held in zip(shares.tolist(), present.tolist())]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ Without the copies (``SIMSTREAM_SIDE_INDEX=false``) every question is a Milvus q
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -229,11 +229,18 @@ class VectorStore:
         """Recorded lists without payloads, tombstone markers included."""
         return self._from_lists(lambda mirror: mirror.heads(ids), lambda: self.milvus.read_list_heads(ids))
 
-    def upsert_lists(self, lists: Sequence[StoredList]) -> None:
-        """Record lists (an empty payload is a tombstone marker)."""
+    def upsert_lists(self, lists: Sequence[StoredList], digests: Mapping[str, bytes] | None = None) -> None:
+        """Record lists (an empty payload is a tombstone marker); ``digests``: their content
+        digests, held beside the heads (``list_digests``)."""
         heads = self.milvus.upsert_lists(lists, now_ms())
         if self.mirror is not None:
-            self.mirror.put(heads)
+            self.mirror.put(heads, digests)
+
+    def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Content digests of the recorded lists among ``ids`` that this worker recorded and that
+        are still the recorded ones (no other writer's since); the others are not answered."""
+        mirror = self._synced_mirror()
+        return mirror.digests(ids) if mirror is not None else {}
 
     def all_list_ids(self) -> set[str]:
         return self.milvus.all_list_ids()

@@ -82,7 +82,10 @@ class Refresher:
             if not pending:
                 break
             log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
-        previous = self.store.get_lists(list(plan.publish))
+        # Diff against what was published: from the digests this worker keeps beside the lists it
+        # recorded, else by reading the recorded payload back.
+        digests = self.store.list_digests([pid for pid, nl in plan.publish.items() if nl is not None])
+        previous = self.store.get_lists([pid for pid in plan.publish if pid not in digests])
         for pid, maybe_list in list(plan.publish.items()):
             old = previous.get(pid)
             if maybe_list is None:
@@ -94,7 +97,12 @@ class Refresher:
                     plan.record.append(StoredList(pid, [], float("inf"), b""))
                 continue
             built = lists[pid]
-            if old is not None and old.payload and maybe_list.same_content(NeighbourList.from_json(old.payload)):
+            if pid in digests:
+                same = digests[pid] == maybe_list.content_digest()
+            else:
+                same = old is not None and bool(old.payload) and \
+                    maybe_list.same_content(NeighbourList.from_json(old.payload))
+            if same:
                 del plan.publish[pid]
                 plan.unchanged += 1
                 head = heads.get(pid)
@@ -161,7 +169,8 @@ class Refresher:
 
     def record(self, plan: RefreshPlan) -> None:
         """Record the published lists (the reverse index); call only after they are durable."""
-        self.store.upsert_lists(plan.record)
+        real = {s.product_id for s in plan.record if s.payload}
+        self.store.upsert_lists(plan.record, {pid: plan.built[pid].content_digest() for pid in real if pid in plan.built})
 
     def recheck(self, plan: RefreshPlan) -> set[str]:
         """After ``record``: lists of this plan that a concurrent write may have made stale.

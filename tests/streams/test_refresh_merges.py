@@ -104,3 +104,32 @@ def test_count_written_since_any_order_of_times(tmp_path) -> None:
     asks = [1_500, 999, 2_001, 1_200, 1_500, int(stamps[5])]
     assert store.count_written_since(asks) == [int((live >= t).sum()) for t in asks]
     store.close()
+
+
+def test_unchanged_lists_are_diffed_from_digests_without_reading_payloads(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(4)
+    store, vecs, recent, refresher = setup(tmp_path, rng, n=120)
+    read: list[str] = []
+    real_get = store.get_lists
+    monkeypatch.setattr(store, "get_lists", lambda ids: read.extend(ids) or real_get(ids))
+    owners = sorted(vecs)[:30]
+    again = refresher.plan(owners, {})
+    assert again.publish == {} and again.unchanged == 30 and read == []
+    moved = {"p100": vecs["p005"] * 0.999 + 0.001}  # next to p005: its list changes
+    vecs.update(moved)
+    write(store, moved, now_ms())
+    changed = refresher.plan(["p005"], {})
+    assert list(changed.publish) == ["p005"] and read == []
+    assert published(changed, "p005")[0] == "p100" == oracle(vecs, "p005")[0]
+    store.close()
+
+
+def test_a_head_recorded_by_another_writer_drops_the_digest() -> None:
+    from simstream.index.list_mirror import ListMirror
+    from simstream.index.rows import ListHead
+
+    mirror = ListMirror()
+    mirror.put([ListHead("a", ("b", "c"), 0.5, 10, 9)], {"a": b"d" * 16})
+    assert mirror.digests(["a", "b"]) == {"a": b"d" * 16}
+    mirror.put([ListHead("a", ("c", "b"), 0.4, 11, 10)])  # synced from another worker
+    assert mirror.digests(["a"]) == {}
