@@ -290,10 +290,14 @@ def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.nda
     if not lists or (not changed and not deleted):
         return stale
     cids = list(changed)
-    cmat = np.stack([changed[c].vector for c in cids]) if cids else np.zeros((0, 0), np.float32)
     where = {c: i for i, c in enumerate(cids)}
-    for pid, nl in lists.items():
-        me = vectors[pid]
+    owners = list(lists)
+    cmat = np.stack([changed[c].vector for c in cids]) if cids else None
+    # One matrix product scores every changed product against every list's owner (a pre-filter
+    # with a 1e-5 tolerance; the rank comparisons below use each pair's own dot product).
+    all_scores = cmat @ np.stack([vectors[pid] for pid in owners]).T if cmat is not None else None
+    for j, pid in enumerate(owners):
+        nl, me = lists[pid], vectors[pid]
         if pid in changed and not np.allclose(changed[pid].vector, me, atol=1e-6):
             stale.add(pid)
             continue
@@ -301,20 +305,20 @@ def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.nda
         if deleted & held.keys():
             stale.add(pid)
             continue
-        if not cids:
+        if all_scores is None or cmat is None:
             continue
         kth = nl.neighbours[-1].score if len(nl.neighbours) >= k else -np.inf
-        scores = cmat @ me
+        scores = all_scores[:, j]
         # Only changed products the list holds, or that score within reach of its k-th, can make it
         # stale; test just those (the same tests as a loop over every changed product).
-        if any(cid != pid and (i := where.get(cid)) is not None and abs(held[cid] - scores[i]) > 1e-5
+        if any(cid != pid and (i := where.get(cid)) is not None and abs(held[cid] - float(cmat[i] @ me)) > 1e-5
                for cid in held):
             stale.add(pid)
             continue
         last = rank_key(kth, nl.neighbours[-1].product_id if nl.neighbours else "")
-        for hit in np.flatnonzero(scores >= kth - 1e-5):
+        for hit in np.flatnonzero(scores >= kth - 2e-5):
             cid = cids[int(hit)]
-            if cid != pid and cid not in held and rank_key(float(scores[hit]), cid) < last:
+            if cid != pid and cid not in held and rank_key(float(cmat[hit] @ me), cid) < last:
                 stale.add(pid)
                 break
     return stale
