@@ -133,3 +133,43 @@ def test_a_head_recorded_by_another_writer_drops_the_digest() -> None:
     assert mirror.digests(["a", "b"]) == {"a": b"d" * 16}
     mirror.put([ListHead("a", ("c", "b"), 0.4, 11, 10)])  # synced from another worker
     assert mirror.digests(["a"]) == {}
+
+
+def test_an_old_list_merges_with_just_the_changes_its_request_names(tmp_path, monkeypatch) -> None:
+    """Lists recorded a minute ago, then 25 writes (each refreshed as the stream would: affected
+    set with causes, plan, record), then a product moves next to an owner whose list is old (more
+    writes since than the merge bound of 20): that list merges with the change its request names,
+    and every list equals brute force."""
+    from simstream.index import store as store_module
+    from simstream.streams import refresh
+
+    rng = np.random.default_rng(5)
+    past = now_ms() - 60_000
+    monkeypatch.setattr(refresh, "now_ms", lambda: past)
+    monkeypatch.setattr(store_module, "now_ms", lambda: past)
+    store, vecs, recent, refresher = setup(tmp_path, rng, n=600, max_merge_changes=20)
+    monkeypatch.undo()
+
+    def stream(moved: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+        vecs.update(moved)
+        write(store, moved, now_ms())
+        causes: dict[str, set[str]] = {}
+        affected = affected_by(store, [Change(p, v) for p, v in moved.items()], pool=40, recent=recent,
+                               causes=causes)
+        plan = refresher.plan(sorted(affected), {}, causes)
+        refresher.record(plan)
+        return affected, causes, plan
+
+    touched: set[str] = set()
+    for i in range(500, 525, 5):
+        affected, _, _ = stream({f"p{j:03d}": unit(rng, 1)[0] for j in range(i, i + 5)})
+        touched |= affected
+    owner = next(f"p{i:03d}" for i in range(500) if f"p{i:03d}" not in touched)  # its head is a minute old
+    near = vecs[owner] + 0.02 * unit(rng, 1)[0]
+    affected, causes, plan = stream({"p998": near / np.linalg.norm(near)})
+    assert owner in affected and causes[owner] == {"p998"}
+    assert plan.merged_by_causes >= 1
+    assert published(plan, owner)[0] == "p998"
+    for pid in plan.built:
+        assert published(plan, pid) == oracle(vecs, pid), pid
+    store.close()
