@@ -53,9 +53,9 @@ class ListMirror:
     def __len__(self) -> int:
         return len(self._heads)
 
-    def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None, *, seen_at: int = 0) -> None:
+    def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None) -> None:
         """Hold ``heads`` (the last one per owner), with the content digests of those this worker
-        just recorded; ``seen_at``: when they were known to be recorded (``ListHead.seen_at``)."""
+        just recorded."""
         latest = {sys.intern(str(h.product_id)): h for h in heads}  # one head per owner: the last
         real: list[str] = []
         for owner, head in latest.items():
@@ -63,8 +63,7 @@ class ListMirror:
             if digests is not None and (digest := digests.get(owner)) is not None:
                 self._digests[owner] = digest
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
-            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members,
-                                                     seen_at=max(seen_at, head.seen_at))
+            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
             if _indexed(head):
                 real.append(owner)
             for nid in dict.fromkeys(members):

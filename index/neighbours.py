@@ -105,27 +105,16 @@ class RecentSearches:
 
 
 def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max_pool: int = 256,
-                recent: RecentSearches | None = None, causes: dict[str, set[str]] | None = None) -> set[str]:
+                recent: RecentSearches | None = None) -> set[str]:
     """Ids whose neighbour list may differ after ``changes`` were written to the store.
 
     Call only *after* the changes are written: a list recorded later than that write was computed
     by a refresh that either saw the write or re-checks it (``Refresher.recheck``), so only lists
     recorded before it can miss it, and those are the ones read here. ``recent``: where the first
-    search around each changed product is kept for its own refresh. ``causes``: filled, per
-    affected list of another product, with every change that can enter or leave it (what a merge
-    from that recorded list must score); left empty when the list mirror is off.
+    search around each changed product is kept for its own refresh.
     """
     ids = [c.product_id for c in changes]
-    by_id = store.listers_by_id(ids) if causes is not None else None
-    if by_id is None:
-        causes = None  # no mirror: nothing merges, so nothing needs them
-        affected = set(ids) | store.listers_of(ids)
-    else:
-        affected = set(ids)
-        for x, listers in by_id.items():
-            affected |= listers
-            for y in listers:
-                causes.setdefault(y, set()).add(x)  # type: ignore[union-attr]
+    affected = set(ids) | store.listers_of(ids)
     todo = [c for c in changes if c.vector is not None]
     # Per changed vector: the lowest score of its last search row (-inf when that row held the
     # whole catalog). A product outside the row scores at most this with the changed vector.
@@ -154,11 +143,6 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             # and will see this write, or re-check it after recording (Refresher.recheck).
             if pid in bars and score >= bars[pid] - MARGIN:
                 affected.add(pid)
-        if causes is not None:
-            for change, row in zip(todo, hits):
-                for pid, score in row:
-                    if pid != change.product_id and pid in bars and score >= bars[pid] - MARGIN:
-                        causes.setdefault(pid, set()).add(change.product_id)
         # Widen the search for vectors whose weakest candidate still entered its list.
         widen = [c for c, (pid, _) in zip(todo, weakest) if pid and pid in affected and pid not in ids]
         if not widen or limit >= max_pool:
@@ -169,9 +153,8 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     # check each of them exactly instead of trusting the pool.
     top = max(floor.values(), default=-np.inf)
     if top > -np.inf:
-        # (with causes, also the affected ones: each change that can enter a list must be named)
         loose = {pid: bar for pid, bar in store.lists_with_boundary_at_most(top + MARGIN).items()
-                 if pid not in affected or causes is not None}
+                 if pid not in affected}
         # A loose list whose owner is gone (deleted, its tombstone refresh still pending) needs nothing.
         vectors = {pid: p.vector for pid, p in store.get_products(sorted(loose)).items()} if loose else {}
         if vectors:
@@ -182,15 +165,8 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             # A product never enters its own list.
             scores[np.array(owners)[:, None] == np.array([c.product_id for c in changed])[None, :]] = -np.inf
             loose_bars = np.array([loose[o] for o in owners], np.float64)
-            enters = scores >= (loose_bars - MARGIN)[:, None]
-            for i in np.flatnonzero(enters.any(axis=1)):
+            for i in np.flatnonzero((scores >= (loose_bars - MARGIN)[:, None]).any(axis=1)):
                 affected.add(owners[int(i)])
-                if causes is not None:
-                    causes.setdefault(owners[int(i)], set()).update(
-                        changed[int(j)].product_id for j in np.flatnonzero(enters[i]))
-    if causes is not None:
-        for pid in ids:
-            causes.pop(pid, None)  # a changed product's own list is computed afresh, never merged by causes
     return affected
 
 

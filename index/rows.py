@@ -60,9 +60,6 @@ class ListHead:
     boundary: float  # as ``StoredList.boundary``, passed through ``stored_boundary``
     updated_at: int
     as_of: int = 0
-    # When this process first saw the head recorded (its own write returned, or a sync or the
-    # start-up load read it): every write after seen_at + the race lookback was checked against it.
-    seen_at: int = 0
 
     @property
     def is_tombstone(self) -> bool:

@@ -214,10 +214,6 @@ class SideIndex:
         found, vectors = self._read(ids)
         return {pid: vectors[i] for i, (pid, _) in enumerate(found)}
 
-    def updated_at(self, product_id: str) -> int:
-        """When the held version of ``product_id`` was written (KeyError when not held)."""
-        return int(self._meta.updated_at[self._row[product_id]])
-
     def ids_written_since(self, since_ms: int) -> list[str]:
         """Ids whose held version was written at or after ``since_ms``."""
         n = len(self._ids)

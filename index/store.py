@@ -109,7 +109,7 @@ class VectorStore:
         started = now_ms()
         mirror = ListMirror()
         for heads in self.milvus.iter_list_heads():
-            mirror.put(heads, seen_at=now_ms())
+            mirror.put(heads)
         self.mirror, self._mirror_synced_at = mirror, started
         log.info("list mirror built", lists=len(mirror), seconds=round(time.perf_counter() - t0, 2))
 
@@ -138,8 +138,7 @@ class VectorStore:
         if mirror is None or self.milvus.exclusive:
             return mirror
         started = now_ms()
-        heads = mirror.not_held(self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS))
-        mirror.put(heads, seen_at=now_ms())
+        mirror.put(mirror.not_held(self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)))
         self._mirror_synced_at = started
         return mirror
 
@@ -162,26 +161,6 @@ class VectorStore:
         self.milvus.delete_products(ids)
         if self.side is not None:
             self.side.delete(ids)
-
-    def sync_products(self) -> None:
-        """Apply what any writer did to the side index now (the snapshot the next reads without a
-        sync see: ``written_between``, ``snapshot_products``, ``snapshot_vectors``)."""
-        self._synced_side()
-
-    def written_between(self, since_ms: int, until_ms: int | None) -> dict[str, StoredProduct]:
-        """Live products written in [``since_ms``, ``until_ms``] (None: no upper bound) as of the
-        last sync. Needs the side index."""
-        assert self.side is not None
-        side = self.side
-        ids = side.ids_written_since(since_ms)
-        if until_ms is not None:
-            ids = [pid for pid in ids if side.updated_at(pid) <= until_ms]
-        return side.get(ids)
-
-    def snapshot_products(self, ids: Sequence[str]) -> dict[str, StoredProduct]:
-        """Live products among ``ids`` as of the last sync (no new sync). Needs the side index."""
-        assert self.side is not None
-        return self.side.get(ids)
 
     def changed_since(self, since_ms: int) -> dict[str, StoredProduct]:
         """Products written at or after ``since_ms``: the concurrent changes a refresh re-checks."""
@@ -237,11 +216,6 @@ class VectorStore:
         """Products whose current list contains any of ``ids`` (the reverse neighbour index)."""
         return self._from_lists(lambda mirror: mirror.listers_of(ids), lambda: self.milvus.read_listers_of(ids))
 
-    def listers_by_id(self, ids: Sequence[str]) -> dict[str, set[str]] | None:
-        """Per id, the products whose current list contains it; None without the list mirror."""
-        mirror = self._synced_mirror()
-        return None if mirror is None else {pid: mirror.listers_of([pid]) for pid in ids}
-
     def list_boundaries(self, ids: Sequence[str]) -> dict[str, float]:
         """Boundary of each recorded list among ``ids`` (tombstone markers left out)."""
         return self._from_lists(lambda mirror: mirror.boundaries(ids), lambda: self.milvus.read_boundaries(ids))
@@ -260,7 +234,7 @@ class VectorStore:
         digests, held beside the heads (``list_digests``)."""
         heads = self.milvus.upsert_lists(lists, now_ms())
         if self.mirror is not None:
-            self.mirror.put(heads, digests, seen_at=now_ms())
+            self.mirror.put(heads, digests)
 
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Content digests of the recorded lists among ``ids`` that this worker recorded and that

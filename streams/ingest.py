@@ -129,13 +129,11 @@ class Ingest:
         changes = [Change(p.product_id, v) for p, v in zip(encoded.products, encoded.vectors)]
         return changes + [Change(e.product_id, None) for e in check.deletes] + check.replays
 
-    def affected_set(self, changes: Sequence[Change]) -> tuple[set[str], dict[str, set[str]]]:
-        """The lists that may differ after ``changes`` (call after ``write``: index/neighbours.py),
-        and per list the changed products that made it affected."""
-        causes: dict[str, set[str]] = {}
+    def affected_set(self, changes: Sequence[Change]) -> set[str]:
+        """The lists that may differ after ``changes`` (call after ``write``: index/neighbours.py)."""
         if not changes:
-            return set(), causes
-        return affected_by(self.store, changes, pool=self.candidate_pool, recent=self.recent, causes=causes), causes
+            return set()
+        return affected_by(self.store, changes, pool=self.candidate_pool, recent=self.recent)
 
     def purge_tombstones(self, retention_s: float) -> None:
         """Forget delete markers older than the retention (docs/exactness.md)."""

@@ -12,7 +12,7 @@ later tombstone).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -22,7 +22,7 @@ from simstream.records import NeighbourList
 from simstream.streams.dead_letter import SIMSTREAM_HEADER, Rejected
 
 __all__ = ["Message", "partition_for", "route", "dead_letter", "bare_dead_letter", "neighbour_list",
-           "MAX_CAUSES", "refresh_requests", "encode_refresh_request", "product_event"]
+           "refresh_requests", "encode_refresh_request", "product_event"]
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -89,35 +89,21 @@ def neighbour_list(product_id: str, lst: NeighbourList | None, *, topic: str) ->
 
 # --- refresh requests -----------------------------------------------------------------------------
 
-MAX_CAUSES = 64  # causes named per requested list; a list with more is sent without (a full merge)
+def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None]) -> bytes:
+    """The wire form (streams/refresh_requests.py reads it): the ids and, per id, its causing event time."""
+    return orjson.dumps({"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}})
 
 
-def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None],
-                           causes: Mapping[str, Collection[str]] | None = None) -> bytes:
-    """The wire form (streams/refresh_requests.py reads it): the ids and, per id, its causing event
-    time and, where known, the changed products that caused it (``causes``: what a merge from the
-    recorded list must score, docs/exactness.md)."""
-    doc: dict[str, object] = {"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}}
-    if causes:
-        named = {i: sorted(c) for i in ids if (c := causes.get(i)) is not None and len(c) <= MAX_CAUSES}
-        if named:
-            doc["causes"] = named
-    return orjson.dumps(doc)
-
-
-def _chunks(ids: Sequence[str], max_bytes: int,
-            causes: Mapping[str, Collection[str]] | None = None) -> Iterable[list[str]]:
+def _chunks(ids: Sequence[str], max_bytes: int) -> Iterable[list[str]]:
     """``ids`` in runs whose request stays under ``max_bytes`` (a whole catalog's worth of affected
     lists must not exceed the broker's message size)."""
     chunk: list[str] = []
-    size = 48
+    size = 32
     for pid in ids:
         entry = len(orjson.dumps(pid)) * 2 + 24  # the id in "ids" and as a key of "event_times", with a time
-        if causes and (named := causes.get(pid)) is not None and len(named) <= MAX_CAUSES:
-            entry += len(orjson.dumps(pid)) + 4 + sum(len(orjson.dumps(c)) + 1 for c in named)
         if chunk and size + entry > max_bytes:
             yield chunk
-            chunk, size = [], 48
+            chunk, size = [], 32
         chunk.append(pid)
         size += entry
     if chunk:
@@ -125,11 +111,11 @@ def _chunks(ids: Sequence[str], max_bytes: int,
 
 
 def refresh_requests(ids: Iterable[str], event_times: Mapping[str, int | None], *, topic: str, partitions: int,
-                     max_bytes: int, causes: Mapping[str, Collection[str]] | None = None) -> list[Message]:
+                     max_bytes: int) -> list[Message]:
     """Requests to refresh the lists of ``ids``, each sent to the partition that owns those lists, so
     that exactly one worker ever writes a given list."""
-    return [Message(topic, None, encode_refresh_request(chunk, event_times, causes), partition=partition)
-            for partition, owned in route(ids, partitions).items() for chunk in _chunks(owned, max_bytes, causes)]
+    return [Message(topic, None, encode_refresh_request(chunk, event_times), partition=partition)
+            for partition, owned in route(ids, partitions).items() for chunk in _chunks(owned, max_bytes)]
 
 
 # --- product events (the catalog side: simstream produce, the harness) -----------------------------

@@ -8,7 +8,7 @@ the callers commit offsets or record lists only after that.
 
 from __future__ import annotations
 
-from typing import Collection, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from simstream.errors import KafkaRefused, KafkaUnavailable
 from simstream.logs import get_logger
@@ -71,15 +71,12 @@ class Outbox:
         topic = self.settings.neighbors_topic
         await self._send("neighbour lists", [messages.neighbour_list(pid, nl, topic=topic) for pid, nl in lists.items()])
 
-    async def refresh_requests(self, ids: Iterable[str], event_times: Mapping[str, int | None],
-                               causes: Mapping[str, Collection[str]] | None = None) -> None:
-        """Requests to the partitions that own the lists of ``ids``, each under the size cap;
-        ``causes``: per list, the changed products that made it affected (where known)."""
+    async def refresh_requests(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
+        """Requests to the partitions that own the lists of ``ids``, each under the size cap."""
         ids = list(ids)
         if not ids:
             return
         s = self.settings
         partitions = await self._partitions(s.refresh_topic)
         await self._send("refresh requests", messages.refresh_requests(
-            ids, event_times, topic=s.refresh_topic, partitions=partitions, max_bytes=s.refresh_request_max_bytes,
-            causes=causes))
+            ids, event_times, topic=s.refresh_topic, partitions=partitions, max_bytes=s.refresh_request_max_bytes))

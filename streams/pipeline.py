@@ -94,7 +94,6 @@ class IngestOutcome:
 
     rejects: list[Rejected] = field(default_factory=list)
     affected: set[str] = field(default_factory=set)
-    list_causes: dict[str, set[str]] = field(default_factory=dict)  # per affected list, the changes behind it
     causes: dict[str, int] = field(default_factory=dict)  # per affected list, the event time behind it
     check: VersionCheck = field(default_factory=VersionCheck)
     encoded: EncodedBatch | None = None
@@ -115,7 +114,7 @@ async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRun
         out.rejects += encode_rejects(out.encoded, records)
         changes = await run("write", steps.write, out.check, out.encoded)
         if affected:
-            out.affected, out.list_causes = await run("affected", steps.affected_set, changes)
+            out.affected = await run("affected", steps.affected_set, changes)
     out.causes = refresh_causes(out.check, out.affected)
     return out
 
@@ -134,7 +133,7 @@ class DataPath:
     async def _ingest(self, records: Sequence[RawRecord]) -> None:
         out = await ingest_steps(records, self.steps, self.run)
         await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
-        await self.outbox.refresh_requests(out.affected, out.causes, out.list_causes)
+        await self.outbox.refresh_requests(out.affected, out.causes)
         if out.encoded is not None:
             metrics.observe_encoding(out.encoded)
         counts = outcome_counts(out.check, out.dropped)
@@ -149,10 +148,9 @@ class DataPath:
         await self.isolate("refresh", self.settings.refresh_topic, items, self._refresh, RefreshItem.as_record)
 
     async def _refresh(self, items: Sequence[RefreshItem]) -> None:
-        requested = merge(items)
-        ids, event_times = requested.ids, requested.event_times
+        ids, event_times = merge(items)
         async with self.run.lists_lock:
-            plan = await self.run("plan", self.refresher.plan, ids, event_times, requested.causes)
+            plan = await self.run("plan", self.refresher.plan, ids, event_times)
             await self.outbox.lists(plan.publish)
             await self.run("record", self.refresher.record, plan)
         stale = await self.run("recheck", self.refresher.recheck, plan)

@@ -7,6 +7,7 @@ every list searched.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -34,7 +35,6 @@ class RefreshPlan:
     record: list[StoredList] = field(default_factory=list)
     unchanged: int = 0
     merged: int = 0  # lists updated from their recorded deep list, without a search
-    merged_by_causes: int = 0  # of those, merged with just the changes their requests named
     searched: int = 0
     # For the re-check after recording: every list built, its owner's vector, when searching began.
     built: dict[str, NeighbourList] = field(default_factory=dict)
@@ -55,12 +55,8 @@ class Refresher:
         self.max_merge_changes = max_merge_changes
         self.recent = recent
 
-    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None],
-             causes: Mapping[str, set[str]] | None = None, *, search_all: bool = False) -> RefreshPlan:
-        """``causes``: per requested list, every change that made it affected (``affected_by``); such
-        a list merges from its recorded head with just those and the writes that raced with its
-        recording, however old the head. ``search_all``: never merge, search every list
-        (``simstream reconcile``: from scratch)."""
+    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None], *, search_all: bool = False) -> RefreshPlan:
+        """``search_all``: never merge, search every list (``simstream reconcile``: from scratch)."""
         plan = RefreshPlan(started=now_ms())
         pending = set(ids)
         lists: dict[str, BuiltList] = {}
@@ -69,8 +65,7 @@ class Refresher:
             started = now_ms()
             products = self.store.get_products(sorted(pending))
             heads.update(self.store.list_heads(sorted(pending)))
-            fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all,
-                                  causes=causes if attempt == 0 else None)
+            fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all)
             for pid in pending - products.keys():
                 lists.pop(pid, None)
                 plan.publish[pid] = None
@@ -120,39 +115,22 @@ class Refresher:
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
                  event_times: Mapping[str, int | None], started: int, plan: RefreshPlan, *,
-                 search_all: bool = False, causes: Mapping[str, set[str]] | None = None) -> dict[str, BuiltList]:
-        """Merge where a head allows it, search for the rest, in one batched pass. Heads:
-
-        - a recorded list whose owner did not change since: with named ``causes``, merged with those
-          and with the products written while it was being recorded ([as_of, seen_at] widened by the
-          race lookback), whatever its age; otherwise with everything written since its ``as_of``
-          (then only while that is at most ``max_merge_changes``: older heads are searched);
-        - the ingest's own search around a changed owner (``RecentSearches``), like the latter."""
+                 search_all: bool = False) -> dict[str, BuiltList]:
+        """Merge where a head allows it (the recorded deep list, owner unchanged since; or the
+        ingest's own search around a changed owner), search for the rest, in one batched pass."""
         out: dict[str, BuiltList] = {}
-        windows: dict[str, tuple[int, int | None]] = {}
-        named: dict[str, set[str]] = {}
+        mergeable: dict[str, ListHead] = {}
         if self.store.side is not None and not search_all:
-            recorded = {pid: h for pid, h in heads.items()
-                        if pid in products and h.as_of and not h.is_tombstone
-                        and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS}
-            if causes is not None:
-                for pid, h in recorded.items():
-                    if pid in causes and h.seen_at:
-                        windows[pid] = (h.as_of - RACE_LOOKBACK_MS, h.seen_at + RACE_LOOKBACK_MS)
-                        named[pid] = causes[pid]
-                for pid in self._crowded(windows):  # e.g. heads loaded at a restart: seen long after as_of
-                    del windows[pid], named[pid]
-            since = {pid: h for pid, h in recorded.items() if pid not in named}
+            mergeable = {pid: h for pid, h in heads.items()
+                         if pid in products and h.as_of and not h.is_tombstone
+                         and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS}
             if self.recent is not None:
                 for pid, p in products.items():
-                    if pid not in recorded and (own := self.recent.take(pid, p.vector, self.builder.depth)) is not None:
-                        since[pid] = own
-            for pid, h in self._young(since).items():
-                windows[pid] = (h.as_of - RACE_LOOKBACK_MS, None)
-            chosen = {pid: recorded[pid] if pid in named else since[pid] for pid in windows}
-            if chosen:
-                out = self._merge(products, chosen, windows, named, event_times, started)
-                plan.merged_by_causes += sum(1 for pid in out if pid in named)
+                    if pid not in mergeable and (h := self.recent.take(pid, p.vector, self.builder.depth)) is not None:
+                        mergeable[pid] = h
+            mergeable = self._young(mergeable)
+        if mergeable:
+            out = self._merge(products, mergeable, event_times, started)
         plan.merged += len(out)
         rest = {pid: p for pid, p in products.items() if pid not in out}
         plan.searched += len(rest)
@@ -162,53 +140,29 @@ class Refresher:
     def _young(self, heads: dict[str, ListHead]) -> dict[str, ListHead]:
         """The heads with at most ``max_merge_changes`` products written since they were computed:
         an old head is searched (and recorded anew), without stopping the young ones from merging."""
-        if not heads:
-            return {}
         since = {pid: h.as_of - RACE_LOOKBACK_MS for pid, h in heads.items()}
         counts = self.store.count_written_since(list(since.values()))
         return {pid: heads[pid] for pid, n in zip(since, counts) if n <= self.max_merge_changes}
 
-    def _crowded(self, windows: Mapping[str, tuple[int, int | None]]) -> list[str]:
-        """Heads whose window holds more than ``max_merge_changes`` writes."""
-        if not windows:
-            return []
-        bounds = [t for since, until in windows.values() for t in (since, (until or 0) + 1)]
-        counts = self.store.count_written_since(bounds)
-        return [pid for i, pid in enumerate(windows) if counts[2 * i] - counts[2 * i + 1] > self.max_merge_changes]
-
     def _merge(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
-               windows: Mapping[str, tuple[int, int | None]], named: Mapping[str, set[str]],
                event_times: Mapping[str, int | None], started: int) -> dict[str, BuiltList]:
-        """Each head merged with the live products written in its window (None: up to now) and its
-        named causes, all read from one snapshot of the side index."""
-        self.store.sync_products()
-        pool: dict[str, StoredProduct] = {}
-        candidates: dict[str, list[str]] = {}
-        by_window: dict[tuple[int, int | None], list[str]] = {}
-        for pid, window in windows.items():
-            by_window.setdefault(window, []).append(pid)
-        for (since, until), owners in by_window.items():
-            written = self.store.written_between(since, until)
-            pool.update(written)
-            for pid in owners:
-                candidates[pid] = list(written)
-        wanted = {c for cs in named.values() for c in cs} - pool.keys()
-        pool.update(self.store.snapshot_products(sorted(wanted)))  # the deleted ones are simply absent
-        for pid, cs in named.items():
-            candidates[pid] = list(dict.fromkeys(candidates[pid] + sorted(c for c in cs if c in pool)))
-        ids = list(pool)
-        at = {c: i for i, c in enumerate(ids)}
-        mat = np.stack([pool[c].vector for c in ids]) if ids else np.zeros((0, self.store.dim), np.float32)
-        owners = list(heads)
-        # One matrix product scores every candidate against every owner (a pre-filter;
-        # ListBuilder.merge recomputes the scores that matter one by one, as build() does).
-        rough = mat @ np.stack([products[pid].vector for pid in owners]).T
-        members = self.store.snapshot_vectors({m for h in heads.values() for m in h.neighbour_ids})
         out: dict[str, BuiltList] = {}
+        changed = self.store.changed_since(min(h.as_of for h in heads.values()) - RACE_LOOKBACK_MS)
+        by_time = sorted(changed.values(), key=lambda p: p.updated_at)
+        stamps = [p.updated_at for p in by_time]
+        changed_ids = [p.product_id for p in by_time]
+        dim = self.store.dim
+        changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, dim), np.float32)
+        owners = list(heads)
+        # One matrix product scores every changed product against every owner (a pre-filter;
+        # ListBuilder.merge recomputes the scores that matter one by one, as build() does).
+        rough = changed_mat @ np.stack([products[pid].vector for pid in owners]).T
+        members = self.store.snapshot_vectors({m for h in heads.values() for m in h.neighbour_ids})
         for j, pid in enumerate(owners):
-            idx = np.array([at[c] for c in candidates[pid]], np.int64)
-            built = self.builder.merge(products[pid], heads[pid], [ids[i] for i in idx.tolist()], mat[idx], members,
-                                       event_times.get(pid), started, rough=rough[idx, j])
+            head = heads[pid]
+            since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
+            built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
+                                       event_times.get(pid), started, rough=rough[since:, j])
             if built is not None:
                 out[pid] = built
         return out
