@@ -150,6 +150,19 @@ def encode_seconds(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("simstream_encode_seconds_sum"))
 
 
+def refresh_work(after: dict[str, float], before: dict[str, float], events: int) -> dict[str, Any]:
+    """Lists merged and searched per event, and seconds per worker step, between two scrapes."""
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    steps = {k.split('op="')[1].rstrip('"}'): round(delta(k), 3) for k in after
+             if k.startswith("simstream_milvus_seconds_sum{op=")}
+    per = max(events, 1)
+    return {"merged_per_event": round(delta('simstream_refresh_lists_total{method="merged"}') / per, 2),
+            "searched_per_event": round(delta('simstream_refresh_lists_total{method="searched"}') / per, 2),
+            "step_seconds": {k: v for k, v in steps.items() if v}}
+
+
 def empty_worker_rss(image: bool, seed: int, root: Path, names: list[str], encoder: Any, warm: int) -> dict[str, Any]:
     """RSS of a worker in this mode holding ~0 products (only a warm-up batch), after that batch."""
     from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
@@ -217,6 +230,7 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
                     res["saturation"] = sat
                     enc_s = encode_seconds(after) - encode_seconds(before)
                     res["encode_s"] = round(enc_s, 2)
+                    res["refresh_work"] = refresh_work(after, before, sat.get("completed") or 0)
                     if sat.get("completed"):
                         res["non_encoder_ms_per_event"] = round((sat["seconds"] - enc_s) / sat["completed"] * 1000, 1)
                     if p["fresh_s"] > 0 and sat["events_per_s"] > 0 and time.monotonic() < deadline:

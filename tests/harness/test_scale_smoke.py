@@ -69,3 +69,11 @@ def test_summary_reports_null_with_a_reason_when_not_measured() -> None:
     assert out["price_only_events_per_s_100k"] is None
     assert any("price_only_events_per_s_100k" in why for why in out["scale_not_measured"])
     assert any("1000000" in why for why in out["scale_not_measured"])
+
+
+def test_refresh_work_is_per_event_from_two_scrapes() -> None:
+    before = {'simstream_refresh_lists_total{method="merged"}': 10.0, 'simstream_milvus_seconds_sum{op="plan"}': 1.0}
+    after = {'simstream_refresh_lists_total{method="merged"}': 34.0, 'simstream_refresh_lists_total{method="searched"}': 2.0,
+             'simstream_milvus_seconds_sum{op="plan"}': 1.5, 'simstream_milvus_seconds_sum{op="record"}': 0.25}
+    assert scale.refresh_work(after, before, 4) == {"merged_per_event": 6.0, "searched_per_event": 0.5,
+                                                   "step_seconds": {"plan": 0.5, "record": 0.25}}
