@@ -123,6 +123,7 @@ class PackedRows:
         return out
 
     def blocks(self, used: int, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, float32 block) over rows [0, used): what an exact scan multiplies with."""
+        """(first row, float32 block) over rows [0, used): the decoding scan before
+        index/packed_scan.py, kept as bench/scan_bench.py's same-run baseline."""
         for start in range(0, used, block_rows):
             yield start, self.read(slice(start, min(used, start + block_rows)))

@@ -116,10 +116,10 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     off the grid) are scored with a float32 dot product instead (within the same bound)."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
-    q = _PackedQueries(queries, rows.segments)
     norms = np.linalg.norm(queries.astype(np.float64), axis=1)
     on_device = device is not None and device.type != "cpu"
-    widest = rows.dim if on_device or rows.loose_rows else q.widest_float  # all float32 there
+    q = None if on_device else _PackedQueries(queries, rows.segments)  # a device multiplies decoded rows
+    widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
     windows = np.array([window(rows.dim, widest, len(rows.segments), float(n), rows.max_norm) for n in norms])
     win = torch.from_numpy(np.asarray(windows, np.float32))
     loose = [] if on_device else rows.loose_items()  # decoded blocks already hold them
@@ -129,7 +129,8 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     qf = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
     for first in range(0, used, BLOCK_ROWS):
         stop = min(used, first + BLOCK_ROWS)
-        if q_device is not None:
+        if q is None:
+            assert q_device is not None
             acc = _decoded_block_scores(rows, q_device, first, stop)
             win = win.to(acc.device)
         else:
