@@ -110,6 +110,15 @@ def _runs() -> tuple[Any, Any, Any, Any]:
     return Run, backlog_rate, freshness, scrape
 
 
+def profiler(pid: int, out: Path, on: bool) -> Any:
+    """pipeline_bench.Profiler (py-spy on the worker) when ``--profile`` asks for it, else None."""
+    if not on:
+        return None
+    from pipeline_bench import Profiler  # type: ignore
+
+    return Profiler(pid, out)
+
+
 def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], encoder: Any, fv: FieldVectors,
               top: tuple[np.ndarray, np.ndarray] | None) -> Any:
     """pipeline_bench.Run, pre-loading the given exact lists and able to send price-only updates."""
@@ -225,7 +234,10 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
                     assert worker.proc is not None
                     res.update({f"rss_{k}_bytes": v for k, v in process_rss(worker.proc.pid).items()})
                     before = scrape(worker.web_port)
+                    prof = profiler(worker.proc.pid, run.data / "profile-saturation.txt", p.get("profile", False))
                     sat = backlog_rate(run, producer, tail, worker, p["events"], left())
+                    if prof is not None:
+                        res["saturation_profile"] = prof.stop()
                     after = scrape(worker.web_port)
                     res["saturation"] = sat
                     enc_s = encode_seconds(after) - encode_seconds(before)
@@ -238,9 +250,13 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
                     if not image and p["price_events"] and time.monotonic() < deadline:
                         run.price_only = True
                         before = scrape(worker.web_port)
-                        res["price_only"] = backlog_rate(run, producer, tail, worker, p["price_events"], left())
-                        res["price_only"]["encode_s"] = round(encode_seconds(scrape(worker.web_port))
-                                                              - encode_seconds(before), 3)
+                        prof = profiler(worker.proc.pid, run.data / "profile-price.txt", p.get("profile", False))
+                        res["price_only"] = price = backlog_rate(run, producer, tail, worker, p["price_events"], left())
+                        if prof is not None:
+                            res["price_only_profile"] = prof.stop()
+                        after = scrape(worker.web_port)
+                        price["encode_s"] = round(encode_seconds(after) - encode_seconds(before), 3)
+                        price["refresh_work"] = refresh_work(after, before, price.get("completed") or 0)
                         run.price_only = False
                 # lists still arriving for the last events' neighbours
                 quiet_until = time.monotonic() + 60
@@ -258,10 +274,11 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
         else:
             res["exactness"] = {"skipped": "time bound of the size passed"}
     finally:
-        keep = Path(tempfile.gettempdir()) / f"simstream-scale-{n}-{'image' if image else 'text'}-worker.log"
-        if (run.data / "worker.log").exists():
-            shutil.copy(run.data / "worker.log", keep)
-            res["worker_log"] = str(keep)
+        for name in ("worker.log", "profile-saturation.txt", "profile-price.txt"):
+            keep = Path(tempfile.gettempdir()) / f"simstream-scale-{n}-{'image' if image else 'text'}-{name}"
+            if (run.data / name).exists():
+                shutil.copy(run.data / name, keep)
+                res["worker_log" if name == "worker.log" else name.split(".")[0].replace("-", "_")] = str(keep)
         shutil.rmtree(run.data, ignore_errors=True)
     return res
 
@@ -512,9 +529,10 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=None, help="lists compared with the exact top-K per mode (sample)")
     ap.add_argument("--encoder-items", type=int, default=None, help="items of the same-run encoder ceiling")
     ap.add_argument("--quick", action="store_true", help="CI-sized smoke run")
+    ap.add_argument("--profile", action="store_true", help="py-spy the worker during the backlogs (top entries in the JSON)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
-    p = dict(QUICK if a.quick else FULL)
+    p = dict(QUICK if a.quick else FULL, profile=a.profile)
     for key, value in (("events", a.events), ("price_events", a.events), ("fresh_s", a.fresh_s), ("phase_s", a.phase_s),
                        ("check", a.check), ("encoder_items", a.encoder_items)):
         if value is not None:
