@@ -116,13 +116,29 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     ids = [c.product_id for c in changes]
     affected = set(ids) | store.listers_of(ids)
     todo = [c for c in changes if c.vector is not None]
+    if not todo:
+        return affected
+    # With the side index and the list mirror, one pass finds every list each changed vector may
+    # enter, exactly (each row compared with its own list's boundary), and its own top ``pool``.
+    searched_at = now_ms()
+    reached = store.search_reaching(np.stack([c.vector for c in todo]), limit=pool, margin=MARGIN)  # type: ignore[misc]
+    if reached is not None:
+        rows, reaching = reached
+        for change, row, lists in zip(todo, rows, reaching):
+            if recent is not None:
+                recent.put(change.product_id, change.vector, searched_at, row, len(row) < pool)  # type: ignore[arg-type]
+            affected |= lists
+        return affected
+    # Else: candidate searches, widened while their weakest candidate still enters a list, and an
+    # exact check of the lists whose boundary is below every searched row.
     # Per changed vector: the lowest score of its last search row (-inf when that row held the
     # whole catalog). A product outside the row scores at most this with the changed vector.
     floor: dict[str, float] = {}
     limit = pool
     first = True
     while todo:
-        searched_at = now_ms()
+        if not first:
+            searched_at = now_ms()
         hits = store.search_scores(np.stack([c.vector for c in todo]), limit=limit)  # type: ignore[misc]
         if first and recent is not None:
             for change, row in zip(todo, hits):

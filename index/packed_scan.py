@@ -54,10 +54,12 @@ def window(dim: int, widest_float_segment: int, segments: int, query_norm: float
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Per query: row numbers and their scan scores (unordered), a superset of its exact top-limit."""
+    """Per query: row numbers and their scan scores (unordered), a superset of its exact top-limit;
+    and, when the scan was given per-row bars, the rows whose bar the query may reach."""
 
     rows: list[np.ndarray]
     scores: list[np.ndarray]
+    reaching: list[np.ndarray] | None = None
 
 
 class _PackedQueries:
@@ -109,11 +111,32 @@ def _decoded_block_scores(rows: PackedRows, queries: torch.Tensor, first: int, s
     return block @ queries.T
 
 
+def _split(hr: np.ndarray, hq: np.ndarray, count: int, into: list[list[np.ndarray]],
+           scores: np.ndarray | None = None, scores_into: list[list[np.ndarray]] | None = None) -> None:
+    """Append each query's share of the (row, query) hits to ``into[query]``."""
+    order = np.argsort(hq, kind="stable")
+    hr, hq = hr[order], hq[order]
+    ordered = scores[order] if scores is not None else None
+    bounds = np.searchsorted(hq, np.arange(count + 1))
+    for j in range(count):
+        a, b = bounds[j], bounds[j + 1]
+        if a < b:
+            into[j].append(hr[a:b])
+            if ordered is not None and scores_into is not None:
+                scores_into[j].append(ordered[a:b])
+
+
 def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.ndarray, limit: int,
-                    device: torch.device | None = None) -> Candidates:
+                    device: torch.device | None = None, bars: np.ndarray | None = None,
+                    margin: float = 0.0) -> Candidates:
     """Every live row among [0, used) whose scan score is within ``window`` of query j's
     ``limit``-th best: a superset of each query's exact top-``limit``. Rows held loose (float32,
-    off the grid) are scored with a float32 dot product instead (within the same bound)."""
+    off the grid) are scored with a float32 dot product instead (within the same bound).
+
+    ``bars`` (one float32 per row, +inf for none): also every live row whose bar query j may reach,
+    i.e. each row r whose oracle score with the query is at least ``bars[r] - margin``; returned as
+    a superset (every row whose scan score is within the scan's and the oracle's error bounds of
+    that), in the same pass."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
     norms = np.linalg.norm(queries.astype(np.float64), axis=1)
@@ -127,6 +150,9 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     kept_rows: list[list[np.ndarray]] = [[] for _ in range(count)]
     kept_scores: list[list[np.ndarray]] = [[] for _ in range(count)]
     qf = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
+    reaching: list[list[np.ndarray]] = [[] for _ in range(count)]
+    # scan error + oracle error = (window - 3e-6) / 2; the 1.5e-6 left covers the float32 subtraction
+    slack = torch.from_numpy(np.asarray(margin + windows / 2, np.float32))
     for first in range(0, used, BLOCK_ROWS):
         stop = min(used, first + BLOCK_ROWS)
         if q is None:
@@ -141,6 +167,12 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
         dead = torch.from_numpy(~live[first:stop]).to(acc.device)
         if bool(dead.any()):
             acc[dead] = -torch.inf
+        if bars is not None:
+            bar = torch.from_numpy(bars[first:stop]).to(acc.device)
+            reach = (acc >= bar[:, None] - slack.to(acc.device)[None, :]) & (acc > -torch.inf)  # a -inf bar: everyone
+            reach_rows, reach_queries = torch.nonzero(reach, as_tuple=True)
+            if len(reach_rows):
+                _split(reach_rows.cpu().numpy() + first, reach_queries.cpu().numpy(), count, reaching)
         k = min(limit, stop - first)
         if k == 0:
             continue
@@ -151,15 +183,7 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
             continue
         hit_scores = acc[hit_rows, hit_queries].cpu().numpy()
         hit_rows, hit_queries = hit_rows.cpu(), hit_queries.cpu()
-        hr, hq = hit_rows.numpy() + first, hit_queries.numpy()
-        order = np.argsort(hq, kind="stable")
-        hr, hq, hit_scores = hr[order], hq[order], hit_scores[order]
-        bounds = np.searchsorted(hq, np.arange(count + 1))
-        for j in range(count):
-            a, b = bounds[j], bounds[j + 1]
-            if a < b:
-                kept_rows[j].append(hr[a:b])
-                kept_scores[j].append(hit_scores[a:b])
+        _split(hit_rows.numpy() + first, hit_queries.numpy(), count, kept_rows, hit_scores, kept_scores)
     out_rows, out_scores = [], []
     windows64 = np.asarray(windows, np.float64)
     for j in range(count):
@@ -174,4 +198,6 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
             rows_j, sc = rows_j[sel], sc[sel]
         out_rows.append(rows_j.astype(np.int64))
         out_scores.append(sc)
-    return Candidates(out_rows, out_scores)
+    if bars is None:
+        return Candidates(out_rows, out_scores)
+    return Candidates(out_rows, out_scores, [np.concatenate(r) if r else np.zeros(0, np.int64) for r in reaching])

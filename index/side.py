@@ -118,6 +118,9 @@ class SideIndex:
         self._rows = PackedRows(dim, segments, capacity)
         self._meta = ProductMeta(capacity)
         self._live = np.zeros(capacity, bool)
+        # Per row, the boundary of its product's recorded list (+inf: none): a changed product
+        # enters that list only if it scores at least this (``search_reaching``).
+        self._bars = np.full(capacity, np.inf, np.float32)
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
@@ -141,7 +144,7 @@ class SideIndex:
     def nbytes(self) -> int:
         """Bytes allocated by the arrays (rows, metadata, live flags): the deterministic part of
         the index's memory; ids and the id->row dict come on top (measured as RSS)."""
-        return self._rows.nbytes + self._meta.nbytes + self._live.nbytes
+        return self._rows.nbytes + self._meta.nbytes + self._live.nbytes + self._bars.nbytes
 
     @property
     def loose_rows(self) -> int:
@@ -159,6 +162,9 @@ class SideIndex:
         live = np.zeros(new, bool)
         live[:cap] = self._live
         self._live = live
+        bars = np.full(new, np.inf, np.float32)
+        bars[:cap] = self._bars
+        self._bars = bars
 
     def put(self, products: Sequence[StoredProduct]) -> None:
         """Insert or replace products, vector and metadata."""
@@ -189,9 +195,16 @@ class SideIndex:
             r = self._row.pop(pid, None)
             if r is not None:
                 self._live[r] = False
+                self._bars[r] = np.inf
                 self._rows.clear(r)
                 self._ids[r] = None
                 self._free.append(r)
+
+    def set_bars(self, bars: Mapping[str, float]) -> None:
+        """Set the list boundary of the held products among ``bars`` (+inf: no recorded list)."""
+        for pid, bar in bars.items():
+            if (r := self._row.get(pid)) is not None:
+                self._bars[r] = bar
 
     def not_held(self, stamps: Mapping[str, int]) -> list[str]:
         """Ids of ``stamps`` (product_id -> updated_at) whose version this index does not hold."""
@@ -213,6 +226,10 @@ class SideIndex:
         """Vectors of the live products among ``ids``."""
         found, vectors = self._read(ids)
         return {pid: vectors[i] for i, (pid, _) in enumerate(found)}
+
+    def ids(self) -> list[str]:
+        """Ids of the live products."""
+        return list(self._row)
 
     def ids_written_since(self, since_ms: int) -> list[str]:
         """Ids whose held version was written at or after ``since_ms``."""
@@ -237,19 +254,22 @@ class SideIndex:
         return out.tolist()
 
     # --- search -----------------------------------------------------------------------------
-    def _top(self, vectors: np.ndarray, limit: int,
-             chunk: int = 256) -> Iterator[tuple[list[tuple[list[int], list[float]]], np.ndarray, dict[int, int]]]:
+    def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256, reach_margin: float | None = None,
+             ) -> Iterator[tuple[list[tuple[list[int], list[float]]], np.ndarray, dict[int, int], list[np.ndarray] | None]]:
         """Per chunk of queries: each query's exact top-``limit`` live rows by the ranking rule
         (index/exact.py), best first, with their float32 scores computed as the oracle computes
-        them; and the decoded candidate rows (``decoded[at[row]]``).
+        them; the decoded candidate rows (``decoded[at[row]]``); and with ``reach_margin``, per
+        query the rows whose bar it may reach (``search_reaching``).
 
         One pass over the packed matrix per chunk yields a provable superset of each top-``limit``
         (index/packed_scan.py); only those rows are decoded and rescored."""
         q = np.asarray(vectors, np.float32)
         ids = self._ids
+        bars = None if reach_margin is None else self._bars
         for start in range(0, len(q), chunk):
             queries = np.ascontiguousarray(q[start:start + chunk])
-            cand = scan_candidates(self._rows, self._live, len(ids), queries, limit, device=self.device)
+            cand = scan_candidates(self._rows, self._live, len(ids), queries, limit, device=self.device, bars=bars,
+                                   margin=reach_margin or 0.0)
             unique = np.unique(np.concatenate(cand.rows)) if cand.rows else np.zeros(0, np.int64)
             decoded = self._rows.read(unique)
             at = {int(r): i for i, r in enumerate(unique.tolist())}
@@ -258,14 +278,28 @@ class SideIndex:
                 scored = sorted(((float(decoded[at[r]] @ query), ids[r], r) for r in rows.tolist()),
                                 key=lambda t: rank_key(t[0], t[1]))[:limit]  # type: ignore[arg-type]
                 tops.append(([r for _, _, r in scored], [sc for sc, _, _ in scored]))
-            yield tops, decoded, at
+            yield tops, decoded, at, cand.reaching
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
         """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs."""
         return [[(self._ids[r], decoded[at[r]]) for r in rows]  # type: ignore[misc]
-                for tops, decoded, at in self._top(vectors, limit) for rows, _ in tops]
+                for tops, decoded, at, _ in self._top(vectors, limit) for rows, _ in tops]
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, inner product) per query, best first."""
         return [[(self._ids[r], sc) for r, sc in zip(rows, scores)]  # type: ignore[misc]
-                for tops, _, _ in self._top(vectors, limit) for rows, scores in tops]
+                for tops, _, _, _ in self._top(vectors, limit) for rows, scores in tops]
+
+    def search_reaching(self, vectors: np.ndarray, limit: int, margin: float,
+                        ) -> tuple[list[list[tuple[str, float]]], list[set[str]]]:
+        """``search_scores``, and in the same pass per query the products whose bar (``set_bars``)
+        it may reach: a superset of those whose score with the query, as the oracle computes it,
+        is at least their bar - ``margin``."""
+        rows_out: list[list[tuple[str, float]]] = []
+        reach_out: list[set[str]] = []
+        ids = self._ids
+        for tops, _, _, reaching in self._top(vectors, limit, reach_margin=margin):
+            assert reaching is not None
+            rows_out += [[(ids[r], sc) for r, sc in zip(rows, scores)] for rows, scores in tops]  # type: ignore[misc]
+            reach_out += [{ids[r] for r in rr.tolist()} for rr in reaching]  # type: ignore[misc]
+        return rows_out, reach_out

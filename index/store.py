@@ -111,6 +111,7 @@ class VectorStore:
         for heads in self.milvus.iter_list_heads():
             mirror.put(heads)
         self.mirror, self._mirror_synced_at = mirror, started
+        side.set_bars(mirror.boundaries(side.ids()))
         log.info("list mirror built", lists=len(mirror), seconds=round(time.perf_counter() - t0, 2))
 
     # --- keeping the copies in step -----------------------------------------------------------
@@ -127,7 +128,7 @@ class VectorStore:
         # their stamp), so a single worker's sync is one light query.
         if fetch := side.not_held(stamps):
             got = self.milvus.read_products(fetch)
-            side.put([got[pid] for pid in fetch if pid in got])
+            self._put_side([got[pid] for pid in fetch if pid in got])
         side.delete(deleted - stamps.keys())
         self._side_synced_at = started
         return side
@@ -138,7 +139,7 @@ class VectorStore:
         if mirror is None or self.milvus.exclusive:
             return mirror
         started = now_ms()
-        mirror.put(mirror.not_held(self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)))
+        self._put_heads(mirror.not_held(self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)))
         self._mirror_synced_at = started
         return mirror
 
@@ -155,7 +156,23 @@ class VectorStore:
             return
         stored = self.milvus.upsert_products(rows)
         if self.side is not None:
-            self.side.put(stored)
+            self._put_side(stored)
+
+    def _put_side(self, products: Sequence[StoredProduct]) -> None:
+        """Put products into the side index with the boundaries of their recorded lists."""
+        assert self.side is not None
+        self.side.put(products)
+        if self.mirror is not None:
+            self.side.set_bars(self.mirror.boundaries(p.product_id for p in products))
+
+    def _put_heads(self, heads: Sequence[ListHead], digests: Mapping[str, bytes] | None = None) -> None:
+        """Hold recorded list heads in the mirror, and their boundaries beside the side index's rows."""
+        assert self.mirror is not None
+        self.mirror.put(heads, digests)
+        if self.side is not None:
+            owners = {h.product_id for h in heads}
+            bars = self.mirror.boundaries(owners)
+            self.side.set_bars({pid: bars.get(pid, np.inf) for pid in owners})
 
     def delete_products(self, ids: Sequence[str]) -> None:
         self.milvus.delete_products(ids)
@@ -189,6 +206,17 @@ class VectorStore:
         if (side := self._synced_side()) is not None:
             return side.search(vectors, limit)
         return self.milvus.search(vectors, limit)
+
+    def search_reaching(self, vectors: np.ndarray, limit: int, margin: float,
+                        ) -> tuple[list[list[tuple[str, float]]], list[set[str]]] | None:
+        """``search_scores``, and per query every product whose recorded list it may enter (score
+        >= the list's boundary - ``margin``, a superset), in one pass over the side index; None
+        without the side index and the list mirror (the caller then searches and checks the
+        boundaries itself)."""
+        side, mirror = self._synced_side(), self._synced_mirror()
+        if side is None or mirror is None or len(vectors) == 0:
+            return None
+        return side.search_reaching(vectors, limit, margin)
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, inner product) per query vector; cheap enough for wide candidate searches."""
@@ -234,7 +262,7 @@ class VectorStore:
         digests, held beside the heads (``list_digests``)."""
         heads = self.milvus.upsert_lists(lists, now_ms())
         if self.mirror is not None:
-            self.mirror.put(heads, digests)
+            self._put_heads(heads, digests)
 
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Content digests of the recorded lists among ``ids`` that this worker recorded and that

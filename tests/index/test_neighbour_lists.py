@@ -159,3 +159,56 @@ def test_a_loose_list_whose_owner_is_gone_needs_nothing(tmp_path) -> None:
     got = affected_by(store, [Change("a", vecs["a"])], pool=1, max_pool=1)
     assert got == {"a"} | changed  # a itself, b's list; not e's, not gone's
     store.close()
+
+
+def test_one_pass_reach_equals_the_candidate_searches(tmp_path, monkeypatch) -> None:
+    """With the side index and the list mirror, ``affected_by`` compares every row with its own
+    list's boundary in the search pass (``VectorStore.search_reaching``); it must flag every list
+    the candidate searches and their exact tail flag, across writes, deletes and re-recorded lists
+    (the boundaries it compares with are kept beside the rows)."""
+    from simstream.index.store import VectorStore as Store
+
+    rng = np.random.default_rng(21)
+    store = Store.connect(str(tmp_path / "r.db"), "r", 16, flush_every_rows=0, in_memory=True)
+    vecs = {f"p{i:03d}": v for i, v in enumerate(unit(rng, 300))}
+    put(store, vecs)
+    builder = ListBuilder(store, k=5, layout={"all": slice(0, 16)}, model="m", depth=8)
+    store.upsert_lists([builder.stored_form(b) for b in builder.build(store.get_products(list(vecs)), {}).values()])
+    for rnd in range(4):
+        moved = {pid: unit(rng, 1)[0] for pid in rng.choice(sorted(vecs), 6, replace=False)}
+        put(store, moved)
+        vecs.update(moved)
+        gone = str(rng.choice(sorted(set(vecs) - moved.keys())))
+        store.delete_products([gone])
+        del vecs[gone]
+        changes = [Change(p, v) for p, v in moved.items()] + [Change(gone, None)]
+        one_pass = affected_by(store, changes, pool=4)
+        with monkeypatch.context() as m:
+            m.setattr(store, "search_reaching", lambda *a, **k: None)
+            searched = affected_by(store, changes, pool=4, max_pool=16)
+        assert searched <= one_pass
+        assert len(one_pass - searched) <= 2, one_pass - searched  # only rows within the error bound
+        # re-record the affected lists, as the refresh would
+        fresh = builder.build(store.get_products(sorted(one_pass & vecs.keys())), {})
+        store.upsert_lists([builder.stored_form(b) for b in fresh.values()])
+    store.close()
+
+
+def test_the_side_index_holds_each_rows_list_boundary(tmp_path) -> None:
+    from simstream.index.rows import StoredList
+    from simstream.index.store import VectorStore as Store
+
+    store = Store.connect(str(tmp_path / "s.db"), "s", 16, flush_every_rows=0, in_memory=True)
+    rng = np.random.default_rng(3)
+    store.upsert_lists([StoredList("late", ["a"], 0.25, b"{}"), StoredList("x", ["a"], 0.5, b"{}")])
+    put(store, dict(zip(["x", "late", "y"], unit(rng, 3))))  # "late" arrives after its list
+    side = store.side
+    assert side is not None
+    bars = dict(zip(side.ids(), side._bars[[side._row[p] for p in side.ids()]].tolist()))
+    assert bars == {"x": 0.5, "late": 0.25, "y": np.inf}
+    store.upsert_lists([StoredList("x", [], float("inf"), b"")])  # a tombstone marker: no bar
+    store.delete_products(["late"])
+    put(store, {"z": unit(rng, 1)[0]})  # reuses late's row
+    bars = dict(zip(side.ids(), side._bars[[side._row[p] for p in side.ids()]].tolist()))
+    assert bars == {"x": np.inf, "y": np.inf, "z": np.inf}
+    store.close()

@@ -108,3 +108,42 @@ def test_the_window_covers_the_proven_bound() -> None:
     w = packed_scan.window(3_232, 416, 7, 1.0, 1.0)
     assert 2 * packed_scan.gamma(3_232) < w < 1e-3  # wide enough for the oracle's error, still narrow
     assert packed_scan.window(3_232, 416, 7, 0.5, 1.0) < w
+
+
+def reach_brute_force(x: np.ndarray, ids: list[str], live: np.ndarray, bars: np.ndarray, q: np.ndarray,
+                      margin: float) -> set[str]:
+    """The definition: rows whose float32 dot product with ``q`` is at least their bar - margin."""
+    return {ids[j] for j in np.flatnonzero(live) if float(x[j] @ q) >= float(bars[j]) - margin}
+
+
+@pytest.mark.parametrize("block_rows", [97, 8_192])
+def test_reaching_holds_every_row_whose_bar_the_query_reaches(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+    """Bars set exactly at the oracle's score of a query (the edge), -inf (a list holding
+    everyone), +inf (no list) and random; deleted rows never reached; extra rows only within the
+    proven error bound."""
+    monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    x = catalog(1_200, seed=11, duplicates=20)
+    rng = np.random.default_rng(12)
+    ids = [f"b{v:05d}" for v in rng.permutation(len(x))]
+    side = fill(x, ids)
+    queries = np.concatenate([x[:6], x[-2:], rng.standard_normal((2, DIM)).astype(np.float32)])
+    bars = rng.uniform(0.2, 1.0, len(x)).astype(np.float32)
+    for q in queries[:4]:  # at the edge: exactly the oracle's score for a query, for many rows
+        edge = rng.choice(len(x), 150, replace=False)
+        bars[edge] = [np.float32(float(x[j] @ q)) for j in edge]
+    bars[rng.choice(len(x), 5, replace=False)] = -np.inf
+    bars[rng.choice(len(x), 300, replace=False)] = np.inf
+    side.set_bars({ids[j]: float(bars[j]) for j in range(len(x))})
+    gone = rng.choice(len(x), 100, replace=False)
+    side.delete(ids[j] for j in gone)
+    live = np.ones(len(x), bool)
+    live[gone] = False
+    bars[gone] = np.inf  # a deleted row has no bar
+    margin = 0.0  # the bound alone must cover the scan's rounding at the edge
+    rows, reaching = side.search_reaching(queries, 20, margin)
+    assert [[pid for pid, _ in r] for r in rows] == brute_force(x, ids, live, queries, 20)
+    for q, got in zip(queries, reaching):
+        must = reach_brute_force(x, ids, live, bars, q, margin)
+        assert must <= got
+        assert got <= reach_brute_force(x, ids, live, bars, q, margin + 1e-3)  # within the bound, no more
+    assert any(reaching)
