@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Container, Mapping, Sequence
 
 import numpy as np
 
@@ -71,8 +71,11 @@ class RecentSearches:
     head recorded at the search's start: ``ListBuilder.merge`` then scores every product written
     since (less the race lookback), exactly as it does for a recorded list."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, depth: int | None = None) -> None:
+        """``depth``: the recorded lists' depth; the search then asks for just enough rows to make
+        one (``depth`` + 2: the product itself, and one more to bound the rest)."""
         self.capacity = capacity
+        self.limit = depth + 2 if depth else None
         self._held: OrderedDict[str, tuple[np.ndarray, int, list[tuple[str, float]], bool]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -121,12 +124,13 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     # With the side index and the list mirror, one pass finds every list each changed vector may
     # enter, exactly (each row compared with its own list's boundary), and its own top ``pool``.
     searched_at = now_ms()
-    reached = store.search_reaching(np.stack([c.vector for c in todo]), limit=pool, margin=MARGIN)  # type: ignore[misc]
+    own = recent.limit if recent is not None and recent.limit else pool
+    reached = store.search_reaching(np.stack([c.vector for c in todo]), limit=own, margin=MARGIN)  # type: ignore[misc]
     if reached is not None:
         rows, reaching = reached
         for change, row, lists in zip(todo, rows, reaching):
             if recent is not None:
-                recent.put(change.product_id, change.vector, searched_at, row, len(row) < pool)  # type: ignore[arg-type]
+                recent.put(change.product_id, change.vector, searched_at, row, len(row) < own)  # type: ignore[arg-type]
             affected |= lists
         return affected
     # Else: candidate searches, widened while their weakest candidate still enters a list, and an
@@ -250,35 +254,30 @@ class ListBuilder:
             out[pid] = self._finish(products[pid], scored, boundary, as_of, computed_at, event_times.get(pid))
         return out
 
-    def merge(self, product: StoredProduct, head: ListHead, changed: Sequence[str], changed_vectors: np.ndarray,
-              members: Mapping[str, np.ndarray], event_time: int | None, as_of: int,
-              rough: np.ndarray | None = None) -> BuiltList | None:
-        """The list of an *unchanged* ``product`` from its recorded ``head`` and the live products
-        ``changed`` since ``head.as_of`` (less the lookback), whose vectors are the rows of
-        ``changed_vectors``; ``members``: vectors of the head's live ids. None when only a search
-        can tell (too few certain entries). ``rough``: ``changed_vectors @ product.vector`` when the
-        caller computed it already (one matrix product for many merges).
+    def merge(self, product: StoredProduct, head: ListHead, reach: Sequence[tuple[str, np.ndarray]],
+              changed: Container[str], members: Mapping[str, np.ndarray], event_time: int | None,
+              as_of: int) -> BuiltList | None:
+        """The list of an *unchanged* ``product`` from its recorded ``head`` and the products changed
+        since ``head.as_of`` (less the lookback). ``reach``: (id, vector) of every live changed
+        product whose score may exceed ``head.boundary`` + MARGIN (a superset is fine; all of them
+        when the head holds everyone); ``changed``: which of the head's members changed (or went)
+        since; ``members``: vectors of the head's live ids. None when only a search can tell (too
+        few certain entries).
 
         Why it is exact: a recorded member that did not change keeps its score, and outranks every
         outsider that did not change either (both as when the head was computed); a changed product
-        is scored now. So the top entries are certain as long as they beat ``boundary`` + margins."""
+        is scored now. So the top entries are certain as long as they beat ``boundary`` + margins.
+        Every score is computed as build() computes it, so both paths rank identically."""
         pid, me = product.product_id, product.vector
         complete = head.holds_everyone
         entries: list[tuple[float, str, np.ndarray]] = []
-        if len(changed):
-            # One matrix product picks the changed products within reach; their scores are then
-            # computed exactly as build() computes them, so both paths rank identically.
-            if rough is None:
-                rough = changed_vectors @ me
-            reach = np.arange(len(changed)) if complete else np.flatnonzero(rough > head.boundary + MARGIN - 1e-5)
-            for i in reach:
-                c, vec = changed[int(i)], changed_vectors[i]
-                score = float(vec @ me)
-                if c != pid and (complete or score > head.boundary + MARGIN):
-                    entries.append((score, c, vec))
-        fresh = set(changed)
+        for c, vec in reach:
+            score = float(vec @ me)
+            if c != pid and (complete or score > head.boundary + MARGIN):
+                entries.append((score, c, vec))
+        fresh = {c for c, _ in reach}
         entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbour_ids
-                    if m != pid and m not in fresh and m in members]
+                    if m != pid and m not in changed and m not in fresh and m in members]
         entries.sort(key=lambda t: rank_key(t[0], t[1]))
         boundary = -np.inf if complete else head.boundary
         if len(entries) > self.depth:

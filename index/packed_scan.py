@@ -27,7 +27,7 @@ import torch
 from simstream.index.packed_rows import PackedRows
 from simstream.vector_codec import Segment, pack
 
-__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "gamma", "window", "scan_candidates"]
+__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "gamma", "window", "scan_candidates", "subset_reaching"]
 
 BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
@@ -85,24 +85,58 @@ class _PackedQueries:
             self.parts.append((i, torch.from_numpy(np.ascontiguousarray(q.T, np.float32)), None))
 
 
-def _block_scores(rows: PackedRows, q: _PackedQueries, first: int, stop: int, count: int) -> torch.Tensor:
-    """(stop - first) x queries scan scores of rows [first, stop), on the CPU."""
-    acc = torch.zeros((stop - first, count), dtype=torch.float32)
+def _block_scores(rows: PackedRows, q: _PackedQueries, first: int, stop: int, count: int,
+                  sel: np.ndarray | None = None) -> torch.Tensor:
+    """(stop - first) x queries scan scores of rows [first, stop), on the CPU; with ``sel``, of
+    the rows ``sel[first:stop]`` instead (gathered, still packed)."""
+    pick: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
+    n = stop - first
+    acc = torch.zeros((n, count), dtype=torch.float32)
     for i, values_t, q_scale in q.parts:
         s, values, exps = rows.segment(i)
-        block = torch.from_numpy(values[first:stop])
+        block = torch.from_numpy(values[pick])
         if q_scale is None:
             if exps is None:
                 acc.addmm_(block.float(), values_t)
             else:  # an i8 segment against a query off its grid: widen the rows exactly
-                row_scale = torch.ldexp(torch.ones(stop - first), torch.from_numpy(exps[first:stop]).to(torch.int32))
+                row_scale = torch.ldexp(torch.ones(n), torch.from_numpy(exps[pick]).to(torch.int32))
                 acc.addmm_(block.float() * row_scale[:, None], values_t)
             continue
         assert exps is not None
         exact = torch._int_mm(block, values_t)  # int8 x int8 -> int32, exact
-        row_scale = torch.ldexp(torch.ones(stop - first), torch.from_numpy(exps[first:stop]).to(torch.int32))
+        row_scale = torch.ldexp(torch.ones(n), torch.from_numpy(exps[pick]).to(torch.int32))
         acc.addcmul_(exact.float(), torch.outer(row_scale, q_scale))
     return acc
+
+
+def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, bars: np.ndarray) -> list[np.ndarray]:
+    """Per query j, the positions i in ``subset`` (row numbers, all live) whose oracle score with
+    query j may reach ``bars[j]``: a superset, every row whose scan score is within the scan's and
+    the oracle's error bounds of it. The subset's packed values are gathered, not decoded."""
+    queries = np.asarray(queries, np.float32)
+    count = len(queries)
+    out: list[list[np.ndarray]] = [[] for _ in range(count)]
+    if not len(subset) or not count:
+        return [np.zeros(0, np.int64) for _ in range(count)]
+    q = _PackedQueries(queries, rows.segments)
+    widest = rows.dim if rows.loose_rows else q.widest_float
+    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    slack = np.array([window(rows.dim, widest, len(rows.segments), float(n), rows.max_norm) / 2 for n in norms])
+    need = torch.from_numpy(np.asarray(np.asarray(bars, np.float64) - slack, np.float32))
+    loose = dict(rows.loose_items())
+    qf = torch.from_numpy(np.ascontiguousarray(queries))
+    subset = np.asarray(subset, np.int64)
+    for first in range(0, len(subset), BLOCK_ROWS):
+        stop = min(len(subset), first + BLOCK_ROWS)
+        acc = _block_scores(rows, q, first, stop, count, sel=subset)
+        if loose:
+            for i, r in enumerate(subset[first:stop].tolist()):
+                if (vec := loose.get(r)) is not None:
+                    acc[i] = qf @ torch.from_numpy(vec)
+        hit_rows, hit_queries = torch.nonzero(acc >= need[None, :], as_tuple=True)
+        if len(hit_rows):
+            _split(hit_rows.numpy() + first, hit_queries.numpy(), count, out)
+    return [np.concatenate(o) if o else np.zeros(0, np.int64) for o in out]
 
 
 def _decoded_block_scores(rows: PackedRows, queries: torch.Tensor, first: int, stop: int) -> torch.Tensor:

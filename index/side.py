@@ -24,7 +24,7 @@ import torch
 
 from simstream.index.exact import rank_key
 from simstream.index.packed_rows import PackedRows
-from simstream.index.packed_scan import scan_candidates
+from simstream.index.packed_scan import scan_candidates, subset_reaching
 from simstream.index.rows import StoredProduct
 from simstream.vector_codec import Segment
 
@@ -236,6 +236,33 @@ class SideIndex:
         n = len(self._ids)
         rows = np.flatnonzero(self._live[:n] & (self._meta.updated_at[:n] >= since_ms))
         return [self._ids[r] for r in rows.tolist()]  # type: ignore[misc]
+
+    def written_at(self, ids: Iterable[str]) -> dict[str, int]:
+        """When the held version of each live product among ``ids`` was written."""
+        updated = self._meta.updated_at
+        return {pid: int(updated[r]) for pid in ids if (r := self._row.get(pid)) is not None}
+
+    def reaching_written_since(self, vectors: np.ndarray, cuts: Sequence[int], bars: Sequence[float],
+                               ) -> list[list[tuple[str, np.ndarray]]]:
+        """Per query j: the live products written at or after ``cuts[j]`` whose score with
+        ``vectors[j]``, as the oracle computes it, may reach ``bars[j]`` (a superset, within the
+        scan's error bound; -inf: all of them), with their vectors. Only the rows written since the
+        earliest cut are multiplied, on their packed values; only the rows returned are decoded."""
+        n = len(self._ids)
+        if not len(cuts):
+            return []
+        cut = np.asarray(cuts, np.int64)
+        rows = np.flatnonzero(self._live[:n] & (self._meta.updated_at[:n] >= cut.min()))
+        if not len(rows):
+            return [[] for _ in cuts]
+        stamps = self._meta.updated_at[rows]
+        hits = subset_reaching(self._rows, rows, np.asarray(vectors, np.float32), np.asarray(bars, np.float64))
+        hits = [h[stamps[h] >= c] for h, c in zip(hits, cut.tolist())]
+        wanted = np.unique(np.concatenate(hits)) if hits else np.zeros(0, np.int64)
+        decoded = self._rows.read(rows[wanted])
+        at = {int(i): j for j, i in enumerate(wanted.tolist())}
+        ids = self._ids
+        return [[(ids[int(rows[i])], decoded[at[i]]) for i in h.tolist()] for h in hits]  # type: ignore[misc]
 
     def count_written_since(self, times_ms: Sequence[int]) -> list[int]:
         """Per time, the live rows whose held version was written at or after it: one pass over the

@@ -23,7 +23,7 @@ Without the copies (``SIMSTREAM_SIDE_INDEX=false``) every question is a Milvus q
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -190,6 +190,22 @@ class VectorStore:
         Needs the side index."""
         assert self.side is not None
         return self.side.count_written_since(times_ms)
+
+    def written_at(self, ids: Iterable[str]) -> dict[str, int]:
+        """When each live product among ``ids`` was last written, as of the last sync (no new sync).
+        Needs the side index."""
+        assert self.side is not None
+        return self.side.written_at(ids)
+
+    def reaching_written_since(self, vectors: np.ndarray, cuts: Sequence[int], bars: Sequence[float],
+                               ) -> list[list[tuple[str, np.ndarray]]]:
+        """Per query j, the products written at or after ``cuts[j]`` whose score with
+        ``vectors[j]`` may reach ``bars[j]`` (a superset; -inf: all), with their vectors, after a
+        sync (``written_at`` and ``snapshot_vectors`` after it answer from the same state). Needs
+        the side index."""
+        side = self._synced_side()
+        assert side is not None
+        return side.reaching_written_since(vectors, cuts, bars)
 
     def snapshot_vectors(self, ids: Sequence[str] | set[str]) -> dict[str, np.ndarray]:
         """Vectors of the live products among ``ids`` as of the last sync (no new sync, so they

@@ -7,14 +7,13 @@ every list searched.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
-from simstream.index.neighbours import BuiltList, ListBuilder, RecentSearches, stale_lists
+from simstream.index.neighbours import MARGIN, BuiltList, ListBuilder, RecentSearches, stale_lists
 from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
 from simstream.logs import get_logger
@@ -146,23 +145,21 @@ class Refresher:
 
     def _merge(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
                event_times: Mapping[str, int | None], started: int) -> dict[str, BuiltList]:
+        """Merge every head in one go: one product of the owners with the rows written since the
+        oldest head (on their packed values) picks, per owner, the changed products within reach of
+        its boundary; only those and the heads' members are decoded and scored exactly."""
         out: dict[str, BuiltList] = {}
-        changed = self.store.changed_since(min(h.as_of for h in heads.values()) - RACE_LOOKBACK_MS)
-        by_time = sorted(changed.values(), key=lambda p: p.updated_at)
-        stamps = [p.updated_at for p in by_time]
-        changed_ids = [p.product_id for p in by_time]
-        dim = self.store.dim
-        changed_mat = np.stack([p.vector for p in by_time]) if by_time else np.zeros((0, dim), np.float32)
         owners = list(heads)
-        # One matrix product scores every changed product against every owner (a pre-filter;
-        # ListBuilder.merge recomputes the scores that matter one by one, as build() does).
-        rough = changed_mat @ np.stack([products[pid].vector for pid in owners]).T
+        cuts = [heads[pid].as_of - RACE_LOOKBACK_MS for pid in owners]
+        bars = [-np.inf if heads[pid].holds_everyone else heads[pid].boundary + MARGIN for pid in owners]
+        reach = self.store.reaching_written_since(np.stack([products[pid].vector for pid in owners]), cuts, bars)
         members = self.store.snapshot_vectors({m for h in heads.values() for m in h.neighbour_ids})
-        for j, pid in enumerate(owners):
+        written = self.store.written_at(members)
+        for pid, cut, near in zip(owners, cuts, reach):
             head = heads[pid]
-            since = bisect.bisect_left(stamps, head.as_of - RACE_LOOKBACK_MS)
-            built = self.builder.merge(products[pid], head, changed_ids[since:], changed_mat[since:], members,
-                                       event_times.get(pid), started, rough=rough[since:, j])
+            # members written since the head (or gone: not in ``members``) are not taken as recorded
+            changed = {m for m in head.neighbour_ids if written.get(m, cut) >= cut}
+            built = self.builder.merge(products[pid], head, near, changed, members, event_times.get(pid), started)
             if built is not None:
                 out[pid] = built
         return out

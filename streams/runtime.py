@@ -45,7 +45,7 @@ def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
     # The ingest's search around each changed product is its own list's starting point (one pass per event).
-    recent = RecentSearches()
+    recent = RecentSearches(depth=settings.resolved_list_depth)
     return (Ingest(store, encoder, candidate_pool=settings.candidate_pool, recent=recent),
             Refresher(store, builder, recent=recent))
 

@@ -115,9 +115,8 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
         for o in owners:
             asked += 1
             prod = StoredProduct(o, vecs[o], 1, {}, "m", 0)
-            live = sorted(changed & vecs.keys())
-            mat = np.stack([vecs[c] for c in live]) if live else np.zeros((0, 16), np.float32)
-            got = builder.merge(prod, heads[o], live, mat, vecs, None, as_of=rnd + 2)
+            reach = [(c, vecs[c]) for c in sorted(changed & vecs.keys())]  # every live changed one: a superset
+            got = builder.merge(prod, heads[o], reach, changed, vecs, None, as_of=rnd + 2)
             deep, boundary = brute_deep(vecs, o, depth)
             if got is None:
                 heads[o] = ListHead(o, tuple(deep), boundary, 0, rnd + 2)

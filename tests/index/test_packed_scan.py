@@ -147,3 +147,31 @@ def test_reaching_holds_every_row_whose_bar_the_query_reaches(monkeypatch: pytes
         assert must <= got
         assert got <= reach_brute_force(x, ids, live, bars, q, margin + 1e-3)  # within the bound, no more
     assert any(reaching)
+
+
+def test_rows_written_since_that_reach_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge's pre-filter: per query, the products written since its cut whose oracle score
+    reaches its bar (edge bars at the exact score, -inf: all of them, a loose row), and no row
+    written before the cut, with the vectors bit-identical."""
+    monkeypatch.setattr(packed_scan, "BLOCK_ROWS", 61)
+    x = catalog(900, seed=13)
+    x[5, 30] += 1e-3  # off the grid: a loose row
+    rng = np.random.default_rng(14)
+    ids = [f"w{i:04d}" for i in range(len(x))]
+    side = SideIndex(DIM, capacity=1024, segments=SEGMENTS)
+    stamps = rng.integers(0, 1_000, len(x))
+    side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, int(stamps[i])) for i in range(len(x))])
+    side.delete(ids[:50])
+    queries = np.concatenate([x[100:104], x[5:6], x[200:260]])
+    cuts = [500, 0, 900, 999, 200] + [0] * 60
+    edge = rng.choice(np.arange(50, len(x)), 60)  # bars exactly at a row's oracle score
+    bars = [0.1, 0.3, -np.inf, 0.9, 0.2] + [float(np.float32(float(x[j] @ q))) for j, q in zip(edge, x[200:260])]
+    got = side.reaching_written_since(queries, cuts, bars)
+    for q, cut, bar, row in zip(queries, cuts, bars, got):
+        ids_got = {pid for pid, _ in row}
+        want = {ids[j] for j in range(50, len(x)) if stamps[j] >= cut and float(x[j] @ q) >= bar}
+        near = {ids[j] for j in range(50, len(x)) if stamps[j] >= cut and float(x[j] @ q) >= bar - 1e-3}
+        assert want <= ids_got <= near
+        assert all(np.array_equal(vec, x[ids.index(pid)]) for pid, vec in row)
+    assert {pid for pid, _ in got[2]} == {ids[j] for j in range(50, len(x)) if stamps[j] >= 900}
+    assert all(ids[j] in {pid for pid, _ in row} for j, row in zip(edge, got[5:]))
