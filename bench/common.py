@@ -296,12 +296,41 @@ def exact_rows(mat: np.ndarray, ids: Sequence[str], owners: Sequence[int], k: in
     return out
 
 
+CHURN_WRITES_PER_S = 50  # the write rate the churned state is built as if streamed at
+CHURN_PASSES = 3  # writes streamed, in catalog sizes
+
+
+def churned_times(n: int, deep: np.ndarray, now: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(written at, list as_of) per product of a catalog that has churned, as a stream leaves it:
+    ``CHURN_PASSES`` x n writes of products drawn at random, at ``CHURN_WRITES_PER_S``, ending a
+    minute ago; each product last written at its last draw (before the stream if never drawn);
+    each list last refreshed after the last write of its owner (+ the race lookback, when the owner
+    may merge again) or of one of its deep members (+ 1 s: a write refreshes the lists holding it).
+    Head ages then spread as in a steady state (about exponential, a mean of ~n / depth writes).
+    The vectors are the fresh catalog's, so every list stays exact; only the times, which decide
+    merge or search, are those of a churned catalog."""
+    from simstream.clock import RACE_LOOKBACK_MS
+
+    writes = CHURN_PASSES * n
+    step = 1000 / CHURN_WRITES_PER_S
+    start = now - 60_000 - int(writes * step)
+    drawn = np.random.default_rng(seed).integers(0, n, writes)
+    written = np.full(n, start - 1_000, np.int64)
+    written[drawn] = start + (np.arange(writes) * step).astype(np.int64)  # the last draw of each wins
+    own = written + RACE_LOOKBACK_MS + 1
+    by_member = written[deep].max(axis=1) + 1_000 if deep.shape[1] else own
+    return written, np.minimum(np.maximum(own, by_member), now - 30_000)
+
+
 def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, depth: int | None = None,
             with_lists: bool = True, flush_every_rows: int = 20_000,
-            top: tuple[np.ndarray, np.ndarray] | None = None, timeout_s: float = 10.0) -> dict[str, float]:
+            top: tuple[np.ndarray, np.ndarray] | None = None, timeout_s: float = 10.0,
+            churned: bool = False, seed: int = 0) -> dict[str, float]:
     """Write the catalog (and, optionally, its exact neighbour lists, top-``depth`` deep as the
     worker records them) straight into Milvus. ``top``: those lists already computed (row indices
-    and scores, best first, at least ``depth`` wide: ``exact_lists_by_mode``), else computed here."""
+    and scores, best first, at least ``depth`` wide: ``exact_lists_by_mode``), else computed here.
+    ``churned``: write and list times of a catalog that has churned (``churned_times``), else of a
+    fresh load (every list younger than every product)."""
     from simstream.clock import now_ms
     from simstream.index.exact import SCORE_DECIMALS
     from simstream.index.neighbours import BuiltList, ListBuilder, contributions
@@ -312,27 +341,31 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
     timings: dict[str, float] = {}
     vectors = fuse(encoder, fv)
     store = VectorStore.connect(uri, prefix, encoder.dim, flush_every_rows=flush_every_rows, timeout_s=timeout_s)
-    t0 = time.perf_counter()
     now = now_ms()
+    builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model, depth=depth)
+    t0 = time.perf_counter()
+    if top is None and with_lists:
+        ranked = exact_top_k(vectors, fv.ids, builder.depth, margin=8)
+        position = {pid: i for i, pid in enumerate(fv.ids)}
+        top = (np.array([[position[pid] for pid, _ in row] for row in ranked], np.int64),
+               np.array([[sc for _, sc in row] for row in ranked], np.float32))
+    timings["exact_lists_s"] = time.perf_counter() - t0
+    n = len(fv.docs)
+    if churned and top is not None:
+        written, as_of = churned_times(n, top[0][:, : min(builder.depth, n - 1)], now, seed)
+    else:  # lists after the products (+ the lookback), so the worker may merge at once
+        written, as_of = np.full(n, now - 60_000), np.full(n, now - 30_000)
+    t0 = time.perf_counter()
     event_fields = set(ProductEvent.__dataclass_fields__)
     page = 2_000  # rows hold their vectors as Python lists (~100 KB a row): a page at a time
     for start in range(0, len(fv.docs), page):
         store.milvus.insert_products([
             product_row(ProductEvent(**{k: v for k, v in d.items() if k in event_fields}), vectors[i], fv.hashes[i],
-                        encoder.model, now - 60_000)
+                        encoder.model, int(written[i]))
             for i, d in enumerate(fv.docs[start:start + page], start)])
     timings["insert_s"] = time.perf_counter() - t0
-    if with_lists:
-        t0 = time.perf_counter()
-        builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model, depth=depth)
-        if top is None:
-            ranked = exact_top_k(vectors, fv.ids, builder.depth, margin=8)
-            position = {pid: i for i, pid in enumerate(fv.ids)}
-            idx = np.array([[position[pid] for pid, _ in row] for row in ranked], np.int64)
-            scores = np.array([[sc for _, sc in row] for row in ranked], np.float32)
-        else:
-            idx, scores = top
-        timings["exact_lists_s"] = time.perf_counter() - t0
+    if with_lists and top is not None:
+        idx, scores = top
         t0 = time.perf_counter()
         batch: list[StoredList] = []
         for i, pid in enumerate(fv.ids):
@@ -341,9 +374,8 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
             neigh = [Neighbour(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), why[j]) for j in range(k)]
             nl = NeighbourList(pid, fv.docs[i]["version"], neigh, encoder.model, now, fv.docs[i]["event_time"])
             boundary = float(scores[i, builder.depth - 1]) if len(fv.ids) - 1 > builder.depth else float("-inf")
-            # as_of after the products' updated_at (+ the lookback), so the worker may merge at once.
             deep = [fv.ids[j] for j in idx[i, : min(builder.depth, len(fv.ids) - 1)]]
-            batch.append(builder.stored_form(BuiltList(nl, deep, boundary, now - 30_000)))
+            batch.append(builder.stored_form(BuiltList(nl, deep, boundary, int(as_of[i]))))
             if len(batch) == 2000:
                 store.upsert_lists(batch)
                 batch = []

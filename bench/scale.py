@@ -7,8 +7,10 @@ Per size N (every phase bounded in time; a phase past its bound is reported as s
     encodings and which are perturbed), and every product's exact top-``depth`` list for both
     encoder modes in one all-pairs pass (``common.exact_lists_by_mode``, same answer as
     index/exact.py ``exact_top_k``; cached in bench/.cache);
- 2. per mode (text-only, text+image): a milvus-lite file is pre-loaded with the catalog and its lists
-    through the index API (``common.preload``), the Tansu broker and a real ``simstream worker``
+ 2. per mode (text-only, text+image) and state (fresh; churned: ``--states``): a milvus-lite file is
+    pre-loaded with the catalog and its lists through the index API (``common.preload``; churned:
+    constructed directly, with the write and list times of a catalog that streamed every product
+    once, ``common.churned_times``, so the oldest heads have ~N writes behind them), the Tansu broker and a real ``simstream worker``
     start; measured: start-up (``VectorStore.load_into_memory``: side index + list mirror built, from
     the worker's log; and process start to /readyz), the worker's RSS after a warm-up batch (its
     process tree: milvus-lite runs inside it) minus the RSS of a worker holding ~0 products in the
@@ -58,7 +60,7 @@ WORKER_ENV = {"SIMSTREAM_MILVUS_TIMEOUT_S": str(int(MILVUS_TIMEOUT_S))}
 QUICK = {"sizes": [2_000], "side_only": [20_000], "events": 48, "fresh_s": 8.0, "price_events": 48,
          "check": 300, "encoder_items": 32, "phase_s": 600.0}
 FULL = {"sizes": [10_000, 100_000], "side_only": [1_000_000], "events": 256, "fresh_s": 20.0, "price_events": 256,
-        "check": 3_000, "encoder_items": 128, "phase_s": 2_400.0}
+        "check": 3_000, "encoder_items": 128, "phase_s": 2_400.0, "churned_states": (False, True)}
 
 
 # --- 1. the catalog and its exact lists ---------------------------------------------------------
@@ -120,8 +122,9 @@ def profiler(pid: int, out: Path, on: bool) -> Any:
 
 
 def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], encoder: Any, fv: FieldVectors,
-              top: tuple[np.ndarray, np.ndarray] | None) -> Any:
-    """pipeline_bench.Run, pre-loading the given exact lists and able to send price-only updates."""
+              top: tuple[np.ndarray, np.ndarray] | None, churned: bool = False) -> Any:
+    """pipeline_bench.Run, pre-loading the given exact lists (as a fresh load, or with the write
+    and list times of a churned catalog: common.churned_times) and able to send price-only updates."""
     Run = _runs()[0]
 
     class ScaleRun(Run):  # type: ignore[misc, valid-type]
@@ -200,14 +203,14 @@ def empty_worker_rss(image: bool, seed: int, root: Path, names: list[str], encod
 
 
 def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encoder: Any, fv: FieldVectors,
-             top: tuple[np.ndarray, np.ndarray], p: dict[str, Any], deadline: float) -> dict[str, Any]:
+             top: tuple[np.ndarray, np.ndarray], p: dict[str, Any], deadline: float, churned: bool = False) -> dict[str, Any]:
     from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
     from simstream.settings import Settings
     from simstream.streams.producer import EventProducer
 
     _, backlog_rate, freshness, scrape = _runs()
-    run = scale_run(image, n, seed, root, names, encoder, fv, top)
-    res: dict[str, Any] = {"products": n}
+    run = scale_run(image, n, seed, root, names, encoder, fv, top, churned)
+    res: dict[str, Any] = {"products": n, "state": "churned" if churned else "fresh"}
     left = lambda: max(60.0, deadline - time.monotonic())  # noqa: E731
     try:
         res["preload"] = run.load()
@@ -275,7 +278,8 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
             res["exactness"] = {"skipped": "time bound of the size passed"}
     finally:
         for name in ("worker.log", "profile-saturation.txt", "profile-price.txt"):
-            keep = Path(tempfile.gettempdir()) / f"simstream-scale-{n}-{'image' if image else 'text'}-{name}"
+            keep = Path(tempfile.gettempdir()) / \
+                f"simstream-scale-{n}-{'image' if image else 'text'}{'-churned' if churned else ''}-{name}"
             if (run.data / name).exists():
                 shutil.copy(run.data / name, keep)
                 res["worker_log" if name == "worker.log" else name.split(".")[0].replace("-", "_")] = str(keep)
@@ -450,20 +454,20 @@ def scale(sizes: list[int], side_sizes: list[int], p: dict[str, Any], seed: int 
             print(json.dumps({str(n): res}), flush=True)
             continue
         res["catalog"] = info
-        for mode in modes:
+        for mode, churned in [(m, c) for m in modes for c in (False, True) if c in p.get("churned_states", (False,))]:
             image = MODES[mode]
-            name = "text_image" if image else "text_only"
+            name = ("text_image" if image else "text_only") + ("_churned" if churned else "")
             deadline = time.monotonic() + p["phase_s"]
             if image not in empty:
                 empty[image] = empty_worker_rss(image, seed, root, names, encoders[image], 64)
-            r = run_mode(image, n, seed, root, names, encoders[image], fv, tops[image], p, deadline)
+            r = run_mode(image, n, seed, root, names, encoders[image], fv, tops[image], p, deadline, churned)
             e = empty[image]
             r["empty_worker"] = e
             # after the same warm-up batch in both; and at /readyz, before any event (no encoder buffers yet)
             r["rss_bytes_per_product"] = round((r["rss_tree_bytes"] - e["rss_tree_bytes"]) / n)
             r["rss_ready_bytes_per_product"] = round((r["rss_ready_tree_bytes"] - e["rss_ready_tree_bytes"]) / n)
             rate = r.get("saturation", {}).get("events_per_s")
-            ceil = out["encoder_ceiling"][name]
+            ceil = out["encoder_ceiling"][name.removesuffix("_churned")]
             r["over_ceiling"] = round(rate / ceil, 3) if rate and ceil else None
             res[name] = r
             print(json.dumps({str(n): {name: r}}, default=str), flush=True)
@@ -484,9 +488,35 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
     for key, res in r.items():
         if not key.isdigit():
             continue
-        t, i = res.get("text_only", {}), res.get("text_image", {})
-        per[key] = {
-            "rss_bytes_per_product": t.get("rss_bytes_per_product"),
+        per[key] = _size_fields(res.get("text_only", {}), res.get("text_image", {}))
+        if "text_only_churned" in res or "text_image_churned" in res:
+            per[key]["churned"] = _size_fields(res.get("text_only_churned", {}), res.get("text_image_churned", {}))
+    for key, res in r.items():
+        if key.startswith("side_only_") and "skipped" not in res:
+            per.setdefault(key.removeprefix("side_only_"), {}).update(
+                {"side_index_only": True, "rss_bytes_per_product": res["rss_bytes_per_product"],
+                 "side_search_ms_per_query": res["search_ms_per_query"]})
+    big = r.get("100000", {})
+    t, i = big.get("text_only", {}), big.get("text_image", {})
+    tc = big.get("text_only_churned", {})
+    fresh_rate, churned_rate = t.get("saturation", {}).get("events_per_s"), tc.get("saturation", {}).get("events_per_s")
+    out = {"scale": per,
+           "price_only_events_per_s_100k": t.get("price_only", {}).get("events_per_s"),
+           "freshness_p99_s_100k_text": t.get("freshness", {}).get("p99_s"),
+           "freshness_p99_s_100k_image": i.get("freshness", {}).get("p99_s"),
+           "pipeline_over_ceiling_100k_text": t.get("over_ceiling"),
+           "pipeline_over_ceiling_100k_image": i.get("over_ceiling"),
+           "churned_over_fresh_100k": round(churned_rate / fresh_rate, 3) if fresh_rate and churned_rate else None}
+    for key, value in out.items():
+        if value is None:
+            why.append(f"{key}: not measured ({'100000 not among the sizes' if not big else 'see the 100000 entry'})")
+    out["scale_not_measured"] = why
+    return out
+
+
+def _size_fields(t: dict[str, Any], i: dict[str, Any]) -> dict[str, Any]:
+    """One state's headline fields at one size (text-only ``t``, with images ``i``)."""
+    return {"rss_bytes_per_product": t.get("rss_bytes_per_product"),
             "rss_bytes_per_product_image": i.get("rss_bytes_per_product"),
             "rss_ready_bytes_per_product": t.get("rss_ready_bytes_per_product"),
             "startup_s": t.get("startup_s"),
@@ -497,25 +527,9 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
             "equal_share": min((x for x in (t.get("exactness", {}).get("equal_share"),
                                             i.get("exactness", {}).get("equal_share")) if x is not None),
                                default=None),
-        }
-    for key, res in r.items():
-        if key.startswith("side_only_") and "skipped" not in res:
-            per.setdefault(key.removeprefix("side_only_"), {}).update(
-                {"side_index_only": True, "rss_bytes_per_product": res["rss_bytes_per_product"],
-                 "side_search_ms_per_query": res["search_ms_per_query"]})
-    big = r.get("100000", {})
-    t, i = big.get("text_only", {}), big.get("text_image", {})
-    out = {"scale": per,
-           "price_only_events_per_s_100k": t.get("price_only", {}).get("events_per_s"),
-           "freshness_p99_s_100k_text": t.get("freshness", {}).get("p99_s"),
-           "freshness_p99_s_100k_image": i.get("freshness", {}).get("p99_s"),
-           "pipeline_over_ceiling_100k_text": t.get("over_ceiling"),
-           "pipeline_over_ceiling_100k_image": i.get("over_ceiling")}
-    for key, value in out.items():
-        if value is None:
-            why.append(f"{key}: not measured ({'100000 not among the sizes' if not big else 'see the 100000 entry'})")
-    out["scale_not_measured"] = why
-    return out
+            "price_only_events_per_s": t.get("price_only", {}).get("events_per_s"),
+            "refresh_work": t.get("refresh_work"),
+            }
 
 
 def main() -> None:
@@ -530,9 +544,13 @@ def main() -> None:
     ap.add_argument("--encoder-items", type=int, default=None, help="items of the same-run encoder ceiling")
     ap.add_argument("--quick", action="store_true", help="CI-sized smoke run")
     ap.add_argument("--profile", action="store_true", help="py-spy the worker during the backlogs (top entries in the JSON)")
+    ap.add_argument("--states", default=None,
+                    help="fresh,churned (default; --quick: fresh): the catalog as freshly loaded, and as churned")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     p = dict(QUICK if a.quick else FULL, profile=a.profile)
+    if a.states is not None:
+        p["churned_states"] = tuple(state == "churned" for state in a.states.split(",") if state)
     for key, value in (("events", a.events), ("price_events", a.events), ("fresh_s", a.fresh_s), ("phase_s", a.phase_s),
                        ("check", a.check), ("encoder_items", a.encoder_items)):
         if value is not None:

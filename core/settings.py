@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # Recorded list depth (>= top_k): the extra entries let a refresh merge changes instead of
     # searching the whole catalog (index/neighbours.py ListBuilder.merge); 0 = top_k + 5.
     list_depth: int = Field(0, ge=0, le=LIST_CAPACITY)  # the lists collection's ARRAY max_capacity
-    candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates searched per change
+    candidate_pool: int = Field(64, ge=1)  # reverse-neighbour candidates per change, without the side index
     # How fused vectors are stored (simstream.vector_codec): "compact" rounds each field onto a
     # float16 or int8 grid at encode time (4-5x less worker memory, exact search unchanged);
     # "float32" keeps the encoders' values. Part of the model tag: changing it re-encodes.

@@ -445,6 +445,11 @@ class MilvusStore:
     def deleted_since(self, since_ms: int) -> set[str]:
         return {r["product_id"] for r in self._filter(self.tombstones, f"deleted_at >= {int(since_ms)}", ["product_id"])}
 
+    def iter_tombstones(self, batch_size: int = 2000) -> Iterator[list[tuple[str, int, int]]]:
+        """Every delete marker as (product_id, version, deleted_at), in pages."""
+        for page in self._pages(self.tombstones, ["version", "deleted_at"], batch_size):
+            yield [(r["product_id"], int(r["version"]), int(r["deleted_at"])) for r in page]
+
     def upsert_tombstones(self, versions: dict[str, int], deleted_at: int) -> None:
         rows = [{"product_id": pid, "dummy": [0.0, 0.0], "version": v, "deleted_at": deleted_at}
                 for pid, v in versions.items()]

@@ -7,8 +7,10 @@ missed; in short:
 - X's own list is recomputed whenever X changes.
 - X *leaves* (or changes its score in) Y's list only if Y lists X now: the lists collection is a
   reverse index (``listers_of``), so that set is exact.
-- X *enters* Y's list only if score(X, Y) >= the boundary of Y's recorded list. Candidates come from a search
-  around X's new vector; while the weakest candidate still qualifies, the search widens (x4, up to
+- X *enters* Y's list only if score(X, Y) >= the boundary of Y's recorded list. With the side
+  index, the scan around X compares every row with its own list's boundary in the same pass
+  (``VectorStore.search_reaching``). Without it, candidates come from a search around X's new
+  vector; while the weakest candidate still qualifies, the search widens (x4, up to
   ``max_pool``); a product beyond the searched pool scores at most the pool's weakest score, so
   only lists whose boundary is that low can still qualify, and those are checked exactly.
 - Races with concurrent writers are closed afterwards by ``stale_lists``: every product written

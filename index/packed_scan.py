@@ -120,7 +120,7 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
         return [np.zeros(0, np.int64) for _ in range(count)]
     q = _PackedQueries(queries, rows.segments)
     widest = rows.dim if rows.loose_rows else q.widest_float
-    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
     slack = np.array([window(rows.dim, widest, len(rows.segments), float(n), rows.max_norm) / 2 for n in norms])
     need = torch.from_numpy(np.asarray(np.asarray(bars, np.float64) - slack, np.float32))
     loose = dict(rows.loose_items())
@@ -173,7 +173,7 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     that), in the same pass."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
-    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
     on_device = device is not None and device.type != "cpu"
     q = None if on_device else _PackedQueries(queries, rows.segments)  # a device multiplies decoded rows
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there

@@ -246,23 +246,40 @@ class SideIndex:
                                ) -> list[list[tuple[str, np.ndarray]]]:
         """Per query j: the live products written at or after ``cuts[j]`` whose score with
         ``vectors[j]``, as the oracle computes it, may reach ``bars[j]`` (a superset, within the
-        scan's error bound; -inf: all of them), with their vectors. Only the rows written since the
-        earliest cut are multiplied, on their packed values; only the rows returned are decoded."""
+        scan's error bound; -inf: all of them), with their vectors. Rows are multiplied on their
+        packed values, and only the rows returned are decoded.
+
+        Work follows each query's own share: with the rows ordered newest first, query j needs the
+        first L_j of them; queries are grouped by L_j within a factor of two, and each group
+        multiplies only its longest prefix (at most twice the sum of the L_j, not every query
+        times the rows written since the oldest cut)."""
         n = len(self._ids)
-        if not len(cuts):
+        count = len(cuts)
+        if not count:
             return []
         cut = np.asarray(cuts, np.int64)
         rows = np.flatnonzero(self._live[:n] & (self._meta.updated_at[:n] >= cut.min()))
         if not len(rows):
             return [[] for _ in cuts]
+        newest_first = np.argsort(-self._meta.updated_at[rows], kind="stable")
+        rows = rows[newest_first]
         stamps = self._meta.updated_at[rows]
-        hits = subset_reaching(self._rows, rows, np.asarray(vectors, np.float32), np.asarray(bars, np.float64))
-        hits = [h[stamps[h] >= c] for h, c in zip(hits, cut.tolist())]
-        wanted = np.unique(np.concatenate(hits)) if hits else np.zeros(0, np.int64)
+        prefix = np.searchsorted(-stamps, -cut, side="right")  # rows written at or after each cut
+        group = np.ceil(np.log2(np.maximum(prefix, 1))).astype(np.int64)
+        q = np.asarray(vectors, np.float32)
+        bar = np.asarray(bars, np.float64)
+        hits: list[np.ndarray] = [np.zeros(0, np.int64)] * count
+        for g in np.unique(group[prefix > 0]).tolist():
+            members = np.flatnonzero((group == g) & (prefix > 0))
+            longest = int(prefix[members].max())
+            found = subset_reaching(self._rows, rows[:longest], q[members], bar[members])
+            for j, at in zip(members.tolist(), found):
+                hits[j] = at[at < prefix[j]]  # positions in the newest-first order
+        wanted = np.unique(np.concatenate(hits))
         decoded = self._rows.read(rows[wanted])
-        at = {int(i): j for j, i in enumerate(wanted.tolist())}
+        where = {int(i): k for k, i in enumerate(wanted.tolist())}
         ids = self._ids
-        return [[(ids[int(rows[i])], decoded[at[i]]) for i in h.tolist()] for h in hits]  # type: ignore[misc]
+        return [[(ids[int(rows[i])], decoded[where[i]]) for i in h.tolist()] for h in hits]  # type: ignore[misc]
 
     def count_written_since(self, times_ms: Sequence[int]) -> list[int]:
         """Per time, the live rows whose held version was written at or after it: one pass over the

@@ -33,6 +33,7 @@ from simstream.index.list_mirror import ListMirror
 from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
 from simstream.index.rows import ListHead, StoredList, StoredProduct
 from simstream.index.side import SideIndex
+from simstream.index.tombstone_mirror import TombstoneMirror
 from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
 from simstream.vector_codec import Segment, bytes_per_row
@@ -57,6 +58,7 @@ class VectorStore:
         self.memory_limit_bytes = memory_limit_bytes
         self.side: SideIndex | None = None
         self.mirror: ListMirror | None = None
+        self.tombstones: TombstoneMirror | None = None  # only while this process is Milvus' only writer
         self._side_synced_at = 0
         self._mirror_synced_at = 0
 
@@ -101,6 +103,12 @@ class VectorStore:
         self.side, self._side_synced_at = side, started
         log.info("side index built", products=len(side), seconds=round(time.perf_counter() - t0, 2),
                  bytes_per_vector=side.row_bytes, loose_rows=side.loose_rows)
+        if self.milvus.exclusive:  # every marker passes through this process: hold them here
+            tombstones = TombstoneMirror()
+            for page in self.milvus.iter_tombstones():
+                for pid, version, deleted_at in page:
+                    tombstones.put({pid: version}, deleted_at)
+            self.tombstones = tombstones
         if not self.milvus.lists_stamped:
             log.warning("lists collection has no updated_at (created by an older simstream); "
                         "list questions go to Milvus", collection=self.milvus.lists)
@@ -291,21 +299,31 @@ class VectorStore:
 
     # --- tombstones -----------------------------------------------------------------------
     def get_tombstones(self, ids: Sequence[str]) -> dict[str, int]:
+        if self.tombstones is not None:
+            return self.tombstones.versions(ids)
         return self.milvus.read_tombstones(ids)
 
     def deleted_since(self, since_ms: int) -> set[str]:
+        if self.tombstones is not None:
+            return self.tombstones.deleted_since(since_ms)
         return self.milvus.deleted_since(since_ms)
 
     def upsert_tombstones(self, versions: dict[str, int], deleted_at: int) -> None:
         self.milvus.upsert_tombstones(versions, deleted_at)
+        if self.tombstones is not None:
+            self.tombstones.put(versions, deleted_at)
 
     def delete_tombstones(self, ids: Sequence[str]) -> None:
         self.milvus.delete_tombstones(ids)
+        if self.tombstones is not None:
+            self.tombstones.remove(ids)
 
     def purge_tombstones(self, older_than_ms: int) -> None:
         """Forget product tombstones and list tombstone markers recorded before ``older_than_ms``,
         in Milvus and in the list mirror (the same rule: ``MilvusStore.purge_list_markers``)."""
         self.milvus.purge_tombstones(older_than_ms)
+        if self.tombstones is not None:
+            self.tombstones.purge(older_than_ms)
         self.milvus.purge_list_markers(older_than_ms)
         if self.mirror is not None:
             self.mirror.remove_markers_older_than(older_than_ms)

@@ -77,3 +77,30 @@ def test_refresh_work_is_per_event_from_two_scrapes() -> None:
              'simstream_milvus_seconds_sum{op="plan"}': 1.5, 'simstream_milvus_seconds_sum{op="record"}': 0.25}
     assert scale.refresh_work(after, before, 4) == {"merged_per_event": 6.0, "searched_per_event": 0.5,
                                                    "step_seconds": {"plan": 0.5, "record": 0.25}}
+
+
+def test_churned_times_age_the_lists_as_a_stream_would() -> None:
+    from common import CHURN_PASSES, CHURN_WRITES_PER_S, churned_times  # type: ignore
+
+    from simstream.clock import RACE_LOOKBACK_MS
+
+    n, now, depth = 2_000, 10_000_000_000, 15
+    deep = np.random.default_rng(2).integers(0, n, (n, depth))
+    written, as_of = churned_times(n, deep, now, seed=3)
+    assert (as_of >= written + RACE_LOOKBACK_MS).all()  # each owner unchanged since its list
+    assert (as_of >= written[deep].max(axis=1)).all()  # refreshed after its members' writes
+    assert (as_of <= now - 30_000).all()
+    start = written.min() + 1_000  # some products were never drawn: written just before the stream
+    times = start + (np.arange(CHURN_PASSES * n) * (1000 / CHURN_WRITES_PER_S)).astype(np.int64)
+    behind = len(times) - np.searchsorted(times, as_of)  # writes since each head
+    assert np.median(behind) < n // 4  # most heads are young ...
+    # ... and the oldest have a large share of the catalog written since: ~(n / (depth + 1)) ln n
+    assert behind.max() > n // 3
+
+
+def test_summary_reports_the_churned_state_beside_the_fresh_one() -> None:
+    fresh = {"saturation": {"events_per_s": 40.0}, "exactness": {"equal_share": 1.0}}
+    churned = {"saturation": {"events_per_s": 34.0}, "exactness": {"equal_share": 1.0}}
+    out = scale.summary({"100000": {"text_only": fresh, "text_only_churned": churned}})
+    assert out["scale"]["100000"]["churned"]["events_per_s_text"] == 34.0
+    assert out["churned_over_fresh_100k"] == 0.85

@@ -1,0 +1,59 @@
+"""An in-memory mirror of the tombstones collection: each deleted product's version and deletion time.
+
+Every refresh cycle asks "what was deleted since t" twice (its race re-checks) and every ingest
+batch asks for the markers of its products; on milvus-lite each is a filter query through the
+in-process gRPC adapter. When this process is Milvus' only writer (a milvus-lite file, which it
+opens exclusively) every marker passes through it, so it answers those questions from here; with a
+Milvus server other workers write markers too, and ``index.store.VectorStore`` asks Milvus.
+
+A plain in-memory structure that knows nothing of Milvus: ``VectorStore`` fills it at start-up and
+applies every marker it writes, deletes and purges, with the same rules as the collection.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from sortedcontainers import SortedList
+
+__all__ = ["TombstoneMirror"]
+
+
+class TombstoneMirror:
+    """product_id -> (version, deleted_at), and the same ordered by deletion time."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[int, int]] = {}
+        self._by_time = SortedList()  # (deleted_at, product_id)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def put(self, versions: Mapping[str, int], deleted_at: int) -> None:
+        """Markers written (an upsert: a product's newer marker replaces its older one)."""
+        for pid, version in versions.items():
+            self.remove([pid])
+            self._held[pid] = (int(version), int(deleted_at))
+            self._by_time.add((int(deleted_at), pid))
+
+    def remove(self, ids: Iterable[str]) -> None:
+        for pid in ids:
+            held = self._held.pop(pid, None)
+            if held is not None:
+                self._by_time.remove((held[1], pid))
+
+    def purge(self, older_than_ms: int) -> int:
+        """Forget the markers deleted before ``older_than_ms`` (the collection's purge rule)."""
+        old = list(self._by_time.irange(maximum=(int(older_than_ms), ""), inclusive=(True, False)))
+        for _, pid in old:
+            del self._held[pid]
+        del self._by_time[: len(old)]
+        return len(old)
+
+    def versions(self, ids: Iterable[str]) -> dict[str, int]:
+        """The marker's version of each id among ``ids`` that has one."""
+        return {pid: held[0] for pid in ids if (held := self._held.get(pid)) is not None}
+
+    def deleted_since(self, since_ms: int) -> set[str]:
+        """Products whose marker was written at or after ``since_ms``."""
+        return {pid for _, pid in self._by_time.irange(minimum=(int(since_ms), ""))}
