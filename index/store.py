@@ -105,8 +105,8 @@ class VectorStore:
                  bytes_per_vector=side.row_bytes, loose_rows=side.loose_rows)
         if self.milvus.exclusive:  # every marker passes through this process: hold them here
             tombstones = TombstoneMirror()
-            for page in self.milvus.iter_tombstones():
-                for pid, version, deleted_at in page:
+            for markers in self.milvus.iter_tombstones():
+                for pid, version, deleted_at in markers:
                     tombstones.put({pid: version}, deleted_at)
             self.tombstones = tombstones
         if not self.milvus.lists_stamped:
