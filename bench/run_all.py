@@ -10,6 +10,8 @@ e  refresh cost: VectorStore.search vs numpy brute force at 10k and 100k      be
 f  change-aware updates: price-only / full encode cost                         bench/encoders_bench.py
 scale  issue 13: RSS/product, start-up, non-encoder ms/event, events/s, exactness at 10k and 100k,
        price-only rate and freshness at 100k; 1M on the side index alone      bench/scale.py
+       issue 21: the churned state beside the fresh one (scale.*.churned, churned_over_fresh_100k),
+       the same-run arithmetic floor of an event and the worker over it       bench/scan_bench.py
 
 Every number that has a baseline is reported as a ratio to a baseline measured in the same run
 (the machine is shared and noisy). ``--quick`` uses small sizes (a smoke run of a few minutes);
@@ -33,6 +35,7 @@ from backfill_bench import run as backfill_run  # type: ignore  # noqa: E402
 from encoders_bench import backend_speedup, change_aware, encoder_ceiling  # type: ignore  # noqa: E402
 from pipeline_bench import pipeline  # type: ignore  # noqa: E402
 from refresh_bench import refresh_cost  # type: ignore  # noqa: E402
+from scan_bench import floors  # type: ignore  # noqa: E402
 from scale import FULL as SCALE_FULL, QUICK as SCALE_QUICK, scale, summary as scale_summary  # type: ignore  # noqa: E402
 
 FULL = {"encoder_items": 256, "preload": 20_000, "events": 512, "fresh_s": 30.0, "batch1_events": 64,
@@ -121,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in report["scale_not_measured"]:
         print(f"not measured: {line}")
     report["seconds_scale"] = round(time.monotonic() - t0, 1)
+    # Issue 21: the same-run arithmetic floor of an event at 100k (20k quick), and the worker's
+    # non-encoder time per event over it.
+    floor_n = 20_000 if a.quick else 100_000
+    big = report["scale"].get(str(max(scale_sizes)) if a.quick else "100000", {})
+    report["floors"] = floors(floor_n, big.get("non_encoder_ms_per_event"))
+    report["floor_ms_per_event_100k"] = report["floors"]["floor_ms_per_event"]
+    report["non_encoder_over_floor_100k"] = report["floors"]["non_encoder_over_floor"]
     t0 = time.monotonic()
     # Issue 13: the bulk path against the encoders alone (100k full; 2k quick), and the encoder
     # backends against today's torch path, each measured in one run.

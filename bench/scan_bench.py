@@ -110,7 +110,7 @@ def measure(n: int, queries: list[int], seed: int = 5) -> dict[str, Any]:
                "decode": best_ms(decode, repeats=1),
                "gemm_f32": best_ms(lambda: resident @ q_float.T),
                "int8": best_ms(lambda: ([torch._int_mm(x, y) for x, y in zip(i8, q_i8)], f16 @ q_f16))}
-        res = {k: round(v, 1) for k, v in res.items()}
+        res = {k: round(v, 3) for k, v in res.items()}
         res["packed_over_gemm_f32"] = round(res["packed"] / res["gemm_f32"], 2)
         res["packed_over_int8"] = round(res["packed"] / res["int8"], 2)
         res["decode_over_packed"] = round(res["decode"] / res["packed"], 2)
@@ -127,6 +127,20 @@ def measure(n: int, queries: list[int], seed: int = 5) -> dict[str, Any]:
         assert [pid for pid, _ in row] == [pid for _, pid in want], "packed scan differs from brute force"
     out["exact_sample"] = "4 queries: equal to a float32 brute force"
     return out
+
+
+EVENT_BATCH = 64  # queries per scan pass the floor assumes: a backlog's ingest batch
+
+
+def floors(n: int, non_encoder_ms_per_event: float | None) -> dict[str, Any]:
+    """The arithmetic floor of one event at catalog size n, measured now: its scan (one query of the
+    affected-set pass) as a share of a batched int8 product (``EVENT_BATCH`` queries), and the
+    worker's non-encoder milliseconds per event over it (``bench/run_all.py`` keys)."""
+    res = measure(n, [EVENT_BATCH])
+    floor = round(res[f"q{EVENT_BATCH}"]["int8"] / EVENT_BATCH, 5)
+    return {"scan": res, "floor_ms_per_event": floor,
+            "non_encoder_over_floor": round(non_encoder_ms_per_event / floor, 1)
+            if non_encoder_ms_per_event and floor > 0 else None}
 
 
 def main() -> None:

@@ -104,3 +104,13 @@ def test_summary_reports_the_churned_state_beside_the_fresh_one() -> None:
     out = scale.summary({"100000": {"text_only": fresh, "text_only_churned": churned}})
     assert out["scale"]["100000"]["churned"]["events_per_s_text"] == 34.0
     assert out["churned_over_fresh_100k"] == 0.85
+
+
+def test_the_floor_of_an_event_is_measured_in_the_same_run() -> None:
+    import scan_bench  # type: ignore
+
+    out = scan_bench.floors(3_000, 5.0)
+    assert out["floor_ms_per_event"] > 0
+    assert out["non_encoder_over_floor"] == round(5.0 / out["floor_ms_per_event"], 1)
+    assert out["scan"]["exact_sample"].startswith("4 queries: equal")
+    assert scan_bench.floors(3_000, None)["non_encoder_over_floor"] is None
