@@ -143,8 +143,7 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     limit = pool
     first = True
     while todo:
-        if not first:
-            searched_at = now_ms()
+        searched_at = now_ms()
         hits = store.search_scores(np.stack([c.vector for c in todo]), limit=limit)  # type: ignore[misc]
         if first and recent is not None:
             for change, row in zip(todo, hits):
@@ -277,9 +276,8 @@ class ListBuilder:
             score = float(vec @ me)
             if c != pid and (complete or score > head.boundary + MARGIN):
                 entries.append((score, c, vec))
-        fresh = {c for c, _ in reach}
         entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbour_ids
-                    if m != pid and m not in changed and m not in fresh and m in members]
+                    if m != pid and m not in changed and m in members]
         entries.sort(key=lambda t: rank_key(t[0], t[1]))
         boundary = -np.inf if complete else head.boundary
         if len(entries) > self.depth:

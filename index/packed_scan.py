@@ -52,6 +52,14 @@ def window(dim: int, widest_float_segment: int, segments: int, query_norm: float
     return 2 * (scan + gamma(dim) * a) + 3e-6  # 1e-6 more: the float32 comparison with t - window
 
 
+def windows_of(rows: PackedRows, queries: np.ndarray, widest_float_segment: int) -> np.ndarray:
+    """``window`` per query (float32 rows of ``queries``): norms in float64, rows bounded by the
+    largest norm ever written."""
+    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
+    return np.array([window(rows.dim, widest_float_segment, len(rows.segments), float(n), rows.max_norm)
+                     for n in norms])
+
+
 @dataclass(frozen=True, slots=True)
 class Candidates:
     """Per query: row numbers and their scan scores (unordered), a superset of its exact top-limit;
@@ -119,9 +127,7 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
     if not len(subset) or not count:
         return [np.zeros(0, np.int64) for _ in range(count)]
     q = _PackedQueries(queries, rows.segments)
-    widest = rows.dim if rows.loose_rows else q.widest_float
-    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
-    slack = np.array([window(rows.dim, widest, len(rows.segments), float(n), rows.max_norm) / 2 for n in norms])
+    slack = windows_of(rows, queries, rows.dim if rows.loose_rows else q.widest_float) / 2
     need = torch.from_numpy(np.asarray(np.asarray(bars, np.float64) - slack, np.float32))
     loose = dict(rows.loose_items())
     qf = torch.from_numpy(np.ascontiguousarray(queries))
@@ -173,11 +179,10 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     that), in the same pass."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
-    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
     on_device = device is not None and device.type != "cpu"
     q = None if on_device else _PackedQueries(queries, rows.segments)  # a device multiplies decoded rows
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
-    windows = np.array([window(rows.dim, widest, len(rows.segments), float(n), rows.max_norm) for n in norms])
+    windows = windows_of(rows, queries, widest)
     win = torch.from_numpy(np.asarray(windows, np.float32))
     loose = [] if on_device else rows.loose_items()  # decoded blocks already hold them
     q_device = torch.from_numpy(queries).to(device) if on_device else None
