@@ -27,7 +27,8 @@ import torch
 from simstream.index.packed_rows import PackedRows
 from simstream.vector_codec import Segment, pack
 
-__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "gamma", "window", "scan_candidates", "subset_reaching"]
+__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "gamma", "window", "windows_of", "scan_candidates",
+           "subset_reaching"]
 
 BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
