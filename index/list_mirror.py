@@ -47,15 +47,17 @@ class ListMirror:
         self._listers: dict[str, list[str]] = {}
         self._by_boundary = SortedKeyList(key=lambda owner: self._heads[owner].boundary)
         # Content digests of the lists this worker recorded (NeighbourList.content_digest), valid
-        # while their head is the held one: any other head put for the owner drops it.
+        # while their head is the held one: any other head put for the owner drops it (and so its
+        # members' scores, which live in the head).
         self._digests: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._heads)
 
-    def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None) -> None:
-        """Hold ``heads`` (the last one per owner), with the content digests of those this worker
-        just recorded."""
+    def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None,
+            scores: Mapping[str, bytes] | None = None) -> None:
+        """Hold ``heads`` (the last one per owner), with the content digests and the members' exact
+        scores (``ListHead.scores``) of those this worker just recorded."""
         latest = {sys.intern(str(h.product_id)): h for h in heads}  # one head per owner: the last
         real: list[str] = []
         for owner, head in latest.items():
@@ -63,7 +65,8 @@ class ListMirror:
             if digests is not None and (digest := digests.get(owner)) is not None:
                 self._digests[owner] = digest
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
-            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members)
+            held = (scores or {}).get(owner, b"")
+            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members, scores=held)
             if _indexed(head):
                 real.append(owner)
             for nid in dict.fromkeys(members):

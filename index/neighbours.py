@@ -20,6 +20,7 @@ missed; in short:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Container, Mapping, Sequence
@@ -33,7 +34,7 @@ from simstream.index.store import VectorStore
 from simstream.records import Neighbour, NeighbourList
 
 __all__ = [
-    "TIE_MARGIN", "MARGIN", "contributions", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
+    "TIE_MARGIN", "MARGIN", "contributions", "FieldShares", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
     "stale_lists",
 ]
 
@@ -41,21 +42,44 @@ TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by pro
 MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err towards recomputing
 
 
-def contributions(a: np.ndarray, bs: Sequence[np.ndarray], layout: Mapping[str, slice]) -> list[dict[str, float]]:
+def contributions(a: np.ndarray, bs: Sequence[np.ndarray] | np.ndarray, layout: Mapping[str, slice]) -> list[dict[str, float]]:
     """Per-field "why similar" of ``a`` with each of ``bs``: the field's share of the fused dot
-    product, for every field present (non-zero) in both; the shares sum to the score. One matrix
-    product per field for all of ``bs`` (a list's worth), not one per neighbour and field."""
+    product, for every field present (non-zero) in both; the shares sum to the score."""
     if not len(bs):
         return []
-    mine = [(f, s) for f, s in layout.items() if np.any(a[s])]
-    if not mine:
-        return [{} for _ in bs]
-    stacked = np.stack(bs)
-    present = np.stack([np.any(stacked[:, s], axis=1) for _, s in mine], axis=1)  # neighbours x fields
-    shares = np.round(np.stack([stacked[:, s] @ a[s] for _, s in mine], axis=1).astype(np.float64), SCORE_DECIMALS)
-    names = [f for f, _ in mine]
-    return [{f: v for f, v, has in zip(names, row, held) if has}
-            for row, held in zip(shares.tolist(), present.tolist())]
+    return FieldShares(layout).of(np.asarray(a), np.asarray(bs) if isinstance(bs, np.ndarray) else np.stack(bs))
+
+
+class FieldShares:
+    """Per-field dot products of one vector with many: one product per field the first vector
+    holds (a field it lacks has no share, so an unused field, e.g. images off, costs nothing), and
+    which fields each of the others holds from one segmented ``np.logical_or.reduceat`` over the
+    field boundaries instead of one pass per field."""
+
+    def __init__(self, layout: Mapping[str, slice]) -> None:
+        fields = sorted(((f, s) for f, s in layout.items() if s.stop > s.start), key=lambda t: t[1].start)
+        for (_, s), (_, t) in zip(fields, fields[1:]):
+            if s.stop > t.start:
+                raise ValueError(f"fields overlap: {s} and {t}")
+        edges = sorted({e for _, s in fields for e in (s.start, s.stop)})
+        self.fields = fields
+        self.starts = np.asarray(edges[:-1], np.intp)  # every field starts at one of these
+        self.pick = np.asarray([edges.index(s.start) for _, s in fields], np.intp)
+        self.stop = edges[-1] if edges else 0
+
+    def of(self, a: np.ndarray, bs: np.ndarray) -> list[dict[str, float]]:
+        """``contributions`` of ``a`` with each row of ``bs``."""
+        if not self.fields:
+            return [{} for _ in range(len(bs))]
+        mine = np.logical_or.reduceat(a[: self.stop] != 0, self.starts)[self.pick]
+        used = [fs for fs, has in zip(self.fields, mine.tolist()) if has]
+        if not used:
+            return [{} for _ in range(len(bs))]
+        present = np.logical_or.reduceat(bs[:, : self.stop] != 0, self.starts, axis=1)[:, self.pick[mine]]
+        shares = np.round(np.stack([bs[:, s] @ a[s] for _, s in used], axis=1).astype(np.float64), SCORE_DECIMALS)
+        names = [f for f, _ in used]
+        return [{f: v for f, v, has in zip(names, row, held) if has}
+                for row, held in zip(shares.tolist(), present.tolist())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +109,9 @@ class RecentSearches:
 
     def put(self, product_id: str, vector: np.ndarray, as_of: int, hits: list[tuple[str, float]],
             holds_everyone: bool) -> None:
-        """``hits``: the exact top-``limit`` (id, score) around ``vector``, best first, from a search
-        that read the catalog at ``as_of``; ``holds_everyone``: that row held every product."""
+        """``hits``: the exact top-``limit`` (id, score) around ``vector``, best first, scored as
+        the lists are (``float(row @ vector)``), from a search that read the catalog at ``as_of``;
+        ``holds_everyone``: that row held every product."""
         self._held.pop(product_id, None)
         self._held[product_id] = (vector, as_of, hits, holds_everyone)
         while len(self._held) > self.capacity:
@@ -106,7 +131,9 @@ class RecentSearches:
             boundary = -np.inf
         else:
             return None
-        return ListHead(product_id, tuple(pid for pid, _ in others[:depth]), stored_boundary(boundary), 0, as_of)
+        deep = others[:depth]
+        return ListHead(product_id, tuple(pid for pid, _ in deep), stored_boundary(boundary), 0, as_of,
+                        scores=np.asarray([sc for _, sc in deep], np.float32).tobytes())
 
 
 def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max_pool: int = 256,
@@ -195,15 +222,27 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
 class BuiltList:
     """A refreshed list: the top-k to publish, and the deeper list recorded beside it.
 
-    ``deep`` holds the exact top-``depth`` ids (best first); every product outside it scores at most
-    ``boundary`` + MARGIN with the owner (``boundary`` = -inf when it holds every product). ``as_of``
-    is when the state it was computed from was read: together with the products written since then
-    it lets the next refresh merge instead of searching (``ListBuilder.merge``)."""
+    ``deep`` holds the exact top-``depth`` ids (best first) and ``scores`` their exact scores;
+    every product outside it scores at most ``boundary`` + MARGIN with the owner (``boundary`` =
+    -inf when it holds every product). ``as_of`` is when the state it was computed from was read:
+    together with the products written since then it lets the next refresh merge instead of
+    searching (``ListBuilder.merge``).
+
+    ``published`` holds the final ids and scores from the start, but its "why similar" fields
+    only once ``explained`` (``ListBuilder.explain``): a refresh diffs lists by ids and scores and
+    explains just the ones it publishes or records."""
 
     published: NeighbourList
     deep: list[str]
     boundary: float
     as_of: int
+    scores: tuple[float, ...] = ()
+    explained: bool = True
+
+    @property
+    def packed_scores(self) -> bytes:
+        """``scores`` as the mirror holds them beside the recorded head (``ListHead.scores``)."""
+        return np.asarray(self.scores, np.float32).tobytes()
 
 
 class ListBuilder:
@@ -211,7 +250,8 @@ class ListBuilder:
 
     ``build`` searches (exact top-``depth``); ``merge`` updates a recorded deep list with the
     products written since it was computed, without a search, when that provably gives the same
-    top-k (docs/exactness.md)."""
+    top-k (docs/exactness.md); ``explain`` adds the per-field contributions to the lists that go
+    out, in one batch."""
 
     def __init__(self, store: VectorStore, *, k: int, layout: Mapping[str, slice], model: str,
                  depth: int | None = None) -> None:
@@ -221,25 +261,42 @@ class ListBuilder:
         self.layout = {f: s for f, s in layout.items()}
         self.model = model
 
-    def _finish(self, product: StoredProduct, ranked: list[tuple[float, str, np.ndarray]], boundary: float,
+    def _finish(self, product: StoredProduct, ranked: list[tuple[float, str]], boundary: float,
                 as_of: int, computed_at: int, event_time: int | None) -> BuiltList:
-        """``ranked``: (exact score, id, vector) best first, at least the deep list."""
-        me = product.vector
-        top = ranked[: self.k]
+        """``ranked``: (exact score, id) best first, at least the deep list."""
         published = NeighbourList(
             product_id=product.product_id,
             version=product.version,
-            neighbours=[Neighbour(nid, round(sc, SCORE_DECIMALS), fields) for (sc, nid, _), fields
-                       in zip(top, contributions(me, [vec for _, _, vec in top], self.layout))],
+            neighbours=[Neighbour(nid, round(sc, SCORE_DECIMALS), {}) for sc, nid in ranked[: self.k]],
             model=self.model,
             computed_at=computed_at,
             source_event_time=event_time or product.event_time,
         )
-        return BuiltList(published, [nid for _, nid, _ in ranked[: self.depth]], boundary, as_of)
+        deep = ranked[: self.depth]
+        return BuiltList(published, [nid for _, nid in deep], boundary, as_of, tuple(sc for sc, _ in deep), False)
+
+    def explain(self, lists: Mapping[str, BuiltList], owners: Mapping[str, np.ndarray]) -> dict[str, BuiltList]:
+        """``lists`` with each entry's per-field contributions (``contributions``), computed from
+        the owners' vectors and the entries' stored ones, decoded once for all lists. An entry
+        whose product is gone by now keeps empty fields (its list is re-checked and recomputed:
+        ``Refresher.recheck``)."""
+        todo = {pid: b for pid, b in lists.items() if not b.explained}
+        out = {pid: b for pid, b in lists.items() if b.explained}
+        if not todo:
+            return out
+        vectors = self.store.snapshot_vectors({n.product_id for b in todo.values() for n in b.published.neighbours})
+        shares = FieldShares(self.layout)
+        for pid, b in todo.items():
+            have = [n.product_id for n in b.published.neighbours if n.product_id in vectors]
+            why = dict(zip(have, shares.of(owners[pid], np.stack([vectors[m] for m in have])))) if have else {}
+            neighbours = [Neighbour(n.product_id, n.score, why.get(n.product_id, {})) for n in b.published.neighbours]
+            out[pid] = dataclasses.replace(b, published=dataclasses.replace(b.published, neighbours=neighbours),
+                                           explained=True)
+        return out
 
     def build(self, products: Mapping[str, StoredProduct], event_times: Mapping[str, int | None],
               as_of: int = 0) -> dict[str, BuiltList]:
-        """Exact lists for every product in ``products`` (one batched search)."""
+        """Exact lists for every product in ``products`` (one batched search), not yet explained."""
         ids = list(products)
         if not ids:
             return {}
@@ -248,36 +305,47 @@ class ListBuilder:
         out: dict[str, BuiltList] = {}
         for pid, row in zip(ids, hits):
             me = products[pid].vector
-            scored = sorted(((float(vec @ me), nid, vec) for nid, vec in row if nid != pid),
+            scored = sorted(((float(vec @ me), nid) for nid, vec in row if nid != pid),
                             key=lambda t: rank_key(t[0], t[1]))
             # Beyond the deep list everyone scores at most its last score; -inf: it holds everyone.
             boundary = scored[self.depth - 1][0] if len(scored) > self.depth else -np.inf
             out[pid] = self._finish(products[pid], scored, boundary, as_of, computed_at, event_times.get(pid))
         return out
 
+    def build_explained(self, products: Mapping[str, StoredProduct], event_times: Mapping[str, int | None],
+                        as_of: int = 0) -> dict[str, BuiltList]:
+        """``build``, then ``explain``: lists ready to publish."""
+        return self.explain(self.build(products, event_times, as_of), {p: s.vector for p, s in products.items()})
+
     def merge(self, product: StoredProduct, head: ListHead, reach: Sequence[tuple[str, np.ndarray]],
               changed: Container[str], members: Mapping[str, np.ndarray], event_time: int | None,
               as_of: int) -> BuiltList | None:
         """The list of an *unchanged* ``product`` from its recorded ``head`` and the products changed
-        since ``head.as_of`` (less the lookback). ``reach``: (id, vector) of every live changed
-        product whose score may exceed ``head.boundary`` + MARGIN (a superset is fine; all of them
-        when the head holds everyone); ``changed``: which of the head's members changed (or went)
-        since; ``members``: vectors of the head's live ids. None when only a search can tell (too
-        few certain entries).
+        since ``head.as_of`` (less the lookback), not yet explained. ``reach``: (id, vector) of every
+        live changed product whose score may exceed ``head.boundary`` + MARGIN (a superset is fine;
+        all of them when the head holds everyone); ``changed``: which of the head's members changed
+        (or went) since; ``members``: vectors of the head's live ids, needed only when the head
+        does not carry its members' scores (``ListHead.scores``). None when only a search can tell
+        (too few certain entries).
 
-        Why it is exact: a recorded member that did not change keeps its score, and outranks every
-        outsider that did not change either (both as when the head was computed); a changed product
-        is scored now. So the top entries are certain as long as they beat ``boundary`` + margins.
-        Every score is computed as build() computes it, so both paths rank identically."""
+        Why it is exact: a recorded member that did not change keeps its score (the very number
+        computed when the head was, from the same two vectors), and outranks every outsider that
+        did not change either (both as when the head was computed); a changed product is scored
+        now. So the top entries are certain as long as they beat ``boundary`` + margins. Every
+        score is computed as build() computes it, so both paths rank identically."""
         pid, me = product.product_id, product.vector
         complete = head.holds_everyone
-        entries: list[tuple[float, str, np.ndarray]] = []
+        entries: list[tuple[float, str]] = []
         for c, vec in reach:
             score = float(vec @ me)
             if c != pid and (complete or score > head.boundary + MARGIN):
-                entries.append((score, c, vec))
-        entries += [(float(members[m] @ me), m, members[m]) for m in head.neighbour_ids
-                    if m != pid and m not in changed and m in members]
+                entries.append((score, c))
+        known = head.member_scores()
+        if known is not None:
+            entries += [(sc, m) for m, sc in zip(head.neighbour_ids, known) if m != pid and m not in changed]
+        else:
+            entries += [(float(members[m] @ me), m) for m in head.neighbour_ids
+                        if m != pid and m not in changed and m in members]
         entries.sort(key=lambda t: rank_key(t[0], t[1]))
         boundary = -np.inf if complete else head.boundary
         if len(entries) > self.depth:
@@ -289,6 +357,9 @@ class ListBuilder:
         return self._finish(product, entries, boundary, as_of, now_ms(), event_time)
 
     def stored_form(self, built: BuiltList) -> StoredList:
+        """What the lists collection records for ``built`` (explained: the payload is its list)."""
+        if not built.explained:
+            raise ValueError(f"list of {built.published.product_id!r} recorded before it was explained")
         return StoredList(built.published.product_id, built.deep, built.boundary, built.published.to_json(),
                           built.as_of)
 
@@ -337,3 +408,4 @@ def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.nda
                 stale.add(pid)
                 break
     return stale
+

@@ -60,6 +60,15 @@ class ListHead:
     boundary: float  # as ``StoredList.boundary``, passed through ``stored_boundary``
     updated_at: int
     as_of: int = 0
+    # The exact scores of ``neighbour_ids`` with the owner (float32, in order), as this worker
+    # computed them; held in memory only, beside a head this worker recorded. Empty: not known.
+    scores: bytes = b""
+
+    def member_scores(self) -> list[float] | None:
+        """The exact scores of ``neighbour_ids`` when this worker computed them, else None."""
+        if not self.scores:
+            return None
+        return np.frombuffer(self.scores, np.float32).tolist()  # type: ignore[no-any-return]
 
     @property
     def is_tombstone(self) -> bool:

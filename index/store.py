@@ -173,10 +173,11 @@ class VectorStore:
         if self.mirror is not None:
             self.side.set_bars(self.mirror.boundaries(p.product_id for p in products))
 
-    def _put_heads(self, heads: Sequence[ListHead], digests: Mapping[str, bytes] | None = None) -> None:
+    def _put_heads(self, heads: Sequence[ListHead], digests: Mapping[str, bytes] | None = None,
+                   scores: Mapping[str, bytes] | None = None) -> None:
         """Hold recorded list heads in the mirror, and their boundaries beside the side index's rows."""
         assert self.mirror is not None
-        self.mirror.put(heads, digests)
+        self.mirror.put(heads, digests, scores)
         if self.side is not None:
             owners = {h.product_id for h in heads}
             bars = self.mirror.boundaries(owners)
@@ -281,12 +282,14 @@ class VectorStore:
         """Recorded lists without payloads, tombstone markers included."""
         return self._from_lists(lambda mirror: mirror.heads(ids), lambda: self.milvus.read_list_heads(ids))
 
-    def upsert_lists(self, lists: Sequence[StoredList], digests: Mapping[str, bytes] | None = None) -> None:
+    def upsert_lists(self, lists: Sequence[StoredList], digests: Mapping[str, bytes] | None = None,
+                     scores: Mapping[str, bytes] | None = None) -> None:
         """Record lists (an empty payload is a tombstone marker); ``digests``: their content
-        digests, held beside the heads (``list_digests``)."""
+        digests, ``scores``: their deep members' exact scores (``ListHead.scores``), both held
+        beside the heads in memory (``list_digests``, ``list_heads``)."""
         heads = self.milvus.upsert_lists(lists, now_ms())
         if self.mirror is not None:
-            self._put_heads(heads, digests)
+            self._put_heads(heads, digests, scores)
 
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Content digests of the recorded lists among ``ids`` that this worker recorded and that

@@ -32,6 +32,7 @@ class RefreshPlan:
 
     publish: dict[str, NeighbourList | None] = field(default_factory=dict)
     record: list[StoredList] = field(default_factory=list)
+    scores: dict[str, bytes] = field(default_factory=dict)  # the recorded deep lists' exact scores
     unchanged: int = 0
     merged: int = 0  # lists updated from their recorded deep list, without a search
     searched: int = 0
@@ -85,6 +86,7 @@ class Refresher:
         # recorded, else by reading the recorded payload back.
         digests = self.store.list_digests([pid for pid, nl in plan.publish.items() if nl is not None])
         previous = self.store.get_lists([pid for pid in plan.publish if pid not in digests])
+        recorded: list[str] = []
         for pid, maybe_list in list(plan.publish.items()):
             old = previous.get(pid)
             if maybe_list is None:
@@ -109,7 +111,16 @@ class Refresher:
                         stored_boundary(built.boundary) == head.boundary:
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
+            recorded.append(pid)
+        # Only the lists that go out (published or recorded) get their "why similar" fields.
+        explained = self.builder.explain({pid: lists[pid] for pid in recorded}, plan.vectors)
+        for pid in recorded:
+            built = explained[pid]
+            if pid in plan.publish:
+                plan.publish[pid] = built.published
+            plan.built[pid] = built.published
             plan.record.append(self.builder.stored_form(built))
+            plan.scores[pid] = built.packed_scores
         return plan
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
@@ -145,16 +156,18 @@ class Refresher:
 
     def _merge(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
                event_times: Mapping[str, int | None], started: int) -> dict[str, BuiltList]:
-        """Merge every head in one go: one product of the owners with the rows written since the
-        oldest head (on their packed values) picks, per owner, the changed products within reach of
-        its boundary; only those and the heads' members are decoded and scored exactly."""
+        """Merge every head in one go: one product of the owners with the rows written since their
+        heads (on the packed values) picks, per owner, the changed products within reach of its
+        boundary; only those are decoded and scored exactly, and the unchanged members keep the
+        scores held beside their head (decoded and scored only where it holds none)."""
         out: dict[str, BuiltList] = {}
         owners = list(heads)
         cuts = [heads[pid].as_of - RACE_LOOKBACK_MS for pid in owners]
         bars = [-np.inf if heads[pid].holds_everyone else heads[pid].boundary + MARGIN for pid in owners]
         reach = self.store.reaching_written_since(np.stack([products[pid].vector for pid in owners]), cuts, bars)
-        members = self.store.snapshot_vectors({m for h in heads.values() for m in h.neighbour_ids})
-        written = self.store.written_at(members)
+        # Members are decoded only for heads that do not carry their scores (recorded elsewhere).
+        members = self.store.snapshot_vectors({m for h in heads.values() if not h.scores for m in h.neighbour_ids})
+        written = self.store.written_at({m for h in heads.values() for m in h.neighbour_ids})
         for pid, cut, near in zip(owners, cuts, reach):
             head = heads[pid]
             # members written since the head (or gone: not in ``members``) are not taken as recorded
@@ -167,7 +180,8 @@ class Refresher:
     def record(self, plan: RefreshPlan) -> None:
         """Record the published lists (the reverse index); call only after they are durable."""
         real = {s.product_id for s in plan.record if s.payload}
-        self.store.upsert_lists(plan.record, {pid: plan.built[pid].content_digest() for pid in real if pid in plan.built})
+        self.store.upsert_lists(plan.record, {pid: plan.built[pid].content_digest() for pid in real if pid in plan.built},
+                                plan.scores)
 
     def recheck(self, plan: RefreshPlan) -> set[str]:
         """After ``record``: lists of this plan that a concurrent write may have made stale.

@@ -32,7 +32,7 @@ def test_lists_equal_brute_force_with_ties_by_id(small_store):
     put(small_store, vecs)
     builder = ListBuilder(small_store, k=5, layout={"all": slice(0, 16)}, model="m")
     products = small_store.get_products(list(vecs))
-    lists = builder.build(products, {})
+    lists = builder.build_explained(products, {})
     for pid in vecs:
         assert [n.product_id for n in lists[pid].published.neighbours] == oracle(vecs, pid, 5)
     assert [n.product_id for n in lists["p000"].published.neighbours][:2] == ["twin-a", "twin-b"]
@@ -44,7 +44,7 @@ def test_affected_set_covers_entering_and_leaving(small_store, pool, max_pool):
     vecs = {f"p{i:03d}": v for i, v in enumerate(unit(rng, 100))}
     put(small_store, vecs)
     builder = ListBuilder(small_store, k=5, layout={"all": slice(0, 16)}, model="m")
-    lists = builder.build(small_store.get_products(list(vecs)), {})
+    lists = builder.build_explained(small_store.get_products(list(vecs)), {})
     small_store.upsert_lists([builder.stored_form(b) for b in lists.values()])
     # move p000 next to p050: lists holding p000 (leave) and lists p000 now enters must be affected
     moved = vecs["p050"] * 0.99 + 0.01 * vecs["p000"]
@@ -116,7 +116,9 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
             asked += 1
             prod = StoredProduct(o, vecs[o], 1, {}, "m", 0)
             reach = [(c, vecs[c]) for c in sorted(changed & vecs.keys())]  # every live changed one: a superset
-            got = builder.merge(prod, heads[o], reach, changed, vecs, None, as_of=rnd + 2)
+            # A head that carries its members' scores is merged without their vectors.
+            members = {} if heads[o].scores else vecs
+            got = builder.merge(prod, heads[o], reach, changed, members, None, as_of=rnd + 2)
             deep, boundary = brute_deep(vecs, o, depth)
             if got is None:
                 heads[o] = ListHead(o, tuple(deep), boundary, 0, rnd + 2)
@@ -126,8 +128,47 @@ def test_merge_equals_brute_force_over_rounds_of_changes(seed):
             assert got.deep[:k] == oracle(vecs, o, k)
             outside = [float(v @ vecs[o]) for q, v in vecs.items() if q != o and q not in got.deep]
             assert all(s <= got.boundary + 1e-5 for s in outside), (rnd, o)
-            heads[o] = ListHead(o, tuple(got.deep), float(np.float32(got.boundary)), 0, rnd + 2)
+            assert got.scores == tuple(float(vecs[m] @ vecs[o]) for m in got.deep)
+            carried = got.packed_scores if (rnd + owners.index(o)) % 2 else b""  # both kinds of head
+            heads[o] = ListHead(o, tuple(got.deep), float(np.float32(got.boundary)), 0, rnd + 2, scores=carried)
     assert answered >= asked // 2, (answered, asked)
+
+
+def test_explained_lists_carry_each_fields_share():
+    """``explain`` adds, per entry, each field's share of the score (fields present in both), the
+    shares summing to the score; lists built unexplained cannot be recorded."""
+    from simstream.index.rows import ListHead
+
+    rng = np.random.default_rng(5)
+    vecs = {f"p{i:02d}": v for i, v in enumerate(unit(rng, 30))}
+    vecs["p03"][8:] = 0  # field "b" absent: no share of it
+    layout = {"a": slice(0, 8), "b": slice(8, 16)}
+
+    class Vectors:
+        def snapshot_vectors(self, ids):
+            return {i: vecs[i] for i in ids if i in vecs}
+
+    builder = ListBuilder(Vectors(), k=4, layout=layout, model="m", depth=6)
+    owners = ["p00", "p01", "p02"]
+    built = {}
+    for o in owners:
+        deep, boundary = brute_deep(vecs, o, 6)
+        head = ListHead(o, tuple(deep), boundary, 0, 1)
+        built[o] = builder.merge(StoredProduct(o, vecs[o], 1, {}, "m", 0), head, [], set(), vecs, None, as_of=2)
+        assert built[o] is not None and not built[o].explained
+        with pytest.raises(ValueError):
+            builder.stored_form(built[o])
+    out = builder.explain(built, vecs)
+    for o in owners:
+        nl = out[o].published
+        assert [n.product_id for n in nl.neighbours] == oracle(vecs, o, 4)
+        for n in nl.neighbours:
+            want = {f: float(vecs[o][s].astype(np.float64) @ vecs[n.product_id][s]) for f, s in layout.items()
+                    if vecs[o][s].any() and vecs[n.product_id][s].any()}
+            assert n.fields.keys() == want.keys()
+            assert all(abs(n.fields[f] - want[f]) < 2e-6 for f in want)
+            assert abs(sum(n.fields.values()) - n.score) < 1e-5
+        builder.stored_form(out[o])
 
 
 def test_a_loose_list_whose_owner_is_gone_needs_nothing(tmp_path) -> None:
@@ -172,7 +213,7 @@ def test_one_pass_reach_equals_the_candidate_searches(tmp_path, monkeypatch) -> 
     vecs = {f"p{i:03d}": v for i, v in enumerate(unit(rng, 300))}
     put(store, vecs)
     builder = ListBuilder(store, k=5, layout={"all": slice(0, 16)}, model="m", depth=8)
-    store.upsert_lists([builder.stored_form(b) for b in builder.build(store.get_products(list(vecs)), {}).values()])
+    store.upsert_lists([builder.stored_form(b) for b in builder.build_explained(store.get_products(list(vecs)), {}).values()])
     for rnd in range(4):
         moved = {pid: unit(rng, 1)[0] for pid in rng.choice(sorted(vecs), 6, replace=False)}
         put(store, moved)
@@ -188,7 +229,7 @@ def test_one_pass_reach_equals_the_candidate_searches(tmp_path, monkeypatch) -> 
         assert searched <= one_pass
         assert len(one_pass - searched) <= 2, one_pass - searched  # only rows within the error bound
         # re-record the affected lists, as the refresh would
-        fresh = builder.build(store.get_products(sorted(one_pass & vecs.keys())), {})
+        fresh = builder.build_explained(store.get_products(sorted(one_pass & vecs.keys())), {})
         store.upsert_lists([builder.stored_form(b) for b in fresh.values()])
     store.close()
 
@@ -211,3 +252,4 @@ def test_the_side_index_holds_each_rows_list_boundary(tmp_path) -> None:
     bars = dict(zip(side.ids(), side._bars[[side._row[p] for p in side.ids()]].tolist()))
     assert bars == {"x": np.inf, "y": np.inf, "z": np.inf}
     store.close()
+

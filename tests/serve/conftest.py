@@ -50,7 +50,7 @@ def write_catalog(store: VectorStore, encoder: QueryEncoder, docs: list[dict], *
                            for p, v, h in zip(batch.products, batch.vectors, batch.hashes)])
     builder = ListBuilder(store, k=TOP_K, layout=encoder.layout, model=encoder.model, depth=depth)
     products = store.get_products([e.product_id for e in events])
-    built = builder.build(products, {e.product_id: e.event_time for e in events}, as_of=now)
+    built = builder.build_explained(products, {e.product_id: e.event_time for e in events}, as_of=now)
     store.upsert_lists([builder.stored_form(b) for b in built.values()])
 
 
@@ -69,7 +69,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
     rest = [d for d in docs if d["product_id"] != DELETED]
     builder = ListBuilder(store, k=TOP_K, layout=encoder.layout, model=encoder.model, depth=10)
     products = store.get_products([d["product_id"] for d in rest])
-    built = builder.build(products, {}, as_of=int(time.time() * 1000))
+    built = builder.build_explained(products, {}, as_of=int(time.time() * 1000))
     store.upsert_lists([builder.stored_form(b) for b in built.values()])
     yield Catalog(settings, encoder, store, {d["product_id"]: d for d in docs})
     store.close()
