@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reencode", action="store_true", help="skip re-encoding the final catalog")
     ap.add_argument("--backfill", type=int, default=0, metavar="N",
                     help="load the first N events with `simstream backfill`, then stream the rest")
+    ap.add_argument("--milvus-uri", default=None,
+                    help="run against this Milvus (e.g. $SIMSTREAM_TEST_MILVUS_URI under scripts/with-milvus-server.sh)")
+    ap.add_argument("--no-side-index", action="store_true",
+                    help="SIMSTREAM_SIDE_INDEX=false: every neighbour search goes to Milvus")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
@@ -48,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     report = run_exactness(Options(products=a.products, events=a.events, workers=a.workers, kills=a.kills, faults=faults,
                                    seed=a.seed, top_k=a.top_k, partitions=a.partitions,
                                    candidate_pool=a.candidate_pool, quiet_s=a.quiet, timeout_s=a.timeout,
-                                   reencode_check=not a.no_reencode, keep=a.keep, backfill=a.backfill))
+                                   reencode_check=not a.no_reencode, keep=a.keep, backfill=a.backfill,
+                                   milvus_uri=a.milvus_uri, side_index=not a.no_side_index))
     print(json.dumps(report["details"], indent=2, default=str))
     print(summary_line(report))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({k: report[k] for k in
                                       ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills",
-                                       "faults", "backfill")},
+                                       "faults", "backfill", "milvus", "side_index")},
                                      indent=2) + "\n")
     ok = report["equal"] == report["products"] and report["lost"] == 0 and report["resurrected"] == 0
     return 0 if ok else 1

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
     "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS",
+    "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES", "search_hit_bytes", "search_queries_per_call",
 ]
 
 # --- event fields (the input contract) ----------------------------------------------------------
@@ -103,3 +104,22 @@ MAX_BARE_KEY_BYTES = 1024  # a dead letter Kafka refused goes again as a bare po
 MAX_QUERY_CHARS = 500  # a text search
 MAX_QUERY_ATTRIBUTES = 64  # attributes of a query document
 MAX_ATTRIBUTE_FILTERS = 8  # attr.NAME=VALUE filters per request
+
+# --- Milvus calls -----------------------------------------------------------------------------------
+# Milvus 2.3's proxy sends at most 64 MiB in one gRPC response (proxy.grpc.serverMaxSendSize): a
+# search that returns each hit's vector (256 queries x 21 hits x 3,232 floats is ~69.5 MB) must be
+# cut into calls whose worst-case answer stays well under it.
+MILVUS_RESPONSE_BYTES = 32 * 1024 * 1024  # half the cap: room for framing we do not count
+MILVUS_SEARCH_QUERIES = 256  # queries per search call at most, whatever their answers' size
+
+
+def search_hit_bytes(dim: int, *, with_vector: bool) -> int:
+    """Worst-case bytes of one search hit: its id (a VARCHAR of ``MAX_ID_BYTES``), the distance,
+    a small output field or the float32 vector, and 64 bytes of protobuf framing."""
+    return MAX_ID_BYTES + 8 + (4 * dim if with_vector else 16) + 64
+
+
+def search_queries_per_call(limit: int, hit_bytes: int) -> int:
+    """How many queries of ``limit`` hits one search call may carry so that its answer stays
+    under ``MILVUS_RESPONSE_BYTES`` (at least one; at most ``MILVUS_SEARCH_QUERIES``)."""
+    return max(1, min(MILVUS_SEARCH_QUERIES, MILVUS_RESPONSE_BYTES // max(1, limit * hit_bytes)))

@@ -144,6 +144,11 @@ class Options:
     # The first ``backfill`` events are loaded with `simstream backfill FILE` before the workers
     # start; the rest streams through them (a backfill followed by a stream).
     backfill: int = 0
+    # A Milvus to run against instead of an embedded one (e.g. the real Milvus 2.3.5 of
+    # scripts/with-milvus-server.sh; its collections must not exist yet), and whether the workers
+    # keep the side index (False: every neighbour search goes to Milvus).
+    milvus_uri: str | None = None
+    side_index: bool = True
     keep: bool = False
     data_dir: Path | None = None
     log: Callable[[str], None] = print
@@ -167,7 +172,9 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     rng = random.Random(opts.seed + 1)
     try:
         with EmbeddedBroker() as broker:
-            if opts.workers > 1 or any(kind.startswith("milvus") for kind, _ in opts.faults):
+            if opts.milvus_uri:
+                milvus_uri = opts.milvus_uri
+            elif opts.workers > 1 or any(kind.startswith("milvus") for kind, _ in opts.faults):
                 server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
                 milvus_uri = server.uri
             else:
@@ -177,6 +184,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
                 "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
                 "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
                 "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
+                "SIMSTREAM_SIDE_INDEX": "true" if opts.side_index else "false",
             }
             if opts.candidate_pool:
                 base_env["SIMSTREAM_CANDIDATE_POOL"] = str(opts.candidate_pool)
@@ -267,6 +275,8 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         "products": result.products, "equal": result.equal, "equal_share": result.equal_share,
         "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": opts.workers,
         "kills": kills_done, "faults": faults_done, "backfill": opts.backfill,
+        "milvus": "external" if opts.milvus_uri else ("milvus-lite server" if server is not None else "milvus-lite file"),
+        "side_index": opts.side_index,
         "details": {
             "events": len(stream.events), "event_kinds": stream.kinds, "live": result.live,
             "deleted": len(stream.deleted), "unequal": len(result.unequal),

@@ -38,7 +38,7 @@ from simstream.index.rows import (
 )
 from simstream.limits import (
     LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
-    MAX_MODEL_BYTES,
+    MAX_MODEL_BYTES, search_hit_bytes, search_queries_per_call,
 )
 from simstream.logs import get_logger
 
@@ -322,10 +322,12 @@ class MilvusStore:
             yield [_product(r) for r in page]
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
-        """Top-``limit`` (id, vector) per query vector by inner product, in one call per 256 queries."""
+        """Top-``limit`` (id, vector) per query vector by inner product, in as few calls as keep
+        each answer under Milvus' response cap (``search_queries_per_call``)."""
         out: list[list[tuple[str, np.ndarray]]] = []
-        for start in range(0, len(vectors), 256):
-            hits = self._call(self.client.search, self.products, data=vectors[start:start + 256].tolist(),
+        step = search_queries_per_call(limit, search_hit_bytes(self.dim, with_vector=True))
+        for start in range(0, len(vectors), step):
+            hits = self._call(self.client.search, self.products, data=vectors[start:start + step].tolist(),
                               limit=limit, output_fields=["vector"], search_params={"metric_type": "IP"},
                               **_CONSISTENCY)
             out.extend([[(_hit_id(h), np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
@@ -335,8 +337,9 @@ class MilvusStore:
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, inner product as Milvus computes it) per query; no vectors fetched."""
         out: list[list[tuple[str, float]]] = []
-        for start in range(0, len(vectors), 256):
-            hits = self._call(self.client.search, self.products, data=vectors[start:start + 256].tolist(),
+        step = search_queries_per_call(limit, search_hit_bytes(self.dim, with_vector=False))
+        for start in range(0, len(vectors), step):
+            hits = self._call(self.client.search, self.products, data=vectors[start:start + step].tolist(),
                               limit=limit, output_fields=["version"], search_params={"metric_type": "IP"},
                               **_CONSISTENCY)
             out.extend([[(_hit_id(h), float(h["distance"])) for h in row] for row in hits])

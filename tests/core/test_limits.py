@@ -61,3 +61,39 @@ def test_a_query_document_takes_what_an_event_takes(field: str, limit: int) -> N
 def test_the_top_k_bound_is_the_largest_list_that_fits() -> None:
     assert limits.list_payload_bytes(limits.MAX_TOP_K) <= limits.LIST_PAYLOAD_BYTES
     assert limits.list_payload_bytes(limits.MAX_TOP_K + 1) > limits.LIST_PAYLOAD_BYTES
+
+
+def test_a_search_answer_stays_under_milvus_response_cap() -> None:
+    """256 queries x 21 hits with their 3,232-float vectors is ~69.5 MB, over the 64 MiB a Milvus
+    2.3 proxy sends: such searches go in smaller calls, each answer under the budget."""
+    hit = limits.search_hit_bytes(3232, with_vector=True)
+    assert 256 * 21 * hit > 64 * 1024 * 1024  # the premise
+    per_call = limits.search_queries_per_call(21, hit)
+    assert 1 <= per_call < 256
+    assert per_call * 21 * hit <= limits.MILVUS_RESPONSE_BYTES < 64 * 1024 * 1024
+    assert limits.search_queries_per_call(10**9, hit) == 1  # never zero queries
+    assert limits.search_queries_per_call(64, limits.search_hit_bytes(3232, with_vector=False)) == 256
+
+
+def test_milvus_searches_are_cut_by_the_response_budget(tmp_path, monkeypatch) -> None:
+    """A real milvus-lite search of more queries than one answer may carry goes in several calls,
+    each under the budget, with the same answer as one call."""
+    import numpy as np
+
+    from simstream.index.store import VectorStore
+
+    rng = np.random.default_rng(0)
+    store = VectorStore.connect(str(tmp_path / "s.db"), "s", 16, flush_every_rows=0)
+    vecs = rng.normal(size=(40, 16)).astype(np.float32)
+    store.upsert_products([{"product_id": f"p{i}", "vector": v.tolist(), "version": 1, "brand": "", "category": "",
+                            "price": -1.0, "hashes": {}, "model": "m", "updated_at": 0, "event_time": 0}
+                           for i, v in enumerate(vecs)])
+    whole = store.milvus.search(vecs[:25], 7)
+    calls: list[int] = []
+    search = store.milvus.client.search
+    monkeypatch.setattr(store.milvus.client, "search", lambda *a, **k: calls.append(len(k["data"])) or search(*a, **k))
+    monkeypatch.setattr(limits, "MILVUS_RESPONSE_BYTES", 10 * 7 * limits.search_hit_bytes(16, with_vector=True))
+    cut = store.milvus.search(vecs[:25], 7)
+    assert calls == [10, 10, 5]
+    assert [[pid for pid, _ in row] for row in cut] == [[pid for pid, _ in row] for row in whole]
+    store.close()
