@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     milvus_uri: str | None = None  # None -> a milvus-lite file in data_dir
     milvus_token: SecretStr | None = None
     collection: str = "simstream"  # prefix of the three collections
-    flush_every_rows: int = Field(20_000, ge=0)  # milvus-lite: flush after this many writes
+    # milvus-lite: flush after this many writes (it seals segments only then); 0 = never, what a
+    # Milvus server wants (it seals segments itself; deploy/k8s sets 0)
+    flush_every_rows: int = Field(20_000, ge=0)
     milvus_timeout_s: float = Field(10.0, gt=0)  # deadline of every Milvus call (a hung server is an outage)
 
     # --- Stream ----------------------------------------------------------------------------

@@ -82,9 +82,12 @@ def bare_dead_letter(rejected: Rejected, *, source_topic: str, dlq_topic: str) -
 
 # --- neighbour lists ------------------------------------------------------------------------------
 
-def neighbour_list(product_id: str, lst: NeighbourList | None, *, topic: str) -> Message:
-    """A product's list keyed by its id; None is the tombstone of a deleted product."""
-    return Message(topic, product_id.encode(), lst.to_json() if lst is not None else None)
+def neighbour_list(product_id: str, lst: NeighbourList | None, *, topic: str, encoded: bytes | None = None) -> Message:
+    """A product's list keyed by its id; None is the tombstone of a deleted product. ``encoded``:
+    ``lst.to_json()`` when the caller already has it."""
+    if lst is None:
+        return Message(topic, product_id.encode(), None)
+    return Message(topic, product_id.encode(), encoded if encoded is not None else lst.to_json())
 
 
 # --- refresh requests -----------------------------------------------------------------------------

@@ -66,10 +66,13 @@ class Outbox:
             await self._send("dead letters", [
                 messages.bare_dead_letter(r, source_topic=source_topic, dlq_topic=s.dlq_topic) for r in rejects])
 
-    async def lists(self, lists: Mapping[str, NeighbourList | None]) -> None:
-        """Publish lists (None: a tombstone) keyed by product id, before they are recorded."""
+    async def lists(self, lists: Mapping[str, NeighbourList | None], encoded: Mapping[str, bytes] | None = None) -> None:
+        """Publish lists (None: a tombstone) keyed by product id, before they are recorded;
+        ``encoded``: wire forms already made (the recorded payloads), so none is encoded twice."""
         topic = self.settings.neighbors_topic
-        await self._send("neighbour lists", [messages.neighbour_list(pid, nl, topic=topic) for pid, nl in lists.items()])
+        made = encoded or {}
+        await self._send("neighbour lists", [messages.neighbour_list(pid, nl, topic=topic, encoded=made.get(pid))
+                                             for pid, nl in lists.items()])
 
     async def refresh_requests(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
         """Requests to the partitions that own the lists of ``ids``, each under the size cap."""

@@ -151,7 +151,7 @@ class DataPath:
         ids, event_times = merge(items)
         async with self.run.lists_lock:
             plan = await self.run("plan", self.refresher.plan, ids, event_times)
-            await self.outbox.lists(plan.publish)
+            await self.outbox.lists(plan.publish, plan.payloads)
             await self.run("record", self.refresher.record, plan)
         stale = await self.run("recheck", self.refresher.recheck, plan)
         await self.outbox.refresh_requests(stale, event_times)

@@ -41,7 +41,7 @@ async def publish_searched(refresher: Refresher, outbox: Outbox, run: StepRunner
     ordered = sorted(ids)
     for start in range(0, len(ordered), page):
         plan = await run("plan", lambda chunk: refresher.plan(chunk, {}, search_all=True), ordered[start:start + page])
-        await outbox.lists(plan.publish)
+        await outbox.lists(plan.publish, plan.payloads)
         await run("record", refresher.record, plan)
         out.differed += len(plan.publish)
         out.tombstones += sum(1 for nl in plan.publish.values() if nl is None)

@@ -41,6 +41,11 @@ class RefreshPlan:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     started: int = 0
 
+    @property
+    def payloads(self) -> dict[str, bytes]:
+        """The wire form of each list to publish, as recorded (encoded once, for both)."""
+        return {s.product_id: s.payload for s in self.record if s.payload and self.publish.get(s.product_id)}
+
 
 class Refresher:
     """Recompute the lists of affected ids and diff them against what was last published."""
