@@ -1,6 +1,10 @@
 """Shared pieces of the performance benchmarks (issue 5): machine description, a synthetic catalog,
 fast pre-loading of a milvus-lite file, and a neighbour-topic tail that keeps broker timestamps.
 
+Streamed events carry catalog-length text: a title of ~8 words and a description of ~90 words
+(``harness.synthetic.long_description``), ~135 tokens together before the text encoder's cut at
+128, so encoder ceilings and the ratios to them mean what they would on a real catalog.
+
 Pre-loaded products ("random-but-realistic fused vectors"): every field except text is the *real*
 encoding of the synthetic product (title/mpn character n-grams, brand, category path, price, and
 the real EfficientNet vector of its picture); the text segment is the real MiniLM encoding of the
@@ -37,7 +41,7 @@ CACHE = ROOT / "bench" / ".cache"
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "esspr_sample"
 
 # The same synthetic product families as the exactness harness.
-from simstream.harness.synthetic import COLORS, FAMILIES  # noqa: E402
+from simstream.harness.synthetic import COLORS, FAMILIES, long_description  # noqa: E402
 from simstream.index.exact import exact_top_k  # noqa: E402
 
 
@@ -100,8 +104,10 @@ def make_doc(rng: random.Random, pid: str, version: int, event_time: int, images
                            "title": title, "brand": brand, "category": f["category"],
                            "price": round(rng.uniform(lo, hi), 2), "currency": "EUR",
                            "mpn": f"{brand[:3].upper()}-{rng.randint(1000, 99999)}"}
-    if rng.random() < 0.5:
-        doc["description"] = f"{adj} {noun.lower()} by {brand}, {rng.choice(COLORS).lower()} finish."
+    lead = f"{adj} {noun.lower()} by {brand}, {rng.choice(COLORS).lower()} finish. " if rng.random() < 0.5 else ""
+    # A catalog-length description (~100 tokens with the title), drawn from its own generator: the
+    # catalog's titles, prices and images stay what they were before descriptions were added.
+    doc["description"] = lead + long_description(f"{pid}|{title}", doc)
     if images:
         doc["image_url"] = f"file:{rng.choice(images)}"
     return doc

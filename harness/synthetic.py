@@ -39,6 +39,37 @@ class Stream:
         return {pid for pid, e in self.final.items() if e["op"] == "delete"}
 
 
+_MATERIALS = ["recycled aluminium", "brushed steel", "soft-touch plastic", "tempered glass", "woven fabric",
+              "carbon fibre", "anodised alloy", "silicone", "natural oak", "reinforced nylon"]
+_FEATURES = ["a long-lasting rechargeable battery", "fast USB-C charging", "a splash-resistant design",
+             "an intuitive companion app", "energy-saving standby", "a compact foldable body", "tool-free assembly",
+             "a two-year firmware update promise", "automatic software updates", "a low-noise motor",
+             "a scratch-resistant coating", "multi-device pairing", "an adjustable fit", "a removable washable cover",
+             "overheat protection", "a child lock", "a travel pouch", "precise digital controls"]
+_EXTRAS = ["a charging cable", "a power adapter", "a cleaning cloth", "two spare tips", "a wall mount kit",
+           "a carry case", "a user manual", "mounting screws", "a remote control", "an extension lead"]
+_USES = ["at home", "in the office", "on the go", "for travel", "for students", "for families",
+         "for professionals", "in small flats", "outdoors", "for gamers"]
+
+
+def long_description(seed: str, doc: dict[str, Any]) -> str:
+    """A catalog-length description (~90 words, ~550 characters: what the text encoder reads of a
+    real listing) for ``doc``, from its own random stream seeded by ``seed``, so adding it draws
+    nothing from the caller's generator."""
+    rng = random.Random(seed)
+    words = doc["title"].split(" ")
+    noun, brand = " ".join(words[1:-2]).lower(), doc.get("brand") or words[0]
+    feats = rng.sample(_FEATURES, 4)
+    extras = rng.sample(_EXTRAS, 2)
+    return (f"The {brand} {noun} is made {rng.choice(_USES)} and {rng.choice(_USES)}, built from "
+            f"{rng.choice(_MATERIALS)} with a {rng.choice(COLORS).lower()} finish. It measures "
+            f"{rng.randint(5, 60)} x {rng.randint(5, 60)} x {rng.randint(2, 30)} cm and weighs "
+            f"{rng.randint(1, 90) / 10} kg. Key features include {feats[0]}, {feats[1]}, {feats[2]} and {feats[3]}. "
+            f"In the box: the {noun}, {extras[0]}, {extras[1]} and a quick start guide. Model "
+            f"{doc.get('mpn') or words[-1]}. Covered by a {rng.randint(1, 5)}-year manufacturer warranty, "
+            f"with free returns within {rng.choice([14, 30, 60])} days and support from {brand} service centres.")
+
+
 def random_content(rng: random.Random, family: int | None = None) -> dict[str, Any]:
     f = FAMILIES[rng.randrange(len(FAMILIES)) if family is None else family]
     brand = rng.choice(f["brand"])
