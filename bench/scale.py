@@ -52,7 +52,11 @@ from common import (  # type: ignore
     machine, make_doc, preload, process_rss, worker_log_events,
 )
 
-MODES = {"text": False, "image": True}
+MODES = {"text": False, "image": True, "milvus": False}  # mode -> images on
+# "milvus": text-only with SIMSTREAM_SIDE_INDEX=false, every neighbour search and list read going
+# to Milvus (issue 21 item 7: the mode for a catalog beyond one worker's memory), fresh state only.
+MODE_ENV = {"milvus": {"SIMSTREAM_SIDE_INDEX": "false"}}
+MODE_NAMES = {"milvus": "milvus_search"}
 # A 100k-product milvus-lite flush takes longer than the 10 s default deadline on a busy 2-core
 # machine; the bench's own calls and the worker's get this one (a deadline, not a cost).
 MILVUS_TIMEOUT_S = 300.0
@@ -122,7 +126,7 @@ def profiler(pid: int, out: Path, on: bool) -> Any:
 
 
 def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], encoder: Any, fv: FieldVectors,
-              top: tuple[np.ndarray, np.ndarray] | None, churned: bool = False) -> Any:
+              top: tuple[np.ndarray, np.ndarray] | None, churned: bool = False, env: dict[str, str] | None = None) -> Any:
     """pipeline_bench.Run, pre-loading the given exact lists (as a fresh load, or with the write
     and list times of a churned catalog: common.churned_times) and able to send price-only updates."""
     Run = _runs()[0]
@@ -155,7 +159,7 @@ def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], enco
                 out.append(doc)
             return out
 
-    return ScaleRun(image, n, seed, root, names, encoder, fv, WORKER_ENV)
+    return ScaleRun(image, n, seed, root, names, encoder, fv, {**WORKER_ENV, **(env or {})})
 
 
 def encode_seconds(metrics: dict[str, float]) -> float:
@@ -203,13 +207,14 @@ def empty_worker_rss(image: bool, seed: int, root: Path, names: list[str], encod
 
 
 def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encoder: Any, fv: FieldVectors,
-             top: tuple[np.ndarray, np.ndarray], p: dict[str, Any], deadline: float, churned: bool = False) -> dict[str, Any]:
+             top: tuple[np.ndarray, np.ndarray], p: dict[str, Any], deadline: float, churned: bool = False,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
     from simstream.settings import Settings
     from simstream.streams.producer import EventProducer
 
     _, backlog_rate, freshness, scrape = _runs()
-    run = scale_run(image, n, seed, root, names, encoder, fv, top, churned)
+    run = scale_run(image, n, seed, root, names, encoder, fv, top, churned, env)
     res: dict[str, Any] = {"products": n, "state": "churned" if churned else "fresh"}
     left = lambda: max(60.0, deadline - time.monotonic())  # noqa: E731
     try:
@@ -454,20 +459,23 @@ def scale(sizes: list[int], side_sizes: list[int], p: dict[str, Any], seed: int 
             print(json.dumps({str(n): res}), flush=True)
             continue
         res["catalog"] = info
-        for mode, churned in [(m, c) for m in modes for c in (False, True) if c in p.get("churned_states", (False,))]:
+        for mode, churned in [(m, c) for m in modes for c in (False, True) if c in p.get("churned_states", (False,))
+                              and not (c and m in MODE_ENV)]:
             image = MODES[mode]
-            name = ("text_image" if image else "text_only") + ("_churned" if churned else "")
+            base = MODE_NAMES.get(mode) or ("text_image" if image else "text_only")
+            name = base + ("_churned" if churned else "")
             deadline = time.monotonic() + p["phase_s"]
             if image not in empty:
                 empty[image] = empty_worker_rss(image, seed, root, names, encoders[image], 64)
-            r = run_mode(image, n, seed, root, names, encoders[image], fv, tops[image], p, deadline, churned)
+            r = run_mode(image, n, seed, root, names, encoders[image], fv, tops[image], p, deadline, churned,
+                         MODE_ENV.get(mode))
             e = empty[image]
             r["empty_worker"] = e
             # after the same warm-up batch in both; and at /readyz, before any event (no encoder buffers yet)
             r["rss_bytes_per_product"] = round((r["rss_tree_bytes"] - e["rss_tree_bytes"]) / n)
             r["rss_ready_bytes_per_product"] = round((r["rss_ready_tree_bytes"] - e["rss_ready_tree_bytes"]) / n)
             rate = r.get("saturation", {}).get("events_per_s")
-            ceil = out["encoder_ceiling"][name.removesuffix("_churned")]
+            ceil = out["encoder_ceiling"]["text_image" if image else "text_only"]
             r["over_ceiling"] = round(rate / ceil, 3) if rate and ceil else None
             res[name] = r
             print(json.dumps({str(n): {name: r}}, default=str), flush=True)
@@ -489,6 +497,8 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         if not key.isdigit():
             continue
         per[key] = _size_fields(res.get("text_only", {}), res.get("text_image", {}))
+        if "milvus_search" in res:
+            per[key]["milvus_search"] = _size_fields(res["milvus_search"], {})
         if "text_only_churned" in res or "text_image_churned" in res:
             per[key]["churned"] = _size_fields(res.get("text_only_churned", {}), res.get("text_image_churned", {}))
     for key, res in r.items():
@@ -506,7 +516,8 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
            "freshness_p99_s_100k_image": i.get("freshness", {}).get("p99_s"),
            "pipeline_over_ceiling_100k_text": t.get("over_ceiling"),
            "pipeline_over_ceiling_100k_image": i.get("over_ceiling"),
-           "churned_over_fresh_100k": round(churned_rate / fresh_rate, 3) if fresh_rate and churned_rate else None}
+           "churned_over_fresh_100k": round(churned_rate / fresh_rate, 3) if fresh_rate and churned_rate else None,
+           "milvus_search_mode_events_per_s_100k": big.get("milvus_search", {}).get("saturation", {}).get("events_per_s")}
     for key, value in out.items():
         if value is None:
             why.append(f"{key}: not measured ({'100000 not among the sizes' if not big else 'see the 100000 entry'})")
@@ -536,7 +547,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=None, help="comma list, default 10000,100000 (--quick: 2000)")
     ap.add_argument("--side-only", default=None, help="sizes measured on the side index alone, default 1000000")
-    ap.add_argument("--modes", default="text,image")
+    ap.add_argument("--modes", default="text,image", help="text, image, milvus (text-only, searches in Milvus)")
     ap.add_argument("--events", type=int, default=None)
     ap.add_argument("--fresh-s", type=float, default=None)
     ap.add_argument("--phase-s", type=float, default=None, help="time bound of each phase (catalog, each mode)")

@@ -69,6 +69,11 @@ def test_summary_reports_null_with_a_reason_when_not_measured() -> None:
     assert out["price_only_events_per_s_100k"] is None
     assert any("price_only_events_per_s_100k" in why for why in out["scale_not_measured"])
     assert any("1000000" in why for why in out["scale_not_measured"])
+    assert out["milvus_search_mode_events_per_s_100k"] is None
+    big = scale.summary({"100000": {"text_only": {"saturation": {"events_per_s": 60.0}},
+                                    "milvus_search": {"saturation": {"events_per_s": 2.5}}}})
+    assert big["milvus_search_mode_events_per_s_100k"] == 2.5
+    assert big["scale"]["100000"]["milvus_search"]["events_per_s_text"] == 2.5
 
 
 def test_refresh_work_is_per_event_from_two_scrapes() -> None:
