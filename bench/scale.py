@@ -9,9 +9,10 @@ Per size N (every phase bounded in time; a phase past its bound is reported as s
     index/exact.py ``exact_top_k``; cached in bench/.cache);
  2. per mode (text-only, text+image) and state (fresh; churned: ``--states``): a milvus-lite file is
     pre-loaded with the catalog and its lists through the index API (``common.preload``; churned:
-    constructed directly, with the write and list times of a catalog that streamed every product
-    once, ``common.churned_times``, so the oldest heads have ~N writes behind them), the Tansu broker and a real ``simstream worker``
-    start; measured: start-up (``VectorStore.load_into_memory``: side index + list mirror built, from
+    constructed directly, with the write and list times that 3 x N random writes leave behind,
+    ``common.churned_times``; streamed: reached for real, by streaming 3 x N rewrites of random
+    products through the worker after the warm-up, to show the constructed state agrees), the Tansu
+    broker and a real ``simstream worker`` start; measured: start-up (``VectorStore.load_into_memory``: side index + list mirror built, from
     the worker's log; and process start to /readyz), the worker's RSS after a warm-up batch (its
     process tree: milvus-lite runs inside it) minus the RSS of a worker holding ~0 products in the
     same mode, per product; a backlog of events at once (pipeline_bench.py's (b): events/s, and
@@ -133,6 +134,7 @@ def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], enco
 
     class ScaleRun(Run):  # type: ignore[misc, valid-type]
         price_only = False
+        rewrite = False  # re-publish random pre-loaded products unchanged, at a new version
 
         def load(self) -> dict[str, float]:
             t0 = time.perf_counter()
@@ -146,6 +148,15 @@ def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], enco
             return {k: round(v, 2) for k, v in timings.items()}
 
         def events(self, count: int, now_ms: int | None = None) -> list[dict[str, Any]]:
+            if self.rewrite:
+                out = []
+                for _ in range(count):
+                    doc = dict(self.fv.docs[self.rng.randrange(len(self.fv.docs))])
+                    doc["version"] = self.versions[doc["product_id"]] + 1
+                    self.versions[doc["product_id"]] = doc["version"]
+                    doc["event_time"] = now_ms if now_ms is not None else int(time.time() * 1000)
+                    out.append(doc)
+                return out
             if not self.price_only:
                 return super().events(count, now_ms)
             out = []
@@ -208,14 +219,19 @@ def empty_worker_rss(image: bool, seed: int, root: Path, names: list[str], encod
 
 def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encoder: Any, fv: FieldVectors,
              top: tuple[np.ndarray, np.ndarray], p: dict[str, Any], deadline: float, churned: bool = False,
-             env: dict[str, str] | None = None) -> dict[str, Any]:
+             env: dict[str, str] | None = None, stream_churn: int = 0) -> dict[str, Any]:
+    """One mode and state: pre-load, start a worker, measure. ``stream_churn``: after the warm-up,
+    stream that many rewrites of random pre-loaded products (a new version, the same content)
+    through the worker before measuring: the churned state reached by streaming, to compare with
+    the constructed one (``churned``)."""
     from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
     from simstream.settings import Settings
     from simstream.streams.producer import EventProducer
 
     _, backlog_rate, freshness, scrape = _runs()
     run = scale_run(image, n, seed, root, names, encoder, fv, top, churned, env)
-    res: dict[str, Any] = {"products": n, "state": "churned" if churned else "fresh"}
+    state = "streamed" if stream_churn else ("churned" if churned else "fresh")
+    res: dict[str, Any] = {"products": n, "state": state}
     left = lambda: max(60.0, deadline - time.monotonic())  # noqa: E731
     try:
         res["preload"] = run.load()
@@ -239,6 +255,10 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
                 res["startup_s"] = round(sum(v.get("seconds") or 0.0 for v in built.values()), 2) if built else None
                 with EventProducer(settings) as producer:
                     res["warm_up"] = backlog_rate(run, producer, tail, worker, 64, min(900.0, left()))
+                    if stream_churn:
+                        run.rewrite = True
+                        res["churn_stream"] = backlog_rate(run, producer, tail, worker, stream_churn, left())
+                        run.rewrite = False
                     assert worker.proc is not None
                     res.update({f"rss_{k}_bytes": v for k, v in process_rss(worker.proc.pid).items()})
                     before = scrape(worker.web_port)
@@ -284,7 +304,7 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
     finally:
         for name in ("worker.log", "profile-saturation.txt", "profile-price.txt"):
             keep = Path(tempfile.gettempdir()) / \
-                f"simstream-scale-{n}-{'image' if image else 'text'}{'-churned' if churned else ''}-{name}"
+                f"simstream-scale-{n}-{'image' if image else 'text'}{'' if state == 'fresh' else '-' + state}-{name}"
             if (run.data / name).exists():
                 shutil.copy(run.data / name, keep)
                 res["worker_log" if name == "worker.log" else name.split(".")[0].replace("-", "_")] = str(keep)
@@ -459,16 +479,19 @@ def scale(sizes: list[int], side_sizes: list[int], p: dict[str, Any], seed: int 
             print(json.dumps({str(n): res}), flush=True)
             continue
         res["catalog"] = info
-        for mode, churned in [(m, c) for m in modes for c in (False, True) if c in p.get("churned_states", (False,))
-                              and not (c and m in MODE_ENV)]:
+        states = [st for st, on in (("fresh", False in p.get("churned_states", (False,))),
+                                    ("churned", True in p.get("churned_states", ())),
+                                    ("streamed", p.get("streamed", False))) if on]
+        for mode, state in [(m, st) for m in modes for st in states if st == "fresh" or m not in MODE_ENV]:
             image = MODES[mode]
+            churned = state == "churned"
             base = MODE_NAMES.get(mode) or ("text_image" if image else "text_only")
-            name = base + ("_churned" if churned else "")
+            name = base + ("" if state == "fresh" else "_" + state)
             deadline = time.monotonic() + p["phase_s"]
             if image not in empty:
                 empty[image] = empty_worker_rss(image, seed, root, names, encoders[image], 64)
             r = run_mode(image, n, seed, root, names, encoders[image], fv, tops[image], p, deadline, churned,
-                         MODE_ENV.get(mode))
+                         MODE_ENV.get(mode), stream_churn=3 * n if state == "streamed" else 0)
             e = empty[image]
             r["empty_worker"] = e
             # after the same warm-up batch in both; and at /readyz, before any event (no encoder buffers yet)
@@ -501,6 +524,8 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
             per[key]["milvus_search"] = _size_fields(res["milvus_search"], {})
         if "text_only_churned" in res or "text_image_churned" in res:
             per[key]["churned"] = _size_fields(res.get("text_only_churned", {}), res.get("text_image_churned", {}))
+        if "text_only_streamed" in res or "text_image_streamed" in res:
+            per[key]["streamed"] = _size_fields(res.get("text_only_streamed", {}), res.get("text_image_streamed", {}))
     for key, res in r.items():
         if key.startswith("side_only_") and "skipped" not in res:
             per.setdefault(key.removeprefix("side_only_"), {}).update(
@@ -556,12 +581,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CI-sized smoke run")
     ap.add_argument("--profile", action="store_true", help="py-spy the worker during the backlogs (top entries in the JSON)")
     ap.add_argument("--states", default=None,
-                    help="fresh,churned (default; --quick: fresh): the catalog as freshly loaded, and as churned")
+                    help="fresh,churned (default; --quick: fresh): the catalog as freshly loaded, and as churned; "
+                         "streamed: churned by streaming 3 x N rewrites through the worker (to compare with churned)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     p = dict(QUICK if a.quick else FULL, profile=a.profile)
     if a.states is not None:
-        p["churned_states"] = tuple(state == "churned" for state in a.states.split(",") if state)
+        wanted = [state for state in a.states.split(",") if state]
+        p["churned_states"] = tuple(state == "churned" for state in wanted if state in ("fresh", "churned"))
+        p["streamed"] = "streamed" in wanted
     for key, value in (("events", a.events), ("price_events", a.events), ("fresh_s", a.fresh_s), ("phase_s", a.phase_s),
                        ("check", a.check), ("encoder_items", a.encoder_items)):
         if value is not None:
