@@ -89,6 +89,15 @@ class ListMirror:
                 if not owners:
                     del self._listers[nid]
 
+    def keep_scores(self, scores: Mapping[str, tuple[ListHead, bytes]]) -> None:
+        """Attach members' exact scores to held heads: for each owner, only if the held head is
+        still ``head`` (same members and write time), and it has none yet."""
+        for owner, (head, held) in scores.items():
+            now = self._heads.get(owner)
+            if now is not None and not now.scores and now.updated_at == head.updated_at \
+                    and now.neighbour_ids == head.neighbour_ids and len(held) == 4 * len(now.neighbour_ids):
+                self._heads[owner] = dataclasses.replace(now, scores=held)
+
     def remove_markers_older_than(self, older_than_ms: int) -> int:
         """Drop the tombstone markers recorded before ``older_than_ms`` (the ones
         ``MilvusStore.purge_list_markers`` deletes: same rule, so the copy stays equal); a list

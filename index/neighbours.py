@@ -275,16 +275,20 @@ class ListBuilder:
         deep = ranked[: self.depth]
         return BuiltList(published, [nid for _, nid in deep], boundary, as_of, tuple(sc for sc, _ in deep), False)
 
-    def explain(self, lists: Mapping[str, BuiltList], owners: Mapping[str, np.ndarray]) -> dict[str, BuiltList]:
+    def explain(self, lists: Mapping[str, BuiltList], owners: Mapping[str, np.ndarray],
+                known: Mapping[str, np.ndarray] | None = None) -> dict[str, BuiltList]:
         """``lists`` with each entry's per-field contributions (``contributions``), computed from
-        the owners' vectors and the entries' stored ones, decoded once for all lists. An entry
-        whose product is gone by now keeps empty fields (its list is re-checked and recomputed:
-        ``Refresher.recheck``)."""
+        the owners' vectors and the entries' stored ones (``known``: vectors the caller already
+        decoded; the rest decoded once for all lists). An entry whose product is gone by now keeps
+        empty fields (its list is re-checked and recomputed: ``Refresher.recheck``)."""
         todo = {pid: b for pid, b in lists.items() if not b.explained}
         out = {pid: b for pid, b in lists.items() if b.explained}
         if not todo:
             return out
-        vectors = self.store.snapshot_vectors({n.product_id for b in todo.values() for n in b.published.neighbours})
+        known = known or {}
+        wanted = {n.product_id for b in todo.values() for n in b.published.neighbours}
+        vectors = {m: v for m in wanted if (v := known.get(m)) is not None}
+        vectors.update(self.store.snapshot_vectors(wanted - vectors.keys()))
         shares = FieldShares(self.layout)
         for pid, b in todo.items():
             have = [n.product_id for n in b.published.neighbours if n.product_id in vectors]

@@ -291,6 +291,12 @@ class VectorStore:
         if self.mirror is not None:
             self._put_heads(heads, digests, scores)
 
+    def keep_member_scores(self, scores: Mapping[str, tuple[ListHead, bytes]]) -> None:
+        """Hold members' exact scores beside heads that carry none (``ListHead.scores``), for each
+        owner whose held head is still the given one; nothing is written to Milvus."""
+        if self.mirror is not None and scores:
+            self.mirror.keep_scores(scores)
+
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Content digests of the recorded lists among ``ids`` that this worker recorded and that
         are still the recorded ones (no other writer's since); the others are not answered."""

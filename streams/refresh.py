@@ -40,6 +40,9 @@ class RefreshPlan:
     built: dict[str, NeighbourList] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     started: int = 0
+    # Vectors this plan already decoded (merged heads' members, changed products in reach): the
+    # "why similar" step reuses them instead of decoding again.
+    decoded: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def payloads(self) -> dict[str, bytes]:
@@ -92,6 +95,7 @@ class Refresher:
         digests = self.store.list_digests([pid for pid, nl in plan.publish.items() if nl is not None])
         previous = self.store.get_lists([pid for pid in plan.publish if pid not in digests])
         recorded: list[str] = []
+        keep: dict[str, tuple[ListHead, bytes]] = {}
         for pid, maybe_list in list(plan.publish.items()):
             old = previous.get(pid)
             if maybe_list is None:
@@ -114,11 +118,14 @@ class Refresher:
                 head = heads.get(pid)
                 if head is not None and list(head.neighbour_ids) == built.deep and \
                         stored_boundary(built.boundary) == head.boundary:
+                    if not head.scores:  # held beside the head from now on: its next merge decodes nothing
+                        keep[pid] = (head, built.packed_scores)
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
             recorded.append(pid)
         # Only the lists that go out (published or recorded) get their "why similar" fields.
-        explained = self.builder.explain({pid: lists[pid] for pid in recorded}, plan.vectors)
+        self.store.keep_member_scores(keep)
+        explained = self.builder.explain({pid: lists[pid] for pid in recorded}, plan.vectors, plan.decoded)
         for pid in recorded:
             built = explained[pid]
             if pid in plan.publish:
@@ -145,7 +152,7 @@ class Refresher:
                         mergeable[pid] = h
             mergeable = self._young(mergeable)
         if mergeable:
-            out = self._merge(products, mergeable, event_times, started)
+            out = self._merge(products, mergeable, event_times, started, plan.decoded)
         plan.merged += len(out)
         rest = {pid: p for pid, p in products.items() if pid not in out}
         plan.searched += len(rest)
@@ -160,7 +167,7 @@ class Refresher:
         return {pid: heads[pid] for pid, n in zip(since, counts) if n <= self.max_merge_changes}
 
     def _merge(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
-               event_times: Mapping[str, int | None], started: int) -> dict[str, BuiltList]:
+               event_times: Mapping[str, int | None], started: int, decoded: dict[str, np.ndarray]) -> dict[str, BuiltList]:
         """Merge every head in one go: one product of the owners with the rows written since their
         heads (on the packed values) picks, per owner, the changed products within reach of its
         boundary; only those are decoded and scored exactly, and the unchanged members keep the
@@ -172,7 +179,10 @@ class Refresher:
         reach = self.store.reaching_written_since(np.stack([products[pid].vector for pid in owners]), cuts, bars)
         # Members are decoded only for heads that do not carry their scores (recorded elsewhere).
         members = self.store.snapshot_vectors({m for h in heads.values() if not h.scores for m in h.neighbour_ids})
+        decoded.update(members)
         written = self.store.written_at({m for h in heads.values() for m in h.neighbour_ids})
+        for near in reach:
+            decoded.update(near)
         for pid, cut, near in zip(owners, cuts, reach):
             head = heads[pid]
             # members written since the head (or gone: not in ``members``) are not taken as recorded

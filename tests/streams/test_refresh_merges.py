@@ -133,3 +133,36 @@ def test_a_head_recorded_by_another_writer_drops_the_digest() -> None:
     assert mirror.digests(["a", "b"]) == {"a": b"d" * 16}
     mirror.put([ListHead("a", ("c", "b"), 0.4, 11, 10)])  # synced from another worker
     assert mirror.digests(["a"]) == {}
+
+
+def test_heads_carry_their_members_scores_and_merges_use_them(tmp_path, monkeypatch) -> None:
+    """A head this worker recorded carries its members' exact scores; a head synced from Milvus
+    (none) gets them once a refresh merged it unchanged, without a record; a merge of a head with
+    scores decodes none of its members, and the lists still equal brute force."""
+    rng = np.random.default_rng(4)
+    store, vecs, recent, refresher = setup(tmp_path, rng)
+    heads = store.list_heads(sorted(vecs))
+    assert all(np.frombuffer(h.scores, np.float32).tolist() == [float(vecs[m] @ vecs[pid]) for m in h.neighbour_ids]
+               for pid, h in heads.items())
+    # as after a restart: the heads as Milvus holds them, without scores
+    assert store.mirror is not None
+    store.mirror.put([type(h)(h.product_id, h.neighbour_ids, h.boundary, h.updated_at, h.as_of) for h in heads.values()])
+    assert not any(h.scores for h in store.list_heads(sorted(vecs)).values())
+    plan = refresher.plan(["p010", "p011"], {})
+    assert plan.merged == 2 and not plan.record  # nothing changed: nothing recorded...
+    kept = store.list_heads(["p010", "p011"])
+    assert all(h.scores for h in kept.values())  # ...but the scores are held from now on
+    # a product moves next to p010: its merge reads the members' scores, decodes only the mover
+    moved = {"p200": (vecs["p010"] + 0.02 * unit(rng, 1)[0])}
+    moved["p200"] /= np.linalg.norm(moved["p200"])
+    vecs.update(moved)
+    write(store, moved, now_ms())
+    decoded: list[set[str]] = []
+    real = store.snapshot_vectors
+    monkeypatch.setattr(store, "snapshot_vectors", lambda ids: decoded.append(set(ids)) or real(ids))
+    plan = refresher.plan(["p010"], {})
+    assert plan.merged == 1
+    assert decoded[0] == set()  # the merge decoded no member
+    assert published(plan, "p010") == oracle(vecs, "p010") and published(plan, "p010")[0] == "p200"
+    assert all(n.fields for n in plan.built["p010"].neighbours)
+    store.close()
