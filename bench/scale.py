@@ -18,7 +18,9 @@ Per size N (every phase bounded in time; a phase past its bound is reported as s
     same mode, per product; a backlog of events at once (pipeline_bench.py's (b): events/s, and
     from the worker's /metrics the encoder seconds, so non-encoder ms per event); freshness at
     50 % of that rate (pipeline_bench.py's (c)); text-only also a backlog of price-only updates of
-    pre-loaded products (no encoder runs);
+    pre-loaded products (no encoder runs), twice over the same products: ``price_only`` meets the
+    list heads as loaded from Milvus, ``price_only_warm`` as a running worker holds them (with
+    their members' exact scores, docs/exactness.md §2a);
  3. exactness at the end: the worker stopped, the products the run wrote are read back from Milvus
     (the vectors the worker scored with) into the catalog matrix, and the lists of a sample (every
     product the run changed or published a list for, plus random others; up to ``--check``) are
@@ -276,15 +278,23 @@ def run_mode(image: bool, n: int, seed: int, root: Path, names: list[str], encod
                     if p["fresh_s"] > 0 and sat["events_per_s"] > 0 and time.monotonic() < deadline:
                         res["freshness"] = freshness(run, producer, tail, worker, 0.5 * sat["events_per_s"], p["fresh_s"])
                     if not image and p["price_events"] and time.monotonic() < deadline:
+                        # Twice over the same products: first with the heads as loaded from Milvus
+                        # (no member scores held yet), then again, as a running worker meets them.
                         run.price_only = True
-                        before = scrape(worker.web_port)
-                        prof = profiler(worker.proc.pid, run.data / "profile-price.txt", p.get("profile", False))
-                        res["price_only"] = price = backlog_rate(run, producer, tail, worker, p["price_events"], left())
-                        if prof is not None:
-                            res["price_only_profile"] = prof.stop()
-                        after = scrape(worker.web_port)
-                        price["encode_s"] = round(encode_seconds(after) - encode_seconds(before), 3)
-                        price["refresh_work"] = refresh_work(after, before, price.get("completed") or 0)
+                        first = run.next_update
+                        for key, profile_name in (("price_only", "profile-price.txt"), ("price_only_warm", None)):
+                            if time.monotonic() >= deadline:
+                                break
+                            run.next_update = first
+                            before = scrape(worker.web_port)
+                            prof = profiler(worker.proc.pid, run.data / profile_name, p.get("profile", False)) \
+                                if profile_name else None
+                            res[key] = price = backlog_rate(run, producer, tail, worker, p["price_events"], left())
+                            if prof is not None:
+                                res["price_only_profile"] = prof.stop()
+                            after = scrape(worker.web_port)
+                            price["encode_s"] = round(encode_seconds(after) - encode_seconds(before), 3)
+                            price["refresh_work"] = refresh_work(after, before, price.get("completed") or 0)
                         run.price_only = False
                 # lists still arriving for the last events' neighbours
                 quiet_until = time.monotonic() + 60
@@ -537,6 +547,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
     fresh_rate, churned_rate = t.get("saturation", {}).get("events_per_s"), tc.get("saturation", {}).get("events_per_s")
     out = {"scale": per,
            "price_only_events_per_s_100k": t.get("price_only", {}).get("events_per_s"),
+           "price_only_warm_events_per_s_100k": t.get("price_only_warm", {}).get("events_per_s"),
            "freshness_p99_s_100k_text": t.get("freshness", {}).get("p99_s"),
            "freshness_p99_s_100k_image": i.get("freshness", {}).get("p99_s"),
            "pipeline_over_ceiling_100k_text": t.get("over_ceiling"),
@@ -564,6 +575,7 @@ def _size_fields(t: dict[str, Any], i: dict[str, Any]) -> dict[str, Any]:
                                             i.get("exactness", {}).get("equal_share")) if x is not None),
                                default=None),
             "price_only_events_per_s": t.get("price_only", {}).get("events_per_s"),
+            "price_only_warm_events_per_s": t.get("price_only_warm", {}).get("events_per_s"),
             "refresh_work": t.get("refresh_work"),
             }
 
