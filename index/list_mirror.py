@@ -55,9 +55,10 @@ class ListMirror:
         return len(self._heads)
 
     def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None,
-            scores: Mapping[str, bytes] | None = None) -> None:
-        """Hold ``heads`` (the last one per owner), with the content digests and the members' exact
-        scores (``ListHead.scores``) of those this worker just recorded."""
+            known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
+        """Hold ``heads`` (the last one per owner), with the content digests, and the members' exact
+        scores and the owner's row (``ListHead.scores``, ``ListHead.owner``) of those this worker
+        just recorded."""
         latest = {sys.intern(str(h.product_id)): h for h in heads}  # one head per owner: the last
         real: list[str] = []
         for owner, head in latest.items():
@@ -65,8 +66,9 @@ class ListMirror:
             if digests is not None and (digest := digests.get(owner)) is not None:
                 self._digests[owner] = digest
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
-            held = (scores or {}).get(owner, b"")
-            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members, scores=held)
+            held, row = (known or {}).get(owner, (b"", None))
+            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members, scores=held,
+                                                     owner=row)
             if _indexed(head):
                 real.append(owner)
             for nid in dict.fromkeys(members):
@@ -89,14 +91,14 @@ class ListMirror:
                 if not owners:
                     del self._listers[nid]
 
-    def keep_scores(self, scores: Mapping[str, tuple[ListHead, bytes]]) -> None:
-        """Attach members' exact scores to held heads: for each owner, only if the held head is
-        still ``head`` (same members and write time), and it has none yet."""
-        for owner, (head, held) in scores.items():
+    def keep_scores(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
+        """Attach members' exact scores and the owner's row to held heads: for each owner, only if
+        the held head is still ``head`` (same members and write time)."""
+        for owner, (head, held, row) in known.items():
             now = self._heads.get(owner)
-            if now is not None and not now.scores and now.updated_at == head.updated_at \
+            if now is not None and now.updated_at == head.updated_at \
                     and now.neighbour_ids == head.neighbour_ids and len(held) == 4 * len(now.neighbour_ids):
-                self._heads[owner] = dataclasses.replace(now, scores=held)
+                self._heads[owner] = dataclasses.replace(now, scores=held, owner=row)
 
     def remove_markers_older_than(self, older_than_ms: int) -> int:
         """Drop the tombstone markers recorded before ``older_than_ms`` (the ones

@@ -238,6 +238,7 @@ class BuiltList:
     as_of: int
     scores: tuple[float, ...] = ()
     explained: bool = True
+    owner: tuple[int, int] | None = None  # (version, updated_at) of the owner's row it was computed from
 
     @property
     def packed_scores(self) -> bytes:
@@ -273,7 +274,8 @@ class ListBuilder:
             source_event_time=event_time or product.event_time,
         )
         deep = ranked[: self.depth]
-        return BuiltList(published, [nid for _, nid in deep], boundary, as_of, tuple(sc for sc, _ in deep), False)
+        return BuiltList(published, [nid for _, nid in deep], boundary, as_of, tuple(sc for sc, _ in deep), False,
+                         (product.version, product.updated_at))
 
     def explain(self, lists: Mapping[str, BuiltList], owners: Mapping[str, np.ndarray],
                 known: Mapping[str, np.ndarray] | None = None) -> dict[str, BuiltList]:

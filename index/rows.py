@@ -63,6 +63,9 @@ class ListHead:
     # The exact scores of ``neighbour_ids`` with the owner (float32, in order), as this worker
     # computed them; held in memory only, beside a head this worker recorded. Empty: not known.
     scores: bytes = b""
+    # (version, updated_at) of the owner's row the list was computed from, when this worker knows
+    # it: while the owner's row is still that one, its vector is the one the list was made for.
+    owner: tuple[int, int] | None = None
 
     def member_scores(self) -> list[float] | None:
         """The exact scores of ``neighbour_ids`` when this worker computed them, else None."""

@@ -174,10 +174,10 @@ class VectorStore:
             self.side.set_bars(self.mirror.boundaries(p.product_id for p in products))
 
     def _put_heads(self, heads: Sequence[ListHead], digests: Mapping[str, bytes] | None = None,
-                   scores: Mapping[str, bytes] | None = None) -> None:
+                   known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
         """Hold recorded list heads in the mirror, and their boundaries beside the side index's rows."""
         assert self.mirror is not None
-        self.mirror.put(heads, digests, scores)
+        self.mirror.put(heads, digests, known)
         if self.side is not None:
             owners = {h.product_id for h in heads}
             bars = self.mirror.boundaries(owners)
@@ -283,19 +283,21 @@ class VectorStore:
         return self._from_lists(lambda mirror: mirror.heads(ids), lambda: self.milvus.read_list_heads(ids))
 
     def upsert_lists(self, lists: Sequence[StoredList], digests: Mapping[str, bytes] | None = None,
-                     scores: Mapping[str, bytes] | None = None) -> None:
+                     known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
         """Record lists (an empty payload is a tombstone marker); ``digests``: their content
-        digests, ``scores``: their deep members' exact scores (``ListHead.scores``), both held
-        beside the heads in memory (``list_digests``, ``list_heads``)."""
+        digests, ``known``: their deep members' exact scores and the owner's row they were computed
+        from (``ListHead.scores``, ``ListHead.owner``), all held beside the heads in memory only
+        (``list_digests``, ``list_heads``)."""
         heads = self.milvus.upsert_lists(lists, now_ms())
         if self.mirror is not None:
-            self._put_heads(heads, digests, scores)
+            self._put_heads(heads, digests, known)
 
-    def keep_member_scores(self, scores: Mapping[str, tuple[ListHead, bytes]]) -> None:
-        """Hold members' exact scores beside heads that carry none (``ListHead.scores``), for each
-        owner whose held head is still the given one; nothing is written to Milvus."""
-        if self.mirror is not None and scores:
-            self.mirror.keep_scores(scores)
+    def keep_member_scores(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
+        """Hold members' exact scores and the owner's row beside heads (``ListHead.scores``,
+        ``ListHead.owner``), for each owner whose held head is still the given one; nothing is
+        written to Milvus."""
+        if self.mirror is not None and known:
+            self.mirror.keep_scores(known)
 
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Content digests of the recorded lists among ``ids`` that this worker recorded and that

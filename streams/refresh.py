@@ -32,7 +32,8 @@ class RefreshPlan:
 
     publish: dict[str, NeighbourList | None] = field(default_factory=dict)
     record: list[StoredList] = field(default_factory=list)
-    scores: dict[str, bytes] = field(default_factory=dict)  # the recorded deep lists' exact scores
+    # Kept beside the recorded heads in memory: members' exact scores, the owner's row.
+    known: dict[str, tuple[bytes, tuple[int, int] | None]] = field(default_factory=dict)
     unchanged: int = 0
     merged: int = 0  # lists updated from their recorded deep list, without a search
     searched: int = 0
@@ -95,7 +96,7 @@ class Refresher:
         digests = self.store.list_digests([pid for pid, nl in plan.publish.items() if nl is not None])
         previous = self.store.get_lists([pid for pid in plan.publish if pid not in digests])
         recorded: list[str] = []
-        keep: dict[str, tuple[ListHead, bytes]] = {}
+        keep: dict[str, tuple[ListHead, bytes, tuple[int, int]]] = {}
         for pid, maybe_list in list(plan.publish.items()):
             old = previous.get(pid)
             if maybe_list is None:
@@ -118,8 +119,10 @@ class Refresher:
                 head = heads.get(pid)
                 if head is not None and list(head.neighbour_ids) == built.deep and \
                         stored_boundary(built.boundary) == head.boundary:
-                    if not head.scores:  # held beside the head from now on: its next merge decodes nothing
-                        keep[pid] = (head, built.packed_scores)
+                    if (not head.scores or head.owner is None) and built.owner is not None:
+                        # held beside the head from now on: its next merge decodes nothing, and
+                        # may merge while the owner's row is this one
+                        keep[pid] = (head, built.packed_scores, built.owner)
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
             recorded.append(pid)
@@ -132,7 +135,7 @@ class Refresher:
                 plan.publish[pid] = built.published
             plan.built[pid] = built.published
             plan.record.append(self.builder.stored_form(built))
-            plan.scores[pid] = built.packed_scores
+            plan.known[pid] = (built.packed_scores, built.owner)
         return plan
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
@@ -143,9 +146,12 @@ class Refresher:
         out: dict[str, BuiltList] = {}
         mergeable: dict[str, ListHead] = {}
         if self.store.side is not None and not search_all:
+            # The owner's vector is the one the head was made for: its row is the very one (known
+            # to the worker that made the head), or it was written before the head's state was read.
             mergeable = {pid: h for pid, h in heads.items()
                          if pid in products and h.as_of and not h.is_tombstone
-                         and products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS}
+                         and (h.owner == (products[pid].version, products[pid].updated_at)
+                              or products[pid].updated_at < h.as_of - RACE_LOOKBACK_MS)}
             if self.recent is not None:
                 for pid, p in products.items():
                     if pid not in mergeable and (h := self.recent.take(pid, p.vector, self.builder.depth)) is not None:
@@ -196,7 +202,7 @@ class Refresher:
         """Record the published lists (the reverse index); call only after they are durable."""
         real = {s.product_id for s in plan.record if s.payload}
         self.store.upsert_lists(plan.record, {pid: plan.built[pid].content_digest() for pid in real if pid in plan.built},
-                                plan.scores)
+                                plan.known)
 
     def recheck(self, plan: RefreshPlan) -> set[str]:
         """After ``record``: lists of this plan that a concurrent write may have made stale.

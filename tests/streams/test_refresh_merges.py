@@ -166,3 +166,35 @@ def test_heads_carry_their_members_scores_and_merges_use_them(tmp_path, monkeypa
     assert published(plan, "p010") == oracle(vecs, "p010") and published(plan, "p010")[0] == "p200"
     assert all(n.fields for n in plan.built["p010"].neighbours)
     store.close()
+
+
+def test_a_list_refreshed_right_after_its_owners_write_merges_later(tmp_path) -> None:
+    """A product's own list is refreshed within seconds of its write (inside the race lookback of
+    its head's ``as_of``), as every list of a streamed catalog is. Its head knows the owner's row it
+    was made from (``ListHead.owner``), so the next refresh, while that row is unchanged, merges
+    instead of searching; and once the owner is written again it is searched."""
+    rng = np.random.default_rng(6)
+    store, vecs, recent, refresher = setup(tmp_path, rng)
+    moved = {"p020": unit(rng, 1)[0]}
+    vecs.update(moved)
+    write(store, moved, now_ms())
+    affected_by(store, [Change("p020", moved["p020"])], pool=40, recent=recent)
+    own = refresher.plan(["p020"], {})
+    refresher.record(own)
+    head = store.list_heads(["p020"])["p020"]
+    stored = store.get_products(["p020"])["p020"]
+    assert head.owner == (stored.version, stored.updated_at) and stored.updated_at >= head.as_of - 5_000
+    near = {"p201": vecs["p020"] + 0.02 * unit(rng, 1)[0]}
+    near["p201"] /= np.linalg.norm(near["p201"])
+    vecs.update(near)
+    write(store, near, now_ms())
+    plan = refresher.plan(["p020"], {})
+    assert (plan.merged, plan.searched) == (1, 0)
+    assert published(plan, "p020") == oracle(vecs, "p020") and published(plan, "p020")[0] == "p201"
+    refresher.record(plan)
+    vecs["p020"] = unit(rng, 1)[0]  # the owner moves: its head is for another vector
+    write(store, {"p020": vecs["p020"]}, now_ms())
+    plan = refresher.plan(["p020"], {})
+    assert (plan.merged, plan.searched) == (0, 1)
+    assert published(plan, "p020") == oracle(vecs, "p020")
+    store.close()
