@@ -91,7 +91,7 @@ class ListMirror:
                 if not owners:
                     del self._listers[nid]
 
-    def keep_scores(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
+    def keep_known(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
         """Attach members' exact scores and the owner's row to held heads: for each owner, only if
         the held head is still ``head`` (same members and write time)."""
         for owner, (head, held, row) in known.items():

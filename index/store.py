@@ -292,12 +292,12 @@ class VectorStore:
         if self.mirror is not None:
             self._put_heads(heads, digests, known)
 
-    def keep_member_scores(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
+    def keep_known(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
         """Hold members' exact scores and the owner's row beside heads (``ListHead.scores``,
         ``ListHead.owner``), for each owner whose held head is still the given one; nothing is
         written to Milvus."""
         if self.mirror is not None and known:
-            self.mirror.keep_scores(known)
+            self.mirror.keep_known(known)
 
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Content digests of the recorded lists among ``ids`` that this worker recorded and that

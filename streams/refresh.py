@@ -126,8 +126,8 @@ class Refresher:
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
             recorded.append(pid)
+        self.store.keep_known(keep)
         # Only the lists that go out (published or recorded) get their "why similar" fields.
-        self.store.keep_member_scores(keep)
         explained = self.builder.explain({pid: lists[pid] for pid in recorded}, plan.vectors, plan.decoded)
         for pid in recorded:
             built = explained[pid]
