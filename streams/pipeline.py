@@ -10,8 +10,9 @@ The agents (streams/app.py) only take batches and ack them after ``DataPath.inge
 through an ``Outbox``, so tests drive it with a fake transport, and ``simstream backfill`` runs the
 same ``ingest_steps`` sequence.
 
-Every step that touches the index or the models runs through ``StepRunner`` (one thread for all of
-them, a retry of Milvus blips, a latency metric per step name). No record can stop a partition:
+Every step that touches the index or the models runs through ``StepRunner``: index steps on one
+thread (milvus-lite is not thread-safe), the encoders on another, so a batch encodes while the lists
+of the one before are planned and recorded; a retry of Milvus blips, a latency metric per step name. No record can stop a partition:
 ``DataPath.isolate`` waits out outages and narrows a failing batch down to the record that fails
 alone, which is dead-lettered with its exception (streams/isolation.py).
 """
@@ -40,52 +41,67 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["StepRunner", "IngestOutcome", "ingest_steps", "DataPath"]
+__all__ = ["INDEX", "MODELS", "StepRunner", "IngestOutcome", "ingest_steps", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+INDEX = "index"    # the thread of every Milvus and index step
+MODELS = "models"  # the encoders' thread
 R = TypeVar("R")
 
 
 class StepRunner:
-    """The one way a step runs: ``await run("write", fn, *args)`` runs ``fn`` on the worker's
-    thread, retries a Milvus blip (``IndexUnavailable``) under ``retry.INDEX_BLIP``, and observes
-    the step's latency under its name."""
+    """The one way a step runs: ``await run("write", fn, *args)`` runs ``fn`` on the index thread
+    (``thread=MODELS``: on the encoders' thread), retries a Milvus blip (``IndexUnavailable``) under
+    ``retry.INDEX_BLIP``, and observes the step's latency under its name."""
 
     def __init__(self, *, max_retries: int) -> None:
-        # One thread for all Milvus and model work: milvus-lite is not thread-safe, inference must
-        # stay off the event loop (heartbeats), and ingest and refresh batches then never interleave.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="simstream-work")
+        # One thread for all Milvus and index work (milvus-lite is not thread-safe; ingest and
+        # refresh index steps then never interleave) and one for the encoders, so that encoding,
+        # which touches no index, overlaps the other agent's index work. Both keep inference and
+        # scans off the event loop (heartbeats).
+        self.threads = {INDEX: ThreadPoolExecutor(1, thread_name_prefix="simstream-index"),
+                        MODELS: ThreadPoolExecutor(1, thread_name_prefix="simstream-models")}
         self.policy = retry.INDEX_BLIP.with_attempts(max_retries + 1)
         self.index_ready = True
-        self.busy_since: float | None = None  # when the step on the thread started (readiness sees a stuck one)
+        self._started: dict[str, float] = {}  # per thread, when the step on it started
         # Held by a refresh from its plan until its lists are recorded, and by an ingest for its
         # index steps, so that within one worker no ingest judges a change against lists being
         # replaced (across workers, Refresher.recheck closes that race).
         self.lists_lock = asyncio.Lock()
 
-    async def on_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the worker thread, once."""
-        self.busy_since = time.monotonic()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-        finally:
-            self.busy_since = None
+    @property
+    def busy_since(self) -> float | None:
+        """When the oldest step now running started (readiness sees a stuck one)."""
+        return min(self._started.values(), default=None)
 
-    async def __call__(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+    async def on_thread(self, fn: Callable[..., T], *args: Any, thread: str = INDEX) -> T:
+        """``fn(*args)`` on ``thread``, once."""
+        self._started[thread] = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.threads[thread], fn, *args)
+        finally:
+            self._started.pop(thread, None)
+
+    async def __call__(self, name: str, fn: Callable[..., T], *args: Any, thread: str = INDEX) -> T:
         started = time.perf_counter()
 
         def blip(exc: BaseException) -> None:
             self.index_ready = False
 
-        result = await retry.call_async(self.policy, name, self.on_thread, fn, *args,
+        async def once(*a: Any) -> T:
+            return await self.on_thread(fn, *a, thread=thread)
+
+        result = await retry.call_async(self.policy, name, once, *args,
                                         retry_on=(IndexUnavailable,), on_retry=blip)
         metrics.observe_step(name, started)
         self.index_ready = True
         return result
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False)
+        for executor in self.threads.values():
+            executor.shutdown(wait=False)
 
 
 @dataclass
@@ -108,10 +124,12 @@ async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRun
     out = IngestOutcome()
     out.events, out.rejects = validate(records)
     latest, out.dropped = coalesce(out.events)
+    # Versions and encoding need no lock (a refresh writes no product): meanwhile the refresh agent
+    # plans and records the lists of the batch before, on the index thread.
+    out.check = await run("read_versions", steps.check_versions, latest)
+    out.encoded = await run("encode", steps.encode, out.check, thread=MODELS)
+    out.rejects += encode_rejects(out.encoded, records)
     async with run.lists_lock:
-        out.check = await run("read_versions", steps.check_versions, latest)
-        out.encoded = await run("encode", steps.encode, out.check)
-        out.rejects += encode_rejects(out.encoded, records)
         changes = await run("write", steps.write, out.check, out.encoded)
         if affected:
             out.affected = await run("affected", steps.affected_set, changes)

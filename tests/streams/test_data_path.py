@@ -180,3 +180,33 @@ def test_the_agent_acks_a_batch_only_after_its_side_effects() -> None:
     with pytest.raises(RuntimeError):
         asyncio.run(consume(stream, size=2, within_s=0.1, handle=handle))
     assert stream.log == [("durable", [0, 1]), ("ack", 0), ("ack", 1), ("durable", [2]), ("ack", 2)]
+
+
+def test_a_batch_encodes_while_the_index_thread_plans_lists(path) -> None:  # noqa: ANN001
+    """The encoders have their own thread and the lists lock is not held while encoding, so an
+    ingest's encoding overlaps a refresh's index work (here the encoder waits for an index step
+    under the lock that starts only after encoding began: on one thread, or under the lock, it
+    never would)."""
+    import threading
+
+    data, transport = path
+    encoding, index_step_ran = threading.Event(), threading.Event()
+    encode = data.steps.encode
+
+    def waits_for_the_index_thread(check):  # noqa: ANN001, ANN202
+        encoding.set()
+        assert index_step_ran.wait(10), "no index step ran while the batch was encoding"
+        return encode(check)
+
+    data.steps.encode = waits_for_the_index_thread
+
+    async def both() -> None:
+        ingest = asyncio.create_task(data.ingest(records((b"a", event("a")))))
+        while not encoding.is_set():
+            await asyncio.sleep(0.01)
+        async with data.run.lists_lock:
+            await data.run("plan", index_step_ran.set)
+        await ingest
+
+    asyncio.run(asyncio.wait_for(both(), 30))
+    assert {orjson.loads(m.value or b"")["ids"][0] for m in transport.on(data.settings.refresh_topic)} == {"a"}
