@@ -2,9 +2,9 @@
 
 Streaming refreshes the lists an event affects, ~15 per event, each a search or a merge: right
 for a trickle, wasteful for a new catalog, a re-embedding or a replay, where nearly every list
-changes many times over. A backfill runs the worker's own ingest sequence (streams/pipeline.py
-``ingest_steps``: validate -> coalesce -> check versions -> encode -> write) over the file in large
-batches without computing affected sets,
+changes many times over. A backfill runs the worker's own ingest steps (streams/pipeline.py: validate -> coalesce -> check
+versions -> encode -> write) over the file in large batches without computing affected sets, one
+batch encoding while the one before is written,
 then recomputes *every* list with the same builder (``publish_searched``): blocked all-pairs top-K,
 one pass over the catalog matrix per page of lists, on the GPU when there is one (index/side.py).
 The lists therefore equal the streaming path's, and only lists whose content differs from what was
@@ -24,16 +24,16 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import orjson
 
 from simstream.logs import get_logger
 from simstream.settings import Settings
 from simstream.streams.dead_letter import RawRecord
-from simstream.streams.ingest import Ingest
+from simstream.streams.ingest import Ingest, validate
 from simstream.streams.outbox import Outbox
-from simstream.streams.pipeline import StepRunner, ingest_steps
+from simstream.streams.pipeline import IngestOutcome, StepRunner, check_batch, encode_batch, write_batch
 from simstream.streams.producer import from_csv_row, with_event_defaults
 from simstream.streams.publish_lists import every_list_owner, publish_searched
 from simstream.streams.refresh import Refresher
@@ -104,16 +104,43 @@ def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord
 
 async def load(ingest: Ingest, run: StepRunner, outbox: Outbox, records: Iterator[RawRecord], report: BackfillReport,
                *, batch_size: int, source: str) -> None:
-    """The worker's ingest sequence over big batches, without affected sets (every list follows)."""
+    """The worker's ingest steps over big batches, without affected sets (every list follows),
+    pipelined: batch N+1 is encoded (encoders' thread) while batch N is written (index thread).
+    N+1's versions are read before N is written, which is exact because N's write touches only
+    N's products; a batch sharing a product with N waits for N's write before reading them."""
+    ahead: tuple[list[RawRecord], IngestOutcome] | None = None  # encoded, not yet written
     for batch in _batches(records, batch_size):
-        out = await ingest_steps(batch, ingest, run, affected=False)
-        await outbox.dead_letters(out.rejects, source)
-        report.records += len(batch)
-        report.applied += out.check.outcomes["applied"]
-        report.stale_or_duplicate += out.dropped + out.check.outcomes["stale"] + out.check.outcomes["duplicate"]
-        report.dead_lettered += len(out.rejects)
-        log.info("backfill batch written", records=report.records, applied=report.applied,
-                 dead_lettered=report.dead_lettered)
+        if ahead is not None and _shares_products(batch, ahead[1]):
+            await _written(ingest, run, outbox, *ahead, report, source)  # the versions must see it
+            ahead = None
+        out = await check_batch(batch, ingest, run)  # index thread, before ``ahead`` is written
+        writing = asyncio.create_task(_written(ingest, run, outbox, *ahead, report, source)) if ahead else None
+        try:
+            await encode_batch(out, batch, ingest, run)  # encoders' thread, meanwhile
+        finally:
+            if writing is not None:
+                await writing
+        ahead = (batch, out)
+    if ahead is not None:
+        await _written(ingest, run, outbox, *ahead, report, source)
+
+
+def _shares_products(batch: Sequence[RawRecord], written: IngestOutcome) -> bool:
+    ids = written.product_ids
+    return any(e.product_id in ids for e in validate(batch)[0])
+
+
+async def _written(ingest: Ingest, run: StepRunner, outbox: Outbox, batch: list[RawRecord], out: IngestOutcome,
+                   report: BackfillReport, source: str) -> None:
+    """Write one encoded batch, send its dead letters, count it."""
+    await write_batch(out, ingest, run, affected=False)
+    await outbox.dead_letters(out.rejects, source)
+    report.records += len(batch)
+    report.applied += out.check.outcomes["applied"]
+    report.stale_or_duplicate += out.dropped + out.check.outcomes["stale"] + out.check.outcomes["duplicate"]
+    report.dead_lettered += len(out.rejects)
+    log.info("backfill batch written", records=report.records, applied=report.applied,
+             dead_lettered=report.dead_lettered)
 
 
 async def _backfill(settings: Settings, path: Path, ingest: Ingest, refresher: Refresher, run: StepRunner,

@@ -8,7 +8,7 @@
 The agents (streams/app.py) only take batches and ack them after ``DataPath.ingest`` or
 ``DataPath.refresh`` returned; everything here runs on plain records (``RawRecord``) and sends
 through an ``Outbox``, so tests drive it with a fake transport, and ``simstream backfill`` runs the
-same ``ingest_steps`` sequence.
+same ingest steps (``check_batch``, ``encode_batch``, ``write_batch``).
 
 Every step that touches the index or the models runs through ``StepRunner``: index steps on one
 thread (milvus-lite is not thread-safe), the encoders on another, so a batch encodes while the lists
@@ -41,7 +41,7 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["INDEX", "MODELS", "StepRunner", "IngestOutcome", "ingest_steps", "DataPath"]
+__all__ = ["INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -115,26 +115,48 @@ class IngestOutcome:
     encoded: EncodedBatch | None = None
     dropped: int = 0  # superseded by a later event of the same batch
     events: list[ProductEvent] = field(default_factory=list)
+    latest: list[ProductEvent] = field(default_factory=list)  # the newest event per product
+
+    @property
+    def product_ids(self) -> set[str]:
+        return {e.product_id for e in self.latest}
 
 
-async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRunner, *,
-                       affected: bool = True) -> IngestOutcome:
-    """The ingest steps in order, the one sequence both the agent and ``simstream backfill`` run
-    (the backfill without affected sets: it computes every list afterwards)."""
+async def check_batch(records: Sequence[RawRecord], steps: Ingest, run: StepRunner) -> IngestOutcome:
+    """validate -> coalesce -> check versions. Needs no lock: a refresh writes no product."""
     out = IngestOutcome()
     out.events, out.rejects = validate(records)
-    latest, out.dropped = coalesce(out.events)
-    # Versions and encoding need no lock (a refresh writes no product): meanwhile the refresh agent
-    # plans and records the lists of the batch before, on the index thread.
-    out.check = await run("read_versions", steps.check_versions, latest)
+    out.latest, out.dropped = coalesce(out.events)
+    out.check = await run("read_versions", steps.check_versions, out.latest)
+    return out
+
+
+async def encode_batch(out: IngestOutcome, records: Sequence[RawRecord], steps: Ingest, run: StepRunner) -> IngestOutcome:
+    """encode, on the encoders' thread and without the lists lock: meanwhile the refresh agent plans
+    and records the lists of the batch before on the index thread (the backfill: writes it)."""
     out.encoded = await run("encode", steps.encode, out.check, thread=MODELS)
     out.rejects += encode_rejects(out.encoded, records)
+    return out
+
+
+async def write_batch(out: IngestOutcome, steps: Ingest, run: StepRunner, *, affected: bool = True) -> IngestOutcome:
+    """write -> affected set, under the lists lock (no list is being replaced meanwhile)."""
+    assert out.encoded is not None, "write_batch before encode_batch"
     async with run.lists_lock:
         changes = await run("write", steps.write, out.check, out.encoded)
         if affected:
             out.affected = await run("affected", steps.affected_set, changes)
     out.causes = refresh_causes(out.check, out.affected)
     return out
+
+
+async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRunner, *,
+                       affected: bool = True) -> IngestOutcome:
+    """The ingest steps in order, the one sequence both the agent and ``simstream backfill`` run
+    (the backfill without affected sets, since it computes every list afterwards; it runs the
+    three parts itself, to overlap one batch's write with the next one's encoding)."""
+    out = await encode_batch(await check_batch(records, steps, run), records, steps, run)
+    return await write_batch(out, steps, run, affected=affected)
 
 
 class DataPath:
