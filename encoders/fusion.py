@@ -165,6 +165,11 @@ class ProductEncoder:
         contents = field_contents(p, self.brand_in_text)  # once: text_of cleans the description
         return {f: content_hash(contents[f]) for f in FIELDS}
 
+    @property
+    def on_accelerator(self) -> bool:
+        """Whether the text model runs off the CPU (then encoding can overlap index work)."""
+        return self.text.device.type != "cpu"
+
     def warm_up(self) -> None:
         """Run one tiny batch so the first real batch does not pay for lazy initialisation."""
         self.text.encode(["warm up"])

@@ -116,7 +116,7 @@ class Worker:
         self.dlq = app.topic(s.dlq_topic, **raw)
         outputs = {s.refresh_topic: self.refresh, s.neighbors_topic: self.neighbours, s.dlq_topic: self.dlq}
         self.outbox = Outbox(FaustTransport(app, outputs, timeout_s=s.kafka_timeout_s), settings)
-        self.run = StepRunner(max_retries=s.max_retries)
+        self.run = StepRunner(max_retries=s.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
         self.path = DataPath(settings, ingest, refresher, self.outbox, self.run)
         self._agents()
         self._pages()

@@ -3,8 +3,8 @@
 Streaming refreshes the lists an event affects, ~15 per event, each a search or a merge: right
 for a trickle, wasteful for a new catalog, a re-embedding or a replay, where nearly every list
 changes many times over. A backfill runs the worker's own ingest steps (streams/pipeline.py: validate -> coalesce -> check
-versions -> encode -> write) over the file in large batches without computing affected sets, one
-batch encoding while the one before is written,
+versions -> encode -> write) over the file in large batches without computing affected sets (on a
+GPU, one batch encoding while the one before is written),
 then recomputes *every* list with the same builder (``publish_searched``): blocked all-pairs top-K,
 one pass over the catalog matrix per page of lists, on the GPU when there is one (index/side.py).
 The lists therefore equal the streaming path's, and only lists whose content differs from what was
@@ -105,8 +105,8 @@ def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord
 async def load(ingest: Ingest, run: StepRunner, outbox: Outbox, records: Iterator[RawRecord], report: BackfillReport,
                *, batch_size: int, source: str) -> None:
     """The worker's ingest steps over big batches, without affected sets (every list follows),
-    pipelined: batch N+1 is encoded (encoders' thread) while batch N is written (index thread).
-    N+1's versions are read before N is written, which is exact because N's write touches only
+    pipelined where the encoders have their own thread (a GPU: ``StepRunner``): batch N+1 is encoded
+    while batch N is written. N+1's versions are read before N is written, which is exact because N's write touches only
     N's products; a batch sharing a product with N waits for N's write before reading them."""
     ahead: tuple[list[RawRecord], IngestOutcome] | None = None  # encoded, not yet written
     for batch in _batches(records, batch_size):
@@ -116,7 +116,7 @@ async def load(ingest: Ingest, run: StepRunner, outbox: Outbox, records: Iterato
         out = await check_batch(batch, ingest, run)  # index thread, before ``ahead`` is written
         writing = asyncio.create_task(_written(ingest, run, outbox, *ahead, report, source)) if ahead else None
         try:
-            await encode_batch(out, batch, ingest, run)  # encoders' thread, meanwhile
+            await encode_batch(out, batch, ingest, run)  # on a GPU: meanwhile
         finally:
             if writing is not None:
                 await writing
@@ -164,7 +164,7 @@ def backfill_file(settings: Settings, path: Path, *, batch_size: int = 1024, pag
     """Load ``path`` into the index and publish every list that differs from the topic's."""
     single_threaded_numpy()
     ingest, refresher = build_steps(settings, wait_for_milvus=True)
-    run = StepRunner(max_retries=settings.max_retries)
+    run = StepRunner(max_retries=settings.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
     report = BackfillReport()
     try:
         asyncio.run(_backfill(settings, path, ingest, refresher, run, report, batch_size=batch_size, page=page))

@@ -11,8 +11,9 @@ through an ``Outbox``, so tests drive it with a fake transport, and ``simstream 
 same ingest steps (``check_batch``, ``encode_batch``, ``write_batch``).
 
 Every step that touches the index or the models runs through ``StepRunner``: index steps on one
-thread (milvus-lite is not thread-safe), the encoders on another, so a batch encodes while the lists
-of the one before are planned and recorded; a retry of Milvus blips, a latency metric per step name. No record can stop a partition:
+thread (milvus-lite is not thread-safe); the encoders on that thread too, or, when they run on a
+GPU, on their own, so that a batch encodes while the lists of the one before are planned and
+recorded; a retry of Milvus blips, a latency metric per step name. No record can stop a partition:
 ``DataPath.isolate`` waits out outages and narrows a failing batch down to the record that fails
 alone, which is dead-lettered with its exception (streams/isolation.py).
 """
@@ -56,13 +57,18 @@ class StepRunner:
     (``thread=MODELS``: on the encoders' thread), retries a Milvus blip (``IndexUnavailable``) under
     ``retry.INDEX_BLIP``, and observes the step's latency under its name."""
 
-    def __init__(self, *, max_retries: int) -> None:
+    def __init__(self, *, max_retries: int, overlap_encoding: bool = False) -> None:
+        """``overlap_encoding``: run the encoders on their own thread (``MODELS``), beside the index
+        work; for encoders on a GPU. On the CPU they would share its cores with the index thread,
+        and their intra-op threads wait for the slowest: on 2 cores a batch encoded 2.3x slower
+        beside a busy thread, and the 10k pipeline was no faster (docs/scaling.md), so there the
+        encoders take the index thread's turn."""
         # One thread for all Milvus and index work (milvus-lite is not thread-safe; ingest and
-        # refresh index steps then never interleave) and one for the encoders, so that encoding,
-        # which touches no index, overlaps the other agent's index work. Both keep inference and
-        # scans off the event loop (heartbeats).
+        # refresh index steps then never interleave), one for encoders on a GPU. Both keep
+        # inference and scans off the event loop (heartbeats).
         self.threads = {INDEX: ThreadPoolExecutor(1, thread_name_prefix="simstream-index"),
                         MODELS: ThreadPoolExecutor(1, thread_name_prefix="simstream-models")}
+        self.encoding_thread = MODELS if overlap_encoding else INDEX
         self.policy = retry.INDEX_BLIP.with_attempts(max_retries + 1)
         self.index_ready = True
         self._started: dict[str, float] = {}  # per thread, when the step on it started
@@ -132,9 +138,10 @@ async def check_batch(records: Sequence[RawRecord], steps: Ingest, run: StepRunn
 
 
 async def encode_batch(out: IngestOutcome, records: Sequence[RawRecord], steps: Ingest, run: StepRunner) -> IngestOutcome:
-    """encode, on the encoders' thread and without the lists lock: meanwhile the refresh agent plans
-    and records the lists of the batch before on the index thread (the backfill: writes it)."""
-    out.encoded = await run("encode", steps.encode, out.check, thread=MODELS)
+    """encode, without the lists lock; on a GPU from the encoders' own thread, while the refresh
+    agent plans and records the lists of the batch before on the index thread (the backfill:
+    writes it)."""
+    out.encoded = await run("encode", steps.encode, out.check, thread=run.encoding_thread)
     out.rejects += encode_rejects(out.encoded, records)
     return out
 

@@ -8,6 +8,7 @@ import asyncio
 from typing import Sequence
 
 import orjson
+import pytest
 
 from simstream.streams import messages
 from simstream.streams.backfill import BackfillReport, load
@@ -35,7 +36,8 @@ def line(pid: str, version: int, title: str, n: int) -> RawRecord:
     return RawRecord(pid.encode(), orjson.dumps(doc), 0, n, 1_000)
 
 
-def test_versions_decide_as_in_a_sequential_load_across_overlapping_batches(settings, store, encoder) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("overlap", [False, True], ids=["cpu", "encoders-own-thread"])
+def test_versions_decide_as_in_a_sequential_load_across_overlapping_batches(settings, store, encoder, overlap) -> None:  # noqa: ANN001
     # batches of 2: [a v1, b] [a v3, c] [a v2, d] [e]. The third batch's versions must be read after
     # the second is written (a v3), or a v2 would pass the version check and overwrite v3.
     lines = [line("a", 1, "red mug", 0), line("b", 1, "blue mug", 1),
@@ -43,7 +45,7 @@ def test_versions_decide_as_in_a_sequential_load_across_overlapping_batches(sett
              line("a", 2, "red mug v2", 4), line("d", 1, "green mug", 5),
              line("e", 1, "lamp", 6)]
     report = BackfillReport()
-    run = StepRunner(max_retries=0)
+    run = StepRunner(max_retries=0, overlap_encoding=overlap)
     try:
         asyncio.run(load(Ingest(store, encoder, candidate_pool=8), run, Outbox(Sent(), settings), iter(lines),
                          report, batch_size=2, source="backfill:test"))

@@ -56,12 +56,12 @@ class FakeTransport:
 
 
 @pytest.fixture
-def path(settings: Settings, store, encoder):  # noqa: ANN001, ANN201
+def path(request, settings: Settings, store, encoder):  # noqa: ANN001, ANN201
     s = settings.model_copy(update={"poison_after_s": 0.5, "topic_partitions": PARTITIONS})
     steps = Ingest(store, encoder, candidate_pool=16)
     refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model, depth=6))
     transport = FakeTransport()
-    run = StepRunner(max_retries=1)
+    run = StepRunner(max_retries=1, overlap_encoding=request.param if hasattr(request, "param") else False)
     yield DataPath(s, steps, refresher, Outbox(transport, s), run), transport
     run.close()
 
@@ -182,11 +182,12 @@ def test_the_agent_acks_a_batch_only_after_its_side_effects() -> None:
     assert stream.log == [("durable", [0, 1]), ("ack", 0), ("ack", 1), ("durable", [2]), ("ack", 2)]
 
 
+@pytest.mark.parametrize("path", [True], indirect=True)
 def test_a_batch_encodes_while_the_index_thread_plans_lists(path) -> None:  # noqa: ANN001
-    """The encoders have their own thread and the lists lock is not held while encoding, so an
-    ingest's encoding overlaps a refresh's index work (here the encoder waits for an index step
-    under the lock that starts only after encoding began: on one thread, or under the lock, it
-    never would)."""
+    """With encoders on their own thread (``overlap_encoding``: a GPU) and no lists lock held while
+    encoding, an ingest's encoding overlaps a refresh's index work (here the encoder waits for an
+    index step under the lock that starts only after encoding began: on one thread, or under the
+    lock, it never would)."""
     import threading
 
     data, transport = path
