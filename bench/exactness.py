@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="run against this Milvus (e.g. $SIMSTREAM_TEST_MILVUS_URI under scripts/with-milvus-server.sh)")
     ap.add_argument("--no-side-index", action="store_true",
                     help="SIMSTREAM_SIDE_INDEX=false: every neighbour search goes to Milvus")
+    ap.add_argument("--bulk-min-backlog", type=int, default=None, metavar="N",
+                    help="SIMSTREAM_BULK_MIN_BACKLOG for the workers: a chunk of at least N events (and a quarter "
+                         "of the catalog) is loaded on the bulk path, then every list refreshed")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                    seed=a.seed, top_k=a.top_k, partitions=a.partitions,
                                    candidate_pool=a.candidate_pool, quiet_s=a.quiet, timeout_s=a.timeout,
                                    reencode_check=not a.no_reencode, keep=a.keep, backfill=a.backfill,
-                                   milvus_uri=a.milvus_uri, side_index=not a.no_side_index))
+                                   milvus_uri=a.milvus_uri, side_index=not a.no_side_index,
+                                   bulk_min_backlog=a.bulk_min_backlog))
     print(json.dumps(report["details"], indent=2, default=str))
     print(summary_line(report))
     if a.json:

@@ -28,7 +28,7 @@ __all__ = [
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
     "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS",
-    "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES", "search_hit_bytes", "search_queries_per_call",
+    "BULK_MAX_HELD_EVENTS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES", "search_hit_bytes", "search_queries_per_call",
 ]
 
 # --- event fields (the input contract) ----------------------------------------------------------
@@ -109,6 +109,10 @@ MAX_ATTRIBUTE_FILTERS = 8  # attr.NAME=VALUE filters per request
 # Milvus 2.3's proxy sends at most 64 MiB in one gRPC response (proxy.grpc.serverMaxSendSize): a
 # search that returns each hit's vector (256 queries x 21 hits x 3,232 floats is ~69.5 MB) must be
 # cut into calls whose worst-case answer stays well under it.
+# The bulk path holds its input's offsets until every list is requested: at most this many events
+# (their records stay in memory), then it requests every list and starts a new round.
+BULK_MAX_HELD_EVENTS = 100_000
+
 MILVUS_RESPONSE_BYTES = 32 * 1024 * 1024  # half the cap: room for framing we do not count
 MILVUS_SEARCH_QUERIES = 256  # queries per search call at most, whatever their answers' size
 

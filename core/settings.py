@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     kafka_timeout_s: float = Field(30.0, gt=0)  # deadline for a batch's sends (DLQ, refresh, neighbours)
     max_message_bytes: int = Field(1_000_000, ge=10_000)  # producer request cap; bigger dead letters omit the value
     refresh_request_max_bytes: int = Field(256_000, ge=1_000)  # refresh requests are split to stay under this
+    # The bulk path (streams/bulk.py): with at least max(bulk_min_backlog, bulk_backlog_share x the
+    # catalog) events waiting on its partitions, the ingest writes without affected sets and then
+    # asks for every list once; 0 = never.
+    bulk_min_backlog: int = Field(10_000, ge=0)  # SIMSTREAM_BULK_MIN_BACKLOG
+    bulk_backlog_share: float = Field(0.25, ge=0)  # SIMSTREAM_BULK_BACKLOG_SHARE
 
     # --- Encoders --------------------------------------------------------------------------
     text_model: str | None = None  # HF id or local path; None -> bundled all-MiniLM-L6-v2

@@ -149,6 +149,9 @@ class Options:
     # keep the side index (False: every neighbour search goes to Milvus).
     milvus_uri: str | None = None
     side_index: bool = True
+    # SIMSTREAM_BULK_MIN_BACKLOG for the workers (None: their default, which these streams never
+    # reach): a published chunk then arrives as a backlog the workers load in bulk (streams/bulk.py).
+    bulk_min_backlog: int | None = None
     keep: bool = False
     data_dir: Path | None = None
     log: Callable[[str], None] = print
@@ -188,6 +191,8 @@ def run_exactness(opts: Options) -> dict[str, Any]:
             }
             if opts.candidate_pool:
                 base_env["SIMSTREAM_CANDIDATE_POOL"] = str(opts.candidate_pool)
+            if opts.bulk_min_backlog is not None:
+                base_env["SIMSTREAM_BULK_MIN_BACKLOG"] = str(opts.bulk_min_backlog)
 
             def make_worker(i: int) -> WorkerProcess:
                 (data_dir / f"worker-{i}").mkdir(parents=True, exist_ok=True)
@@ -277,6 +282,8 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         "kills": kills_done, "faults": faults_done, "backfill": opts.backfill,
         "milvus": "external" if opts.milvus_uri else ("milvus-lite server" if server is not None else "milvus-lite file"),
         "side_index": opts.side_index,
+        "bulk_rounds": _logged(data_dir, "bulk load round done"),
+        "every_list_passes": _logged(data_dir, "every list refreshed"),
         "details": {
             "events": len(stream.events), "event_kinds": stream.kinds, "live": result.live,
             "deleted": len(stream.deleted), "unequal": len(result.unequal),
@@ -294,6 +301,11 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     if not opts.keep and result.equal == result.products and opts.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return report
+
+
+def _logged(data_dir: Path, event: str) -> int:
+    """How many times the workers logged ``event`` (their logs append across restarts)."""
+    return sum(log.read_text(errors="replace").count(f'"event": "{event}') for log in data_dir.glob("worker-*.log"))
 
 
 def run_backfill(events: list[dict[str, Any]], data_dir: Path, env: dict[str, str], deadline: float) -> float:
@@ -362,4 +374,5 @@ def explain(pid: str, topic: dict[str, NeighbourList | None], stored: dict[str, 
 def summary_line(report: dict[str, Any]) -> str:
     return (f"equal: {report['equal']}/{report['products']} = {report['equal_share']:.4%}   "
             f"lost: {report['lost']}   resurrected: {report['resurrected']}   "
-            f"(workers {report['workers']}, kills {report['kills']}, faults {report.get('faults') or 'none'})")
+            f"(workers {report['workers']}, kills {report['kills']}, faults {report.get('faults') or 'none'}, "
+            f"bulk rounds {report.get('bulk_rounds', 0)}, every-list passes {report.get('every_list_passes', 0)})")

@@ -251,6 +251,11 @@ class VectorStore:
             return side.search_scores(vectors, limit)
         return self.milvus.search_scores(vectors, limit)
 
+    def product_count(self) -> int:
+        """Live products: from the side index when there is one, else a Milvus count."""
+        side = self._synced_side()
+        return len(side) if side is not None else self.milvus.count_products()
+
     def iter_products(self, batch_size: int = 1000) -> Iterator[list[StoredProduct]]:
         return self.milvus.iter_products(batch_size)
 
@@ -304,6 +309,11 @@ class VectorStore:
         are still the recorded ones (no other writer's since); the others are not answered."""
         mirror = self._synced_mirror()
         return mirror.digests(ids) if mirror is not None else {}
+
+    def list_owners(self) -> list[str]:
+        """Every product in the index and every product with a recorded list (a list whose owner is
+        gone gets its tombstone), sorted: whose lists a full refresh computes."""
+        return sorted({p.product_id for chunk in self.iter_products(2000) for p in chunk} | self.all_list_ids())
 
     def all_list_ids(self) -> set[str]:
         return self.milvus.all_list_ids()

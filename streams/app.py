@@ -93,13 +93,19 @@ class BatchStream(Protocol):
 
 
 async def consume(stream: BatchStream, *, size: int, within_s: float,
-                  handle: Callable[[Sequence[RawRecord]], Awaitable[None]]) -> None:
+                  handle: Callable[[Sequence[RawRecord]], Awaitable[bool | None]]) -> None:
     """Take batches of at most ``size`` within ``within_s``, hand each to ``handle``, and ack its
-    events only after ``handle`` returned: an offset never commits ahead of its side effects."""
+    events only after ``handle`` returned: an offset never commits ahead of its side effects. When
+    ``handle`` returns False the events are held, unacked, until a later batch's ``handle`` returns
+    otherwise (a bulk round: streams/bulk.py)."""
+    held: list[Any] = []
     async for batch in stream.noack_take(size, within=within_s):
-        await handle([RawRecord.of(e) for e in batch])
-        for event in batch:
-            await stream.ack(event)
+        durable = await handle([RawRecord.of(e) for e in batch])
+        held += batch
+        if durable is not False:
+            for event in held:
+                await stream.ack(event)
+            held.clear()
 
 
 class Worker:
@@ -118,16 +124,33 @@ class Worker:
         self.outbox = Outbox(FaustTransport(app, outputs, timeout_s=s.kafka_timeout_s), settings)
         self.run = StepRunner(max_retries=s.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
         self.path = DataPath(settings, ingest, refresher, self.outbox, self.run)
+        self._next_offset: dict[int, int] = {}  # per input partition, the offset after the last one taken
         self._agents()
         self._pages()
 
+    def backlog(self, records: Sequence[RawRecord]) -> int:
+        """Events still waiting on this worker's input partitions after ``records``, from the
+        consumer's high-water marks (partitions not read yet count nothing; 0 when unknown)."""
+        for r in records:
+            self._next_offset[r.partition] = max(self._next_offset.get(r.partition, 0), r.offset + 1)
+        topic = self.settings.events_topic
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+            return sum(max(0, (self.app.consumer.highwater(tp) or 0) - self._next_offset[tp.partition])
+                       for tp in assigned if tp.partition in self._next_offset)
+        except Exception:  # consumer not started, or no fetch answered yet
+            return 0
+
     def _agents(self) -> None:
-        s, app, path = self.settings, self.app, self.path
+        s, app, path, worker = self.settings, self.app, self.path, self
 
         @app.agent(self.events, name="ingest")
         async def ingest(stream: faust.StreamT) -> None:
             """Validate, coalesce, encode and index product events; route refresh work by list owner."""
-            await consume(cast(BatchStream, stream), size=s.batch_size, within_s=s.batch_within_s, handle=path.ingest)
+            async def handle(records: Sequence[RawRecord]) -> bool:
+                return await path.ingest(records, backlog=worker.backlog(records))
+
+            await consume(cast(BatchStream, stream), size=s.batch_size, within_s=s.batch_within_s, handle=handle)
 
         @app.agent(self.refresh, name="refresh")
         async def refresh_lists(stream: faust.StreamT) -> None:

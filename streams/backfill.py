@@ -35,7 +35,7 @@ from simstream.streams.ingest import Ingest, validate
 from simstream.streams.outbox import Outbox
 from simstream.streams.pipeline import IngestOutcome, StepRunner, check_batch, encode_batch, write_batch
 from simstream.streams.producer import from_csv_row, with_event_defaults
-from simstream.streams.publish_lists import every_list_owner, publish_searched
+from simstream.streams.publish_lists import publish_searched
 from simstream.streams.refresh import Refresher
 from simstream.streams.runtime import build_steps, single_threaded_numpy
 from simstream.streams.transports import ConfluentTransport
@@ -153,7 +153,7 @@ async def _backfill(settings: Settings, path: Path, ingest: Ingest, refresher: R
                    source=f"backfill:{path.name}")
         await run("flush", store.flush)
         t1 = time.perf_counter()
-        done = await publish_searched(refresher, outbox, run, every_list_owner(store), page=page)
+        done = await publish_searched(refresher, outbox, run, store.list_owners(), page=page)
         await run("flush", store.flush)
         t2 = time.perf_counter()
     report.lists, report.published, report.tombstones = done.lists, done.differed, done.tombstones

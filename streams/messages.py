@@ -22,7 +22,7 @@ from simstream.records import NeighbourList
 from simstream.streams.dead_letter import SIMSTREAM_HEADER, Rejected
 
 __all__ = ["Message", "partition_for", "route", "dead_letter", "bare_dead_letter", "neighbour_list",
-           "refresh_requests", "encode_refresh_request", "product_event"]
+           "refresh_requests", "encode_refresh_request", "EVERY_LIST_REQUEST", "every_list_requests", "product_event"]
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -119,6 +119,14 @@ def refresh_requests(ids: Iterable[str], event_times: Mapping[str, int | None], 
     that exactly one worker ever writes a given list."""
     return [Message(topic, None, encode_refresh_request(chunk, event_times), partition=partition)
             for partition, owned in route(ids, partitions).items() for chunk in _chunks(owned, max_bytes)]
+
+
+EVERY_LIST_REQUEST = orjson.dumps({"ids": [], "event_times": {}, "every_list": True})
+
+
+def every_list_requests(*, topic: str, partitions: int) -> list[Message]:
+    """A request to every partition for every list it owns (after a bulk load: streams/bulk.py)."""
+    return [Message(topic, None, EVERY_LIST_REQUEST, partition=p) for p in range(partitions)]
 
 
 # --- product events (the catalog side: simstream produce, the harness) -----------------------------

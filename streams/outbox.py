@@ -74,6 +74,16 @@ class Outbox:
         await self._send("neighbour lists", [messages.neighbour_list(pid, nl, topic=topic, encoded=made.get(pid))
                                              for pid, nl in lists.items()])
 
+    async def refresh_partitions(self) -> int:
+        """How many partitions the refresh topic has (list ownership follows them)."""
+        return await self._partitions(self.settings.refresh_topic)
+
+    async def every_list_request(self) -> None:
+        """A request to every refresh partition for every list it owns (the end of a bulk load)."""
+        s = self.settings
+        partitions = await self._partitions(s.refresh_topic)
+        await self._send("every-list requests", messages.every_list_requests(topic=s.refresh_topic, partitions=partitions))
+
     async def refresh_requests(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
         """Requests to the partitions that own the lists of ``ids``, each under the size cap."""
         ids = list(ids)

@@ -21,6 +21,7 @@ alone, which is dead-lettered with its exception (streams/isolation.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,20 +33,23 @@ from simstream.encoders.fusion import EncodedBatch
 from simstream.logs import get_logger
 from simstream.records import ProductEvent
 from simstream.settings import Settings
-from simstream.streams import metrics
+from simstream.streams import messages, metrics
 from simstream.streams.dead_letter import RawRecord, Rejected
 from simstream.streams.ingest import (
     Ingest, VersionCheck, coalesce, encode_rejects, outcome_counts, refresh_causes, validate,
 )
 from simstream.streams.isolation import apply_or_dead_letter, until_applied
+from simstream.streams.bulk import BulkRound
 from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "DataPath"]
+__all__ = ["EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+EVERY_LIST_PAGE = 512  # lists per batched search when refreshing every list (one pass over the catalog)
 
 INDEX = "index"    # the thread of every Milvus and index step
 MODELS = "models"  # the encoders' thread
@@ -171,33 +175,71 @@ class DataPath:
 
     def __init__(self, settings: Settings, steps: Ingest, refresher: Refresher, outbox: Outbox, run: StepRunner) -> None:
         self.settings, self.steps, self.refresher, self.outbox, self.run = settings, steps, refresher, outbox, run
+        self.bulk = BulkRound(settings.bulk_min_backlog, settings.bulk_backlog_share)
 
     # --- ingest -----------------------------------------------------------------------------------
-    async def ingest(self, records: Sequence[RawRecord]) -> None:
-        """Apply a batch of product events so that each ends applied or dead-lettered."""
-        await self.isolate("ingest", self.settings.events_topic, records, self._ingest, lambda r: r)
+    async def ingest(self, records: Sequence[RawRecord], backlog: int = 0) -> bool:
+        """Apply a batch of product events so that each ends applied or dead-lettered. ``backlog``:
+        events still waiting on this worker's input partitions. Returns whether the batch's offsets
+        may commit now; False while a bulk round holds them (streams/bulk.py)."""
+        topic = self.settings.events_topic
+        if self.bulk.worth_counting(backlog):
+            self.bulk.start_if(backlog, await self.run("count", self.steps.store.product_count))
+            if self.bulk.active:
+                log.info("bulk load: writing without affected sets, then every list", backlog=backlog)
+        if not self.bulk.active:
+            await self.isolate("ingest", topic, records, self._ingest, lambda r: r)
+            return True
+        await self.isolate("ingest", topic, records, functools.partial(self._ingest, bulk=True), lambda r: r)
+        if not self.bulk.ends_with(len(records), backlog, self.settings.batch_size):
+            return False
+        await until_applied(lambda _: self.outbox.every_list_request(), [None], answering=self.answering,
+                            poison_after_s=self.settings.poison_after_s, stage="bulk")
+        metrics.BULK_ROUNDS.inc()
+        log.info("bulk load round done: every list requested", events=self.bulk.held, backlog=backlog)
+        return True
 
-    async def _ingest(self, records: Sequence[RawRecord]) -> None:
-        out = await ingest_steps(records, self.steps, self.run)
+    async def _ingest(self, records: Sequence[RawRecord], *, bulk: bool = False) -> None:
+        out = await ingest_steps(records, self.steps, self.run, affected=not bulk)
         await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
         await self.outbox.refresh_requests(out.affected, out.causes)
         if out.encoded is not None:
             metrics.observe_encoding(out.encoded)
         counts = outcome_counts(out.check, out.dropped)
         metrics.observe_ingest(len(records), counts, len(out.rejects), out.events)
-        log.info("ingested", events=len(records), **counts, dead_lettered=len(out.rejects), affected=len(out.affected))
+        log.info("ingested", events=len(records), **counts, dead_lettered=len(out.rejects), affected=len(out.affected),
+                 bulk=bulk)
 
     # --- refresh ----------------------------------------------------------------------------------
     async def refresh(self, records: Sequence[RawRecord]) -> None:
-        """Recompute the lists a batch of refresh requests names and publish the ones that changed."""
-        items, rejects = decode_requests(records)
-        await self.outbox.dead_letters(rejects, self.settings.refresh_topic)
-        await self.isolate("refresh", self.settings.refresh_topic, items, self._refresh, RefreshItem.as_record)
+        """Recompute the lists a batch of refresh requests names and publish the ones that changed;
+        for an every-list request (the end of a bulk load), every list its partition owns."""
+        topic = self.settings.refresh_topic
+        requests = decode_requests(records)
+        await self.outbox.dead_letters(requests.rejects, topic)
+        if requests.every_list:
+            await self.refresh_every_list(requests.every_list, next(r for r in records if r.partition in requests.every_list))
+        await self.isolate("refresh", topic, requests.items, self._refresh, RefreshItem.as_record)
 
-    async def _refresh(self, items: Sequence[RefreshItem]) -> None:
+    async def refresh_every_list(self, partitions: set[int], request: RawRecord) -> None:
+        """Search, publish and record every list the refresh ``partitions`` own, a page at a time
+        (one batched pass over the catalog per page); a list that fails alone is dead-lettered as
+        a request for it."""
+        started = time.perf_counter()
+        count = await self.outbox.refresh_partitions()
+        owners = [pid for pid in await self.run("list_owners", self.steps.store.list_owners)
+                  if messages.partition_for(pid.encode(), count) in partitions]
+        search = functools.partial(self._refresh, search_all=True)
+        for start in range(0, len(owners), EVERY_LIST_PAGE):
+            page = [RefreshItem(pid, None, request) for pid in owners[start:start + EVERY_LIST_PAGE]]
+            await self.isolate("refresh", self.settings.refresh_topic, page, search, RefreshItem.as_record)
+        log.info("every list refreshed", partitions=sorted(partitions), lists=len(owners),
+                 seconds=round(time.perf_counter() - started, 1))
+
+    async def _refresh(self, items: Sequence[RefreshItem], *, search_all: bool = False) -> None:
         ids, event_times = merge(items)
         async with self.run.lists_lock:
-            plan = await self.run("plan", self.refresher.plan, ids, event_times)
+            plan = await self.run("plan", functools.partial(self.refresher.plan, search_all=search_all), ids, event_times)
             await self.outbox.lists(plan.publish, plan.payloads)
             await self.run("record", self.refresher.record, plan)
         stale = await self.run("recheck", self.refresher.recheck, plan)

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from simstream.index.store import VectorStore
 from simstream.streams.outbox import Outbox
 from simstream.streams.pipeline import StepRunner
 from simstream.streams.refresh import Refresher
 
-__all__ = ["Published", "every_list_owner", "publish_searched"]
+__all__ = ["Published", "publish_searched"]
 
 
 @dataclass
@@ -25,12 +24,6 @@ class Published:
     lists: int = 0
     differed: int = 0
     tombstones: int = 0
-
-
-def every_list_owner(store: VectorStore) -> list[str]:
-    """Every product in the index and every product with a recorded list (a list whose owner is
-    gone gets its tombstone), sorted."""
-    return sorted({p.product_id for chunk in store.iter_products(2000) for p in chunk} | store.all_list_ids())
 
 
 async def publish_searched(refresher: Refresher, outbox: Outbox, run: StepRunner, ids: Sequence[str], *,

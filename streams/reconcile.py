@@ -16,7 +16,7 @@ from simstream.logs import get_logger
 from simstream.settings import Settings
 from simstream.streams.outbox import Outbox
 from simstream.streams.pipeline import StepRunner
-from simstream.streams.publish_lists import every_list_owner, publish_searched
+from simstream.streams.publish_lists import publish_searched
 from simstream.streams.runtime import build_steps
 from simstream.streams.transports import ConfluentTransport
 
@@ -32,7 +32,7 @@ def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, 
     run = StepRunner(max_retries=settings.max_retries)
     try:
         with ConfluentTransport(settings) as transport:
-            owners = every_list_owner(store)
+            owners = store.list_owners()
             done = asyncio.run(publish_searched(refresher, Outbox(transport, settings), run, owners, page=page))
         store.flush()
     finally:

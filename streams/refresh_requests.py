@@ -4,7 +4,9 @@ A request (built by ``streams/messages.py`` ``refresh_requests``) names the list
 per list, the event time that caused it (for the freshness metric and ``source_event_time``). It
 arrives on the partition that owns those lists, so exactly one worker ever writes a given list.
 Each requested list becomes a ``RefreshItem`` that remembers its record, so that a list that fails
-to refresh alone is dead-lettered alone, as a request for just that list.
+to refresh alone is dead-lettered alone, as a request for just that list. A request with
+``"every_list": true`` asks for every list its partition owns (sent to each partition at the end of
+a bulk load, streams/bulk.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from simstream.errors import BadEvent
 from simstream.streams.dead_letter import RawRecord, Rejected
 from simstream.streams.messages import encode_refresh_request
 
-__all__ = ["RefreshItem", "decode_requests", "merge"]
+__all__ = ["RefreshItem", "Requests", "decode_requests", "merge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,31 +38,42 @@ class RefreshItem:
         return dataclasses.replace(self.record, key=self.product_id.encode(), value=value)
 
 
-def _decode(raw: bytes | None) -> tuple[list[str], dict[str, int | None]]:
-    """One request's ids and event times; BadEvent when it is not a refresh request."""
+def _decode(raw: bytes | None) -> tuple[list[str], dict[str, int | None], bool]:
+    """One request's ids, event times and whether it asks for every list; BadEvent when it is not a
+    refresh request."""
     try:
         doc = orjson.loads(raw or b"")
-        ids, times = doc["ids"], doc.get("event_times") or {}
+        ids, times, every = doc["ids"], doc.get("event_times") or {}, doc.get("every_list", False)
         if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids) and isinstance(times, dict)
-                and all(isinstance(t, int) or t is None for t in times.values())):
-            raise ValueError("ids must be strings and event_times integers")
-        return ids, times
+                and all(isinstance(t, int) or t is None for t in times.values()) and isinstance(every, bool)):
+            raise ValueError("ids must be strings, event_times integers and every_list a boolean")
+        return ids, times, every
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadEvent(f"not a refresh request: {str(exc)[:200]}") from None
 
 
-def decode_requests(records: Sequence[RawRecord]) -> tuple[list[RefreshItem], list[Rejected]]:
+@dataclass
+class Requests:
+    """A batch of refresh requests, decoded."""
+
+    items: list[RefreshItem] = dataclasses.field(default_factory=list)
+    rejects: list[Rejected] = dataclasses.field(default_factory=list)
+    every_list: set[int] = dataclasses.field(default_factory=set)  # partitions asking for every list they own
+
+
+def decode_requests(records: Sequence[RawRecord]) -> Requests:
     """Every requested list of ``records`` as an item; what is not a refresh request is rejected."""
-    items: list[RefreshItem] = []
-    rejects: list[Rejected] = []
+    out = Requests()
     for r in records:
         try:
-            ids, times = _decode(r.value)
+            ids, times, every = _decode(r.value)
         except BadEvent as exc:
-            rejects.append(Rejected(r, exc, "refresh-request"))
+            out.rejects.append(Rejected(r, exc, "refresh-request"))
             continue
-        items += [RefreshItem(pid, times.get(pid), r) for pid in ids]
-    return items, rejects
+        out.items += [RefreshItem(pid, times.get(pid), r) for pid in ids]
+        if every:
+            out.every_list.add(r.partition)
+    return out
 
 
 def merge(items: Sequence[RefreshItem]) -> tuple[list[str], dict[str, int | None]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence
 
+import numpy as np
 import orjson
 import pytest
 
@@ -211,3 +212,92 @@ def test_a_batch_encodes_while_the_index_thread_plans_lists(path) -> None:  # no
 
     asyncio.run(asyncio.wait_for(both(), 30))
     assert {orjson.loads(m.value or b"")["ids"][0] for m in transport.on(data.settings.refresh_topic)} == {"a"}
+
+
+def test_events_held_by_a_bulk_round_are_acked_with_the_batch_that_ends_it() -> None:
+    stream = FakeStream([[FakeEvent(0), FakeEvent(1)], [FakeEvent(2)], [FakeEvent(3)]])
+
+    async def handle(batch: Sequence[RawRecord]) -> bool:
+        stream.log.append(("durable", [r.offset for r in batch]))
+        return batch[0].offset != 0  # the first batch is held, the second ends the round
+
+    asyncio.run(consume(stream, size=2, within_s=0.1, handle=handle))
+    assert stream.log == [("durable", [0, 1]), ("durable", [2]), ("ack", 0), ("ack", 1), ("ack", 2),
+                          ("durable", [3]), ("ack", 3)]
+
+
+@pytest.fixture
+def bulk_path(settings: Settings, store, encoder):  # noqa: ANN001, ANN201
+    s = settings.model_copy(update={"poison_after_s": 0.5, "topic_partitions": PARTITIONS, "bulk_min_backlog": 10,
+                                    "bulk_backlog_share": 0.5, "batch_size": 4})
+    steps = Ingest(store, encoder, candidate_pool=16)
+    refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model, depth=6))
+    transport = FakeTransport()
+    run = StepRunner(max_retries=1)
+    yield DataPath(s, steps, refresher, Outbox(transport, s), run), transport
+    run.close()
+
+
+def test_a_large_backlog_is_written_in_bulk_then_every_list_is_refreshed_exactly(bulk_path) -> None:  # noqa: ANN001
+    """A backlog of at least max(min, share x catalog) events is written without affected sets,
+    its offsets held; the round ends when the worker has caught up, with an every-list request to
+    each refresh partition, and their owners refresh every list: the lists are the exact top-k."""
+    from simstream.index.exact import exact_top_k
+
+    data, transport = bulk_path
+    s = data.settings
+    titles = ["red ceramic mug", "blue ceramic mug", "steel water bottle", "glass water bottle", "oak desk lamp",
+              "brass desk lamp", "red tea cup", "steel thermos"]
+    streamed = [(p.encode(), event(p, title=t)) for p, t in zip("ab", titles)]
+    assert asyncio.run(data.ingest(records(*streamed), backlog=3))  # below the minimum: streamed
+    assert not data.bulk.active
+    requests_before = len(transport.on(s.refresh_topic))
+    first = [(p.encode(), event(p, title=t)) for p, t in zip("cdef", titles[2:6])]
+    # 12 waiting >= max(10, 0.5 x 2 products): a bulk round; the batch's offsets are held
+    assert asyncio.run(data.ingest(records(*first), backlog=12)) is False
+    assert data.bulk.active and len(transport.on(s.refresh_topic)) == requests_before  # no affected sets
+    last = [(p.encode(), event(p, title=t)) for p, t in zip("gh", titles[6:])]
+    assert asyncio.run(data.ingest(records(*last), backlog=0)) is True  # caught up: the round ends
+    every = [m for m in transport.on(s.refresh_topic) if orjson.loads(m.value or b"").get("every_list")]
+    assert sorted(m.partition for m in every) == list(range(PARTITIONS))
+
+    asyncio.run(data.refresh(as_consumed(every)))
+    lists = {m.key.decode(): NeighbourList.from_json(m.value) for m in transport.on(s.neighbors_topic) if m.key and m.value}
+    stored = data.steps.store.get_products(list("abcdefgh"))
+    ids = sorted(stored)
+    oracle = exact_top_k(np.stack([stored[i].vector for i in ids]), ids, 3)
+    assert set(lists) == set(ids)
+    for pid, want in zip(ids, oracle):
+        assert [n.product_id for n in lists[pid].neighbours] == [nid for nid, _ in want]
+    assert data.refresher.store.list_heads(ids).keys() == set(ids)  # recorded after publishing
+
+
+def test_an_every_list_request_that_is_not_a_boolean_is_dead_lettered(path) -> None:  # noqa: ANN001
+    data, transport = path
+    bad = orjson.dumps({"ids": [], "every_list": "yes"})
+    asyncio.run(data.refresh(records((None, bad))))
+    (letter,) = transport.on(data.settings.dlq_topic)
+    assert dict(letter.headers)["x-simstream-stage"] == b"refresh-request"
+
+
+def test_a_crash_inside_a_bulk_round_loses_no_list(bulk_path, store) -> None:  # noqa: ANN001
+    """A worker that dies after writing a bulk batch (offsets held, nothing requested) reads the
+    batch again after its restart: with a small backlog now, the events are duplicates whose
+    affected sets are computed again, and their lists end exact."""
+    from simstream.index.exact import exact_top_k
+
+    data, transport = bulk_path
+    s = data.settings
+    titles = ["red ceramic mug", "blue ceramic mug", "steel water bottle", "glass water bottle"]
+    batch = records(*((p.encode(), event(p, title=t)) for p, t in zip("abcd", titles)))
+    assert asyncio.run(data.ingest(batch, backlog=50)) is False  # written, offsets held: then the crash
+    assert transport.on(s.refresh_topic) == []
+    restarted = DataPath(s, data.steps, data.refresher, data.outbox, data.run)  # a new worker's state
+    assert asyncio.run(restarted.ingest(batch, backlog=0)) is True  # the same offsets again
+    asyncio.run(restarted.refresh(as_consumed(transport.on(s.refresh_topic))))
+    lists = {m.key.decode(): NeighbourList.from_json(m.value) for m in transport.on(s.neighbors_topic) if m.key and m.value}
+    stored = store.get_products(list("abcd"))
+    ids = sorted(stored)
+    oracle = exact_top_k(np.stack([stored[i].vector for i in ids]), ids, 3)
+    assert {pid: [n.product_id for n in lists[pid].neighbours] for pid in ids} == \
+        {pid: [nid for nid, _ in want] for pid, want in zip(ids, oracle)}

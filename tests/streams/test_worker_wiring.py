@@ -14,7 +14,7 @@ from simstream.streams.app import Worker
 def test_the_worker_declares_its_topics_and_agents(tmp_path: Path) -> None:
     data_dir = tmp_path / "not" / "there" / "yet"
     settings = Settings(data_dir=data_dir, milvus_uri="http://milvus.invalid:19530", web_enabled=False)
-    steps = SimpleNamespace(store=SimpleNamespace(ping=lambda: True))
+    steps = SimpleNamespace(store=SimpleNamespace(ping=lambda: True), encoder=SimpleNamespace(on_accelerator=False))
     worker = Worker(settings, steps, SimpleNamespace())  # type: ignore[arg-type]
     try:
         assert data_dir.is_dir()
