@@ -62,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_line(report))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({k: report[k] for k in
-                                      ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills",
-                                       "faults", "backfill", "milvus", "side_index")},
-                                     indent=2) + "\n")
+        keys = ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills", "faults", "backfill",
+                "milvus", "side_index", "bulk_rounds", "every_list_passes")
+        doc = {k: report[k] for k in keys} | {"processing_s": report["details"]["processing_s"],
+                                              "seed": report["details"]["seed"], "bulk_min_backlog": a.bulk_min_backlog}
+        a.json.write_text(json.dumps(doc, indent=2) + "\n")
     ok = report["equal"] == report["products"] and report["lost"] == 0 and report["resurrected"] == 0
     return 0 if ok else 1
 

@@ -14,6 +14,7 @@ version checks make replays harmless). ``consume`` is that loop, testable with a
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from typing import Any, Awaitable, Callable, Protocol, Sequence, cast
@@ -93,19 +94,35 @@ class BatchStream(Protocol):
 
 
 async def consume(stream: BatchStream, *, size: int, within_s: float,
-                  handle: Callable[[Sequence[RawRecord]], Awaitable[bool | None]]) -> None:
+                  handle: Callable[[Sequence[RawRecord]], Awaitable[bool | None]], idle_s: float = 2.0) -> None:
     """Take batches of at most ``size`` within ``within_s``, hand each to ``handle``, and ack its
-    events only after ``handle`` returned: an offset never commits ahead of its side effects. When
-    ``handle`` returns False the events are held, unacked, until a later batch's ``handle`` returns
-    otherwise (a bulk round: streams/bulk.py)."""
+    events only after ``handle`` returned: an offset never commits ahead of its side effects.
+
+    When ``handle`` returns False the events are held, unacked, until a later call returns
+    otherwise (a bulk round: streams/bulk.py). While events are held and nothing arrives for
+    ``idle_s``, ``handle([])`` is called: the input has stopped, or a rebalance waits for every
+    taken event to be acked (Faust's ``stream_wait_empty``), so the round must end now."""
     held: list[Any] = []
-    async for batch in stream.noack_take(size, within=within_s):
+    batches = stream.noack_take(size, within=within_s).__aiter__()
+    while True:
+        taking = asyncio.ensure_future(batches.__anext__())
+        while held and not (await asyncio.wait({taking}, timeout=idle_s))[0]:
+            if await handle([]) is not False:
+                await _ack(stream, held)
+        try:
+            batch = await taking
+        except StopAsyncIteration:
+            return
         durable = await handle([RawRecord.of(e) for e in batch])
         held += batch
         if durable is not False:
-            for event in held:
-                await stream.ack(event)
-            held.clear()
+            await _ack(stream, held)
+
+
+async def _ack(stream: BatchStream, events: list[Any]) -> None:
+    for event in events:
+        await stream.ack(event)
+    events.clear()
 
 
 class Worker:
@@ -135,9 +152,10 @@ class Worker:
             self._next_offset[r.partition] = max(self._next_offset.get(r.partition, 0), r.offset + 1)
         topic = self.settings.events_topic
         try:
-            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
-            return sum(max(0, (self.app.consumer.highwater(tp) or 0) - self._next_offset[tp.partition])
-                       for tp in assigned if tp.partition in self._next_offset)
+            assigned = {tp.partition: tp for tp in self.app.consumer.assignment() if tp.topic == topic}
+            # a partition given away and back resumes at its committed offset: forget where we were
+            self._next_offset = {p: o for p, o in self._next_offset.items() if p in assigned}
+            return sum(max(0, (self.app.consumer.highwater(assigned[p]) or 0) - o) for p, o in self._next_offset.items())
         except Exception:  # consumer not started, or no fetch answered yet
             return 0
 

@@ -183,6 +183,10 @@ class DataPath:
         events still waiting on this worker's input partitions. Returns whether the batch's offsets
         may commit now; False while a bulk round holds them (streams/bulk.py)."""
         topic = self.settings.events_topic
+        if not records:  # nothing arrived while a round held its events (streams/app.py consume)
+            if not self.bulk.active:
+                return True
+            backlog = 0
         if self.bulk.worth_counting(backlog):
             self.bulk.start_if(backlog, await self.run("count", self.steps.store.product_count))
             if self.bulk.active:
@@ -190,7 +194,8 @@ class DataPath:
         if not self.bulk.active:
             await self.isolate("ingest", topic, records, self._ingest, lambda r: r)
             return True
-        await self.isolate("ingest", topic, records, functools.partial(self._ingest, bulk=True), lambda r: r)
+        if records:
+            await self.isolate("ingest", topic, records, functools.partial(self._ingest, bulk=True), lambda r: r)
         if not self.bulk.ends_with(len(records), backlog, self.settings.batch_size):
             return False
         await until_applied(lambda _: self.outbox.every_list_request(), [None], answering=self.answering,

@@ -301,3 +301,33 @@ def test_a_crash_inside_a_bulk_round_loses_no_list(bulk_path, store) -> None:  #
     oracle = exact_top_k(np.stack([stored[i].vector for i in ids]), ids, 3)
     assert {pid: [n.product_id for n in lists[pid].neighbours] for pid in ids} == \
         {pid: [nid for nid, _ in want] for pid, want in zip(ids, oracle)}
+
+
+def test_held_events_are_released_when_nothing_arrives_for_a_while() -> None:
+    """A round holding events must end when the input stops (caught up, or a rebalance that waits
+    for every taken event to be acked): ``handle([])`` after ``idle_s`` without a batch."""
+
+    class Pausing(FakeStream):
+        async def _take(self) -> Any:
+            yield self.batches[0]
+            await asyncio.sleep(0.5)  # nothing arrives for a while
+            yield self.batches[1]
+
+    stream = Pausing([[FakeEvent(0), FakeEvent(1)], [FakeEvent(2)]])
+
+    async def handle(batch: Sequence[RawRecord]) -> bool:
+        stream.log.append(("handled", [r.offset for r in batch]))
+        return not batch or batch[0].offset != 0  # hold the first batch; an idle call ends the round
+
+    asyncio.run(consume(stream, size=2, within_s=0.1, handle=handle, idle_s=0.1))
+    assert stream.log == [("handled", [0, 1]), ("handled", []), ("ack", 0), ("ack", 1),
+                          ("handled", [2]), ("ack", 2)]
+
+
+def test_an_idle_call_ends_the_round_whatever_the_last_backlog(bulk_path) -> None:  # noqa: ANN001
+    data, transport = bulk_path
+    batch = records(*((p.encode(), event(p)) for p in "abcd"))
+    assert asyncio.run(data.ingest(batch, backlog=50)) is False
+    assert asyncio.run(data.ingest([], backlog=50)) is True and not data.bulk.active
+    assert len([m for m in transport.on(data.settings.refresh_topic) if b"every_list" in (m.value or b"")]) == PARTITIONS
+    assert asyncio.run(data.ingest([], backlog=50)) is True  # streaming: an idle call does nothing
