@@ -135,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     # Issue 13: the bulk path against the encoders alone (100k full; 2k quick), and the encoder
     # backends against today's torch path, each measured in one run.
     bf_products = 2_000 if a.quick else 100_000
-    report["backfill"] = {"skipped": "--skip backfill"} if "backfill" in skip else backfill_run(bf_products, False)
+    # Issue 21: and the worker's own bulk path (streams/bulk.py) over the same catalog as its backlog.
+    report["backfill"] = {"skipped": "--skip backfill"} if "backfill" in skip else \
+        backfill_run(bf_products, False, paths=("backfill", "worker"))
     report[f"backfill_over_encoder_{'2k' if a.quick else '100k'}"] = report["backfill"].get("backfill_over_encoder")
+    report[f"worker_bulk_over_encoder_{'2k' if a.quick else '100k'}"] = report["backfill"].get("worker_over_encoder")
     report["backends"] = {} if "backends" in skip else backend_speedup()
     for key in ("text_ms_per_item", "image_ms_per_item", "text_speedup_vs_torch", "image_speedup_vs_torch"):
         report[key] = report["backends"].get(key)
