@@ -2,8 +2,9 @@
 list once, instead of ~15 list refreshes per event.
 
     streaming --(backlog >= max(SIMSTREAM_BULK_MIN_BACKLOG, SIMSTREAM_BULK_BACKLOG_SHARE x catalog))--> bulk
-    bulk: each batch is validated, encoded and written (no affected set, no refresh request); its
-          input offsets are held, not committed
+    bulk: batches are gathered into steps of WRITE_BATCH events (as ``simstream backfill`` does),
+          each validated, encoded and written (no affected set, no refresh request); the input
+          offsets are held, not committed
     bulk --(caught up: backlog <= one batch; or BULK_MAX_HELD_EVENTS held)--> an every-list request
           to each refresh partition, durable, then the held offsets are released --> streaming
 
@@ -18,11 +19,14 @@ as after ``simstream backfill``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from simstream.limits import BULK_MAX_HELD_EVENTS
+from simstream.streams.dead_letter import RawRecord
 
-__all__ = ["BulkRound"]
+__all__ = ["WRITE_BATCH", "BulkRound"]
+
+WRITE_BATCH = 1024  # events per bulk step: one version read, one encode call, one upsert (the backfill's batch)
 
 
 @dataclass
@@ -35,6 +39,7 @@ class BulkRound:
     active: bool = False
     held: int = 0  # events of the current round whose offsets are held
     rounds: int = 0
+    pending: list[RawRecord] = field(default_factory=list)  # taken, not yet written (< WRITE_BATCH)
 
     def worth_counting(self, backlog: int) -> bool:
         """Whether ``backlog`` may start a round (only then is the catalog counted)."""
@@ -45,9 +50,18 @@ class BulkRound:
         if self.worth_counting(backlog) and backlog >= self.backlog_share * catalog:
             self.active, self.held = True, 0
 
-    def ends_with(self, events: int, backlog: int, batch_size: int) -> bool:
-        """Count a bulk batch of ``events``; True when the round ends with it: every list is then
-        requested, and the round's offsets released."""
+    def take(self, records: list[RawRecord] | tuple[RawRecord, ...], backlog: int, batch_size: int) -> tuple[list[RawRecord], bool]:
+        """Add a taken batch to the round: returns the records to write now (a full step, or the
+        rest when the round ends) and whether the round ends with this batch (every list is then
+        requested, and the round's offsets released)."""
+        self.pending += records
+        ends = self._ends_with(len(records), backlog, batch_size)
+        if ends or len(self.pending) >= WRITE_BATCH:
+            step, self.pending = self.pending, []
+            return step, ends
+        return [], ends
+
+    def _ends_with(self, events: int, backlog: int, batch_size: int) -> bool:
         self.held += events
         if backlog <= batch_size or self.held >= self.max_held:
             self.active = False

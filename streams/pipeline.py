@@ -194,9 +194,10 @@ class DataPath:
         if not self.bulk.active:
             await self.isolate("ingest", topic, records, self._ingest, lambda r: r)
             return True
-        if records:
-            await self.isolate("ingest", topic, records, functools.partial(self._ingest, bulk=True), lambda r: r)
-        if not self.bulk.ends_with(len(records), backlog, self.settings.batch_size):
+        step, ends = self.bulk.take(list(records), backlog, self.settings.batch_size)
+        if step:
+            await self.isolate("ingest", topic, step, functools.partial(self._ingest, bulk=True), lambda r: r)
+        if not ends:
             return False
         await until_applied(lambda _: self.outbox.every_list_request(), [None], answering=self.answering,
                             poison_after_s=self.settings.poison_after_s, stage="bulk")

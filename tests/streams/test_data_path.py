@@ -280,18 +280,20 @@ def test_an_every_list_request_that_is_not_a_boolean_is_dead_lettered(path) -> N
     assert dict(letter.headers)["x-simstream-stage"] == b"refresh-request"
 
 
-def test_a_crash_inside_a_bulk_round_loses_no_list(bulk_path, store) -> None:  # noqa: ANN001
+def test_a_crash_inside_a_bulk_round_loses_no_list(bulk_path, store, monkeypatch) -> None:  # noqa: ANN001
     """A worker that dies after writing a bulk batch (offsets held, nothing requested) reads the
     batch again after its restart: with a small backlog now, the events are duplicates whose
     affected sets are computed again, and their lists end exact."""
     from simstream.index.exact import exact_top_k
+    from simstream.streams import bulk
 
+    monkeypatch.setattr(bulk, "WRITE_BATCH", 4)  # a step of 4 events is written at once
     data, transport = bulk_path
     s = data.settings
     titles = ["red ceramic mug", "blue ceramic mug", "steel water bottle", "glass water bottle"]
     batch = records(*((p.encode(), event(p, title=t)) for p, t in zip("abcd", titles)))
     assert asyncio.run(data.ingest(batch, backlog=50)) is False  # written, offsets held: then the crash
-    assert transport.on(s.refresh_topic) == []
+    assert transport.on(s.refresh_topic) == [] and len(store.get_products(list("abcd"))) == 4
     restarted = DataPath(s, data.steps, data.refresher, data.outbox, data.run)  # a new worker's state
     assert asyncio.run(restarted.ingest(batch, backlog=0)) is True  # the same offsets again
     asyncio.run(restarted.refresh(as_consumed(transport.on(s.refresh_topic))))
