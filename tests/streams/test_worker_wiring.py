@@ -28,3 +28,28 @@ def test_the_worker_declares_its_topics_and_agents(tmp_path: Path) -> None:
         assert ready["ready"] is False and ready["assigned_partitions"] == 0
     finally:
         worker.run.close()
+
+
+def test_the_backlog_counts_what_waits_on_the_assigned_input_partitions(tmp_path: Path) -> None:
+    """From the consumer's high-water marks and the offsets taken: a partition not read yet counts
+    nothing, one given away is forgotten (it resumes at its committed offset when it comes back)."""
+    from faust.types import TP
+
+    from simstream.streams.dead_letter import RawRecord
+
+    settings = Settings(data_dir=tmp_path, milvus_uri="http://milvus.invalid:19530", web_enabled=False)
+    steps = SimpleNamespace(store=SimpleNamespace(ping=lambda: True), encoder=SimpleNamespace(on_accelerator=False))
+    worker = Worker(settings, steps, SimpleNamespace())  # type: ignore[arg-type]
+    topic = settings.events_topic
+    assigned = {TP(topic, 0), TP(topic, 1), TP(topic, 2), TP(settings.refresh_topic, 0)}
+    highwater = {TP(topic, 0): 1_000, TP(topic, 1): 50, TP(topic, 2): 7, TP(settings.refresh_topic, 0): 10**6}
+    try:
+        worker.app.consumer = SimpleNamespace(assignment=lambda: assigned, highwater=highwater.get)  # type: ignore[assignment]
+        batch = [RawRecord(b"k", b"v", 0, 99), RawRecord(b"k", b"v", 1, 40)]
+        assert worker.backlog(batch) == (1_000 - 100) + (50 - 41)  # partition 2 not read yet
+        assigned.discard(TP(topic, 0))
+        assert worker.backlog([]) == 9 and 0 not in worker._next_offset
+        worker.app.consumer = SimpleNamespace()  # type: ignore[assignment]  # not started: unknown
+        assert worker.backlog([]) == 0
+    finally:
+        worker.run.close()
