@@ -20,6 +20,7 @@ as after ``simstream backfill``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from simstream.limits import BULK_MAX_HELD_EVENTS
 from simstream.streams.dead_letter import RawRecord
@@ -50,7 +51,7 @@ class BulkRound:
         if self.worth_counting(backlog) and backlog >= self.backlog_share * catalog:
             self.active, self.held = True, 0
 
-    def take(self, records: list[RawRecord] | tuple[RawRecord, ...], backlog: int, batch_size: int) -> tuple[list[RawRecord], bool]:
+    def take(self, records: Sequence[RawRecord], backlog: int, batch_size: int) -> tuple[list[RawRecord], bool]:
         """Add a taken batch to the round: returns the records to write now (a full step, or the
         rest when the round ends) and whether the round ends with this batch (every list is then
         requested, and the round's offsets released)."""

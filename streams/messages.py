@@ -92,9 +92,14 @@ def neighbour_list(product_id: str, lst: NeighbourList | None, *, topic: str, en
 
 # --- refresh requests -----------------------------------------------------------------------------
 
-def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None]) -> bytes:
-    """The wire form (streams/refresh_requests.py reads it): the ids and, per id, its causing event time."""
-    return orjson.dumps({"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}})
+def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None], *,
+                           every_list: bool = False) -> bytes:
+    """The wire form (streams/refresh_requests.py reads it): the ids and, per id, its causing event
+    time; ``every_list``: every list of the partition it goes to (only then is the field sent)."""
+    doc: dict[str, object] = {"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}}
+    if every_list:
+        doc["every_list"] = True
+    return orjson.dumps(doc)
 
 
 def _chunks(ids: Sequence[str], max_bytes: int) -> Iterable[list[str]]:
@@ -121,7 +126,7 @@ def refresh_requests(ids: Iterable[str], event_times: Mapping[str, int | None], 
             for partition, owned in route(ids, partitions).items() for chunk in _chunks(owned, max_bytes)]
 
 
-EVERY_LIST_REQUEST = orjson.dumps({"ids": [], "event_times": {}, "every_list": True})
+EVERY_LIST_REQUEST = encode_refresh_request([], {}, every_list=True)
 
 
 def every_list_requests(*, topic: str, partitions: int) -> list[Message]:

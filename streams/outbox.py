@@ -80,9 +80,9 @@ class Outbox:
 
     async def every_list_request(self) -> None:
         """A request to every refresh partition for every list it owns (the end of a bulk load)."""
-        s = self.settings
-        partitions = await self._partitions(s.refresh_topic)
-        await self._send("every-list requests", messages.every_list_requests(topic=s.refresh_topic, partitions=partitions))
+        partitions = await self.refresh_partitions()
+        await self._send("every-list requests",
+                         messages.every_list_requests(topic=self.settings.refresh_topic, partitions=partitions))
 
     async def refresh_requests(self, ids: Iterable[str], event_times: Mapping[str, int | None]) -> None:
         """Requests to the partitions that own the lists of ``ids``, each under the size cap."""

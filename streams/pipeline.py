@@ -194,7 +194,7 @@ class DataPath:
         if not self.bulk.active:
             await self.isolate("ingest", topic, records, self._ingest, lambda r: r)
             return True
-        step, ends = self.bulk.take(list(records), backlog, self.settings.batch_size)
+        step, ends = self.bulk.take(records, backlog, self.settings.batch_size)
         if step:
             await self.isolate("ingest", topic, step, functools.partial(self._ingest, bulk=True), lambda r: r)
         if not ends:
