@@ -1,6 +1,7 @@
 """The side index's exact scan against its floors, same run (issue 21, items 3 and 4).
 
     python bench/scan_bench.py [--sizes 100000] [--queries 1,16,64,256] [--json OUT]
+    python bench/scan_bench.py --every-list [--sizes 20000,100000] [--json OUT]
 
 Per catalog size N (synthetic vectors on the storage grid, shaped like the text-only fusion:
 f16 text and price, int8 hashed n-grams, model number, brand and category; image zero), and per
@@ -76,8 +77,8 @@ def best_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
     return best * 1000
 
 
-def measure(n: int, queries: list[int], seed: int = 5) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
+def filled(rng: np.random.Generator, n: int) -> tuple[SideIndex, list[str], float]:
+    """A side index of ``n`` synthetic products, their ids and the seconds it took."""
     side = SideIndex(DIM, capacity=n, segments=SEGMENTS)
     ids: list[str] = []
     t0 = time.perf_counter()
@@ -86,7 +87,12 @@ def measure(n: int, queries: list[int], seed: int = 5) -> dict[str, Any]:
         batch = [f"s{start + i:08d}" for i in range(len(v))]
         ids += batch
         side.put([StoredProduct(pid, v[i], 1, {}, "m", 1, 2) for i, pid in enumerate(batch)])
-    fill_s = time.perf_counter() - t0
+    return side, ids, time.perf_counter() - t0
+
+
+def measure(n: int, queries: list[int], seed: int = 5) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    side, ids, fill_s = filled(rng, n)
     rows = side._rows  # the packed matrix itself, for the baseline and the floors
     stored = [s for s in SEGMENTS if WEIGHTS[s.name] > 0]
     i8 = [torch.from_numpy(rows.segment(SEGMENTS.index(s))[1]) for s in stored if s.codec == "i8"]
@@ -129,6 +135,57 @@ def measure(n: int, queries: list[int], seed: int = 5) -> dict[str, Any]:
     return out
 
 
+LIST_LIMIT = 21  # a list's search: the deep list (15), the owner, 5 for ties (ListBuilder.search_limit)
+PAGE = 512  # lists per page (streams/pipeline.py EVERY_LIST_PAGE)
+
+
+def every_list(n: int, seed: int = 5) -> dict[str, Any]:
+    """Every product's list at once, as a backfill's or a bulk round's every-list pass computes
+    them: page by page (a pass over the catalog per 512 lists: N^2 products) against the all-pairs
+    pass (index/all_pairs.py: each pair once, N^2 / 2, then each page rescored from its candidates),
+    with the int8 floor of each (the arithmetic alone); the two answers compared list by list."""
+    rng = np.random.default_rng(seed)
+    side, ids, fill_s = filled(rng, n)
+    rows = side._rows
+    everyone = rows.read(slice(0, n))
+
+    def pages(scan: Any = None) -> list[list[str]]:
+        out: list[list[str]] = []
+        for start in range(0, n, PAGE):
+            hits = side.search(everyone[start:start + PAGE], LIST_LIMIT, ids=ids[start:start + PAGE], scan=scan)
+            out += [[pid for pid, _ in h] for h in hits]
+        return out
+
+    t0 = time.perf_counter()
+    searched = pages()
+    t1 = time.perf_counter()
+    scan = side.all_pairs(LIST_LIMIT)
+    while not scan.done:
+        scan.advance()
+    t2 = time.perf_counter()
+    paired = pages(scan)
+    t3 = time.perf_counter()
+    held = sum(scan.candidates(r) is not None for r in range(n))
+    # the arithmetic alone: the int8 and f16 products of one page, N / PAGE times (halved for pairs)
+    i8 = [torch.from_numpy(rows.segment(i)[1]) for i, s in enumerate(SEGMENTS) if s.codec == "i8" and WEIGHTS[s.name]]
+    f16 = torch.cat([torch.from_numpy(rows.segment(i)[1]).float() for i, s in enumerate(SEGMENTS)
+                     if s.codec == "f16"], dim=1)
+    q_i8 = [torch.randint(-127, 128, (x.shape[1], PAGE), dtype=torch.int8) for x in i8]
+    q_f16 = torch.randn(f16.shape[1], PAGE)
+    page_floor = best_ms(lambda: ([torch._int_mm(x, y) for x, y in zip(i8, q_i8)], f16 @ q_f16)) / 1000
+    floor_pages = page_floor * n / PAGE
+    res = {"products": n, "fill_s": round(fill_s, 1), "limit": LIST_LIMIT, "keep": scan.keep,
+           "pages_s": round(t1 - t0, 1), "all_pairs_s": round(t2 - t1, 1), "rescore_s": round(t3 - t2, 1),
+           "all_pairs_total_s": round(t3 - t1, 1), "pages_over_all_pairs": round((t1 - t0) / (t3 - t1), 2),
+           "int8_floor_pages_s": round(floor_pages, 1), "int8_floor_pairs_s": round(floor_pages / 2, 1),
+           "all_pairs_over_floor": round((t2 - t1) / (floor_pages / 2), 2),
+           "lists_from_candidates": held, "lists_searched": n - held,
+           "equal_lists": sum(a == b for a, b in zip(searched, paired))}
+    print(f"every list, N={n}: " + ", ".join(f"{k} {v}" for k, v in res.items()), flush=True)
+    assert res["equal_lists"] == n, "the all-pairs pass differs from the page search"
+    return res
+
+
 EVENT_BATCH = 64  # queries per scan pass the floor assumes: a backlog's ingest batch
 
 
@@ -147,11 +204,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--queries", default="1,16,64,256")
+    ap.add_argument("--every-list", action="store_true",
+                    help="measure every product's list at once: page search against the all-pairs pass")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     torch.set_num_threads(int(__import__("os").environ.get("SIMSTREAM_TORCH_THREADS", "2")))
-    report = {"machine": machine(),
-              "scan": {str(n): measure(n, [int(q) for q in a.queries.split(",")]) for n in map(int, a.sizes.split(","))}}
+    sizes = list(map(int, a.sizes.split(",")))
+    if a.every_list:
+        report = {"machine": machine(), "every_list": {str(n): every_list(n) for n in sizes}}
+    else:
+        report = {"machine": machine(),
+                  "scan": {str(n): measure(n, [int(q) for q in a.queries.split(",")]) for n in sizes}}
     emit(report, a.json)
 
 

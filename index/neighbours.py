@@ -28,6 +28,7 @@ from typing import Container, Mapping, Sequence
 import numpy as np
 
 from simstream.clock import now_ms
+from simstream.index.all_pairs import AllPairs
 from simstream.index.exact import SCORE_DECIMALS, rank_key
 from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
@@ -300,13 +301,20 @@ class ListBuilder:
                                            explained=True)
         return out
 
+    @property
+    def search_limit(self) -> int:
+        """Hits a list's search asks for: the deep list, the owner itself, and ties at the end."""
+        return self.depth + 1 + TIE_MARGIN
+
     def build(self, products: Mapping[str, StoredProduct], event_times: Mapping[str, int | None],
-              as_of: int = 0) -> dict[str, BuiltList]:
-        """Exact lists for every product in ``products`` (one batched search), not yet explained."""
+              as_of: int = 0, scan: AllPairs | None = None) -> dict[str, BuiltList]:
+        """Exact lists for every product in ``products`` (one batched search; ``scan``: an
+        every-list pass's candidates where they hold), not yet explained."""
         ids = list(products)
         if not ids:
             return {}
-        hits = self.store.search(np.stack([products[i].vector for i in ids]), limit=self.depth + 1 + TIE_MARGIN)
+        hits = self.store.search(np.stack([products[i].vector for i in ids]), limit=self.search_limit, ids=ids,
+                                 scan=scan)
         computed_at = now_ms()
         out: dict[str, BuiltList] = {}
         for pid, row in zip(ids, hits):

@@ -27,8 +27,8 @@ import torch
 from simstream.index.packed_rows import PackedRows
 from simstream.vector_codec import Segment, pack
 
-__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "gamma", "window", "windows_of", "scan_candidates",
-           "subset_reaching"]
+__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
+           "scan_candidates", "subset_reaching"]
 
 BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
@@ -71,7 +71,7 @@ class Candidates:
     reaching: list[np.ndarray] | None = None
 
 
-class _PackedQueries:
+class PackedQueries:
     """Queries split by segment, as the scan multiplies them."""
 
     def __init__(self, queries: np.ndarray, segments: Sequence[Segment]) -> None:
@@ -93,8 +93,29 @@ class _PackedQueries:
             self.widest_float = max(self.widest_float, s.width)
             self.parts.append((i, torch.from_numpy(np.ascontiguousarray(q.T, np.float32)), None))
 
+    @classmethod
+    def of_rows(cls, rows: PackedRows, first: int, stop: int) -> PackedQueries | None:
+        """Rows [first, stop) of ``rows`` as queries, straight from their packed values (the same
+        numbers a decode and a re-pack would give, without either); None when one is held loose."""
+        if any(first <= r < stop for r, _ in rows.loose_items()):
+            return None
+        self = cls.__new__(cls)
+        self.parts, self.widest_float = [], 0
+        for i, s in enumerate(rows.segments):
+            _, values, exps = rows.segment(i)
+            v = values[first:stop]
+            if not v.any():
+                continue
+            if exps is not None:
+                scale = np.ldexp(np.float32(1.0), exps[first:stop].astype(np.int32)).astype(np.float32)
+                self.parts.append((i, torch.from_numpy(np.ascontiguousarray(v.T)), torch.from_numpy(scale)))
+                continue
+            self.widest_float = max(self.widest_float, s.width)
+            self.parts.append((i, torch.from_numpy(np.ascontiguousarray(v.T, np.float32)), None))
+        return self
 
-def _block_scores(rows: PackedRows, q: _PackedQueries, first: int, stop: int, count: int,
+
+def block_scores(rows: PackedRows, q: PackedQueries, first: int, stop: int, count: int,
                   sel: np.ndarray | None = None) -> torch.Tensor:
     """(stop - first) x queries scan scores of rows [first, stop), on the CPU; with ``sel``, of
     the rows ``sel[first:stop]`` instead (gathered, still packed)."""
@@ -114,7 +135,9 @@ def _block_scores(rows: PackedRows, q: _PackedQueries, first: int, stop: int, co
         assert exps is not None
         exact = torch._int_mm(block, values_t)  # int8 x int8 -> int32, exact
         row_scale = torch.ldexp(torch.ones(n), torch.from_numpy(exps[pick]).to(torch.int32))
-        acc.addcmul_(exact.float(), torch.outer(row_scale, q_scale))
+        # times 2**(e_row + e_query), one power of two at a time: exact, as one product would be,
+        # without a rows x queries matrix of scales
+        acc.addcmul_(exact.float().mul_(row_scale[:, None]), q_scale[None, :].expand(n, count))
     return acc
 
 
@@ -127,7 +150,7 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
     out: list[list[np.ndarray]] = [[] for _ in range(count)]
     if not len(subset) or not count:
         return [np.zeros(0, np.int64) for _ in range(count)]
-    q = _PackedQueries(queries, rows.segments)
+    q = PackedQueries(queries, rows.segments)
     slack = windows_of(rows, queries, rows.dim if rows.loose_rows else q.widest_float) / 2
     need = torch.from_numpy(np.asarray(np.asarray(bars, np.float64) - slack, np.float32))
     loose = dict(rows.loose_items())
@@ -135,7 +158,7 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
     subset = np.asarray(subset, np.int64)
     for first in range(0, len(subset), BLOCK_ROWS):
         stop = min(len(subset), first + BLOCK_ROWS)
-        acc = _block_scores(rows, q, first, stop, count, sel=subset)
+        acc = block_scores(rows, q, first, stop, count, sel=subset)
         if loose:
             for i, r in enumerate(subset[first:stop].tolist()):
                 if (vec := loose.get(r)) is not None:
@@ -181,7 +204,7 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     queries = np.asarray(queries, np.float32)
     count = len(queries)
     on_device = device is not None and device.type != "cpu"
-    q = None if on_device else _PackedQueries(queries, rows.segments)  # a device multiplies decoded rows
+    q = None if on_device else PackedQueries(queries, rows.segments)  # a device multiplies decoded rows
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
     windows = windows_of(rows, queries, widest)
     win = torch.from_numpy(np.asarray(windows, np.float32))
@@ -200,7 +223,7 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
             acc = _decoded_block_scores(rows, q_device, first, stop)
             win = win.to(acc.device)
         else:
-            acc = _block_scores(rows, q, first, stop, count)
+            acc = block_scores(rows, q, first, stop, count)
         for r, vec in loose:
             if first <= r < stop:
                 acc[r - first] = qf @ torch.from_numpy(vec)

@@ -17,11 +17,13 @@ applies its own writes to it and keeps it in step with other writers (docs/exact
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from simstream.index.all_pairs import AllPairs
 from simstream.index.exact import rank_key
 from simstream.index.packed_rows import PackedRows
 from simstream.index.packed_scan import scan_candidates, subset_reaching
@@ -126,6 +128,7 @@ class SideIndex:
         self._free: list[int] = []
         # The scan's matrix products run on the GPU when there is one (float32 either way).
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._passes: weakref.WeakSet[AllPairs] = weakref.WeakSet()  # all-pairs passes told of writes
 
     def __len__(self) -> int:
         return len(self._row)
@@ -189,6 +192,8 @@ class SideIndex:
             self._meta.write(r, p)
         self._rows.write(rows, np.stack([p.vector for p in products]))
         self._live[rows] = True
+        for scan in self._passes:
+            scan.touch(rows)
 
     def delete(self, ids: Iterable[str]) -> None:
         for pid in ids:
@@ -199,6 +204,8 @@ class SideIndex:
                 self._rows.clear(r)
                 self._ids[r] = None
                 self._free.append(r)
+                for scan in self._passes:
+                    scan.touch(r)
 
     def set_bars(self, bars: Mapping[str, float]) -> None:
         """Set the list boundary of the held products among ``bars`` (+inf: no recorded list)."""
@@ -308,26 +315,65 @@ class SideIndex:
         One pass over the packed matrix per chunk yields a provable superset of each top-``limit``
         (index/packed_scan.py); only those rows are decoded and rescored."""
         q = np.asarray(vectors, np.float32)
-        ids = self._ids
         bars = None if reach_margin is None else self._bars
         for start in range(0, len(q), chunk):
             queries = np.ascontiguousarray(q[start:start + chunk])
-            cand = scan_candidates(self._rows, self._live, len(ids), queries, limit, device=self.device, bars=bars,
+            cand = scan_candidates(self._rows, self._live, len(self._ids), queries, limit, device=self.device, bars=bars,
                                    margin=reach_margin or 0.0)
-            unique = np.unique(np.concatenate(cand.rows)) if cand.rows else np.zeros(0, np.int64)
-            decoded = self._rows.read(unique)
-            at = {int(r): i for i, r in enumerate(unique.tolist())}
-            tops = []
-            for query, rows in zip(queries, cand.rows):
-                scored = sorted(((float(decoded[at[r]] @ query), ids[r], r) for r in rows.tolist()),
-                                key=lambda t: rank_key(t[0], t[1]))[:limit]  # type: ignore[arg-type]
-                tops.append(([r for _, _, r in scored], [sc for sc, _, _ in scored]))
+            tops, decoded, at = self._rescored(queries, cand.rows, limit)
             yield tops, decoded, at, cand.reaching
 
-    def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
-        """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs."""
-        return [[(self._ids[r], decoded[at[r]]) for r in rows]  # type: ignore[misc]
-                for tops, decoded, at, _ in self._top(vectors, limit) for rows, _ in tops]
+    def _rescored(self, queries: np.ndarray, candidates: Sequence[np.ndarray], limit: int,
+                  ) -> tuple[list[tuple[list[int], list[float]]], np.ndarray, dict[int, int]]:
+        """Each query's candidate rows decoded, scored with the oracle's arithmetic, ranked and
+        cut to ``limit``: (rows, scores) per query, the decoded rows and where each row is in them."""
+        ids = self._ids
+        unique = np.unique(np.concatenate(candidates)) if len(candidates) else np.zeros(0, np.int64)
+        decoded = self._rows.read(unique)
+        at = {int(r): i for i, r in enumerate(unique.tolist())}
+        tops = []
+        for query, rows in zip(queries, candidates):
+            scored = sorted(((float(decoded[at[r]] @ query), ids[r], r) for r in rows.tolist()),
+                            key=lambda t: rank_key(t[0], t[1]))[:limit]  # type: ignore[arg-type]
+            tops.append(([r for _, _, r in scored], [sc for sc, _, _ in scored]))
+        return tops, decoded, at
+
+    def all_pairs(self, limit: int, started_ms: int | None = None) -> AllPairs:
+        """A pass giving every live product's candidates for its top-``limit`` at once (each pair
+        multiplied once: index/all_pairs.py); ``advance`` it to ``done``, then hand it to
+        ``search``. Writes from now on are told to it."""
+        on_device = self.device.type != "cpu"
+        scan = AllPairs(self._rows, self._live, len(self._ids), limit, decoded=on_device, device=self.device,
+                        started_ms=started_ms)
+        self._passes.add(scan)
+        return scan
+
+    def search(self, vectors: np.ndarray, limit: int, *, ids: Sequence[str] | None = None,
+               scan: AllPairs | None = None) -> list[list[tuple[str, np.ndarray]]]:
+        """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs.
+        With ``scan`` (a finished ``all_pairs`` of this index, at least as wide) and ``ids`` (each
+        query's own product): queries the scan holds candidates for are rescored from them, the
+        others searched."""
+        if scan is None or ids is None or scan.limit < limit or scan not in self._passes:
+            return [[(self._ids[r], decoded[at[r]]) for r in rows]  # type: ignore[misc]
+                    for tops, decoded, at, _ in self._top(vectors, limit) for rows, _ in tops]
+        q = np.asarray(vectors, np.float32)
+        own = [self._row.get(pid) for pid in ids]
+        found = [None if r is None else scan.candidates(r) for r in own]
+        held = [i for i, c in enumerate(found) if c is not None]
+        if held:  # the scan ranked the row's own vector: a query given another one is searched
+            same = (self._rows.read(np.array([own[i] for i in held], np.int64)) == q[held]).all(axis=1)
+            held = [i for i, ok in zip(held, same.tolist()) if ok]
+        rest = sorted(set(range(len(found))) - set(held))
+        out: list[list[tuple[str, np.ndarray]]] = [[] for _ in found]
+        if held:
+            tops, decoded, at = self._rescored(q[held], [found[i] for i in held], limit)  # type: ignore[misc]
+            for i, (rows, _) in zip(held, tops):
+                out[i] = [(self._ids[r], decoded[at[r]]) for r in rows]  # type: ignore[misc]
+        if rest:
+            for i, hits in zip(rest, self.search(q[rest], limit)):
+                out[i] = hits
+        return out
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, inner product) per query, best first."""

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.index.all_pairs import AllPairs
 from simstream.index.budget import Footprint, check_fits, side_capacity
 from simstream.index.list_mirror import ListMirror
 from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
@@ -223,14 +224,23 @@ class VectorStore:
             return {pid: p.vector for pid, p in self.milvus.read_products(sorted(ids)).items()}
         return self.side.vectors(ids)
 
-    def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
+    def search(self, vectors: np.ndarray, limit: int, *, ids: Sequence[str] | None = None,
+               scan: AllPairs | None = None) -> list[list[tuple[str, np.ndarray]]]:
         """Top-``limit`` products per query vector: (id, vector) pairs, so the caller computes exact
-        scores and per-field contributions itself."""
+        scores and per-field contributions itself. ``scan``/``ids``: an every-list pass's
+        candidates for the queries' own products (``all_pairs``), used where they still hold."""
         if len(vectors) == 0:
             return []
         if (side := self._synced_side()) is not None:
-            return side.search(vectors, limit)
+            return side.search(vectors, limit, ids=ids, scan=scan)
         return self.milvus.search(vectors, limit)
+
+    def all_pairs(self, limit: int) -> AllPairs | None:
+        """An every-list pass over the side index (index/all_pairs.py), after a sync; None without
+        the side index (every list is then a Milvus search)."""
+        started = now_ms()  # before the sync: writes it misses are younger
+        side = self._synced_side()
+        return None if side is None else side.all_pairs(limit, started_ms=started)
 
     def search_reaching(self, vectors: np.ndarray, limit: int, margin: float,
                         ) -> tuple[list[list[tuple[str, float]]], list[set[str]]] | None:

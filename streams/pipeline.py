@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from simstream import retry
 from simstream.errors import IndexUnavailable
+from simstream.index.all_pairs import AllPairs
 from simstream.encoders.fusion import EncodedBatch
 from simstream.logs import get_logger
 from simstream.records import ProductEvent
@@ -44,12 +45,16 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "DataPath"]
+__all__ = ["ALL_PAIRS_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 EVERY_LIST_PAGE = 512  # lists per batched search when refreshing every list (one pass over the catalog)
+# An every-list refresh multiplies each pair of products once (index/all_pairs.py: N^2 / 2 products)
+# when it computes at least this share of the catalog's lists; fewer are searched page by page
+# (N x lists), as a worker owning a few of many refresh partitions does.
+ALL_PAIRS_SHARE = 0.5
 
 INDEX = "index"    # the thread of every Milvus and index step
 MODELS = "models"  # the encoders' thread
@@ -170,6 +175,22 @@ async def ingest_steps(records: Sequence[RawRecord], steps: Ingest, run: StepRun
     return await write_batch(out, steps, run, affected=affected)
 
 
+async def every_list_scan(refresher: Refresher, run: StepRunner, lists: int) -> AllPairs | None:
+    """The all-pairs pass for an every-list refresh of ``lists`` lists, run to the end a step at a
+    time on the index thread (writes go on between steps; index/all_pairs.py says how they are
+    accounted for); None where searching page by page costs less (``ALL_PAIRS_SHARE``) or there
+    is no side index."""
+    if lists < ALL_PAIRS_SHARE * await run("count", refresher.store.product_count):
+        return None
+    started = time.perf_counter()
+    scan = await run("all_pairs", refresher.every_list_pass)
+    while scan is not None and not scan.done:
+        await run("all_pairs", scan.advance)
+    if scan is not None:
+        log.info("all pairs multiplied", rows=scan.used, seconds=round(time.perf_counter() - started, 1))
+    return scan
+
+
 class DataPath:
     """Both agents' work on a batch, over the steps, one ``StepRunner`` and one ``Outbox``."""
 
@@ -235,17 +256,20 @@ class DataPath:
         count = await self.outbox.refresh_partitions()
         owners = [pid for pid in await self.run("list_owners", self.steps.store.list_owners)
                   if messages.partition_for(pid.encode(), count) in partitions]
-        search = functools.partial(self._refresh, search_all=True)
+        scan = await every_list_scan(self.refresher, self.run, len(owners))
+        search = functools.partial(self._refresh, search_all=True, scan=scan)
         for start in range(0, len(owners), EVERY_LIST_PAGE):
             page = [RefreshItem(pid, None, request) for pid in owners[start:start + EVERY_LIST_PAGE]]
             await self.isolate("refresh", self.settings.refresh_topic, page, search, RefreshItem.as_record)
         log.info("every list refreshed", partitions=sorted(partitions), lists=len(owners),
                  seconds=round(time.perf_counter() - started, 1))
 
-    async def _refresh(self, items: Sequence[RefreshItem], *, search_all: bool = False) -> None:
+    async def _refresh(self, items: Sequence[RefreshItem], *, search_all: bool = False,
+                       scan: AllPairs | None = None) -> None:
         ids, event_times = merge(items)
         async with self.run.lists_lock:
-            plan = await self.run("plan", functools.partial(self.refresher.plan, search_all=search_all), ids, event_times)
+            plan = await self.run("plan", functools.partial(self.refresher.plan, search_all=search_all, scan=scan),
+                                  ids, event_times)
             await self.outbox.lists(plan.publish, plan.payloads)
             await self.run("record", self.refresher.record, plan)
         stale = await self.run("recheck", self.refresher.recheck, plan)

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.index.all_pairs import AllPairs
 from simstream.index.neighbours import MARGIN, BuiltList, ListBuilder, RecentSearches, stale_lists
 from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
@@ -64,17 +65,21 @@ class Refresher:
         self.max_merge_changes = max_merge_changes
         self.recent = recent
 
-    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None], *, search_all: bool = False) -> RefreshPlan:
-        """``search_all``: never merge, search every list (``simstream reconcile``: from scratch)."""
-        plan = RefreshPlan(started=now_ms())
+    def plan(self, ids: Sequence[str], event_times: Mapping[str, int | None], *, search_all: bool = False,
+             scan: AllPairs | None = None) -> RefreshPlan:
+        """``search_all``: never merge, search every list (``simstream reconcile``: from scratch).
+        ``scan``: a finished every-list pass (``every_list_pass``) whose candidates the searches use;
+        the plan then counts as begun when the pass did (what it read is that old)."""
+        plan = RefreshPlan(started=now_ms() if scan is None else min(now_ms(), scan.started_ms))
         pending = set(ids)
         lists: dict[str, BuiltList] = {}
         heads: dict[str, ListHead] = {}
         for attempt in range(MAX_RECHECKS + 1):
-            started = now_ms()
+            started = plan.started if attempt == 0 else now_ms()
             products = self.store.get_products(sorted(pending))
             heads.update(self.store.list_heads(sorted(pending)))
-            fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all)
+            fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all,
+                                  scan=scan if attempt == 0 else None)
             for pid in pending - products.keys():
                 lists.pop(pid, None)
                 plan.publish[pid] = None
@@ -140,7 +145,7 @@ class Refresher:
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
                  event_times: Mapping[str, int | None], started: int, plan: RefreshPlan, *,
-                 search_all: bool = False) -> dict[str, BuiltList]:
+                 search_all: bool = False, scan: AllPairs | None = None) -> dict[str, BuiltList]:
         """Merge where a head allows it (the recorded deep list, owner unchanged since; or the
         ingest's own search around a changed owner), search for the rest, in one batched pass."""
         out: dict[str, BuiltList] = {}
@@ -162,8 +167,13 @@ class Refresher:
         plan.merged += len(out)
         rest = {pid: p for pid, p in products.items() if pid not in out}
         plan.searched += len(rest)
-        out.update(self.builder.build(rest, event_times, as_of=started))
+        out.update(self.builder.build(rest, event_times, as_of=started, scan=scan))
         return out
+
+    def every_list_pass(self) -> AllPairs | None:
+        """An all-pairs pass wide enough for every list's search (index/all_pairs.py), to
+        ``advance`` until done and then give to ``plan``; None without the side index."""
+        return self.store.all_pairs(self.builder.search_limit)
 
     def _young(self, heads: dict[str, ListHead]) -> dict[str, ListHead]:
         """The heads with at most ``max_merge_changes`` products written since they were computed:

@@ -198,3 +198,31 @@ def test_a_list_refreshed_right_after_its_owners_write_merges_later(tmp_path) ->
     assert (plan.merged, plan.searched) == (0, 1)
     assert published(plan, "p020") == oracle(vecs, "p020")
     store.close()
+
+
+def test_every_list_from_the_all_pairs_pass_and_writes_during_it(tmp_path, monkeypatch) -> None:
+    """Lists planned from an all-pairs pass equal searched ones, count as computed when the pass
+    began, and a product written while the pass ran sends the lists it may enter to the re-check."""
+    rng = np.random.default_rng(9)
+    store, vecs, recent, refresher = setup(tmp_path, rng)
+    scan = refresher.every_list_pass()
+    assert scan is not None
+    scan.advance(pairs=1_000)
+    assert scan.done
+    searches = []
+    monkeypatch.setattr(type(store.side), "_top", lambda self, *a, **k: searches.append(a) or iter(()))
+    plan = refresher.plan(sorted(vecs), {}, search_all=True, scan=scan)
+    assert not searches  # every list rescored from the pass's candidates
+    monkeypatch.undo()
+    assert plan.started == scan.started_ms
+    assert all(published(plan, pid) == oracle(vecs, pid) for pid in vecs)
+    # a twin of p010 written after the pass began: its list is re-checked, not silently missed
+    scan = refresher.every_list_pass()
+    assert scan is not None
+    scan.advance(pairs=1_000)
+    twin = vecs["p010"] + 0.01 * unit(rng, 1)[0]
+    vecs["p998"] = twin / np.linalg.norm(twin)
+    write(store, {"p998": vecs["p998"]}, now_ms())
+    plan = refresher.plan(["p010", "p011"], {}, search_all=True, scan=scan)
+    assert published(plan, "p010") == oracle(vecs, "p010") and published(plan, "p010")[0] == "p998"
+    store.close()

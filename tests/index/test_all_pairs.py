@@ -1,0 +1,144 @@
+"""Every row's top list at once, each pair multiplied once (index/all_pairs.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simstream.index import all_pairs
+from simstream.index.all_pairs import AllPairs
+from simstream.index.rows import StoredProduct
+from simstream.index.side import SideIndex
+from simstream.vector_codec import Segment
+
+from tests.index.test_packed_scan import DIM, SEGMENTS, brute_force, catalog, fill
+
+
+def finished(scan: AllPairs) -> AllPairs:
+    while not scan.done:
+        scan.advance(pairs=3)
+    return scan
+
+
+def scanned_lists(side: SideIndex, scan: AllPairs, x: np.ndarray, ids: list[str], live: np.ndarray,
+                  limit: int) -> list[list[str]]:
+    rows = [i for i in range(len(x)) if live[i]]
+    got = side.search(x[rows], limit, ids=[ids[i] for i in rows], scan=scan)
+    return [[pid for pid, _ in hits] for hits in got]
+
+
+@pytest.mark.parametrize("block", [97, 2_048])
+def test_every_row_equals_brute_force_with_ties_deletes_and_block_edges(block: int) -> None:
+    x = catalog(1_300, seed=5, duplicates=30)
+    rng = np.random.default_rng(6)
+    ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
+    side = fill(x, ids, capacity=2_048)
+    gone = rng.choice(len(x) - 30, 150, replace=False)
+    side.delete(ids[i] for i in gone)
+    live = np.ones(len(x), bool)
+    live[gone] = False
+    limit = 21
+    scan = AllPairs(side._rows, side._live, len(x), limit, block=block, started_ms=0)
+    side._passes.add(scan)
+    finished(scan)
+    rows = np.flatnonzero(live)
+    held = [c for r in rows if (c := scan.candidates(int(r))) is not None]
+    # a query scoring the 31 identical rows (row 0 and its twins) equally at its limit-th place
+    # ties past keep and is searched instead: a few
+    assert 0.9 * len(rows) < len(held) < len(rows)
+    assert np.mean([len(c) for c in held]) < scan.keep
+    assert scanned_lists(side, scan, x, ids, live, limit) == brute_force(x, ids, live, x[rows], limit)
+
+
+def test_ties_past_keep_are_searched_instead() -> None:
+    """60 identical rows: each twin's limit-th and keep-th scores are equal, so the kept rows
+    cannot prove they hold every row of its top list; those rows get no candidates and the
+    search answers them, still equal to the brute force."""
+    x = catalog(400, seed=7, duplicates=60)
+    ids = [f"p{i:04d}" for i in range(len(x))]
+    side = fill(x, ids)
+    live = np.ones(len(x), bool)
+    scan = finished(side.all_pairs(10))
+    assert scan.keep == 26
+    twins = [0, *range(len(x) - 60, len(x))]
+    assert all(scan.candidates(r) is None for r in twins)
+    assert scan.candidates(1) is not None
+    assert scanned_lists(side, scan, x, ids, live, 10) == brute_force(x, ids, live, x, 10)
+
+
+def test_a_near_tie_within_rounding_goes_to_the_smaller_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """z scores 0.5000004 with q and a 0.5000001: both rank as 0.500000, so a (the smaller id)
+    is q's second; the candidates must reach below the best scan score by the window. Fails with
+    a zero window."""
+    segments = [Segment("all", 0, 4, "f32")]
+    x = np.array([[1, 0, 0, 0], [0.5000004, 0.2, 0, 0], [0.5000001, 0, 0.3, 0], [0.1, 0, 0, 0.9]], np.float32)
+    ids = ["q", "z", "a", "m"]
+    side = SideIndex(4, capacity=8, segments=segments)
+    side.put([StoredProduct(pid, x[i], 1, {}, "m", 1, 2) for i, pid in enumerate(ids)])
+    scan = finished(side.all_pairs(2))
+    assert [pid for pid, _ in side.search(x[:1], 2, ids=["q"], scan=scan)[0]] == ["q", "a"]
+    monkeypatch.setattr(all_pairs, "window", lambda *a: 0.0)
+    assert [pid for pid, _ in side.search(x[:1], 2, ids=["q"], scan=scan)[0]] == ["q", "z"]
+
+
+def test_loose_rows_and_decoded_products() -> None:
+    x = catalog(500, seed=8)
+    x[3, 70] = 0.25  # outside every segment: held loose
+    x[9, :24] += np.float32(1e-4)  # off the f16 grid
+    ids = [f"p{i:04d}" for i in range(len(x))]
+    side = fill(x, ids)
+    assert side.loose_rows == 2
+    live = np.ones(len(x), bool)
+    want = brute_force(x, ids, live, x, 15)
+    for decoded in (False, True):
+        scan = AllPairs(side._rows, side._live, len(x), 15, block=128, decoded=decoded, started_ms=0)
+        side._passes.add(scan)
+        finished(scan)
+        assert scan.candidates(3) is not None and scan.candidates(9) is not None
+        assert scanned_lists(side, scan, x, ids, live, 15) == want
+
+
+def test_rows_written_during_the_pass_take_their_queries_to_a_search() -> None:
+    x = catalog(600, seed=9)
+    ids = [f"p{i:04d}" for i in range(len(x))]
+    side = fill(x, ids)
+    scan = side.all_pairs(12)
+    scan.advance(pairs=1)
+    # row 5 rewritten, row 6 deleted mid-pass: their own lists and every list holding them as a
+    # candidate are searched
+    y = catalog(600, seed=10)
+    side.put([StoredProduct(ids[5], y[5], 2, {}, "m", 1, 3)])
+    side.delete([ids[6]])
+    finished(scan)
+    assert scan.candidates(5) is None and scan.candidates(6) is None
+    holders = [r for r in range(len(x)) if r not in (5, 6) and scan.candidates(r) is None]
+    assert holders  # some lists had row 5 or 6 among their candidates
+    x[5] = y[5]
+    live = np.ones(len(x), bool)
+    live[6] = False
+    got, want = scanned_lists(side, scan, x, ids, live, 12), brute_force(x, ids, live, x[live], 12)
+    # A list differs only where the rewritten product now enters it without having been a
+    # candidate: written after the pass began, it is what the refresh's re-check looks for.
+    differ = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert all(ids[5] in want[i] and ids[5] not in got[i] for i in differ)
+    assert len(differ) < 10
+
+
+def test_an_unfinished_pass_or_another_vector_is_searched() -> None:
+    x = catalog(300, seed=11)
+    ids = [f"p{i:04d}" for i in range(len(x))]
+    side = fill(x, ids)
+    live = np.ones(len(x), bool)
+    scan = side.all_pairs(8)
+    assert scan.candidates(0) is None  # nothing multiplied yet
+    assert scanned_lists(side, scan, x, ids, live, 8) == brute_force(x, ids, live, x, 8)
+    finished(scan)
+    other = catalog(300, seed=12)[:4]  # queries that are not their products' vectors
+    got = side.search(other, 8, ids=ids[:4], scan=scan)
+    assert [[pid for pid, _ in h] for h in got] == brute_force(x, ids, live, other, 8)
+
+
+def test_memory_and_shape_of_the_default_keep() -> None:
+    side = SideIndex(DIM, capacity=64, segments=SEGMENTS)
+    scan = side.all_pairs(21)
+    assert scan.keep == 42 and scan.done  # an empty index: nothing to multiply
