@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # asks for every list once; 0 = never.
     bulk_min_backlog: int = Field(10_000, ge=0)  # SIMSTREAM_BULK_MIN_BACKLOG
     bulk_backlog_share: float = Field(0.25, ge=0)  # SIMSTREAM_BULK_BACKLOG_SHARE
+    # Lists whose refresh partition this worker holds are refreshed by the ingest itself, before
+    # its offsets commit, without the refresh-topic hop; the others are sent as requests.
+    refresh_locally: bool = True  # SIMSTREAM_REFRESH_LOCALLY
 
     # --- Encoders --------------------------------------------------------------------------
     text_model: str | None = None  # HF id or local path; None -> bundled all-MiniLM-L6-v2

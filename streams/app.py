@@ -3,13 +3,15 @@
 Two agents, so that one worker owns each list (several workers must never race on one list):
 
     products topic --ingest--> Milvus products + refresh requests, routed by the *list owner's* key
+                               (lists this worker owns: refreshed by the ingest itself, no hop)
     refresh topic  --refresh-> neighbour lists published on the neighbours topic (compacted)
 
 An agent only takes batches (``take(n, within=s)``) and acks them after the data path
 (streams/pipeline.py ``DataPath``) returned, i.e. after the side effects that batch caused are
-durable: Milvus writes and refresh requests for the ingest agent; published and recorded lists for
-the refresh agent. A crash anywhere reprocesses, never loses (at-least-once; idempotent writes and
-version checks make replays harmless). ``consume`` is that loop, testable with any stream.
+durable: Milvus writes, refresh requests and the lists it refreshed itself for the ingest agent;
+published and recorded lists for the refresh agent. A crash anywhere reprocesses, never loses
+(at-least-once; idempotent writes and version checks make replays harmless). ``consume`` is that
+loop, testable with any stream.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ class Worker:
         outputs = {s.refresh_topic: self.refresh, s.neighbors_topic: self.neighbours, s.dlq_topic: self.dlq}
         self.outbox = Outbox(FaustTransport(app, outputs, timeout_s=s.kafka_timeout_s), settings)
         self.run = StepRunner(max_retries=s.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
-        self.path = DataPath(settings, ingest, refresher, self.outbox, self.run)
+        self.path = DataPath(settings, ingest, refresher, self.outbox, self.run,
+                             refresh_partitions_held=self.refresh_partitions_held)
         self._next_offset: dict[int, int] = {}  # per input partition, the offset after the last one taken
         self._agents()
         self._pages()
@@ -158,6 +161,18 @@ class Worker:
             return sum(max(0, (self.app.consumer.highwater(assigned[p]) or 0) - o) for p, o in self._next_offset.items())
         except Exception:  # consumer not started, or no fetch answered yet
             return 0
+
+    def refresh_partitions_held(self) -> set[int]:
+        """The refresh topic's partitions assigned to this worker (the lists it owns); none while
+        a rebalance runs or before the consumer started. A partition cannot move while an ingest
+        batch refreshes its lists: Faust's rebalance first waits for every taken event's ack."""
+        if getattr(self.app, "rebalancing", False):
+            return set()
+        names = set(self.refresh.topics)
+        try:
+            return {tp.partition for tp in self.app.consumer.assignment() if tp.topic in names}
+        except Exception:  # consumer not started yet
+            return set()
 
     def _agents(self) -> None:
         s, app, path, worker = self.settings, self.app, self.path, self

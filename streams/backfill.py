@@ -5,8 +5,9 @@ for a trickle, wasteful for a new catalog, a re-embedding or a replay, where nea
 changes many times over. A backfill runs the worker's own ingest steps (streams/pipeline.py: validate -> coalesce -> check
 versions -> encode -> write) over the file in large batches without computing affected sets (on a
 GPU, one batch encoding while the one before is written),
-then recomputes *every* list with the same builder (``publish_searched``): blocked all-pairs top-K,
-one pass over the catalog matrix per page of lists, on the GPU when there is one (index/side.py).
+then recomputes *every* list with the same builder (``publish_searched``): each pair of products
+multiplied once, in blocks (index/all_pairs.py), on the GPU when there is one, then the lists
+rescored exactly page by page.
 The lists therefore equal the streaming path's, and only lists whose content differs from what was
 last published go to the topic.
 

@@ -1,9 +1,11 @@
 """The data path, read top to bottom: what the two agents do with a batch, without Faust.
 
     ingest:  validate -> coalesce -> check versions -> encode -> write -> affected set
-             -> dead letters, refresh requests (durable)                       [ack the input]
+             -> dead letters, refresh requests for lists owned elsewhere (durable)
+             -> the refresh steps for the lists this worker owns               [ack the input]
     refresh: decode requests -> plan (merge or search) -> publish -> record -> recheck
              -> refresh requests for lists that raced                          [ack the input]
+             (an every-list request: all pairs multiplied once, then plan page by page)
 
 The agents (streams/app.py) only take batches and ack them after ``DataPath.ingest`` or
 ``DataPath.refresh`` returned; everything here runs on plain records (``RawRecord``) and sends
@@ -25,7 +27,7 @@ import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from simstream import retry
 from simstream.errors import IndexUnavailable
@@ -39,7 +41,7 @@ from simstream.streams.dead_letter import RawRecord, Rejected
 from simstream.streams.ingest import (
     Ingest, VersionCheck, coalesce, encode_rejects, outcome_counts, refresh_causes, validate,
 )
-from simstream.streams.isolation import apply_or_dead_letter, until_applied
+from simstream.streams.isolation import TRANSIENT, apply_or_dead_letter, until_applied
 from simstream.streams.bulk import BulkRound
 from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
@@ -194,9 +196,13 @@ async def every_list_scan(refresher: Refresher, run: StepRunner, lists: int) -> 
 class DataPath:
     """Both agents' work on a batch, over the steps, one ``StepRunner`` and one ``Outbox``."""
 
-    def __init__(self, settings: Settings, steps: Ingest, refresher: Refresher, outbox: Outbox, run: StepRunner) -> None:
+    def __init__(self, settings: Settings, steps: Ingest, refresher: Refresher, outbox: Outbox, run: StepRunner, *,
+                 refresh_partitions_held: Callable[[], set[int]] = set) -> None:
+        """``refresh_partitions_held``: the refresh topic's partitions this worker's refresh agent
+        holds now (the lists it owns); the ingest refreshes those lists itself."""
         self.settings, self.steps, self.refresher, self.outbox, self.run = settings, steps, refresher, outbox, run
         self.bulk = BulkRound(settings.bulk_min_backlog, settings.bulk_backlog_share)
+        self.refresh_partitions_held = refresh_partitions_held
 
     # --- ingest -----------------------------------------------------------------------------------
     async def ingest(self, records: Sequence[RawRecord], backlog: int = 0) -> bool:
@@ -229,13 +235,39 @@ class DataPath:
     async def _ingest(self, records: Sequence[RawRecord], *, bulk: bool = False) -> None:
         out = await ingest_steps(records, self.steps, self.run, affected=not bulk)
         await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
-        await self.outbox.refresh_requests(out.affected, out.causes)
+        here = await self._owned_here(out.affected)
+        await self.outbox.refresh_requests([pid for pid in out.affected if pid not in here], out.causes)
+        if here:
+            await self._refresh_here(here, out.causes)
         if out.encoded is not None:
             metrics.observe_encoding(out.encoded)
         counts = outcome_counts(out.check, out.dropped)
         metrics.observe_ingest(len(records), counts, len(out.rejects), out.events)
         log.info("ingested", events=len(records), **counts, dead_lettered=len(out.rejects), affected=len(out.affected),
                  bulk=bulk)
+
+    async def _owned_here(self, ids: Sequence[str] | set[str]) -> set[str]:
+        """The lists among ``ids`` whose refresh partition this worker holds now."""
+        if not ids or not self.settings.refresh_locally or not (held := self.refresh_partitions_held()):
+            return set()
+        count = await self.outbox.refresh_partitions()
+        return {pid for pid in ids if messages.partition_for(pid.encode(), count) in held}
+
+    async def _refresh_here(self, ids: set[str], causes: Mapping[str, int | None]) -> None:
+        """Refresh lists this worker owns within the ingest, before its offsets commit (no
+        refresh-topic hop). Crash-safe as a request is: a replayed event is a duplicate, whose
+        affected set is computed again (docs/exactness.md section 3). A failure that is not an
+        outage sends the lists as requests instead, so the refresh agent narrows a list that
+        fails alone down and dead-letters it as a request, never the events."""
+        try:
+            await self._refresh_lists(sorted(ids), {pid: causes.get(pid) for pid in ids})
+            metrics.REFRESHED_HERE.inc(len(ids))
+        except TRANSIENT:
+            raise  # an outage: the ingest batch waits for it and is applied again
+        except Exception as exc:
+            log.warning("refreshing lists in the ingest failed; sending them as requests", lists=len(ids),
+                        error=repr(exc)[:300])
+            await self.outbox.refresh_requests(ids, causes)
 
     # --- refresh ----------------------------------------------------------------------------------
     async def refresh(self, records: Sequence[RawRecord]) -> None:
@@ -267,6 +299,12 @@ class DataPath:
     async def _refresh(self, items: Sequence[RefreshItem], *, search_all: bool = False,
                        scan: AllPairs | None = None) -> None:
         ids, event_times = merge(items)
+        await self._refresh_lists(ids, event_times, search_all=search_all, scan=scan)
+
+    async def _refresh_lists(self, ids: Sequence[str], event_times: Mapping[str, int | None], *,
+                             search_all: bool = False, scan: AllPairs | None = None) -> None:
+        """plan -> publish -> record (under the lists lock) -> re-check; what the re-check finds
+        stale goes to the refresh topic."""
         async with self.run.lists_lock:
             plan = await self.run("plan", functools.partial(self.refresher.plan, search_all=search_all, scan=scan),
                                   ids, event_times)

@@ -102,6 +102,87 @@ def test_ingest_then_refresh_publishes_lists_and_dead_letters_the_bad(path) -> N
     assert data.refresher.store.list_heads(["a", "b", "c"]).keys() == {"a", "b", "c"}  # recorded after publishing
 
 
+def lists_on(transport: FakeTransport, topic: str) -> dict[str, NeighbourList]:
+    return {m.key.decode(): NeighbourList.from_json(m.value) for m in transport.on(topic) if m.key and m.value}
+
+
+def exact_lists(store, ids: Sequence[str], k: int = 3) -> dict[str, list[str]]:  # noqa: ANN001
+    from simstream.index.exact import exact_top_k
+
+    stored = store.get_products(list(ids))
+    ordered = sorted(stored)
+    return {pid: [nid for nid, _ in want]
+            for pid, want in zip(ordered, exact_top_k(np.stack([stored[i].vector for i in ordered]), ordered, k))}
+
+
+TITLES = {"a": "Red ceramic mug", "b": "Blue ceramic mug", "c": "Steel water bottle", "d": "Glass water bottle",
+          "e": "Oak desk lamp", "f": "Brass desk lamp"}
+
+
+def test_lists_this_worker_owns_are_refreshed_in_the_ingest(path) -> None:  # noqa: ANN001
+    """No refresh-topic hop for the lists whose refresh partition this worker holds: the ingest
+    publishes and records them itself; the others go out as requests, and all end exact."""
+    data, transport = path
+    s = data.settings
+    held = {messages.partition_for(b"a", PARTITIONS)}
+    data.refresh_partitions_held = lambda: held
+    asyncio.run(data.ingest(records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items()))))
+    mine = {p for p in TITLES if messages.partition_for(p.encode(), PARTITIONS) in held}
+    requested = {pid for m in transport.on(s.refresh_topic) for pid in orjson.loads(m.value or b"")["ids"]}
+    assert mine and requested and not requested & mine
+    assert set(lists_on(transport, s.neighbors_topic)) == mine
+    assert data.refresher.store.list_heads(sorted(mine)).keys() == mine  # recorded after publishing
+    asyncio.run(data.refresh(as_consumed(transport.on(s.refresh_topic))))
+    lists = lists_on(transport, s.neighbors_topic)
+    assert {pid: [n.product_id for n in nl.neighbours] for pid, nl in lists.items()} == exact_lists(data.steps.store, TITLES)
+
+
+class Crash(BaseException):
+    """The process dies here."""
+
+
+def test_a_crash_before_the_ingest_refreshed_its_own_lists_loses_none(path, monkeypatch) -> None:  # noqa: ANN001
+    """Written to Milvus, then killed before its own lists went out (offsets not committed): the
+    batch comes again after the restart as duplicates, whose affected sets are computed again,
+    and the restarted worker refreshes the lists."""
+    data, transport = path
+    s = data.settings
+    every = set(range(PARTITIONS))
+    data.refresh_partitions_held = lambda: every
+    batch = records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items()))
+    sends = data.outbox.lists
+
+    async def die(*args: Any, **kwargs: Any) -> None:
+        raise Crash()
+
+    monkeypatch.setattr(data.outbox, "lists", die)
+    with pytest.raises(Crash):
+        asyncio.run(data.ingest(batch))
+    assert len(data.steps.store.get_products(list(TITLES))) == len(TITLES)  # written, nothing published
+    assert transport.on(s.neighbors_topic) == [] and transport.on(s.refresh_topic) == []
+    monkeypatch.setattr(data.outbox, "lists", sends)
+    restarted = DataPath(s, data.steps, data.refresher, data.outbox, data.run, refresh_partitions_held=lambda: every)
+    assert asyncio.run(restarted.ingest(batch)) is True  # the same offsets again
+    lists = lists_on(transport, s.neighbors_topic)
+    assert {pid: [n.product_id for n in nl.neighbours] for pid, nl in lists.items()} == exact_lists(data.steps.store, TITLES)
+
+
+def test_a_list_that_fails_in_the_ingest_is_sent_as_a_request(path, monkeypatch) -> None:  # noqa: ANN001
+    """A failure that is not an outage while the ingest refreshes its own lists sends them to the
+    refresh agent instead (which isolates a list that fails alone); no event is dead-lettered."""
+    data, transport = path
+    s = data.settings
+    data.refresh_partitions_held = lambda: set(range(PARTITIONS))
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("cannot refresh")
+
+    monkeypatch.setattr(data.refresher, "plan", fail)
+    assert asyncio.run(data.ingest(records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items())))) is True
+    requested = {pid for m in transport.on(s.refresh_topic) for pid in orjson.loads(m.value or b"")["ids"]}
+    assert requested == set(TITLES) and transport.on(s.dlq_topic) == []
+
+
 @pytest.mark.parametrize("failing", ["sends", "metadata"])
 def test_an_outage_is_waited_out_and_nothing_is_dead_lettered(path, failing) -> None:  # noqa: ANN001
     data, transport = path

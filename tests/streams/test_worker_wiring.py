@@ -53,3 +53,23 @@ def test_the_backlog_counts_what_waits_on_the_assigned_input_partitions(tmp_path
         assert worker.backlog([]) == 0
     finally:
         worker.run.close()
+
+
+def test_the_refresh_partitions_held_are_those_assigned_and_none_in_a_rebalance(tmp_path: Path) -> None:
+    """The ingest refreshes the lists of the refresh partitions this worker holds: the assigned
+    ones of the refresh topic; none while a rebalance runs or before the consumer started."""
+    from faust.types import TP
+
+    settings = Settings(data_dir=tmp_path, milvus_uri="http://milvus.invalid:19530", web_enabled=False)
+    steps = SimpleNamespace(store=SimpleNamespace(ping=lambda: True), encoder=SimpleNamespace(on_accelerator=False))
+    worker = Worker(settings, steps, SimpleNamespace())  # type: ignore[arg-type]
+    assigned = {TP(settings.events_topic, 0), TP(settings.refresh_topic, 1), TP(settings.refresh_topic, 4)}
+    try:
+        assert worker.path.refresh_partitions_held == worker.refresh_partitions_held
+        assert worker.refresh_partitions_held() == set()  # not started
+        worker.app.consumer = SimpleNamespace(assignment=lambda: assigned)  # type: ignore[assignment]
+        assert worker.refresh_partitions_held() == {1, 4}
+        worker.app.rebalancing = True  # type: ignore[misc]
+        assert worker.refresh_partitions_held() == set()
+    finally:
+        worker.run.close()
