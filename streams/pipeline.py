@@ -244,7 +244,7 @@ class DataPath:
         counts = outcome_counts(out.check, out.dropped)
         metrics.observe_ingest(len(records), counts, len(out.rejects), out.events)
         log.info("ingested", events=len(records), **counts, dead_lettered=len(out.rejects), affected=len(out.affected),
-                 bulk=bulk)
+                 refreshed_here=len(here), bulk=bulk)
 
     async def _owned_here(self, ids: Sequence[str] | set[str]) -> set[str]:
         """The lists among ``ids`` whose refresh partition this worker holds now."""
