@@ -54,6 +54,10 @@ class ListMirror:
     def __len__(self) -> int:
         return len(self._heads)
 
+    def owners(self) -> set[str]:
+        """Every product with a held head (markers of deleted products included)."""
+        return set(self._heads)
+
     def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None,
             known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
         """Hold ``heads`` (the last one per owner), with the content digests, and the members' exact

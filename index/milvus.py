@@ -415,6 +415,9 @@ class MilvusStore:
     def all_list_ids(self) -> set[str]:
         return {r["product_id"] for page in self._pages(self.lists, ["product_id"], 2000) for r in page}
 
+    def all_product_ids(self) -> set[str]:
+        return {r["product_id"] for page in self._pages(self.products, ["product_id"], 2000) for r in page}
+
     # --- serving reads (simstream serve; never write) ------------------------------------------
     def display_fields(self, *, with_vectors: bool = False) -> list[str]:
         """The product fields a reader shows: the columns, ``display`` when the collection has it."""

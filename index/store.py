@@ -322,8 +322,11 @@ class VectorStore:
 
     def list_owners(self) -> list[str]:
         """Every product in the index and every product with a recorded list (a list whose owner is
-        gone gets its tombstone), sorted: whose lists a full refresh computes."""
-        return sorted({p.product_id for chunk in self.iter_products(2000) for p in chunk} | self.all_list_ids())
+        gone gets its tombstone), sorted: whose lists a full refresh computes. From the side index
+        and the list mirror when there are (after a sync), else ids alone read from Milvus."""
+        side, mirror = self._synced_side(), self._synced_mirror()
+        products = set(side.ids()) if side is not None else self.milvus.all_product_ids()
+        return sorted(products | (mirror.owners() if mirror is not None else self.all_list_ids()))
 
     def all_list_ids(self) -> set[str]:
         return self.milvus.all_list_ids()

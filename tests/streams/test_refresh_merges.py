@@ -226,3 +226,22 @@ def test_every_list_from_the_all_pairs_pass_and_writes_during_it(tmp_path, monke
     plan = refresher.plan(["p010", "p011"], {}, search_all=True, scan=scan)
     assert published(plan, "p010") == oracle(vecs, "p010") and published(plan, "p010")[0] == "p998"
     store.close()
+
+
+def test_list_owners_from_memory_equal_those_read_from_milvus(tmp_path) -> None:
+    """Products and recorded lists (a deleted product's marker included), from the side index and
+    the list mirror when they exist, else read from Milvus: the same ids."""
+    from simstream.index.rows import StoredList
+
+    rng = np.random.default_rng(4)
+    store, vecs, recent, refresher = setup(tmp_path, rng, n=40)
+    store.upsert_lists([StoredList("gone", [], float("inf"), b"")])  # a list whose owner was deleted
+    write(store, {"late": unit(rng, 1)[0]}, now_ms())  # a product with no list yet
+    want = sorted(set(vecs) | {"gone", "late"})
+    assert store.list_owners() == want
+    store.close()
+    cold = VectorStore.connect(str(tmp_path / "r.db"), "r", DIM, flush_every_rows=0)  # no copies in memory
+    try:
+        assert cold.side is None and cold.list_owners() == want
+    finally:
+        cold.close()
