@@ -15,7 +15,7 @@ of its ``limit``-th best; they are a complete superset of its exact top-``limit`
 the caller rescores them with the oracle's arithmetic. A row whose near ties run past ``keep``
 (many twins) has no candidates here and is searched on its own.
 
-The pass runs a band of blocks per call, so a worker interleaves its writes. A row written or
+The pass runs a few pairs of blocks per ``advance``, so a worker interleaves its writes. A row written or
 deleted after the pass began ("touched", told by the side index) may have been multiplied with
 old and new contents: a query whose own row or any of whose candidates is touched gets no
 candidates either. Rows changed since the pass began that are not among a query's candidates are
@@ -38,7 +38,7 @@ ALL_PAIRS_BLOCK = 2_048  # rows per block: a block pair's scores (2,048 x 2,048 
 
 
 class AllPairs:
-    """A blocked, symmetric scan of rows [0, used) of ``rows``, a band of blocks per ``advance``."""
+    """A blocked, symmetric scan of rows [0, used) of ``rows``, a few pairs of blocks per ``advance``."""
 
     def __init__(self, rows: PackedRows, live: np.ndarray, used: int, limit: int, *, keep: int | None = None,
                  block: int = ALL_PAIRS_BLOCK, decoded: bool = False, device: torch.device | None = None,

@@ -85,13 +85,20 @@ class PackedQueries:
                 packed, inexact = pack(q, "i8")
                 if not inexact.any():
                     assert packed.exponents is not None
-                    scale = np.ldexp(np.float32(1.0), packed.exponents.astype(np.int32)).astype(np.float32)
-                    self.parts.append((i, torch.from_numpy(np.ascontiguousarray(packed.values.T)),
-                                       torch.from_numpy(scale)))
+                    self._add(i, s.width, packed.values, packed.exponents)
                     continue
             # f16/f32 segments, and i8 segments of a query off the grid: float32 arithmetic
-            self.widest_float = max(self.widest_float, s.width)
-            self.parts.append((i, torch.from_numpy(np.ascontiguousarray(q.T, np.float32)), None))
+            self._add(i, s.width, q, None)
+
+    def _add(self, i: int, width: int, values: np.ndarray, exponents: np.ndarray | None) -> None:
+        """Segment ``i``'s query values (queries x width): int8 with their powers of two, or
+        widened to float32 (``exponents`` None)."""
+        if exponents is not None:
+            scale = np.ldexp(np.float32(1.0), exponents.astype(np.int32)).astype(np.float32)
+            self.parts.append((i, torch.from_numpy(np.ascontiguousarray(values.T)), torch.from_numpy(scale)))
+            return
+        self.widest_float = max(self.widest_float, width)
+        self.parts.append((i, torch.from_numpy(np.ascontiguousarray(values.T, np.float32)), None))
 
     @classmethod
     def of_rows(cls, rows: PackedRows, first: int, stop: int) -> PackedQueries | None:
@@ -103,15 +110,8 @@ class PackedQueries:
         self.parts, self.widest_float = [], 0
         for i, s in enumerate(rows.segments):
             _, values, exps = rows.segment(i)
-            v = values[first:stop]
-            if not v.any():
-                continue
-            if exps is not None:
-                scale = np.ldexp(np.float32(1.0), exps[first:stop].astype(np.int32)).astype(np.float32)
-                self.parts.append((i, torch.from_numpy(np.ascontiguousarray(v.T)), torch.from_numpy(scale)))
-                continue
-            self.widest_float = max(self.widest_float, s.width)
-            self.parts.append((i, torch.from_numpy(np.ascontiguousarray(v.T, np.float32)), None))
+            if values[first:stop].any():
+                self._add(i, s.width, values[first:stop], None if exps is None else exps[first:stop])
         return self
 
 
