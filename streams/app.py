@@ -8,8 +8,9 @@ Two agents, so that one worker owns each list (several workers must never race o
 
 An agent only takes batches (``take(n, within=s)``) and acks them after the data path
 (streams/pipeline.py ``DataPath``) returned, i.e. after the side effects that batch caused are
-durable: Milvus writes, refresh requests and the lists it refreshed itself for the ingest agent;
-published and recorded lists for the refresh agent. A crash anywhere reprocesses, never loses
+durable: Milvus writes, refresh requests and the lists it refreshed itself for the ingest agent
+(in a task that runs while the next batch is taken); published and recorded lists for the
+refresh agent. A crash anywhere reprocesses, never loses
 (at-least-once; idempotent writes and version checks make replays harmless). ``consume`` is that
 loop, testable with any stream.
 """
@@ -35,7 +36,7 @@ from simstream.streams.pipeline import DataPath, StepRunner
 from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 
-__all__ = ["Worker", "BatchStream", "build_app", "consume", "broker_credentials"]
+__all__ = ["Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials"]
 
 log = get_logger(__name__)
 
@@ -95,30 +96,62 @@ class BatchStream(Protocol):
     async def ack(self, event: Any) -> bool: ...
 
 
+Handled = bool | None | asyncio.Task[None]
+
+
 async def consume(stream: BatchStream, *, size: int, within_s: float,
-                  handle: Callable[[Sequence[RawRecord]], Awaitable[bool | None]], idle_s: float = 2.0) -> None:
+                  handle: Callable[[Sequence[RawRecord]], Awaitable[Handled]], idle_s: float = 2.0) -> None:
     """Take batches of at most ``size`` within ``within_s``, hand each to ``handle``, and ack its
     events only after ``handle`` returned: an offset never commits ahead of its side effects.
 
+    When ``handle`` returns a task, the batch's events are acked when the task ends (the ingest
+    refreshing the lists this worker owns), and the next batch is taken and handled meanwhile;
+    at most one such task is outstanding, and one that fails stops the loop as ``handle`` would.
     When ``handle`` returns False the events are held, unacked, until a later call returns
     otherwise (a bulk round: streams/bulk.py). While events are held and nothing arrives for
     ``idle_s``, ``handle([])`` is called: the input has stopped, or a rebalance waits for every
     taken event to be acked (Faust's ``stream_wait_empty``), so the round must end now."""
     held: list[Any] = []
+    pending: tuple[list[Any], asyncio.Task[None]] | None = None
     batches = stream.noack_take(size, within=within_s).__aiter__()
-    while True:
-        taking = asyncio.ensure_future(batches.__anext__())
-        while held and not (await asyncio.wait({taking}, timeout=idle_s))[0]:
-            if await handle([]) is not False:
+
+    async def settle() -> None:
+        nonlocal pending
+        if pending is not None:
+            events, task = pending
+            pending = None
+            await task
+            await _ack(stream, events)
+
+    try:
+        while True:
+            taking = asyncio.ensure_future(batches.__anext__())
+            while True:
+                waits: set[asyncio.Future[Any]] = {taking} | ({pending[1]} if pending else set())
+                done, _ = await asyncio.wait(waits, timeout=idle_s if held else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if pending is not None and pending[1].done():
+                    await settle()
+                if taking.done():
+                    break
+                if not done and held and await handle([]) is not False:
+                    await _ack(stream, held)
+            try:
+                batch = await taking
+            except StopAsyncIteration:
+                await settle()
+                return
+            durable = await handle([RawRecord.of(e) for e in batch])
+            if isinstance(durable, asyncio.Task):
+                await settle()  # the batch before: at most one task outstanding
+                pending = (list(batch), durable)
+                continue
+            held += batch
+            if durable is not False:
                 await _ack(stream, held)
-        try:
-            batch = await taking
-        except StopAsyncIteration:
-            return
-        durable = await handle([RawRecord.of(e) for e in batch])
-        held += batch
-        if durable is not False:
-            await _ack(stream, held)
+    finally:
+        if pending is not None:
+            pending[1].cancel()
 
 
 async def _ack(stream: BatchStream, events: list[Any]) -> None:
@@ -180,7 +213,7 @@ class Worker:
         @app.agent(self.events, name="ingest")
         async def ingest(stream: faust.StreamT) -> None:
             """Validate, coalesce, encode and index product events; route refresh work by list owner."""
-            async def handle(records: Sequence[RawRecord]) -> bool:
+            async def handle(records: Sequence[RawRecord]) -> Handled:
                 return await path.ingest(records, backlog=worker.backlog(records))
 
             await consume(cast(BatchStream, stream), size=s.batch_size, within_s=s.batch_within_s, handle=handle)

@@ -2,15 +2,16 @@
 
     ingest:  validate -> coalesce -> check versions -> encode -> write -> affected set
              -> dead letters, refresh requests for lists owned elsewhere (durable)
-             -> the refresh steps for the lists this worker owns               [ack the input]
+             -> the refresh steps for the lists this worker owns, in a task
+                that runs while the next batch is taken and encoded            [ack the input]
     refresh: decode requests -> plan (merge or search) -> publish -> record -> recheck
              -> refresh requests for lists that raced                          [ack the input]
              (an every-list request: all pairs multiplied once, then plan page by page)
 
-The agents (streams/app.py) only take batches and ack them after ``DataPath.ingest`` or
-``DataPath.refresh`` returned; everything here runs on plain records (``RawRecord``) and sends
-through an ``Outbox``, so tests drive it with a fake transport, and ``simstream backfill`` runs the
-same ingest steps (``check_batch``, ``encode_batch``, ``write_batch``).
+The agents (streams/app.py) only take batches and ack them after ``DataPath.ingest`` (and the
+task it may return) or ``DataPath.refresh`` returned; everything here runs on plain records
+(``RawRecord``) and sends through an ``Outbox``, so tests drive it with a fake transport, and
+``simstream backfill`` runs the same ingest steps (``check_batch``, ``encode_batch``, ``write_batch``).
 
 Every step that touches the index or the models runs through ``StepRunner``: index steps on one
 thread (milvus-lite is not thread-safe); the encoders on that thread too, or, when they run on a
@@ -47,7 +48,7 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["ALL_PAIRS_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "DataPath"]
+__all__ = ["ALL_PAIRS_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "finished", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -193,6 +194,14 @@ async def every_list_scan(refresher: Refresher, run: StepRunner, lists: int) -> 
     return scan
 
 
+async def finished(durable: bool | asyncio.Task[None]) -> bool:
+    """What ``DataPath.ingest`` returned, once the task it may return has ended."""
+    if isinstance(durable, asyncio.Task):
+        await durable
+        return True
+    return durable
+
+
 class DataPath:
     """Both agents' work on a batch, over the steps, one ``StepRunner`` and one ``Outbox``."""
 
@@ -205,10 +214,12 @@ class DataPath:
         self.refresh_partitions_held = refresh_partitions_held
 
     # --- ingest -----------------------------------------------------------------------------------
-    async def ingest(self, records: Sequence[RawRecord], backlog: int = 0) -> bool:
+    async def ingest(self, records: Sequence[RawRecord], backlog: int = 0) -> bool | asyncio.Task[None]:
         """Apply a batch of product events so that each ends applied or dead-lettered. ``backlog``:
-        events still waiting on this worker's input partitions. Returns whether the batch's offsets
-        may commit now; False while a bulk round holds them (streams/bulk.py)."""
+        events still waiting on this worker's input partitions. Returns when the batch's offsets
+        may commit: True now; False not yet, a bulk round holds them (streams/bulk.py); or a task,
+        when it ends: it refreshes the lists this worker owns, while the agent takes and encodes
+        the next batch (``finished`` waits for it)."""
         topic = self.settings.events_topic
         if not records:  # nothing arrived while a round held its events (streams/app.py consume)
             if not self.bulk.active:
@@ -219,8 +230,9 @@ class DataPath:
             if self.bulk.active:
                 log.info("bulk load: writing without affected sets, then every list", backlog=backlog)
         if not self.bulk.active:
-            await self.isolate("ingest", topic, records, self._ingest, lambda r: r)
-            return True
+            here: dict[str, int | None] = {}
+            await self.isolate("ingest", topic, records, functools.partial(self._ingest, here=here), lambda r: r)
+            return asyncio.create_task(self._refresh_here(here)) if here else True
         step, ends = self.bulk.take(records, backlog, self.settings.batch_size)
         if step:
             await self.isolate("ingest", topic, step, functools.partial(self._ingest, bulk=True), lambda r: r)
@@ -232,19 +244,24 @@ class DataPath:
         log.info("bulk load round done: every list requested", events=self.bulk.held, backlog=backlog)
         return True
 
-    async def _ingest(self, records: Sequence[RawRecord], *, bulk: bool = False) -> None:
+    async def _ingest(self, records: Sequence[RawRecord], *, bulk: bool = False,
+                      here: dict[str, int | None] | None = None) -> None:
+        """The ingest steps for a part of a batch. The affected lists this worker owns are added
+        to ``here`` (with the latest event time that caused each), for ``_refresh_here``; the
+        others are sent as refresh requests."""
         out = await ingest_steps(records, self.steps, self.run, affected=not bulk)
         await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
-        here = await self._owned_here(out.affected)
-        await self.outbox.refresh_requests([pid for pid in out.affected if pid not in here], out.causes)
-        if here:
-            await self._refresh_here(here, out.causes)
+        owned = await self._owned_here(out.affected) if here is not None else set()
+        await self.outbox.refresh_requests([pid for pid in out.affected if pid not in owned], out.causes)
+        if here is not None:
+            for pid in owned:
+                here[pid] = max(out.causes.get(pid) or 0, here.get(pid) or 0) or None
         if out.encoded is not None:
             metrics.observe_encoding(out.encoded)
         counts = outcome_counts(out.check, out.dropped)
         metrics.observe_ingest(len(records), counts, len(out.rejects), out.events)
         log.info("ingested", events=len(records), **counts, dead_lettered=len(out.rejects), affected=len(out.affected),
-                 refreshed_here=len(here), bulk=bulk)
+                 owned_here=len(owned), bulk=bulk)
 
     async def _owned_here(self, ids: Sequence[str] | set[str]) -> set[str]:
         """The lists among ``ids`` whose refresh partition this worker holds now."""
@@ -253,21 +270,23 @@ class DataPath:
         count = await self.outbox.refresh_partitions()
         return {pid for pid in ids if messages.partition_for(pid.encode(), count) in held}
 
-    async def _refresh_here(self, ids: set[str], causes: Mapping[str, int | None]) -> None:
-        """Refresh lists this worker owns within the ingest, before its offsets commit (no
-        refresh-topic hop). Crash-safe as a request is: a replayed event is a duplicate, whose
-        affected set is computed again (docs/exactness.md section 3). A failure that is not an
-        outage sends the lists as requests instead, so the refresh agent narrows a list that
+    async def _refresh_here(self, lists: Mapping[str, int | None]) -> None:
+        """Refresh lists this worker owns after the ingest wrote their batch, before its offsets
+        commit (no refresh-topic hop). Crash-safe as a request is: a replayed event is a
+        duplicate, whose affected set is computed again (docs/exactness.md section 3). An outage
+        is waited out; any other failure, or an outage past ``poison_after_s`` while both
+        answer, sends the lists as requests instead, so the refresh agent narrows a list that
         fails alone down and dead-letters it as a request, never the events."""
+        ids = sorted(lists)
         try:
-            await self._refresh_lists(sorted(ids), {pid: causes.get(pid) for pid in ids})
+            await until_applied(lambda _: self._refresh_lists(ids, lists), [None], answering=self.answering,
+                                poison_after_s=self.settings.poison_after_s, stage="refresh-here")
             metrics.REFRESHED_HERE.inc(len(ids))
-        except TRANSIENT:
-            raise  # an outage: the ingest batch waits for it and is applied again
         except Exception as exc:
             log.warning("refreshing lists in the ingest failed; sending them as requests", lists=len(ids),
                         error=repr(exc)[:300])
-            await self.outbox.refresh_requests(ids, causes)
+            await until_applied(lambda _: self.outbox.refresh_requests(ids, lists), [None], answering=self.answering,
+                                poison_after_s=self.settings.poison_after_s, stage="refresh-here")
 
     # --- refresh ----------------------------------------------------------------------------------
     async def refresh(self, records: Sequence[RawRecord]) -> None:

@@ -21,7 +21,7 @@ from simstream.streams.app import consume
 from simstream.streams.dead_letter import KIND_HEADER, RawRecord
 from simstream.streams.ingest import Ingest
 from simstream.streams.outbox import Outbox
-from simstream.streams.pipeline import DataPath, StepRunner
+from simstream.streams.pipeline import DataPath, StepRunner, finished
 from simstream.streams.refresh import Refresher
 
 PARTITIONS = 3
@@ -76,6 +76,11 @@ def records(*values: tuple[bytes | None, bytes | None]) -> list[RawRecord]:
     return [RawRecord(k, v, 0, i, 1_000) for i, (k, v) in enumerate(values)]
 
 
+async def ingested(data: DataPath, batch: Sequence[RawRecord], backlog: int = 0) -> bool:
+    """``data.ingest``, then the task it may return (the lists this worker owns) to its end."""
+    return await finished(await data.ingest(batch, backlog))
+
+
 def as_consumed(sent: Sequence[messages.Message]) -> list[RawRecord]:
     return [RawRecord(m.key, m.value, m.partition or 0, i) for i, m in enumerate(sent)]
 
@@ -126,7 +131,7 @@ def test_lists_this_worker_owns_are_refreshed_in_the_ingest(path) -> None:  # no
     s = data.settings
     held = {messages.partition_for(b"a", PARTITIONS)}
     data.refresh_partitions_held = lambda: held
-    asyncio.run(data.ingest(records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items()))))
+    assert asyncio.run(ingested(data, records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items()))))
     mine = {p for p in TITLES if messages.partition_for(p.encode(), PARTITIONS) in held}
     requested = {pid for m in transport.on(s.refresh_topic) for pid in orjson.loads(m.value or b"")["ids"]}
     assert mine and requested and not requested & mine
@@ -157,12 +162,12 @@ def test_a_crash_before_the_ingest_refreshed_its_own_lists_loses_none(path, monk
 
     monkeypatch.setattr(data.outbox, "lists", die)
     with pytest.raises(Crash):
-        asyncio.run(data.ingest(batch))
+        asyncio.run(ingested(data, batch))
     assert len(data.steps.store.get_products(list(TITLES))) == len(TITLES)  # written, nothing published
     assert transport.on(s.neighbors_topic) == [] and transport.on(s.refresh_topic) == []
     monkeypatch.setattr(data.outbox, "lists", sends)
     restarted = DataPath(s, data.steps, data.refresher, data.outbox, data.run, refresh_partitions_held=lambda: every)
-    assert asyncio.run(restarted.ingest(batch)) is True  # the same offsets again
+    assert asyncio.run(ingested(restarted, batch)) is True  # the same offsets again
     lists = lists_on(transport, s.neighbors_topic)
     assert {pid: [n.product_id for n in nl.neighbours] for pid, nl in lists.items()} == exact_lists(data.steps.store, TITLES)
 
@@ -178,7 +183,7 @@ def test_a_list_that_fails_in_the_ingest_is_sent_as_a_request(path, monkeypatch)
         raise ValueError("cannot refresh")
 
     monkeypatch.setattr(data.refresher, "plan", fail)
-    assert asyncio.run(data.ingest(records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items())))) is True
+    assert asyncio.run(ingested(data, records(*((p.encode(), event(p, title=t)) for p, t in TITLES.items())))) is True
     requested = {pid for m in transport.on(s.refresh_topic) for pid in orjson.loads(m.value or b"")["ids"]}
     assert requested == set(TITLES) and transport.on(s.dlq_topic) == []
 
@@ -227,8 +232,8 @@ def test_a_list_that_fails_alone_is_dead_lettered_alone(path, monkeypatch) -> No
 
 
 class FakeEvent:
-    def __init__(self, offset: int) -> None:
-        self.message = type("M", (), {"key": b"k", "value": b"v", "partition": 0, "offset": offset,
+    def __init__(self, offset: int, key: bytes = b"k", value: bytes = b"v") -> None:
+        self.message = type("M", (), {"key": key, "value": value, "partition": 0, "offset": offset,
                                        "timestamp": 1.0, "headers": []})()
 
 
@@ -262,6 +267,87 @@ def test_the_agent_acks_a_batch_only_after_its_side_effects() -> None:
     with pytest.raises(RuntimeError):
         asyncio.run(consume(stream, size=2, within_s=0.1, handle=handle))
     assert stream.log == [("durable", [0, 1]), ("ack", 0), ("ack", 1), ("durable", [2]), ("ack", 2)]
+
+
+def test_a_batch_whose_task_is_still_running_is_acked_when_it_ends_and_the_next_is_taken_meanwhile() -> None:
+    stream = FakeStream([[FakeEvent(0), FakeEvent(1)], [FakeEvent(2)], [FakeEvent(3)]])
+    second_taken = asyncio.Event()
+
+    async def lists_owned_here(offsets: list[int]) -> None:
+        if offsets == [0, 1]:
+            await asyncio.wait_for(second_taken.wait(), 5)  # ends only once the next batch was handled
+        stream.log.append(("refreshed", offsets))
+
+    async def handle(batch: Sequence[RawRecord]) -> asyncio.Task[None]:
+        offsets = [r.offset for r in batch]
+        stream.log.append(("written", offsets))
+        second_taken.set() if offsets == [2] else None
+        return asyncio.create_task(lists_owned_here(offsets))
+
+    asyncio.run(consume(stream, size=2, within_s=0.1, handle=handle))
+    at = {repr(entry): i for i, entry in enumerate(stream.log)}
+    assert at["('written', [2])"] < at["('refreshed', [0, 1])"] < at["('ack', 0)"] < at["('ack', 1)"]
+    assert at["('refreshed', [2])"] < at["('ack', 2)"] and at["('refreshed', [3])"] < at["('ack', 3)"]
+    assert [e for e in stream.log if e[0] == "ack"] == [("ack", i) for i in range(4)]
+
+
+def test_a_task_that_fails_stops_the_agent_and_acks_nothing_of_its_batch() -> None:
+    stream = FakeStream([[FakeEvent(0)], [FakeEvent(1)]])
+
+    async def fails() -> None:
+        raise RuntimeError("worker stops")
+
+    async def handle(batch: Sequence[RawRecord]) -> asyncio.Task[None]:
+        stream.log.append(("written", [r.offset for r in batch]))
+        return asyncio.create_task(fails())
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(consume(stream, size=1, within_s=0.1, handle=handle))
+    assert ("ack", 0) not in stream.log
+
+
+def test_the_next_batch_encodes_while_the_lists_owned_here_are_published(path, monkeypatch) -> None:  # noqa: ANN001
+    """The ingest's own lists go out in a task: the agent takes and encodes the next batch
+    meanwhile (here the first batch's lists are published only once the second batch was encoded:
+    without the overlap this would never happen), acks each batch after its lists, and every list
+    ends exact."""
+    import threading
+
+    data, transport = path
+    s = data.settings
+    data.refresh_partitions_held = lambda: set(range(PARTITIONS))
+    second_encoded = threading.Event()
+    encode, publish = data.steps.encode, data.outbox.lists
+
+    def encode_and_tell(check):  # noqa: ANN001, ANN202
+        encoded = encode(check)
+        if any(e.product_id in "def" for e in check.upserts):
+            second_encoded.set()
+        return encoded
+
+    async def publish_after_the_next_encode(*args: Any, **kwargs: Any) -> None:
+        for _ in range(500):
+            if second_encoded.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await publish(*args, **kwargs)
+
+    monkeypatch.setattr(data.steps, "encode", encode_and_tell)
+    monkeypatch.setattr(data.outbox, "lists", publish_after_the_next_encode)
+    items = list(TITLES.items())
+    stream = FakeStream([[FakeEvent(i, p.encode(), event(p, title=t)) for i, (p, t) in enumerate(items[:3])],
+                         [FakeEvent(i + 3, p.encode(), event(p, title=t)) for i, (p, t) in enumerate(items[3:])]])
+
+    async def handle(batch: Sequence[RawRecord]) -> Any:
+        first = [m.key for m in transport.on(s.neighbors_topic)]
+        stream.log.append(("handle", [r.offset for r in batch], len(first)))
+        return await data.ingest(batch)
+
+    asyncio.run(asyncio.wait_for(consume(stream, size=3, within_s=0.1, handle=handle), 60))
+    assert stream.log[:2] == [("handle", [0, 1, 2], 0), ("handle", [3, 4, 5], 0)]  # nothing published yet
+    assert [e for e in stream.log if e[0] == "ack"] == [("ack", i) for i in range(6)]
+    lists = lists_on(transport, s.neighbors_topic)
+    assert {pid: [n.product_id for n in nl.neighbours] for pid, nl in lists.items()} == exact_lists(data.steps.store, TITLES)
 
 
 @pytest.mark.parametrize("path", [True], indirect=True)
