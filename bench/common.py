@@ -328,6 +328,22 @@ def churned_times(n: int, deep: np.ndarray, now: int, seed: int) -> tuple[np.nda
     return written, np.minimum(np.maximum(own, by_member), now - 30_000)
 
 
+MILVUS_SERVER_ENV = "SIMSTREAM_BENCH_MILVUS_URI"  # set: runs write to that Milvus server, not a milvus-lite file
+
+
+def milvus_target(data: Path) -> tuple[str, str, dict[str, str]]:
+    """Where a run keeps its catalog: (URI, collection prefix, the worker's extra settings). A
+    milvus-lite file in the run's data dir, or, when ``SIMSTREAM_BENCH_MILVUS_URI`` names a
+    Milvus server (scripts/with-milvus-server.sh), collections of the run's own there; a server
+    seals segments itself, so the worker does not flush."""
+    server = os.environ.get(MILVUS_SERVER_ENV)
+    if not server:
+        return str((data / "simstream.db").resolve()), "simstream", {}
+    prefix = "bench_" + "".join(c if c.isalnum() else "_" for c in data.name)[-12:]
+    return server, prefix, {"SIMSTREAM_MILVUS_URI": server, "SIMSTREAM_COLLECTION": prefix,
+                            "SIMSTREAM_FLUSH_EVERY_ROWS": "0"}
+
+
 def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, depth: int | None = None,
             with_lists: bool = True, flush_every_rows: int = 20_000,
             top: tuple[np.ndarray, np.ndarray] | None = None, timeout_s: float = 10.0,

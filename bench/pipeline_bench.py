@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from common import (  # type: ignore
-    TopicTail, emit, encoder_settings, field_vectors, image_root, machine, make_doc, percentile, preload,
+    TopicTail, emit, encoder_settings, field_vectors, image_root, machine, make_doc, milvus_target, percentile,
+    preload,
 )
 
 
@@ -123,6 +124,7 @@ class Run:
         self.next_update = 0
         self.versions: dict[str, int] = {}
         self.data = Path(tempfile.mkdtemp(prefix="simstream-bench-pipe-"))
+        self.milvus_uri, self.collection, self.milvus_env = milvus_target(self.data)
         self.encoder = encoder
         self.fv = fv
         self.extra_env = extra_env or {}
@@ -130,7 +132,7 @@ class Run:
     def load(self) -> dict[str, float]:
         t0 = time.perf_counter()
         settings = encoder_settings(self.image, image_root=self.root)
-        timings = preload(str((self.data / "simstream.db").resolve()), settings.collection, self.encoder,
+        timings = preload(self.milvus_uri, self.collection, self.encoder,
                           self.fv, k=settings.top_k, depth=settings.resolved_list_depth)
         timings["total_s"] = time.perf_counter() - t0
         for d in self.fv.docs:
@@ -142,7 +144,7 @@ class Run:
             "SIMSTREAM_KAFKA": broker_url, "SIMSTREAM_DATA_DIR": str(self.data),
             "SIMSTREAM_IMAGE_ENABLED": "true" if self.image else "false", "SIMSTREAM_IMAGE_ROOT": str(self.root),
             "SIMSTREAM_SESSION_TIMEOUT_S": "10", "SIMSTREAM_TOPIC_PARTITIONS": "2",
-            "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO", **self.extra_env, **over,
+            "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO", **self.milvus_env, **self.extra_env, **over,
         }
 
     def events(self, n: int, now_ms: int | None = None) -> list[dict[str, Any]]:

@@ -29,6 +29,10 @@ Per size N (every phase bounded in time; a phase past its bound is reported as s
 The encoders alone (bench/encoders_bench.py's ceiling) are measured in the same run, so each
 pipeline rate also comes as a ratio to it.
 
+``--milvus-uri`` (inside scripts/with-milvus-server.sh) keeps every run's collections on a Milvus
+server instead of a milvus-lite file in the worker: e.g. ``--modes milvus`` at 100k, the
+Milvus-search mode where it belongs (the RSS then counts the worker alone).
+
 ``--side-only`` sizes (1M by default) do not fit milvus-lite plus a worker on a 24 GB machine
 (N x 3,232 float32 = 12.9 GB per copy, and milvus-lite holds its own): there only the in-memory
 side index (index/side.py) is measured, with clearly synthetic vectors shaped like fused ones
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -51,8 +56,8 @@ from typing import Any
 import numpy as np
 
 from common import (  # type: ignore
-    CACHE, FieldVectors, TopicTail, emit, encoder_settings, exact_lists_by_mode, field_vectors, fuse, image_root,
-    machine, make_doc, preload, process_rss, worker_log_events,
+    CACHE, MILVUS_SERVER_ENV, FieldVectors, TopicTail, emit, encoder_settings, exact_lists_by_mode, field_vectors,
+    fuse, image_root, machine, make_doc, preload, process_rss, worker_log_events,
 )
 
 MODES = {"text": False, "image": True, "milvus": False}  # mode -> images on
@@ -143,7 +148,7 @@ def scale_run(image: bool, n: int, seed: int, root: Path, names: list[str], enco
         def load(self) -> dict[str, float]:
             t0 = time.perf_counter()
             settings = encoder_settings(self.image, image_root=self.root)
-            timings = preload(str((self.data / "simstream.db").resolve()), settings.collection, self.encoder,
+            timings = preload(self.milvus_uri, self.collection, self.encoder,
                               self.fv, k=settings.top_k, depth=settings.resolved_list_depth, top=top,
                               timeout_s=MILVUS_TIMEOUT_S)
             timings["total_s"] = time.perf_counter() - t0
@@ -341,8 +346,7 @@ def check_exactness(run: Any, tail: TopicTail, encoder: Any, check: int, seed: i
     position = {pid: i for i, pid in enumerate(ids)}
     preloaded = {d["product_id"]: d["version"] for d in run.fv.docs}
     written = sorted(pid for pid, v in run.versions.items() if preloaded.get(pid) != v)
-    uri = str((run.data / "simstream.db").resolve())
-    store = MilvusStore.connect(uri, settings.collection, encoder.dim, timeout_s=MILVUS_TIMEOUT_S)
+    store = MilvusStore.connect(run.milvus_uri, run.collection, encoder.dim, timeout_s=MILVUS_TIMEOUT_S)
     try:
         got = store.read_products(written)
         missing = [pid for pid in written if pid not in got or got[pid].version != run.versions[pid]]
@@ -597,8 +601,13 @@ def main() -> None:
     ap.add_argument("--states", default=None,
                     help="fresh,churned (default; --quick: fresh): the catalog as freshly loaded, and as churned; "
                          "streamed: churned by streaming 3 x N rewrites through the worker (to compare with churned)")
+    ap.add_argument("--milvus-uri", default=None,
+                    help="a Milvus server for every run's collections, instead of milvus-lite files (run inside "
+                         "scripts/with-milvus-server.sh: --milvus-uri \"$SIMSTREAM_TEST_MILVUS_URI\")")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    if a.milvus_uri:
+        os.environ[MILVUS_SERVER_ENV] = a.milvus_uri
     p = dict(QUICK if a.quick else FULL, profile=a.profile)
     if a.states is not None:
         wanted = [state for state in a.states.split(",") if state]
@@ -614,7 +623,7 @@ def main() -> None:
     p.pop("side_only", None)
     started = time.monotonic()
     r = scale(sizes, side, p, modes=tuple(a.modes.split(",")))
-    report = {"machine": machine(), "scale_run": r, **summary(r), "seconds_total": round(time.monotonic() - started, 1)}
+    report = {"machine": machine(), "milvus": a.milvus_uri or "milvus-lite file in the worker", "scale_run": r, **summary(r), "seconds_total": round(time.monotonic() - started, 1)}
     for line in report["scale_not_measured"]:
         print(f"not measured: {line}")
     emit(report, a.json)

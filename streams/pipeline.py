@@ -48,7 +48,7 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["ALL_PAIRS_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "finished", "DataPath"]
+__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "finished", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -58,6 +58,9 @@ EVERY_LIST_PAGE = 512  # lists per batched search when refreshing every list (on
 # when it computes at least this share of the catalog's lists; fewer are searched page by page
 # (N x lists), as a worker owning a few of many refresh partitions does.
 ALL_PAIRS_SHARE = 0.5
+# A kept all-pairs pass serves a later every-list request while at most this share of its rows
+# were written since it began (their lists, and lists with them among the candidates, are searched).
+REUSE_TOUCHED_SHARE = 0.05
 
 INDEX = "index"    # the thread of every Milvus and index step
 MODELS = "models"  # the encoders' thread
@@ -212,6 +215,8 @@ class DataPath:
         self.settings, self.steps, self.refresher, self.outbox, self.run = settings, steps, refresher, outbox, run
         self.bulk = BulkRound(settings.bulk_min_backlog, settings.bulk_backlog_share)
         self.refresh_partitions_held = refresh_partitions_held
+        # the last all-pairs pass and the partitions it may still serve (refresh_every_list)
+        self._kept_scan: tuple[AllPairs, set[int]] | None = None
 
     # --- ingest -----------------------------------------------------------------------------------
     async def ingest(self, records: Sequence[RawRecord], backlog: int = 0) -> bool | asyncio.Task[None]:
@@ -300,20 +305,38 @@ class DataPath:
         await self.isolate("refresh", topic, requests.items, self._refresh, RefreshItem.as_record)
 
     async def refresh_every_list(self, partitions: set[int], request: RawRecord) -> None:
-        """Search, publish and record every list the refresh ``partitions`` own, a page at a time
-        (one batched pass over the catalog per page); a list that fails alone is dead-lettered as
-        a request for it."""
+        """Publish and record every list the refresh ``partitions`` own, a page at a time; a list
+        that fails alone is dead-lettered as a request for it. Their candidates come from one
+        all-pairs pass, kept for the every-list requests of this worker's other partitions that
+        follow in later batches (a bulk round sends one to every partition), or from searches."""
         started = time.perf_counter()
         count = await self.outbox.refresh_partitions()
-        owners = [pid for pid in await self.run("list_owners", self.steps.store.list_owners)
-                  if messages.partition_for(pid.encode(), count) in partitions]
-        scan = await every_list_scan(self.refresher, self.run, len(owners))
+        every = await self.run("list_owners", self.steps.store.list_owners)
+        owners = [pid for pid in every if messages.partition_for(pid.encode(), count) in partitions]
+        scan = await self._every_list_candidates(partitions, every, count)
         search = functools.partial(self._refresh, search_all=True, scan=scan)
         for start in range(0, len(owners), EVERY_LIST_PAGE):
             page = [RefreshItem(pid, None, request) for pid in owners[start:start + EVERY_LIST_PAGE]]
             await self.isolate("refresh", self.settings.refresh_topic, page, search, RefreshItem.as_record)
         log.info("every list refreshed", partitions=sorted(partitions), lists=len(owners),
                  seconds=round(time.perf_counter() - started, 1))
+
+    async def _every_list_candidates(self, partitions: set[int], owners: Sequence[str], count: int) -> AllPairs | None:
+        """The all-pairs pass for an every-list request: the one kept from a request before it
+        while it serves this worker's partitions and few rows were written since (a written row's
+        list is searched), else a new one when this worker owns enough of the lists
+        (``every_list_scan``), else None."""
+        kept, self._kept_scan = self._kept_scan, None
+        scan: AllPairs | None
+        if kept is not None and partitions <= kept[1] and len(kept[0].touched) <= REUSE_TOUCHED_SHARE * kept[0].used:
+            scan, serves = kept
+        else:
+            serves = self.refresh_partitions_held() | partitions
+            mine = sum(messages.partition_for(pid.encode(), count) in serves for pid in owners)
+            scan = await every_list_scan(self.refresher, self.run, mine)
+        if scan is not None and (serves := serves - partitions):
+            self._kept_scan = (scan, serves)
+        return scan
 
     async def _refresh(self, items: Sequence[RefreshItem], *, search_all: bool = False,
                        scan: AllPairs | None = None) -> None:

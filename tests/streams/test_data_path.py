@@ -394,15 +394,23 @@ def test_events_held_by_a_bulk_round_are_acked_with_the_batch_that_ends_it() -> 
 
 
 @pytest.fixture
-def bulk_path(settings: Settings, store, encoder):  # noqa: ANN001, ANN201
+def bulk_path(request, settings: Settings, store, encoder, tmp_path):  # noqa: ANN001, ANN201
+    """A data path for bulk rounds; parametrized True: over a store with the side index."""
+    from simstream.index.store import VectorStore
+
     s = settings.model_copy(update={"poison_after_s": 0.5, "topic_partitions": PARTITIONS, "bulk_min_backlog": 10,
                                     "bulk_backlog_share": 0.5, "batch_size": 4})
+    own = VectorStore.connect(str(tmp_path / "side.db"), "t", encoder.dim, flush_every_rows=0, in_memory=True) \
+        if getattr(request, "param", False) else None
+    store = own or store
     steps = Ingest(store, encoder, candidate_pool=16)
     refresher = Refresher(store, ListBuilder(store, k=3, layout=encoder.layout, model=encoder.model, depth=6))
     transport = FakeTransport()
     run = StepRunner(max_retries=1)
     yield DataPath(s, steps, refresher, Outbox(transport, s), run), transport
     run.close()
+    if own is not None:
+        own.close()
 
 
 def test_a_large_backlog_is_written_in_bulk_then_every_list_is_refreshed_exactly(bulk_path) -> None:  # noqa: ANN001
@@ -437,6 +445,41 @@ def test_a_large_backlog_is_written_in_bulk_then_every_list_is_refreshed_exactly
     for pid, want in zip(ids, oracle):
         assert [n.product_id for n in lists[pid].neighbours] == [nid for nid, _ in want]
     assert data.refresher.store.list_heads(ids).keys() == set(ids)  # recorded after publishing
+
+
+@pytest.mark.parametrize("bulk_path", [True], indirect=True)
+def test_every_list_requests_in_separate_batches_share_one_all_pairs_pass(bulk_path, monkeypatch) -> None:  # noqa: ANN001
+    """A bulk round's every-list requests may reach the refresh agent in separate batches: the
+    all-pairs pass made for the first serves the worker's other partitions, until more rows than
+    ``REUSE_TOUCHED_SHARE`` were written since it began; every list ends exact either way."""
+    from simstream.index.exact import exact_top_k
+
+    data, transport = bulk_path
+    s = data.settings
+    data.refresh_partitions_held = lambda: set(range(PARTITIONS))
+    titles = ["red ceramic mug", "blue ceramic mug", "steel water bottle", "glass water bottle", "oak desk lamp",
+              "brass desk lamp", "red tea cup", "steel thermos"]
+    assert asyncio.run(data.ingest(records(*((p.encode(), event(p, title=t)) for p, t in zip("abcdefgh", titles))),
+                                   backlog=20)) is False
+    assert asyncio.run(data.ingest([], backlog=0)) is True  # the round ends: every list requested
+    every = sorted((m for m in transport.on(s.refresh_topic) if b"every_list" in (m.value or b"")),
+                   key=lambda m: m.partition or 0)
+    passes = []
+    make_pass = data.refresher.every_list_pass
+    monkeypatch.setattr(data.refresher, "every_list_pass", lambda: passes.append(1) or make_pass())
+    asyncio.run(data.refresh(as_consumed(every[:1])))
+    asyncio.run(data.refresh(as_consumed(every[1:2])))
+    assert len(passes) == 1  # the second partition's lists from the first pass
+    # a write since the pass (more than 5 % of 8 rows): the last partition gets a new pass
+    assert asyncio.run(ingested(data, records((b"a", event("a", version=2, title="red ceramic mug, large"))))) is True
+    asyncio.run(data.refresh(as_consumed(every[2:])))
+    assert len(passes) == 2
+    lists = {m.key.decode(): NeighbourList.from_json(m.value) for m in transport.on(s.neighbors_topic) if m.key and m.value}
+    stored = data.steps.store.get_products(list("abcdefgh"))
+    ids = sorted(stored)
+    oracle = exact_top_k(np.stack([stored[i].vector for i in ids]), ids, 3)
+    assert {pid: [n.product_id for n in lists[pid].neighbours] for pid in ids} == \
+        {pid: [nid for nid, _ in want] for pid, want in zip(ids, oracle)}
 
 
 def test_an_every_list_request_that_is_not_a_boolean_is_dead_lettered(path) -> None:  # noqa: ANN001
