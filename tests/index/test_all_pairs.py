@@ -142,3 +142,17 @@ def test_memory_and_shape_of_the_default_keep() -> None:
     side = SideIndex(DIM, capacity=64, segments=SEGMENTS)
     scan = side.all_pairs(21)
     assert scan.keep == 42 and scan.done  # an empty index: nothing to multiply
+
+
+@pytest.mark.parametrize("dim", [7, 64, 1952, 3232, 4099])
+def test_the_batched_rescoring_is_the_oracles_dot_product_bit_for_bit(dim: int) -> None:
+    """``SideIndex._rescored`` scores a list's candidates with one ``np.vecdot``: numpy's float32
+    dot once per row, so each score must equal the oracle's ``float(row @ query)`` exactly (a
+    matrix-vector product sums in another order and does not: the check would catch a numpy
+    whose vecdot did that)."""
+    rng = np.random.default_rng(dim)
+    rows = rng.standard_normal((64, dim)).astype(np.float32)
+    query = rng.standard_normal(dim).astype(np.float32)
+    one_by_one = [float(row @ query) for row in rows]
+    assert np.vecdot(rows, query).tolist() == one_by_one
+    assert np.vecdot(rows[::3], query).tolist() == one_by_one[::3]
