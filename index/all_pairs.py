@@ -29,37 +29,41 @@ import numpy as np
 import torch
 
 from simstream.clock import now_ms
+from simstream.index.device_rows import DeviceRows, exact_float32_matmul
 from simstream.index.packed_rows import PackedRows
 from simstream.index.packed_scan import PackedQueries, block_scores, window
 
-__all__ = ["ALL_PAIRS_BLOCK", "AllPairs"]
+__all__ = ["ALL_PAIRS_BLOCK", "DEVICE_BLOCK", "AllPairs"]
 
 ALL_PAIRS_BLOCK = 2_048  # rows per block: a block pair's scores (2,048 x 2,048 float32) are 16 MiB
+DEVICE_BLOCK = 16_384  # on a GPU, where a block pair's scores (1 GiB) stay on the device
 
 
 class AllPairs:
     """A blocked, symmetric scan of rows [0, used) of ``rows``, a few pairs of blocks per ``advance``."""
 
     def __init__(self, rows: PackedRows, live: np.ndarray, used: int, limit: int, *, keep: int | None = None,
-                 block: int = ALL_PAIRS_BLOCK, decoded: bool = False, device: torch.device | None = None,
-                 started_ms: int | None = None) -> None:
+                 block: int | None = None, resident: DeviceRows | None = None, started_ms: int | None = None) -> None:
         """``keep``: scan scores held per row (default 2 x ``limit``, at least ``limit`` + 16).
-        ``decoded``: multiply rows decoded to float32 (on ``device``: a GPU) instead of packed.
-        ``started_ms``: when the state it scans was read (default now): the lists it gives count
-        as computed then."""
+        ``resident``: the rows decoded on a device (a GPU: index/device_rows.py), multiplied there
+        in float32, with the kept scores on the device too until the pass is done; else the packed
+        rows on the CPU. ``block``: rows per block (default ``ALL_PAIRS_BLOCK``, on a GPU
+        ``DEVICE_BLOCK``). ``started_ms``: when the state it scans was read (default now): the
+        lists it gives count as computed then."""
         self.started_ms = now_ms() if started_ms is None else started_ms
         self.rows = rows
         self.used = used
         self.limit = limit
         self.keep = max(keep or max(2 * limit, limit + 16), limit)
-        self.block = block
-        self.decoded = decoded
-        self.device = device or torch.device("cpu")
-        self._live = torch.from_numpy(np.array(live[:used], bool))
-        self._scores = torch.full((used, self.keep), -torch.inf, dtype=torch.float32)
-        self._ids = torch.full((used, self.keep), -1, dtype=torch.int32)
+        self.resident = resident
+        self.decoded = resident is not None
+        self.device = resident.device if resident is not None else torch.device("cpu")
+        self.block = block or (DEVICE_BLOCK if self.device.type != "cpu" else ALL_PAIRS_BLOCK)
+        self._live = torch.from_numpy(np.array(live[:used], bool)).to(self.device)
+        self._scores = torch.full((used, self.keep), -torch.inf, dtype=torch.float32, device=self.device)
+        self._ids = torch.full((used, self.keep), -1, dtype=torch.int32, device=self.device)
         self._norms = np.zeros(used, np.float64)
-        self._widest = rows.dim if decoded else 0  # widest run of columns summed in float32
+        self._widest = rows.dim if self.decoded else 0  # widest run of columns summed in float32
         self._band, self._next = 0, 0  # the next pair of blocks to multiply: (band, next)
         self._mine = np.zeros((0, rows.dim), np.float32)  # block ``band``, decoded
         self._queries: PackedQueries | None = None  # and packed as queries
@@ -83,7 +87,7 @@ class AllPairs:
         that writes and readiness checks go on between steps."""
         for _ in range(pairs):
             if self.done:
-                return
+                break
             i, j = self._band, self._next
             first, stop = i * self.block, min(self.used, (i + 1) * self.block)
             if j == i:  # a new band: its block decoded once, and packed as the band's queries
@@ -107,13 +111,14 @@ class AllPairs:
             if self._next >= self.bands:
                 self._band += 1
                 self._next = self._band
+        if self.done and self._scores.device.type != "cpu":  # ``candidates`` reads them row by row
+            self._scores, self._ids = self._scores.cpu(), self._ids.cpu()
 
     def _pair_scores(self, first: int, stop: int, j_first: int, j_stop: int) -> torch.Tensor:
         """Scan scores of rows [j_first, j_stop) against the band's rows [first, stop)."""
-        if self.decoded:
-            theirs = self._mine if j_first == first else self.rows.read(slice(j_first, j_stop))
-            a = torch.from_numpy(theirs).to(self.device)
-            return (a @ torch.from_numpy(self._mine).to(self.device).T).cpu()
+        if self.resident is not None:
+            with exact_float32_matmul():
+                return self.resident.block(j_first, j_stop) @ self.resident.block(first, stop).T
         assert self._queries is not None
         scores = block_scores(self.rows, self._queries, j_first, j_stop, stop - first)
         loose = [(r, vec) for r, vec in self.rows.loose_items() if j_first <= r < j_stop]
@@ -138,7 +143,8 @@ class AllPairs:
         if len(a) * 4 > hit.numel():  # dense (the first blocks of a row): select directly
             k = min(self.keep, scores.shape[0 if by_column else 1])
             top = torch.topk(scores.T if by_column else scores, k, dim=1)
-            self._merge(torch.arange(first, stop), top.values, (top.indices + col_first).to(torch.int32))
+            self._merge(torch.arange(first, stop, device=scores.device), top.values,
+                        (top.indices + col_first).to(torch.int32))
             return
         values_at = scores[a, b]
         r, c = (b, a) if by_column else (a, b)
@@ -149,10 +155,10 @@ class AllPairs:
         holders = torch.nonzero(counts, as_tuple=True)[0]
         slot = torch.cumsum(counts > 0, 0) - 1  # row -> its place among the holders
         starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(len(r)) - starts[r]
+        pos = torch.arange(len(r), device=r.device) - starts[r]
         width = int(counts.max())
-        values = torch.full((len(holders), width), -torch.inf)
-        ids = torch.full((len(holders), width), -1, dtype=torch.int32)
+        values = torch.full((len(holders), width), -torch.inf, device=r.device)
+        ids = torch.full((len(holders), width), -1, dtype=torch.int32, device=r.device)
         values[slot[r], pos] = values_at
         ids[slot[r], pos] = (c + col_first).to(torch.int32)
         self._merge(holders + first, values, ids)

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from simstream.index.device_rows import DeviceRows, exact_float32_matmul
 from simstream.index.packed_rows import PackedRows
 from simstream.vector_codec import Segment, pack
 
@@ -169,12 +170,6 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
     return [np.concatenate(o) if o else np.zeros(0, np.int64) for o in out]
 
 
-def _decoded_block_scores(rows: PackedRows, queries: torch.Tensor, first: int, stop: int) -> torch.Tensor:
-    """The same scores from rows decoded to float32 and multiplied on ``queries``' device (CUDA)."""
-    block = torch.from_numpy(rows.read(slice(first, stop))).pin_memory().to(queries.device, non_blocking=True)
-    return block @ queries.T
-
-
 def _split(hr: np.ndarray, hq: np.ndarray, count: int, into: list[list[np.ndarray]],
            scores: np.ndarray | None = None, scores_into: list[list[np.ndarray]] | None = None) -> None:
     """Append each query's share of the (row, query) hits to ``into[query]``."""
@@ -191,7 +186,7 @@ def _split(hr: np.ndarray, hq: np.ndarray, count: int, into: list[list[np.ndarra
 
 
 def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.ndarray, limit: int,
-                    device: torch.device | None = None, bars: np.ndarray | None = None,
+                    resident: DeviceRows | None = None, bars: np.ndarray | None = None,
                     margin: float = 0.0) -> Candidates:
     """Every live row among [0, used) whose scan score is within ``window`` of query j's
     ``limit``-th best: a superset of each query's exact top-``limit``. Rows held loose (float32,
@@ -200,16 +195,18 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     ``bars`` (one float32 per row, +inf for none): also every live row whose bar query j may reach,
     i.e. each row r whose oracle score with the query is at least ``bars[r] - margin``; returned as
     a superset (every row whose scan score is within the scan's and the oracle's error bounds of
-    that), in the same pass."""
+    that), in the same pass.
+
+    ``resident``: the rows decoded on a device (a GPU: index/device_rows.py), multiplied there in
+    float32 over every column (the window of that sum) instead of on the packed values."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
-    on_device = device is not None and device.type != "cpu"
-    q = None if on_device else PackedQueries(queries, rows.segments)  # a device multiplies decoded rows
+    q = None if resident is not None else PackedQueries(queries, rows.segments)
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
     windows = windows_of(rows, queries, widest)
     win = torch.from_numpy(np.asarray(windows, np.float32))
-    loose = [] if on_device else rows.loose_items()  # decoded blocks already hold them
-    q_device = torch.from_numpy(queries).to(device) if on_device else None
+    loose = [] if resident is not None else rows.loose_items()  # the resident rows already hold them
+    q_device = torch.from_numpy(queries).to(resident.device) if resident is not None else None
     kept_rows: list[list[np.ndarray]] = [[] for _ in range(count)]
     kept_scores: list[list[np.ndarray]] = [[] for _ in range(count)]
     qf = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
@@ -219,8 +216,9 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     for first in range(0, used, BLOCK_ROWS):
         stop = min(used, first + BLOCK_ROWS)
         if q is None:
-            assert q_device is not None
-            acc = _decoded_block_scores(rows, q_device, first, stop)
+            assert resident is not None and q_device is not None
+            with exact_float32_matmul():
+                acc = resident.block(first, stop) @ q_device.T
             win = win.to(acc.device)
         else:
             acc = block_scores(rows, q, first, stop, count)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from simstream.index.all_pairs import AllPairs
+from simstream.index.device_rows import DeviceRows
 from simstream.index.exact import rank_key
 from simstream.index.packed_rows import PackedRows
 from simstream.index.packed_scan import scan_candidates, subset_reaching
@@ -113,8 +114,12 @@ class SideIndex:
     bit-identical, so searches score exactly what Milvus holds. None: plain float32.
     """
 
-    def __init__(self, dim: int, *, capacity: int = MIN_CAPACITY, segments: Sequence[Segment] | None = None) -> None:
-        """``capacity``: rows allocated up front (the expected product count)."""
+    def __init__(self, dim: int, *, capacity: int = MIN_CAPACITY, segments: Sequence[Segment] | None = None,
+                 device: torch.device | None = None, resident: bool | None = None) -> None:
+        """``capacity``: rows allocated up front (the expected product count). ``device``: where
+        the scans multiply (default: the GPU when there is one). ``resident``: keep the rows
+        decoded on that device, in step with writes (index/device_rows.py; default: on a GPU),
+        so a scan copies nothing; off the GPU only tests ask for it."""
         self.dim = dim
         capacity = max(int(capacity), 1)
         self._rows = PackedRows(dim, segments, capacity)
@@ -126,8 +131,10 @@ class SideIndex:
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
-        # The scan's matrix products run on the GPU when there is one (float32 either way).
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # The scan's matrix products run on the GPU when there is one, on rows resident there.
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._resident = DeviceRows(dim, capacity, self.device) \
+            if (self.device.type != "cpu" if resident is None else resident) else None
         self._passes: weakref.WeakSet[AllPairs] = weakref.WeakSet()  # all-pairs passes told of writes
 
     def __len__(self) -> int:
@@ -161,6 +168,8 @@ class SideIndex:
             return
         new = max(need, int(cap * GROWTH) + 1)
         self._rows.grow(new)
+        if self._resident is not None:
+            self._resident.grow(new)
         self._meta.grow(new)
         live = np.zeros(new, bool)
         live[:cap] = self._live
@@ -191,6 +200,8 @@ class SideIndex:
             rows[i] = r
             self._meta.write(r, p)
         self._rows.write(rows, np.stack([p.vector for p in products]))
+        if self._resident is not None:
+            self._resident.write(rows, self._rows.read(rows))  # the grid's values, as every scan reads them
         self._live[rows] = True
         for scan in self._passes:
             scan.touch(rows)
@@ -202,6 +213,8 @@ class SideIndex:
                 self._live[r] = False
                 self._bars[r] = np.inf
                 self._rows.clear(r)
+                if self._resident is not None:
+                    self._resident.clear(r)
                 self._ids[r] = None
                 self._free.append(r)
                 for scan in self._passes:
@@ -318,8 +331,8 @@ class SideIndex:
         bars = None if reach_margin is None else self._bars
         for start in range(0, len(q), chunk):
             queries = np.ascontiguousarray(q[start:start + chunk])
-            cand = scan_candidates(self._rows, self._live, len(self._ids), queries, limit, device=self.device, bars=bars,
-                                   margin=reach_margin or 0.0)
+            cand = scan_candidates(self._rows, self._live, len(self._ids), queries, limit, resident=self._resident,
+                                   bars=bars, margin=reach_margin or 0.0)
             tops, decoded, at = self._rescored(queries, cand.rows, limit)
             yield tops, decoded, at, cand.reaching
 
@@ -345,9 +358,7 @@ class SideIndex:
         """A pass giving every live product's candidates for its top-``limit`` at once (each pair
         multiplied once: index/all_pairs.py); ``advance`` it to ``done``, then hand it to
         ``search``. Writes from now on are told to it."""
-        on_device = self.device.type != "cpu"
-        scan = AllPairs(self._rows, self._live, len(self._ids), limit, decoded=on_device, device=self.device,
-                        started_ms=started_ms)
+        scan = AllPairs(self._rows, self._live, len(self._ids), limit, resident=self._resident, started_ms=started_ms)
         self._passes.add(scan)
         return scan
 

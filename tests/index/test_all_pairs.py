@@ -86,12 +86,13 @@ def test_loose_rows_and_decoded_products() -> None:
     x[3, 70] = 0.25  # outside every segment: held loose
     x[9, :24] += np.float32(1e-4)  # off the f16 grid
     ids = [f"p{i:04d}" for i in range(len(x))]
-    side = fill(x, ids)
-    assert side.loose_rows == 2
     live = np.ones(len(x), bool)
     want = brute_force(x, ids, live, x, 15)
-    for decoded in (False, True):
-        scan = AllPairs(side._rows, side._live, len(x), 15, block=128, decoded=decoded, started_ms=0)
+    for resident in (False, True):  # packed, or decoded on a device (the CPU here) as on a GPU
+        side = fill(x, ids, resident=resident)
+        assert side.loose_rows == 2
+        scan = AllPairs(side._rows, side._live, len(x), 15, block=128, resident=side._resident, started_ms=0)
+        assert scan.decoded == resident
         side._passes.add(scan)
         finished(scan)
         assert scan.candidates(3) is not None and scan.candidates(9) is not None

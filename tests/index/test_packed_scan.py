@@ -44,19 +44,23 @@ def brute_force(x: np.ndarray, ids: list[str], live: np.ndarray, queries: np.nda
     return out
 
 
-def fill(x: np.ndarray, ids: list[str], capacity: int = 1024) -> SideIndex:
-    side = SideIndex(DIM, capacity=capacity, segments=SEGMENTS)
+def fill(x: np.ndarray, ids: list[str], capacity: int = 1024, resident: bool = False) -> SideIndex:
+    """A side index of ``x``; ``resident``: its rows also decoded on a device (the CPU here), as on a GPU."""
+    side = SideIndex(DIM, capacity=capacity, segments=SEGMENTS, resident=resident)
     side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, 2) for i in range(len(x))])
     return side
 
 
-@pytest.mark.parametrize("block_rows", [97, 8_192])
-def test_equals_brute_force_with_ties_deletes_and_block_edges(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+@pytest.mark.parametrize("block_rows,resident", [(97, False), (8_192, False), (97, True)])
+def test_equals_brute_force_with_ties_deletes_and_block_edges(monkeypatch: pytest.MonkeyPatch, block_rows: int,
+                                                              resident: bool) -> None:
+    """``resident``: the rows decoded on a device (the CPU here) and multiplied in float32, as on a
+    GPU, kept in step with the deletes."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     x = catalog(1_500, seed=3, duplicates=40)
     rng = np.random.default_rng(4)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]  # id order unrelated to row order
-    side = fill(x, ids)
+    side = fill(x, ids, resident=resident)
     gone = rng.choice(len(x), 200, replace=False)
     side.delete(ids[i] for i in gone)
     live = np.ones(len(x), bool)
@@ -79,14 +83,15 @@ def test_a_near_tie_within_rounding_goes_to_the_smaller_id() -> None:
     assert [pid for pid, _ in side.search_scores(np.array([[1, 0, 0, 0]], np.float32), 1)[0]] == ["a"]
 
 
-def test_loose_rows_and_queries_off_the_grid() -> None:
+@pytest.mark.parametrize("resident", [False, True])
+def test_loose_rows_and_queries_off_the_grid(resident: bool) -> None:
     x = catalog(600, seed=5)
     ids = [f"q{i:04d}" for i in range(len(x))]
     odd = x[7].copy()
     odd[30] += 1e-3  # not on the i8 grid: kept loose, scored in float32
     odd[70] = 0.01  # outside every segment
     x[7] = odd
-    side = fill(x, ids)
+    side = fill(x, ids, resident=resident)
     assert side.loose_rows == 1
     queries = np.concatenate([x[:5], x[7:8], np.random.default_rng(6).standard_normal((3, DIM)).astype(np.float32)])
     got = side.search_scores(queries, 15)
@@ -175,3 +180,21 @@ def test_rows_written_since_that_reach_a_bar(monkeypatch: pytest.MonkeyPatch) ->
         assert all(np.array_equal(vec, x[ids.index(pid)]) for pid, vec in row)
     assert {pid for pid, _ in got[2]} == {ids[j] for j in range(50, len(x)) if stamps[j] >= 900}
     assert all(ids[j] in {pid for pid, _ in row} for j, row in zip(edge, got[5:]))
+
+
+def test_resident_rows_follow_every_write_and_growth() -> None:
+    """The decoded rows on the device are the packed rows' own values after inserts that grow the
+    matrix, replacements and deletes (a scan there must score what the oracle reads)."""
+    x = catalog(700, seed=12)
+    ids = [f"d{i:04d}" for i in range(len(x))]
+    side = fill(x[:300], ids[:300], capacity=64, resident=True)  # grows several times
+    side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, 2) for i in range(300, 700)])
+    side.put([StoredProduct(ids[i], x[699 - i], 2, {}, "m", 1, 3) for i in range(0, 50)])  # replaced
+    side.delete(ids[100:120])
+    assert side._resident is not None
+    n = len(side._ids)
+    held = side._resident.data[:n].numpy()
+    live = side._live[:n]
+    assert np.array_equal(held[live], side._rows.read(np.flatnonzero(live)))
+    assert not held[~live].any()
+    assert SideIndex(DIM, segments=SEGMENTS)._resident is None  # on the CPU, by default, none
