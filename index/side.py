@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,12 @@ from simstream.index.exact import rank_key
 from simstream.index.packed_rows import PackedRows
 from simstream.index.packed_scan import scan_candidates, subset_reaching
 from simstream.index.rows import StoredProduct
+from simstream.logs import get_logger
 from simstream.vector_codec import Segment
 
 __all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "ProductMeta", "SideIndex"]
+
+log = get_logger(__name__)
 
 
 # Growth factor of the matrix when it is full. Growing copies into a new matrix, so for a moment
@@ -133,12 +136,25 @@ class SideIndex:
         self._free: list[int] = []
         # The scan's matrix products run on the GPU when there is one, on rows resident there.
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self._resident = DeviceRows(dim, capacity, self.device) \
-            if (self.device.type != "cpu" if resident is None else resident) else None
+        self._resident: DeviceRows | None = None
+        if self.device.type != "cpu" if resident is None else resident:
+            self._resident = self._on_device(lambda: DeviceRows(dim, capacity, self.device))
         self._passes: weakref.WeakSet[AllPairs] = weakref.WeakSet()  # all-pairs passes told of writes
 
     def __len__(self) -> int:
         return len(self._row)
+
+    def _on_device(self, make: Callable[[], DeviceRows]) -> DeviceRows | None:
+        """The resident rows ``make`` gives, or None when the device has no room for them: the
+        scans then run on the packed rows in host memory, exact all the same, only slower."""
+        try:
+            return make()
+        except torch.cuda.OutOfMemoryError as exc:
+            log.warning("the catalog does not fit the GPU's memory; scanning the packed rows on the CPU",
+                        rows=len(self._live), error=str(exc)[:200])
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return None
 
     @property
     def capacity(self) -> int:
@@ -168,8 +184,11 @@ class SideIndex:
             return
         new = max(need, int(cap * GROWTH) + 1)
         self._rows.grow(new)
-        if self._resident is not None:
-            self._resident.grow(new)
+        if (resident := self._resident) is not None:
+            def grown() -> DeviceRows:
+                resident.grow(new)
+                return resident
+            self._resident = self._on_device(grown)
         self._meta.grow(new)
         live = np.zeros(new, bool)
         live[:cap] = self._live

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from simstream.index import packed_scan
@@ -198,3 +199,21 @@ def test_resident_rows_follow_every_write_and_growth() -> None:
     assert np.array_equal(held[live], side._rows.read(np.flatnonzero(live)))
     assert not held[~live].any()
     assert SideIndex(DIM, segments=SEGMENTS)._resident is None  # on the CPU, by default, none
+
+
+def test_a_catalog_that_outgrows_the_device_is_scanned_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No room left on the GPU when the matrix grows: the side index drops its resident rows and
+    scans the packed rows instead; the answers stay exact."""
+    from simstream.index.device_rows import DeviceRows
+
+    def full(self: DeviceRows, capacity: int) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    x = catalog(400, seed=14)
+    ids = [f"o{i:04d}" for i in range(len(x))]
+    side = fill(x[:50], ids[:50], capacity=64, resident=True)
+    monkeypatch.setattr(DeviceRows, "grow", full)
+    side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, 2) for i in range(50, 400)])
+    assert side._resident is None
+    got = side.search_scores(x[:10], 12)
+    assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, np.ones(len(x), bool), x[:10], 12)
