@@ -42,7 +42,7 @@ from simstream.streams.dead_letter import RawRecord, Rejected
 from simstream.streams.ingest import (
     Ingest, VersionCheck, coalesce, encode_rejects, outcome_counts, refresh_causes, validate,
 )
-from simstream.streams.isolation import TRANSIENT, apply_or_dead_letter, until_applied
+from simstream.streams.isolation import apply_or_dead_letter, until_applied
 from simstream.streams.bulk import BulkRound
 from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher
