@@ -328,6 +328,21 @@ def churned_times(n: int, deep: np.ndarray, now: int, seed: int) -> tuple[np.nda
     return written, np.minimum(np.maximum(own, by_member), now - 30_000)
 
 
+def synthetic_fused(encoder: Any, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Clearly synthetic rows shaped like fused ones, on the storage grid: each weighted segment a
+    random unit vector scaled by sqrt(weight), then canonicalised as the encoder writes them."""
+    from simstream.vector_codec import canonical_rows
+
+    out = np.zeros((count, encoder.dim), np.float32)
+    for f, sl in encoder.layout.items():
+        if encoder.weights[f] > 0:
+            seg = rng.standard_normal((count, sl.stop - sl.start)).astype(np.float32)
+            seg /= np.linalg.norm(seg, axis=1, keepdims=True)
+            out[:, sl] = seg * encoder.scale[f]
+    canonical_rows(out, encoder.segments)
+    return out
+
+
 MILVUS_SERVER_ENV = "SIMSTREAM_BENCH_MILVUS_URI"  # set: runs write to that Milvus server, not a milvus-lite file
 
 

@@ -40,6 +40,9 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import synthetic_fused  # type: ignore  # noqa: E402
 QUERIES = 256
 SAMPLE = 64
 
@@ -108,20 +111,6 @@ def layout() -> Any:
     return ProductEncoder(Settings(image_enabled=True, device="cpu"))
 
 
-def synthetic(enc: Any, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Fused-shaped rows on the storage grid (as bench/scale.py's side-only runs make them)."""
-    from simstream.vector_codec import canonical_rows
-
-    out = np.zeros((count, enc.dim), np.float32)
-    for f, sl in enc.layout.items():
-        if enc.weights[f] > 0:
-            seg = rng.standard_normal((count, sl.stop - sl.start)).astype(np.float32)
-            seg /= np.linalg.norm(seg, axis=1, keepdims=True)
-            out[:, sl] = seg * enc.scale[f]
-    canonical_rows(out, enc.segments)
-    return out
-
-
 def reference_lists(side: Any, queries: np.ndarray, limit: int) -> list[list[str]]:
     """Each query's exact top-``limit`` by the definition (index/exact.py), found without the scan:
     float64 products preselect, the oracle's float32 dot products and ``rank_key`` decide."""
@@ -164,7 +153,7 @@ def side_index(enc: Any, n: int, device: Any, floor: float, rng: np.random.Gener
     t0 = time.perf_counter()
     page = 20_000
     for start in range(0, n, page):
-        vec = synthetic(enc, min(page, n - start), rng)
+        vec = synthetic_fused(enc, min(page, n - start), rng)
         side.put([StoredProduct(f"sku-{start + i:08d}", vec[i], 1, {}, enc.model, 1, 2 + start + i)
                   for i in range(len(vec))])
     sync(device)

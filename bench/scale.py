@@ -57,7 +57,7 @@ import numpy as np
 
 from common import (  # type: ignore
     CACHE, MILVUS_SERVER_ENV, FieldVectors, TopicTail, emit, encoder_settings, exact_lists_by_mode, field_vectors,
-    fuse, image_root, machine, make_doc, preload, process_rss, worker_log_events,
+    fuse, image_root, machine, make_doc, preload, process_rss, synthetic_fused, worker_log_events,
 )
 
 MODES = {"text": False, "image": True, "milvus": False}  # mode -> images on
@@ -414,7 +414,7 @@ def side_only(n: int, encoder: Any, seed: int, queries: int = 64, page: int = 2_
     from simstream.settings import Settings
 
     from simstream.index.budget import PRODUCT_META_BYTES
-    from simstream.vector_codec import bytes_per_row, canonical_rows
+    from simstream.vector_codec import bytes_per_row
 
     dim = encoder.dim
     need = int(side_capacity(n) * bytes_per_row(encoder.segments) + n * PRODUCT_META_BYTES)
@@ -422,16 +422,9 @@ def side_only(n: int, encoder: Any, seed: int, queries: int = 64, page: int = 2_
     if need > 0.8 * avail:
         return {"skipped": f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available (80 % rule)"}
     rng = np.random.default_rng(seed)
-    live = [(f, sl) for f, sl in encoder.layout.items() if encoder.weights[f] > 0]
 
     def vectors(count: int) -> np.ndarray:
-        out = np.zeros((count, dim), np.float32)
-        for f, sl in live:
-            seg = rng.standard_normal((count, sl.stop - sl.start)).astype(np.float32)
-            seg /= np.linalg.norm(seg, axis=1, keepdims=True)
-            out[:, sl] = seg * encoder.scale[f]
-        canonical_rows(out, encoder.segments)  # on the storage grid, as the encoder writes them
-        return out
+        return synthetic_fused(encoder, count, rng)
 
     before = current_rss()
     t0 = time.perf_counter()

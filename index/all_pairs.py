@@ -56,7 +56,6 @@ class AllPairs:
         self.limit = limit
         self.keep = max(keep or max(2 * limit, limit + 16), limit)
         self.resident = resident
-        self.decoded = resident is not None
         self.device = resident.device if resident is not None else torch.device("cpu")
         self.block = block or (DEVICE_BLOCK if self.device.type != "cpu" else ALL_PAIRS_BLOCK)
         self._live = torch.from_numpy(np.array(live[:used], bool)).to(self.device)
@@ -68,6 +67,11 @@ class AllPairs:
         self._mine = np.zeros((0, rows.dim), np.float32)  # block ``band``, decoded
         self._queries: PackedQueries | None = None  # and packed as queries
         self.touched: set[int] = set()
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the pass multiplies decoded float32 rows (resident on a device)."""
+        return self.resident is not None
 
     @property
     def bands(self) -> int:
