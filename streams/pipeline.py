@@ -312,8 +312,9 @@ class DataPath:
         started = time.perf_counter()
         count = await self.outbox.refresh_partitions()
         every = await self.run("list_owners", self.steps.store.list_owners)
-        owners = [pid for pid in every if messages.partition_for(pid.encode(), count) in partitions]
-        scan = await self._every_list_candidates(partitions, every, count)
+        owned_by = [messages.partition_for(pid.encode(), count) for pid in every]  # each list's partition
+        owners = [pid for pid, part in zip(every, owned_by) if part in partitions]
+        scan = await self._every_list_candidates(partitions, owned_by)
         search = functools.partial(self._refresh, search_all=True, scan=scan)
         for start in range(0, len(owners), EVERY_LIST_PAGE):
             page = [RefreshItem(pid, None, request) for pid in owners[start:start + EVERY_LIST_PAGE]]
@@ -321,18 +322,18 @@ class DataPath:
         log.info("every list refreshed", partitions=sorted(partitions), lists=len(owners),
                  seconds=round(time.perf_counter() - started, 1))
 
-    async def _every_list_candidates(self, partitions: set[int], owners: Sequence[str], count: int) -> AllPairs | None:
+    async def _every_list_candidates(self, partitions: set[int], owned_by: Sequence[int]) -> AllPairs | None:
         """The all-pairs pass for an every-list request: the one kept from a request before it
         while it serves this worker's partitions and few rows were written since (a written row's
         list is searched), else a new one when this worker owns enough of the lists
-        (``every_list_scan``), else None."""
+        (``every_list_scan``; ``owned_by``: every list's refresh partition), else None."""
         kept, self._kept_scan = self._kept_scan, None
         scan: AllPairs | None
         if kept is not None and partitions <= kept[1] and len(kept[0].touched) <= REUSE_TOUCHED_SHARE * kept[0].used:
             scan, serves = kept
         else:
             serves = self.refresh_partitions_held() | partitions
-            mine = sum(messages.partition_for(pid.encode(), count) in serves for pid in owners)
+            mine = sum(part in serves for part in owned_by)
             scan = await every_list_scan(self.refresher, self.run, mine)
         if scan is not None and (serves := serves - partitions):
             self._kept_scan = (scan, serves)
