@@ -371,7 +371,7 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
     from simstream.clock import now_ms
     from simstream.index.exact import SCORE_DECIMALS
     from simstream.index.neighbours import BuiltList, ListBuilder, contributions
-    from simstream.index.rows import StoredList, product_row
+    from simstream.index.rows import HeadFacts, StoredList, product_row
     from simstream.index.store import VectorStore
     from simstream.records import Neighbour, NeighbourList, ProductEvent
 
@@ -405,6 +405,7 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
         idx, scores = top
         t0 = time.perf_counter()
         batch: list[StoredList] = []
+        facts: dict[str, HeadFacts] = {}
         for i, pid in enumerate(fv.ids):
             me = vectors[i]
             why = contributions(me, [vectors[j] for j in idx[i, :k]], encoder.layout)
@@ -413,10 +414,14 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
             boundary = float(scores[i, builder.depth - 1]) if len(fv.ids) - 1 > builder.depth else float("-inf")
             deep = [fv.ids[j] for j in idx[i, : min(builder.depth, len(fv.ids) - 1)]]
             batch.append(builder.stored_form(BuiltList(nl, deep, boundary, int(as_of[i]))))
+            # what the worker records beside a list (rows.HeadFacts); the members' scores as it
+            # computes them (vecdot: bit for bit ``float(row @ owner)``, not the GEMM's)
+            member_scores = np.vecdot(vectors[idx[i, : len(deep)]], me).astype(np.float32).tobytes()
+            facts[pid] = HeadFacts(nl.content_digest(), (int(fv.docs[i]["version"]), int(written[i])), member_scores)
             if len(batch) == 2000:
-                store.upsert_lists(batch)
-                batch = []
-        store.upsert_lists(batch)
+                store.upsert_lists(batch, facts)
+                batch, facts = [], {}
+        store.upsert_lists(batch, facts)
         timings["lists_insert_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     store.flush()

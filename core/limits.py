@@ -23,7 +23,7 @@ __all__ = [
     "MAX_ID_BYTES", "MAX_BRAND_BYTES", "MAX_CATEGORY_BYTES", "MAX_MODEL_BYTES", "MAX_MPN_CHARS", "MAX_TITLE_CHARS",
     "MAX_DESCRIPTION_CHARS", "MAX_CURRENCY_CHARS", "MAX_IMAGE_URL_CHARS", "MAX_IMAGE_B64_CHARS", "MAX_EVENT_DEPTH",
     "EVENT_FIELD_BYTES", "EVENT_FIELD_CHARS",
-    "LIST_PAYLOAD_BYTES", "LIST_CAPACITY", "MAX_TOP_K", "list_payload_bytes",
+    "LIST_PAYLOAD_BYTES", "LIST_CAPACITY", "LIST_FACTS_BYTES", "MAX_TOP_K", "list_payload_bytes",
     "MAX_DISPLAY_BYTES", "MAX_DISPLAY_TITLE_BYTES", "MAX_DISPLAY_IMAGE_URL_BYTES", "MAX_DISPLAY_CURRENCY_BYTES",
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
@@ -63,6 +63,9 @@ EVENT_FIELD_CHARS: dict[str, int] = {
 # a list that does not fit fails its upsert on every retry, so the settings refuse such a size.
 LIST_PAYLOAD_BYTES = 65_535
 LIST_CAPACITY = 1000  # the ARRAY's max_capacity: the deepest recorded list
+# A list's facts (index/rows.py HeadFacts: 16-byte digest, the owner's row as two int64, one float32
+# score per deep member), base64 in a VARCHAR beside the list.
+LIST_FACTS_BYTES = 4 * -(-(16 + 2 * 8 + 4 * LIST_CAPACITY) // 3)
 
 
 def list_payload_bytes(k: int) -> int:

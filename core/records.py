@@ -94,7 +94,8 @@ class NeighbourList:
 
     def content_digest(self) -> bytes:
         """16 bytes that change whenever ``same_content`` could: version, model, ids, scores. Kept
-        in memory beside a recorded list, so the next refresh diffs without reading it back."""
+        beside a recorded list (``index.rows.HeadFacts``), so the next refresh diffs without reading
+        it back."""
         h = hashlib.blake2b(digest_size=16)
         h.update(orjson.dumps([self.version, self.model, [[n.product_id, n.score] for n in self.neighbours]]))
         return h.digest()

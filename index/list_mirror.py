@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 from sortedcontainers import SortedKeyList
 
-from simstream.index.rows import ListHead
+from simstream.index.rows import HeadFacts, ListHead
 
 __all__ = ["ListMirror"]
 
@@ -46,9 +46,9 @@ class ListMirror:
         self._heads: dict[str, ListHead] = {}
         self._listers: dict[str, list[str]] = {}
         self._by_boundary = SortedKeyList(key=lambda owner: self._heads[owner].boundary)
-        # Content digests of the lists this worker recorded (NeighbourList.content_digest), valid
-        # while their head is the held one: any other head put for the owner drops it (and so its
-        # members' scores, which live in the head).
+        # Content digests of the recorded lists (NeighbourList.content_digest), where known (see
+        # HeadFacts), valid while their head is the held one: any other head put for the owner
+        # drops it (and so its members' scores, which live in the head).
         self._digests: dict[str, bytes] = {}
 
     def __len__(self) -> int:
@@ -58,26 +58,32 @@ class ListMirror:
         """Every product with a held head (markers of deleted products included)."""
         return set(self._heads)
 
-    def put(self, heads: Iterable[ListHead], digests: Mapping[str, bytes] | None = None,
-            known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
-        """Hold ``heads`` (the last one per owner), with the content digests, and the members' exact
-        scores and the owner's row (``ListHead.scores``, ``ListHead.owner``) of those this worker
-        just recorded."""
+    def put(self, heads: Iterable[ListHead], facts: Mapping[str, HeadFacts] | None = None) -> None:
+        """Hold ``heads`` (the last one per owner), with what their writer knew (``facts``: the
+        content digest, the owner's row, the members' exact scores) where given."""
         latest = {sys.intern(str(h.product_id)): h for h in heads}  # one head per owner: the last
         real: list[str] = []
         for owner, head in latest.items():
             self._forget(owner)
-            if digests is not None and (digest := digests.get(owner)) is not None:
-                self._digests[owner] = digest
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
-            held, row = (known or {}).get(owner, (b"", None))
-            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members, scores=held,
-                                                     owner=row)
+            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members, scores=b"",
+                                                     owner=None)
+            if facts is not None and (known := facts.get(owner)) is not None:
+                self._attach(owner, known)
             if _indexed(head):
                 real.append(owner)
             for nid in dict.fromkeys(members):
                 self._listers.setdefault(nid, []).append(owner)
         self._by_boundary.update(real)  # sorted in bulk: a start-up load is one sort, not N inserts
+
+    def _attach(self, owner: str, facts: HeadFacts) -> None:
+        """Hold ``facts`` beside ``owner``'s head: its digest, and the members' scores with the
+        owner's row (``ListHead.scores``, ``ListHead.owner``). Facts without one score per member
+        belong to some other list: none of them is taken."""
+        head = self._heads[owner]
+        if len(facts.scores) == 4 * len(head.neighbour_ids):
+            self._digests[owner] = facts.digest
+            self._heads[owner] = dataclasses.replace(head, scores=facts.scores, owner=facts.owner)
 
     def _forget(self, owner: str) -> None:
         """Drop ``owner``'s head, its digest and its entries in the reverse map."""
@@ -95,14 +101,14 @@ class ListMirror:
                 if not owners:
                     del self._listers[nid]
 
-    def keep_known(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
-        """Attach members' exact scores and the owner's row to held heads: for each owner, only if
-        the held head is still ``head`` (same members and write time)."""
-        for owner, (head, held, row) in known.items():
+    def keep_known(self, known: Mapping[str, tuple[ListHead, HeadFacts]]) -> None:
+        """Attach ``facts`` to held heads: for each owner, only if the held head is still ``head``
+        (same members, boundary, write and state times)."""
+        for owner, (head, facts) in known.items():
             now = self._heads.get(owner)
-            if now is not None and now.updated_at == head.updated_at \
-                    and now.neighbour_ids == head.neighbour_ids and len(held) == 4 * len(now.neighbour_ids):
-                self._heads[owner] = dataclasses.replace(now, scores=held, owner=row)
+            if now is not None and (now.updated_at, now.as_of, now.boundary, now.neighbour_ids) \
+                    == (head.updated_at, head.as_of, head.boundary, head.neighbour_ids):
+                self._attach(owner, facts)
 
     def remove_markers_older_than(self, older_than_ms: int) -> int:
         """Drop the tombstone markers recorded before ``older_than_ms`` (the ones
@@ -129,7 +135,7 @@ class ListMirror:
         return {pid: h for pid in ids if (h := self._heads.get(pid)) is not None}
 
     def digests(self, ids: Iterable[str]) -> dict[str, bytes]:
-        """Content digests of the held lists among ``ids`` that this worker recorded."""
+        """Content digests of the held lists among ``ids``, where known."""
         return {pid: d for pid in ids if (d := self._digests.get(pid)) is not None}
 
     def boundaries(self, ids: Iterable[str]) -> dict[str, float]:

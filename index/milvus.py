@@ -5,8 +5,9 @@ Three collections, all keyed by product_id:
   unchanged fields (version, per-field content hashes, model, updated_at). Milvus is the system of
   record that recommenders query.
 - ``<prefix>_lists``: the neighbour list last published for each product (deep ids, boundary, the
-  payload). Written only by the refresh step that owns the product's partition; read by the ingest
-  step to find whose lists a changed product enters or leaves (``array_contains_any``).
+  payload, and what its writer knew: ``facts``, ``rows.HeadFacts``). Written only by the refresh
+  step that owns the product's partition; read by the ingest step to find whose lists a changed
+  product enters or leaves (``array_contains_any``).
 - ``<prefix>_tombstones``: a deleted product's version, kept for a retention period so that an
   older upsert arriving late cannot bring the product back.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 import numpy as np
@@ -33,11 +34,11 @@ from pymilvus import DataType, MilvusClient
 from simstream.errors import IndexRejected, IndexUnavailable
 from simstream.index.failures import is_milvus_failure, translate
 from simstream.index.rows import (
-    SERVING_FIELDS, TOMBSTONE_BOUNDARY, ListHead, ServedProduct, StoredList, StoredProduct, served_product,
+    SERVING_FIELDS, TOMBSTONE_BOUNDARY, HeadFacts, ListHead, ServedProduct, StoredList, StoredProduct, served_product,
     stored_boundary,
 )
 from simstream.limits import (
-    LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
+    LIST_CAPACITY, LIST_FACTS_BYTES, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
     MAX_MODEL_BYTES, search_hit_bytes, search_queries_per_call,
 )
 from simstream.logs import get_logger
@@ -96,6 +97,7 @@ class MilvusStore:
         # (milvus-lite server, Milvus) are shared by every worker.
         self.exclusive = exclusive
         self.lists_stamped = False
+        self.lists_facts = False
         self._ensure_collections()
 
     @classmethod
@@ -160,6 +162,9 @@ class MilvusStore:
             s.add_field("payload", DataType.VARCHAR, max_length=LIST_PAYLOAD_BYTES)
             s.add_field("updated_at", DataType.INT64)  # lets the list mirror sync (index/list_mirror.py)
             s.add_field("as_of", DataType.INT64)  # lets a refresh merge instead of searching
+            # what the writer knew (rows.HeadFacts): the next holder diffs and merges without reads;
+            # a default, so rows from writers without it (older workers on a server) are accepted
+            s.add_field("facts", DataType.VARCHAR, max_length=LIST_FACTS_BYTES, default_value="")
             idx = c.prepare_index_params()
             idx.add_index("dummy", index_type="FLAT", metric_type="L2")
             self._create(self.lists, s, idx)
@@ -176,6 +181,8 @@ class MilvusStore:
             self._call(c.load_collection, name)
         list_fields = {f["name"] for f in self._call(c.describe_collection, self.lists)["fields"]}
         self.lists_stamped = {"updated_at", "as_of"} <= list_fields
+        # lists collections made before the facts were recorded keep working without them
+        self.lists_facts = self.lists_stamped and "facts" in list_fields
         product_fields = {f["name"] for f in self._call(c.describe_collection, self.products)["fields"]}
         # simstream serve's fields (rows.SERVING_FIELDS): absent in collections made before it existed
         self.serving_fields = tuple(f for f in SERVING_FIELDS if f in product_fields)
@@ -381,14 +388,24 @@ class MilvusStore:
         fields = _HEAD_FIELDS if self.lists_stamped else ["neighbor_ids", "kth_score"]
         return {r["product_id"]: _head(r) for r in self._query(self.lists, ids, fields)}
 
+    def read_head_facts(self, ids: Sequence[str]) -> dict[str, tuple[int, int, HeadFacts]]:
+        """(updated_at, as_of, facts) of the recorded lists among ``ids`` that carry facts."""
+        if not self.lists_facts:
+            return {}
+        rows = self._query(self.lists, ids, ["updated_at", "as_of", "facts"])
+        return {r["product_id"]: (int(r["updated_at"]), int(r["as_of"]), f) for r in rows
+                if (f := HeadFacts.from_field(r["facts"])) is not None}
+
     def read_boundaries(self, ids: Sequence[str]) -> dict[str, float]:
         """Boundary of each recorded list among ``ids`` (tombstone markers left out)."""
         rows = self._query(self.lists, ids, ["kth_score", "payload"])
         return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
 
-    def upsert_lists(self, lists: Sequence[StoredList], written_at: int) -> list[ListHead]:
+    def upsert_lists(self, lists: Sequence[StoredList], written_at: int,
+                     facts: Mapping[str, HeadFacts] | None = None) -> list[ListHead]:
         """A list with an empty payload is a tombstone marker: "a tombstone was published".
-        Returns the heads as recorded."""
+        ``facts``: what the writer knows beside each list (recorded where the collection has the
+        field; empty for the others). Returns the heads as recorded."""
         rows: list[dict[str, Any]] = [
             {"product_id": x.product_id, "dummy": [0.0, 0.0], "neighbor_ids": x.neighbour_ids,
              "kth_score": stored_boundary(x.boundary, tombstone=not x.payload), "payload": x.payload.decode()}
@@ -397,6 +414,10 @@ class MilvusStore:
             for row, x in zip(rows, lists):
                 row["updated_at"] = written_at
                 row["as_of"] = x.as_of
+        if self.lists_facts:
+            facts = facts or {}
+            for row, x in zip(rows, lists):
+                row["facts"] = f.to_field() if x.payload and (f := facts.get(x.product_id)) is not None else ""
         for start in range(0, len(rows), 256):
             self._call(self.client.upsert, self.lists, rows[start:start + 256])
         self._wrote(len(rows))

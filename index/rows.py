@@ -7,7 +7,9 @@ all write through it, so the schema has one spelling; ``served_product`` reads i
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -22,7 +24,7 @@ from simstream.limits import (
 from simstream.records import ProductEvent
 
 __all__ = [
-    "TOMBSTONE_BOUNDARY", "StoredProduct", "StoredList", "ListHead", "stored_boundary", "clip_utf8", "product_row",
+    "TOMBSTONE_BOUNDARY", "StoredProduct", "StoredList", "ListHead", "HeadFacts", "stored_boundary", "clip_utf8", "product_row",
     "SERVING_FIELDS", "brand_key", "category_key", "display_of", "Display", "ServedProduct", "served_product",
 ]
 
@@ -81,6 +83,44 @@ class ListHead:
     def holds_everyone(self) -> bool:
         """Recorded when the catalog was no bigger than the list: no outsiders then."""
         return self.boundary <= -TOMBSTONE_BOUNDARY
+
+
+_FACTS_HEADER = struct.Struct("<16sqq")  # digest, owner's version, owner's updated_at
+
+
+@dataclass(frozen=True, slots=True)
+class HeadFacts:
+    """What the worker that computed a list knows beside its head: the published list's content
+    digest (``NeighbourList.content_digest``), the owner's row the list was computed from
+    (version, updated_at), and the deep members' exact scores (float32, in order).
+
+    Recorded with the list (the lists collection's ``facts`` field), so whichever worker holds the
+    head later (after a restart, or a partition that moved) diffs without reading the payload back
+    and merges without decoding the members (docs/exactness.md §2a): the scores are the very
+    float32 numbers the writer computed, kept bit for bit."""
+
+    digest: bytes
+    owner: tuple[int, int]
+    scores: bytes
+
+    def to_field(self) -> str:
+        """The ``facts`` VARCHAR: base64 of the header (``_FACTS_HEADER``) and the scores."""
+        return base64.b64encode(_FACTS_HEADER.pack(self.digest, *self.owner) + self.scores).decode("ascii")
+
+    @classmethod
+    def from_field(cls, text: str | None) -> "HeadFacts | None":
+        """The facts back; None for an empty or malformed field (a list recorded without them)."""
+        if not text:
+            return None
+        try:
+            raw = base64.b64decode(text, validate=True)
+            digest, version, updated_at = _FACTS_HEADER.unpack_from(raw)
+        except (ValueError, struct.error):
+            return None
+        scores = raw[_FACTS_HEADER.size:]
+        if len(scores) % 4:
+            return None
+        return cls(digest, (version, updated_at), scores)
 
 
 def stored_boundary(boundary: float, *, tombstone: bool = False) -> float:

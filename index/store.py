@@ -32,7 +32,7 @@ from simstream.index.all_pairs import AllPairs
 from simstream.index.budget import Footprint, check_fits, side_capacity
 from simstream.index.list_mirror import ListMirror
 from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
-from simstream.index.rows import ListHead, StoredList, StoredProduct
+from simstream.index.rows import HeadFacts, ListHead, StoredList, StoredProduct
 from simstream.index.side import SideIndex
 from simstream.index.tombstone_mirror import TombstoneMirror
 from simstream.logs import get_logger
@@ -174,11 +174,10 @@ class VectorStore:
         if self.mirror is not None:
             self.side.set_bars(self.mirror.boundaries(p.product_id for p in products))
 
-    def _put_heads(self, heads: Sequence[ListHead], digests: Mapping[str, bytes] | None = None,
-                   known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
+    def _put_heads(self, heads: Sequence[ListHead], facts: Mapping[str, HeadFacts] | None = None) -> None:
         """Hold recorded list heads in the mirror, and their boundaries beside the side index's rows."""
         assert self.mirror is not None
-        self.mirror.put(heads, digests, known)
+        self.mirror.put(heads, facts)
         if self.side is not None:
             owners = {h.product_id for h in heads}
             bars = self.mirror.boundaries(owners)
@@ -294,31 +293,43 @@ class VectorStore:
         return self._from_lists(lambda mirror: mirror.boundaries_at_most(score), lambda: self.milvus.read_boundaries_at_most(score))
 
     def list_heads(self, ids: Sequence[str]) -> dict[str, ListHead]:
-        """Recorded lists without payloads, tombstone markers included."""
-        return self._from_lists(lambda mirror: mirror.heads(ids), lambda: self.milvus.read_list_heads(ids))
+        """Recorded lists without payloads, tombstone markers included. A held head that does not
+        carry its members' scores yet gets what its writer recorded beside it (``HeadFacts``), read
+        once from Milvus: from then on it merges and diffs from memory."""
+        mirror = self._synced_mirror()
+        if mirror is None:
+            return self.milvus.read_list_heads(ids)
+        heads = mirror.heads(ids)
+        cold = [pid for pid, h in heads.items() if not h.scores and not h.is_tombstone]
+        if cold and self.milvus.lists_facts:
+            read = self.milvus.read_head_facts(cold)
+            mirror.keep_known({pid: (heads[pid], facts) for pid, (updated_at, as_of, facts) in read.items()
+                               if (updated_at, as_of) == (heads[pid].updated_at, heads[pid].as_of)})
+            heads = mirror.heads(ids)
+        return heads
 
-    def upsert_lists(self, lists: Sequence[StoredList], digests: Mapping[str, bytes] | None = None,
-                     known: Mapping[str, tuple[bytes, tuple[int, int] | None]] | None = None) -> None:
-        """Record lists (an empty payload is a tombstone marker); ``digests``: their content
-        digests, ``known``: their deep members' exact scores and the owner's row they were computed
-        from (``ListHead.scores``, ``ListHead.owner``), all held beside the heads in memory only
-        (``list_digests``, ``list_heads``)."""
-        heads = self.milvus.upsert_lists(lists, now_ms())
+    def upsert_lists(self, lists: Sequence[StoredList], facts: Mapping[str, HeadFacts] | None = None) -> None:
+        """Record lists (an empty payload is a tombstone marker) with what the writer knows beside
+        them (``facts``: the content digest, the owner's row, the deep members' exact scores), in
+        Milvus and beside the heads in memory."""
+        written_at = now_ms()
+        heads = self.milvus.upsert_lists(lists, written_at, facts)
         if self.mirror is not None:
-            self._put_heads(heads, digests, known)
+            self._put_heads(heads, facts)
 
-    def keep_known(self, known: Mapping[str, tuple[ListHead, bytes, tuple[int, int]]]) -> None:
-        """Hold members' exact scores and the owner's row beside heads (``ListHead.scores``,
-        ``ListHead.owner``), for each owner whose held head is still the given one; nothing is
-        written to Milvus."""
+    def keep_known(self, known: Mapping[str, tuple[ListHead, HeadFacts]]) -> None:
+        """Hold ``HeadFacts`` beside heads in memory, for each owner whose held head is still the
+        given one; nothing is written to Milvus."""
         if self.mirror is not None and known:
             self.mirror.keep_known(known)
 
     def list_digests(self, ids: Sequence[str]) -> dict[str, bytes]:
-        """Content digests of the recorded lists among ``ids`` that this worker recorded and that
-        are still the recorded ones (no other writer's since); the others are not answered."""
+        """Content digests of the recorded lists among ``ids`` that are known to belong to the
+        recorded payload (held beside the head, or recorded with it); the others are not answered."""
         mirror = self._synced_mirror()
-        return mirror.digests(ids) if mirror is not None else {}
+        if mirror is not None:
+            return mirror.digests(ids)
+        return {pid: facts.digest for pid, (_, _, facts) in self.milvus.read_head_facts(ids).items()}
 
     def list_owners(self) -> list[str]:
         """Every product in the index and every product with a recorded list (a list whose owner is

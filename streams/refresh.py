@@ -15,7 +15,7 @@ import numpy as np
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
 from simstream.index.all_pairs import AllPairs
 from simstream.index.neighbours import MARGIN, BuiltList, ListBuilder, RecentSearches, stale_lists
-from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
+from simstream.index.rows import HeadFacts, ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
 from simstream.logs import get_logger
 from simstream.records import NeighbourList
@@ -33,8 +33,8 @@ class RefreshPlan:
 
     publish: dict[str, NeighbourList | None] = field(default_factory=dict)
     record: list[StoredList] = field(default_factory=list)
-    # Kept beside the recorded heads in memory: members' exact scores, the owner's row.
-    known: dict[str, tuple[bytes, tuple[int, int] | None]] = field(default_factory=dict)
+    # Recorded beside the lists (in Milvus and in memory): digest, owner's row, members' scores.
+    facts: dict[str, HeadFacts] = field(default_factory=dict)
     unchanged: int = 0
     merged: int = 0  # lists updated from their recorded deep list, without a search
     searched: int = 0
@@ -101,7 +101,7 @@ class Refresher:
         digests = self.store.list_digests([pid for pid, nl in plan.publish.items() if nl is not None])
         previous = self.store.get_lists([pid for pid in plan.publish if pid not in digests])
         recorded: list[str] = []
-        keep: dict[str, tuple[ListHead, bytes, tuple[int, int]]] = {}
+        keep: dict[str, tuple[ListHead, HeadFacts]] = {}
         for pid, maybe_list in list(plan.publish.items()):
             old = previous.get(pid)
             if maybe_list is None:
@@ -126,8 +126,11 @@ class Refresher:
                         stored_boundary(built.boundary) == head.boundary:
                     if (not head.scores or head.owner is None) and built.owner is not None:
                         # held beside the head from now on: its next merge decodes nothing, and
-                        # may merge while the owner's row is this one
-                        keep[pid] = (head, built.packed_scores, built.owner)
+                        # may merge while the owner's row is this one; the digest is the recorded
+                        # payload's own
+                        digest = digests[pid] if pid in digests else \
+                            NeighbourList.from_json(previous[pid].payload).content_digest()
+                        keep[pid] = (head, HeadFacts(digest, built.owner, built.packed_scores))
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
             recorded.append(pid)
@@ -140,7 +143,8 @@ class Refresher:
                 plan.publish[pid] = built.published
             plan.built[pid] = built.published
             plan.record.append(self.builder.stored_form(built))
-            plan.known[pid] = (built.packed_scores, built.owner)
+            if built.owner is not None:
+                plan.facts[pid] = HeadFacts(built.published.content_digest(), built.owner, built.packed_scores)
         return plan
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
@@ -210,9 +214,7 @@ class Refresher:
 
     def record(self, plan: RefreshPlan) -> None:
         """Record the published lists (the reverse index); call only after they are durable."""
-        real = {s.product_id for s in plan.record if s.payload}
-        self.store.upsert_lists(plan.record, {pid: plan.built[pid].content_digest() for pid in real if pid in plan.built},
-                                plan.known)
+        self.store.upsert_lists(plan.record, plan.facts)
 
     def recheck(self, plan: RefreshPlan) -> set[str]:
         """After ``record``: lists of this plan that a concurrent write may have made stale.

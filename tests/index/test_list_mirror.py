@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simstream.index.list_mirror import ListMirror
-from simstream.index.rows import TOMBSTONE_BOUNDARY, ListHead
+from simstream.index.rows import TOMBSTONE_BOUNDARY, HeadFacts, ListHead
+from simstream.limits import LIST_CAPACITY, LIST_FACTS_BYTES
 
 IDS = [f"p{i}" for i in range(12)]
 # NaN: older workers recorded it for products with an extreme price; it never satisfies <= x
@@ -47,3 +49,35 @@ def test_the_mirror_equals_a_scan_of_its_heads(steps, score) -> None:  # noqa: A
         assert same(mirror.boundaries(IDS), {p: h.boundary for p, h in heads.items() if not h.is_tombstone})
         assert mirror.listers_of(IDS[:3]) == {p for p, h in heads.items() if set(h.neighbour_ids) & set(IDS[:3])}
         assert len(mirror) == len(heads)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**62),
+       st.lists(st.floats(width=32, allow_nan=False), max_size=LIST_CAPACITY))
+def test_head_facts_round_trip_bit_for_bit_within_the_field(digest, version, updated_at, scores) -> None:  # noqa: ANN001
+    facts = HeadFacts(digest, (version, updated_at), np.asarray(scores, np.float32).tobytes())
+    text = facts.to_field()
+    assert len(text) <= LIST_FACTS_BYTES and text.isascii()
+    assert HeadFacts.from_field(text) == facts
+
+
+def test_unreadable_facts_are_no_facts() -> None:
+    good = HeadFacts(b"d" * 16, (1, 2), np.ones(3, np.float32).tobytes()).to_field()
+    for text in ("", None, "not base64!", good[:8], HeadFacts(b"d" * 16, (1, 2), b"abc").to_field()):
+        assert HeadFacts.from_field(text) is None
+
+
+def test_facts_attach_only_to_the_head_they_were_recorded_with() -> None:
+    mirror = ListMirror()
+    head = ListHead("a", ("b", "c"), 0.5, 10, 9)
+    facts = HeadFacts(b"d" * 16, (3, 7), np.asarray([0.9, 0.8], np.float32).tobytes())
+    mirror.put([head])
+    mirror.keep_known({"a": (ListHead("a", ("b", "c"), 0.5, 11, 9), facts)})  # another record
+    assert not mirror.heads(["a"])["a"].scores and mirror.digests(["a"]) == {}
+    mirror.keep_known({"a": (head, facts)})
+    held = mirror.heads(["a"])["a"]
+    assert (held.member_scores(), held.owner, mirror.digests(["a"])) == ([np.float32(0.9), np.float32(0.8)], (3, 7),
+                                                                         {"a": b"d" * 16})
+    wrong_length = HeadFacts(b"e" * 16, (3, 7), np.ones(3, np.float32).tobytes())
+    mirror.put([head], {"a": wrong_length})  # scores for other members: facts of another list
+    assert not mirror.heads(["a"])["a"].scores and mirror.digests(["a"]) == {}

@@ -8,6 +8,7 @@ import numpy as np
 from simstream.clock import now_ms
 from simstream.index.exact import rank_key
 from simstream.index.neighbours import Change, ListBuilder, RecentSearches, affected_by
+from simstream.index.rows import StoredList
 from simstream.index.store import VectorStore
 from simstream.streams.refresh import Refresher
 
@@ -126,27 +127,71 @@ def test_unchanged_lists_are_diffed_from_digests_without_reading_payloads(tmp_pa
 
 def test_a_head_recorded_by_another_writer_drops_the_digest() -> None:
     from simstream.index.list_mirror import ListMirror
-    from simstream.index.rows import ListHead
+    from simstream.index.rows import HeadFacts, ListHead
 
     mirror = ListMirror()
-    mirror.put([ListHead("a", ("b", "c"), 0.5, 10, 9)], {"a": b"d" * 16})
+    mirror.put([ListHead("a", ("b", "c"), 0.5, 10, 9)], {"a": HeadFacts(b"d" * 16, (1, 8), b"\0" * 8)})
     assert mirror.digests(["a", "b"]) == {"a": b"d" * 16}
     mirror.put([ListHead("a", ("c", "b"), 0.4, 11, 10)])  # synced from another worker
     assert mirror.digests(["a"]) == {}
 
 
+def restarted(tmp_path, store, refresher):  # type: ignore[no-untyped-def]
+    """The same catalog opened again, as by a worker after a restart (heads loaded from Milvus)."""
+    store.close()
+    again = VectorStore.connect(str(tmp_path / "r.db"), "r", DIM, flush_every_rows=0, in_memory=True)
+    return again, Refresher(again, ListBuilder(again, k=K, layout={"all": slice(0, DIM)}, model="m", depth=DEPTH),
+                            recent=RecentSearches())
+
+
+def test_a_restarted_worker_merges_and_diffs_from_the_facts_recorded_with_the_lists(tmp_path, monkeypatch) -> None:
+    """The writer records beside each list its digest, the owner's row and the members' exact
+    scores (``HeadFacts``); a worker that loads the heads afterwards reads them back for the heads
+    it touches, so its first refresh decodes no member and reads no payload back, with lists equal
+    to brute force."""
+    rng = np.random.default_rng(5)
+    store, vecs, recent, refresher = setup(tmp_path, rng)
+    recorded = store.list_heads(sorted(vecs))
+    store, refresher = restarted(tmp_path, store, refresher)
+    assert store.milvus.lists_facts and store.mirror is not None
+    assert not any(h.scores for h in store.mirror.heads(sorted(vecs)).values())  # loaded without them
+    heads = store.list_heads(["p010", "p011"])
+    for pid, head in heads.items():  # read back bit for bit, with the owner's row
+        assert (head.scores, head.owner) == (recorded[pid].scores, recorded[pid].owner) and head.scores
+    assert store.list_digests(["p010", "p011"]).keys() == {"p010", "p011"}
+    moved = {"p200": (vecs["p012"] + 0.02 * unit(rng, 1)[0])}
+    moved["p200"] /= np.linalg.norm(moved["p200"])
+    vecs.update(moved)
+    write(store, moved, now_ms())
+    decoded: list[set[str]] = []
+    payloads: list[list[str]] = []
+    real_vectors, real_lists = store.snapshot_vectors, store.get_lists
+    monkeypatch.setattr(store, "snapshot_vectors", lambda ids: decoded.append(set(ids)) or real_vectors(ids))
+    monkeypatch.setattr(store, "get_lists", lambda ids: payloads.append(list(ids)) or real_lists(ids))
+    plan = refresher.plan(["p012", "p013"], {})
+    assert plan.merged == 2 and decoded[0] == set() and payloads == [[]]
+    for pid in ("p012", "p013"):
+        assert published(plan, pid) == oracle(vecs, pid)
+    assert published(plan, "p012")[0] == "p200"
+    store.close()
+
+
 def test_heads_carry_their_members_scores_and_merges_use_them(tmp_path, monkeypatch) -> None:
-    """A head this worker recorded carries its members' exact scores; a head synced from Milvus
-    (none) gets them once a refresh merged it unchanged, without a record; a merge of a head with
-    scores decodes none of its members, and the lists still equal brute force."""
+    """A head this worker recorded carries its members' exact scores; a head recorded without
+    them (an older writer: no facts in Milvus) gets them once a refresh merged it unchanged,
+    without a record; a merge of a head with scores decodes none of its members, and the lists
+    still equal brute force."""
     rng = np.random.default_rng(4)
     store, vecs, recent, refresher = setup(tmp_path, rng)
     heads = store.list_heads(sorted(vecs))
     assert all(np.frombuffer(h.scores, np.float32).tolist() == [float(vecs[m] @ vecs[pid]) for m in h.neighbour_ids]
                for pid, h in heads.items())
-    # as after a restart: the heads as Milvus holds them, without scores
+    # recorded again as an older writer would, without facts
     assert store.mirror is not None
-    store.mirror.put([type(h)(h.product_id, h.neighbour_ids, h.boundary, h.updated_at, h.as_of) for h in heads.values()])
+    payloads = store.get_lists(sorted(vecs))
+    store.mirror.put(store.milvus.upsert_lists([StoredList(pid, list(h.neighbour_ids), h.boundary,
+                                                           payloads[pid].payload, h.as_of)
+                                                for pid, h in heads.items()], now_ms()))
     assert not any(h.scores for h in store.list_heads(sorted(vecs)).values())
     plan = refresher.plan(["p010", "p011"], {})
     assert plan.merged == 2 and not plan.record  # nothing changed: nothing recorded...
