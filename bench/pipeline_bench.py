@@ -83,15 +83,25 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
                                if any(f"({d}/" in f for d in ("index", "streams", "encoders"))][:2 * top]}
 
 
+def py_spy() -> str | None:
+    """The py-spy executable (the ``bench`` extra), or None when it is not installed."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 class Profiler:
     """py-spy attached to the worker for one measurement (all threads, idle excluded)."""
 
     def __init__(self, pid: int, out: Path) -> None:
-        import shutil as sh
         import subprocess
 
         self.out = out
-        exe = sh.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
+        exe = py_spy()
+        if exe is None:
+            raise SystemExit("--profile needs py-spy: pip install -e '.[bench]'")
         self.proc = subprocess.Popen([exe, "record", "-p", str(pid), "-r", "50", "-f", "raw", "-o", str(out),
                                       "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # type: ignore  # noqa: E402
 from backfill_bench import run as backfill_run  # type: ignore  # noqa: E402
 from encoders_bench import backend_speedup, change_aware, encoder_ceiling  # type: ignore  # noqa: E402
-from pipeline_bench import pipeline  # type: ignore  # noqa: E402
+from pipeline_bench import pipeline, py_spy  # type: ignore  # noqa: E402
 from refresh_bench import refresh_cost  # type: ignore  # noqa: E402
 from scan_bench import floors  # type: ignore  # noqa: E402
 from scale import FULL as SCALE_FULL, QUICK as SCALE_QUICK, scale, summary as scale_summary  # type: ignore  # noqa: E402
@@ -82,12 +82,6 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _have_py_spy() -> bool:
-    import shutil
-
-    return bool(shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, required=True)
@@ -109,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     report["pipeline"] = {} if "pipeline" in skip else pipeline(
         sizes["preload"], sizes["events"], sizes["fresh_s"], sizes["batch1_events"], ["text", "image"],
-        encoders=encoders, profile=not a.no_profile and _have_py_spy())
+        encoders=encoders, profile=not a.no_profile and py_spy() is not None)
     report["seconds_pipeline"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
     report["refresh"] = {"0": {"milvus_over_bruteforce": None}} if "refresh" in skip else refresh_cost(

@@ -599,6 +599,11 @@ def main() -> None:
                          "scripts/with-milvus-server.sh: --milvus-uri \"$SIMSTREAM_TEST_MILVUS_URI\")")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    if a.profile:
+        from pipeline_bench import py_spy  # type: ignore
+
+        if py_spy() is None:  # say so now, not when the first backlog begins
+            ap.error("--profile needs py-spy: pip install -e '.[bench]'")
     if a.milvus_uri:
         os.environ[MILVUS_SERVER_ENV] = a.milvus_uri
     p = dict(QUICK if a.quick else FULL, profile=a.profile)
