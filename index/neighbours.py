@@ -146,6 +146,9 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     recorded before it can miss it, and those are the ones read here. ``recent``: where the first
     search around each changed product is kept for its own refresh.
     """
+    # Before the first read: the searches below may answer from a sync made at that read
+    # (``VectorStore.one_sync``), and what they read must be at least this new.
+    searched_at = now_ms()
     ids = [c.product_id for c in changes]
     affected = set(ids) | store.listers_of(ids)
     todo = [c for c in changes if c.vector is not None]
@@ -153,7 +156,6 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
         return affected
     # With the side index and the list mirror, one pass finds every list each changed vector may
     # enter, exactly (each row compared with its own list's boundary), and its own top ``pool``.
-    searched_at = now_ms()
     own = recent.limit if recent is not None and recent.limit else pool
     reached = store.search_reaching(np.stack([c.vector for c in todo]), limit=own, margin=MARGIN)  # type: ignore[misc]
     if reached is not None:
@@ -171,7 +173,6 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     limit = pool
     first = True
     while todo:
-        searched_at = now_ms()
         hits = store.search_scores(np.stack([c.vector for c in todo]), limit=limit)  # type: ignore[misc]
         if first and recent is not None:
             for change, row in zip(todo, hits):

@@ -22,6 +22,7 @@ Without the copies (``SIMSTREAM_SIDE_INDEX=false``) every question is a Milvus q
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -62,6 +63,8 @@ class VectorStore:
         self.tombstones: TombstoneMirror | None = None  # only while this process is Milvus' only writer
         self._side_synced_at = 0
         self._mirror_synced_at = 0
+        # Inside ``one_sync``: which copies were synced since it began (None: sync before every read)
+        self._synced_once: set[str] | None = None
 
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, in_memory: bool = False,
@@ -124,10 +127,33 @@ class VectorStore:
         log.info("list mirror built", lists=len(mirror), seconds=round(time.perf_counter() - t0, 2))
 
     # --- keeping the copies in step -----------------------------------------------------------
+    @contextlib.contextmanager
+    def one_sync(self) -> Iterator[None]:
+        """Answer the reads inside from one sync of each copy with Milvus, made at the first read
+        that needs it, instead of one before every read: as Strong-consistency queries issued at
+        that moment would be answered (docs/exactness.md §2a says why a step may read so). Beside
+        a Milvus server each sync waits for the server's time tick (200 ms by default), so a step
+        that asks a dozen questions waits once. Nothing changes for a milvus-lite file, which
+        never syncs."""
+        outer, self._synced_once = self._synced_once, set()
+        try:
+            yield
+        finally:
+            self._synced_once = outer
+
+    def _sync_due(self, copy: str) -> bool:
+        """Whether ``copy`` must sync before this read (always, outside ``one_sync``)."""
+        if self._synced_once is None:
+            return True
+        if copy in self._synced_once:
+            return False
+        self._synced_once.add(copy)
+        return True
+
     def _synced_side(self) -> SideIndex | None:
         """The side index with every write visible in Milvus applied; None when off."""
         side = self.side
-        if side is None or self.milvus.exclusive:
+        if side is None or self.milvus.exclusive or not self._sync_due("side"):
             return side
         started = now_ms()
         since = self._side_synced_at - RACE_LOOKBACK_MS
@@ -145,7 +171,7 @@ class VectorStore:
     def _synced_mirror(self) -> ListMirror | None:
         """The list mirror with every list recorded in Milvus applied; None when off."""
         mirror = self.mirror
-        if mirror is None or self.milvus.exclusive:
+        if mirror is None or self.milvus.exclusive or not self._sync_due("mirror"):
             return mirror
         started = now_ms()
         self._put_heads(mirror.not_held(self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)))

@@ -19,6 +19,11 @@ extra=()
 for role in proxy rootCoord queryCoord queryNode indexNode dataCoord dataNode; do
   extra+=(--extra-config "$role.ip=127.0.0.1")
 done
+# MILVUS_TIME_TICK_MS: the proxy's time tick (Milvus' default 200 ms), which bounds how long a
+# Strong-consistency read waits (docs/operations.md, "Beside a Milvus server")
+if [ -n "${MILVUS_TIME_TICK_MS:-}" ]; then
+  extra+=(--extra-config "proxy.timeTickInterval=$MILVUS_TIME_TICK_MS")
+fi
 .venv/bin/milvus-server --data "$data" "${extra[@]}" >"$data/server.log" 2>&1 &
 server=$!
 cleanup() { kill -INT "$server" 2>/dev/null || true; for _ in $(seq 60); do kill -0 "$server" 2>/dev/null || break; sleep 1; done; kill -KILL "$server" 2>/dev/null || true; rm -rf "$data"; }

@@ -94,7 +94,8 @@ class Ingest:
         """Split coalesced events into stale, duplicate and fresh against the stored versions and
         delete markers."""
         ids = [e.product_id for e in latest]
-        check = VersionCheck(stored=self.store.get_products(ids), tombstones=self.store.get_tombstones(ids))
+        with self.store.one_sync():
+            check = VersionCheck(stored=self.store.get_products(ids), tombstones=self.store.get_tombstones(ids))
         for e in latest:
             held = check.stored.get(e.product_id)
             current = max(held.version if held is not None else -1, check.tombstones.get(e.product_id, -1))
@@ -133,7 +134,8 @@ class Ingest:
         """The lists that may differ after ``changes`` (call after ``write``: index/neighbours.py)."""
         if not changes:
             return set()
-        return affected_by(self.store, changes, pool=self.candidate_pool, recent=self.recent)
+        with self.store.one_sync():  # read after the write, once for all the questions
+            return affected_by(self.store, changes, pool=self.candidate_pool, recent=self.recent)
 
     def purge_tombstones(self, retention_s: float) -> None:
         """Forget delete markers older than the retention (docs/exactness.md)."""

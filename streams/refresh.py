@@ -71,28 +71,20 @@ class Refresher:
         ``scan``: a finished every-list pass (``every_list_pass``) whose candidates the searches use;
         the plan then counts as begun when the pass did (what it read is that old)."""
         plan = RefreshPlan(started=now_ms() if scan is None else min(now_ms(), scan.started_ms))
-        pending = set(ids)
+        with self.store.one_sync():  # one read of what other workers wrote, at the first question
+            return self._plan(plan, set(ids), event_times, search_all=search_all, scan=scan)
+
+    def _plan(self, plan: RefreshPlan, pending: set[str], event_times: Mapping[str, int | None], *,
+              search_all: bool, scan: AllPairs | None) -> RefreshPlan:
+        """``plan`` inside one sync: compute (again, while writes race), then diff."""
         lists: dict[str, BuiltList] = {}
         heads: dict[str, ListHead] = {}
         for attempt in range(MAX_RECHECKS + 1):
-            started = plan.started if attempt == 0 else now_ms()
-            products = self.store.get_products(sorted(pending))
-            heads.update(self.store.list_heads(sorted(pending)))
-            fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all,
-                                  scan=scan if attempt == 0 else None)
-            for pid in pending - products.keys():
-                lists.pop(pid, None)
-                plan.publish[pid] = None
-                plan.built.pop(pid, None)
-                plan.vectors.pop(pid, None)
-            for pid, built in fresh.items():
-                lists[pid] = built
-                plan.publish[pid] = built.published
-                plan.built[pid] = built.published
-                plan.vectors[pid] = products[pid].vector
-            # Writers elsewhere may have changed products while we searched: re-check those lists.
-            pending = self._stale_since(started, {p: b.published for p, b in fresh.items()},
-                                        {p: s.vector for p, s in products.items()})
+            if attempt == 0:
+                pending = self._attempt(plan.started, pending, plan, lists, heads, event_times, search_all, scan)
+            else:  # read again: the searches must see every write made before ``started``
+                with self.store.one_sync():
+                    pending = self._attempt(now_ms(), pending, plan, lists, heads, event_times, search_all, None)
             if not pending:
                 break
             log.info("lists raced with concurrent writes; recomputing", count=len(pending), attempt=attempt + 1)
@@ -146,6 +138,28 @@ class Refresher:
             if built.owner is not None:
                 plan.facts[pid] = HeadFacts(built.published.content_digest(), built.owner, built.packed_scores)
         return plan
+
+    def _attempt(self, started: int, pending: set[str], plan: RefreshPlan, lists: dict[str, BuiltList],
+                 heads: dict[str, ListHead], event_times: Mapping[str, int | None], search_all: bool,
+                 scan: AllPairs | None) -> set[str]:
+        """Compute the lists of ``pending`` from the store as read after ``started``; returns the
+        ones that writes elsewhere may have made stale meanwhile."""
+        products = self.store.get_products(sorted(pending))
+        heads.update(self.store.list_heads(sorted(pending)))
+        fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all, scan=scan)
+        for pid in pending - products.keys():
+            lists.pop(pid, None)
+            plan.publish[pid] = None
+            plan.built.pop(pid, None)
+            plan.vectors.pop(pid, None)
+        for pid, built in fresh.items():
+            lists[pid] = built
+            plan.publish[pid] = built.published
+            plan.built[pid] = built.published
+            plan.vectors[pid] = products[pid].vector
+        # Writers elsewhere may have changed products while we searched: re-check those lists.
+        return self._stale_since(started, {p: b.published for p, b in fresh.items()},
+                                 {p: s.vector for p, s in products.items()})
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
                  event_times: Mapping[str, int | None], started: int, plan: RefreshPlan, *,

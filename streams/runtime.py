@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Sequence
 
 from simstream import retry
@@ -16,7 +17,7 @@ from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
-__all__ = ["open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
+__all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
 
 log = get_logger(__name__)
 
@@ -60,6 +61,15 @@ def single_threaded_numpy() -> None:
     threadpool_limits(1, user_api="blas")
 
 
+def settle_heap() -> None:
+    """Take what start-up built (the models, the catalog's copies, milvus-lite's own objects when it
+    runs inside the worker) out of the garbage collector's generations: they live as long as the
+    process, and a full collection would walk all of them again and again (70 ms per full
+    collection at 20k products with milvus-lite inside, linear in the catalog)."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_worker(settings: Settings) -> Worker:
     single_threaded_numpy()
     ingest, refresher = build_steps(settings, wait_for_milvus=True)
@@ -67,6 +77,7 @@ def build_worker(settings: Settings) -> Worker:
     encoder.warm_up()
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
              weights=encoder.weights)
+    settle_heap()
     return Worker(settings, ingest, refresher)
 
 

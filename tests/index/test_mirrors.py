@@ -158,3 +158,35 @@ def test_lists_collection_from_before_deep_lists_still_works(tmp_path):
     assert heads["a"].neighbour_ids == ("b", "c") and heads["a"].as_of == 0
     assert store.listers_of(["b"]) == {"a"} and store.list_boundaries(["a"]) == {"a": 0.25}
     store.close()
+
+
+def test_one_sync_reads_other_workers_writes_once_per_step(small_store, monkeypatch):
+    """Inside ``one_sync`` the copies sync with Milvus at the first read that needs each, and not
+    again: a foreign write after that read is seen by the next step, not by this one. Outside it,
+    every read syncs (a Strong read on a server waits for its time tick: a step pays that once)."""
+    store = small_store
+    store.milvus.exclusive = False  # as on a shared server: sync with writes made by others
+    rng = np.random.default_rng(5)
+    store.upsert_products([product_row(f"p{i}", rng.normal(size=DIM).astype(np.float32), 1) for i in range(6)])
+    store.upsert_lists([StoredList("p0", ["p1", "p2"], 0.1, b"{}", as_of=1)])
+    store.load_into_memory()
+    syncs: list[str] = []
+    stamps, heads = store.milvus.write_stamps_since, store.milvus.list_heads_since
+    monkeypatch.setattr(store.milvus, "write_stamps_since", lambda since: syncs.append("side") or stamps(since))
+    monkeypatch.setattr(store.milvus, "list_heads_since", lambda since: syncs.append("mirror") or heads(since))
+
+    with store.one_sync():
+        assert store.get_products(["p1"]).keys() == {"p1"}
+        foreign = rng.normal(size=DIM).astype(np.float32)
+        store.milvus.client.upsert(store.milvus.products, [product_row("p9", foreign, 1)])
+        store.milvus.client.upsert(store.milvus.lists, [list_row("p9", ["p1"], 0.2, "{}")])
+        assert store.get_products(["p9"]) == {}  # written after this step's read of the side index
+        assert store.listers_of(["p1"]) == {"p0", "p9"}  # the mirror's first read: synced now
+        store.changed_since(0), store.list_heads(["p0"]), store.listers_of(["p2"])
+    assert sorted(syncs) == ["mirror", "side"]
+    with store.one_sync():  # the next step sees it
+        assert store.get_products(["p9"]).keys() == {"p9"}
+        store.get_products(["p1"])
+    assert sorted(syncs) == ["mirror", "side", "side"]
+    store.get_products(["p1"]), store.get_products(["p2"])  # outside: every read syncs
+    assert syncs.count("side") == 4
