@@ -380,9 +380,13 @@ class MilvusStore:
         return out
 
     def read_boundaries_at_most(self, score: float) -> dict[str, float]:
-        """Recorded lists (tombstone markers left out) whose boundary is at most ``score``."""
-        rows = self._filter(self.lists, f"kth_score <= {float(score)!r}", ["kth_score", "payload"])
-        return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
+        """Recorded lists (tombstone markers left out) whose boundary is at most ``score``.
+
+        Markers are told by their boundary (``TOMBSTONE_BOUNDARY``), not their empty payload: read
+        with the payloads, the answer for a low ``score`` at 100k lists passed the server's cap on
+        a query's result size (Milvus 2.3.5: "query results exceed the limit size")."""
+        rows = self._filter(self.lists, f"kth_score <= {float(score)!r}", ["kth_score"])
+        return {r["product_id"]: float(r["kth_score"]) for r in rows if float(r["kth_score"]) < TOMBSTONE_BOUNDARY}
 
     def read_list_heads(self, ids: Sequence[str]) -> dict[str, ListHead]:
         fields = _HEAD_FIELDS if self.lists_stamped else ["neighbor_ids", "kth_score"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -65,6 +66,7 @@ class VectorStore:
         self._mirror_synced_at = 0
         # Inside ``one_sync``: which copies were synced since it began (None: sync before every read)
         self._synced_once: set[str] | None = None
+        self._readers: ThreadPoolExecutor | None = None  # concurrent sync reads (a server only)
 
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, in_memory: bool = False,
@@ -129,54 +131,79 @@ class VectorStore:
     # --- keeping the copies in step -----------------------------------------------------------
     @contextlib.contextmanager
     def one_sync(self) -> Iterator[None]:
-        """Answer the reads inside from one sync of each copy with Milvus, made at the first read
-        that needs it, instead of one before every read: as Strong-consistency queries issued at
-        that moment would be answered (docs/exactness.md §2a says why a step may read so). Beside
-        a Milvus server each sync waits for the server's time tick (200 ms by default), so a step
-        that asks a dozen questions waits once. Nothing changes for a milvus-lite file, which
-        never syncs."""
+        """Answer the reads inside from one sync of the copies with Milvus, made at the first
+        read, instead of one before every read: as Strong-consistency queries issued at that
+        moment would be answered (docs/exactness.md §2a says why a step may read so). Beside a
+        Milvus server each Strong read waits for the server's time tick (200 ms by default), so a
+        step that asks a dozen questions waits about once. Nothing changes for a milvus-lite file,
+        which never syncs."""
         outer, self._synced_once = self._synced_once, set()
         try:
             yield
         finally:
             self._synced_once = outer
 
-    def _sync_due(self, copy: str) -> bool:
-        """Whether ``copy`` must sync before this read (always, outside ``one_sync``)."""
+    def _due(self, copy: str) -> set[str]:
+        """The copies to sync before this read of ``copy``: ``copy`` itself, always outside
+        ``one_sync``; inside it, once, and then the other copy too (its reads go out together)."""
         if self._synced_once is None:
-            return True
+            return {copy}
         if copy in self._synced_once:
-            return False
-        self._synced_once.add(copy)
-        return True
+            return set()
+        due = {c for c, held in (("side", self.side), ("mirror", self.mirror))
+               if held is not None and c not in self._synced_once} | {copy}
+        self._synced_once |= due
+        return due
 
     def _synced_side(self) -> SideIndex | None:
         """The side index with every write visible in Milvus applied; None when off."""
-        side = self.side
-        if side is None or self.milvus.exclusive or not self._sync_due("side"):
-            return side
-        started = now_ms()
-        since = self._side_synced_at - RACE_LOOKBACK_MS
-        deleted = self.milvus.deleted_since(since)
-        stamps = self.milvus.write_stamps_since(since)
-        # Vectors are read only for rows not held at that updated_at already (own writes carry
-        # their stamp), so a single worker's sync is one light query.
-        if fetch := side.not_held(stamps):
-            got = self.milvus.read_products(fetch)
-            self._put_side([got[pid] for pid in fetch if pid in got])
-        side.delete(deleted - stamps.keys())
-        self._side_synced_at = started
-        return side
+        if self.side is not None and not self.milvus.exclusive:
+            self._sync(self._due("side"))
+        return self.side
 
     def _synced_mirror(self) -> ListMirror | None:
         """The list mirror with every list recorded in Milvus applied; None when off."""
-        mirror = self.mirror
-        if mirror is None or self.milvus.exclusive or not self._sync_due("mirror"):
-            return mirror
+        if self.mirror is not None and not self.milvus.exclusive:
+            self._sync(self._due("mirror"))
+        return self.mirror
+
+    def _sync(self, copies: set[str]) -> None:
+        """Apply what any worker wrote to Milvus since the last sync (less the skew allowance) to
+        ``copies``. The Strong reads go out together: each waits for the server's time tick, so
+        together they wait about one."""
+        if not copies:
+            return
         started = now_ms()
-        self._put_heads(mirror.not_held(self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)))
-        self._mirror_synced_at = started
-        return mirror
+        reads: dict[str, Callable[[], Any]] = {}
+        if "side" in copies:
+            since = self._side_synced_at - RACE_LOOKBACK_MS
+            reads["deleted"] = lambda: self.milvus.deleted_since(since)
+            reads["stamps"] = lambda: self.milvus.write_stamps_since(since)
+        if "mirror" in copies:
+            reads["heads"] = lambda: self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)
+        got = self._together(reads)
+        if (side := self.side) is not None and "side" in copies:
+            # Vectors are read only for rows not held at that updated_at already (own writes carry
+            # their stamp), so a single worker's sync reads no vector.
+            stamps, deleted = got["stamps"], got["deleted"]
+            if fetch := side.not_held(stamps):
+                products = self.milvus.read_products(fetch)
+                self._put_side([products[pid] for pid in fetch if pid in products])
+            side.delete(deleted - stamps.keys())
+            self._side_synced_at = started
+        if (mirror := self.mirror) is not None and "mirror" in copies:
+            self._put_heads(mirror.not_held(got["heads"]))
+            self._mirror_synced_at = started
+
+    def _together(self, reads: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+        """Run ``reads`` concurrently (threads: the client waits on the network) and return their
+        results by name; the first failure is raised."""
+        if len(reads) == 1:
+            return {name: read() for name, read in reads.items()}
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="milvus-sync")
+        futures = {name: self._readers.submit(read) for name, read in reads.items()}
+        return {name: future.result() for name, future in futures.items()}
 
     # --- products -------------------------------------------------------------------------
     def get_products(self, ids: Sequence[str]) -> dict[str, StoredProduct]:
@@ -407,4 +434,6 @@ class VectorStore:
         return self.milvus.ping()
 
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self.milvus.close()

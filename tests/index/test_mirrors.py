@@ -161,9 +161,10 @@ def test_lists_collection_from_before_deep_lists_still_works(tmp_path):
 
 
 def test_one_sync_reads_other_workers_writes_once_per_step(small_store, monkeypatch):
-    """Inside ``one_sync`` the copies sync with Milvus at the first read that needs each, and not
-    again: a foreign write after that read is seen by the next step, not by this one. Outside it,
-    every read syncs (a Strong read on a server waits for its time tick: a step pays that once)."""
+    """Inside ``one_sync`` both copies sync with Milvus at the step's first read (their reads go
+    out together), and not again: a foreign write after that read is seen by the next step, not by
+    this one. Outside it, every read syncs the copy it reads (a Strong read on a server waits for
+    its time tick: a step pays that once)."""
     store = small_store
     store.milvus.exclusive = False  # as on a shared server: sync with writes made by others
     rng = np.random.default_rng(5)
@@ -176,17 +177,18 @@ def test_one_sync_reads_other_workers_writes_once_per_step(small_store, monkeypa
     monkeypatch.setattr(store.milvus, "list_heads_since", lambda since: syncs.append("mirror") or heads(since))
 
     with store.one_sync():
-        assert store.get_products(["p1"]).keys() == {"p1"}
+        assert store.get_products(["p1"]).keys() == {"p1"}  # the first read: both copies sync
         foreign = rng.normal(size=DIM).astype(np.float32)
         store.milvus.client.upsert(store.milvus.products, [product_row("p9", foreign, 1)])
         store.milvus.client.upsert(store.milvus.lists, [list_row("p9", ["p1"], 0.2, "{}")])
-        assert store.get_products(["p9"]) == {}  # written after this step's read of the side index
-        assert store.listers_of(["p1"]) == {"p0", "p9"}  # the mirror's first read: synced now
+        assert store.get_products(["p9"]) == {}  # written after this step's read
+        assert store.listers_of(["p1"]) == {"p0"}
         store.changed_since(0), store.list_heads(["p0"]), store.listers_of(["p2"])
     assert sorted(syncs) == ["mirror", "side"]
-    with store.one_sync():  # the next step sees it
+    with store.one_sync():  # the next step sees both
+        assert store.listers_of(["p1"]) == {"p0", "p9"}
         assert store.get_products(["p9"]).keys() == {"p9"}
-        store.get_products(["p1"])
-    assert sorted(syncs) == ["mirror", "side", "side"]
-    store.get_products(["p1"]), store.get_products(["p2"])  # outside: every read syncs
-    assert syncs.count("side") == 4
+    assert sorted(syncs) == ["mirror", "mirror", "side", "side"]
+    store.get_products(["p1"]), store.get_products(["p2"])  # outside: every read syncs what it reads
+    assert (syncs.count("side"), syncs.count("mirror")) == (4, 2)
+    store.close()
