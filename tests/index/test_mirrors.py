@@ -191,4 +191,3 @@ def test_one_sync_reads_other_workers_writes_once_per_step(small_store, monkeypa
     assert sorted(syncs) == ["mirror", "mirror", "side", "side"]
     store.get_products(["p1"]), store.get_products(["p2"])  # outside: every read syncs what it reads
     assert (syncs.count("side"), syncs.count("mirror")) == (4, 2)
-    store.close()
