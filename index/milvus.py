@@ -70,6 +70,14 @@ def _product(r: dict[str, Any]) -> StoredProduct:
                          dict(r["hashes"] or {}), r["model"], int(r["event_time"]), int(r.get("updated_at") or 0))
 
 
+def _real_boundaries(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """product_id -> boundary of the rows that are real lists. Markers are told by their boundary
+    (``TOMBSTONE_BOUNDARY``, as ``ListHead.is_tombstone`` tells them), not by their empty payload:
+    read with the payloads, 100k lists passed Milvus 2.3.5's cap on a query's result size ("query
+    results exceed the limit size")."""
+    return {r["product_id"]: b for r in rows if not (b := float(r["kth_score"])) >= TOMBSTONE_BOUNDARY}  # NaN: real
+
+
 def _head(r: dict[str, Any]) -> ListHead:
     return ListHead(r["product_id"], tuple(r["neighbor_ids"]), float(r["kth_score"]), int(r.get("updated_at") or 0),
                     int(r.get("as_of") or 0))
@@ -380,13 +388,8 @@ class MilvusStore:
         return out
 
     def read_boundaries_at_most(self, score: float) -> dict[str, float]:
-        """Recorded lists (tombstone markers left out) whose boundary is at most ``score``.
-
-        Markers are told by their boundary (``TOMBSTONE_BOUNDARY``), not their empty payload: read
-        with the payloads, the answer for a low ``score`` at 100k lists passed the server's cap on
-        a query's result size (Milvus 2.3.5: "query results exceed the limit size")."""
-        rows = self._filter(self.lists, f"kth_score <= {float(score)!r}", ["kth_score"])
-        return {r["product_id"]: float(r["kth_score"]) for r in rows if float(r["kth_score"]) < TOMBSTONE_BOUNDARY}
+        """Recorded lists (tombstone markers left out) whose boundary is at most ``score``."""
+        return _real_boundaries(self._filter(self.lists, f"kth_score <= {float(score)!r}", ["kth_score"]))
 
     def read_list_heads(self, ids: Sequence[str]) -> dict[str, ListHead]:
         fields = _HEAD_FIELDS if self.lists_stamped else ["neighbor_ids", "kth_score"]
@@ -402,8 +405,7 @@ class MilvusStore:
 
     def read_boundaries(self, ids: Sequence[str]) -> dict[str, float]:
         """Boundary of each recorded list among ``ids`` (tombstone markers left out)."""
-        rows = self._query(self.lists, ids, ["kth_score", "payload"])
-        return {r["product_id"]: float(r["kth_score"]) for r in rows if r["payload"]}
+        return _real_boundaries(self._query(self.lists, ids, ["kth_score"]))
 
     def upsert_lists(self, lists: Sequence[StoredList], written_at: int,
                      facts: Mapping[str, HeadFacts] | None = None) -> list[ListHead]:
