@@ -105,23 +105,23 @@ class Refresher:
                     plan.record.append(StoredList(pid, [], float("inf"), b""))
                 continue
             built = lists[pid]
-            if pid in digests:
-                same = digests[pid] == maybe_list.content_digest()
+            # the recorded payload's digest: held, or from the payload read back (parsed once)
+            digest = digests.get(pid)
+            if digest is not None:
+                same = digest == maybe_list.content_digest()
             else:
-                same = old is not None and bool(old.payload) and \
-                    maybe_list.same_content(NeighbourList.from_json(old.payload))
+                was = NeighbourList.from_json(old.payload) if old is not None and old.payload else None
+                same = maybe_list.same_content(was)
+                digest = was.content_digest() if same and was is not None else None
             if same:
                 del plan.publish[pid]
                 plan.unchanged += 1
                 head = heads.get(pid)
                 if head is not None and list(head.neighbour_ids) == built.deep and \
                         stored_boundary(built.boundary) == head.boundary:
-                    if (not head.scores or head.owner is None) and built.owner is not None:
+                    if (not head.scores or head.owner is None) and built.owner is not None and digest is not None:
                         # held beside the head from now on: its next merge decodes nothing, and
-                        # may merge while the owner's row is this one; the digest is the recorded
-                        # payload's own
-                        digest = digests[pid] if pid in digests else \
-                            NeighbourList.from_json(previous[pid].payload).content_digest()
+                        # may merge while the owner's row is this one
                         keep[pid] = (head, HeadFacts(digest, built.owner, built.packed_scores))
                     continue  # nothing new to record either
             # Recorded whenever the published or the deep list moved (the deep one keeps merges cheap).
