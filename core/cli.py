@@ -18,6 +18,12 @@ import click
 from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings, load_settings
 
+__all__ = [
+    "fail", "red_line", "EXTRAS", "need", "main", "worker", "produce", "reconcile", "backfill", "demo", "serve",
+    "config_", "eval_", "labelled_datasets", "paired", "fit_weights", "fine_tune", "dlq_filters", "dlq",
+    "dlq_summary", "dlq_show", "dlq_replay"
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = get_logger("simstream")

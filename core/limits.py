@@ -1,6 +1,6 @@
 """Every size limit simstream enforces, in one place, with the reason it has that value.
 
-Three families, checked in different places but spelled only here:
+Five families, checked in different places but spelled only here:
 
 - **Event fields** (the input contract, ``streams/schemas/product_event.schema.json``): characters
   as JSON Schema counts them, plus UTF-8 bytes for the strings Milvus stores in a VARCHAR (Milvus
@@ -9,7 +9,11 @@ Three families, checked in different places but spelled only here:
   payload and its ARRAY capacity, the bounded ``display`` JSON the query API shows.
 - **Messages** (Kafka): the room a dead letter keeps for simstream's headers, the header and key
   caps of a dead letter, the reason text; the producer cap itself is a setting
-  (``SIMSTREAM_MAX_MESSAGE_BYTES``).
+  (``SIMSTREAM_MAX_MESSAGE_BYTES``); the output contract
+  (``streams/schemas/neighbor_list.schema.json``) states the id, model and top-K bounds, a test
+  checks it agrees.
+- **The query API** (``serve/``): query text, attributes and filters per request.
+- **Bounded work**: the events a bulk round holds, and what one Milvus call may ask for and return.
 
 The top-K bound follows from the list payload: ``MAX_TOP_K`` is the largest k whose worst-case
 list fits (``list_payload_bytes``).
@@ -27,8 +31,8 @@ __all__ = [
     "MAX_DISPLAY_BYTES", "MAX_DISPLAY_TITLE_BYTES", "MAX_DISPLAY_IMAGE_URL_BYTES", "MAX_DISPLAY_CURRENCY_BYTES",
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
-    "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS",
-    "BULK_MAX_HELD_EVENTS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES", "search_hit_bytes", "search_queries_per_call",
+    "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS", "MAX_SERVE_K",
+    "BULK_MAX_HELD_EVENTS", "MILVUS_PAGE_ROWS", "MILVUS_WRITE_ROWS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES", "search_hit_bytes", "search_queries_per_call",
 ]
 
 # --- event fields (the input contract) ----------------------------------------------------------
@@ -107,15 +111,18 @@ MAX_BARE_KEY_BYTES = 1024  # a dead letter Kafka refused goes again as a bare po
 MAX_QUERY_CHARS = 500  # a text search
 MAX_QUERY_ATTRIBUTES = 64  # attributes of a query document
 MAX_ATTRIBUTE_FILTERS = 8  # attr.NAME=VALUE filters per request
+MAX_SERVE_K = 1000  # the highest SIMSTREAM_SERVE_MAX_K: hits per query (live queries; a published list holds top_k)
 
-# --- Milvus calls -----------------------------------------------------------------------------------
-# Milvus 2.3's proxy sends at most 64 MiB in one gRPC response (proxy.grpc.serverMaxSendSize): a
-# search that returns each hit's vector (256 queries x 21 hits x 3,232 floats is ~69.5 MB) must be
-# cut into calls whose worst-case answer stays well under it.
+# --- bounded work ------------------------------------------------------------------------------------
 # The bulk path holds its input's offsets until every list is requested: at most this many events
 # (their records stay in memory), then it requests every list and starts a new round.
 BULK_MAX_HELD_EVENTS = 100_000
 
+# Milvus 2.3's proxy sends at most 64 MiB in one gRPC response (proxy.grpc.serverMaxSendSize): a
+# search that returns each hit's vector (256 queries x 21 hits x 3,232 floats is ~69.5 MB) must be
+# cut into calls whose worst-case answer stays well under it.
+MILVUS_PAGE_ROWS = 2_000  # rows per paged read (start-up builds, every-list reads): bounded memory in flight
+MILVUS_WRITE_ROWS = 256  # rows per upsert call: bounded request size, whatever a batch holds
 MILVUS_RESPONSE_BYTES = 32 * 1024 * 1024  # half the cap: room for framing we do not count
 MILVUS_SEARCH_QUERIES = 256  # queries per search call at most, whatever their answers' size
 

@@ -14,7 +14,13 @@ Its uses, each named where it is configured:
   lasts (``streams/isolation.py`` ``until_applied``: the decision to stop is its own);
 - ``MILVUS_START``: the worker waits for a Milvus that is down or starting (``streams/runtime.py``);
 - ``IMAGE_FETCH``: a 429/5xx/timeout of an image fetch, within the fetch's one deadline
-  (``encoders/image_source.py``).
+  (``encoders/image_source.py``);
+- ``QUEUE_FULL``: the Kafka producer's local queue is full (backpressure, not a failure: counted,
+  logged at debug), so its delivery reports are served while waiting, up to the send deadline
+  (``streams/transports.py``).
+
+``operation`` labels are snake_case: a step name, ``outage_<stage>``, ``milvus_connect``,
+``image_fetch``, ``produce_queue_full``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from prometheus_client import Counter
 from simstream.logs import get_logger
 from simstream.redact import redact
 
-__all__ = ["Backoff", "INDEX_BLIP", "OUTAGE", "MILVUS_START", "IMAGE_FETCH", "RETRIES", "call", "call_async"]
+__all__ = ["Backoff", "INDEX_BLIP", "OUTAGE", "MILVUS_START", "IMAGE_FETCH", "QUEUE_FULL", "RETRIES", "call", "call_async"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -48,10 +54,11 @@ class Backoff:
     max_s: float
     attempts: int | None = None  # tries in all; None: until the caller's condition stops it
     deadline_s: float | None = None  # from the first try; None: no deadline
+    quiet: bool = False  # backpressure rather than a failure: each retry logs at debug, not warning
 
     def delay(self, retry_number: int, retry_after_s: float | None = None) -> float:
         """The wait before retry ``retry_number`` (1 = the first retry)."""
-        base = min(self.first_s * 2 ** (retry_number - 1), self.max_s) * random.uniform(0.5, 1.5)
+        base = min(self.first_s * 2.0 ** min(retry_number - 1, 64), self.max_s)  # a long outage: no overflow * random.uniform(0.5, 1.5)
         return max(base, retry_after_s or 0.0)
 
     def with_attempts(self, attempts: int | None) -> "Backoff":
@@ -65,6 +72,7 @@ INDEX_BLIP = Backoff(first_s=0.2, max_s=5.0, attempts=6)  # attempts: SIMSTREAM_
 OUTAGE = Backoff(first_s=0.5, max_s=30.0)
 MILVUS_START = Backoff(first_s=1.0, max_s=30.0)
 IMAGE_FETCH = Backoff(first_s=0.2, max_s=2.0, attempts=3)  # deadline: SIMSTREAM_IMAGE_FETCH_TIMEOUT_S
+QUEUE_FULL = Backoff(first_s=0.05, max_s=0.5, quiet=True)  # deadline: SIMSTREAM_KAFKA_TIMEOUT_S
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -94,8 +102,9 @@ def _tenacity_kwargs(policy: Backoff, operation: str, should_retry: Callable[[Ba
         RETRIES.labels(operation, type(exc).__name__).inc()
         if on_retry is not None and exc is not None:
             on_retry(exc)
-        log.warning("retrying after a transient failure", operation=operation, attempt=state.attempt_number,
-                    error=redact(str(exc))[:300], retry_in_s=round(wait(state), 2))
+        (log.debug if policy.quiet else log.warning)(
+            "retrying after a transient failure", operation=operation, attempt=state.attempt_number,
+            error=redact(str(exc))[:300], retry_in_s=round(wait(state), 2))
 
     return dict(wait=wait, stop=stop, before_sleep=before_sleep, reraise=True,
                 retry=tenacity.retry_if_exception(should_retry))

@@ -15,7 +15,7 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from simstream.limits import LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_TOP_K, list_payload_bytes
+from simstream.limits import LIST_CAPACITY, LIST_PAYLOAD_BYTES, MAX_SERVE_K, MAX_TOP_K, list_payload_bytes
 from simstream.records import FUSED_FIELDS
 from simstream.redact import redact
 
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     # simstream serve (the read-only query API; serve/): where it listens, and the largest k it answers
     serve_host: str = "127.0.0.1"  # SIMSTREAM_SERVE_HOST; the container sets 0.0.0.0
     serve_port: int = Field(8080, ge=1, le=65535)  # SIMSTREAM_SERVE_PORT
-    serve_max_k: int = Field(100, ge=1, le=1000)  # SIMSTREAM_SERVE_MAX_K
+    serve_max_k: int = Field(100, ge=1, le=MAX_SERVE_K)  # SIMSTREAM_SERVE_MAX_K
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit

@@ -26,6 +26,7 @@ from email.utils import parsedate_to_datetime
 from simstream import retry
 from simstream.encoders.safe_fetch import Blocked, GuardedBackend
 from simstream.errors import EncodeError
+from simstream.redact import redact
 
 __all__ = ["MAX_URL_CHARS", "MAX_REDIRECTS", "REDIRECT_STATUSES", "TRANSIENT_STATUSES", "ImageSource"]
 
@@ -228,5 +229,5 @@ def _retry_after(value: bytes | None) -> float | None:
 
 
 def _shown(url: httpx.URL) -> str:
-    """The URL without its query: signed URLs carry their secret there."""
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}{url.path}"[:300]
+    """The URL as errors show it: redacted (signed URLs carry their secret in the query), and short."""
+    return redact(str(url))[:300]

@@ -22,6 +22,7 @@ from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 from simstream.settings import Settings, load_settings
 
+__all__ = ["sample_catalog", "print_lists", "run_demo", "serve_demo"]
 
 
 def sample_catalog() -> tuple[list[dict[str, object]], Path]:

@@ -20,6 +20,8 @@ from typing import IO, Mapping
 
 from simstream.logs import get_logger
 
+__all__ = ["free_port", "wait_for_port", "pause", "EmbeddedBroker", "WorkerProcess", "MilvusServer"]
+
 log = get_logger(__name__)
 
 

@@ -40,6 +40,11 @@ from simstream.streams.contracts import parse_event
 from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
+__all__ = [
+    "SCORE_TOLERANCE", "oracle_lists", "Comparison", "compare", "Options", "run_exactness", "run_backfill",
+    "inject", "read_catalog", "reencode_error", "explain", "summary_line"
+]
+
 SCORE_TOLERANCE = 1e-4
 
 # --- the oracle -----------------------------------------------------------------------------

@@ -17,6 +17,11 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
+__all__ = [
+    "MAX_RECORD_BYTES", "FIELDS", "HOSTILE_HOSTS", "NOT_URLS", "STRINGS", "NUMBERS", "valid_event", "MUTATIONS",
+    "poison_events"
+]
+
 MAX_RECORD_BYTES = 900_000
 FIELDS = ("product_id", "op", "version", "title", "description", "brand", "category", "price", "currency",
           "mpn", "image_url", "image_b64", "attributes", "event_time")

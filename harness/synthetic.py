@@ -15,6 +15,8 @@ from importlib import resources
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["FAMILIES", "COLORS", "Stream", "long_description", "random_content", "generate_stream"]
+
 # Product families (harness/sample/families.json): a "far" update moves a product to another family
 # (title, brand, category, price range).
 FAMILIES: list[dict[str, Any]] = json.loads(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from simstream.errors import MemoryBudgetExceeded
 from simstream.index.side import GROWTH, MIN_CAPACITY
+from simstream.limits import MILVUS_PAGE_ROWS
 from simstream.memory import MemoryLimit
 
 __all__ = [
@@ -32,7 +33,7 @@ LIST_BASE_BYTES = 250
 LIST_ENTRY_BYTES = 24
 # A page of rows in flight while building: Python lists of floats (a float object and a pointer,
 # 32 bytes) plus the decoded protobuf (4), rounded up.
-BUILD_PAGE_ROWS = 2_000
+BUILD_PAGE_ROWS = MILVUS_PAGE_ROWS
 PAGE_VALUE_BYTES = 40
 MIB = 1 << 20
 

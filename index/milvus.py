@@ -39,7 +39,7 @@ from simstream.index.rows import (
 )
 from simstream.limits import (
     LIST_CAPACITY, LIST_FACTS_BYTES, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
-    MAX_MODEL_BYTES, search_hit_bytes, search_queries_per_call,
+    MAX_MODEL_BYTES, MILVUS_PAGE_ROWS, MILVUS_WRITE_ROWS, search_hit_bytes, search_queries_per_call,
 )
 from simstream.logs import get_logger
 
@@ -304,8 +304,8 @@ class MilvusStore:
     def upsert_products(self, rows: list[dict[str, Any]]) -> list[StoredProduct]:
         """Write product rows (``rows.product_row``); returns them as stored products."""
         rows = self._fit_products(rows)
-        for start in range(0, len(rows), 256):
-            self._call(self.client.upsert, self.products, rows[start:start + 256])
+        for start in range(0, len(rows), MILVUS_WRITE_ROWS):
+            self._call(self.client.upsert, self.products, rows[start:start + MILVUS_WRITE_ROWS])
         self._wrote(len(rows))
         return [_product(r) for r in rows]
 
@@ -424,13 +424,13 @@ class MilvusStore:
             facts = facts or {}
             for row, x in zip(rows, lists):
                 row["facts"] = f.to_field() if x.payload and (f := facts.get(x.product_id)) is not None else ""
-        for start in range(0, len(rows), 256):
-            self._call(self.client.upsert, self.lists, rows[start:start + 256])
+        for start in range(0, len(rows), MILVUS_WRITE_ROWS):
+            self._call(self.client.upsert, self.lists, rows[start:start + MILVUS_WRITE_ROWS])
         self._wrote(len(rows))
         return [ListHead(r["product_id"], tuple(r["neighbor_ids"]), r["kth_score"], written_at, x.as_of)
                 for r, x in zip(rows, lists)]
 
-    def iter_list_heads(self, batch_size: int = 2000) -> Iterator[list[ListHead]]:
+    def iter_list_heads(self, batch_size: int = MILVUS_PAGE_ROWS) -> Iterator[list[ListHead]]:
         """Every recorded list without its payload, in pages."""
         for page in self._pages(self.lists, _HEAD_FIELDS, batch_size):
             yield [_head(r) for r in page]
@@ -440,10 +440,10 @@ class MilvusStore:
         return [_head(r) for r in self._filter(self.lists, f"updated_at >= {int(since_ms)}", _HEAD_FIELDS)]
 
     def all_list_ids(self) -> set[str]:
-        return {r["product_id"] for page in self._pages(self.lists, ["product_id"], 2000) for r in page}
+        return {r["product_id"] for page in self._pages(self.lists, ["product_id"], MILVUS_PAGE_ROWS) for r in page}
 
     def all_product_ids(self) -> set[str]:
-        return {r["product_id"] for page in self._pages(self.products, ["product_id"], 2000) for r in page}
+        return {r["product_id"] for page in self._pages(self.products, ["product_id"], MILVUS_PAGE_ROWS) for r in page}
 
     # --- serving reads (simstream serve; never write) ------------------------------------------
     def display_fields(self, *, with_vectors: bool = False) -> list[str]:
@@ -478,7 +478,7 @@ class MilvusStore:
     def deleted_since(self, since_ms: int) -> set[str]:
         return {r["product_id"] for r in self._filter(self.tombstones, f"deleted_at >= {int(since_ms)}", ["product_id"])}
 
-    def iter_tombstones(self, batch_size: int = 2000) -> Iterator[list[tuple[str, int, int]]]:
+    def iter_tombstones(self, batch_size: int = MILVUS_PAGE_ROWS) -> Iterator[list[tuple[str, int, int]]]:
         """Every delete marker as (product_id, version, deleted_at), in pages."""
         for page in self._pages(self.tombstones, ["version", "deleted_at"], batch_size):
             yield [(r["product_id"], int(r["version"]), int(r["deleted_at"])) for r in page]

@@ -31,7 +31,7 @@ import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
 from simstream.index.all_pairs import AllPairs
-from simstream.index.budget import Footprint, check_fits, side_capacity
+from simstream.index.budget import BUILD_PAGE_ROWS, Footprint, check_fits, side_capacity
 from simstream.index.list_mirror import ListMirror
 from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
 from simstream.index.rows import HeadFacts, ListHead, StoredList, StoredProduct
@@ -104,7 +104,7 @@ class VectorStore:
         t0 = time.perf_counter()
         started = now_ms()
         side = SideIndex(self.dim, capacity=side_capacity(need.products), segments=self.segments)
-        for page in self.milvus.iter_products(2_000, with_vectors=True):
+        for page in self.milvus.iter_products(BUILD_PAGE_ROWS, with_vectors=True):
             side.put(page)
         self.side, self._side_synced_at = side, started
         log.info("side index built", products=len(side), seconds=round(time.perf_counter() - t0, 2),

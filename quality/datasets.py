@@ -12,6 +12,8 @@ from typing import Iterable, Mapping
 
 from simstream.records import ProductEvent
 
+__all__ = ["MAPPABLE", "parse_field_map", "read_rows", "row_to_event", "Table", "read_table", "read_gold"]
+
 #: ProductEvent fields a CSV column may be mapped to (``--field NAME=COLUMN``).
 MAPPABLE = ("title", "description", "brand", "category", "price", "mpn", "image")
 

@@ -29,6 +29,12 @@ from simstream.index.exact import top_k_rows
 from simstream.quality.datasets import MAPPABLE, Table, read_gold, read_table
 from simstream.records import ProductEvent
 
+__all__ = [
+    "DEFAULT_KS", "retrieval_metrics", "tfidf_scores", "tfidf_rankings", "top_k", "encode_events",
+    "milvus_rankings", "milvus_scored", "scored_top", "euclidean_scores", "threshold_gold", "build_settings",
+    "evaluate", "format_report", "json_report"
+]
+
 DEFAULT_KS = (1, 5, 10, 20, 50)
 
 

@@ -42,6 +42,11 @@ from simstream.encoders.fusion import text_of
 from simstream.encoders.text import clean_text, default_text_model
 from simstream.quality.datasets import parse_field_map, read_gold, read_table
 
+__all__ = [
+    "Corpus", "load_corpora", "TopLayers", "text_metrics", "mine_hard_negatives", "make_batches", "mnrl_loss",
+    "save_model", "run"
+]
+
 
 @dataclass
 class Corpus:

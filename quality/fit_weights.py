@@ -34,6 +34,11 @@ from simstream.quality.datasets import Table, parse_field_map, read_gold, read_t
 from simstream.quality.evaluate import DEFAULT_KS, build_settings, encode_events, retrieval_metrics, top_k
 from simstream.settings import DEFAULT_WEIGHTS
 
+__all__ = [
+    "Dataset", "unit_config", "field_vectors", "load_dataset", "Problem", "build_problem", "listwise_loss", "fit",
+    "observed_fields", "fit_weights", "run", "format_summary"
+]
+
 
 @dataclass
 class Dataset:

@@ -27,6 +27,8 @@ from simstream.quality.evaluate import DEFAULT_KS, build_settings, retrieval_met
 from simstream.quality.fit_weights import Dataset, fit_weights, load_dataset, unit_config
 from simstream.settings import DEFAULT_WEIGHTS
 
+__all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "main"]
+
 
 @dataclass(frozen=True)
 class Benchmark:

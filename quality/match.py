@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+__all__ = ["Candidates", "candidates", "pr_curve", "best_threshold", "decision", "sampled_curve", "recall_curve"]
+
 Ranked = Mapping[str, Sequence[tuple[str, float]]]  # query -> [(right id, score)], best first
 
 

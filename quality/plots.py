@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+__all__ = ["LABELS", "write_plots"]
+
 LABELS = {"simstream": "simstream", "simstream_euclidean": "simstream (euclidean)", "tfidf": "TF-IDF char-3"}
 
 

@@ -36,9 +36,21 @@ from simstream.streams.pipeline import DataPath, StepRunner
 from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 
-__all__ = ["Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials"]
+__all__ = ["Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials", "refresh_batch_size",
+           "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S"]
 
 log = get_logger(__name__)
+
+# A refresh request is a few bytes and a plan costs about the same for 1 list as for hundreds (one
+# pass over the catalog), so the refresh agent takes batches of at least this many requests.
+REFRESH_BATCH_MIN = 256
+PURGE_INTERVAL_S = 600.0  # delete markers past their retention are forgotten this often
+INDEX_CHECK_INTERVAL_S = 10.0  # readiness asks Milvus this often while no batch runs
+
+
+def refresh_batch_size(settings: Settings) -> int:
+    """Requests per refresh batch: the ingest's batch size, at least ``REFRESH_BATCH_MIN``."""
+    return max(settings.batch_size, REFRESH_BATCH_MIN)
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -207,35 +219,36 @@ class Worker:
         except Exception:  # consumer not started yet
             return set()
 
+    # --- the agents and timers: methods, so a test drives them with any ``BatchStream`` -------------
+    async def ingest_agent(self, stream: faust.StreamT[Any] | BatchStream) -> None:
+        """Validate, coalesce, encode and index product events; route refresh work by list owner."""
+        async def handle(records: Sequence[RawRecord]) -> Handled:
+            return await self.path.ingest(records, backlog=self.backlog(records))
+
+        await consume(cast(BatchStream, stream), size=self.settings.batch_size, within_s=self.settings.batch_within_s, handle=handle)
+
+    async def refresh_agent(self, stream: faust.StreamT[Any] | BatchStream) -> None:
+        """Recompute the neighbour lists this worker owns and publish the ones that changed."""
+        await consume(cast(BatchStream, stream), size=refresh_batch_size(self.settings), within_s=self.settings.refresh_within_s,
+                      handle=self.path.refresh)
+
+    async def purge_timer(self) -> None:
+        """Forget delete markers past their retention; a failure waits for the next interval."""
+        try:
+            await self.path.purge_tombstones()
+        except Exception:
+            log.exception("purging tombstones failed; trying again at the next interval")
+
+    async def index_timer(self) -> None:
+        """Readiness follows Milvus even while no batch runs."""
+        await self.path.ping_index()
+
     def _agents(self) -> None:
-        s, app, path, worker = self.settings, self.app, self.path, self
-
-        @app.agent(self.events, name="ingest")
-        async def ingest(stream: faust.StreamT) -> None:
-            """Validate, coalesce, encode and index product events; route refresh work by list owner."""
-            async def handle(records: Sequence[RawRecord]) -> Handled:
-                return await path.ingest(records, backlog=worker.backlog(records))
-
-            await consume(cast(BatchStream, stream), size=s.batch_size, within_s=s.batch_within_s, handle=handle)
-
-        @app.agent(self.refresh, name="refresh")
-        async def refresh_lists(stream: faust.StreamT) -> None:
-            """Recompute the neighbour lists this worker owns and publish the ones that changed."""
-            await consume(cast(BatchStream, stream), size=max(s.batch_size, 256), within_s=s.refresh_within_s,
-                          handle=path.refresh)
-
-        @app.timer(interval=600.0)
-        async def purge_tombstones() -> None:
-            """Forget delete markers past their retention."""
-            try:
-                await path.purge_tombstones()
-            except Exception:
-                log.exception("purging tombstones failed; trying again at the next interval")
-
-        @app.timer(interval=10.0)
-        async def check_index() -> None:
-            """Readiness follows Milvus even while no batch runs."""
-            await path.ping_index()
+        app = self.app
+        app.agent(self.events, name="ingest")(self.ingest_agent)
+        app.agent(self.refresh, name="refresh")(self.refresh_agent)
+        app.timer(interval=PURGE_INTERVAL_S)(self.purge_timer)
+        app.timer(interval=INDEX_CHECK_INTERVAL_S)(self.index_timer)
 
     # --- web pages ----------------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:

@@ -154,8 +154,7 @@ async def _backfill(settings: Settings, path: Path, ingest: Ingest, refresher: R
                    source=f"backfill:{path.name}")
         await run("flush", store.flush)
         t1 = time.perf_counter()
-        done = await publish_searched(refresher, outbox, run, store.list_owners(), page=page)
-        await run("flush", store.flush)
+        done = await publish_searched(refresher, outbox, run, page=page)
         t2 = time.perf_counter()
     report.lists, report.published, report.tombstones = done.lists, done.differed, done.tombstones
     report.seconds = {"load": round(t1 - t0, 2), "lists": round(t2 - t1, 2)}

@@ -28,6 +28,7 @@ from simstream.settings import Settings
 from simstream.redact import redact
 from simstream.streams.dead_letter import KIND_HEADER, SIMSTREAM_HEADER
 from simstream.streams.kafka_config import client_config
+from simstream.streams import messages
 from simstream.streams.messages import Headers, Message
 from simstream.streams.transports import ConfluentTransport
 
@@ -288,8 +289,7 @@ def replay(settings: Settings, letters: Sequence[DeadLetter], *, topic: str | No
                     continue
                 original = fetched
             partition = letter.source_partition if topic is None else None
-            plan.append(Message(target, original.key, original.value, original.headers, partition,
-                                original.timestamp_ms))
+            plan.append(messages.replayed(original, topic=target, partition=partition))
     finally:
         if reader is not None:
             reader.close()
@@ -298,7 +298,7 @@ def replay(settings: Settings, letters: Sequence[DeadLetter], *, topic: str | No
     largest = max(m.size for m in plan)
     # Acks from all replicas, idempotent: a replay must not reorder or duplicate within a partition.
     transport = ConfluentTransport(settings, timeout_s=timeout_s, **{
-        "acks": "all", "enable.idempotence": True, "message.max.bytes": max(1_000_000, largest + 100_000),
+        "acks": "all", "enable.idempotence": True, "message.max.bytes": max(settings.max_message_bytes, largest + 100_000),
         "log_level": 3})
     try:
         transport.send_now(plan)

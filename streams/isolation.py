@@ -51,7 +51,7 @@ async def until_applied(process: Callable[[Sequence[R]], Awaitable[None]], recor
                 answering_since = None
             raise
 
-    await retry.call_async(policy.with_attempts(None), f"{stage}-outage", attempt,
+    await retry.call_async(policy.with_attempts(None), f"outage_{stage.replace('-', '_')}", attempt,
                            retry_on=lambda exc: isinstance(exc, TRANSIENT) and not give_up)
 
 

@@ -12,7 +12,7 @@ later tombstone).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -22,7 +22,8 @@ from simstream.records import NeighbourList
 from simstream.streams.dead_letter import SIMSTREAM_HEADER, Rejected
 
 __all__ = ["Message", "partition_for", "route", "dead_letter", "bare_dead_letter", "neighbour_list",
-           "refresh_requests", "encode_refresh_request", "EVERY_LIST_REQUEST", "every_list_requests", "product_event"]
+           "refresh_requests", "encode_refresh_request", "EVERY_LIST_REQUEST", "every_list_requests", "product_event",
+           "replayed", "Original", "Headers"]
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -140,3 +141,22 @@ def product_event(value: bytes | None, *, key: bytes | None, topic: str,
                   headers: Sequence[tuple[str, bytes | None]] = ()) -> Message:
     """A product event (or any raw record the tools publish) keyed by its product id."""
     return Message(topic, key, value, tuple(headers))
+
+
+class Original(Protocol):
+    """A record as it was first sent (a consumed ``RawRecord``, a dead letter's original)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def timestamp_ms(self) -> int | None: ...
+
+
+def replayed(record: Original, *, topic: str, partition: int | None) -> Message:
+    """A record sent again as it was (``simstream dlq replay``): its key, value, headers and
+    timestamp; ``partition`` None: the key's partition."""
+    return Message(topic, record.key, record.value, record.headers, partition, record.timestamp_ms)

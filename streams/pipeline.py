@@ -5,6 +5,7 @@
              -> the refresh steps for the lists this worker owns, in a task
                 that runs while the next batch is taken and encoded            [ack the input]
     refresh: decode requests -> plan (merge or search) -> publish -> record -> recheck
+             (plan -> publish -> record: ``publish_refreshed``, also reconcile's and backfill's)
              -> refresh requests for lists that raced                          [ack the input]
              (an every-list request: all pairs multiplied once, then plan page by page)
 
@@ -45,10 +46,10 @@ from simstream.streams.ingest import (
 from simstream.streams.isolation import apply_or_dead_letter, until_applied
 from simstream.streams.bulk import BulkRound
 from simstream.streams.outbox import Outbox
-from simstream.streams.refresh import Refresher
+from simstream.streams.refresh import Refresher, RefreshPlan
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "finished", "DataPath"]
+__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "publish_refreshed", "finished", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -195,6 +196,19 @@ async def every_list_scan(refresher: Refresher, run: StepRunner, lists: int) -> 
     if scan is not None:
         log.info("all pairs multiplied", rows=scan.used, seconds=round(time.perf_counter() - started, 1))
     return scan
+
+
+async def publish_refreshed(refresher: Refresher, outbox: Outbox, run: StepRunner, ids: Sequence[str],
+                            event_times: Mapping[str, int | None], *, search_all: bool = False,
+                            scan: AllPairs | None = None) -> RefreshPlan:
+    """plan -> publish -> record, under the lists lock: the one sequence by which a list goes out
+    (the refresh agent, the ingest's own refresh, ``reconcile`` and ``backfill``). A list is durable
+    on the topic before it is recorded, so a crash in between publishes it again, never loses it."""
+    async with run.lists_lock:
+        plan = await run("plan", functools.partial(refresher.plan, search_all=search_all, scan=scan), ids, event_times)
+        await outbox.lists(plan.publish, plan.payloads)
+        await run("record", refresher.record, plan)
+    return plan
 
 
 async def finished(durable: bool | asyncio.Task[None]) -> bool:
@@ -348,11 +362,8 @@ class DataPath:
                              search_all: bool = False, scan: AllPairs | None = None) -> None:
         """plan -> publish -> record (under the lists lock) -> re-check; what the re-check finds
         stale goes to the refresh topic."""
-        async with self.run.lists_lock:
-            plan = await self.run("plan", functools.partial(self.refresher.plan, search_all=search_all, scan=scan),
-                                  ids, event_times)
-            await self.outbox.lists(plan.publish, plan.payloads)
-            await self.run("record", self.refresher.record, plan)
+        plan = await publish_refreshed(self.refresher, self.outbox, self.run, ids, event_times,
+                                       search_all=search_all, scan=scan)
         stale = await self.run("recheck", self.refresher.recheck, plan)
         await self.outbox.refresh_requests(stale, event_times)
         metrics.observe_refresh(plan.publish, plan.unchanged, plan.merged, plan.searched)

@@ -1,8 +1,8 @@
 """Recompute lists with every one searched, publish the ones that differ, then record them.
 
 Shared by ``simstream reconcile`` (every list, from the index) and ``simstream backfill`` (every
-list after a bulk load). Same steps as the refresh agent (``Refresher.plan`` -> publish ->
-``record``) through the same ``Outbox``, so the lists and their messages equal the streaming
+list after a bulk load). Same steps as the refresh agent (``publish_refreshed``: ``Refresher.plan``
+-> publish -> ``record``) through the same ``Outbox``, so the lists and their messages equal the streaming
 path's. Every pair of products is multiplied once for all lists (index/all_pairs.py), and a page
 of lists is rescored from those candidates (a list they no longer hold is searched).
 """
@@ -10,10 +10,8 @@ of lists is rescored from those candidates (a list they no longer hold is search
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 from simstream.streams.outbox import Outbox
-from simstream.streams.pipeline import StepRunner, every_list_scan
+from simstream.streams.pipeline import StepRunner, every_list_scan, publish_refreshed
 from simstream.streams.refresh import Refresher
 
 __all__ = ["Published", "publish_searched"]
@@ -26,18 +24,16 @@ class Published:
     tombstones: int = 0
 
 
-async def publish_searched(refresher: Refresher, outbox: Outbox, run: StepRunner, ids: Sequence[str], *,
-                           page: int = 512) -> Published:
-    """Search, publish and record the lists of ``ids`` (sorted), ``page`` at a time. Each page is
-    durable on the topic before it is recorded, as in the refresh agent."""
-    out = Published(lists=len(ids))
-    ordered = sorted(ids)
+async def publish_searched(refresher: Refresher, outbox: Outbox, run: StepRunner, *, page: int = 512) -> Published:
+    """Search, publish and record every list the index holds (sorted by owner), ``page`` at a
+    time (``publish_refreshed``: each page durable on the topic before it is recorded), then flush."""
+    ordered = sorted(await run("list_owners", refresher.store.list_owners))
+    out = Published(lists=len(ordered))
     scan = await every_list_scan(refresher, run, len(ordered))
     for start in range(0, len(ordered), page):
-        plan = await run("plan", lambda chunk: refresher.plan(chunk, {}, search_all=True, scan=scan),
-                         ordered[start:start + page])
-        await outbox.lists(plan.publish, plan.payloads)
-        await run("record", refresher.record, plan)
+        plan = await publish_refreshed(refresher, outbox, run, ordered[start:start + page], {}, search_all=True,
+                                       scan=scan)
         out.differed += len(plan.publish)
         out.tombstones += sum(1 for nl in plan.publish.values() if nl is None)
+    await run("flush", refresher.store.flush)
     return out

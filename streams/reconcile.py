@@ -28,13 +28,10 @@ log = get_logger(__name__)
 def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, page: int = 512) -> dict[str, Any]:
     """Every list searched and compared with what was published; returns the counts."""
     ingest, refresher = build_steps(settings, encoder)
-    store = ingest.store
     run = StepRunner(max_retries=settings.max_retries)
     try:
         with ConfluentTransport(settings) as transport:
-            owners = store.list_owners()
-            done = asyncio.run(publish_searched(refresher, Outbox(transport, settings), run, owners, page=page))
-        store.flush()
+            done = asyncio.run(publish_searched(refresher, Outbox(transport, settings), run, page=page))
     finally:
         run.close()
     report = {"lists": done.lists, "differed": done.differed, "tombstones": done.tombstones}

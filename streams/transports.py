@@ -17,12 +17,12 @@ deadline (an outage: the caller waits it out), ``KafkaRefused`` when it refused 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Mapping, Protocol, Sequence
 
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from simstream import retry
 from simstream.errors import KafkaRefused, KafkaUnavailable
 from simstream.settings import Settings
 from simstream.streams.kafka_config import client_config
@@ -127,18 +127,25 @@ class ConfluentTransport:
             extra["partition"] = partition_for(m.key, self.partition_count(m.topic))
         if m.timestamp_ms:
             extra["timestamp"] = m.timestamp_ms
-        deadline = time.monotonic() + self.timeout_s
-        while True:
+
+        def queue() -> None:
             try:
                 self.producer.produce(m.topic, key=m.key, value=m.value, headers=list(m.headers) or None,
                                       on_delivery=self._report, **extra)
-                break
-            except BufferError:  # local queue full: serve delivery reports, then try again
-                if time.monotonic() > deadline:
-                    raise KafkaUnavailable(f"the producer queue stayed full for {self.timeout_s} s") from None
-                self.producer.poll(0.5)
             except KafkaException as exc:  # refused locally: too large, unknown partition
                 raise KafkaRefused(f"{m.topic}: {exc}") from exc
+
+        def serve_reports(seconds: float) -> None:  # frees the queue as messages are acknowledged
+            self.producer.poll(seconds)
+
+        try:
+            queue()
+        except BufferError:  # local queue full: serve delivery reports while waiting, then try again
+            try:
+                retry.call(retry.QUEUE_FULL.with_deadline(self.timeout_s), "produce_queue_full", queue,
+                           retry_on=(BufferError,), sleep=serve_reports)
+            except BufferError:
+                raise KafkaUnavailable(f"the producer queue stayed full for {self.timeout_s} s") from None
         self.producer.poll(0)
 
     def flush(self) -> None:

@@ -21,6 +21,16 @@ def test_the_event_schema_states_the_same_limits() -> None:
     assert stated == limits.EVENT_FIELD_CHARS
 
 
+def test_the_neighbour_list_schema_states_the_same_limits() -> None:
+    """The output contract bounds what a recommender must be ready for: ids, the model tag and k."""
+    schema = _schema("neighbor_list.schema.json")
+    props = schema["properties"]
+    entry = props["neighbors"]["items"]["properties"]
+    assert props["product_id"]["maxLength"] == entry["product_id"]["maxLength"] == limits.MAX_ID_BYTES
+    assert props["model"]["maxLength"] == limits.MAX_MODEL_BYTES
+    assert props["neighbors"]["maxItems"] == limits.MAX_TOP_K
+
+
 def test_byte_limits_are_no_looser_than_the_character_limits() -> None:
     # a character is at least one byte: the byte check of parse_event is the binding one
     for name, max_bytes in limits.EVENT_FIELD_BYTES.items():

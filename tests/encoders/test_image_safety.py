@@ -238,6 +238,13 @@ def test_retries_give_up_as_transient_and_permanent_failures_are_not_retried(ser
     assert not err.value.transient and server.count("/missing") == 1
 
 
+def test_a_failed_fetch_names_the_url_without_its_signature(server):
+    """The error (a dead letter's reason, a log line) shows where, never the signed query or fragment."""
+    with pytest.raises(EncodeError, match="404") as err:
+        lenient().fetch(f"{server.base}/missing?X-Amz-Signature=SECRET1&sig=SECRET2#token=SECRET3", None)
+    assert f"{server.base}/missing?***#***" in str(err.value) and "SECRET" not in str(err.value)
+
+
 def test_retry_after_is_honoured_within_the_deadline(server):
     started = time.monotonic()
     assert lenient(timeout_s=5.0).fetch(f"{server.base}/busy-for/1", None) == PNG

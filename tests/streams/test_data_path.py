@@ -193,9 +193,9 @@ def test_an_outage_is_waited_out_and_nothing_is_dead_lettered(path, failing) -> 
     data, transport = path
     # the refresh requests (or the refresh topic's metadata) fail twice, then Kafka answers again
     setattr(transport, "down" if failing == "sends" else "metadata_down", 2)
-    before = retry.RETRIES.labels("ingest-outage", "KafkaUnavailable")._value.get()
+    before = retry.RETRIES.labels("outage_ingest", "KafkaUnavailable")._value.get()
     asyncio.run(data.ingest(records((b"a", event("a")))))
-    assert retry.RETRIES.labels("ingest-outage", "KafkaUnavailable")._value.get() - before == 2
+    assert retry.RETRIES.labels("outage_ingest", "KafkaUnavailable")._value.get() - before == 2
     assert transport.on(data.settings.dlq_topic) == []
     assert {pid for m in transport.on(data.settings.refresh_topic) for pid in orjson.loads(m.value or b"")["ids"]} == {"a"}
     assert data.outbox.answering

@@ -115,3 +115,46 @@ def test_catalog_events_are_partitioned_like_the_worker(broker: EmbeddedBroker) 
     everything = list(range(PARTITIONS))
     assert seen == {k: DefaultPartitioner()(k.encode(), everything, everything) for k in keys}
     assert len(set(seen.values())) == PARTITIONS
+
+
+class _FullQueue:
+    """A producer whose local queue is full for the first ``full`` tries."""
+
+    def __init__(self, full: int) -> None:
+        self.full, self.tries, self.polls = full, 0, []
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        self.tries += 1
+        if self.tries <= self.full:
+            raise BufferError("Local: Queue full")
+
+    def poll(self, timeout: float) -> int:
+        self.polls.append(timeout)
+        time.sleep(timeout)
+        return 0
+
+
+def test_a_full_producer_queue_serves_delivery_reports_until_it_drains_or_the_deadline() -> None:
+    """Backpressure is one use of the retry policy: counted as produce_queue_full, waited out by
+    polling (which serves delivery reports and frees the queue), and an outage past the deadline."""
+    import time
+
+    import pytest
+
+    from simstream import retry
+    from simstream.errors import KafkaUnavailable
+    from simstream.streams.messages import Message
+
+    transport = ConfluentTransport(Settings(kafka="127.0.0.1:1"), timeout_s=1.0)
+    message = Message("t", b"k", b"v", partition=0)
+    counter = retry.RETRIES.labels("produce_queue_full", "BufferError")
+    before = counter._value.get()
+    transport.producer = _FullQueue(full=3)  # type: ignore[assignment]
+    transport.produce(message)
+    assert transport.producer.tries == 4 and len(transport.producer.polls) >= 2  # type: ignore[attr-defined]
+    assert counter._value.get() - before == 2  # the first refusal is met before the policy
+    transport.producer = _FullQueue(full=10**9)  # type: ignore[assignment]
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match="stayed full"):
+        transport.produce(message)
+    assert 0.5 < time.monotonic() - started < 2.0

@@ -73,3 +73,92 @@ def test_the_refresh_partitions_held_are_those_assigned_and_none_in_a_rebalance(
         assert worker.refresh_partitions_held() == set()
     finally:
         worker.run.close()
+
+
+class _Event:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.message = SimpleNamespace(key=b"k", value=b"v", partition=partition, offset=offset, headers=[],
+                                       timestamp=0.0, topic="t")
+
+
+class _Stream:
+    """A Faust stream as the agents see it: batches out (with the size asked for), acks in."""
+
+    def __init__(self, batches: list[list[_Event]]) -> None:
+        self.batches, self.sizes, self.acked = batches, [], []
+
+    def noack_take(self, max_: int, within: float):  # noqa: ANN201
+        self.sizes.append(max_)
+
+        async def take():  # noqa: ANN202
+            for batch in self.batches:
+                yield batch
+        return take()
+
+    async def ack(self, event: _Event) -> bool:
+        self.acked.append(event.message.offset)
+        return True
+
+
+def test_the_agents_hand_batches_to_the_data_path_and_ack_after_it(tmp_path: Path) -> None:
+    """The ingest agent passes each batch with the backlog behind it and acks it once the data path
+    returned; the refresh agent takes batches of at least REFRESH_BATCH_MIN requests."""
+    import asyncio
+
+    from faust.types import TP
+
+    from simstream.streams.app import REFRESH_BATCH_MIN
+
+    settings = Settings(data_dir=tmp_path, milvus_uri="http://milvus.invalid:19530", web_enabled=False, batch_size=8)
+    steps = SimpleNamespace(store=SimpleNamespace(ping=lambda: True), encoder=SimpleNamespace(on_accelerator=False))
+    worker = Worker(settings, steps, SimpleNamespace())  # type: ignore[arg-type]
+    seen: list[tuple[str, list[int], int | None, list[int]]] = []
+
+    async def ingest(records, backlog: int = 0):  # noqa: ANN001, ANN202
+        seen.append(("ingest", [r.offset for r in records], backlog, list(stream.acked)))
+        return True
+
+    async def refresh(records):  # noqa: ANN001, ANN202
+        seen.append(("refresh", [r.offset for r in records], None, list(requests.acked)))
+
+    worker.path = SimpleNamespace(ingest=ingest, refresh=refresh)  # type: ignore[assignment]
+    topic = settings.events_topic
+    worker.app.consumer = SimpleNamespace(assignment=lambda: {TP(topic, 0)},  # type: ignore[assignment]
+                                          highwater=lambda tp: 10)
+    try:
+        stream = _Stream([[_Event(0, 0), _Event(0, 1)], [_Event(0, 2)]])
+        asyncio.run(worker.ingest_agent(stream))
+        # 10 waiting, less what was taken; a batch is acked only after the data path returned for it
+        assert seen == [("ingest", [0, 1], 8, []), ("ingest", [2], 7, [0, 1])]
+        assert stream.acked == [0, 1, 2] and stream.sizes == [8]
+        requests = _Stream([[_Event(1, 5)]])
+        asyncio.run(worker.refresh_agent(requests))
+        assert seen[-1] == ("refresh", [5], None, []) and requests.acked == [5]
+        assert requests.sizes == [REFRESH_BATCH_MIN]
+    finally:
+        worker.run.close()
+
+
+def test_an_ack_never_runs_ahead_of_the_data_path(tmp_path: Path) -> None:
+    """A batch whose data path fails is not acked (it is taken again after the restart)."""
+    import asyncio
+
+    import pytest
+
+    settings = Settings(data_dir=tmp_path, milvus_uri="http://milvus.invalid:19530", web_enabled=False)
+    steps = SimpleNamespace(store=SimpleNamespace(ping=lambda: True), encoder=SimpleNamespace(on_accelerator=False))
+    worker = Worker(settings, steps, SimpleNamespace())  # type: ignore[arg-type]
+
+    async def ingest(records, backlog: int = 0):  # noqa: ANN001, ANN202
+        if records[0].offset == 1:
+            raise RuntimeError("Milvus refused the write")
+        return True
+
+    worker.path = SimpleNamespace(ingest=ingest)  # type: ignore[assignment]
+    try:
+        stream = _Stream([[_Event(0, 0)], [_Event(0, 1)], [_Event(0, 2)]])
+        with pytest.raises(RuntimeError):
+            asyncio.run(worker.ingest_agent(stream))
+        assert stream.acked == [0]
+    finally:
+        worker.run.close()
