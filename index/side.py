@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from collections import deque
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ from simstream.index.rows import StoredProduct
 from simstream.logs import get_logger
 from simstream.vector_codec import Segment
 
-__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "ProductMeta", "SideIndex"]
+__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "ProductMeta", "SideIndex"]
 
 log = get_logger(__name__)
 
@@ -44,6 +45,9 @@ log = get_logger(__name__)
 GROWTH = 1.25
 MIN_CAPACITY = 1024
 HASH_SLOTS = 8  # field hashes held per product as 64-bit numbers (simstream has 7 fields)
+# Deletes remembered with their write sequence number (``SideIndex.changes_after``): a step that
+# asks about more deletes than this since it read gets None, and its caller asks Milvus instead.
+DELETE_LOG = 65_536
 
 
 class ProductMeta:
@@ -131,6 +135,13 @@ class SideIndex:
         # Per row, the boundary of its product's recorded list (+inf: none): a changed product
         # enters that list only if it scores at least this (``search_reaching``).
         self._bars = np.full(capacity, np.inf, np.float32)
+        # Every write (a put of a row, a delete) gets the next sequence number, ``applied``: a step
+        # that read the index when it stood at s saw exactly the rows put at or before s, so only
+        # the writes after s can have changed what it computed (``changes_after``).
+        self._seq = 0
+        self._put_seq = np.zeros(capacity, np.int64)
+        self._deletes: deque[tuple[int, str]] = deque()
+        self._deletes_forgotten = 0  # the newest sequence number dropped from ``_deletes``
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
@@ -170,7 +181,7 @@ class SideIndex:
     def nbytes(self) -> int:
         """Bytes allocated by the arrays (rows, metadata, live flags): the deterministic part of
         the index's memory; ids and the id->row dict come on top (measured as RSS)."""
-        return self._rows.nbytes + self._meta.nbytes + self._live.nbytes + self._bars.nbytes
+        return self._rows.nbytes + self._meta.nbytes + self._live.nbytes + self._bars.nbytes + self._put_seq.nbytes
 
     @property
     def loose_rows(self) -> int:
@@ -196,6 +207,9 @@ class SideIndex:
         bars = np.full(new, np.inf, np.float32)
         bars[:cap] = self._bars
         self._bars = bars
+        put_seq = np.zeros(new, np.int64)
+        put_seq[:cap] = self._put_seq
+        self._put_seq = put_seq
 
     def put(self, products: Sequence[StoredProduct]) -> None:
         """Insert or replace products, vector and metadata."""
@@ -222,6 +236,8 @@ class SideIndex:
         if self._resident is not None:
             self._resident.write(rows, self._rows.read(rows))  # the grid's values, as every scan reads them
         self._live[rows] = True
+        self._put_seq[rows] = np.arange(self._seq + 1, self._seq + 1 + len(rows))
+        self._seq += len(rows)
         for scan in self._passes:
             scan.touch(rows)
 
@@ -236,6 +252,10 @@ class SideIndex:
                     self._resident.clear(r)
                 self._ids[r] = None
                 self._free.append(r)
+                self._seq += 1
+                self._deletes.append((self._seq, pid))
+                if len(self._deletes) > DELETE_LOG:
+                    self._deletes_forgotten = self._deletes.popleft()[0]
                 for scan in self._passes:
                     scan.touch(r)
 
@@ -251,6 +271,25 @@ class SideIndex:
         return sorted(pid for pid, t in stamps.items() if (r := self._row.get(pid)) is None or int(updated[r]) != t)
 
     # --- reads --------------------------------------------------------------------------------
+    @property
+    def applied(self) -> int:
+        """The sequence number of the last write applied: where a read made now stands."""
+        return self._seq
+
+    def changes_after(self, seq: int) -> tuple[list[str], set[str]] | None:
+        """The live ids put after ``seq`` (``applied`` when a step read), and the ids deleted
+        after it (some may be live again); None when the delete log no longer reaches back."""
+        if seq < self._deletes_forgotten:
+            return None
+        n = len(self._ids)
+        rows = np.flatnonzero(self._live[:n] & (self._put_seq[:n] > seq))
+        deleted: set[str] = set()
+        for at, pid in reversed(self._deletes):
+            if at <= seq:
+                break
+            deleted.add(pid)
+        return [self._ids[r] for r in rows.tolist()], deleted  # type: ignore[misc]
+
     def _read(self, ids: Iterable[str]) -> tuple[list[tuple[str, int]], np.ndarray]:
         """The live products among ``ids`` with their rows, and their decoded vectors in that order."""
         found = [(pid, r) for pid in ids if (r := self._row.get(pid)) is not None]

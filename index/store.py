@@ -247,6 +247,23 @@ class VectorStore:
             return side.get(side.ids_written_since(since_ms))
         return self.milvus.read_changed_since(since_ms)
 
+    def view(self) -> int | None:
+        """Where the in-memory copy stands now (the side index's write sequence number): a step
+        that takes it right after its first read, inside ``one_sync``, can later ask what changed
+        since it read (``changes_after``). None without the side index."""
+        return self.side.applied if self.side is not None else None
+
+    def changes_after(self, view: int | None, since_ms: int) -> tuple[dict[str, StoredProduct], set[str]]:
+        """Products written and ids deleted since a step read, after a sync: with the side index,
+        exactly the writes applied to it after ``view`` (what that step could not have seen);
+        else (or when ``view`` is too old to tell) every product written and deleted at or after
+        ``since_ms`` as Milvus has them, a superset."""
+        if view is not None and (side := self._synced_side()) is not None \
+                and (after := side.changes_after(view)) is not None:
+            put, deleted = after
+            return side.get(put), deleted
+        return self.changed_since(since_ms), self.deleted_since(since_ms)
+
     def count_written_since(self, times_ms: Sequence[int]) -> list[int]:
         """Per time, how many live products were written at or after it (as of the last sync).
         Needs the side index."""

@@ -42,6 +42,9 @@ class RefreshPlan:
     built: dict[str, NeighbourList] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     started: int = 0
+    # Where the side index stood when the first computation read it (``VectorStore.view``): the
+    # re-check looks at the writes applied after it. None: by time, from ``started``.
+    view: int | None = None
     # Vectors this plan already decoded (merged heads' members, changed products in reach): the
     # "why similar" step reuses them instead of decoding again.
     decoded: dict[str, np.ndarray] = field(default_factory=dict)
@@ -81,7 +84,8 @@ class Refresher:
         heads: dict[str, ListHead] = {}
         for attempt in range(MAX_RECHECKS + 1):
             if attempt == 0:
-                pending = self._attempt(plan.started, pending, plan, lists, heads, event_times, search_all, scan)
+                pending = self._attempt(plan.started, pending, plan, lists, heads, event_times, search_all, scan,
+                                        first=True)
             else:  # read again: the searches must see every write made before ``started``
                 with self.store.one_sync():
                     pending = self._attempt(now_ms(), pending, plan, lists, heads, event_times, search_all, None)
@@ -141,10 +145,14 @@ class Refresher:
 
     def _attempt(self, started: int, pending: set[str], plan: RefreshPlan, lists: dict[str, BuiltList],
                  heads: dict[str, ListHead], event_times: Mapping[str, int | None], search_all: bool,
-                 scan: AllPairs | None) -> set[str]:
+                 scan: AllPairs | None, *, first: bool = False) -> set[str]:
         """Compute the lists of ``pending`` from the store as read after ``started``; returns the
-        ones that writes elsewhere may have made stale meanwhile."""
-        products = self.store.get_products(sorted(pending))
+        ones that writes elsewhere may have made stale meanwhile (``first``: the plan's first try)."""
+        products = self.store.get_products(sorted(pending))  # the first read: synced here
+        # A pass made earlier (``scan``) read older states: its writes since are judged by time.
+        view = self.store.view() if scan is None else None
+        if first:  # the re-check after recording starts from the earliest state read
+            plan.view = view
         heads.update(self.store.list_heads(sorted(pending)))
         fresh = self._compute(products, heads, event_times, started, plan, search_all=search_all, scan=scan)
         for pid in pending - products.keys():
@@ -158,7 +166,7 @@ class Refresher:
             plan.built[pid] = built.published
             plan.vectors[pid] = products[pid].vector
         # Writers elsewhere may have changed products while we searched: re-check those lists.
-        return self._stale_since(started, {p: b.published for p, b in fresh.items()},
+        return self._stale_since(started, view, {p: b.published for p, b in fresh.items()},
                                  {p: s.vector for p, s in products.items()})
 
     def _compute(self, products: Mapping[str, StoredProduct], heads: Mapping[str, ListHead],
@@ -240,12 +248,12 @@ class Refresher:
         refresh topic, so they are recomputed by their owner."""
         if not plan.built:
             return set()
-        return self._stale_since(plan.started, plan.built, plan.vectors)
+        return self._stale_since(plan.started, plan.view, plan.built, plan.vectors)
 
-    def _stale_since(self, started_ms: int, lists: Mapping[str, NeighbourList],
+    def _stale_since(self, started_ms: int, view: int | None, lists: Mapping[str, NeighbourList],
                      vectors: Mapping[str, np.ndarray]) -> set[str]:
-        """Lists that products written or deleted since ``started_ms`` (less the skew allowance)
-        may have made stale."""
-        since = started_ms - RACE_LOOKBACK_MS
-        return stale_lists(lists, vectors, self.store.changed_since(since), self.store.deleted_since(since),
-                           k=self.builder.k)
+        """Lists that products written or deleted since they were computed may have made stale:
+        the writes applied to the side index after ``view``; without one, every write since
+        ``started_ms`` less the skew allowance (docs/exactness.md §2a)."""
+        changed, deleted = self.store.changes_after(view, started_ms - RACE_LOOKBACK_MS)
+        return stale_lists(lists, vectors, changed, deleted, k=self.builder.k)

@@ -191,3 +191,38 @@ def test_one_sync_reads_other_workers_writes_once_per_step(small_store, monkeypa
     assert sorted(syncs) == ["mirror", "mirror", "side", "side"]
     store.get_products(["p1"]), store.get_products(["p2"])  # outside: every read syncs what it reads
     assert (syncs.count("side"), syncs.count("mirror")) == (4, 2)
+
+
+def test_changes_after_a_view_are_exactly_the_writes_a_step_did_not_see(small_store, monkeypatch):
+    """A refresh re-checks its lists against the writes applied to the side index after it read
+    (its own later writes and other workers', puts and deletes), not against every write of the
+    last seconds; a view older than the delete log reaches falls back to Milvus, by time."""
+    import simstream.index.side as side_module
+
+    store = small_store
+    store.milvus.exclusive = False  # as on a shared server: other workers' writes arrive by sync
+    rng = np.random.default_rng(11)
+    started = now_ms()
+    store.upsert_products([product_row(f"p{i}", rng.normal(size=DIM).astype(np.float32), 1) for i in range(6)])
+    store.load_into_memory()
+    with store.one_sync():
+        store.get_products(["p0"])
+        view = store.view()
+    store.upsert_products([product_row("p1", rng.normal(size=DIM).astype(np.float32), 2)])  # own write
+    store.milvus.client.upsert(store.milvus.products, [product_row("p2", rng.normal(size=DIM).astype(np.float32), 2)])
+    store.milvus.client.delete(store.milvus.products, ids=["p3"])  # another worker's delete
+    store.upsert_tombstones({"p3": 2}, now_ms())
+    store.delete_products(["p4"])
+    store.upsert_tombstones({"p4": 2}, now_ms())
+    changed, deleted = store.changes_after(view, started)
+    assert changed.keys() == {"p1", "p2"} and deleted == {"p3", "p4"}
+    assert changed["p2"].version == 2
+    # by time, everything written since ``started`` comes back: the superset it replaces
+    assert store.changes_after(None, started)[0].keys() == {"p0", "p1", "p2", "p5"}
+    assert store.changes_after(store.view(), now_ms()) == ({}, set())
+    monkeypatch.setattr(side_module, "DELETE_LOG", 1)
+    store.delete_products(["p5"])
+    store.delete_products(["p0"])  # the log forgets p5's delete: views before it cannot be answered
+    assert store.side is not None and store.side.changes_after(view) is None
+    changed, deleted = store.changes_after(view, started)
+    assert changed.keys() == {"p1", "p2"} and {"p3", "p4"} <= deleted
