@@ -478,6 +478,11 @@ class MilvusStore:
     def deleted_since(self, since_ms: int) -> set[str]:
         return {r["product_id"] for r in self._filter(self.tombstones, f"deleted_at >= {int(since_ms)}", ["product_id"])}
 
+    def tombstones_since(self, since_ms: int) -> list[tuple[str, int, int]]:
+        """The delete markers written at or after ``since_ms`` as (product_id, version, deleted_at)."""
+        rows = self._filter(self.tombstones, f"deleted_at >= {int(since_ms)}", ["version", "deleted_at"])
+        return [(r["product_id"], int(r["version"]), int(r["deleted_at"])) for r in rows]
+
     def iter_tombstones(self, batch_size: int = MILVUS_PAGE_ROWS) -> Iterator[list[tuple[str, int, int]]]:
         """Every delete marker as (product_id, version, deleted_at), in pages."""
         for page in self._pages(self.tombstones, ["version", "deleted_at"], batch_size):

@@ -7,7 +7,7 @@ memory. This layer keeps the copies in step and answers the stream's questions:
 - this worker's own writes are applied to the copies as they are made;
 - before every read, a sync applies what *any* writer did since the last sync: products written
   and lists recorded at or after (last sync - ``RACE_LOOKBACK_MS``), and products deleted in that
-  window (their tombstones). So with several workers sharing a Milvus server, a read sees every
+  window (their tombstones, which the tombstone mirror keeps with their versions). So with several workers sharing a Milvus server, a read sees every
   write that was visible in Milvus when the sync ran, as a Strong-consistency Milvus query would;
   writes landing later are caught by the refresh step's race re-check (docs/exactness.md).
 - A milvus-lite *file* opens in one process only, so there nothing needs syncing.
@@ -15,7 +15,10 @@ memory. This layer keeps the copies in step and answers the stream's questions:
   (``index/budget.py``): MemoryBudgetExceeded names the numbers instead of an OOM kill mid-build.
 - Purged list tombstone markers leave this worker's mirror by the same rule as Milvus; another
   worker's mirror drops them at its own next purge (until then it reports an old marker, which
-  stands for the same thing as no list: a tombstone published long ago).
+  stands for the same thing as no list: a tombstone published long ago). Product delete markers
+  likewise; and a marker another worker removed when the product came back stays held until
+  then, which changes no answer: a product's current version is the larger of its row's and its
+  marker's, and the returned product's row is the newer.
 
 Without the copies (``SIMSTREAM_SIDE_INDEX=false``) every question is a Milvus query.
 """
@@ -61,7 +64,7 @@ class VectorStore:
         self.memory_limit_bytes = memory_limit_bytes
         self.side: SideIndex | None = None
         self.mirror: ListMirror | None = None
-        self.tombstones: TombstoneMirror | None = None  # only while this process is Milvus' only writer
+        self.tombstones: TombstoneMirror | None = None  # beside the side index
         self._side_synced_at = 0
         self._mirror_synced_at = 0
         # Inside ``one_sync``: which copies were synced since it began (None: sync before every read)
@@ -109,12 +112,11 @@ class VectorStore:
         self.side, self._side_synced_at = side, started
         log.info("side index built", products=len(side), seconds=round(time.perf_counter() - t0, 2),
                  bytes_per_vector=side.row_bytes, loose_rows=side.loose_rows)
-        if self.milvus.exclusive:  # every marker passes through this process: hold them here
-            tombstones = TombstoneMirror()
-            for markers in self.milvus.iter_tombstones():
-                for pid, version, deleted_at in markers:
-                    tombstones.put({pid: version}, deleted_at)
-            self.tombstones = tombstones
+        tombstones = TombstoneMirror()  # delete markers: this process's own, and others' with each sync
+        for markers in self.milvus.iter_tombstones():
+            for pid, version, deleted_at in markers:
+                tombstones.put({pid: version}, deleted_at)
+        self.tombstones = tombstones
         if not self.milvus.lists_stamped:
             log.warning("lists collection has no updated_at (created by an older simstream); "
                         "list questions go to Milvus", collection=self.milvus.lists)
@@ -177,7 +179,7 @@ class VectorStore:
         reads: dict[str, Callable[[], Any]] = {}
         if "side" in copies:
             since = self._side_synced_at - RACE_LOOKBACK_MS
-            reads["deleted"] = lambda: self.milvus.deleted_since(since)
+            reads["deleted"] = lambda: self.milvus.tombstones_since(since)
             reads["stamps"] = lambda: self.milvus.write_stamps_since(since)
         if "mirror" in copies:
             reads["heads"] = lambda: self.milvus.list_heads_since(self._mirror_synced_at - RACE_LOOKBACK_MS)
@@ -185,7 +187,11 @@ class VectorStore:
         if (side := self.side) is not None and "side" in copies:
             # Vectors are read only for rows not held at that updated_at already (own writes carry
             # their stamp), so a single worker's sync reads no vector.
-            stamps, deleted = got["stamps"], got["deleted"]
+            stamps, markers = got["stamps"], got["deleted"]
+            deleted = {pid for pid, _, _ in markers}
+            if self.tombstones is not None:
+                for pid, version, deleted_at in markers:
+                    self.tombstones.put({pid: version}, deleted_at)
             if fetch := side.not_held(stamps):
                 products = self.milvus.read_products(fetch)
                 self._put_side([products[pid] for pid in fetch if pid in products])
@@ -414,12 +420,16 @@ class VectorStore:
 
     # --- tombstones -----------------------------------------------------------------------
     def get_tombstones(self, ids: Sequence[str]) -> dict[str, int]:
+        """The delete marker's version of each id among ``ids`` that has one."""
         if self.tombstones is not None:
+            self._synced_side()  # other workers' markers arrive with the side index's sync
             return self.tombstones.versions(ids)
         return self.milvus.read_tombstones(ids)
 
     def deleted_since(self, since_ms: int) -> set[str]:
+        """Products whose delete marker was written at or after ``since_ms``."""
         if self.tombstones is not None:
+            self._synced_side()
             return self.tombstones.deleted_since(since_ms)
         return self.milvus.deleted_since(since_ms)
 

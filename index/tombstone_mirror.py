@@ -1,10 +1,11 @@
 """An in-memory mirror of the tombstones collection: each deleted product's version and deletion time.
 
-Every refresh cycle asks "what was deleted since t" twice (its race re-checks) and every ingest
-batch asks for the markers of its products; on milvus-lite each is a filter query through the
-in-process gRPC adapter. When this process is Milvus' only writer (a milvus-lite file, which it
-opens exclusively) every marker passes through it, so it answers those questions from here; with a
-Milvus server other workers write markers too, and ``index.store.VectorStore`` asks Milvus.
+Every ingest batch asks for the markers of its products, and a refresh whose side index cannot
+tell asks "what was deleted since t"; on milvus-lite each is a filter query through the in-process
+gRPC adapter, and beside a Milvus server a Strong read that waits for the server's time tick. So
+they are answered from here: this process's own markers as it writes them, other workers' with
+each sync of the side index (``index.store.VectorStore``), which reads the markers written since
+its last sync anyway.
 
 A plain in-memory structure that knows nothing of Milvus: ``VectorStore`` fills it at start-up and
 applies every marker it writes, deletes and purges, with the same rules as the collection.

@@ -35,3 +35,29 @@ def test_the_store_answers_from_memory_as_milvus_does(tmp_path: Path) -> None:
         assert store.deleted_since(since) == store.milvus.deleted_since(since), since
     assert store.get_tombstones(ids) == store.milvus.read_tombstones(ids) == {"a": 3}
     store.close()
+
+
+def test_other_workers_markers_arrive_with_the_sync(tmp_path: Path) -> None:
+    """Beside a shared server the mirror holds other workers' markers too: they come with the side
+    index's sync (one read per step, not one Strong read per question); a marker written after a
+    step's first read is seen by the next step."""
+    import time
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    store = VectorStore.connect(str(tmp_path / "t.db"), "t", 4, flush_every_rows=0)
+    store.milvus.exclusive = False  # as on a shared server
+    store.load_into_memory()
+    store.milvus.upsert_tombstones({"x": 7}, now_ms())  # another worker's delete, straight to Milvus
+    assert store.get_tombstones(["x", "z"]) == {"x": 7}
+    assert store.deleted_since(now_ms() - 60_000) == {"x"}
+    with store.one_sync():
+        assert store.get_tombstones(["y"]) == {}
+        store.milvus.upsert_tombstones({"y": 1}, now_ms())
+        assert store.get_tombstones(["y"]) == {}  # after this step's read
+    with store.one_sync():
+        assert store.get_tombstones(["y"]) == {"y": 1}
+    store.milvus.upsert_tombstones({"x": 9}, now_ms())  # deleted again, at a newer version
+    assert store.get_tombstones(["x"]) == {"x": 9}
+    store.close()
