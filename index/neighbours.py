@@ -98,7 +98,7 @@ class RecentSearches:
     head recorded at the search's start: ``ListBuilder.merge`` then scores every product written
     since (less the race lookback), exactly as it does for a recorded list."""
 
-    def __init__(self, capacity: int = 100_000, depth: int | None = None) -> None:
+    def __init__(self, capacity: int = 1024, depth: int | None = None) -> None:
         """``depth``: the recorded lists' depth; the search then asks for just enough rows to make
         one (``depth`` + 2: the product itself, and one more to bound the rest)."""
         self.capacity = capacity

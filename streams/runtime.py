@@ -19,9 +19,11 @@ from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
-__all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
+__all__ = ["RECENT_SEARCHES_MIN", "settle_heap", "open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
 
 log = get_logger(__name__)
+
+RECENT_SEARCHES_MIN = 1024  # searches kept for their product's own list at least (RecentSearches)
 
 
 def open_store(settings: Settings, dim: int, *, wait: bool = False,
@@ -47,8 +49,12 @@ def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
     store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
-    # The ingest's search around each changed product is its own list's starting point (one pass per event).
-    recent = RecentSearches(depth=settings.resolved_list_depth)
+    # The ingest's search around each changed product is its own list's starting point (one pass per
+    # event). An entry lives from a batch's affected set to its lists' refresh, a batch later; one
+    # whose list another worker refreshes is never taken, so the bound is what memory it may hold
+    # (an entry keeps its vector, ~13 KB with images): a few batches' worth, not the catalog.
+    recent = RecentSearches(capacity=max(RECENT_SEARCHES_MIN, 16 * settings.batch_size),
+                            depth=settings.resolved_list_depth)
     return (Ingest(store, encoder, candidate_pool=settings.candidate_pool, recent=recent),
             Refresher(store, builder, recent=recent))
 

@@ -290,3 +290,19 @@ def test_list_owners_from_memory_equal_those_read_from_milvus(tmp_path) -> None:
         assert cold.side is None and cold.list_owners() == want
     finally:
         cold.close()
+
+
+def test_searches_never_taken_are_bounded() -> None:
+    """A search whose list another worker refreshes is never taken: the oldest go first, so the
+    memory they hold stays a few batches' worth (the worker sizes it from its batch size)."""
+    from simstream.settings import Settings
+    from simstream.streams.runtime import RECENT_SEARCHES_MIN
+
+    rng = np.random.default_rng(3)
+    recent = RecentSearches(capacity=4, depth=2)
+    vectors = unit(rng, 6)
+    for i, v in enumerate(vectors):
+        recent.put(f"p{i}", v, 0, [(f"q{j}", 1.0 - j / 10) for j in range(4)], False)
+    assert len(recent) == 4
+    assert recent.take("p0", vectors[0], 2) is None and recent.take("p5", vectors[5], 2) is not None
+    assert RECENT_SEARCHES_MIN >= 16 * Settings().batch_size  # the default holds 16 batches
