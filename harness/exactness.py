@@ -132,6 +132,8 @@ def _metric_total(port: int) -> float | None:
 
 @dataclass
 class Options:
+    """One run of the proof: the stream, the workers, the faults, where Milvus runs."""
+
     products: int = 1000
     events: int = 5000
     workers: int = 1

@@ -82,6 +82,8 @@ def read_records(path: Path) -> Iterator[RawRecord]:
 
 @dataclass
 class BackfillReport:
+    """What one backfill did: records read and how each ended, lists computed and published."""
+
     records: int = 0
     applied: int = 0
     stale_or_duplicate: int = 0
