@@ -7,9 +7,10 @@ memory. This layer keeps the copies in step and answers the stream's questions:
 - this worker's own writes are applied to the copies as they are made;
 - before every read, a sync applies what *any* writer did since the last sync: products written
   and lists recorded at or after (last sync - ``RACE_LOOKBACK_MS``), and products deleted in that
-  window (their tombstones, which the tombstone mirror keeps with their versions). So with several workers sharing a Milvus server, a read sees every
-  write that was visible in Milvus when the sync ran, as a Strong-consistency Milvus query would;
-  writes landing later are caught by the refresh step's race re-check (docs/exactness.md).
+  window (their tombstones, which the tombstone mirror keeps with their versions). So with several
+  workers sharing a Milvus server, a read sees every write that was visible in Milvus when the
+  sync ran, as a Strong-consistency Milvus query would; writes landing later are caught by the
+  refresh step's race re-check (docs/exactness.md).
 - A milvus-lite *file* opens in one process only, so there nothing needs syncing.
 - Before building, the copies' footprint is checked against the process's memory limit
   (``index/budget.py``): MemoryBudgetExceeded names the numbers instead of an OOM kill mid-build.
