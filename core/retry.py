@@ -58,7 +58,8 @@ class Backoff:
 
     def delay(self, retry_number: int, retry_after_s: float | None = None) -> float:
         """The wait before retry ``retry_number`` (1 = the first retry)."""
-        base = min(self.first_s * 2.0 ** min(retry_number - 1, 64), self.max_s)  # a long outage: no overflow * random.uniform(0.5, 1.5)
+        doubled = self.first_s * 2.0 ** min(retry_number - 1, 64)  # capped: an outage of hours overflows no float
+        base = min(doubled, self.max_s) * random.uniform(0.5, 1.5)
         return max(base, retry_after_s or 0.0)
 
     def with_attempts(self, attempts: int | None) -> "Backoff":

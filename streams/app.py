@@ -225,12 +225,13 @@ class Worker:
         async def handle(records: Sequence[RawRecord]) -> Handled:
             return await self.path.ingest(records, backlog=self.backlog(records))
 
-        await consume(cast(BatchStream, stream), size=self.settings.batch_size, within_s=self.settings.batch_within_s, handle=handle)
+        await consume(cast(BatchStream, stream), size=self.settings.batch_size,
+                      within_s=self.settings.batch_within_s, handle=handle)
 
     async def refresh_agent(self, stream: faust.StreamT[Any] | BatchStream) -> None:
         """Recompute the neighbour lists this worker owns and publish the ones that changed."""
-        await consume(cast(BatchStream, stream), size=refresh_batch_size(self.settings), within_s=self.settings.refresh_within_s,
-                      handle=self.path.refresh)
+        await consume(cast(BatchStream, stream), size=refresh_batch_size(self.settings),
+                      within_s=self.settings.refresh_within_s, handle=self.path.refresh)
 
     async def purge_timer(self) -> None:
         """Forget delete markers past their retention; a failure waits for the next interval."""

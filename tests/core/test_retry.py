@@ -29,7 +29,9 @@ def count(operation: str, error: str) -> float:
 def test_delays_double_with_jitter_up_to_the_cap() -> None:
     b = retry.Backoff(first_s=1.0, max_s=4.0)
     for n, base in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 4.0), (5_000, 4.0)]:  # an outage of hours: no overflow
-        assert all(0.5 * base <= b.delay(n) <= 1.5 * base for _ in range(50))
+        delays = [b.delay(n) for _ in range(50)]
+        assert all(0.5 * base <= d <= 1.5 * base for d in delays)
+        assert max(delays) - min(delays) > 0.25 * base  # jittered: workers do not retry in step
     assert b.delay(1, retry_after_s=7.0) == 7.0  # a server's Retry-After is a floor
 
 
