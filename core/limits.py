@@ -32,7 +32,8 @@ __all__ = [
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
     "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS", "MAX_SERVE_K",
-    "BULK_MAX_HELD_EVENTS", "MILVUS_PAGE_ROWS", "MILVUS_WRITE_ROWS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES", "search_hit_bytes", "search_queries_per_call",
+    "BULK_MAX_HELD_EVENTS", "MILVUS_PAGE_ROWS", "MILVUS_WRITE_ROWS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES",
+    "search_hit_bytes", "search_queries_per_call",
 ]
 
 # --- event fields (the input contract) ----------------------------------------------------------
@@ -118,11 +119,12 @@ MAX_SERVE_K = 1000  # the highest SIMSTREAM_SERVE_MAX_K: hits per query (live qu
 # (their records stay in memory), then it requests every list and starts a new round.
 BULK_MAX_HELD_EVENTS = 100_000
 
+MILVUS_PAGE_ROWS = 2_000  # rows per paged read (start-up builds, every-list reads): bounded memory in flight
+MILVUS_WRITE_ROWS = 256  # rows per upsert call: bounded request size, whatever a batch holds
+
 # Milvus 2.3's proxy sends at most 64 MiB in one gRPC response (proxy.grpc.serverMaxSendSize): a
 # search that returns each hit's vector (256 queries x 21 hits x 3,232 floats is ~69.5 MB) must be
 # cut into calls whose worst-case answer stays well under it.
-MILVUS_PAGE_ROWS = 2_000  # rows per paged read (start-up builds, every-list reads): bounded memory in flight
-MILVUS_WRITE_ROWS = 256  # rows per upsert call: bounded request size, whatever a batch holds
 MILVUS_RESPONSE_BYTES = 32 * 1024 * 1024  # half the cap: room for framing we do not count
 MILVUS_SEARCH_QUERIES = 256  # queries per search call at most, whatever their answers' size
 
