@@ -269,7 +269,10 @@ class VectorStore:
                 and (after := side.changes_after(view)) is not None:
             put, deleted = after
             return side.get(put), deleted
-        return self.changed_since(since_ms), self.deleted_since(since_ms)
+        changed = self.changed_since(since_ms)  # with the side index: one sync, the markers' too
+        if self.tombstones is not None:
+            return changed, self.tombstones.deleted_since(since_ms)
+        return changed, self.milvus.deleted_since(since_ms)
 
     def count_written_since(self, times_ms: Sequence[int]) -> list[int]:
         """Per time, how many live products were written at or after it (as of the last sync).
