@@ -35,12 +35,13 @@ from simstream.index.store import VectorStore
 from simstream.records import Neighbour, NeighbourList
 
 __all__ = [
-    "TIE_MARGIN", "MARGIN", "contributions", "FieldShares", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
+    "TIE_MARGIN", "MARGIN", "RECENT_SEARCHES_MIN", "contributions", "FieldShares", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
     "stale_lists",
 ]
 
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
 MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err towards recomputing
+RECENT_SEARCHES_MIN = 1024  # searches kept for their product's own list at least (RecentSearches)
 
 
 def contributions(a: np.ndarray, bs: Sequence[np.ndarray] | np.ndarray, layout: Mapping[str, slice]) -> list[dict[str, float]]:
@@ -98,7 +99,7 @@ class RecentSearches:
     head recorded at the search's start: ``ListBuilder.merge`` then scores every product written
     since (less the race lookback), exactly as it does for a recorded list."""
 
-    def __init__(self, capacity: int = 1024, depth: int | None = None) -> None:
+    def __init__(self, capacity: int = RECENT_SEARCHES_MIN, depth: int | None = None) -> None:
         """``depth``: the recorded lists' depth; the search then asks for just enough rows to make
         one (``depth`` + 2: the product itself, and one more to bound the rest)."""
         self.capacity = capacity

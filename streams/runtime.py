@@ -10,7 +10,7 @@ from typing import Sequence
 from simstream import retry
 from simstream.encoders.fusion import ProductEncoder
 from simstream.errors import IndexUnavailable
-from simstream.index.neighbours import ListBuilder, RecentSearches
+from simstream.index.neighbours import RECENT_SEARCHES_MIN, ListBuilder, RecentSearches
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings
@@ -19,11 +19,9 @@ from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
-__all__ = ["RECENT_SEARCHES_MIN", "settle_heap", "open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
+__all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
 
 log = get_logger(__name__)
-
-RECENT_SEARCHES_MIN = 1024  # searches kept for their product's own list at least (RecentSearches)
 
 
 def open_store(settings: Settings, dim: int, *, wait: bool = False,

@@ -296,7 +296,7 @@ def test_searches_never_taken_are_bounded() -> None:
     """A search whose list another worker refreshes is never taken: the oldest go first, so the
     memory they hold stays a few batches' worth (the worker sizes it from its batch size)."""
     from simstream.settings import Settings
-    from simstream.streams.runtime import RECENT_SEARCHES_MIN
+    from simstream.index.neighbours import RECENT_SEARCHES_MIN
 
     rng = np.random.default_rng(3)
     recent = RecentSearches(capacity=4, depth=2)
