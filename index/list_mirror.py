@@ -12,7 +12,6 @@ applies the lists it records and keeps it in step with other workers' records.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from typing import Iterable, Mapping, Sequence
@@ -66,24 +65,24 @@ class ListMirror:
         for owner, head in latest.items():
             self._forget(owner)
             members = tuple(sys.intern(str(nid)) for nid in head.neighbour_ids)
-            self._heads[owner] = dataclasses.replace(head, product_id=owner, neighbour_ids=members, scores=b"",
-                                                     owner=None)
-            if facts is not None and (known := facts.get(owner)) is not None:
-                self._attach(owner, known)
+            known = facts.get(owner) if facts is not None else None
+            self._heads[owner] = self._held(ListHead(owner, members, head.boundary, head.updated_at, head.as_of),
+                                            owner, known)
             if _indexed(head):
                 real.append(owner)
             for nid in dict.fromkeys(members):
                 self._listers.setdefault(nid, []).append(owner)
         self._by_boundary.update(real)  # sorted in bulk: a start-up load is one sort, not N inserts
 
-    def _attach(self, owner: str, facts: HeadFacts) -> None:
-        """Hold ``facts`` beside ``owner``'s head: its digest, and the members' scores with the
+    def _held(self, head: ListHead, owner: str, facts: HeadFacts | None) -> ListHead:
+        """``head`` as held with ``facts`` beside it: its digest, and the members' scores with the
         owner's row (``ListHead.scores``, ``ListHead.owner``). Facts without one score per member
-        belong to some other list: none of them is taken."""
-        head = self._heads[owner]
-        if len(facts.scores) == 4 * len(head.neighbour_ids):
-            self._digests[owner] = facts.digest
-            self._heads[owner] = dataclasses.replace(head, scores=facts.scores, owner=facts.owner)
+        belong to some other list: none of them is taken. (Built directly: ``dataclasses.replace``
+        costs several times a constructor, twice per list a refresh records.)"""
+        if facts is None or len(facts.scores) != 4 * len(head.neighbour_ids):
+            return head
+        self._digests[owner] = facts.digest
+        return ListHead(owner, head.neighbour_ids, head.boundary, head.updated_at, head.as_of, facts.scores, facts.owner)
 
     def _forget(self, owner: str) -> None:
         """Drop ``owner``'s head, its digest and its entries in the reverse map."""
@@ -108,7 +107,7 @@ class ListMirror:
             now = self._heads.get(owner)
             if now is not None and (now.updated_at, now.as_of, now.boundary, now.neighbour_ids) \
                     == (head.updated_at, head.as_of, head.boundary, head.neighbour_ids):
-                self._attach(owner, facts)
+                self._heads[owner] = self._held(now, owner, facts)
 
     def remove_markers_older_than(self, older_than_ms: int) -> int:
         """Drop the tombstone markers recorded before ``older_than_ms`` (the ones

@@ -36,7 +36,7 @@ from simstream.records import Neighbour, NeighbourList
 
 __all__ = [
     "TIE_MARGIN", "MARGIN", "RECENT_SEARCHES_MIN", "contributions", "FieldShares", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
-    "stale_lists",
+    "stale_lists", "in_rank_order",
 ]
 
 TIE_MARGIN = 5  # extra hits fetched so ties at the k-th place are broken by product_id, not chance
@@ -221,6 +221,15 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
     return affected
 
 
+def in_rank_order(scored: list[tuple[float, str]]) -> list[tuple[float, str, float]]:
+    """(exact score, id) pairs in ``rank_key`` order, as (-rounded score, id, exact score): each
+    score is rounded once, for the order and for the published list, and the sort compares plain
+    tuples (no key function: a list merge sorts ~15 entries, ~10 of them published)."""
+    ranked = [(-round(sc, SCORE_DECIMALS), nid, sc) for sc, nid in scored]
+    ranked.sort()
+    return ranked
+
+
 @dataclass(frozen=True, slots=True)
 class BuiltList:
     """A refreshed list: the top-k to publish, and the deeper list recorded beside it.
@@ -265,19 +274,20 @@ class ListBuilder:
         self.layout = {f: s for f, s in layout.items()}
         self.model = model
 
-    def _finish(self, product: StoredProduct, ranked: list[tuple[float, str]], boundary: float,
+    def _finish(self, product: StoredProduct, ranked: list[tuple[float, str, float]], boundary: float,
                 as_of: int, computed_at: int, event_time: int | None) -> BuiltList:
-        """``ranked``: (exact score, id) best first, at least the deep list."""
+        """``ranked``: ``in_rank_order``'s entries, at least the deep list. The published entries'
+        fields stay empty until ``explain`` fills them."""
         published = NeighbourList(
             product_id=product.product_id,
             version=product.version,
-            neighbours=[Neighbour(nid, round(sc, SCORE_DECIMALS), {}) for sc, nid in ranked[: self.k]],
+            neighbours=[Neighbour(nid, -negated, {}) for negated, nid, _ in ranked[: self.k]],
             model=self.model,
             computed_at=computed_at,
             source_event_time=event_time or product.event_time,
         )
         deep = ranked[: self.depth]
-        return BuiltList(published, [nid for _, nid in deep], boundary, as_of, tuple(sc for sc, _ in deep), False,
+        return BuiltList(published, [nid for _, nid, _ in deep], boundary, as_of, tuple(sc for _, _, sc in deep), False,
                          (product.version, product.updated_at))
 
     def explain(self, lists: Mapping[str, BuiltList], owners: Mapping[str, np.ndarray],
@@ -297,10 +307,11 @@ class ListBuilder:
         shares = FieldShares(self.layout)
         for pid, b in todo.items():
             have = [n.product_id for n in b.published.neighbours if n.product_id in vectors]
-            why = dict(zip(have, shares.of(owners[pid], np.stack([vectors[m] for m in have])))) if have else {}
-            neighbours = [Neighbour(n.product_id, n.score, why.get(n.product_id, {})) for n in b.published.neighbours]
-            out[pid] = dataclasses.replace(b, published=dataclasses.replace(b.published, neighbours=neighbours),
-                                           explained=True)
+            if have:  # the entries' fields were left empty for this (``_finish``): filled in place
+                for n, fields in zip((n for n in b.published.neighbours if n.product_id in vectors),
+                                     shares.of(owners[pid], np.stack([vectors[m] for m in have]))):
+                    n.fields.update(fields)
+            out[pid] = dataclasses.replace(b, explained=True)
         return out
 
     @property
@@ -321,10 +332,9 @@ class ListBuilder:
         out: dict[str, BuiltList] = {}
         for pid, row in zip(ids, hits):
             me = products[pid].vector
-            scored = sorted(((float(vec @ me), nid) for nid, vec in row if nid != pid),
-                            key=lambda t: rank_key(t[0], t[1]))
+            scored = in_rank_order([(float(vec @ me), nid) for nid, vec in row if nid != pid])
             # Beyond the deep list everyone scores at most its last score; -inf: it holds everyone.
-            boundary = scored[self.depth - 1][0] if len(scored) > self.depth else -np.inf
+            boundary = scored[self.depth - 1][2] if len(scored) > self.depth else -np.inf
             out[pid] = self._finish(products[pid], scored, boundary, as_of, computed_at, event_times.get(pid))
         return out
 
@@ -362,15 +372,15 @@ class ListBuilder:
         else:
             entries += [(float(members[m] @ me), m) for m in head.neighbour_ids
                         if m != pid and m not in changed and m in members]
-        entries.sort(key=lambda t: rank_key(t[0], t[1]))
+        ranked = in_rank_order(entries)
         boundary = -np.inf if complete else head.boundary
-        if len(entries) > self.depth:
-            boundary = max(boundary, entries[self.depth - 1][0])
+        if len(ranked) > self.depth:
+            boundary = max(boundary, ranked[self.depth - 1][2])
         # Outsiders score at most boundary + MARGIN: the k-th must clear that, ties included.
-        if not complete or len(entries) > self.depth:
-            if len(entries) < self.k or entries[self.k - 1][0] <= boundary + 2 * MARGIN:
+        if not complete or len(ranked) > self.depth:
+            if len(ranked) < self.k or ranked[self.k - 1][2] <= boundary + 2 * MARGIN:
                 return None
-        return self._finish(product, entries, boundary, as_of, now_ms(), event_time)
+        return self._finish(product, ranked, boundary, as_of, now_ms(), event_time)
 
     def stored_form(self, built: BuiltList) -> StoredList:
         """What the lists collection records for ``built`` (explained: the payload is its list)."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simstream.index.neighbours import Change, ListBuilder, affected_by, rank_key, stale_lists
+from simstream.index.neighbours import Change, ListBuilder, affected_by, in_rank_order, rank_key, stale_lists
 from simstream.index.rows import StoredProduct
 from simstream.index.store import VectorStore
 
@@ -23,6 +23,17 @@ def oracle(vectors, pid, k):
     me = vectors[pid]
     scored = sorted(((float(v @ me), q) for q, v in vectors.items() if q != pid), key=lambda t: rank_key(*t))
     return [q for _, q in scored[:k]]
+
+
+def test_in_rank_order_is_rank_keys_order_with_each_score_rounded_once():
+    """Scores equal to 1e-6 tie and go by id; the exact score rides along, the rounded one is
+    what the published list shows."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(-1, 1, 40).round(3)  # many exact ties, and near-ties below the rounding
+    scored = [(float(b + rng.choice([0.0, 2e-7, -2e-7, 3e-6])), f"p{rng.integers(0, 10**6):07d}") for b in base]
+    ranked = in_rank_order(scored)
+    assert [(sc, nid) for _, nid, sc in ranked] == sorted(scored, key=lambda t: rank_key(*t))
+    assert [-neg for neg, _, _ in ranked] == [round(sc, 6) for _, _, sc in ranked]
 
 
 def test_lists_equal_brute_force_with_ties_by_id(small_store):
