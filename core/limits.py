@@ -8,7 +8,7 @@ Five families, checked in different places but spelled only here:
 - **Stored fields** (the Milvus collections, ``index/milvus.py``): VARCHAR lengths, the list
   payload and its ARRAY capacity, the bounded ``display`` JSON the query API shows.
 - **Messages** (Kafka): the room a dead letter keeps for simstream's headers, the header and key
-  caps of a dead letter, the reason text; the producer cap itself is a setting
+  caps of a dead letter, the reason text, the room a catalog changelog record keeps; the producer cap itself is a setting
   (``SIMSTREAM_MAX_MESSAGE_BYTES``); the output contract
   (``streams/schemas/neighbor_list.schema.json``) states the id, model and top-K bounds, a test
   checks it agrees.
@@ -30,7 +30,7 @@ __all__ = [
     "LIST_PAYLOAD_BYTES", "LIST_CAPACITY", "LIST_FACTS_BYTES", "MAX_TOP_K", "list_payload_bytes",
     "MAX_DISPLAY_BYTES", "MAX_DISPLAY_TITLE_BYTES", "MAX_DISPLAY_IMAGE_URL_BYTES", "MAX_DISPLAY_CURRENCY_BYTES",
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
-    "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES",
+    "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES", "CHANGELOG_HEADROOM_BYTES",
     "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS", "MAX_SERVE_K",
     "BULK_MAX_HELD_EVENTS", "MILVUS_PAGE_ROWS", "MILVUS_WRITE_ROWS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES",
     "search_hit_bytes", "search_queries_per_call",
@@ -107,6 +107,9 @@ MAX_REASON_CHARS = 500  # of a rejection's reason (a schema message may quote a 
 MAX_ERROR_HEADER_BYTES = 1000  # the ``x-simstream-error`` header
 DEAD_LETTER_HEADROOM_BYTES = 64_000  # kept free under the producer cap for simstream's headers and the request
 MAX_BARE_KEY_BYTES = 1024  # a dead letter Kafka refused goes again as a bare pointer, its key cut to this
+
+# --- the catalog changelog ------------------------------------------------------------------------
+CHANGELOG_HEADROOM_BYTES = 4_096  # kept free under the producer cap for a record's headers and batch framing
 
 # --- the query API (serve/) -----------------------------------------------------------------------
 MAX_QUERY_CHARS = 500  # a text search

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     neighbors_topic: str = "simstream.neighbors"  # the wire name keeps the US spelling
     dlq_topic: str = "simstream.products.dlq"
     refresh_topic: str = "simstream.refresh"  # internal: refresh requests keyed by list owner
+    # compacted: every accepted event's source fields, the latest per product (docs/events.md), what
+    # a model upgrade re-encodes from; "" = not written
+    changelog_topic: str = "simstream.catalog"
     topic_partitions: int = Field(6, ge=1)
     topic_replication: int = Field(1, ge=1)
     create_topics: bool = True  # False: expect the topics to exist (managed by e.g. Strimzi)

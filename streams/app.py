@@ -2,7 +2,8 @@
 
 Two agents, so that one worker owns each list (several workers must never race on one list):
 
-    products topic --ingest--> Milvus products + refresh requests, routed by the *list owner's* key
+    products topic --ingest--> Milvus products + the catalog changelog (compacted: the latest
+                               accepted source fields per product) + refresh requests, routed by the *list owner's* key
                                (lists this worker owns: refreshed by the ingest itself, no hop)
     refresh topic  --refresh-> neighbour lists published on the neighbours topic (compacted)
 
@@ -185,6 +186,10 @@ class Worker:
         self.neighbours = app.topic(s.neighbors_topic, config={"cleanup.policy": "compact"}, **raw)
         self.dlq = app.topic(s.dlq_topic, **raw)
         outputs = {s.refresh_topic: self.refresh, s.neighbors_topic: self.neighbours, s.dlq_topic: self.dlq}
+        self.changelog = app.topic(s.changelog_topic, config={"cleanup.policy": "compact"}, **raw) \
+            if s.changelog_topic else None
+        if self.changelog is not None:
+            outputs[s.changelog_topic] = self.changelog
         self.outbox = Outbox(FaustTransport(app, outputs, timeout_s=s.kafka_timeout_s), settings)
         self.run = StepRunner(max_retries=s.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
         self.path = DataPath(settings, ingest, refresher, self.outbox, self.run,

@@ -11,6 +11,7 @@ rescored exactly page by page.
 The lists therefore equal the streaming path's, and only lists whose content differs from what was
 last published go to the topic.
 
+Every product it writes goes to the catalog changelog too (docs/events.md), as the stream's would.
 A record that does not parse or cannot be encoded goes to the dead-letter topic with its reason
 (``x-simstream-source-topic: backfill:FILE``, the line number as the offset) through the worker's
 own dead-letter sender (streams/outbox.py).
@@ -135,9 +136,10 @@ def _shares_products(batch: Sequence[RawRecord], written: IngestOutcome) -> bool
 
 async def _written(ingest: Ingest, run: StepRunner, outbox: Outbox, batch: list[RawRecord], out: IngestOutcome,
                    report: BackfillReport, source: str) -> None:
-    """Write one encoded batch, send its dead letters, count it."""
+    """Write one encoded batch, send its dead letters and its catalog changelog records, count it."""
     await write_batch(out, ingest, run, affected=False)
     await outbox.dead_letters(out.rejects, source)
+    await outbox.catalog(out.accepted)
     report.records += len(batch)
     report.applied += out.check.outcomes["applied"]
     report.stale_or_duplicate += out.dropped + out.check.outcomes["stale"] + out.check.outcomes["duplicate"]

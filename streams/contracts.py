@@ -21,7 +21,7 @@ from simstream.errors import BadEvent
 from simstream.limits import EVENT_FIELD_BYTES, MAX_EVENT_DEPTH, MAX_REASON_CHARS
 from simstream.records import CONTRACT_FIELDS, ProductEvent
 
-__all__ = ["product_event_validator", "neighbour_list_validator", "parse_event"]
+__all__ = ["product_event_validator", "neighbour_list_validator", "parse_event", "event_document"]
 
 
 def _is_integer(_checker: Any, instance: object) -> bool:
@@ -104,3 +104,18 @@ def parse_event(key: bytes | None, value: bytes | None, *, partition: int = -1, 
     if known.get("attributes") is None:
         known["attributes"] = {}
     return ProductEvent(**known, partition=partition, offset=offset)
+
+
+_DELETE_FIELDS = ("product_id", "op", "version", "event_time")
+
+
+def event_document(event: ProductEvent, *, without: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A validated event back in the contract's wire form (``parse_event`` reads it back equal):
+    the fields it holds, none of the ``None`` ones; a delete only its id, version and time.
+    ``without``: fields left out (the catalog changelog drops an inline image that would not fit
+    a message). The catalog changelog's value (docs/events.md)."""
+    names = _DELETE_FIELDS if event.is_delete else sorted(CONTRACT_FIELDS)
+    doc = {name: value for name in names if name not in without and (value := getattr(event, name)) is not None}
+    if not doc.get("attributes"):
+        doc.pop("attributes", None)
+    return doc

@@ -54,6 +54,7 @@ class VersionCheck:
     upserts: list[ProductEvent] = field(default_factory=list)
     deletes: list[ProductEvent] = field(default_factory=list)
     replays: list[Change] = field(default_factory=list)
+    duplicates: list[ProductEvent] = field(default_factory=list)  # the events behind ``replays``
     stored: dict[str, StoredProduct] = field(default_factory=dict)
     tombstones: dict[str, int] = field(default_factory=dict)
     outcomes: Tally[str] = field(default_factory=Tally)
@@ -104,6 +105,7 @@ class Ingest:
             elif e.version == current:
                 check.outcomes["duplicate"] += 1
                 check.replays.append(Change(e.product_id, held.vector if held is not None and not e.is_delete else None))
+                check.duplicates.append(e)
             elif e.is_delete:
                 # Also when nothing is stored: the marker keeps an older upsert dead.
                 check.deletes.append(e)

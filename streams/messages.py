@@ -17,13 +17,14 @@ from typing import Iterable, Mapping, Protocol, Sequence
 import orjson
 from aiokafka.partitioner import murmur2
 
-from simstream.limits import DEAD_LETTER_HEADROOM_BYTES, MAX_BARE_KEY_BYTES
-from simstream.records import NeighbourList
+from simstream.limits import CHANGELOG_HEADROOM_BYTES, DEAD_LETTER_HEADROOM_BYTES, MAX_BARE_KEY_BYTES
+from simstream.records import NeighbourList, ProductEvent
+from simstream.streams.contracts import event_document
 from simstream.streams.dead_letter import SIMSTREAM_HEADER, Rejected
 
 __all__ = ["Message", "partition_for", "route", "dead_letter", "bare_dead_letter", "neighbour_list",
            "refresh_requests", "encode_refresh_request", "EVERY_LIST_REQUEST", "every_list_requests", "product_event",
-           "replayed", "Original", "Headers"]
+           "replayed", "Original", "Headers", "catalog_record", "OMITTED_HEADER", "OMITTABLE_FIELDS"]
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -133,6 +134,35 @@ EVERY_LIST_REQUEST = encode_refresh_request([], {}, every_list=True)
 def every_list_requests(*, topic: str, partitions: int) -> list[Message]:
     """A request to every partition for every list it owns (after a bulk load: streams/bulk.py)."""
     return [Message(topic, None, EVERY_LIST_REQUEST, partition=p) for p in range(partitions)]
+
+
+# --- the catalog changelog -----------------------------------------------------------------------
+
+OMITTED_HEADER = f"{SIMSTREAM_HEADER}omitted"  # the fields a changelog record left out, comma-separated
+# What a changelog record may leave out to fit a message, in this order: an inline image (a
+# re-encoding reuses the stored image segment), then the long free text. At the default
+# SIMSTREAM_MAX_MESSAGE_BYTES (1 MB) only an inline image is ever left out.
+OMITTABLE_FIELDS = ("image_b64", "description", "attributes")
+
+
+def catalog_record(event: ProductEvent, *, topic: str, max_message_bytes: int) -> Message:
+    """A product's latest accepted state keyed by its id, in the input contract's form
+    (``contracts.event_document``): an upsert's source fields, or an explicit delete record (never
+    a Kafka tombstone, so a reader starting from offset 0 still sees the delete after compaction
+    dropped the product's earlier records). Fields that would take it over ``max_message_bytes``
+    are left out (``OMITTABLE_FIELDS``), named in the ``OMITTED_HEADER``."""
+    key = event.product_id.encode()
+    room = max_message_bytes - CHANGELOG_HEADROOM_BYTES - len(key)
+    value = orjson.dumps(event_document(event))
+    omitted: list[str] = []
+    for name in OMITTABLE_FIELDS:
+        if len(value) <= room:
+            break
+        if getattr(event, name):
+            omitted.append(name)
+            value = orjson.dumps(event_document(event, without=frozenset(omitted)))
+    headers: Headers = ((OMITTED_HEADER, ",".join(omitted).encode()),) if omitted else ()
+    return Message(topic, key, value, headers, timestamp_ms=event.event_time)
 
 
 # --- product events (the catalog side: simstream produce, the harness) -----------------------------

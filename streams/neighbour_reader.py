@@ -1,4 +1,6 @@
-"""Reading the neighbour topic the way a recommender does: latest value per key (compaction view)."""
+"""Reading simstream's compacted topics from the start: the neighbour topic the way a recommender
+does (the latest value per key), and the catalog changelog the way a migration does (the highest
+version per product)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError
 
-from simstream.records import NeighbourList
+from simstream.errors import BadEvent
+from simstream.records import NeighbourList, ProductEvent
+from simstream.streams.contracts import parse_event
 from simstream.streams.kafka_config import client_config
 from simstream.settings import Settings
 
-__all__ = ["tail_consumer", "NeighbourReader"]
+__all__ = ["tail_consumer", "NeighbourReader", "CatalogReader"]
 
 
 def tail_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
@@ -53,15 +57,17 @@ class NeighbourReader:
                 if (err := m.error()) is not None:
                     if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                         continue
-                    raise RuntimeError(f"neighbour topic: {err}")
-                key = (m.key() or b"").decode()
-                value = m.value()
-                self.latest[key] = NeighbourList.from_json(value) if value is not None else None
+                    raise RuntimeError(f"{self.topic}: {err}")
+                self._apply(m.key(), m.value())
                 got += 1
             if msgs:
                 self.last_message_at = time.monotonic()
         self.messages += got
         return got
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Keep one consumed record: the latest list per product (None after a tombstone)."""
+        self.latest[(key or b"").decode()] = NeighbourList.from_json(value) if value is not None else None
 
     def wait_until(self, done: Callable[[dict[str, NeighbourList | None]], bool], *, timeout_s: float,
                    quiet_s: float = 3.0, check: Callable[[], None] | None = None) -> dict[str, NeighbourList | None]:
@@ -73,7 +79,7 @@ class NeighbourReader:
             self.poll(0.5)
             if done(self.latest) and time.monotonic() - self.last_message_at >= quiet_s:
                 return self.latest
-        raise TimeoutError(f"neighbour topic did not settle within {timeout_s} s "
+        raise TimeoutError(f"{self.topic} did not settle within {timeout_s} s "
                            f"({len(self.latest)} keys, {self.messages} messages)")
 
     def close(self) -> None:
@@ -84,3 +90,29 @@ class NeighbourReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class CatalogReader(NeighbourReader):
+    """Tails the catalog changelog (``SIMSTREAM_CHANGELOG_TOPIC``) from the beginning and keeps,
+    per product, the accepted event of the highest version: compaction keeps a key's last offset,
+    not its highest version, and two workers may briefly both write a product around a rebalance.
+    A delete stays as its delete event (``op == "delete"``). A record that does not parse is
+    counted in ``unreadable`` and skipped (the changelog holds only events that passed validation)."""
+
+    def __init__(self, settings: Settings, *, group: str | None = None) -> None:
+        super().__init__(settings, topic=settings.changelog_topic, group=group)
+        self.latest: dict[str, ProductEvent] = {}  # type: ignore[assignment]
+        self.unreadable = 0
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        try:
+            event = parse_event(key, value)
+        except BadEvent:
+            self.unreadable += 1
+            return
+        held = self.latest.get(event.product_id)
+        if held is None or event.version >= held.version:
+            self.latest[event.product_id] = event
+
+    def __enter__(self) -> "CatalogReader":
+        return self

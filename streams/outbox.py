@@ -1,4 +1,5 @@
-"""What simstream sends, durably: dead letters, neighbour lists, refresh requests.
+"""What simstream sends, durably: dead letters, the catalog changelog, neighbour lists, refresh
+requests.
 
 One sender for each, used by the worker (over ``FaustTransport``) and by ``backfill`` and
 ``reconcile`` (over ``ConfluentTransport``), so the dead-letter fallback, the list wire format and
@@ -12,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 from simstream.errors import KafkaRefused, KafkaUnavailable
 from simstream.logs import get_logger
-from simstream.records import NeighbourList
+from simstream.records import NeighbourList, ProductEvent
 from simstream.settings import Settings
 from simstream.streams import messages
 from simstream.streams.dead_letter import Rejected
@@ -65,6 +66,15 @@ class Outbox:
             log.error("Kafka refused a dead letter; sending bare pointers", error=str(exc)[:300])
             await self._send("dead letters", [
                 messages.bare_dead_letter(r, source_topic=source_topic, dlq_topic=s.dlq_topic) for r in rejects])
+
+    async def catalog(self, events: Iterable[ProductEvent]) -> None:
+        """The accepted events to the catalog changelog (``messages.catalog_record``), once the
+        index holds them and before their offsets commit; nothing when it is off."""
+        s = self.settings
+        if s.changelog_topic:
+            await self._send("catalog changelog", [
+                messages.catalog_record(e, topic=s.changelog_topic, max_message_bytes=s.max_message_bytes)
+                for e in events])
 
     async def lists(self, lists: Mapping[str, NeighbourList | None], encoded: Mapping[str, bytes] | None = None) -> None:
         """Publish lists (None: a tombstone) keyed by product id, before they are recorded;

@@ -1,7 +1,8 @@
 """The data path, read top to bottom: what the two agents do with a batch, without Faust.
 
     ingest:  validate -> coalesce -> check versions -> encode -> write -> affected set
-             -> dead letters, refresh requests for lists owned elsewhere (durable)
+             -> dead letters, the catalog changelog, refresh requests for lists
+                owned elsewhere (durable)
              -> the refresh steps for the lists this worker owns, in a task
                 that runs while the next batch is taken and encoded            [ack the input]
     refresh: decode requests -> plan (merge or search) -> publish -> record -> recheck
@@ -143,6 +144,13 @@ class IngestOutcome:
     def product_ids(self) -> set[str]:
         return {e.product_id for e in self.latest}
 
+    @property
+    def accepted(self) -> list[ProductEvent]:
+        """The events the index now holds (written, or already written: a replay), for the catalog
+        changelog; not the stale ones, nor those the encoders refused (dead-lettered)."""
+        written = self.encoded.products if self.encoded is not None else []
+        return [*written, *self.check.deletes, *self.check.duplicates]
+
 
 async def check_batch(records: Sequence[RawRecord], steps: Ingest, run: StepRunner) -> IngestOutcome:
     """validate -> coalesce -> check versions. Needs no lock: a refresh writes no product."""
@@ -270,6 +278,7 @@ class DataPath:
         others are sent as refresh requests."""
         out = await ingest_steps(records, self.steps, self.run, affected=not bulk)
         await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
+        await self.outbox.catalog(out.accepted)
         owned = await self._owned_here(out.affected) if here is not None else set()
         await self.outbox.refresh_requests([pid for pid in out.affected if pid not in owned], out.causes)
         if here is not None:

@@ -17,7 +17,7 @@ from conftest import SAMPLE_IMAGES
 from simstream.harness.demo import sample_catalog
 from simstream.harness.embedded import EmbeddedBroker, WorkerProcess
 from simstream.streams.kafka_config import client_config
-from simstream.streams.neighbour_reader import NeighbourReader
+from simstream.streams.neighbour_reader import CatalogReader, NeighbourReader
 from simstream.streams.producer import EventProducer
 from simstream.settings import Settings
 
@@ -36,6 +36,7 @@ def env(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> dic
         "SIMSTREAM_TOPIC_PARTITIONS": "2", "SIMSTREAM_TOP_K": str(K), "SIMSTREAM_APP_ID": app,
         "SIMSTREAM_EVENTS_TOPIC": f"{app}.products", "SIMSTREAM_NEIGHBORS_TOPIC": f"{app}.neighbors",
         "SIMSTREAM_DLQ_TOPIC": f"{app}.dlq", "SIMSTREAM_REFRESH_TOPIC": f"{app}.refresh",
+        "SIMSTREAM_CHANGELOG_TOPIC": f"{app}.catalog",
         "SIMSTREAM_BATCH_WITHIN_S": "0.3", "SIMSTREAM_LOG_FORMAT": "json",
     }
 
@@ -43,7 +44,8 @@ def env(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.fixture(scope="module")
 def settings_(env: dict[str, str]) -> Settings:
     return Settings(kafka=env["SIMSTREAM_KAFKA"], events_topic=env["SIMSTREAM_EVENTS_TOPIC"],
-                    neighbors_topic=env["SIMSTREAM_NEIGHBORS_TOPIC"], dlq_topic=env["SIMSTREAM_DLQ_TOPIC"])
+                    neighbors_topic=env["SIMSTREAM_NEIGHBORS_TOPIC"], dlq_topic=env["SIMSTREAM_DLQ_TOPIC"],
+                    changelog_topic=env["SIMSTREAM_CHANGELOG_TOPIC"])
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +164,23 @@ def test_malformed_messages_go_to_the_dlq_and_the_worker_keeps_going(catalog, re
     assert dead[b"bad-image"]["x-simstream-error-kind"] == b"EncodeError"
     assert dead[b"bad-image"]["x-simstream-source-offset"].isdigit()
     assert "no-title" not in reader.latest and "bad-image" not in reader.latest
+
+
+def test_the_catalog_changelog_holds_each_products_latest_accepted_state(catalog, reader, worker, settings_):
+    """After the tests above: the source fields of every accepted event, the highest version per
+    product, a delete as its delete record; nothing stale, duplicated into a lower version,
+    malformed or refused by the encoders."""
+    settle(reader, worker, lambda g: g["bottle-steel-1l"].version == 12)
+    with CatalogReader(settings_) as changelog:
+        got = changelog.wait_until(lambda g: g.get("bottle-steel-1l") is not None  # type: ignore[union-attr, arg-type]
+                                   and g["bottle-steel-1l"].version == 12, timeout_s=60, quiet_s=2)
+        assert changelog.unreadable == 0
+    assert set(got) == set(catalog)
+    mug, jbl, air, pro = (got[p] for p in ("mug-red-350", "hp-jbl-t510", "laptop-air-13", "laptop-pro-15"))
+    assert (mug.version, mug.brand, mug.image_url) == (11, "Sony", "file:hp-sony-xm5-blk.png")
+    assert (jbl.op, jbl.version) == ("delete", 11)  # the later upsert at version 9 was stale
+    assert (air.version, air.price) == (12, 1099.0) and (pro.version, pro.title) == (10, catalog["laptop-pro-15"]["title"])
+    assert got["tee-basic-navy-m"].description == catalog["tee-basic-navy-m"].get("description")
 
 
 def test_metrics_and_health_endpoints(worker, catalog):

@@ -23,7 +23,9 @@ def test_the_worker_declares_its_topics_and_agents(tmp_path: Path) -> None:
         names = {t.get_topic_name() for t in (worker.events, worker.refresh, worker.neighbours, worker.dlq)}
         assert names == {settings.events_topic, settings.refresh_topic, settings.neighbors_topic, settings.dlq_topic}
         assert worker.outbox.transport.topics.keys() == {settings.refresh_topic, settings.neighbors_topic,
-                                                         settings.dlq_topic}
+                                                         settings.dlq_topic, settings.changelog_topic}
+        # both compacted: the latest list, and the latest accepted source fields, per product
+        assert worker.neighbours.config == worker.changelog.config == {"cleanup.policy": "compact"}
         ready = worker.readiness()
         assert ready["ready"] is False and ready["assigned_partitions"] == 0
     finally:
