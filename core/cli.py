@@ -21,7 +21,7 @@ from simstream.settings import Settings, load_settings
 __all__ = [
     "fail", "red_line", "EXTRAS", "need", "main", "worker", "produce", "reconcile", "backfill", "demo", "serve",
     "config_", "eval_", "labelled_datasets", "paired", "fit_weights", "fine_tune", "dlq_filters", "dlq",
-    "dlq_summary", "dlq_show", "dlq_replay"
+    "dlq_summary", "dlq_show", "dlq_replay", "changelog", "changelog_bootstrap"
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,6 +115,35 @@ def backfill(path: Path, batch_size: int) -> None:
     click.echo(f"{report.records} records: {report.applied} applied, {report.stale_or_duplicate} stale or duplicate, "
                f"{report.dead_lettered} dead-lettered; {report.lists} lists checked, {report.published} published "
                f"({report.tombstones} tombstones); load {report.seconds['load']} s, lists {report.seconds['lists']} s")
+
+
+@main.group()
+def changelog() -> None:
+    """The catalog changelog (SIMSTREAM_CHANGELOG_TOPIC): the latest accepted source fields per product."""
+
+
+@changelog.command("bootstrap")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Events from this file (JSON Lines or CSV, as `simstream backfill` reads them).")
+@click.option("--from-events", is_flag=True, help="Events from the events topic (SIMSTREAM_EVENTS_TOPIC), from its start.")
+@click.option("--timeout", default=600.0, show_default=True, help="Give up reading the events topic after this many seconds.")
+def changelog_bootstrap(source: Path | None, from_events: bool, timeout: float) -> None:
+    """Write the changelog record of every product whose event matches what the index holds (for a catalog
+    loaded before the changelog existed); products left without a source are counted and named."""
+    from simstream.streams.backfill import read_records
+    from simstream.streams.changelog import bootstrap_from, topic_records
+
+    if (source is None) == (not from_events):
+        raise click.UsageError("give exactly one of --from FILE and --from-events")
+    settings = _settings()
+    records = read_records(source) if source is not None else \
+        topic_records(settings, settings.events_topic, timeout_s=timeout)
+    with red_line(TimeoutError, RuntimeError):
+        r = bootstrap_from(settings, records)
+    click.echo(f"{r.records} records ({r.unreadable} unreadable): {r.written} products and {r.deletes_written} deletes "
+               f"written to {settings.changelog_topic}; {r.older} older and {r.newer} newer than the index, "
+               f"{r.not_in_index} not in it; {r.without_source} products in the index without a source"
+               + (f" (e.g. {', '.join(r.without_source_sample)})" if r.without_source else ""))
 
 
 @main.command()

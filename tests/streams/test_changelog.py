@@ -75,3 +75,57 @@ def test_no_topic_no_records(path) -> None:  # noqa: F811, ANN001
     data.outbox.settings = data.settings = data.settings.model_copy(update={"changelog_topic": ""})
     assert asyncio.run(ingested(data, records((b"a", event("a")),)))
     assert not [m for m in transport.sent if m.topic == "simstream.catalog"]
+
+
+def test_bootstrap_writes_what_the_index_holds_and_names_what_has_no_source(broker, settings, store, encoder,
+                                                                            tmp_path) -> None:  # noqa: ANN001
+    """A catalog loaded before the changelog: its products' events, from a file, become records
+    only where they match the index exactly; the rest is counted, and a stored product without any
+    event is named. Read back through Kafka, highest version wins."""
+    import uuid
+
+    from simstream.streams.backfill import read_records
+    from simstream.streams.changelog import bootstrap
+    from simstream.streams.ingest import Ingest
+    from simstream.streams.neighbour_reader import CatalogReader
+    from simstream.streams.outbox import Outbox
+    from simstream.streams.transports import ConfluentTransport
+
+    s = settings.model_copy(update={"kafka": broker.url, "changelog_topic": f"cat-{uuid.uuid4().hex[:6]}"})
+    steps = Ingest(store, encoder, candidate_pool=8)
+
+    def apply(*events: ProductEvent) -> None:
+        check = steps.check_versions(list(events))
+        steps.write(check, steps.encode(check))
+
+    apply(ProductEvent("a", "upsert", 3, title="Red mug", brand="Acme"), ProductEvent("b", "upsert", 2, title="Blue mug"),
+          ProductEvent("c", "upsert", 5, title="Green mug"), ProductEvent("gone", "upsert", 1, title="Old mug"),
+          ProductEvent("orphan", "upsert", 1, title="No source"))
+    apply(ProductEvent("gone", "delete", 2))
+    lines = [{"product_id": "a", "version": 2, "title": "Red mug, older"},  # superseded in the file by version 3
+             {"product_id": "a", "version": 3, "title": "Red mug", "brand": "Acme"},  # matches
+             {"product_id": "b", "version": 1, "title": "Blue mug, older"},  # the index holds 2
+             {"product_id": "c", "version": 6, "title": "Green mug, next"},  # not applied yet
+             {"product_id": "gone", "op": "delete", "version": 2},  # matches the marker
+             {"product_id": "never", "version": 1, "title": "Never seen"}]
+    path = tmp_path / "catalog.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n{not json\n")
+    with ConfluentTransport(s) as transport:
+        report = bootstrap(s, read_records(path), store.milvus, Outbox(transport, s))
+    assert (report.records, report.unreadable, report.written, report.deletes_written) == (7, 1, 1, 1)
+    assert (report.older, report.newer, report.not_in_index) == (1, 1, 1)
+    assert (report.without_source, report.without_source_sample) == (3, ["b", "c", "orphan"])
+    with CatalogReader(s) as reader:
+        got = reader.wait_until(lambda g: len(g) == 2, timeout_s=60, quiet_s=2)
+    assert (got["a"].version, got["a"].brand) == (3, "Acme") and (got["gone"].op, got["gone"].version) == ("delete", 2)
+
+
+@pytest.mark.parametrize("args", [[], ["--from", "{f}", "--from-events"]], ids=["neither", "both"])
+def test_bootstrap_takes_exactly_one_source(tmp_path, args) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from simstream import cli
+
+    (tmp_path / "f.jsonl").write_text("")
+    result = CliRunner().invoke(cli.main, ["changelog", "bootstrap", *[a.format(f=tmp_path / "f.jsonl") for a in args]])
+    assert result.exit_code == 2 and "exactly one of --from FILE and --from-events" in result.output
