@@ -50,7 +50,7 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher, RefreshPlan
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "publish_refreshed", "finished", "DataPath"]
+__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "publish_refreshed", "all_durable", "finished", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -219,6 +219,15 @@ async def publish_refreshed(refresher: Refresher, outbox: Outbox, run: StepRunne
     return plan
 
 
+async def all_durable(*sends: Awaitable[None]) -> None:
+    """Independent sends in flight together (one round trip to Kafka instead of one each); returns
+    once every one is acknowledged, else raises the first failure when all have ended (each send
+    is safe to repeat: the caller's retry sends them all again)."""
+    for result in await asyncio.gather(*sends, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def finished(durable: bool | asyncio.Task[None]) -> bool:
     """What ``DataPath.ingest`` returned, once the task it may return has ended."""
     if isinstance(durable, asyncio.Task):
@@ -277,10 +286,10 @@ class DataPath:
         to ``here`` (with the latest event time that caused each), for ``_refresh_here``; the
         others are sent as refresh requests."""
         out = await ingest_steps(records, self.steps, self.run, affected=not bulk)
-        await self.outbox.dead_letters(out.rejects, self.settings.events_topic)
-        await self.outbox.catalog(out.accepted)
         owned = await self._owned_here(out.affected) if here is not None else set()
-        await self.outbox.refresh_requests([pid for pid in out.affected if pid not in owned], out.causes)
+        await all_durable(self.outbox.dead_letters(out.rejects, self.settings.events_topic),
+                          self.outbox.catalog(out.accepted),
+                          self.outbox.refresh_requests([pid for pid in out.affected if pid not in owned], out.causes))
         if here is not None:
             for pid in owned:
                 here[pid] = max(out.causes.get(pid) or 0, here.get(pid) or 0) or None
