@@ -42,6 +42,11 @@ class ProductEvent:
     def is_delete(self) -> bool:
         return self.op == "delete"
 
+    def supersedes(self, held: "ProductEvent | None") -> bool:
+        """Whether this event replaces ``held`` as a product's state: the highest version wins, a
+        later offset a tie (the one rule of the ingest's coalescing and the changelog's readers)."""
+        return held is None or (self.version, self.offset) >= (held.version, held.offset)
+
 
 CONTRACT_FIELDS = frozenset(ProductEvent.__dataclass_fields__) - {"partition", "offset"}
 

@@ -88,8 +88,7 @@ def _latest(records: Iterable[RawRecord], report: BootstrapReport) -> dict[str, 
         events, rejects = validate([r])
         report.unreadable += len(rejects)
         for e in events:
-            held = latest.get(e.product_id)
-            if held is None or e.version >= held.version:
+            if e.supersedes(latest.get(e.product_id)):
                 latest[e.product_id] = e
     return latest
 
@@ -115,8 +114,7 @@ def _matching(milvus: MilvusStore, events: Sequence[ProductEvent], report: Boots
     return out
 
 
-def bootstrap(settings: Settings, records: Iterable[RawRecord], milvus: MilvusStore, outbox: Outbox, *,
-              page: int = 2_000) -> BootstrapReport:
+def bootstrap(records: Iterable[RawRecord], milvus: MilvusStore, outbox: Outbox, *, page: int = 2_000) -> BootstrapReport:
     """Write the changelog record of every product whose event in ``records`` matches the index."""
     report = BootstrapReport()
     latest = _latest(records, report)
@@ -143,6 +141,6 @@ def bootstrap_from(settings: Settings, records: Iterable[RawRecord]) -> Bootstra
     store = open_store(settings.model_copy(update={"side_index": False}), dim, wait=True)
     try:
         with ConfluentTransport(settings) as transport:
-            return bootstrap(settings, records, store.milvus, Outbox(transport, settings))
+            return bootstrap(records, store.milvus, Outbox(transport, settings))
     finally:
         store.close()

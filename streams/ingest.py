@@ -39,8 +39,7 @@ def coalesce(events: Sequence[ProductEvent]) -> tuple[list[ProductEvent], int]:
     """Keep the highest version per product (a later offset wins a tie); returns (kept, dropped)."""
     best: dict[str, ProductEvent] = {}
     for e in events:
-        cur = best.get(e.product_id)
-        if cur is None or (e.version, e.offset) >= (cur.version, cur.offset):
+        if e.supersedes(best.get(e.product_id)):
             best[e.product_id] = e
     return list(best.values()), len(events) - len(best)
 

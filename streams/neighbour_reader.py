@@ -110,8 +110,7 @@ class CatalogReader(NeighbourReader):
         except BadEvent:
             self.unreadable += 1
             return
-        held = self.latest.get(event.product_id)
-        if held is None or event.version >= held.version:
+        if event.supersedes(self.latest.get(event.product_id)):
             self.latest[event.product_id] = event
 
     def __enter__(self) -> "CatalogReader":

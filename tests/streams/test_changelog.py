@@ -111,7 +111,7 @@ def test_bootstrap_writes_what_the_index_holds_and_names_what_has_no_source(brok
     path = tmp_path / "catalog.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n{not json\n")
     with ConfluentTransport(s) as transport:
-        report = bootstrap(s, read_records(path), store.milvus, Outbox(transport, s))
+        report = bootstrap(read_records(path), store.milvus, Outbox(transport, s))
     assert (report.records, report.unreadable, report.written, report.deletes_written) == (7, 1, 1, 1)
     assert (report.older, report.newer, report.not_in_index) == (1, 1, 1)
     assert (report.without_source, report.without_source_sample) == (3, ["b", "c", "orphan"])
