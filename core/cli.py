@@ -21,7 +21,8 @@ from simstream.settings import Settings, load_settings
 __all__ = [
     "fail", "red_line", "EXTRAS", "need", "main", "worker", "produce", "reconcile", "backfill", "demo", "serve",
     "config_", "eval_", "labelled_datasets", "paired", "fit_weights", "fine_tune", "dlq_filters", "dlq",
-    "dlq_summary", "dlq_show", "dlq_replay", "changelog", "changelog_bootstrap"
+    "dlq_summary", "dlq_show", "dlq_replay", "changelog", "changelog_bootstrap", "migrate", "model_overrides",
+    "format_status",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,11 +72,16 @@ def main() -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option("--role", type=click.Choice(["live", "standby"]), default=None,
+              help="Run the live generation, or the standby one (a migration's shadow, or the previous live "
+                   "one kept for rollback); default SIMSTREAM_WORKER_ROLE (live).")
+def worker(role: str | None) -> None:
     """Run the streaming worker against SIMSTREAM_KAFKA and SIMSTREAM_MILVUS_URI (production entry point)."""
     from simstream.streams.runtime import run_worker
 
     settings = _settings()
+    if role is not None:
+        settings = settings.model_copy(update={"worker_role": role})
     log.info("starting worker", settings=settings.safe_dump())
     run_worker(settings)
 
@@ -144,6 +150,114 @@ def changelog_bootstrap(source: Path | None, from_events: bool, timeout: float) 
                f"written to {settings.changelog_topic}; {r.older} older and {r.newer} newer than the index, "
                f"{r.not_in_index} not in it; {r.without_source} products in the index without a source"
                + (f" (e.g. {', '.join(r.without_source_sample)})" if r.without_source else ""))
+
+
+def model_overrides(settings: Settings, config: str | None, pairs: tuple[str, ...]) -> Settings:
+    """The deployment's settings with a new fusion config and ``KEY=VALUE`` model settings
+    (``simstream.generations.MODEL_SETTINGS``; values as their SIMSTREAM_* variables take them)."""
+    from simstream.generations import MODEL_SETTINGS
+
+    update: dict[str, Any] = {} if config is None else {"fusion_config": config}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().lower().removeprefix("simstream_")
+        if not sep or key not in MODEL_SETTINGS:
+            raise click.UsageError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(MODEL_SETTINGS)}")
+        update[key] = value
+    try:
+        return Settings.model_validate({**settings.model_dump(), **update})
+    except Exception as exc:
+        fail(f"configuration error in the new model settings: {exc}")
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    share = done / total if total else 0.0
+    filled = int(round(share * width))
+    return f"[{'#' * filled}{'.' * (width - filled)}] {share:6.1%}"
+
+
+def format_status(status: dict[str, Any], *, bar: bool) -> str:
+    """``migrate --status`` for people: roles, the migration's phase and progress, lag, gate."""
+    name = lambda tag: tag or "first"  # noqa: E731
+    gens = status["generations"]
+    lines = [f"live       {name(status['live'])}  {gens.get(status['live'], {}).get('model', '')}",
+             f"standby    {name(status['standby']) if status['standby'] is not None else '-'}  "
+             f"{gens.get(status['standby'], {}).get('model', '') if status['standby'] is not None else ''}",
+             f"publishing {name(status['publishing']) if status['publishing'] is not None else 'nobody (fencing)'}"]
+    m = status.get("migration")
+    if m is not None:
+        lines.append(f"migration  {name(m['source'])} -> {name(m['target'])}{' (rollback)' if m['rollback'] else ''}: "
+                     f"{m['phase']}")
+        p = m.get("progress") or {}
+        if "total" in p:
+            line = f"re-embedded {p.get('filled', 0)}/{p['total']}"
+            if bar:
+                line = f"{_bar(int(p.get('filled', 0)), int(p['total']))}  {line}"
+            lines.append(f"           {line}  {p.get('rate_per_s', '-')}/s  {p.get('seconds', '-')} s")
+        if m.get("gate") is not None:
+            g = m["gate"]
+            lines.append(f"gate       {'passed' if g.get('passed') else 'FAILED'}{' (forced)' if g.get('forced') else ''}"
+                         + (f": {'; '.join(g.get('reasons') or [])}" if g.get("reasons") else ""))
+    lag = status.get("standby_lag")
+    if lag is not None:
+        lines.append(f"lag        {lag['lag']} events behind the live group" if "lag" in lag else f"lag        {lag['error']}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--to", "config", default=None, metavar="CONFIG",
+              help="The new fusion config: a shipped name (v3, v2), a JSON file, or 'none' (as SIMSTREAM_FUSION_CONFIG).")
+@click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="Another model setting of the new generation (text_model, weights, vector_codec, image_enabled, "
+                   "text_max_tokens, top_k, list_depth); repeatable.")
+@click.option("--resume", is_flag=True, help="Continue the migration in progress from its recorded phase.")
+@click.option("--status", "show_status", is_flag=True, help="Show the generations, the migration's phase and progress.")
+@click.option("--json", "as_json", is_flag=True, help="With --status: as JSON.")
+@click.option("--rollback", is_flag=True, help="Switch back to the standby generation (the one live before).")
+@click.option("--drop-old", is_flag=True, help="Remove the standby generation's collections (no rollback after).")
+@click.option("--no-switch", is_flag=True, help="Stop once the shadow has caught up (switch later with --resume).")
+@click.option("--timeout", default=3600.0, show_default=True, help="Longest wait for the shadow to catch up, in seconds.")
+def migrate(config: str | None, pairs: tuple[str, ...], resume: bool, show_status: bool, as_json: bool,
+            rollback: bool, drop_old: bool, no_switch: bool, timeout: float) -> None:
+    """Ship a new model on a running system: a shadow index filled from the catalog changelog,
+    caught up by standby workers, switched to without a gap; --rollback and --drop-old (docs/operations.md)."""
+    import orjson
+
+    from simstream.streams.migrate import MigrationError, Migrator
+    from simstream.streams.runtime import control_store
+
+    chosen = [bool(config or pairs), resume, show_status, rollback, drop_old]
+    if sum(chosen) != 1:
+        raise click.UsageError("give exactly one of --to CONFIG (or --set), --resume, --status, --rollback, --drop-old")
+    settings = _settings()
+    from simstream.errors import IndexUnavailable, KafkaUnavailable
+    from simstream.index.control import ControlConflict
+
+    with red_line(MigrationError, ControlConflict, IndexUnavailable, KafkaUnavailable, TimeoutError), \
+            control_store(settings) as control:
+        m = Migrator(settings, control, say=click.echo)
+        if show_status:
+            status = m.status()
+            click.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() if as_json
+                       else format_status(status, bar=sys.stdout.isatty()))
+            return
+        if rollback:
+            m.rollback()
+            return
+        if drop_old:
+            m.drop_old()
+            return
+        record = m.start(model_overrides(settings, config, pairs)) if not resume else m.record()
+        if record.migration is None or record.migration.phase == "done":
+            raise MigrationError("no migration to resume")
+        if record.migration.phase == "filling":
+            record = m.fill(record)
+        if record.migration is not None and record.migration.phase == "catching_up":
+            record = m.wait_caught_up(record, timeout_s=timeout)
+        if no_switch:
+            click.echo("caught up; switch with simstream migrate --resume")
+            return
+        m.switch(record)
 
 
 @main.command()

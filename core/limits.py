@@ -24,7 +24,7 @@ from __future__ import annotations
 from simstream.records import FUSED_FIELDS
 
 __all__ = [
-    "MAX_ID_BYTES", "MAX_BRAND_BYTES", "MAX_CATEGORY_BYTES", "MAX_MODEL_BYTES", "MAX_MPN_CHARS", "MAX_TITLE_CHARS",
+    "CONTROL_RECORD_BYTES", "MAX_ID_BYTES", "MAX_BRAND_BYTES", "MAX_CATEGORY_BYTES", "MAX_MODEL_BYTES", "MAX_MPN_CHARS", "MAX_TITLE_CHARS",
     "MAX_DESCRIPTION_CHARS", "MAX_CURRENCY_CHARS", "MAX_IMAGE_URL_CHARS", "MAX_IMAGE_B64_CHARS", "MAX_EVENT_DEPTH",
     "EVENT_FIELD_BYTES", "EVENT_FIELD_CHARS",
     "LIST_PAYLOAD_BYTES", "LIST_CAPACITY", "LIST_FACTS_BYTES", "MAX_TOP_K", "list_payload_bytes",
@@ -67,6 +67,9 @@ EVENT_FIELD_CHARS: dict[str, int] = {
 # The lists collection holds a published list in a payload VARCHAR and its deep ids in an ARRAY:
 # a list that does not fit fails its upsert on every retry, so the settings refuse such a size.
 LIST_PAYLOAD_BYTES = 65_535
+# The control record (simstream.generations): a few generations with their fusion configs inline (~6 KB
+# each); a VARCHAR field of the control collection.
+CONTROL_RECORD_BYTES = 65_535
 LIST_CAPACITY = 1000  # the ARRAY's max_capacity: the deepest recorded list
 # A list's facts (index/rows.py HeadFacts: 16-byte digest, the owner's row as two int64, one float32
 # score per deep member), base64 in a VARCHAR beside the list.

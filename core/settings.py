@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # its offsets commit, without the refresh-topic hop; the others are sent as requests.
     refresh_locally: bool = True  # SIMSTREAM_REFRESH_LOCALLY
 
+    # Which generation this worker runs (simstream.generations): "live", or "standby" (the shadow a
+    # migration builds, or the previous live one kept for rollback; idle while there is none)
+    worker_role: Literal["live", "standby"] = "live"  # SIMSTREAM_WORKER_ROLE; `simstream worker --role`
+
     # --- Encoders --------------------------------------------------------------------------
     text_model: str | None = None  # HF id or local path; None -> bundled all-MiniLM-L6-v2
     text_max_tokens: int = Field(128, ge=8)

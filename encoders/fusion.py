@@ -39,7 +39,7 @@ from simstream.vector_codec import Codec, Segment, canonical
 
 __all__ = [
     "FUSION_VERSION", "FIELDS", "COMPACT_CODECS", "text_of", "field_contents", "content_hash", "load_weights",
-    "load_fusion_options", "EncodedBatch", "ProductEncoder",
+    "load_fusion_options", "EncodedBatch", "ProductEncoder", "layout_of",
 ]
 
 FUSION_VERSION = "fusion-v1"
@@ -91,6 +91,16 @@ def load_fusion_options(settings: Settings) -> dict[str, object]:
     from simstream.encoders.fusion_config import read_fusion_config
 
     return dict(read_fusion_config(settings).get("options") or {})
+
+
+def layout_of(specs: Mapping[str, Mapping[str, object]]) -> dict[str, slice]:
+    """Each field's slice of the fused vector, from ``ProductEncoder.field_specs`` (fields in order)."""
+    layout, start = {}, 0
+    for name in FIELDS:
+        dim = int(specs[name]["dim"])  # type: ignore[call-overload]
+        layout[name] = slice(start, start + dim)
+        start += dim
+    return layout
 
 
 @dataclass
@@ -160,6 +170,45 @@ class ProductEncoder:
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_threads, thread_name_prefix="image-fetch")
 
+    def field_specs(self) -> dict[str, dict[str, object]]:
+        """What decides each field's segment: the encoder that makes it (with the options it reads),
+        its storage grid, dimension and weight. Two generations whose specs agree on a field but
+        its weight store the same segment up to the scale sqrt(weight) (``carried``)."""
+        s = self.settings
+        encoders = {
+            "text": f"{self.text.name}|tokens={s.text_max_tokens}|brand={self.brand_in_text}",
+            "title_lexical": f"{type(self.title_lexical).__name__}:{self.title_lexical.dim}",
+            "mpn": f"{type(self.mpn).__name__}:{self.mpn.dim}|from_title={self.mpn.from_title}",
+            "image": f"{ImageEncoder.name}:{self.layout['image'].stop - self.layout['image'].start}",
+            "brand": f"{type(self.brand).__name__}:{self.brand.dim}",
+            "category": f"{type(self.category).__name__}:{self.category.dim}",
+            "price": f"{type(self.price).__name__}:{self.price.dim}",
+        }
+        return {f: {"encoder": encoders[f], "codec": self.codecs[f], "dim": self.layout[f].stop - self.layout[f].start,
+                    "weight": self.weights[f]} for f in FIELDS}
+
+    def carried(self, source: Mapping[str, Mapping[str, object]], vectors: np.ndarray,
+                hashes: Sequence[Mapping[str, str]]) -> tuple[np.ndarray, list[dict[str, str]]]:
+        """Stored vectors of another generation (``source``: its ``field_specs``) in this encoder's
+        layout, for ``encode``'s ``stored``: the segment of every field made by the same encoder on
+        the same grid, rescaled by sqrt(w_new / w_old) and rounded onto the grid again (copied as it
+        is when the weight is the same); other fields are left out (zero, no hash), so ``encode``
+        encodes them. A field stored at weight 0 holds nothing to carry."""
+        mine, theirs = self.field_specs(), layout_of(source)
+        out = np.zeros((len(vectors), self.dim), np.float32)
+        kept: list[str] = []
+        for f in FIELDS:
+            old, new = source[f], mine[f]
+            w_old, w_new = float(old["weight"]), float(new["weight"])  # type: ignore[arg-type]
+            if old["encoder"] != new["encoder"] or old["codec"] != new["codec"] or old["dim"] != new["dim"] \
+                    or w_old <= 0 or w_new <= 0:
+                continue
+            segment = np.asarray(vectors, np.float32)[:, theirs[f]]
+            out[:, self.layout[f]] = segment if w_old == w_new else canonical(
+                segment * np.float32(math.sqrt(w_new / w_old)), self.codecs[f])
+            kept.append(f)
+        return out, [{f: h[f] for f in kept if f in h} for h in hashes]
+
     def field_hashes(self, p: ProductEvent) -> dict[str, str]:
         """Content hash per field, as this encoder reads the fields (change detection)."""
         contents = field_contents(p, self.brand_in_text)  # once: text_of cleans the description
@@ -177,7 +226,7 @@ class ProductEncoder:
             self.image.warm_up()
 
     def encode(self, products: Sequence[ProductEvent],
-               stored: Mapping[str, tuple[np.ndarray, dict[str, str]]] | None = None) -> EncodedBatch:
+               stored: Mapping[str, tuple[np.ndarray, Mapping[str, str]]] | None = None) -> EncodedBatch:
         """Encode upserts. ``stored`` maps product_id -> (fused vector, field hashes) of the
         indexed version, so unchanged fields are reused instead of re-encoded."""
         import time

@@ -44,7 +44,7 @@ from simstream.limits import (
 )
 from simstream.logs import get_logger
 
-__all__ = ["DEFAULT_TIMEOUT_S", "quote_ids", "MilvusStore"]
+__all__ = ["DEFAULT_TIMEOUT_S", "quote_ids", "MilvusStore", "open_client", "close_client"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -564,6 +564,24 @@ def _within(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> 
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def open_client(uri: str, *, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> MilvusClient:
+    """A bare client of ``uri`` (for the control record: index/control.py); IndexUnavailable when
+    it cannot be opened. Close it with ``close_client``."""
+    if "://" not in uri:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+    except Exception as exc:
+        if not is_milvus_failure(exc):
+            raise
+        raise IndexUnavailable(f"cannot open Milvus at {uri}: {exc}") from exc
+
+
+def close_client(client: MilvusClient, uri: str) -> None:
+    """Close a client of ``open_client`` (a milvus-lite file is released for the next opener)."""
+    _release(client, uri, exclusive="://" not in uri)
 
 
 def _release(client: MilvusClient, uri: str, *, exclusive: bool) -> None:

@@ -30,6 +30,7 @@ from simstream.logs import get_logger
 from simstream.settings import Settings
 from simstream.streams import metrics
 from simstream.streams.dead_letter import RawRecord
+from simstream.streams.fence import Fence
 from simstream.streams.ingest import Ingest
 from simstream.streams.kafka_config import bound_faust_fetch_wait
 from simstream.streams.outbox import Outbox
@@ -92,6 +93,9 @@ def build_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=max(s.session_timeout_s * 2, 10.0),
         broker_commit_interval=1.0,
         producer_max_request_size=s.max_message_bytes,
+        # a send that did not end within the deadline is dropped, not delivered minutes later (the
+        # switch's fence counts on it: streams/fence.py); Faust's default is 20 minutes
+        producer_request_timeout=s.kafka_timeout_s,
         consumer_auto_offset_reset="earliest",
         web_enabled=s.web_enabled,
         web_bind=s.web_host,
@@ -176,7 +180,8 @@ async def _ack(stream: BatchStream, events: list[Any]) -> None:
 class Worker:
     """The app and its topics, agents, timers and pages around one ``DataPath``."""
 
-    def __init__(self, settings: Settings, ingest: Ingest, refresher: Refresher) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, refresher: Refresher, *, fence: Fence | None = None) -> None:
+        """``fence``: whether this worker's generation may publish now (streams/fence.py); None: always."""
         s = self.settings = settings
         self.app = app = build_app(settings)
         raw: dict[str, Any] = dict(value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
@@ -190,7 +195,7 @@ class Worker:
             if s.changelog_topic else None
         if self.changelog is not None:
             outputs[s.changelog_topic] = self.changelog
-        self.outbox = Outbox(FaustTransport(app, outputs, timeout_s=s.kafka_timeout_s), settings)
+        self.outbox = Outbox(FaustTransport(app, outputs, timeout_s=s.kafka_timeout_s), settings, fence=fence)
         self.run = StepRunner(max_retries=s.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
         self.path = DataPath(settings, ingest, refresher, self.outbox, self.run,
                              refresh_partitions_held=self.refresh_partitions_held)
@@ -246,8 +251,13 @@ class Worker:
             log.exception("purging tombstones failed; trying again at the next interval")
 
     async def index_timer(self) -> None:
-        """Readiness follows Milvus even while no batch runs."""
-        await self.path.ping_index()
+        """Readiness follows Milvus even while no batch runs; so does the control record (a switch
+        moves an idle worker to its new generation too)."""
+        if await self.path.ping_index() and self.outbox.fence is not None and not self.outbox.fence.fresh:
+            try:
+                await self.path.run.on_thread(self.outbox.fence.refresh)
+            except Exception:
+                log.exception("reading the control record failed; trying again at the next interval")
 
     def _agents(self) -> None:
         app = self.app

@@ -23,21 +23,24 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from simstream.index.milvus import MilvusStore
 from simstream.logs import get_logger
 from simstream.records import ProductEvent
 from simstream.settings import Settings
 from simstream.streams.dead_letter import RawRecord
+from simstream.errors import BadEvent, KafkaUnavailable
+from simstream.streams.contracts import parse_event
 from simstream.streams.ingest import validate
+from simstream.streams.messages import OMITTED_HEADER
 from simstream.streams.neighbour_reader import tail_consumer
 from simstream.streams.outbox import Outbox
 from simstream.streams.transports import ConfluentTransport
 
-__all__ = ["BootstrapReport", "bootstrap", "bootstrap_from", "topic_records", "SAMPLE_IDS"]
+__all__ = ["BootstrapReport", "bootstrap", "bootstrap_from", "topic_records", "SAMPLE_IDS", "Catalog", "read_catalog"]
 
 log = get_logger(__name__)
 
@@ -76,6 +79,76 @@ def topic_records(settings: Settings, topic: str, *, quiet_s: float = 5.0, timeo
                 yield RawRecord(m.key(), m.value(), m.partition() or 0, m.offset() or 0, m.timestamp()[1])
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{topic} was still delivering after {timeout_s} s")
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Catalog:
+    """The changelog as a migration reads it: per product the accepted event of the highest version
+    (deletes included), and the fields its record left out (``OMITTED_HEADER``)."""
+
+    latest: dict[str, ProductEvent] = field(default_factory=dict)
+    omitted: dict[str, frozenset[str]] = field(default_factory=dict)
+    records: int = 0
+    unreadable: int = 0
+
+    def apply(self, key: bytes | None, value: bytes | None, omitted: frozenset[str]) -> None:
+        self.records += 1
+        try:
+            event = parse_event(key, value)
+        except BadEvent:
+            self.unreadable += 1
+            return
+        if event.supersedes(self.latest.get(event.product_id)):
+            self.latest[event.product_id] = event
+            if omitted:
+                self.omitted[event.product_id] = omitted
+            else:
+                self.omitted.pop(event.product_id, None)
+
+
+def read_catalog(settings: Settings, *, timeout_s: float = 600.0) -> Catalog:
+    """The whole changelog as it stands now: every partition read from its start until the reader
+    reaches its end at or beyond the high watermark read first, so every record written before
+    the call is in (the end is taken from the fetch, as ``dlq.read_dead_letters`` does: the
+    embedded broker reports a watermark short of the last record of a multi-record batch).
+    Records written meanwhile may be in too, which is harmless: the highest version wins, and the
+    stream replays whatever came after. Raises ``TimeoutError`` after ``timeout_s``."""
+    topic = settings.changelog_topic
+    deadline = time.monotonic() + timeout_s
+    catalog = Catalog()
+    consumer = tail_consumer(settings, f"simstream-migrate-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or (meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            return catalog
+        if meta.error is not None:
+            raise KafkaUnavailable(f"{topic}: {meta.error}")
+        high = {}
+        for p in meta.partitions:
+            low, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=max(0.1, deadline - time.monotonic()))
+            if hi > low:
+                high[p] = hi
+        consumer.assign([TopicPartition(topic, p, -2) for p in high])  # -2: OFFSET_BEGINNING
+        pending = set(high)
+        while pending:
+            if (left := deadline - time.monotonic()) <= 0:
+                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to their end within {timeout_s} s "
+                                   f"({catalog.records} records read)")
+            for m in consumer.consume(500, timeout=min(left, 0.5)):
+                if (err := m.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if (m.offset() or 0) >= high.get(m.partition() or 0, 0):
+                            pending.discard(m.partition() or 0)
+                        continue
+                    raise KafkaUnavailable(f"{topic}: {err}")
+                headers: Any = m.headers() or []
+                omitted = next((bytes(v or b"") for k, v in headers if k == OMITTED_HEADER), b"")
+                catalog.apply(m.key(), m.value(), frozenset(omitted.decode().split(",")) if omitted else frozenset())
+        return catalog
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"{topic}: {exc}") from exc
     finally:
         consumer.close()
 

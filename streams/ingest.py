@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from simstream.clock import now_ms
 from simstream.encoders.fusion import EncodedBatch, ProductEncoder
@@ -20,7 +22,10 @@ from simstream.records import ProductEvent
 from simstream.streams.contracts import parse_event
 from simstream.streams.dead_letter import RawRecord, Rejected
 
-__all__ = ["validate", "coalesce", "VersionCheck", "encode_rejects", "refresh_causes", "Ingest", "outcome_counts"]
+__all__ = ["validate", "coalesce", "VersionCheck", "encode_rejects", "refresh_causes", "Carry", "Ingest", "outcome_counts"]
+
+#: product id -> (fused vector in this encoder's layout, field hashes) of segments to reuse
+Carry = Callable[[Sequence[ProductEvent]], Mapping[str, tuple[np.ndarray, Mapping[str, str]]]]
 
 
 def validate(records: Sequence[RawRecord]) -> tuple[list[ProductEvent], list[Rejected]]:
@@ -82,13 +87,15 @@ class Ingest:
     """The steps that read or write the index, over one store and one encoder."""
 
     def __init__(self, store: VectorStore, encoder: ProductEncoder, *, candidate_pool: int,
-                 recent: RecentSearches | None = None) -> None:
+                 recent: RecentSearches | None = None, carry: Carry | None = None) -> None:
         """``recent``: where the affected-set search keeps each changed product's exact top list for
-        its own refresh (``Refresher``, same object)."""
+        its own refresh (``Refresher``, same object). ``carry``: segments to reuse for products this
+        index does not hold yet, from another generation's index (a migration's fill: streams/migrate.py)."""
         self.store = store
         self.encoder = encoder
         self.candidate_pool = candidate_pool
         self.recent = recent
+        self.carry = carry
 
     def check_versions(self, latest: Sequence[ProductEvent]) -> VersionCheck:
         """Split coalesced events into stale, duplicate and fresh against the stored versions and
@@ -115,7 +122,10 @@ class Ingest:
     def encode(self, check: VersionCheck) -> EncodedBatch:
         """Encode the upserts, re-using the stored vector of every field whose content is unchanged."""
         model = self.encoder.model
-        reusable = {pid: (s.vector, s.hashes) for pid, s in check.stored.items() if s.model == model}
+        reusable: dict[str, tuple[np.ndarray, Mapping[str, str]]] = {
+            pid: (s.vector, s.hashes) for pid, s in check.stored.items() if s.model == model}
+        if self.carry is not None and (others := [e for e in check.upserts if e.product_id not in reusable]):
+            reusable.update(self.carry(others))
         return self.encoder.encode(check.upserts, reusable)
 
     def write(self, check: VersionCheck, encoded: EncodedBatch) -> list[Change]:

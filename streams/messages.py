@@ -23,7 +23,8 @@ from simstream.streams.contracts import event_document
 from simstream.streams.dead_letter import SIMSTREAM_HEADER, Rejected
 
 __all__ = ["Message", "partition_for", "route", "dead_letter", "bare_dead_letter", "neighbour_list",
-           "refresh_requests", "encode_refresh_request", "EVERY_LIST_REQUEST", "every_list_requests", "product_event",
+           "refresh_requests", "encode_refresh_request", "EVERY_LIST_REQUEST", "every_list_requests",
+           "REPUBLISH_REQUEST", "republish_requests", "recorded_list", "product_event",
            "replayed", "Original", "Headers", "catalog_record", "OMITTED_HEADER", "OMITTABLE_FIELDS"]
 
 Headers = tuple[tuple[str, bytes | None], ...]
@@ -95,12 +96,15 @@ def neighbour_list(product_id: str, lst: NeighbourList | None, *, topic: str, en
 # --- refresh requests -----------------------------------------------------------------------------
 
 def encode_refresh_request(ids: Sequence[str], event_times: Mapping[str, int | None], *,
-                           every_list: bool = False) -> bytes:
+                           every_list: bool = False, republish: bool = False) -> bytes:
     """The wire form (streams/refresh_requests.py reads it): the ids and, per id, its causing event
-    time; ``every_list``: every list of the partition it goes to (only then is the field sent)."""
+    time; ``every_list``: every list of the partition it goes to; ``republish``: publish every
+    recorded list of that partition as it is (a switch of generations). Flags are sent only when set."""
     doc: dict[str, object] = {"ids": list(ids), "event_times": {i: event_times.get(i) for i in ids}}
     if every_list:
         doc["every_list"] = True
+    if republish:
+        doc["republish"] = True
     return orjson.dumps(doc)
 
 
@@ -134,6 +138,20 @@ EVERY_LIST_REQUEST = encode_refresh_request([], {}, every_list=True)
 def every_list_requests(*, topic: str, partitions: int) -> list[Message]:
     """A request to every partition for every list it owns (after a bulk load: streams/bulk.py)."""
     return [Message(topic, None, EVERY_LIST_REQUEST, partition=p) for p in range(partitions)]
+
+
+REPUBLISH_REQUEST = encode_refresh_request([], {}, republish=True)
+
+
+def republish_requests(*, topic: str, partitions: int) -> list[Message]:
+    """A request to every partition to publish every list it has recorded (``simstream migrate``'s
+    switch: the new generation's lists replace the old one's on the neighbour topic)."""
+    return [Message(topic, None, REPUBLISH_REQUEST, partition=p) for p in range(partitions)]
+
+
+def recorded_list(product_id: str, payload: bytes, *, topic: str) -> Message:
+    """A recorded list as it was published (its payload), or its tombstone when the payload is empty."""
+    return Message(topic, product_id.encode(), payload or None)
 
 
 # --- the catalog changelog -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from simstream.records import NeighbourList, ProductEvent
 
 __all__ = [
     "REGISTRY", "EVENTS", "BATCH_SIZE", "ENCODE_SECONDS", "MILVUS_SECONDS", "LISTS", "REFRESH_METHOD", "FRESHNESS",
-    "WATERMARK", "BULK_ROUNDS", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
+    "WATERMARK", "BULK_ROUNDS", "REPUBLISHED", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -39,6 +39,8 @@ WATERMARK = Gauge("simstream_freshness_watermark_seconds",
 REFRESHED_HERE = Counter("simstream_lists_refreshed_in_ingest",
                          "Lists the ingest refreshed itself (this worker owns them), without a refresh request.",
                          registry=REGISTRY)
+REPUBLISHED = Counter("simstream_lists_republished", "Recorded lists published as they were when a generation "
+                      "started to publish (a switch: streams/migrate.py).", registry=REGISTRY)
 BULK_ROUNDS = Counter("simstream_bulk_rounds", "Bulk-load rounds ended with every list requested (streams/bulk.py).",
                       registry=REGISTRY)
 # simstream_retries{operation, error}: counted by the one retry policy (simstream.retry) wherever it retries.

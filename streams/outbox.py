@@ -17,6 +17,7 @@ from simstream.records import NeighbourList, ProductEvent
 from simstream.settings import Settings
 from simstream.streams import messages
 from simstream.streams.dead_letter import Rejected
+from simstream.streams.fence import Fence
 from simstream.streams.transports import Transport
 
 __all__ = ["Outbox"]
@@ -27,9 +28,12 @@ log = get_logger(__name__)
 class Outbox:
     """Builds the messages (streams/messages.py) and sends them through one ``Transport``."""
 
-    def __init__(self, transport: Transport, settings: Settings) -> None:
+    def __init__(self, transport: Transport, settings: Settings, *, fence: Fence | None = None) -> None:
+        """``fence``: whether this generation may publish lists now (None: always; the worker and
+        the tools that publish lists pass one, streams/fence.py)."""
         self.transport = transport
         self.settings = settings
+        self.fence = fence
         self.answering = True  # whether Kafka acknowledged the last send (readiness, outage detection)
 
     async def _send(self, what: str, batch: Sequence[messages.Message]) -> None:
@@ -78,11 +82,23 @@ class Outbox:
 
     async def lists(self, lists: Mapping[str, NeighbourList | None], encoded: Mapping[str, bytes] | None = None) -> None:
         """Publish lists (None: a tombstone) keyed by product id, before they are recorded;
-        ``encoded``: wire forms already made (the recorded payloads), so none is encoded twice."""
+        ``encoded``: wire forms already made (the recorded payloads), so none is encoded twice.
+        The caller asked the fence (``publish_refreshed``)."""
         topic = self.settings.neighbors_topic
         made = encoded or {}
         await self._send("neighbour lists", [messages.neighbour_list(pid, nl, topic=topic, encoded=made.get(pid))
                                              for pid, nl in lists.items()])
+
+    async def recorded_lists(self, payloads: Mapping[str, bytes]) -> None:
+        """Recorded lists as they were published (an empty payload: the tombstone); a republish."""
+        topic = self.settings.neighbors_topic
+        await self._send("recorded lists", [messages.recorded_list(pid, p, topic=topic) for pid, p in payloads.items()])
+
+    async def republish_request(self) -> None:
+        """A request to every refresh partition to publish every list it recorded (a switch)."""
+        partitions = await self.refresh_partitions()
+        await self._send("republish requests",
+                         messages.republish_requests(topic=self.settings.refresh_topic, partitions=partitions))
 
     async def refresh_partitions(self) -> int:
         """How many partitions the refresh topic has (list ownership follows them)."""

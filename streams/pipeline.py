@@ -50,12 +50,13 @@ from simstream.streams.outbox import Outbox
 from simstream.streams.refresh import Refresher, RefreshPlan
 from simstream.streams.refresh_requests import RefreshItem, decode_requests, merge
 
-__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "publish_refreshed", "all_durable", "finished", "DataPath"]
+__all__ = ["ALL_PAIRS_SHARE", "REUSE_TOUCHED_SHARE", "EVERY_LIST_PAGE", "REPUBLISH_PAGE", "INDEX", "MODELS", "StepRunner", "IngestOutcome", "check_batch", "encode_batch", "write_batch", "ingest_steps", "every_list_scan", "publish_refreshed", "all_durable", "finished", "DataPath"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 EVERY_LIST_PAGE = 512  # lists per batched search when refreshing every list (one pass over the catalog)
+REPUBLISH_PAGE = 1000  # recorded lists read and published per step of a republish (one Milvus query)
 # An every-list refresh multiplies each pair of products once (index/all_pairs.py: N^2 / 2 products)
 # when it computes at least this share of the catalog's lists; fewer are searched page by page
 # (N x lists), as a worker owning a few of many refresh partitions does.
@@ -211,10 +212,13 @@ async def publish_refreshed(refresher: Refresher, outbox: Outbox, run: StepRunne
                             scan: AllPairs | None = None) -> RefreshPlan:
     """plan -> publish -> record, under the lists lock: the one sequence by which a list goes out
     (the refresh agent, the ingest's own refresh, ``reconcile`` and ``backfill``). A list is durable
-    on the topic before it is recorded, so a crash in between publishes it again, never loses it."""
+    on the topic before it is recorded, so a crash in between publishes it again, never loses it.
+    A generation the fence keeps from publishing (a shadow, or the old one after a switch) only
+    records its lists: a switch republishes them all (streams/fence.py)."""
     async with run.lists_lock:
         plan = await run("plan", functools.partial(refresher.plan, search_all=search_all, scan=scan), ids, event_times)
-        await outbox.lists(plan.publish, plan.payloads)
+        if outbox.fence is None or await outbox.fence.allows(run):
+            await outbox.lists(plan.publish, plan.payloads)
         await run("record", refresher.record, plan)
     return plan
 
@@ -334,6 +338,8 @@ class DataPath:
         await self.outbox.dead_letters(requests.rejects, topic)
         if requests.every_list:
             await self.refresh_every_list(requests.every_list, next(r for r in records if r.partition in requests.every_list))
+        if requests.republish:
+            await self.republish_recorded(requests.republish)
         await self.isolate("refresh", topic, requests.items, self._refresh, RefreshItem.as_record)
 
     async def refresh_every_list(self, partitions: set[int], request: RawRecord) -> None:
@@ -353,6 +359,45 @@ class DataPath:
             await self.isolate("refresh", self.settings.refresh_topic, page, search, RefreshItem.as_record)
         log.info("every list refreshed", partitions=sorted(partitions), lists=len(owners),
                  seconds=round(time.perf_counter() - started, 1))
+
+    async def republish_recorded(self, partitions: set[int]) -> None:
+        """Publish every list the refresh ``partitions`` recorded, as recorded (a generation that
+        starts to publish: streams/migrate.py); a product without a recorded list is refreshed.
+        Ignored, with a warning, when the fence says this generation may not publish (a later
+        switch took the right away again)."""
+        started = time.perf_counter()
+        count = await self.outbox.refresh_partitions()
+        every = await self.run("list_owners", self.steps.store.list_owners)
+        owners = [pid for pid in every if messages.partition_for(pid.encode(), count) in partitions]
+        allowed = True
+
+        async def publish_page(page: Sequence[str]) -> None:
+            nonlocal allowed
+            allowed = await self._republish(page)
+
+        for start in range(0, len(owners), REPUBLISH_PAGE):
+            page = owners[start:start + REPUBLISH_PAGE]
+            await until_applied(publish_page, page, answering=self.answering,
+                                poison_after_s=self.settings.poison_after_s, stage="republish")
+            if not allowed:
+                log.warning("republish request while this generation may not publish; ignored",
+                            partitions=sorted(partitions))
+                return
+        log.info("every recorded list republished", partitions=sorted(partitions), lists=len(owners),
+                 seconds=round(time.perf_counter() - started, 1))
+        metrics.REPUBLISHED.inc(len(owners))
+
+    async def _republish(self, page: Sequence[str]) -> bool:
+        """One page of a republish; False when the fence refused it."""
+        async with self.run.lists_lock:
+            fence = self.outbox.fence
+            if fence is not None and not await fence.allows(self.run):
+                return False
+            recorded = await self.run("read_lists", self.steps.store.get_lists, page)
+            await self.outbox.recorded_lists({pid: recorded[pid].payload for pid in page if pid in recorded})
+        if missing := [pid for pid in page if pid not in recorded]:
+            await self._refresh_lists(missing, {}, search_all=True)
+        return True
 
     async def _every_list_candidates(self, partitions: set[int], owned_by: Sequence[int]) -> AllPairs | None:
         """The all-pairs pass for an every-list request: the one kept from a request before it

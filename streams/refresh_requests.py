@@ -6,7 +6,8 @@ arrives on the partition that owns those lists, so exactly one worker ever write
 Each requested list becomes a ``RefreshItem`` that remembers its record, so that a list that fails
 to refresh alone is dead-lettered alone, as a request for just that list. A request with
 ``"every_list": true`` asks for every list its partition owns (sent to each partition at the end of
-a bulk load, streams/bulk.py).
+a bulk load, streams/bulk.py); ``"republish": true`` for every list it has recorded, published as it
+is (sent by ``simstream migrate`` when a generation starts to publish, streams/migrate.py).
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ class RefreshItem:
         return dataclasses.replace(self.record, key=self.product_id.encode(), value=value)
 
 
-def _decode(raw: bytes | None) -> tuple[list[str], dict[str, int | None], bool]:
-    """One request's ids, event times and whether it asks for every list; BadEvent when it is not a
-    refresh request."""
+def _decode(raw: bytes | None) -> tuple[list[str], dict[str, int | None], bool, bool]:
+    """One request's ids, event times and whether it asks for every list, and for a republish;
+    BadEvent when it is not a refresh request."""
     try:
         doc = orjson.loads(raw or b"")
-        ids, times, every = doc["ids"], doc.get("event_times") or {}, doc.get("every_list", False)
+        ids, times = doc["ids"], doc.get("event_times") or {}
+        every, republish = doc.get("every_list", False), doc.get("republish", False)
         if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids) and isinstance(times, dict)
-                and all(isinstance(t, int) or t is None for t in times.values()) and isinstance(every, bool)):
-            raise ValueError("ids must be strings, event_times integers and every_list a boolean")
-        return ids, times, every
+                and all(isinstance(t, int) or t is None for t in times.values()) and isinstance(every, bool)
+                and isinstance(republish, bool)):
+            raise ValueError("ids must be strings, event_times integers, every_list and republish booleans")
+        return ids, times, every, republish
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadEvent(f"not a refresh request: {str(exc)[:200]}") from None
 
@@ -59,6 +62,7 @@ class Requests:
     items: list[RefreshItem] = dataclasses.field(default_factory=list)
     rejects: list[Rejected] = dataclasses.field(default_factory=list)
     every_list: set[int] = dataclasses.field(default_factory=set)  # partitions asking for every list they own
+    republish: set[int] = dataclasses.field(default_factory=set)  # partitions asking to publish what they recorded
 
 
 def decode_requests(records: Sequence[RawRecord]) -> Requests:
@@ -66,13 +70,15 @@ def decode_requests(records: Sequence[RawRecord]) -> Requests:
     out = Requests()
     for r in records:
         try:
-            ids, times, every = _decode(r.value)
+            ids, times, every, republish = _decode(r.value)
         except BadEvent as exc:
             out.rejects.append(Rejected(r, exc, "refresh-request"))
             continue
         out.items += [RefreshItem(pid, times.get(pid), r) for pid in ids]
         if every:
             out.every_list.add(r.partition)
+        if republish:
+            out.republish.add(r.partition)
     return out
 
 

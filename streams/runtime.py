@@ -5,21 +5,32 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-from typing import Sequence
+import os
+import signal
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from simstream import retry
 from simstream.encoders.fusion import ProductEncoder
 from simstream.errors import IndexUnavailable
+from simstream.generations import CONTROL_POLL_S, FIRST, ControlRecord, Role, generation_settings
+from simstream.index.control import ControlStore
+from simstream.index.milvus import close_client, open_client
 from simstream.index.neighbours import RECENT_SEARCHES_MIN, ListBuilder, RecentSearches
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings
 from simstream.streams.app import Worker
+from simstream.streams.fence import Fence
 from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
-__all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "build_worker", "run_worker"]
+__all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "control_store", "read_control",
+           "generation_of", "control_fence", "build_worker", "run_worker", "STANDBY_IDLE_POLL_S"]
+
+STANDBY_IDLE_POLL_S = 5.0  # a standby worker with no generation to run looks for one this often
 
 log = get_logger(__name__)
 
@@ -39,6 +50,50 @@ def open_store(settings: Settings, dim: int, *, wait: bool = False,
     if not wait:
         return connect()
     return retry.call(retry.MILVUS_START, "milvus_connect", connect, retry_on=(IndexUnavailable,))
+
+
+@contextmanager
+def control_store(settings: Settings) -> Iterator[ControlStore]:
+    """The control record of the deployment's collections (``SIMSTREAM_COLLECTION``), on a client
+    of its own that is closed afterwards."""
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    uri = settings.resolved_milvus_uri
+    client = open_client(uri, token=token, timeout_s=settings.milvus_timeout_s)
+    try:
+        yield ControlStore(client, settings.collection, timeout_s=settings.milvus_timeout_s)
+    finally:
+        close_client(client, uri)
+
+
+def read_control(settings: Settings, *, wait: bool = False) -> ControlRecord | None:
+    """The control record (None: never migrated); with ``wait``, Milvus down or starting is waited for."""
+    def read() -> ControlRecord | None:
+        with control_store(settings) as control:
+            return control.read()
+
+    return retry.call(retry.MILVUS_START, "milvus_connect", read, retry_on=(IndexUnavailable,)) if wait else read()
+
+
+def generation_of(settings: Settings, record: ControlRecord | None, role: Role) -> tuple[str, Settings] | None:
+    """The generation a worker of ``role`` runs, with the settings to run it with; None: a standby
+    worker with nothing to do. Without a record the first generation is live, as configured."""
+    tag = record.runs(role) if record is not None else (FIRST if role == "live" else None)
+    if tag is None:
+        return None
+    generation = record.generations.get(tag) if record is not None else None
+    return tag, generation_settings(settings, generation, tag)
+
+
+def control_fence(base: Settings, store: VectorStore, tag: str, role: Role) -> Fence:
+    """The worker's fence: reads the control record through the store's own client (on the index
+    thread), and stops the process (SIGTERM: Faust shuts down cleanly, the supervisor restarts
+    it) when the record moves its role to another generation."""
+    control = ControlStore(store.milvus.client, base.collection, timeout_s=base.milvus_timeout_s)
+
+    def stop(runs: str | None) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return Fence(control.read, tag, role=role, on_reassigned=stop)
 
 
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
@@ -84,22 +139,37 @@ def settle_heap() -> None:
         pass
 
 
-def build_worker(settings: Settings) -> Worker:
+def build_worker(settings: Settings, *, base: Settings | None = None, tag: str = FIRST,
+                 role: Role = "live") -> Worker:
+    """The worker of generation ``tag`` (``settings``: as ``generation_of`` gave them; ``base``:
+    the deployment's, for the control record; None: no fence, tests that run one generation)."""
     single_threaded_numpy()
     ingest, refresher = build_steps(settings, wait_for_milvus=True)
     encoder = ingest.encoder
     encoder.warm_up()
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
-             weights=encoder.weights)
+             weights=encoder.weights, generation=tag or "first", role=role)
     settle_heap()
-    return Worker(settings, ingest, refresher)
+    fence = control_fence(base, ingest.store, tag, role) if base is not None else None
+    return Worker(settings, ingest, refresher, fence=fence)
+
+
+def _wait_for_generation(settings: Settings, role: Role) -> tuple[str, Settings]:
+    """The generation this worker's role runs; a standby worker with none waits until there is one."""
+    while (found := generation_of(settings, read_control(settings, wait=True), role)) is None:
+        log.info("standby worker: no generation to run; waiting", poll_s=STANDBY_IDLE_POLL_S)
+        time.sleep(STANDBY_IDLE_POLL_S)
+    return found
 
 
 def run_worker(settings: Settings) -> None:
-    """Build the worker and run it until it is stopped (the production entry point)."""
+    """Build the worker of the generation its role runs (SIMSTREAM_WORKER_ROLE) and run it until
+    it is stopped (the production entry point)."""
     import faust
 
-    worker = build_worker(settings)
+    role: Role = settings.worker_role
+    tag, generation = _wait_for_generation(settings, role)
+    worker = build_worker(generation, base=settings, tag=tag, role=role)
 
     class _Worker(faust.Worker):
         def _setup_logging(self) -> None:  # keep structlog's handlers; faust would replace them
