@@ -41,7 +41,7 @@ from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
 __all__ = [
-    "SCORE_TOLERANCE", "oracle_lists", "Comparison", "compare", "Options", "run_exactness", "run_backfill",
+    "SCORE_TOLERANCE", "metric_total", "oracle_lists", "Comparison", "compare", "Options", "run_exactness", "run_backfill",
     "inject", "read_catalog", "reencode_error", "explain", "summary_line"
 ]
 
@@ -114,7 +114,7 @@ def compare(stream: Stream, topic: dict[str, NeighbourList | None], stored: dict
 
 
 # --- processes --------------------------------------------------------------------------------
-def _metric_total(port: int) -> float | None:
+def metric_total(port: int) -> float | None:
     """Sum of the worker's event and list counters (changes while it works); None if unreachable."""
     import urllib.request
 
@@ -257,7 +257,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
                 for w in workers:
                     w.check()
                 got = reader.poll(1.0)
-                metrics_now = [_metric_total(w.web_port) for w in workers]
+                metrics_now = [metric_total(w.web_port) for w in workers]
                 if got or metrics_now != last_metrics:
                     last_change = time.monotonic()
                     last_metrics = metrics_now
@@ -341,11 +341,11 @@ def inject(kind: str, seconds: float, broker: EmbeddedBroker, server: MilvusServ
         raise ValueError(f"unknown fault {kind!r} (or no Milvus server to inject it into)")
 
 
-def read_catalog(milvus_uri: str, opts: Options) -> dict[str, tuple[int, np.ndarray]]:
+def read_catalog(milvus_uri: str, opts: Options, *, collection: str = "simstream") -> dict[str, tuple[int, np.ndarray]]:
     """Every product in Milvus with its version and vector (after the workers stopped)."""
     from simstream.index.milvus import MilvusStore
 
-    store = MilvusStore.connect(milvus_uri, "simstream", dim=None)
+    store = MilvusStore.connect(milvus_uri, collection, dim=None)
     try:
         return {p.product_id: (p.version, p.vector) for page in store.iter_products(1000, with_vectors=True)
                 for p in page}
