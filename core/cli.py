@@ -215,10 +215,24 @@ def format_status(status: dict[str, Any], *, bar: bool) -> str:
 @click.option("--json", "as_json", is_flag=True, help="With --status: as JSON.")
 @click.option("--rollback", is_flag=True, help="Switch back to the standby generation (the one live before).")
 @click.option("--drop-old", is_flag=True, help="Remove the standby generation's collections (no rollback after).")
+@click.option("--abandon", is_flag=True, help="Give up the migration before its switch; drop the shadow.")
 @click.option("--no-switch", is_flag=True, help="Stop once the shadow has caught up (switch later with --resume).")
 @click.option("--timeout", default=3600.0, show_default=True, help="Longest wait for the shadow to catch up, in seconds.")
+@click.option("--gate", "gate_dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A labelled benchmark folder (tableA.csv, tableB.csv, gold; the eval protocol): the new model may "
+                   "not be worse than the live one by more than --gate-margin.")
+@click.option("--gate-fields", default=None, metavar="NAME=COL,...",
+              help="Field mapping of --gate (default: the known benchmark's, else title=title).")
+@click.option("--gate-margin", default=0.01, show_default=True, help="Largest drop of recall@1, recall@10 or MRR that passes.")
+@click.option("--gate-sample", default=200, show_default=True, help="Lists checked against an exact top-K.")
+@click.option("--max-churn", type=float, default=None, help="Fail the gate when more than this share of lists would change.")
+@click.option("--gate-report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the gate's JSON report goes (default DATA_DIR/migrations/<generation>-gate.json).")
+@click.option("--force", is_flag=True, help="Switch even when the gate fails (logged).")
 def migrate(config: str | None, pairs: tuple[str, ...], resume: bool, show_status: bool, as_json: bool,
-            rollback: bool, drop_old: bool, no_switch: bool, timeout: float) -> None:
+            rollback: bool, drop_old: bool, abandon: bool, no_switch: bool, timeout: float, gate_dataset: Path | None,
+            gate_fields: str | None, gate_margin: float, gate_sample: int, max_churn: float | None,
+            gate_report: Path | None, force: bool) -> None:
     """Ship a new model on a running system: a shadow index filled from the catalog changelog,
     caught up by standby workers, switched to without a gap; --rollback and --drop-old (docs/operations.md)."""
     import orjson
@@ -226,9 +240,10 @@ def migrate(config: str | None, pairs: tuple[str, ...], resume: bool, show_statu
     from simstream.streams.migrate import MigrationError, Migrator
     from simstream.streams.runtime import control_store
 
-    chosen = [bool(config or pairs), resume, show_status, rollback, drop_old]
+    chosen = [bool(config or pairs), resume, show_status, rollback, drop_old, abandon]
     if sum(chosen) != 1:
-        raise click.UsageError("give exactly one of --to CONFIG (or --set), --resume, --status, --rollback, --drop-old")
+        raise click.UsageError("give exactly one of --to CONFIG (or --set), --resume, --status, --rollback, --drop-old, "
+                               "--abandon")
     settings = _settings()
     from simstream.errors import IndexUnavailable, KafkaUnavailable
     from simstream.index.control import ControlConflict
@@ -247,6 +262,9 @@ def migrate(config: str | None, pairs: tuple[str, ...], resume: bool, show_statu
         if drop_old:
             m.drop_old()
             return
+        if abandon:
+            m.abandon()
+            return
         record = m.start(model_overrides(settings, config, pairs)) if not resume else m.record()
         if record.migration is None or record.migration.phase == "done":
             raise MigrationError("no migration to resume")
@@ -257,6 +275,24 @@ def migrate(config: str | None, pairs: tuple[str, ...], resume: bool, show_statu
         if no_switch:
             click.echo("caught up; switch with simstream migrate --resume")
             return
+        if record.migration is not None and record.migration.phase == "ready":
+            from simstream.quality.gate import GateOptions, format_gate, run_gate
+
+            report = run_gate(settings, record, GateOptions(sample=gate_sample, margin=gate_margin, max_churn=max_churn,
+                                                            dataset=gate_dataset, fields=gate_fields), say=click.echo)
+            click.echo(format_gate(report))
+            path = gate_report or settings.data_dir / "migrations" / f"{record.migration.target}-gate.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+            click.echo(f"wrote {path}")
+            forced = not report["passed"] and force
+            record = m.record_gate(record, {"passed": report["passed"], "forced": forced, "reasons": report["reasons"],
+                                            "churn": report["churn"], "labelled": report["labelled"]})
+            if not report["passed"] and not force:
+                fail("the gate failed: the live generation stays live; the shadow keeps up (switch later with "
+                     "--resume --force, or start another migration)")
+            if forced:
+                log.warning("gate failed; switching anyway (--force)", reasons=report["reasons"])
         m.switch(record)
 
 

@@ -224,7 +224,7 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
             target, source = record.migration.target, record.migration.source
             new_model, old_model = record.generations[target].model, record.generations[source].model
             say(f"migrated {source or 'first'} -> {target} ({new_model}); waiting until quiet")
-            _quiet(fleet, reader, stream, opts, tick)
+            _quiet(fleet, reader, stream, opts, tick, new_model)
             fleet.stop()
             base = Settings(collection=collection)
             stored = read_catalog(uri, opts, collection=generation_settings(base, record.generations[target]).collection)
@@ -250,7 +250,7 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
                 raise RuntimeError(f"simstream migrate --rollback failed: "
                                    f"{(data_dir / 'migrate.log').read_text(errors='replace')[-3000:]}")
             back_at = time.monotonic()
-            _quiet(fleet, reader, stream, opts, tick)
+            _quiet(fleet, reader, stream, opts, tick, old_model)
             fleet.stop()
             stored = read_catalog(uri, opts, collection=collection)
             topic = dict(reader.latest)
@@ -297,8 +297,11 @@ def passed(report: dict[str, Any]) -> bool:
             and back["new_model_messages_after_switch"] == 0)
 
 
-def _quiet(fleet: Fleet, reader: ModelReader, stream: Stream, opts: Options, tick: Callable[[float], None]) -> None:
-    """Until no neighbour message came and no worker counter moved for ``opts.quiet_s``."""
+def _quiet(fleet: Fleet, reader: ModelReader, stream: Stream, opts: Options, tick: Callable[[float], None],
+           model: str) -> None:
+    """Until every live product has a list of ``model`` on the topic (the new live generation's
+    workers take a restart to start publishing) and no neighbour message came and no worker counter
+    moved for ``opts.quiet_s``; at most a minute longer when some list never comes."""
     last_change, last_metrics = time.monotonic(), fleet.metric_totals()
     while True:
         before = reader.messages
@@ -306,7 +309,7 @@ def _quiet(fleet: Fleet, reader: ModelReader, stream: Stream, opts: Options, tic
         now = fleet.metric_totals()
         if reader.messages != before or now != last_metrics:
             last_change, last_metrics = time.monotonic(), now
-        have_all = all(reader.latest.get(pid) is not None for pid in stream.live)
+        have_all = all((nl := reader.latest.get(pid)) is not None and nl.model == model for pid in stream.live)
         quiet_for = time.monotonic() - last_change
         if quiet_for >= opts.quiet_s and (have_all or quiet_for >= max(60.0, 4 * opts.quiet_s)):
             return

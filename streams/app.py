@@ -39,7 +39,7 @@ from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 
 __all__ = ["Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials", "refresh_batch_size",
-           "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S"]
+           "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
 
 log = get_logger(__name__)
 
@@ -48,6 +48,7 @@ log = get_logger(__name__)
 REFRESH_BATCH_MIN = 256
 PURGE_INTERVAL_S = 600.0  # delete markers past their retention are forgotten this often
 INDEX_CHECK_INTERVAL_S = 10.0  # readiness asks Milvus this often while no batch runs
+CONTROL_FOLLOW_S = 2.0  # an idle worker reads the control record this often (streams/fence.py)
 
 
 def refresh_batch_size(settings: Settings) -> int:
@@ -251,13 +252,19 @@ class Worker:
             log.exception("purging tombstones failed; trying again at the next interval")
 
     async def index_timer(self) -> None:
-        """Readiness follows Milvus even while no batch runs; so does the control record (a switch
-        moves an idle worker to its new generation too)."""
-        if await self.path.ping_index() and self.outbox.fence is not None and not self.outbox.fence.fresh:
-            try:
-                await self.path.run.on_thread(self.outbox.fence.refresh)
-            except Exception:
-                log.exception("reading the control record failed; trying again at the next interval")
+        """Readiness follows Milvus even while no batch runs."""
+        await self.path.ping_index()
+
+    async def control_timer(self) -> None:
+        """An idle worker follows the control record too: a switch moves its role to another
+        generation within ``CONTROL_FOLLOW_S`` (a busy one reads it before each publish anyway)."""
+        fence = self.outbox.fence
+        if fence is None or fence.fresh:
+            return
+        try:
+            await self.path.run.on_thread(fence.refresh)
+        except Exception as exc:  # Milvus down: readiness says so; the next tick tries again
+            log.warning("reading the control record failed; trying again", error=repr(exc)[:300])
 
     def _agents(self) -> None:
         app = self.app
@@ -265,6 +272,7 @@ class Worker:
         app.agent(self.refresh, name="refresh")(self.refresh_agent)
         app.timer(interval=PURGE_INTERVAL_S)(self.purge_timer)
         app.timer(interval=INDEX_CHECK_INTERVAL_S)(self.index_timer)
+        app.timer(interval=CONTROL_FOLLOW_S)(self.control_timer)
 
     # --- web pages ----------------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:

@@ -20,7 +20,8 @@
 Every phase is recorded in the control record before its work starts, and each one's work is safe
 to repeat, so ``simstream migrate --resume`` after a crash of this process (or of any worker)
 continues from the recorded phase. ``--rollback`` runs fencing and republishing again towards the
-standby generation; ``--drop-old`` removes the standby generation's collections and forgets it.
+standby generation; ``--drop-old`` removes the standby generation's collections and forgets it;
+``--abandon`` gives up a migration before its switch (the shadow is dropped).
 
 Needs a Milvus server (a milvus-lite file opens in one process only): ``milvus-lite server`` on
 one machine, Milvus on Kubernetes.
@@ -296,6 +297,10 @@ class Migrator:
                 out["standby_lag"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         return out
 
+    def record_gate(self, record: ControlRecord, gate: dict[str, Any]) -> ControlRecord:
+        """Keep the gate's summary (passed, forced, reasons) in the record (``--status`` shows it)."""
+        return self._move(record, "ready", migration_changes={"gate": gate})
+
     # --- switch ---------------------------------------------------------------------------------------
     def switch(self, record: ControlRecord) -> ControlRecord:
         """fencing -> republishing -> done: the standby generation becomes the live one and publishes."""
@@ -331,6 +336,23 @@ class Migrator:
                          rollback=True)
         record = self._write(record, record.changed(migration=back))
         return self.switch(record)
+
+    def abandon(self) -> ControlRecord:
+        """Give up the migration before its switch (a failed gate): the live generation never stopped
+        publishing; the shadow's collections are dropped and it is forgotten."""
+        record = self.record()
+        m = record.migration
+        if m is None or PHASES.index(m.phase) >= PHASES.index("fencing"):
+            raise MigrationError("no migration before its switch to abandon" if m is None or m.phase == "done" else
+                                 f"the migration is in phase {m.phase}: finish it with --resume, then --rollback")
+        prefix = self.settings_of(record, m.target).collection
+        gens = {t: g for t, g in record.generations.items() if t != m.target}
+        record = self._write(record, record.changed(standby=None, generations=gens,
+                                                    migration=m.at("done", now_ms(), progress={**m.progress,
+                                                                                               "abandoned": True})))
+        dropped = self.control.drop_collections(prefix)
+        self.say(f"abandoned the migration to {m.target}: dropped {', '.join(dropped) or 'nothing'}")
+        return record
 
     def drop_old(self) -> ControlRecord:
         """Remove the standby generation's collections and forget it (no rollback afterwards)."""
