@@ -65,10 +65,11 @@ FIRST = ""  # the first generation's tag: today's unversioned names
 _TAG = re.compile(r"^g([1-9][0-9]{0,5})$")
 
 
-def next_tag(existing: set[str] | Mapping[str, Any]) -> str:
-    """The next free tag after every existing one: ``g1``, ``g2``, ..."""
+def next_tag(existing: set[str] | Mapping[str, Any], made: int = 0) -> str:
+    """The next tag after every existing one and the ``made`` ones before (``g1``, ``g2``, ...):
+    a tag is never used twice, so a dropped generation's group, topics and letters stay its own."""
     numbers = [int(m.group(1)) for t in existing if (m := _TAG.match(t))]
-    return f"g{max(numbers, default=0) + 1}"
+    return f"g{max(max(numbers, default=0), made) + 1}"
 
 
 def versioned_names(settings: Settings, tag: str) -> dict[str, str]:
@@ -133,6 +134,7 @@ class ControlRecord:
     publishing: str | None = FIRST  # None: nobody (a switch fences the old generation off)
     generations: dict[str, Generation] = field(default_factory=dict)
     migration: Migration | None = None
+    made: int = 0  # generations ever made by a migration (tags are never reused)
 
     def runs(self, role: Role) -> str | None:
         """The generation a worker of ``role`` runs (None: a standby worker with nothing to do). A
@@ -163,7 +165,8 @@ class ControlRecord:
         gens = {t: Generation(**g) for t, g in (doc.get("generations") or {}).items()}
         mig = doc.get("migration")
         migration = None if mig is None else Migration(**{**mig, "cut": {int(p): int(o) for p, o in mig["cut"].items()}})
-        return ControlRecord(int(doc["epoch"]), doc["live"], doc.get("standby"), doc.get("publishing"), gens, migration)
+        return ControlRecord(int(doc["epoch"]), doc["live"], doc.get("standby"), doc.get("publishing"), gens, migration,
+                             int(doc.get("made") or 0))
 
 
 def generation_settings(settings: Settings, generation: Generation | None, tag: str = FIRST) -> Settings:

@@ -14,6 +14,7 @@ every error body is ``{"error": message}``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -28,7 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from simstream.errors import EncodeError, IndexUnavailable
-from simstream.index.milvus import MilvusStore
+from simstream.generations import FIRST, ControlRecord, generation_settings
+from simstream.index.control import ControlStore
+from simstream.index.milvus import MilvusStore, close_client, open_client
 from simstream.logs import get_logger
 from simstream.serve.catalog import Catalog, NotFound, filters_view
 from simstream.serve.filters import FilterError, Filters
@@ -38,10 +41,11 @@ from simstream.limits import MAX_QUERY_CHARS
 from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "Conflict", "FilterBody", "SimilarRequest", "Services", "create_app"]
+__all__ = ["STATIC", "FOLLOW_S", "Conflict", "FilterBody", "SimilarRequest", "Services", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
+FOLLOW_S = 5.0  # serve reads the control record this often and follows a switch of generations
 STATIC = Path(str(resources.files("simstream.serve") / "static" / "index.html")).resolve().parent
 
 
@@ -68,29 +72,103 @@ class SimilarRequest(BaseModel):
 
 
 class Services:
-    """What the routes read through; opened at start-up unless given (tests, the demo)."""
+    """What the routes read through; opened at start-up unless given (tests, the demo).
+
+    Opened by serve itself, they follow the live generation (simstream.generations): the control
+    record is read every ``FOLLOW_S``, and after a switch (``simstream migrate``) the new
+    generation's collections and query encoder are opened beside the old ones and swapped in,
+    without a restart; queries in flight finish on the old ones."""
 
     def __init__(self, settings: Settings, milvus: MilvusStore | None, encoder: QueryEncoder | None) -> None:
-        self.settings = settings
-        self.milvus = milvus
-        self.encoder = encoder
+        self.base = settings  # the deployment's settings; ``settings``: the generation served
+        # (settings, milvus, encoder) of the generation served, swapped as one (``follow``)
+        self.current: tuple[Settings, MilvusStore | None, QueryEncoder | None] = (settings, milvus, encoder)
         self.owns_milvus = milvus is None
+        self.generation: str | None = None  # the tag served (None: given, not followed)
         self.images = LocalImages(settings)
 
+    @property
+    def settings(self) -> Settings:
+        return self.current[0]
+
+    @property
+    def milvus(self) -> MilvusStore | None:
+        return self.current[1]
+
+    @property
+    def encoder(self) -> QueryEncoder | None:
+        return self.current[2]
+
+    def pair(self) -> tuple[QueryEncoder, Catalog]:
+        """The query encoder and the catalog of one generation (a switch may happen between two reads)."""
+        _, milvus, encoder = self.current
+        assert milvus is not None and encoder is not None
+        return encoder, Catalog(milvus, encoder.layout)
+
+    def _control(self, client: Any) -> ControlStore:
+        return ControlStore(client, self.base.collection, timeout_s=self.base.milvus_timeout_s)
+
+    def _open_generation(self, record: ControlRecord | None,
+                         on: MilvusStore | None = None) -> tuple[str, Settings, MilvusStore, QueryEncoder]:
+        """The live generation's settings, collections and query encoder; ``on``: a store whose
+        client to reuse (a milvus-lite file has one server per process)."""
+        tag = record.live if record is not None else FIRST
+        s = generation_settings(self.base, record.generations.get(tag) if record is not None else None, tag)
+        # dim None: open the collections the worker made, at their dimension; never create them
+        milvus = (MilvusStore(on.client, on.uri, s.collection, None, exclusive=on.exclusive, timeout_s=s.milvus_timeout_s)
+                  if on is not None else
+                  MilvusStore.connect(s.resolved_milvus_uri, s.collection, None,
+                                      token=s.milvus_token.get_secret_value() if s.milvus_token else None,
+                                      timeout_s=s.milvus_timeout_s))
+        try:
+            encoder = QueryEncoder(s)
+            encoder.encoder.warm_up()
+            if encoder.dim != milvus.dim:
+                raise ValueError(f"the encoders give dim {encoder.dim} but {milvus.products} has "
+                                 f"{milvus.dim}: serve with the worker's fusion config and text model")
+        except BaseException:
+            if on is None:
+                milvus.close()
+            raise
+        return tag, s, milvus, encoder
+
     def open(self) -> None:
-        s = self.settings
         if self.milvus is None:
-            # dim None: open the collections the worker made, at their dimension; never create them
-            self.milvus = MilvusStore.connect(s.resolved_milvus_uri, s.collection, None,
-                                              token=s.milvus_token.get_secret_value() if s.milvus_token else None,
-                                              timeout_s=s.milvus_timeout_s)
-        if self.encoder is None:
-            self.encoder = QueryEncoder(s)
-            self.encoder.encoder.warm_up()
+            uri = self.base.resolved_milvus_uri
+            token = self.base.milvus_token.get_secret_value() if self.base.milvus_token else None
+            client = open_client(uri, token=token, timeout_s=self.base.milvus_timeout_s)
+            try:
+                record = self._control(client).read()
+            finally:
+                close_client(client, uri)
+            tag, settings, milvus, encoder = self._open_generation(record)
+            self.generation, self.current = tag, (settings, milvus, encoder)
+        elif self.encoder is None:
+            encoder = QueryEncoder(self.settings)
+            encoder.encoder.warm_up()
+            self.current = (self.settings, self.milvus, encoder)
+        assert self.encoder is not None and self.milvus is not None
         if self.encoder.dim != self.milvus.dim:
             raise ValueError(f"the encoders give dim {self.encoder.dim} but {self.milvus.products} has "
                              f"{self.milvus.dim}: serve with the worker's fusion config and text model")
-        log.info("serve ready", collection=self.milvus.products, model=self.encoder.model)
+        log.info("serve ready", collection=self.milvus.products, model=self.encoder.model,
+                 generation=self.generation)
+
+    def follow(self) -> bool:
+        """Read the control record; after a switch, open the live generation and swap it in (blocking:
+        call it off the event loop). Returns whether it switched."""
+        if self.generation is None or self.milvus is None:
+            return False
+        record = self._control(self.milvus.client).read()
+        live = record.live if record is not None else FIRST
+        if live == self.generation:
+            return False
+        # on the same client: queries in flight on the old collections finish; it is closed at shutdown
+        tag, settings, milvus, encoder = self._open_generation(record, on=self.milvus)
+        self.generation, self.current = tag, (settings, milvus, encoder)
+        log.info("serve follows the live generation", generation=tag or "first", model=encoder.model,
+                 collection=milvus.products)
+        return True
 
     def close(self) -> None:
         if self.owns_milvus and self.milvus is not None:
@@ -98,8 +176,7 @@ class Services:
 
     @property
     def catalog(self) -> Catalog:
-        assert self.milvus is not None and self.encoder is not None
-        return Catalog(self.milvus, self.encoder.layout)
+        return self.pair()[1]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -124,12 +201,23 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     services = Services(settings, milvus, encoder)
     metrics = ServeMetrics()
 
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                await asyncio.to_thread(services.follow)
+            except Exception as exc:  # Milvus down or the new generation not openable: keep serving the old
+                log.warning("following the control record failed; trying again", error=repr(exc)[:300])
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.open()
+        following = asyncio.create_task(follow()) if services.generation is not None else None
         try:
             yield
         finally:
+            if following is not None:
+                following.cancel()
             services.close()
 
     app = FastAPI(title="simstream query API", version="1", lifespan=lifespan,
@@ -228,22 +316,22 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         text = (rest.get("q") or "").strip()
         if not text or len(text) > MAX_QUERY_CHARS:
             raise FilterError(f"q must be 1 to {MAX_QUERY_CHARS} characters")
-        assert services.encoder is not None
-        vector = services.encoder.text(text)
-        return {"query": text, "model": services.encoder.model, "query_fields": field_names(vector, services.encoder.layout),
-                "filters": filters_view(filters), "neighbors": _live(lambda: services.catalog.nearest(vector, size, filters))}
+        encoder, catalog = services.pair()
+        vector = encoder.text(text)
+        return {"query": text, "model": encoder.model, "query_fields": field_names(vector, encoder.layout),
+                "filters": filters_view(filters), "neighbors": _live(lambda: catalog.nearest(vector, size, filters))}
 
     @app.post("/v1/similar", summary="Query by example: a product document not (yet) in the catalog")
     def similar(body: SimilarRequest = Body(...)) -> dict[str, Any]:
         size = _k(body.k, settings.serve_max_k)
         f = body.filters
         filters = Filters.build(f.brand, f.category, f.price_min, f.price_max, f.attributes)
-        assert services.encoder is not None
-        vector = services.encoder.document(body.product)
+        encoder, catalog = services.pair()
+        vector = encoder.document(body.product)
         exclude = [body.product.product_id] if body.product.product_id else []
-        return {"model": services.encoder.model, "query_fields": field_names(vector, services.encoder.layout),
+        return {"model": encoder.model, "query_fields": field_names(vector, encoder.layout),
                 "filters": filters_view(filters),
-                "neighbors": _live(lambda: services.catalog.nearest(vector, size, filters, exclude))}
+                "neighbors": _live(lambda: catalog.nearest(vector, size, filters, exclude))}
 
     return app
 

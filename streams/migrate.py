@@ -149,7 +149,7 @@ class Migrator:
             encoder = ProductEncoder(live_settings)
             self._check_model(live_settings, encoder.model)
             generations[source] = describe(source, live_settings, encoder)
-        tag = next_tag(generations)
+        tag = next_tag(generations, record.made)
         encoder = ProductEncoder(target.model_copy(update=versioned_names(self.settings, tag)))
         new = describe(tag, target, encoder)
         if new.model == generations[source].model and new.settings == generations[source].settings:
@@ -160,7 +160,8 @@ class Migrator:
             self.say(f"generation {record.standby} stops being the standby (its collections are kept until "
                      "--drop-old)")
         migration = Migration(source, tag, "filling", cut=cut, started_at_ms=now_ms(), updated_at_ms=now_ms())
-        after = record.changed(generations={**generations, tag: new}, standby=tag, migration=migration)
+        after = record.changed(generations={**generations, tag: new}, standby=tag, migration=migration,
+                               made=int(tag[1:]))
         self.say(f"migration {source or 'first'} -> {tag}: {generations[source].model} -> {new.model}; "
                  f"cut at {sum(cut.values())} events of {live_group}")
         return self._write(record, after)

@@ -31,6 +31,7 @@ def test_later_generations_get_their_own_collections_group_refresh_topic_and_dlq
 def test_next_tag_follows_the_highest_one():
     assert next_tag({}) == "g1"
     assert next_tag({"": 1, "g1": 1, "g7": 1}) == "g8"
+    assert next_tag({"": 1}, made=3) == "g4"  # g1..g3 were made and dropped: never used again
 
 
 def test_no_record_means_the_first_generation_is_live_and_publishes():
