@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable
 from simstream.generations import CONTROL_POLL_S, ControlRecord, Role
 from simstream.logs import get_logger
 from simstream.settings import Settings
+from simstream.streams import metrics
 
 __all__ = ["Fence", "fence_wait_s"]
 
@@ -68,6 +69,7 @@ class Fence:
         started = self.clock()
         record = self.read()
         self.record, self.read_at = record, started
+        metrics.observe_control(record, self.tag, self.role)
         runs = record.runs(self.role) if record is not None else (self.tag if self.role == "live" else None)
         if runs != self.tag and not self.reassigned:
             self.reassigned = True

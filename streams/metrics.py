@@ -9,12 +9,14 @@ from typing import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from simstream import retry
+from simstream.generations import PHASES, ControlRecord
 from simstream.encoders.fusion import EncodedBatch
 from simstream.records import NeighbourList, ProductEvent
 
 __all__ = [
     "REGISTRY", "EVENTS", "BATCH_SIZE", "ENCODE_SECONDS", "MILVUS_SECONDS", "LISTS", "REFRESH_METHOD", "FRESHNESS",
-    "WATERMARK", "BULK_ROUNDS", "REPUBLISHED", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
+    "WATERMARK", "BULK_ROUNDS", "REPUBLISHED", "GENERATION", "MIGRATION_PHASE", "MIGRATION_PRODUCTS",
+    "MIGRATION_RATE", "MIGRATION_LAG", "MIGRATION_GATE", "observe_control", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -46,6 +48,18 @@ BULK_ROUNDS = Counter("simstream_bulk_rounds", "Bulk-load rounds ended with ever
 # simstream_retries{operation, error}: counted by the one retry policy (simstream.retry) wherever it retries.
 RETRIES = retry.RETRIES
 REGISTRY.register(RETRIES)
+# The control record as this worker last read it (streams/fence.py): what `simstream migrate --status` shows.
+GENERATION = Gauge("simstream_generation", "1 for the generation this worker runs, by role, tag ('first' for the "
+                   "first) and whether it may publish now.", ["role", "generation", "publishing"], registry=REGISTRY)
+MIGRATION_PHASE = Gauge("simstream_migration_phase", "The migration's phase as its index in simstream.generations.PHASES "
+                        "(0 filling .. 5 done); -1: none.", registry=REGISTRY)
+MIGRATION_PRODUCTS = Gauge("simstream_migration_products", "Products re-embedded by the migration's fill (state=filled) "
+                           "and in the changelog (state=total).", ["state"], registry=REGISTRY)
+MIGRATION_RATE = Gauge("simstream_migration_fill_rate", "Products re-embedded per second by the fill.", registry=REGISTRY)
+MIGRATION_LAG = Gauge("simstream_migration_lag_events", "Events the shadow's group is behind the live group's, as "
+                      "simstream migrate last measured.", registry=REGISTRY)
+MIGRATION_GATE = Gauge("simstream_migration_gate_passed", "1: the gate passed, 0: failed, -1: not run yet.",
+                       registry=REGISTRY)
 POISON = Counter("simstream_poison_records", "Records that failed alone after a batch was narrowed down, and were "
                  "dead-lettered, by agent.", ["agent"], registry=REGISTRY)
 
@@ -85,3 +99,18 @@ def observe_refresh(published: Mapping[str, NeighbourList | None], unchanged: in
     LISTS.labels("unchanged").inc(unchanged)
     REFRESH_METHOD.labels("merged").inc(merged)
     REFRESH_METHOD.labels("searched").inc(searched)
+
+
+def observe_control(record: ControlRecord | None, tag: str, role: str) -> None:
+    """The gauges of the control record as this worker (generation ``tag``, ``role``) read it."""
+    publishing = record.may_publish(tag) if record is not None else tag == ""
+    GENERATION.clear()
+    GENERATION.labels(role, tag or "first", "true" if publishing else "false").set(1)
+    m = record.migration if record is not None else None
+    MIGRATION_PHASE.set(PHASES.index(m.phase) if m is not None else -1)
+    progress = m.progress if m is not None else {}
+    MIGRATION_PRODUCTS.labels("filled").set(float(progress.get("filled", 0)))
+    MIGRATION_PRODUCTS.labels("total").set(float(progress.get("total", 0)))
+    MIGRATION_RATE.set(float(progress.get("rate_per_s", 0)))
+    MIGRATION_LAG.set(float(progress.get("lag", 0)))
+    MIGRATION_GATE.set(-1 if m is None or m.gate is None else 1 if m.gate.get("passed") else 0)

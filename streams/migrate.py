@@ -263,6 +263,7 @@ class Migrator:
     def wait_caught_up(self, record: ControlRecord, *, timeout_s: float, poll_s: float = 2.0) -> ControlRecord:
         """Wait until the standby workers brought the shadow up to the live group; then ``ready``."""
         deadline = time.monotonic() + timeout_s
+        recorded = time.monotonic()
         while True:
             lag = self.lag(record)
             if lag["lag"] <= READY_LAG:
@@ -273,6 +274,10 @@ class Migrator:
                 raise TimeoutError(f"the shadow is still {lag['lag']} events behind the live group after {timeout_s} s: "
                                    "is a `simstream worker --role standby` running?")
             self.say(f"  catching up: {lag['lag']} events behind")
+            if time.monotonic() - recorded >= PROGRESS_EVERY_S:  # --status and the workers' gauges show it
+                recorded = time.monotonic()
+                record = self._move(record, "catching_up", migration_changes={"progress": {
+                    **record.migration.progress, "lag": lag["lag"]}})  # type: ignore[union-attr]
             self.sleep(poll_s)
 
     # --- status ---------------------------------------------------------------------------------------

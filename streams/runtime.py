@@ -28,7 +28,7 @@ from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
 __all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "control_store", "read_control",
-           "generation_of", "control_fence", "build_worker", "run_worker", "STANDBY_IDLE_POLL_S"]
+           "generation_of", "control_fence", "idle_health", "build_worker", "run_worker", "STANDBY_IDLE_POLL_S"]
 
 STANDBY_IDLE_POLL_S = 5.0  # a standby worker with no generation to run looks for one this often
 
@@ -154,11 +154,49 @@ def build_worker(settings: Settings, *, base: Settings | None = None, tag: str =
     return Worker(settings, ingest, refresher, fence=fence)
 
 
+@contextmanager
+def idle_health(settings: Settings) -> Iterator[None]:
+    """While a standby worker waits for a generation: ``/healthz`` answers 200 and ``/readyz`` 503
+    ("idle") on the worker's web port, so its probes hold and it takes no traffic; closed before
+    Faust binds the port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            ok = self.path.startswith("/healthz")
+            body = b'{"status": "ok"}' if ok else b'{"ready": false, "idle": "standby: no generation to run"}'
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:  # probes every few seconds: not worth a line each
+            pass
+
+    if not settings.web_enabled:
+        yield
+        return
+    server = ThreadingHTTPServer((settings.web_host, settings.web_port), Health)
+    thread = threading.Thread(target=server.serve_forever, name="idle-health", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _wait_for_generation(settings: Settings, role: Role) -> tuple[str, Settings]:
     """The generation this worker's role runs; a standby worker with none waits until there is one."""
-    while (found := generation_of(settings, read_control(settings, wait=True), role)) is None:
-        log.info("standby worker: no generation to run; waiting", poll_s=STANDBY_IDLE_POLL_S)
-        time.sleep(STANDBY_IDLE_POLL_S)
+    found = generation_of(settings, read_control(settings, wait=True), role)
+    if found is not None:
+        return found
+    with idle_health(settings):
+        while (found := generation_of(settings, read_control(settings, wait=True), role)) is None:
+            log.info("standby worker: no generation to run; waiting", poll_s=STANDBY_IDLE_POLL_S)
+            time.sleep(STANDBY_IDLE_POLL_S)
     return found
 
 

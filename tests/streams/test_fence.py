@@ -75,3 +75,18 @@ def test_a_worker_whose_role_moves_to_another_generation_is_told_once_and_still_
 
 def test_the_switch_waits_for_a_view_to_go_stale_and_a_send_to_end():
     assert fence_wait_s(Settings(kafka_timeout_s=30)) == pytest.approx(32.0)
+
+
+def test_the_workers_gauges_follow_the_record_they_read():
+    from simstream.streams import metrics
+
+    record = ControlRecord(4, "", "g1", "", migration=Migration("", "g1", "catching_up",
+                                                               progress={"filled": 50, "total": 80, "lag": 7}))
+    fence, _ = _fence([record], "g1", role="standby")
+    fence.refresh()
+    value = metrics.REGISTRY.get_sample_value
+    assert value("simstream_generation", {"role": "standby", "generation": "g1", "publishing": "false"}) == 1
+    assert value("simstream_migration_phase") == 1
+    assert value("simstream_migration_products", {"state": "filled"}) == 50
+    assert value("simstream_migration_lag_events") == 7
+    assert value("simstream_migration_gate_passed") == -1

@@ -164,3 +164,24 @@ def test_an_ack_never_runs_ahead_of_the_data_path(tmp_path: Path) -> None:
         assert stream.acked == [0]
     finally:
         worker.run.close()
+
+
+def test_an_idle_standby_worker_is_alive_but_not_ready():
+    import urllib.error
+    import urllib.request
+
+    from simstream.harness.embedded import free_port
+    from simstream.settings import Settings
+    from simstream.streams.runtime import idle_health
+
+    port = free_port()
+    with idle_health(Settings(web_port=port)):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            raise AssertionError("an idle standby worker must not be ready")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and b"standby" in exc.read()
+    with idle_health(Settings(web_port=port)):  # the port is free again once it closed
+        pass
