@@ -142,6 +142,9 @@ class Migrator:
             m = record.migration
             raise MigrationError(f"a migration {m.source or 'first'} -> {m.target} is in phase {m.phase}: "
                                  "continue it with --resume (or look with --status)")
+        if record.standby is not None:
+            raise MigrationError(f"generation {record.standby or 'first'} still stands by (for --rollback): drop it "
+                                 "first with --drop-old, or roll back to it")
         source = record.live
         generations = dict(record.generations)
         if source not in generations:  # the first migration: describe the live generation as configured
@@ -156,9 +159,6 @@ class Migrator:
             raise MigrationError(f"the new config gives the live model {new.model}: nothing to migrate")
         live_group = self.settings_of(record, source).app_id
         cut = committed_offsets(self.settings, live_group, self.settings.events_topic)
-        if record.standby is not None:
-            self.say(f"generation {record.standby} stops being the standby (its collections are kept until "
-                     "--drop-old)")
         migration = Migration(source, tag, "filling", cut=cut, started_at_ms=now_ms(), updated_at_ms=now_ms())
         after = record.changed(generations={**generations, tag: new}, standby=tag, migration=migration,
                                made=int(tag[1:]))
