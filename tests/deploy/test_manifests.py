@@ -571,3 +571,34 @@ def test_servicemonitor_component(tmp_path):
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) not in CRD_KINDS:
             validate_builtin(doc)
+
+
+def test_standby_component(tmp_path):
+    """The optional standby workers of `simstream migrate`: the worker's image, settings and Secret,
+    `worker --role standby`, and labels that neither side's selectors share."""
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731  (kustomize rejects absolute roots)
+    cpu = yaml.safe_load((K8S / "overlays" / "cpu" / "kustomization.yaml").read_text())
+    # as the component's comment says: enabled in an overlay, so the overlay's image applies to it too
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({**cpu, "resources": [rel(K8S / "base")], "components": [rel(K8S / "components" / "standby")]})
+    )
+    docs = render(tmp_path)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    live, standby = deployments["simstream-worker"], deployments["simstream-standby"]
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in CRD_KINDS:
+            validate_builtin(doc)
+        assert doc["metadata"].get("namespace", "simstream") == "simstream"
+    live_c, standby_c = (d["spec"]["template"]["spec"]["containers"][0] for d in (live, standby))
+    assert standby_c["args"] == ["worker", "--role", "standby"] and standby["spec"]["replicas"] == 1
+    assert standby_c["image"] == live_c["image"] and standby_c["envFrom"] == live_c["envFrom"]
+    assert standby_c["env"] == live_c["env"]  # the same Secret
+    standby_pods = standby["spec"]["template"]["metadata"]["labels"]
+    live_pods = live["spec"]["template"]["metadata"]["labels"]
+    assert not selector_matches(live["spec"]["selector"]["matchLabels"], standby_pods)
+    assert not selector_matches(standby["spec"]["selector"]["matchLabels"], live_pods)
+    assert selector_matches(standby["spec"]["selector"]["matchLabels"], standby_pods)
+    for kind in ("Service", "PodDisruptionBudget"):
+        selector = one(docs, kind)["spec"]["selector"]
+        assert not selector_matches(selector.get("matchLabels", selector), standby_pods), kind
+    assert all(d["spec"]["scaleTargetRef"]["name"] == "simstream-worker" for d in docs if d["kind"] == "ScaledObject")
