@@ -174,5 +174,6 @@ def backfill_file(settings: Settings, path: Path, *, batch_size: int = 1024, pag
         asyncio.run(_backfill(settings, path, ingest, refresher, run, report, batch_size=batch_size, page=page))
     finally:
         run.close()
+        ingest.store.close()
     log.info("backfilled", **{k: v for k, v in report.__dict__.items()})
     return report

@@ -58,7 +58,9 @@ def control_store(settings: Settings) -> Iterator[ControlStore]:
     of its own that is closed afterwards."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
     uri = settings.resolved_milvus_uri
-    client = open_client(uri, token=token, timeout_s=settings.milvus_timeout_s)
+    client = retry.call(retry.MILVUS_START, "milvus_connect",
+                        lambda: open_client(uri, token=token, timeout_s=settings.milvus_timeout_s),
+                        retry_on=(IndexUnavailable,))
     try:
         yield ControlStore(client, settings.collection, timeout_s=settings.milvus_timeout_s)
     finally:
