@@ -171,7 +171,7 @@ def labelled_check(dataset: Path, fields_spec: str | None, gold_name: str | None
         update: dict[str, Any] = {"image_enabled": False} if "image" not in fields else {"image_root": dataset}
         report = evaluate(dataset / "tableA.csv", dataset / "tableB.csv", gold, fields, with_tfidf=False,
                           settings=settings.model_copy(update=update))
-        return {m: float(report["cosine"][m]) for m in METRICS}
+        return {m: float(report["simstream"][m]) for m in METRICS}
 
     before, after = measure(live), measure(shadow)
     worse = [m for m in METRICS if after[m] < before[m] - margin]

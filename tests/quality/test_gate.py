@@ -65,3 +65,37 @@ def test_missing_products_other_versions_and_wrong_lists_are_named(stores):
     report = {"passed": False, "reasons": ["x"], "catalog": c, "lists": lists, "churn": churn(live, shadow, K),
               "labelled": None}
     assert "only live 1" in format_gate(report) and "6/7 sampled lists" in format_gate(report)
+
+
+def test_the_labelled_check_stops_a_worse_model(tmp_path):
+    """On a slice of Abt-Buy (the eval protocol): the shipped v3 against itself passes; a model that
+    ranks by price alone is worse by far more than the margin and fails, naming the metrics."""
+    from pathlib import Path
+
+    from conftest import read_csv, write_csv
+
+    from simstream.quality.gate import labelled_check
+    from simstream.settings import Settings
+
+    abt = Path(__file__).resolve().parents[3] / "shared" / "data" / "abt_buy"
+    if not (abt / "tableA.csv").exists():
+        pytest.skip(f"benchmark data not found at {abt} (shared/data beside the repo)")
+    import random
+
+    left = {r["id"]: r for r in read_csv(abt / "tableA.csv")}
+    right = {r["id"]: r for r in read_csv(abt / "tableB.csv")}
+    pairs = random.Random(5).sample(read_csv(abt / "matches_full_1097.csv"), 60)
+    rids = {p["rtable_id"] for p in pairs} | set(random.Random(6).sample(sorted(right), 60))
+    header = ["id", "name", "description", "price"]
+    folder = tmp_path / "abt_slice"
+    folder.mkdir()
+    write_csv(folder / "tableA.csv", header, [left[i] for i in sorted({p["ltable_id"] for p in pairs}, key=int)])
+    write_csv(folder / "tableB.csv", header, [right[i] for i in sorted(rids, key=int)])
+    write_csv(folder / "gold.csv", ["ltable_id", "rtable_id"], pairs)
+    fields = "title=name,description=description,price=price"
+    v3 = Settings(fusion_config="v3", image_enabled=False, data_dir=tmp_path)
+    same = labelled_check(folder, fields, "gold.csv", v3, v3, 0.01)
+    assert same["passed"] and same["live"] == same["shadow"]
+    price_only = Settings(fusion_config="none", weights={"price": 1.0}, image_enabled=False, data_dir=tmp_path)
+    worse = labelled_check(folder, fields, "gold.csv", v3, price_only, 0.01)
+    assert not worse["passed"] and "recall@1" in worse["worse"] and worse["shadow"]["mrr"] < worse["live"]["mrr"] - 0.1
