@@ -44,7 +44,7 @@ from simstream.limits import (
 )
 from simstream.logs import get_logger
 
-__all__ = ["DEFAULT_TIMEOUT_S", "quote_ids", "MilvusStore", "open_client", "close_client"]
+__all__ = ["DEFAULT_TIMEOUT_S", "GRPC_OPTIONS", "quote_ids", "MilvusStore", "open_client", "close_client"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -63,6 +63,14 @@ _HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 # (simstream.limits). Arrays of VARCHAR are checked by the server the same way.
 if hasattr(entity_helper, "CHECK_STR_ARRAY"):
     entity_helper.CHECK_STR_ARRAY = False
+
+
+# gRPC keepalive of every client: pymilvus pings every 10 s, also on idle channels, but a gRPC
+# server with default settings (the milvus-lite server) allows a ping without data only every 5 min
+# and answers more with GOAWAY "too_many_pings"; pymilvus' shared connection then never recovers
+# ("Fail connecting" for every later client of that process: seen after ~2 min idle). Every call
+# carries its own deadline (``timeout_s``), which is what detects a dead server here.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 
 
 def _hit_id(hit: Any) -> str:
@@ -128,7 +136,7 @@ class MilvusStore:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             kwargs.setdefault("exclusive", True)
         try:
-            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s, grpc_options=GRPC_OPTIONS)
         except Exception as exc:
             if not is_milvus_failure(exc):
                 raise
@@ -572,7 +580,7 @@ def open_client(uri: str, *, token: str | None = None, timeout_s: float = DEFAUL
     if "://" not in uri:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+        return MilvusClient(uri=uri, token=token or "", timeout=timeout_s, grpc_options=GRPC_OPTIONS)
     except Exception as exc:
         if not is_milvus_failure(exc):
             raise

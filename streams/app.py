@@ -132,6 +132,7 @@ async def consume(stream: BatchStream, *, size: int, within_s: float,
     held: list[Any] = []
     pending: tuple[list[Any], asyncio.Task[None]] | None = None
     batches = stream.noack_take(size, within=within_s).__aiter__()
+    taking: asyncio.Future[Any] | None = None
 
     async def settle() -> None:
         nonlocal pending
@@ -170,6 +171,12 @@ async def consume(stream: BatchStream, *, size: int, within_s: float,
     finally:
         if pending is not None:
             pending[1].cancel()
+        if taking is not None:  # at shutdown: the take ends with the stream; nobody waits for it now
+            if taking.done():
+                if not taking.cancelled():
+                    taking.exception()  # retrieved (StopAsyncIteration), not logged as lost
+            else:
+                taking.cancel()
 
 
 async def _ack(stream: BatchStream, events: list[Any]) -> None:
