@@ -134,6 +134,9 @@ class Migrator:
     def start(self, target: Settings) -> ControlRecord:
         """Record the new generation (``target``: the deployment's settings with the new model
         settings) and the cut; refuses while another migration is under way."""
+        if not self.settings.changelog_topic:
+            raise MigrationError("the catalog changelog is off (SIMSTREAM_CHANGELOG_TOPIC=''): a migration fills the new "
+                                 "generation from it")
         if "://" not in self.settings.resolved_milvus_uri:
             raise MigrationError("a migration needs a Milvus server (SIMSTREAM_MILVUS_URI): a milvus-lite file opens "
                                  "in one process only; run `milvus-lite server` and point the workers at it")
@@ -196,6 +199,11 @@ class Migrator:
         source_store = MilvusStore.connect(source.resolved_milvus_uri, source.collection, None,
                                            timeout_s=source.milvus_timeout_s,
                                            token=source.milvus_token.get_secret_value() if source.milvus_token else None)
+        have = {pid for pid, e in catalog.latest.items() if not e.is_delete}
+        without_source = len(source_store.all_product_ids() - have)
+        if without_source:  # in flight after the cut (the stream brings them), or loaded before the changelog existed
+            self.say(f"{without_source} products of the live index have no changelog record yet; if they predate the "
+                     "changelog, run `simstream changelog bootstrap` (the gate lists the ones still missing)")
         ingest, refresher = build_steps(quiet, encoder, wait_for_milvus=True)
         ingest.carry = carry_from(source_store, record.generations[m.source].fields, encoder, catalog.omitted)
         run = StepRunner(max_retries=quiet.max_retries, overlap_encoding=encoder.on_accelerator)
@@ -215,7 +223,7 @@ class Migrator:
         progress = record.migration.progress if record.migration is not None else {}
         return self._move(record, "catching_up", migration_changes={"progress": {
             **progress, "filled": report.applied, "total": len(catalog.latest), "dead_lettered": report.dead_lettered,
-            "seconds": seconds, "step": "done"}})
+            "seconds": seconds, "step": "done", "without_source": without_source}})
 
     async def _fill(self, record: ControlRecord, settings: Settings, catalog: Catalog, ingest: Any, refresher: Any,
                     run: StepRunner, fence: Fence, report: BackfillReport, *, batch_size: int,
