@@ -38,7 +38,7 @@ from simstream.settings import Settings
 from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
-__all__ = ["ModelReader", "Fleet", "run_migration", "passed"]
+__all__ = ["SWITCH_PHASES", "ModelReader", "Fleet", "run_migration", "passed"]
 
 SWITCH_PHASES = ("fencing", "republishing")
 

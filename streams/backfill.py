@@ -39,7 +39,8 @@ from simstream.streams.pipeline import IngestOutcome, StepRunner, check_batch, e
 from simstream.streams.producer import from_csv_row, with_event_defaults
 from simstream.streams.publish_lists import publish_searched
 from simstream.streams.refresh import Refresher
-from simstream.streams.runtime import build_steps, single_threaded_numpy
+from simstream.streams.fence import Fence
+from simstream.streams.runtime import live_steps, single_threaded_numpy
 from simstream.streams.transports import ConfluentTransport
 
 __all__ = ["BackfillReport", "backfill_file", "read_records", "load"]
@@ -149,10 +150,10 @@ async def _written(ingest: Ingest, run: StepRunner, outbox: Outbox, batch: list[
 
 
 async def _backfill(settings: Settings, path: Path, ingest: Ingest, refresher: Refresher, run: StepRunner,
-                    report: BackfillReport, *, batch_size: int, page: int) -> None:
+                    report: BackfillReport, *, batch_size: int, page: int, fence: Fence | None = None) -> None:
     store = ingest.store
     with ConfluentTransport(settings) as transport:
-        outbox = Outbox(transport, settings)
+        outbox = Outbox(transport, settings, fence=fence)
         t0 = time.perf_counter()
         await load(ingest, run, outbox, read_records(path), report, batch_size=batch_size,
                    source=f"backfill:{path.name}")
@@ -165,13 +166,15 @@ async def _backfill(settings: Settings, path: Path, ingest: Ingest, refresher: R
 
 
 def backfill_file(settings: Settings, path: Path, *, batch_size: int = 1024, page: int = 512) -> BackfillReport:
-    """Load ``path`` into the index and publish every list that differs from the topic's."""
+    """Load ``path`` into the live generation's index (simstream.generations) and publish every
+    list that differs from the topic's, while that generation may publish."""
     single_threaded_numpy()
-    ingest, refresher = build_steps(settings, wait_for_milvus=True)
-    run = StepRunner(max_retries=settings.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
+    ingest, refresher, fence, live = live_steps(settings)
+    run = StepRunner(max_retries=live.max_retries, overlap_encoding=ingest.encoder.on_accelerator)
     report = BackfillReport()
     try:
-        asyncio.run(_backfill(settings, path, ingest, refresher, run, report, batch_size=batch_size, page=page))
+        asyncio.run(_backfill(live, path, ingest, refresher, run, report, batch_size=batch_size, page=page,
+                              fence=fence))
     finally:
         run.close()
         ingest.store.close()

@@ -206,12 +206,13 @@ def bootstrap(records: Iterable[RawRecord], milvus: MilvusStore, outbox: Outbox,
 
 
 def bootstrap_from(settings: Settings, records: Iterable[RawRecord]) -> BootstrapReport:
-    """``bootstrap`` against the configured Milvus and Kafka (the command line's entry)."""
+    """``bootstrap`` against the live generation's index and the configured Kafka (the command line's entry)."""
     from simstream.encoders.fusion import ProductEncoder
-    from simstream.streams.runtime import open_store
+    from simstream.streams.runtime import generation_of, open_store, read_control
 
-    dim = ProductEncoder(settings).dim
-    store = open_store(settings.model_copy(update={"side_index": False}), dim, wait=True)
+    _, live = generation_of(settings, read_control(settings, wait=True), "live")  # type: ignore[misc]
+    dim = ProductEncoder(live).dim
+    store = open_store(live.model_copy(update={"side_index": False}), dim, wait=True)
     try:
         with ConfluentTransport(settings) as transport:
             return bootstrap(records, store.milvus, Outbox(transport, settings))

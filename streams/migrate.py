@@ -54,7 +54,7 @@ from simstream.streams.changelog import Catalog, read_catalog
 from simstream.streams.contracts import event_document
 from simstream.streams.dead_letter import RawRecord
 from simstream.streams.fence import Fence, fence_wait_s
-from simstream.streams.offsets import commit_offsets, committed_offsets, lag_behind
+from simstream.streams.offsets import commit_offsets, committed_offsets, delete_group_and_topics, lag_behind
 from simstream.streams.outbox import Outbox
 from simstream.streams.pipeline import StepRunner
 from simstream.streams.publish_lists import publish_searched
@@ -351,6 +351,16 @@ class Migrator:
         record = self._write(record, record.changed(migration=back))
         return self.switch(record)
 
+    def _drop(self, settings: Settings, tag: str) -> str:
+        """A forgotten generation's collections, consumer group and refresh topic, deleted."""
+        dropped = self.control.drop_collections(settings.collection)
+        # its DLQ stays: the dead letters are still worth reading (`simstream dlq`, SIMSTREAM_DLQ_TOPIC=...)
+        left = delete_group_and_topics(self.settings, settings.app_id, [settings.refresh_topic])
+        for line in left:
+            log.warning("could not delete a dropped generation's Kafka resource", generation=tag, what=line)
+        return (f"{', '.join(dropped) or 'no collections'}; group {settings.app_id}, topic {settings.refresh_topic}"
+                + (f" ({len(left)} not deleted: see the log)" if left else "") + f"; its DLQ {settings.dlq_topic} is kept")
+
     def abandon(self) -> ControlRecord:
         """Give up the migration before its switch (a failed gate): the live generation never stopped
         publishing; the shadow's collections are dropped and it is forgotten."""
@@ -359,13 +369,12 @@ class Migrator:
         if m is None or PHASES.index(m.phase) >= PHASES.index("fencing"):
             raise MigrationError("no migration before its switch to abandon" if m is None or m.phase == "done" else
                                  f"the migration is in phase {m.phase}: finish it with --resume, then --rollback")
-        prefix = self.settings_of(record, m.target).collection
+        target = self.settings_of(record, m.target)
         gens = {t: g for t, g in record.generations.items() if t != m.target}
         record = self._write(record, record.changed(standby=None, generations=gens,
                                                     migration=m.at("done", now_ms(), progress={**m.progress,
                                                                                                "abandoned": True})))
-        dropped = self.control.drop_collections(prefix)
-        self.say(f"abandoned the migration to {m.target}: dropped {', '.join(dropped) or 'nothing'}")
+        self.say(f"abandoned the migration to {m.target}: dropped {self._drop(target, m.target)}")
         return record
 
     def drop_old(self) -> ControlRecord:
@@ -376,10 +385,8 @@ class Migrator:
         old = record.standby
         if old is None:
             raise MigrationError("there is no standby generation to drop")
-        prefix = self.settings_of(record, old).collection
+        settings = self.settings_of(record, old)
         gens = {t: g for t, g in record.generations.items() if t != old}
         record = self._write(record, record.changed(standby=None, generations=gens))
-        dropped = self.control.drop_collections(prefix)
-        self.say(f"dropped generation {old or 'first'}: {', '.join(dropped) or 'no collections left'}; stop its "
-                 "standby workers (or leave them: they idle)")
+        self.say(f"dropped generation {old or 'first'}: {self._drop(settings, old)}; its standby workers idle now")
         return record

@@ -1,4 +1,5 @@
-"""Consumer-group offsets read and set from outside the group (a migration's cut, its shadow's lag).
+"""Consumer groups from outside: offsets read and set (a migration's cut, its shadow's lag), and a
+dropped generation's group and topics deleted.
 
 A migration records the live group's committed offsets on the events topic as its *cut*, and
 starts the shadow's group there; its lag is how far the shadow's committed offsets are behind the
@@ -9,12 +10,13 @@ measure on any broker (the embedded broker misreports end offsets: streams/neigh
 from __future__ import annotations
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from simstream.errors import KafkaUnavailable
 from simstream.settings import Settings
 from simstream.streams.kafka_config import client_config
 
-__all__ = ["committed_offsets", "commit_offsets", "lag_behind"]
+__all__ = ["committed_offsets", "commit_offsets", "lag_behind", "delete_group_and_topics"]
 
 
 def _consumer(settings: Settings, group: str) -> Consumer:
@@ -56,3 +58,21 @@ def commit_offsets(settings: Settings, group: str, topic: str, offsets: dict[int
 def lag_behind(ahead: dict[int, int], behind: dict[int, int]) -> int:
     """Events ``behind`` has still to read to reach ``ahead`` (both: partition -> committed offset)."""
     return sum(max(0, offset - behind.get(p, 0)) for p, offset in ahead.items())
+
+
+def delete_group_and_topics(settings: Settings, group: str, topics: list[str], *,
+                            timeout_s: float | None = None) -> list[str]:
+    """Delete a consumer group nobody consumes in any more and its topics (a dropped generation's
+    group, refresh topic and DLQ); returns what could not be deleted, with the broker's reason
+    (a broker without the admin calls, or managed topics: delete those by hand)."""
+    timeout = timeout_s if timeout_s is not None else settings.kafka_timeout_s
+    admin = AdminClient(client_config(settings))
+    left: list[str] = []
+    futures = {f"topic {t}": f for t, f in admin.delete_topics(topics, operation_timeout=timeout).items()}
+    futures |= {f"group {g}": f for g, f in admin.delete_consumer_groups([group], request_timeout=timeout).items()}
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except Exception as exc:  # each is independent: say which, keep going
+            left.append(f"{name}: {str(exc)[:200]}")
+    return left

@@ -17,7 +17,7 @@ from simstream.settings import Settings
 from simstream.streams.outbox import Outbox
 from simstream.streams.pipeline import StepRunner
 from simstream.streams.publish_lists import publish_searched
-from simstream.streams.runtime import build_steps
+from simstream.streams.runtime import live_steps
 from simstream.streams.transports import ConfluentTransport
 
 __all__ = ["reconcile_all"]
@@ -26,12 +26,12 @@ log = get_logger(__name__)
 
 
 def reconcile_all(settings: Settings, *, encoder: ProductEncoder | None = None, page: int = 512) -> dict[str, Any]:
-    """Every list searched and compared with what was published; returns the counts."""
-    ingest, refresher = build_steps(settings, encoder)
-    run = StepRunner(max_retries=settings.max_retries)
+    """Every list of the live generation searched and compared with what was published; returns the counts."""
+    ingest, refresher, fence, live = live_steps(settings, encoder)
+    run = StepRunner(max_retries=live.max_retries)
     try:
-        with ConfluentTransport(settings) as transport:
-            done = asyncio.run(publish_searched(refresher, Outbox(transport, settings), run, page=page))
+        with ConfluentTransport(live) as transport:
+            done = asyncio.run(publish_searched(refresher, Outbox(transport, live, fence=fence), run, page=page))
     finally:
         run.close()
     report = {"lists": done.lists, "differed": done.differed, "tombstones": done.tombstones}

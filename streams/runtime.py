@@ -28,7 +28,7 @@ from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
 __all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "control_store", "read_control",
-           "generation_of", "control_fence", "idle_health", "build_worker", "run_worker", "STANDBY_IDLE_POLL_S"]
+           "generation_of", "control_fence", "live_steps", "idle_health", "build_worker", "run_worker", "STANDBY_IDLE_POLL_S"]
 
 STANDBY_IDLE_POLL_S = 5.0  # a standby worker with no generation to run looks for one this often
 
@@ -86,16 +86,25 @@ def generation_of(settings: Settings, record: ControlRecord | None, role: Role) 
     return tag, generation_settings(settings, generation, tag)
 
 
-def control_fence(base: Settings, store: VectorStore, tag: str, role: Role) -> Fence:
-    """The worker's fence: reads the control record through the store's own client (on the index
-    thread), and stops the process (SIGTERM: Faust shuts down cleanly, the supervisor restarts
-    it) when the record moves its role to another generation."""
+def control_fence(base: Settings, store: VectorStore, tag: str, role: Role, *, stop: bool = True) -> Fence:
+    """A fence that reads the control record through the store's own client (on the index thread);
+    with ``stop`` (the worker), it stops the process (SIGTERM: Faust shuts down cleanly, the
+    supervisor restarts it) when the record moves its role to another generation."""
     control = ControlStore(store.milvus.client, base.collection, timeout_s=base.milvus_timeout_s)
 
-    def stop(runs: str | None) -> None:
+    def terminate(runs: str | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
-    return Fence(control.read, tag, role=role, on_reassigned=stop)
+    return Fence(control.read, tag, role=role, on_reassigned=terminate if stop else None)
+
+
+def live_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tuple[Ingest, Refresher, Fence, Settings]:
+    """The steps of the live generation and its fence, for the tools that write the index and
+    publish lists (backfill, reconcile): after a migration they work on the live generation, and
+    publish only while it may."""
+    tag, live = generation_of(settings, read_control(settings, wait=True), "live")  # type: ignore[misc]
+    ingest, refresher = build_steps(live, encoder, wait_for_milvus=True)
+    return ingest, refresher, control_fence(settings, ingest.store, tag, "live", stop=False), live
 
 
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
