@@ -290,7 +290,7 @@ def migrate(config: str | None, pairs: tuple[str, ...], resume: bool, show_statu
                                             "churn": report["churn"], "labelled": report["labelled"]})
             if not report["passed"] and not force:
                 fail("the gate failed: the live generation stays live; the shadow keeps up (switch later with "
-                     "--resume --force, or start another migration)")
+                     "--resume --force, or drop it with --abandon)")
             if forced:
                 log.warning("gate failed; switching anyway (--force)", reasons=report["reasons"])
         m.switch(record)

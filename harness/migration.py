@@ -224,18 +224,23 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
             target, source = record.migration.target, record.migration.source
             new_model, old_model = record.generations[target].model, record.generations[source].model
             say(f"migrated {source or 'first'} -> {target} ({new_model}); waiting until quiet")
-            _quiet(fleet, reader, stream, opts, tick, new_model)
+            all_new_at = _quiet(fleet, reader, stream, opts, tick, new_model)
             fleet.stop()
             base = Settings(collection=collection)
             stored = read_catalog(uri, opts, collection=generation_settings(base, record.generations[target]).collection)
             topic = dict(reader.latest)
             result = compare(stream, topic, stored, opts.top_k)
             old_after = sum(1 for t, m in reader.seen if t > switched_at and m == old_model)
+            new_times = [t for t, m in reader.seen if t > switched_at and m == new_model]
             report = _section(result, topic, new_model) | {
                 "workers": opts.workers, "milvus": "external" if opts.milvus_uri else "milvus-lite server",
                 "migration": {"to": to, "sets": list(sets), "source": source, "target": target, "old_model": old_model,
                               "new_model": new_model, "kills": kills, "worker_restarts": fleet.restarts,
                               "old_model_messages_after_switch": old_after,
+                              # the handover: from the record saying the new generation publishes to its
+                              # first list on the topic, and to the last list of the republish wave
+                              "first_new_list_after_switch_s": round(new_times[0] - switched_at, 1) if new_times else None,
+                              "all_new_lists_after_switch_s": round(all_new_at - switched_at, 1),
                               "progress": record.migration.progress}}
             say(f"after the switch: {result.equal}/{result.products} equal, {len(result.lost)} lost, "
                 f"{len(result.resurrected)} resurrected, {old_after} old-model messages after it")
@@ -250,14 +255,15 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
                 raise RuntimeError(f"simstream migrate --rollback failed: "
                                    f"{(data_dir / 'migrate.log').read_text(errors='replace')[-3000:]}")
             back_at = time.monotonic()
-            _quiet(fleet, reader, stream, opts, tick, old_model)
+            all_old_at = _quiet(fleet, reader, stream, opts, tick, old_model)
             fleet.stop()
             stored = read_catalog(uri, opts, collection=collection)
             topic = dict(reader.latest)
             result = compare(stream, topic, stored, opts.top_k)
             new_after = sum(1 for t, m in reader.seen if t > back_at and m == new_model)
             report["rollback"] = _section(result, topic, old_model) | {
-                "new_model_messages_after_switch": new_after, "seconds": round(back_at - rolled_at, 1)}
+                "new_model_messages_after_switch": new_after, "seconds": round(back_at - rolled_at, 1),
+                "all_old_lists_after_command_s": round(all_old_at - rolled_at, 1)}
             say(f"after the rollback: {result.equal}/{result.products} equal, {new_after} new-model messages after it")
             reader.close()
     finally:
@@ -298,11 +304,13 @@ def passed(report: dict[str, Any]) -> bool:
 
 
 def _quiet(fleet: Fleet, reader: ModelReader, stream: Stream, opts: Options, tick: Callable[[float], None],
-           model: str) -> None:
+           model: str) -> float:
     """Until every live product has a list of ``model`` on the topic (the new live generation's
     workers take a restart to start publishing) and no neighbour message came and no worker counter
-    moved for ``opts.quiet_s``; at most a minute longer when some list never comes."""
+    moved for ``opts.quiet_s``; at most a minute longer when some list never comes. Returns when
+    every live product first had a list of ``model``."""
     last_change, last_metrics = time.monotonic(), fleet.metric_totals()
+    all_at: float | None = None
     while True:
         before = reader.messages
         tick(1.0)
@@ -310,6 +318,8 @@ def _quiet(fleet: Fleet, reader: ModelReader, stream: Stream, opts: Options, tic
         if reader.messages != before or now != last_metrics:
             last_change, last_metrics = time.monotonic(), now
         have_all = all((nl := reader.latest.get(pid)) is not None and nl.model == model for pid in stream.live)
+        if have_all and all_at is None:
+            all_at = reader.last_message_at or time.monotonic()
         quiet_for = time.monotonic() - last_change
         if quiet_for >= opts.quiet_s and (have_all or quiet_for >= max(60.0, 4 * opts.quiet_s)):
-            return
+            return all_at if all_at is not None else time.monotonic()
