@@ -32,15 +32,14 @@ from simstream.logs import get_logger
 from simstream.records import ProductEvent
 from simstream.settings import Settings
 from simstream.streams.dead_letter import RawRecord
-from simstream.errors import BadEvent, KafkaUnavailable
-from simstream.streams.contracts import parse_event
+from simstream.errors import KafkaUnavailable
 from simstream.streams.ingest import validate
 from simstream.streams.messages import OMITTED_HEADER
-from simstream.streams.neighbour_reader import tail_consumer
+from simstream.streams.neighbour_reader import Catalog, tail_consumer
 from simstream.streams.outbox import Outbox
 from simstream.streams.transports import ConfluentTransport
 
-__all__ = ["BootstrapReport", "bootstrap", "bootstrap_from", "topic_records", "SAMPLE_IDS", "Catalog", "read_catalog"]
+__all__ = ["BootstrapReport", "bootstrap", "bootstrap_from", "topic_records", "SAMPLE_IDS", "read_catalog"]
 
 log = get_logger(__name__)
 
@@ -81,31 +80,6 @@ def topic_records(settings: Settings, topic: str, *, quiet_s: float = 5.0, timeo
             raise TimeoutError(f"{topic} was still delivering after {timeout_s} s")
     finally:
         consumer.close()
-
-
-@dataclass
-class Catalog:
-    """The changelog as a migration reads it: per product the accepted event of the highest version
-    (deletes included), and the fields its record left out (``OMITTED_HEADER``)."""
-
-    latest: dict[str, ProductEvent] = field(default_factory=dict)
-    omitted: dict[str, frozenset[str]] = field(default_factory=dict)
-    records: int = 0
-    unreadable: int = 0
-
-    def apply(self, key: bytes | None, value: bytes | None, omitted: frozenset[str]) -> None:
-        self.records += 1
-        try:
-            event = parse_event(key, value)
-        except BadEvent:
-            self.unreadable += 1
-            return
-        if event.supersedes(self.latest.get(event.product_id)):
-            self.latest[event.product_id] = event
-            if omitted:
-                self.omitted[event.product_id] = omitted
-            else:
-                self.omitted.pop(event.product_id, None)
 
 
 def read_catalog(settings: Settings, *, timeout_s: float = 600.0) -> Catalog:

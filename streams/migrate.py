@@ -50,10 +50,11 @@ from simstream.logs import get_logger
 from simstream.records import ProductEvent
 from simstream.settings import Settings
 from simstream.streams.backfill import BackfillReport, load
-from simstream.streams.changelog import Catalog, read_catalog
+from simstream.streams.changelog import read_catalog
 from simstream.streams.contracts import event_document
 from simstream.streams.dead_letter import RawRecord
 from simstream.streams.fence import Fence, fence_wait_s
+from simstream.streams.neighbour_reader import Catalog
 from simstream.streams.offsets import commit_offsets, committed_offsets, delete_group_and_topics, lag_behind
 from simstream.streams.outbox import Outbox
 from simstream.streams.pipeline import StepRunner

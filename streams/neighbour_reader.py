@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError
@@ -16,7 +17,7 @@ from simstream.streams.contracts import parse_event
 from simstream.streams.kafka_config import client_config
 from simstream.settings import Settings
 
-__all__ = ["tail_consumer", "NeighbourReader", "CatalogReader"]
+__all__ = ["tail_consumer", "NeighbourReader", "Catalog", "CatalogReader"]
 
 
 def tail_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
@@ -92,19 +93,18 @@ class NeighbourReader:
         self.close()
 
 
-class CatalogReader(NeighbourReader):
-    """Tails the catalog changelog (``SIMSTREAM_CHANGELOG_TOPIC``) from the beginning and keeps,
-    per product, the accepted event of the highest version: compaction keeps a key's last offset,
-    not its highest version, and two workers may briefly both write a product around a rebalance.
-    A delete stays as its delete event (``op == "delete"``). A record that does not parse is
-    counted in ``unreadable`` and skipped (the changelog holds only events that passed validation)."""
+@dataclass
+class Catalog:
+    """The changelog as a migration reads it: per product the accepted event of the highest version
+    (deletes included), and the fields its record left out (``OMITTED_HEADER``)."""
 
-    def __init__(self, settings: Settings, *, group: str | None = None) -> None:
-        super().__init__(settings, topic=settings.changelog_topic, group=group)
-        self.latest: dict[str, ProductEvent] = {}  # type: ignore[assignment]
-        self.unreadable = 0
+    latest: dict[str, ProductEvent] = field(default_factory=dict)
+    omitted: dict[str, frozenset[str]] = field(default_factory=dict)
+    records: int = 0
+    unreadable: int = 0
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, key: bytes | None, value: bytes | None, omitted: frozenset[str]) -> None:
+        self.records += 1
         try:
             event = parse_event(key, value)
         except BadEvent:
@@ -112,6 +112,30 @@ class CatalogReader(NeighbourReader):
             return
         if event.supersedes(self.latest.get(event.product_id)):
             self.latest[event.product_id] = event
+            if omitted:
+                self.omitted[event.product_id] = omitted
+            else:
+                self.omitted.pop(event.product_id, None)
+
+
+class CatalogReader(NeighbourReader):
+    """Tails the catalog changelog (``SIMSTREAM_CHANGELOG_TOPIC``) from the beginning and keeps,
+    per product, the accepted event of the highest version (``Catalog``): compaction keeps a key's
+    last offset, not its highest version, and two workers may briefly both write a product around a
+    rebalance. A delete stays as its delete event (``op == "delete"``). A record that does not parse
+    is counted in ``unreadable`` and skipped (the changelog holds only events that passed validation)."""
+
+    def __init__(self, settings: Settings, *, group: str | None = None) -> None:
+        super().__init__(settings, topic=settings.changelog_topic, group=group)
+        self.catalog = Catalog()
+        self.latest = self.catalog.latest  # type: ignore[assignment]
+
+    @property
+    def unreadable(self) -> int:
+        return self.catalog.unreadable
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        self.catalog.apply(key, value, frozenset())
 
     def __enter__(self) -> "CatalogReader":
         return self
