@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     # "float32" keeps the encoders' values. Part of the model tag: changing it re-encodes.
     vector_codec: Literal["compact", "float32"] = "compact"
     side_index: bool = True  # exact in-memory copy of the vectors for the neighbour searches (index/side.py)
+    # Snapshots of those copies (index/snapshot.py): a restarting worker restores them and catches
+    # up from Milvus instead of reading every vector back. Written this often while the index
+    # changes, and when the worker stops; 0 = never (every start builds from Milvus).
+    snapshot_interval_s: float = Field(300.0, ge=0)  # SIMSTREAM_SNAPSHOT_INTERVAL_S
+    snapshot_dir: Path | None = None  # SIMSTREAM_SNAPSHOT_DIR; None: DATA_DIR/snapshots
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)
     max_retries: int = Field(5, ge=0)  # transient Milvus failures retried (with backoff) per index step
     # A batch whose steps keep failing with transient errors while Milvus and Kafka answer is not an
@@ -194,6 +199,13 @@ class Settings(BaseSettings):
         if self.milvus_uri:
             return self.milvus_uri
         return str((self.data_dir / "simstream.db").resolve())
+
+    @property
+    def resolved_snapshot_dir(self) -> Path | None:
+        """Where the worker keeps its snapshots; None when they are off (or the copies are)."""
+        if not self.side_index or self.snapshot_interval_s <= 0:
+            return None
+        return self.snapshot_dir or self.data_dir / "snapshots"
 
     @property
     def resolved_list_depth(self) -> int:

@@ -16,6 +16,7 @@ import math
 import sys
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 from sortedcontainers import SortedKeyList
 
 from simstream.index.rows import HeadFacts, ListHead
@@ -100,6 +101,11 @@ class ListMirror:
                 if not owners:
                     del self._listers[nid]
 
+    def drop(self, owners: Iterable[str]) -> None:
+        """Forget the heads of ``owners`` (lists no longer recorded)."""
+        for owner in owners:
+            self._forget(owner)
+
     def keep_known(self, known: Mapping[str, tuple[ListHead, HeadFacts]]) -> None:
         """Attach ``facts`` to held heads: for each owner, only if the held head is still ``head``
         (same members, boundary, write and state times)."""
@@ -122,6 +128,55 @@ class ListMirror:
         """The heads among ``heads`` that differ from what the mirror holds."""
         return [h for h in heads if (old := self._heads.get(h.product_id)) is None
                 or old.updated_at != h.updated_at or old.neighbour_ids != h.neighbour_ids]
+
+    # --- snapshots (index/snapshot.py) ----------------------------------------------------------
+    def export(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """Every held head, and the facts held beside it, as arrays and JSON-able tables;
+        ``restored`` gives back an equal mirror (the reverse map and boundary order are rebuilt)."""
+        owners = list(self._heads)
+        heads = [self._heads[o] for o in owners]
+        known = [i for i, (o, h) in enumerate(zip(owners, heads)) if h.scores and o in self._digests]
+        arrays: dict[str, np.ndarray] = {
+            "boundary": np.array([h.boundary for h in heads], np.float64),
+            "updated_at": np.array([h.updated_at for h in heads], np.int64),
+            "as_of": np.array([h.as_of for h in heads], np.int64),
+            "members_end": np.cumsum([len(h.neighbour_ids) for h in heads], dtype=np.int64),
+            "known": np.array(known, np.int64),
+            "known_owner": np.array([heads[i].owner or (0, 0) for i in known], np.int64).reshape(-1, 2),
+            "known_scores_end": np.cumsum([len(heads[i].scores) for i in known], dtype=np.int64),
+            "known_scores": np.frombuffer(b"".join(heads[i].scores for i in known), np.uint8),
+            "known_digest_end": np.cumsum([len(self._digests[owners[i]]) for i in known], dtype=np.int64),
+            "known_digests": np.frombuffer(b"".join(self._digests[owners[i]] for i in known), np.uint8),
+        }
+        return arrays, {"owners": owners, "members": [m for h in heads for m in h.neighbour_ids]}
+
+    @classmethod
+    def restored(cls, arrays: dict[str, np.ndarray], tables: dict[str, object]) -> "ListMirror":
+        """The mirror ``export`` described; ValueError (or KeyError) when the parts disagree."""
+        owners, members = tables["owners"], tables["members"]
+        if not isinstance(owners, list) or not isinstance(members, list):
+            raise ValueError("owners and members are not lists")
+        n = len(owners)
+        ends = arrays["members_end"]
+        if any(len(arrays[k]) != n for k in ("boundary", "updated_at", "as_of", "members_end")) \
+                or (n and (ends[-1] != len(members) or (np.diff(ends, prepend=0) < 0).any())):
+            raise ValueError("heads and members do not fit")
+        starts = np.concatenate([[0], ends[:-1]]).tolist() if n else []
+        boundary, updated, as_of = arrays["boundary"].tolist(), arrays["updated_at"].tolist(), arrays["as_of"].tolist()
+        heads = [ListHead(str(owners[i]), tuple(members[starts[i]:ends[i]]), boundary[i], updated[i], as_of[i])
+                 for i in range(n)]
+        facts: dict[str, HeadFacts] = {}
+        known = arrays["known"].tolist()
+        if known and (max(known) >= n or min(known) < 0):
+            raise ValueError("facts for a head that is not there")
+        scores, digests = arrays["known_scores"].tobytes(), arrays["known_digests"].tobytes()
+        s_end, d_end, owner = arrays["known_scores_end"].tolist(), arrays["known_digest_end"].tolist(), arrays["known_owner"].tolist()
+        for j, i in enumerate(known):
+            s0, d0 = s_end[j - 1] if j else 0, d_end[j - 1] if j else 0
+            facts[str(owners[i])] = HeadFacts(digests[d0:d_end[j]], (int(owner[j][0]), int(owner[j][1])), scores[s0:s_end[j]])
+        mirror = cls()
+        mirror.put(heads, facts)
+        return mirror
 
     # --- reads --------------------------------------------------------------------------------
     def listers_of(self, ids: Sequence[str]) -> set[str]:

@@ -463,6 +463,19 @@ class MilvusStore:
     def all_product_ids(self) -> set[str]:
         return {r["product_id"] for page in self._pages(self.products, ["product_id"], MILVUS_PAGE_ROWS) for r in page}
 
+    def all_write_stamps(self, *, lists: bool = False) -> dict[str, int]:
+        """product_id -> updated_at of every product (``lists``: every recorded list), in pages;
+        no vectors, no payloads: what a restored copy is checked against (index/snapshot.py)."""
+        return {r["product_id"]: int(r.get("updated_at") or 0)
+                for page in self._pages(self.lists if lists else self.products, ["updated_at"], MILVUS_PAGE_ROWS)
+                for r in page}
+
+    def collection_ids(self) -> dict[str, int]:
+        """Each collection's id as the server numbers it (a collection dropped and made again gets
+        another; milvus-lite says 0 for all)."""
+        return {name: int(self._call(self.client.describe_collection, name).get("collection_id") or 0)
+                for name in (self.products, self.lists, self.tombstones)}
+
     # --- serving reads (simstream serve; never write) ------------------------------------------
     def display_fields(self, *, with_vectors: bool = False) -> list[str]:
         """The product fields a reader shows: the columns, ``display`` when the collection has it."""

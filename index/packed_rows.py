@@ -58,6 +58,40 @@ class PackedRows:
         """Segment ``i`` with its packed values (rows x width) and, for i8, per-row exponents."""
         return self.segments[i], self._values[i], self._exponents[i]
 
+    def export(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """``rows``' packed values, exponents and loose vectors as plain arrays, renumbered 0..n-1
+        in the given order (a snapshot, index/snapshot.py); ``load`` puts them back unchanged."""
+        out: dict[str, np.ndarray] = {}
+        for i, (values, exps) in enumerate(zip(self._values, self._exponents)):
+            out[f"values{i}"] = values[rows]
+            if exps is not None:
+                out[f"exponents{i}"] = exps[rows]
+        at = {int(r): i for i, r in enumerate(rows.tolist())}
+        loose = [(at[r], vec) for r, vec in self._loose.items() if r in at]
+        out["loose_rows"] = np.array([i for i, _ in loose], np.int64)
+        out["loose"] = np.stack([v for _, v in loose]) if loose else np.zeros((0, self.dim), np.float32)
+        out["max_norm"] = np.array([self.max_norm], np.float64)
+        return out
+
+    def load(self, arrays: dict[str, np.ndarray], n: int) -> None:
+        """Put ``export``'s arrays back as rows 0..n-1 (the capacity must hold them). Raises
+        ValueError when their shapes do not fit these segments."""
+        for i, (s, values, exps) in enumerate(zip(self.segments, self._values, self._exponents)):
+            got = arrays[f"values{i}"]
+            if got.shape != (n, s.width) or got.dtype != values.dtype:
+                raise ValueError(f"segment {s.name}: {got.dtype}{got.shape}, expected {values.dtype}{(n, s.width)}")
+            values[:n] = got
+            if exps is not None:
+                e = arrays[f"exponents{i}"]
+                if e.shape != (n,) or e.dtype != np.int8:
+                    raise ValueError(f"segment {s.name}: exponents {e.dtype}{e.shape}")
+                exps[:n] = e
+        rows, loose = arrays["loose_rows"], arrays["loose"]
+        if loose.shape != (len(rows), self.dim) or loose.dtype != np.float32 or (len(rows) and not 0 <= rows.min() <= rows.max() < n):
+            raise ValueError("loose rows do not fit")
+        self._loose = {int(r): np.array(v) for r, v in zip(rows.tolist(), loose)}
+        self.max_norm = max(self.max_norm, float(arrays["max_norm"][0]))
+
     def loose_items(self) -> list[tuple[int, np.ndarray]]:
         """(row, float32 vector) of the rows kept off the grid."""
         return list(self._loose.items())

@@ -104,6 +104,37 @@ class ProductMeta:
         self.hash_keys[row] = self._code(self._key_sets, self._key_set_names, keys)
         self.hashes[row, : len(values)] = values
 
+    COLUMNS = ("version", "updated_at", "event_time", "model", "hash_keys", "hashes")
+
+    def export(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """``rows``' columns renumbered 0..n-1, and the code tables (JSON-able) beside them."""
+        arrays = {f"meta_{name}": getattr(self, name)[rows] for name in self.COLUMNS}
+        at = {int(r): i for i, r in enumerate(rows.tolist())}
+        tables: dict[str, object] = {
+            "models": self._model_names, "key_sets": [list(k) for k in self._key_set_names],
+            "odd_hashes": [[at[r], h] for r, h in self._odd_hashes.items() if r in at]}
+        return arrays, tables
+
+    def load(self, arrays: dict[str, np.ndarray], tables: dict[str, object], n: int) -> None:
+        """Put ``export``'s columns back as rows 0..n-1; ValueError when they do not fit."""
+        for name in self.COLUMNS:
+            got, col = arrays[f"meta_{name}"], getattr(self, name)
+            if got.shape != (n,) + col.shape[1:] or got.dtype != col.dtype:
+                raise ValueError(f"column {name}: {got.dtype}{got.shape}")
+            col[:n] = got
+        models, key_sets = tables["models"], tables["key_sets"]
+        if not isinstance(models, list) or not isinstance(key_sets, list) or not isinstance(tables["odd_hashes"], list):
+            raise ValueError("code tables are not lists")
+        if n and (self.model[:n].max() >= max(len(models), 1) or self.hash_keys[:n].max() >= max(len(key_sets), 1)
+                  or min(self.model[:n].min(), self.hash_keys[:n].min()) < 0):
+            raise ValueError("a code outside its table")
+        self._model_names = [str(m) for m in models]
+        self._models = {m: i for i, m in enumerate(self._model_names)}
+        self._key_set_names = [tuple(str(k) for k in keys) for keys in key_sets]
+        self._key_sets = {k: i for i, k in enumerate(self._key_set_names)}
+        self._odd_hashes = {int(r): {str(k): str(v) for k, v in h.items()}
+                            for r, h in tables["odd_hashes"] if 0 <= int(r) < n}  # type: ignore[attr-defined]
+
     def read(self, row: int, product_id: str, vector: np.ndarray) -> StoredProduct:
         hashes = self._odd_hashes.get(row)
         if hashes is None:
@@ -187,6 +218,43 @@ class SideIndex:
     def loose_rows(self) -> int:
         """Rows kept as float32 because they were not on the grid (docs/scaling.md)."""
         return self._rows.loose_rows
+
+    # --- snapshots (index/snapshot.py) ----------------------------------------------------------
+    def export(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """The live rows, compacted in row order, as plain arrays (packed values, metadata columns)
+        and JSON-able tables (ids, code tables): what ``restored`` rebuilds the index from without
+        decoding or re-packing a vector. List boundaries are not kept: they come from the mirror."""
+        rows = np.flatnonzero(self._live[: len(self._ids)])
+        arrays = self._rows.export(rows)
+        meta, tables = self._meta.export(rows)
+        arrays.update(meta)
+        tables["ids"] = [self._ids[r] for r in rows.tolist()]
+        return arrays, tables
+
+    @classmethod
+    def restored(cls, dim: int, arrays: dict[str, np.ndarray], tables: dict[str, object], *, capacity: int,
+                 segments: Sequence[Segment] | None = None, device: torch.device | None = None,
+                 resident: bool | None = None) -> "SideIndex":
+        """The index ``export`` described, with room for ``capacity`` rows. Raises ValueError (or
+        KeyError) when the arrays do not fit ``dim`` and ``segments``."""
+        ids = tables["ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError("ids are not a list of strings")
+        n = len(ids)
+        side = cls(dim, capacity=max(capacity, n), segments=segments, device=device, resident=resident)
+        side._rows.load(arrays, n)
+        side._meta.load(arrays, tables, n)
+        interned = [sys.intern(pid) for pid in ids]
+        side._ids = list(interned)
+        side._row = {pid: r for r, pid in enumerate(interned)}
+        if len(side._row) != n:
+            raise ValueError("an id appears twice")
+        side._live[:n] = True
+        if (resident_rows := side._resident) is not None:
+            for start in range(0, n, 65_536):
+                block = np.arange(start, min(n, start + 65_536))
+                resident_rows.write(block, side._rows.read(block))
+        return side
 
     # --- writes -----------------------------------------------------------------------------
     def _grow(self, need: int) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -40,6 +41,7 @@ from simstream.index.list_mirror import ListMirror
 from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
 from simstream.index.rows import HeadFacts, ListHead, StoredList, StoredProduct
 from simstream.index.side import SideIndex
+from simstream.index.snapshot import identity, read_snapshot, write_snapshot
 from simstream.index.tombstone_mirror import TombstoneMirror
 from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
@@ -71,19 +73,23 @@ class VectorStore:
         # Inside ``one_sync``: which copies were synced since it began (None: sync before every read)
         self._synced_once: set[str] | None = None
         self._readers: ThreadPoolExecutor | None = None  # concurrent sync reads (a server only)
+        # Counts the writes applied to the copies (own and synced): a snapshot is due only when it moved
+        self.changes = 0
 
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, in_memory: bool = False,
                 timeout_s: float = DEFAULT_TIMEOUT_S, memory_limit_bytes: int | None = None,
-                segments: Sequence[Segment] | None = None, **kwargs: Any) -> "VectorStore":
+                segments: Sequence[Segment] | None = None, snapshot: Path | None = None,
+                **kwargs: Any) -> "VectorStore":
         """Open the index; ``timeout_s`` is the deadline of every Milvus call, ``in_memory`` builds
-        the copies (within ``memory_limit_bytes``, else the detected limit). Other ``kwargs`` go to
+        the copies (within ``memory_limit_bytes``, else the detected limit), restored from
+        ``snapshot`` when it is there and fits (index/snapshot.py). Other ``kwargs`` go to
         ``MilvusStore``. Nothing stays open when this raises."""
         store = cls(MilvusStore.connect(uri, prefix, dim, token=token, timeout_s=timeout_s, **kwargs),
                     memory_limit_bytes=memory_limit_bytes, segments=segments)
         if in_memory:
             try:
-                store.load_into_memory()
+                store.load_into_memory(snapshot)
             except BaseException:
                 store.close()
                 raise
@@ -96,15 +102,18 @@ class VectorStore:
         return Footprint(self.milvus.count_products(), self.dim, lists, self.milvus.sample_list_depth() if lists else 0.0,
                          row_bytes=row_bytes)
 
-    def load_into_memory(self) -> None:
-        """Build the side index and the list mirror from Milvus; from now on reads use them.
-        Raises MemoryBudgetExceeded, before allocating, when they would not fit (index/budget.py)."""
+    def load_into_memory(self, snapshot: Path | None = None) -> None:
+        """Build the side index and the list mirror from Milvus, or restore them from ``snapshot``
+        when it is there and fits (index/snapshot.py); from now on reads use them. Raises
+        MemoryBudgetExceeded, before allocating, when they would not fit (index/budget.py)."""
         need = self.footprint()
         limit = memory_limit(self.memory_limit_bytes)
         rss = current_rss()
         check_fits(need, limit, rss)
         log.info("in-memory index copies fit", need_mib=need.total >> 20, limit_mib=limit.bytes >> 20 if limit else None,
                  limit_source=limit.source if limit else None, rss_mib=rss >> 20)
+        if snapshot is not None and self._restore(snapshot, need, limit.bytes if limit else None):
+            return
         t0 = time.perf_counter()
         started = now_ms()
         side = SideIndex(self.dim, capacity=side_capacity(need.products), segments=self.segments)
@@ -130,6 +139,81 @@ class VectorStore:
         self.mirror, self._mirror_synced_at = mirror, started
         side.set_bars(mirror.boundaries(side.ids()))
         log.info("list mirror built", lists=len(mirror), seconds=round(time.perf_counter() - t0, 2))
+
+    # --- snapshots ------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return identity(self.milvus.products.removesuffix("_products"), self.dim, self.segments,
+                        self.milvus.collection_ids())
+
+    def save_snapshot(self, path: Path) -> int | None:
+        """Write the copies to ``path`` (index/snapshot.py), stamped with the times they were last
+        in step with Milvus; returns the bytes written, None without copies. Own writes are
+        applied as they are made, so a milvus-lite file's copies (no other writer) stand at now."""
+        if self.side is None or self.tombstones is None:
+            return None
+        t0 = time.perf_counter()
+        now = now_ms()
+        side_at, mirror_at = (now, now) if self.milvus.exclusive else (self._side_synced_at, self._mirror_synced_at)
+        size = write_snapshot(path, self._identity(), side=self.side, mirror=self.mirror, tombstones=self.tombstones,
+                              side_synced_at=side_at, mirror_synced_at=mirror_at)
+        log.info("snapshot written", path=str(path), mib=size >> 20, products=len(self.side),
+                 lists=len(self.mirror) if self.mirror is not None else None, seconds=round(time.perf_counter() - t0, 2))
+        return size
+
+    def _restore(self, path: Path, need: Footprint, limit: int | None) -> bool:
+        """Restore the copies from the snapshot at ``path`` and bring them in step with Milvus:
+        the regular sync from the snapshot's times (every row written and every delete marker
+        since, less the skew allowance), then the counts. The sync can miss only a row deleted
+        without a marker it reads (a marker purged since, a collection emptied by hand), which
+        leaves the copy with more rows than Milvus; on any count that differs, the copy is checked
+        row by row against Milvus' write stamps (ids and times, no vectors). False: no usable
+        snapshot (the caller builds from Milvus)."""
+        t0 = time.perf_counter()
+        snap = read_snapshot(path, self._identity(), capacity=side_capacity(need.products), max_bytes=limit,
+                             segments=self.segments)
+        if snap is None:
+            return False
+        read_s = time.perf_counter() - t0
+        self.side, self.tombstones = snap.side, snap.tombstones
+        self.mirror = snap.mirror if self.milvus.lists_stamped else None
+        self._side_synced_at, self._mirror_synced_at = snap.side_synced_at, snap.mirror_synced_at
+        before = self.side.applied
+        self._sync({"side", "mirror"} if self.mirror is not None else {"side"})
+        caught_up = self.side.applied - before
+        checked = []
+        if len(self.side) != self.milvus.count_products():
+            checked.append("products")
+            self._reconcile_side()
+        if self.mirror is not None and len(self.mirror) != self.milvus.count_lists():
+            checked.append("lists")
+            self._reconcile_mirror()
+        if self.mirror is not None:
+            self.side.set_bars(self.mirror.boundaries(self.side.ids()))
+        log.info("copies restored from a snapshot", path=str(path), products=len(self.side),
+                 lists=len(self.mirror) if self.mirror is not None else None, mib=snap.bytes >> 20,
+                 age_s=round((now_ms() - snap.taken_at) / 1000, 1), read_s=round(read_s, 2),
+                 caught_up_writes=caught_up, checked_row_by_row=checked, seconds=round(time.perf_counter() - t0, 2))
+        return True
+
+    def _reconcile_side(self) -> None:
+        """Make the side index hold exactly Milvus' products: fetch those it does not hold at their
+        write stamp, drop those Milvus no longer has."""
+        assert self.side is not None
+        stamps = self.milvus.all_write_stamps()
+        for start in range(0, len(fetch := self.side.not_held(stamps)), BUILD_PAGE_ROWS):
+            got = self.milvus.read_products(fetch[start:start + BUILD_PAGE_ROWS])
+            self.side.put(list(got.values()))
+        self.side.delete([pid for pid in self.side.ids() if pid not in stamps])
+
+    def _reconcile_mirror(self) -> None:
+        """Make the list mirror hold exactly Milvus' recorded lists (heads by write stamp)."""
+        assert self.mirror is not None
+        stamps = self.milvus.all_write_stamps(lists=True)
+        held = self.mirror.heads(stamps)
+        stale = sorted(pid for pid, t in stamps.items() if (h := held.get(pid)) is None or h.updated_at != t)
+        for start in range(0, len(stale), BUILD_PAGE_ROWS):
+            self.mirror.put(self.milvus.read_list_heads(stale[start:start + BUILD_PAGE_ROWS]).values())
+        self.mirror.drop([pid for pid in self.mirror.owners() if pid not in stamps])
 
     # --- keeping the copies in step -----------------------------------------------------------
     @contextlib.contextmanager
@@ -194,12 +278,17 @@ class VectorStore:
                 for pid, version, deleted_at in markers:
                     self.tombstones.put({pid: version}, deleted_at)
             if fetch := side.not_held(stamps):
+                self.changes += 1
                 products = self.milvus.read_products(fetch)
                 self._put_side([products[pid] for pid in fetch if pid in products])
-            side.delete(deleted - stamps.keys())
+            if gone := deleted - stamps.keys():
+                self.changes += 1
+                side.delete(gone)
             self._side_synced_at = started
         if (mirror := self.mirror) is not None and "mirror" in copies:
-            self._put_heads(mirror.not_held(got["heads"]))
+            if new := mirror.not_held(got["heads"]):
+                self.changes += 1
+                self._put_heads(new)
             self._mirror_synced_at = started
 
     def _together(self, reads: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
@@ -223,6 +312,7 @@ class VectorStore:
         """Write product rows (``index.rows.product_row``)."""
         if not rows:
             return
+        self.changes += 1
         stored = self.milvus.upsert_products(rows)
         if self.side is not None:
             self._put_side(stored)
@@ -244,6 +334,7 @@ class VectorStore:
             self.side.set_bars({pid: bars.get(pid, np.inf) for pid in owners})
 
     def delete_products(self, ids: Sequence[str]) -> None:
+        self.changes += 1
         self.milvus.delete_products(ids)
         if self.side is not None:
             self.side.delete(ids)
@@ -393,6 +484,7 @@ class VectorStore:
         them (``facts``: the content digest, the owner's row, the deep members' exact scores), in
         Milvus and beside the heads in memory."""
         written_at = now_ms()
+        self.changes += 1
         heads = self.milvus.upsert_lists(lists, written_at, facts)
         if self.mirror is not None:
             self._put_heads(heads, facts)
@@ -438,11 +530,13 @@ class VectorStore:
         return self.milvus.deleted_since(since_ms)
 
     def upsert_tombstones(self, versions: dict[str, int], deleted_at: int) -> None:
+        self.changes += 1
         self.milvus.upsert_tombstones(versions, deleted_at)
         if self.tombstones is not None:
             self.tombstones.put(versions, deleted_at)
 
     def delete_tombstones(self, ids: Sequence[str]) -> None:
+        self.changes += 1
         self.milvus.delete_tombstones(ids)
         if self.tombstones is not None:
             self.tombstones.remove(ids)
@@ -450,6 +544,7 @@ class VectorStore:
     def purge_tombstones(self, older_than_ms: int) -> None:
         """Forget product tombstones and list tombstone markers recorded before ``older_than_ms``,
         in Milvus and in the list mirror (the same rule: ``MilvusStore.purge_list_markers``)."""
+        self.changes += 1
         self.milvus.purge_tombstones(older_than_ms)
         if self.tombstones is not None:
             self.tombstones.purge(older_than_ms)

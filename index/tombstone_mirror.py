@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+import numpy as np
 from sortedcontainers import SortedList
 
 __all__ = ["TombstoneMirror"]
@@ -50,6 +51,24 @@ class TombstoneMirror:
             del self._held[pid]
         del self._by_time[: len(old)]
         return len(old)
+
+    def export(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """The markers as arrays (version, deleted_at) and their ids; ``restored`` takes them back."""
+        ids = list(self._held)
+        held = [self._held[pid] for pid in ids]
+        return ({"version": np.array([v for v, _ in held], np.int64).reshape(-1),
+                 "deleted_at": np.array([t for _, t in held], np.int64).reshape(-1)}, {"ids": ids})
+
+    @classmethod
+    def restored(cls, arrays: dict[str, np.ndarray], tables: dict[str, object]) -> "TombstoneMirror":
+        ids = tables["ids"]
+        if not isinstance(ids, list) or len(arrays["version"]) != len(ids) or len(arrays["deleted_at"]) != len(ids):
+            raise ValueError("markers do not fit")
+        mirror = cls()
+        for pid, version, deleted_at in zip(ids, arrays["version"].tolist(), arrays["deleted_at"].tolist()):
+            mirror._held[str(pid)] = (version, deleted_at)
+        mirror._by_time = SortedList((t, pid) for pid, (_, t) in mirror._held.items())
+        return mirror
 
     def versions(self, ids: Iterable[str]) -> dict[str, int]:
         """The marker's version of each id among ``ids`` that has one."""

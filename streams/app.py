@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol, Sequence, cast
 
 import faust
@@ -34,7 +35,7 @@ from simstream.streams.fence import Fence
 from simstream.streams.ingest import Ingest
 from simstream.streams.kafka_config import bound_faust_fetch_wait
 from simstream.streams.outbox import Outbox
-from simstream.streams.pipeline import DataPath, StepRunner
+from simstream.streams.pipeline import INDEX, DataPath, StepRunner
 from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 
@@ -188,8 +189,10 @@ async def _ack(stream: BatchStream, events: list[Any]) -> None:
 class Worker:
     """The app and its topics, agents, timers and pages around one ``DataPath``."""
 
-    def __init__(self, settings: Settings, ingest: Ingest, refresher: Refresher, *, fence: Fence | None = None) -> None:
-        """``fence``: whether this worker's generation may publish now (streams/fence.py); None: always."""
+    def __init__(self, settings: Settings, ingest: Ingest, refresher: Refresher, *, fence: Fence | None = None,
+                 snapshot: Path | None = None) -> None:
+        """``fence``: whether this worker's generation may publish now (streams/fence.py); None: always.
+        ``snapshot``: where to keep a snapshot of the store's in-memory copies (index/snapshot.py)."""
         s = self.settings = settings
         self.app = app = build_app(settings)
         raw: dict[str, Any] = dict(value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
@@ -208,6 +211,9 @@ class Worker:
         self.path = DataPath(settings, ingest, refresher, self.outbox, self.run,
                              refresh_partitions_held=self.refresh_partitions_held)
         self._next_offset: dict[int, int] = {}  # per input partition, the offset after the last one taken
+        self.store = ingest.store
+        self.snapshot = snapshot
+        self._snapshot_at = self.store.changes if snapshot is not None else 0  # as restored or built: nothing to write yet
         self._agents()
         self._pages()
 
@@ -273,6 +279,30 @@ class Worker:
         except Exception as exc:  # Milvus down: readiness says so; the next tick tries again
             log.warning("reading the control record failed; trying again", error=repr(exc)[:300])
 
+    async def snapshot_timer(self) -> None:
+        """Snapshot the in-memory copies when they changed since the last one (on the index
+        thread, between steps: a consistent state); a failure (a full disk) waits for the next."""
+        store = self.store
+        if self.snapshot is None or store.changes == self._snapshot_at:
+            return
+        changes = store.changes
+        try:
+            await self.run.on_thread(store.save_snapshot, self.snapshot)
+            self._snapshot_at = changes
+        except Exception as exc:
+            log.warning("writing the snapshot failed; trying again at the next interval", error=repr(exc)[:300])
+
+    def snapshot_on_stop(self, timeout_s: float) -> None:
+        """After the app stopped: a last snapshot, so the next start catches up only what others
+        write meanwhile. Runs on the index thread after any step still there; bounded."""
+        store = self.store
+        if self.snapshot is None or store.changes == self._snapshot_at:
+            return
+        try:
+            self.run.threads[INDEX].submit(store.save_snapshot, self.snapshot).result(timeout=timeout_s)
+        except Exception as exc:
+            log.warning("no snapshot at stop; the next start catches up from the last one", error=repr(exc)[:300])
+
     def _agents(self) -> None:
         app = self.app
         app.agent(self.events, name="ingest")(self.ingest_agent)
@@ -280,6 +310,8 @@ class Worker:
         app.timer(interval=PURGE_INTERVAL_S)(self.purge_timer)
         app.timer(interval=INDEX_CHECK_INTERVAL_S)(self.index_timer)
         app.timer(interval=CONTROL_FOLLOW_S)(self.control_timer)
+        if self.snapshot is not None:
+            app.timer(interval=self.settings.snapshot_interval_s)(self.snapshot_timer)
 
     # --- web pages ----------------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:

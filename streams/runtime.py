@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from simstream import retry
@@ -18,6 +19,7 @@ from simstream.generations import CONTROL_POLL_S, FIRST, ControlRecord, Role, ge
 from simstream.index.control import ControlStore
 from simstream.index.milvus import close_client, open_client
 from simstream.index.neighbours import RECENT_SEARCHES_MIN, ListBuilder, RecentSearches
+from simstream.index.snapshot import snapshot_path
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
 from simstream.settings import Settings
@@ -28,24 +30,28 @@ from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
 
 __all__ = ["settle_heap", "open_store", "build_steps", "single_threaded_numpy", "control_store", "read_control",
-           "generation_of", "control_fence", "live_steps", "idle_health", "build_worker", "run_worker", "STANDBY_IDLE_POLL_S"]
+           "generation_of", "control_fence", "live_steps", "idle_health", "build_worker", "run_worker", "worker_snapshot", "STANDBY_IDLE_POLL_S",
+           "SNAPSHOT_ON_STOP_S"]
 
 STANDBY_IDLE_POLL_S = 5.0  # a standby worker with no generation to run looks for one this often
+SNAPSHOT_ON_STOP_S = 60.0  # the longest a stopping worker spends on its last snapshot
 
 log = get_logger(__name__)
 
 
 def open_store(settings: Settings, dim: int, *, wait: bool = False,
-               segments: Sequence[Segment] | None = None) -> VectorStore:
+               segments: Sequence[Segment] | None = None, snapshot: Path | None = None) -> VectorStore:
     """Connect to Milvus; with ``wait``, a Milvus that is down or starting is waited for (jittered
-    backoff, a log line per attempt) instead of the worker crash-looping."""
+    backoff, a log line per attempt) instead of the worker crash-looping. ``snapshot``: restore the
+    in-memory copies from it when it fits (index/snapshot.py)."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
 
     def connect() -> VectorStore:
         return VectorStore.connect(settings.resolved_milvus_uri, settings.collection, dim, token=token,
                                    flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
                                    timeout_s=settings.milvus_timeout_s,
-                                   memory_limit_bytes=settings.memory_limit_bytes, segments=segments)
+                                   memory_limit_bytes=settings.memory_limit_bytes, segments=segments,
+                                   snapshot=snapshot)
 
     if not wait:
         return connect()
@@ -107,10 +113,16 @@ def live_steps(settings: Settings, encoder: ProductEncoder | None = None) -> tup
     return ingest, refresher, control_fence(settings, ingest.store, tag, "live", stop=False), live
 
 
+def worker_snapshot(settings: Settings) -> Path | None:
+    """The snapshot file of this generation's copies (index/snapshot.py); None when off."""
+    directory = settings.resolved_snapshot_dir
+    return snapshot_path(directory, settings.collection) if directory is not None else None
+
+
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
-                wait_for_milvus: bool = False) -> tuple[Ingest, Refresher]:
+                wait_for_milvus: bool = False, snapshot: Path | None = None) -> tuple[Ingest, Refresher]:
     encoder = encoder or ProductEncoder(settings)
-    store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments)
+    store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments, snapshot=snapshot)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth)
     # The ingest's search around each changed product is its own list's starting point (one pass per
@@ -155,14 +167,16 @@ def build_worker(settings: Settings, *, base: Settings | None = None, tag: str =
     """The worker of generation ``tag`` (``settings``: as ``generation_of`` gave them; ``base``:
     the deployment's, for the control record; None: no fence, tests that run one generation)."""
     single_threaded_numpy()
-    ingest, refresher = build_steps(settings, wait_for_milvus=True)
+    snapshot = worker_snapshot(settings)
+    ingest, refresher = build_steps(settings, wait_for_milvus=True, snapshot=snapshot)
     encoder = ingest.encoder
     encoder.warm_up()
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
              weights=encoder.weights, generation=tag or "first", role=role)
     settle_heap()
     fence = control_fence(base, ingest.store, tag, role) if base is not None else None
-    return Worker(settings, ingest, refresher, fence=fence)
+    return Worker(settings, ingest, refresher, fence=fence,
+                  snapshot=snapshot if ingest.store.side is not None else None)
 
 
 @contextmanager
@@ -224,4 +238,7 @@ def run_worker(settings: Settings) -> None:
         def _setup_logging(self) -> None:  # keep structlog's handlers; faust would replace them
             configure_logging(settings.log_format, settings.log_level)
 
-    _Worker(worker.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()
+    try:
+        _Worker(worker.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()
+    finally:
+        worker.snapshot_on_stop(SNAPSHOT_ON_STOP_S)
