@@ -53,12 +53,20 @@ def main(argv: list[str] | None = None) -> int:
                          "and workers during the fill and the switch, then --rollback (harness/migration.py)")
     ap.add_argument("--migrate-set", action="append", default=[], metavar="KEY=VALUE",
                     help="another model setting of the migration's new generation (simstream migrate --set)")
+    ap.add_argument("--elastic", action="store_true",
+                    help="the elastic proof: a paced stream; 1 -> 3 workers at a quarter (joiners download a peer's "
+                         "snapshot), a SIGKILL at three eighths, 3 -> 1 by SIGTERM at three quarters; freshness per "
+                         "change against steady state (harness/elastic.py)")
+    ap.add_argument("--rate", type=float, default=15.0, help="--elastic: events per second offered (about half of "
+                                                            "what one worker sustains)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
     faults = [(kind, float(sec)) for kind, _, sec in (f.partition(":") for f in a.fault)]
     if a.migrate_to:
         return _migration(a)
+    if a.elastic:
+        return _elastic(a)
     report = run_exactness(Options(products=a.products, events=a.events, workers=a.workers, kills=a.kills, faults=faults,
                                    seed=a.seed, top_k=a.top_k, partitions=a.partitions,
                                    candidate_pool=a.candidate_pool, quiet_s=a.quiet, timeout_s=a.timeout,
@@ -98,6 +106,29 @@ def _migration(a: argparse.Namespace) -> int:
         doc |= {"kills": report["migration"]["kills"], "faults": [], "backfill": 0, "side_index": True,
                 "seed": a.seed, "processing_s": report["details"]["wall_s"], "migration": report["migration"],
                 "rollback": report["rollback"]}
+        a.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return 0 if ok else 1
+
+
+def _elastic(a: argparse.Namespace) -> int:
+    """``--elastic``: the elastic proof; its --json document has the same keys, plus ``elastic``."""
+    from simstream.harness.elastic import passed, run_elastic
+
+    opts = Options(products=a.products, events=a.events, seed=a.seed, top_k=a.top_k, partitions=a.partitions,
+                   quiet_s=a.quiet, timeout_s=a.timeout, keep=a.keep, milvus_uri=a.milvus_uri)
+    report = run_elastic(opts, a.rate)
+    print(json.dumps(report, indent=2, default=str))
+    ok = passed(report)
+    e = report["elastic"]
+    print(f"elastic: {report['equal']}/{report['products']} equal, {report['lost']} lost, "
+          f"{report['resurrected']} resurrected, {e['unanswered_events']} events without a list; freshness p99 "
+          f"steady {e['steady'].get('p99_s')} s, " + ", ".join(f"{k} {w.get('p99_s')} s" for k, w in e["windows"].items())
+          + f"; drains {e['drain_s']} s -> {'PASS' if ok else 'FAIL'}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = {k: report[k] for k in ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills",
+                                      "faults", "backfill", "milvus", "side_index", "elastic")}
+        doc |= {"seed": a.seed, "processing_s": report["details"]["wall_s"]}
         a.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return 0 if ok else 1
 

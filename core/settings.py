@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1)
     create_topics: bool = True  # False: expect the topics to exist (managed by e.g. Strimzi)
     session_timeout_s: float = Field(30.0, gt=0)  # tests and the demo use ~6 s on Tansu
+    # A partition this worker holds whose events wait while its position stands still this long
+    # (the worker free all the while) is stuck: the worker stops, to be restarted (streams/watchdog.py).
+    stuck_partition_after_s: float = Field(120.0, ge=0)  # SIMSTREAM_STUCK_PARTITION_AFTER_S; 0 = off
 
     # --- Milvus ----------------------------------------------------------------------------
     milvus_uri: str | None = None  # None -> a milvus-lite file in data_dir
@@ -97,6 +100,10 @@ class Settings(BaseSettings):
     # changes, and when the worker stops; 0 = never (every start builds from Milvus).
     snapshot_interval_s: float = Field(300.0, ge=0)  # SIMSTREAM_SNAPSHOT_INTERVAL_S
     snapshot_dir: Path | None = None  # SIMSTREAM_SNAPSHOT_DIR; None: DATA_DIR/snapshots
+    # A worker with no snapshot of its own (a new pod) downloads a running worker's from one of
+    # these (streams/peers.py): "host:port,..." or a headless Service "name:port"; None: never.
+    snapshot_peers: str | None = None  # SIMSTREAM_SNAPSHOT_PEERS
+    snapshot_fetch_timeout_s: float = Field(120.0, gt=0)  # SIMSTREAM_SNAPSHOT_FETCH_TIMEOUT_S: the whole download
     tombstone_retention_s: float = Field(7 * 24 * 3600, ge=0)
     max_retries: int = Field(5, ge=0)  # transient Milvus failures retried (with backoff) per index step
     # A batch whose steps keep failing with transient errors while Milvus and Kafka answer is not an

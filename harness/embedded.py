@@ -129,18 +129,25 @@ class WorkerProcess:
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Until /readyz says the consumer holds partitions and Milvus answers."""
         deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.web_port}/readyz"
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
+            self.check()
+            if self.ready():
+                return
             time.sleep(0.5)
         raise TimeoutError(f"worker not ready after {timeout_s} s; log: {self.log_path}\n{self.tail()}")
+
+    def ready(self, timeout_s: float = 2.0) -> bool:
+        """Whether /readyz answers 200 now (False while starting, rebalancing or gone)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=timeout_s) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (a graceful leave; ``running`` says when it is over)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def tail(self, lines: int = 40) -> str:
         try:

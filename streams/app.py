@@ -19,14 +19,18 @@ loop, testable with any stream.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import ssl
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol, Sequence, cast
 
 import faust
+from aiohttp.web import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from simstream.index.snapshot import SUFFIX
 from simstream.logs import get_logger
 from simstream.settings import Settings
 from simstream.streams import metrics
@@ -35,9 +39,11 @@ from simstream.streams.fence import Fence
 from simstream.streams.ingest import Ingest
 from simstream.streams.kafka_config import bound_faust_fetch_wait
 from simstream.streams.outbox import Outbox
+from simstream.streams.peers import SNAPSHOT_ROUTE, snapshot_file
 from simstream.streams.pipeline import INDEX, DataPath, StepRunner
 from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
+from simstream.streams.watchdog import WATCHDOG_INTERVAL_S, BrokerView, Partition, StallClock
 
 __all__ = ["Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials", "refresh_batch_size",
            "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
@@ -105,6 +111,12 @@ def build_app(settings: Settings) -> faust.App:
         web_host=s.web_host,
         datadir=str(s.data_dir / "faust"),
     )
+
+
+def _stop_this_worker(stuck: list[Partition]) -> None:
+    """SIGTERM to this process: Faust commits what is durable and leaves the group; the supervisor
+    starts the worker again."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class BatchStream(Protocol):
@@ -212,6 +224,12 @@ class Worker:
                              refresh_partitions_held=self.refresh_partitions_held)
         self._next_offset: dict[int, int] = {}  # per input partition, the offset after the last one taken
         self.store = ingest.store
+        # the stuck-partition watchdog (streams/watchdog.py): where this worker stands per partition
+        self.stall = StallClock(s.stuck_partition_after_s) if s.stuck_partition_after_s > 0 else None
+        self.broker_view = BrokerView(s)
+        self.on_stuck: Callable[[list[Partition]], None] = _stop_this_worker
+        self._taken: dict[Partition, int] = {}
+        self._watched_at = (time.monotonic(), 0.0, 0)  # (when, busy_s, rebalances) at the last check
         self.snapshot = snapshot
         self._snapshot_at = self.store.changes if snapshot is not None else 0  # as restored or built: nothing to write yet
         self._agents()
@@ -247,6 +265,7 @@ class Worker:
     async def ingest_agent(self, stream: faust.StreamT[Any] | BatchStream) -> None:
         """Validate, coalesce, encode and index product events; route refresh work by list owner."""
         async def handle(records: Sequence[RawRecord]) -> Handled:
+            self._took(self.settings.events_topic, records)
             return await self.path.ingest(records, backlog=self.backlog(records))
 
         await consume(cast(BatchStream, stream), size=self.settings.batch_size,
@@ -254,8 +273,54 @@ class Worker:
 
     async def refresh_agent(self, stream: faust.StreamT[Any] | BatchStream) -> None:
         """Recompute the neighbour lists this worker owns and publish the ones that changed."""
+        async def handle(records: Sequence[RawRecord]) -> Handled:
+            self._took(self.settings.refresh_topic, records)
+            await self.path.refresh(records)
+            return None
+
         await consume(cast(BatchStream, stream), size=refresh_batch_size(self.settings),
-                      within_s=self.settings.refresh_within_s, handle=self.path.refresh)
+                      within_s=self.settings.refresh_within_s, handle=handle)
+
+    def _took(self, topic: str, records: Sequence[RawRecord]) -> None:
+        for r in records:
+            if r.offset + 1 > self._taken.get((topic, r.partition), 0):
+                self._taken[(topic, r.partition)] = r.offset + 1
+
+    async def watchdog_timer(self) -> None:
+        """Look for a stuck partition (streams/watchdog.py); a failed look waits for the next."""
+        if self.stall is None:
+            return
+        app = self.app
+        now, busy, rebalances = time.monotonic(), self.run.busy_s, int(getattr(app, "rebalancing_count", 0))
+        last_at, last_busy, last_rebalances = self._watched_at
+        self._watched_at = (now, busy, rebalances)
+        if rebalances != last_rebalances or getattr(app, "rebalancing", False):
+            self._taken.clear()  # partitions moved: a returning one resumes at its committed offset
+            self.stall = StallClock(self.stall.stuck_after_s)
+            return
+        free_s = 0.0 if self.run.busy_since is not None else max(0.0, (now - last_at) - (busy - last_busy))
+        names = {self.settings.events_topic, self.settings.refresh_topic}
+        try:
+            assigned = sorted((tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in names)
+        except Exception:  # consumer not started
+            return
+        try:
+            ends, committed = await asyncio.to_thread(self.broker_view.ends_and_committed, assigned)
+            positions = {tp: max(self._taken.get(tp, 0), committed.get(tp, 0)) for tp in assigned}
+            suspects = self.stall.observe(positions, ends, free_s=free_s)
+            stuck = [tp for tp in suspects if await asyncio.to_thread(self.broker_view.record_waits, tp, positions[tp])]
+        except Exception as exc:  # the broker is down: readiness says so; look again next time
+            log.warning("the stuck-partition check could not read offsets", error=repr(exc)[:300])
+            return
+        metrics.STALLED_SECONDS.clear()
+        for tp in assigned:
+            metrics.STALLED_SECONDS.labels(tp[0], str(tp[1])).set(self.stall.still_s(tp))
+        metrics.STUCK_PARTITIONS.set(len(stuck))
+        if stuck:
+            log.error("partitions stuck: events wait and this worker, free, has not taken one; restarting it",
+                      partitions=[f"{t}[{p}]@{positions[(t, p)]}" for t, p in stuck],
+                      ends={f"{t}[{p}]": ends[(t, p)] for t, p in stuck}, after_s=self.stall.stuck_after_s)
+            self.on_stuck(stuck)
 
     async def purge_timer(self) -> None:
         """Forget delete markers past their retention; a failure waits for the next interval."""
@@ -298,9 +363,14 @@ class Worker:
         store = self.store
         if self.snapshot is None or store.changes == self._snapshot_at:
             return
+        if self.run.busy_since is not None:  # a step abandoned at stop still runs: not a consistent moment
+            log.warning("no snapshot at stop: a step is still running; the next start catches up from the last one")
+            return
+        future = self.run.threads[INDEX].submit(store.save_snapshot, self.snapshot)
         try:
-            self.run.threads[INDEX].submit(store.save_snapshot, self.snapshot).result(timeout=timeout_s)
+            future.result(timeout=timeout_s)
         except Exception as exc:
+            future.cancel()
             log.warning("no snapshot at stop; the next start catches up from the last one", error=repr(exc)[:300])
 
     def _agents(self) -> None:
@@ -310,6 +380,7 @@ class Worker:
         app.timer(interval=PURGE_INTERVAL_S)(self.purge_timer)
         app.timer(interval=INDEX_CHECK_INTERVAL_S)(self.index_timer)
         app.timer(interval=CONTROL_FOLLOW_S)(self.control_timer)
+        app.timer(interval=WATCHDOG_INTERVAL_S)(self.watchdog_timer)
         if self.snapshot is not None:
             app.timer(interval=self.settings.snapshot_interval_s)(self.snapshot_timer)
 
@@ -340,6 +411,14 @@ class Worker:
         async def readyz(web: Any, request: Any) -> Any:
             body = worker.readiness()
             return web.json(body, status=200 if body["ready"] else 503)
+
+        @app.page(SNAPSHOT_ROUTE)
+        async def snapshot(web: Any, request: Any, collection: str) -> Any:
+            """This worker's latest snapshot, for a peer that joins (streams/peers.py)."""
+            path = snapshot_file(worker.settings.resolved_snapshot_dir, collection, SUFFIX)
+            if path is None:
+                return web.json({"error": "no snapshot of that collection here"}, status=404)
+            return FileResponse(path)  # opened once: a newer snapshot renamed over it meanwhile is not mixed in
 
         @app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:

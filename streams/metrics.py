@@ -16,7 +16,7 @@ from simstream.records import NeighbourList, ProductEvent
 __all__ = [
     "REGISTRY", "EVENTS", "BATCH_SIZE", "ENCODE_SECONDS", "MILVUS_SECONDS", "LISTS", "REFRESH_METHOD", "FRESHNESS",
     "WATERMARK", "BULK_ROUNDS", "REPUBLISHED", "GENERATION", "MIGRATION_PHASE", "MIGRATION_PRODUCTS",
-    "MIGRATION_RATE", "MIGRATION_LAG", "MIGRATION_GATE", "observe_control", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
+    "MIGRATION_RATE", "MIGRATION_LAG", "MIGRATION_GATE", "STUCK_PARTITIONS", "STALLED_SECONDS", "observe_control", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -45,6 +45,12 @@ REPUBLISHED = Counter("simstream_lists_republished", "Recorded lists published a
                       "started to publish (a switch: streams/migrate.py).", registry=REGISTRY)
 BULK_ROUNDS = Counter("simstream_bulk_rounds", "Bulk-load rounds ended with every list requested (streams/bulk.py).",
                       registry=REGISTRY)
+STUCK_PARTITIONS = Gauge("simstream_stuck_partitions", "Assigned partitions whose events wait while the worker, "
+                         "free, has not moved on them for SIMSTREAM_STUCK_PARTITION_AFTER_S (streams/watchdog.py); "
+                         "the worker then restarts.", registry=REGISTRY)
+STALLED_SECONDS = Gauge("simstream_partition_stalled_seconds", "Per assigned partition: the worker's free time its "
+                        "position has stood still while events waited (0: moving or caught up).",
+                        ["topic", "partition"], registry=REGISTRY)
 # simstream_retries{operation, error}: counted by the one retry policy (simstream.retry) wherever it retries.
 RETRIES = retry.RETRIES
 REGISTRY.register(RETRIES)

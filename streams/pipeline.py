@@ -90,6 +90,7 @@ class StepRunner:
         self.policy = retry.INDEX_BLIP.with_attempts(max_retries + 1)
         self.index_ready = True
         self._started: dict[str, float] = {}  # per thread, when the step on it started
+        self.busy_s = 0.0  # seconds steps have run, all threads together (the watchdog's "free time")
         # Held by a refresh from its plan until its lists are recorded, and by an ingest for its
         # index steps, so that within one worker no ingest judges a change against lists being
         # replaced (across workers, Refresher.recheck closes that race).
@@ -102,11 +103,12 @@ class StepRunner:
 
     async def on_thread(self, fn: Callable[..., T], *args: Any, thread: str = INDEX) -> T:
         """``fn(*args)`` on ``thread``, once."""
-        self._started[thread] = time.monotonic()
+        self._started[thread] = t0 = time.monotonic()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.threads[thread], fn, *args)
         finally:
             self._started.pop(thread, None)
+            self.busy_s += time.monotonic() - t0
 
     async def __call__(self, name: str, fn: Callable[..., T], *args: Any, thread: str = INDEX) -> T:
         started = time.perf_counter()

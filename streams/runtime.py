@@ -22,9 +22,11 @@ from simstream.index.neighbours import RECENT_SEARCHES_MIN, ListBuilder, RecentS
 from simstream.index.snapshot import snapshot_path
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
+from simstream.memory import memory_limit
 from simstream.settings import Settings
 from simstream.streams.app import Worker
 from simstream.streams.fence import Fence
+from simstream.streams.peers import fetch_snapshot
 from simstream.vector_codec import Segment
 from simstream.streams.ingest import Ingest
 from simstream.streams.refresh import Refresher
@@ -168,6 +170,10 @@ def build_worker(settings: Settings, *, base: Settings | None = None, tag: str =
     the deployment's, for the control record; None: no fence, tests that run one generation)."""
     single_threaded_numpy()
     snapshot = worker_snapshot(settings)
+    if snapshot is not None and not snapshot.exists() and settings.snapshot_peers:
+        limit = memory_limit(settings.memory_limit_bytes)
+        fetch_snapshot(settings.snapshot_peers, settings.collection, snapshot, max_bytes=limit.bytes if limit else None,
+                       timeout_s=settings.snapshot_fetch_timeout_s)
     ingest, refresher = build_steps(settings, wait_for_milvus=True, snapshot=snapshot)
     encoder = ingest.encoder
     encoder.warm_up()

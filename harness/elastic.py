@@ -1,0 +1,323 @@
+"""The elastic proof: workers join and leave under a steady load, and every list is still exact.
+
+``run_elastic`` publishes the stream of ``harness/exactness.py`` at a steady rate (``rate``
+events/s, meant to be about half of what the workers sustain) to workers sharing a Milvus server
+(the embedded ``milvus-lite server``, or the one given), and changes the group as an autoscaler
+and a rolling upgrade would:
+
+- at a quarter of the stream, two workers join (1 -> 3). They have no snapshot of their own and
+  download the running worker's (``SIMSTREAM_SNAPSHOT_PEERS``, streams/peers.py);
+- at three eighths, a random worker is SIGKILLed and started again at once (it restores its own
+  snapshot, or builds);
+- at three quarters, two workers leave with SIGTERM, together (3 -> 1): a graceful leave, timed
+  from the signal to the process's exit.
+
+Freshness is measured per event: from its send to the first list of that product at that version
+or newer (a tombstone for a delete), as received by a reader polling between sends. Each change
+opens a window that closes when every running worker answers /readyz again plus ``SETTLE_S``; the
+report gives p50/p99 per window and for the steady state (every event outside the windows after
+the first quarter's first ``WARM_UP_SHARE``). Then, with everything quiet, the lists on the
+neighbour topic are compared with the exact oracle as in the exactness proof (0 lost, 0
+resurrected, 100 % equal).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
+from simstream.harness.exactness import Options, compare, metric_total, read_catalog
+from simstream.harness.synthetic import Stream, generate_stream
+from simstream.settings import Settings
+from simstream.streams.neighbour_reader import NeighbourReader
+from simstream.streams.producer import EventProducer
+
+__all__ = ["SETTLE_S", "WARM_UP_SHARE", "SNAPSHOT_INTERVAL_S", "ArrivalReader", "Window", "freshness_of", "run_elastic",
+           "passed"]
+
+SETTLE_S = 5.0  # a change's window stays open this long after every worker is ready again
+WARM_UP_SHARE = 0.25  # of the first quarter: the first worker's warm-up, not steady state
+SNAPSHOT_INTERVAL_S = 5.0  # the workers' SIMSTREAM_SNAPSHOT_INTERVAL_S here: a joiner finds a recent one
+
+
+class ArrivalReader(NeighbourReader):
+    """A neighbour reader that also keeps, per product, when each message came and its version
+    (None: a tombstone)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.arrivals: dict[str, list[tuple[float, int | None]]] = {}
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        super()._apply(key, value)
+        pid = (key or b"").decode()
+        nl = self.latest[pid]
+        self.arrivals.setdefault(pid, []).append((time.monotonic(), nl.version if nl is not None else None))
+
+
+@dataclass
+class Window:
+    """One change of the group, from its start until every running worker is ready again."""
+
+    name: str
+    start: float
+    end: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def freshness_of(sent: list[tuple[str, int, str, float, bool]], arrivals: dict[str, list[tuple[float, int | None]]],
+                 ) -> list[tuple[float, float | None]]:
+    """Per sent (product, version, op, time, deleted later) that should produce a message: (send
+    time, seconds to the first message after the send that reflects it; None: none came). An
+    upsert is reflected by a list at its version or newer, or (when a later delete superseded it
+    before it was applied) a tombstone; a delete by a tombstone or a list of a newer version."""
+    out: list[tuple[float, float | None]] = []
+    for pid, version, op, at, deleted_later in sent:
+        got = arrivals.get(pid, [])
+        i = bisect.bisect_left(got, (at, -1))
+        lag = None
+        for t, v in got[i:]:
+            if v is None and (op == "delete" or deleted_later) or v is not None and (v > version or v == version and op != "delete"):
+                lag = t - at
+                break
+        out.append((at, lag))
+    return out
+
+
+def _stats(lags: list[float]) -> dict[str, Any]:
+    if not lags:
+        return {"events": 0}
+    a = np.asarray(lags)
+    return {"events": len(lags), "p50_s": round(float(np.percentile(a, 50)), 2),
+            "p99_s": round(float(np.percentile(a, 99)), 2), "max_s": round(float(a.max()), 2)}
+
+
+def _expected(stream: Stream) -> list[tuple[bool, bool]]:
+    """Per event: whether it should produce a message (a version above every earlier one of its
+    product: duplicates, stale and out-of-order events change nothing), and whether a delete of a
+    higher version follows it."""
+    best: dict[str, int] = {}
+    wanted = []
+    for e in stream.events:
+        v = int(e["version"])
+        wanted.append(v > best.get(e["product_id"], -1))
+        best[e["product_id"]] = max(v, best.get(e["product_id"], -1))
+    deleted_after: dict[str, int] = {}
+    later = [False] * len(stream.events)
+    for k in range(len(stream.events) - 1, -1, -1):
+        e = stream.events[k]
+        later[k] = deleted_after.get(e["product_id"], -1) > int(e["version"])
+        if e["op"] == "delete":
+            deleted_after[e["product_id"]] = max(int(e["version"]), deleted_after.get(e["product_id"], -1))
+    return list(zip(wanted, later))
+
+
+def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
+    """Run the proof (see the module docstring); returns the exactness report plus ``elastic``."""
+    say = opts.log
+    started = time.monotonic()
+    deadline = started + opts.timeout_s
+    stream = generate_stream(opts.products, opts.events, opts.seed)
+    wanted = _expected(stream)
+    data_dir = opts.data_dir or Path(tempfile.mkdtemp(prefix="simstream-elastic-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app_id = f"elastic-{opts.seed}-{int(time.time())}"
+    rng = random.Random(opts.seed + 3)
+    server: MilvusServer | None = None
+    workers: list[WorkerProcess | None] = [None, None, None]
+    windows: list[Window] = []
+    drains: list[float] = []
+    try:
+        with EmbeddedBroker() as broker:
+            if opts.milvus_uri:
+                milvus_uri = opts.milvus_uri
+            else:
+                server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
+                milvus_uri = server.uri
+            ports = [free_port() for _ in workers]
+            base_env = {
+                "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_APP_ID": app_id, "SIMSTREAM_MILVUS_URI": milvus_uri,
+                "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
+                "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
+                "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
+                "SIMSTREAM_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
+                # every worker may fetch from every other (a headless Service lists them all)
+                "SIMSTREAM_SNAPSHOT_PEERS": ",".join(f"127.0.0.1:{p}" for p in ports),
+            }
+
+            def start(i: int) -> WorkerProcess:
+                (data_dir / f"worker-{i}").mkdir(parents=True, exist_ok=True)
+                env = {**base_env, "SIMSTREAM_DATA_DIR": str(data_dir / f"worker-{i}"), "SIMSTREAM_WEB_PORT": str(ports[i])}
+                w = workers[i] = WorkerProcess(env, log_path=data_dir / f"worker-{i}.log").start()
+                return w
+
+            start(0).wait_ready(timeout_s=min(300.0, deadline - time.monotonic()))
+            say(f"worker 0 ready after {time.monotonic() - started:.0f} s (milvus: {milvus_uri})")
+            settings = Settings(kafka=broker.url, topic_partitions=opts.partitions, app_id=app_id)
+            reader = ArrivalReader(settings)
+            n = len(stream.events)
+            plan = {n // 4: "scale_out", (3 * n) // 8: "sigkill", (3 * n) // 4: "scale_in"}
+            sent: list[tuple[str, int, str, float, bool]] = []
+            checked_at = 0.0
+            open_window: Window | None = None
+            leaving: dict[int, float] = {}
+            t_pub = time.monotonic()
+            with EventProducer(settings) as producer:
+                for k, doc in enumerate(stream.events):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"publishing passed the {opts.timeout_s} s bound")
+                    if (action := plan.get(k)) is not None:
+                        if open_window is not None and open_window.end is None:
+                            open_window.end = time.monotonic()  # the next change began first
+                        open_window = Window(action, time.monotonic())
+                        windows.append(open_window)
+                        if action == "scale_out":
+                            start(1), start(2)
+                        elif action == "sigkill":
+                            victim = rng.choice([i for i, w in enumerate(workers) if w is not None and w.running])
+                            workers[victim].kill()  # type: ignore[union-attr]
+                            start(victim)
+                            open_window.notes["victim"] = victim
+                        else:
+                            for i in (1, 2):
+                                workers[i].terminate()  # type: ignore[union-attr]
+                                leaving[i] = time.monotonic()
+                        say(f"  {action} at event {k} ({time.monotonic() - t_pub:.0f} s)")
+                    due = t_pub + k / rate
+                    while (wait := due - time.monotonic()) > 0:
+                        reader.poll(min(wait, 0.2))
+                    producer.send(doc)
+                    if wanted[k][0]:
+                        sent.append((doc["product_id"], int(doc["version"]), doc["op"], time.monotonic(), wanted[k][1]))
+                    for i, t0 in list(leaving.items()):
+                        if not workers[i].running:  # type: ignore[union-attr]
+                            drains.append(round(time.monotonic() - t0, 2))
+                            say(f"  worker {i} left after SIGTERM in {drains[-1]} s "
+                                f"(exit {workers[i].proc.returncode})")  # type: ignore[union-attr]
+                            workers[i] = None
+                            del leaving[i]
+                    if time.monotonic() - checked_at > 1.0 and open_window is not None and open_window.end is None \
+                            and not leaving:
+                        checked_at = time.monotonic()
+                        running = [w for w in workers if w is not None]
+                        for w in running:
+                            w.check()
+                        if all(w.ready(0.5) for w in running):
+                            open_window.end = time.monotonic() + SETTLE_S
+                            open_window.notes["ready_after_s"] = round(time.monotonic() - open_window.start, 1)
+            say(f"published {n} events at {rate}/s in {time.monotonic() - t_pub:.0f} s; waiting until quiet")
+            for i, t0 in leaving.items():
+                gone = workers[i]
+                assert gone is not None
+                code = gone.stop(timeout_s=120)
+                drains.append(round(time.monotonic() - t0, 2))
+                workers[i] = None
+                say(f"  worker {i} left after SIGTERM in {drains[-1]} s (exit {code})")
+            if open_window is not None and open_window.end is None:
+                open_window.end = time.monotonic()
+            last_change = time.monotonic()
+            last: list[float | None] | None = None
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not quiet within {opts.timeout_s} s")
+                running = [w for w in workers if w is not None]
+                for w in running:
+                    w.check()
+                got = reader.poll(1.0)
+                now = [metric_total(w.web_port) for w in running]
+                if got or now != last:
+                    last_change, last = time.monotonic(), now
+                quiet = time.monotonic() - last_change
+                have_all = all(reader.latest.get(pid) is not None for pid in stream.live)
+                if quiet >= opts.quiet_s and (have_all or quiet >= max(60.0, 4 * opts.quiet_s)):
+                    break
+            topic, messages, arrivals = dict(reader.latest), reader.messages, reader.arrivals
+            reader.close()
+            for slot in workers:
+                if slot is not None:
+                    slot.stop()
+            stored = read_catalog(milvus_uri, opts)
+    finally:
+        for slot in workers:
+            if slot is not None and slot.running:
+                slot.kill()
+        if server is not None:
+            server.stop()
+
+    result = compare(stream, topic, stored, opts.top_k)
+    lags = freshness_of(sent, arrivals)
+    first_quarter_end = windows[0].start if windows else float("inf")
+    warm_until = t_pub + WARM_UP_SHARE * (first_quarter_end - t_pub)
+    per_window: dict[str, list[float]] = {}
+    steady: list[float] = []
+    for at, lag in lags:
+        if lag is None:
+            continue
+        inside = next((w for w in windows if w.start <= at <= (w.end or float("inf"))), None)
+        if inside is not None:
+            per_window.setdefault(inside.name, []).append(lag)
+        elif at >= warm_until:
+            steady.append(lag)
+    steady_stats = _stats(steady)
+    elastic: dict[str, Any] = {
+        "rate_events_per_s": rate, "steady": steady_stats,
+        "windows": {w.name: {**_stats(per_window.get(w.name, [])), **w.notes,
+                             "seconds": round((w.end or w.start) - w.start, 1)} for w in windows},
+        "unanswered_events": sum(1 for _, lag in lags if lag is None), "measured_events": len(lags),
+        "drain_s": drains,
+        "joins": _joins(data_dir),
+    }
+    if steady_stats.get("p99_s"):
+        for w in elastic["windows"].values():
+            if w.get("p99_s") is not None:
+                w["p99_over_steady"] = round(w["p99_s"] / steady_stats["p99_s"], 2)
+    report: dict[str, Any] = {
+        "products": result.products, "equal": result.equal, "equal_share": result.equal_share,
+        "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": 3,
+        "kills": 1, "faults": [], "backfill": 0, "side_index": True,
+        "milvus": "external" if opts.milvus_uri else "milvus-lite server",
+        "elastic": elastic,
+        "details": {"events": n, "live": result.live, "unequal": len(result.unequal),
+                    "examples": {"lost": result.lost[:10], "resurrected": result.resurrected[:10],
+                                 "unequal": result.unequal[:10]},
+                    "neighbour_messages": messages, "seed": opts.seed, "top_k": opts.top_k,
+                    "partitions": opts.partitions, "wall_s": round(time.monotonic() - started, 1),
+                    "data_dir": str(data_dir)},
+    }
+    if not opts.keep and passed(report) and opts.data_dir is None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return report
+
+
+def _joins(data_dir: Path) -> list[dict[str, Any]]:
+    """What each worker start did with its copies, from the workers' logs: downloaded from a peer,
+    restored (and how long), or built from Milvus."""
+    import orjson
+
+    out = []
+    for log in sorted(data_dir.glob("worker-*.log")):
+        for line in log.read_bytes().splitlines():
+            if b"snapshot downloaded" not in line and b"copies restored" not in line and b"side index built" not in line:
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            out.append({"worker": log.stem, "event": doc.get("event"), "seconds": doc.get("seconds"),
+                        **({"caught_up_writes": doc["caught_up_writes"]} if "caught_up_writes" in doc else {})})
+    return out
+
+
+def passed(report: dict[str, Any]) -> bool:
+    """Every list exact, nothing lost or resurrected, every expected message arrived."""
+    return (report["equal"] == report["products"] and not report["lost"] and not report["resurrected"]
+            and report["elastic"]["unanswered_events"] == 0)
