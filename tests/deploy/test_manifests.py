@@ -96,10 +96,11 @@ SECRETISH = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|PRIVATE|API_?KEY", re.
 CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 NAMESPACED_KINDS = {
     "ConfigMap", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget",
-    "NetworkPolicy", "ScaledObject", "ServiceMonitor", "Secret",
+    "NetworkPolicy", "ScaledObject", "ServiceMonitor", "PrometheusRule", "Secret",
 }
 
 
@@ -148,6 +149,12 @@ def worker(docs: list[dict]) -> dict:
 
 def selector_matches(match_labels: dict, labels: dict) -> bool:
     return bool(match_labels) and all(labels.get(k) == v for k, v in match_labels.items())
+
+
+def matches_expressions(expressions: list[dict], labels: dict) -> bool:
+    """Whether ``labels`` satisfy a selector's matchExpressions (operator In only)."""
+    assert all(e["operator"] == "In" for e in expressions)
+    return all(labels.get(e["key"]) in e["values"] for e in expressions)
 
 
 def resolve_port(container: dict, port: int | str) -> int:
@@ -337,9 +344,15 @@ def test_web_settings_match_the_container(overlay):
     assert ports == {"metrics": WEB_PORT}
 
 
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}"
+    return found[0]
+
+
 def test_service_exposes_metrics(overlay):
     _, docs = overlay
-    svc = one(docs, "Service")
+    svc = named(docs, "Service", "simstream-worker")
     labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert selector_matches(svc["spec"]["selector"], labels)
     ports = svc["spec"]["ports"]
@@ -443,15 +456,23 @@ def test_network_policy(overlay):
     assert selector_matches(np["podSelector"]["matchLabels"], labels)
     assert set(np["policyTypes"]) == {"Ingress", "Egress"}
 
-    # Ingress: only the web port, only from the monitoring namespace.
+    # Ingress: only the web port, only from the monitoring namespace (metrics) and from the
+    # workers themselves (a joining worker downloads a peer's snapshot: streams/peers.py).
     assert np["ingress"], "no ingress rule: Prometheus cannot scrape"
     for rule in np["ingress"]:
         assert [(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]] == [("TCP", WEB_PORT)]
         assert rule.get("from"), "ingress open to every pod"
         for peer in rule["from"]:
             assert "ipBlock" not in peer
-            ns = peer["namespaceSelector"]["matchLabels"]
-            assert ns == {"kubernetes.io/metadata.name": "monitoring"}
+            if "namespaceSelector" in peer:
+                assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+            else:  # same namespace: the worker pods only
+                assert matches_expressions(peer["podSelector"]["matchExpressions"], labels)
+                assert not matches_expressions(peer["podSelector"]["matchExpressions"],
+                                               {**labels, "app.kubernetes.io/component": "serve"})
+    egress_to_workers = [r for r in np["egress"] for peer in r.get("to", [])
+                         if "podSelector" in peer and "namespaceSelector" not in peer]
+    assert egress_to_workers and all([p["port"] for p in r["ports"]] == [WEB_PORT] for r in egress_to_workers)
 
     egress_ports = {
         (p.get("protocol", "TCP"), p["port"]) for rule in np["egress"] for p in rule.get("ports", [])
@@ -560,7 +581,14 @@ def test_servicemonitor_component(tmp_path):
     )
     docs = render(tmp_path)
     sm = one(docs, "ServiceMonitor")
-    svc = one(docs, "Service")
+    svc = named(docs, "Service", "simstream-worker")
+    peers = named(docs, "Service", "simstream-worker-peers")
+    selected = [s["metadata"]["name"] for s in docs if s["kind"] == "Service"
+                and selector_matches(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+                and not any(s["metadata"]["labels"].get(e["key"]) in e["values"]
+                            for e in sm["spec"]["selector"].get("matchExpressions", []) if e["operator"] == "NotIn")]
+    assert selected == ["simstream-worker"], "each pod scraped once: the peers Service left out"
+    assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is False
     assert sm["metadata"]["namespace"] == svc["metadata"]["namespace"]
     assert selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
     svc_ports = {p["name"] for p in svc["spec"]["ports"]}
@@ -571,6 +599,35 @@ def test_servicemonitor_component(tmp_path):
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) not in CRD_KINDS:
             validate_builtin(doc)
+
+
+def test_alerts_component(tmp_path):
+    """The optional PrometheusRule: on metrics the worker really exports, in the workers' namespace."""
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731  (kustomize rejects absolute roots)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "simstream",
+        "resources": [rel(K8S / "overlays" / "cpu")], "components": [rel(K8S / "components" / "alerts")]}))
+    docs = render(tmp_path)
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "simstream"
+    from simstream.streams import metrics
+
+    exported = {m.name for m in metrics.REGISTRY.collect()}
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"SimstreamStuckPartition", "SimstreamPartitionStalled"}
+    for r in rules:
+        used = set(re.findall(r"simstream_[a-z_]+", r["expr"]))
+        assert used and used <= exported, (r["alert"], used - exported)
+
+
+def test_peers_service_is_what_the_workers_are_told(overlay):
+    """SIMSTREAM_SNAPSHOT_PEERS names the headless Service of the ready workers, on their web port."""
+    _, docs = overlay
+    peers = named(docs, "Service", "simstream-worker-peers")
+    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selector_matches(peers["spec"]["selector"], labels)
+    host, port = config(docs)["SIMSTREAM_SNAPSHOT_PEERS"].split(":")
+    assert host == peers["metadata"]["name"] and int(port) == WEB_PORT == peers["spec"]["ports"][0]["port"]
 
 
 def test_standby_component(tmp_path):
@@ -598,7 +655,8 @@ def test_standby_component(tmp_path):
     assert not selector_matches(live["spec"]["selector"]["matchLabels"], standby_pods)
     assert not selector_matches(standby["spec"]["selector"]["matchLabels"], live_pods)
     assert selector_matches(standby["spec"]["selector"]["matchLabels"], standby_pods)
-    for kind in ("Service", "PodDisruptionBudget"):
-        selector = one(docs, kind)["spec"]["selector"]
-        assert not selector_matches(selector.get("matchLabels", selector), standby_pods), kind
+    for doc in docs:
+        if doc["kind"] in ("Service", "PodDisruptionBudget"):
+            selector = doc["spec"]["selector"]
+            assert not selector_matches(selector.get("matchLabels", selector), standby_pods), doc["metadata"]["name"]
     assert all(d["spec"]["scaleTargetRef"]["name"] == "simstream-worker" for d in docs if d["kind"] == "ScaledObject")
