@@ -75,6 +75,7 @@ class VectorStore:
         self._readers: ThreadPoolExecutor | None = None  # concurrent sync reads (a server only)
         # Counts the writes applied to the copies (own and synced): a snapshot is due only when it moved
         self.changes = 0
+        self.restored = False  # whether the copies came from a snapshot (else built from Milvus, or none)
 
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int, *, token: str | None = None, in_memory: bool = False,
@@ -174,7 +175,7 @@ class VectorStore:
         if snap is None:
             return False
         read_s = time.perf_counter() - t0
-        self.side, self.tombstones = snap.side, snap.tombstones
+        self.side, self.tombstones, self.restored = snap.side, snap.tombstones, True
         self.mirror = snap.mirror if self.milvus.lists_stamped else None
         self._side_synced_at, self._mirror_synced_at = snap.side_synced_at, snap.mirror_synced_at
         before = self.side.applied

@@ -231,7 +231,8 @@ class Worker:
         self._taken: dict[Partition, int] = {}
         self._watched_at = (time.monotonic(), 0.0, 0)  # (when, busy_s, rebalances) at the last check
         self.snapshot = snapshot
-        self._snapshot_at = self.store.changes if snapshot is not None else 0  # as restored or built: nothing to write yet
+        # restored: nothing new to write yet; built from Milvus: the first tick writes one
+        self._snapshot_at = (self.store.changes if self.store.restored else -1) if snapshot is not None else 0
         self._agents()
         self._pages()
 
