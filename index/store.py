@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.errors import IndexUnavailable
 from simstream.index.all_pairs import AllPairs
 from simstream.index.budget import BUILD_PAGE_ROWS, Footprint, check_fits, side_capacity
 from simstream.index.list_mirror import ListMirror
@@ -179,15 +180,23 @@ class VectorStore:
         self.mirror = snap.mirror if self.milvus.lists_stamped else None
         self._side_synced_at, self._mirror_synced_at = snap.side_synced_at, snap.mirror_synced_at
         before = self.side.applied
-        self._sync({"side", "mirror"} if self.mirror is not None else {"side"})
-        caught_up = self.side.applied - before
         checked = []
-        if len(self.side) != self.milvus.count_products():
-            checked.append("products")
-            self._reconcile_side()
-        if self.mirror is not None and len(self.mirror) != self.milvus.count_lists():
-            checked.append("lists")
-            self._reconcile_mirror()
+        try:
+            self._sync({"side", "mirror"} if self.mirror is not None else {"side"})
+            if len(self.side) != self.milvus.count_products():
+                checked.append("products")
+                self._reconcile_side()
+            if self.mirror is not None and len(self.mirror) != self.milvus.count_lists():
+                checked.append("lists")
+                self._reconcile_mirror()
+        except IndexUnavailable:
+            raise  # Milvus down: the caller waits for it, as for a build
+        except Exception as exc:  # anything else: the snapshot is not worth a failed start
+            log.warning("catching a snapshot up failed; building from Milvus", error=repr(exc)[:300])
+            self.side = self.mirror = self.tombstones = None
+            self.restored = False
+            return False
+        caught_up = self.side.applied - before
         if self.mirror is not None:
             self.side.set_bars(self.mirror.boundaries(self.side.ids()))
         log.info("copies restored from a snapshot", path=str(path), products=len(self.side),
