@@ -12,7 +12,8 @@ if [ "$#" -eq 0 ]; then
   if unshare -n true 2>/dev/null; then
     echo "--- the same index and pipeline tests on a real Milvus 2.3.5 server ---"
     bash scripts/with-milvus-server.sh .venv/bin/python -m pytest -q \
-      tests/index tests/streams/test_worker_integration.py tests/harness/test_migration_proof.py
+      tests/index tests/streams/test_worker_integration.py tests/harness/test_migration_proof.py \
+      tests/harness/test_elastic_proof.py
   else
     echo "SKIPPED real-Milvus phase: this machine cannot create a private network namespace (unshare -n)"
   fi
