@@ -383,6 +383,14 @@ class SideIndex:
         rows = np.flatnonzero(self._live[:n] & (self._meta.updated_at[:n] >= since_ms))
         return [self._ids[r] for r in rows.tolist()]  # type: ignore[misc]
 
+    def newest(self, count: int) -> dict[str, int]:
+        """The ``count`` live products written last, with their write times."""
+        n = len(self._ids)
+        rows = np.flatnonzero(self._live[:n])
+        stamps = self._meta.updated_at[rows]
+        top = rows[np.argsort(-stamps, kind="stable")[:count]]
+        return {self._ids[r]: int(self._meta.updated_at[r]) for r in top.tolist()}  # type: ignore[misc]
+
     def written_at(self, ids: Iterable[str]) -> dict[str, int]:
         """When the held version of each live product among ``ids`` was written."""
         updated = self._meta.updated_at

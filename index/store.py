@@ -48,10 +48,18 @@ from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["VectorStore"]
+__all__ = ["VectorStore", "REGRESSION_PROBE"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+# A restored snapshot's newest rows are looked up in Milvus first: one of them older there means
+# Milvus went back in time (a backup restored) and the snapshot is not used.
+REGRESSION_PROBE = 64
+
+
+class _NotUsable(Exception):
+    """A snapshot found not to fit Milvus after all."""
 
 
 class VectorStore:
@@ -181,7 +189,15 @@ class VectorStore:
         self._side_synced_at, self._mirror_synced_at = snap.side_synced_at, snap.mirror_synced_at
         before = self.side.applied
         checked = []
+        newest = self.side.newest(REGRESSION_PROBE)
         try:
+            # Milvus must not be older than the snapshot (restored from a backup): then the
+            # snapshot's newest rows would be missing or older there, and the sync, which reads
+            # only what is newer, could not tell.
+            there = {pid: p.updated_at for pid, p in self.milvus.read_products(list(newest), with_vectors=False).items()}
+            if any(there.get(pid, t) < t for pid, t in newest.items()):
+                log.warning("Milvus holds older rows than the snapshot (restored from a backup?); building from Milvus")
+                raise _NotUsable
             self._sync({"side", "mirror"} if self.mirror is not None else {"side"})
             if len(self.side) != self.milvus.count_products():
                 checked.append("products")
@@ -192,7 +208,8 @@ class VectorStore:
         except IndexUnavailable:
             raise  # Milvus down: the caller waits for it, as for a build
         except Exception as exc:  # anything else: the snapshot is not worth a failed start
-            log.warning("catching a snapshot up failed; building from Milvus", error=repr(exc)[:300])
+            if not isinstance(exc, _NotUsable):
+                log.warning("catching a snapshot up failed; building from Milvus", error=repr(exc)[:300])
             self.side = self.mirror = self.tombstones = None
             self.restored = False
             return False

@@ -181,3 +181,25 @@ def test_a_lite_file_restores_after_its_process_wrote_past_the_snapshot(tmp_path
         assert held(back) == want
     finally:
         back.close()
+
+
+def test_a_milvus_older_than_the_snapshot_is_built_from_not_restored(small_store, tmp_path):
+    """Milvus restored from a backup: its rows are older than the snapshot's, which the sync (it
+    reads only what is newer) cannot see; the probe of the snapshot's newest rows does."""
+    store, rng = small_store, np.random.default_rng(2)
+    store.milvus.exclusive = False
+    vectors = {f"p{i:02d}": rng.normal(size=DIM).astype(np.float32) for i in range(10)}
+    store.upsert_products([row(p, v, 1) for p, v in vectors.items()])
+    store.load_into_memory()
+    time.sleep(0.01)
+    store.upsert_products([row("p03", vectors["p03"] * 2, 2)])  # the snapshot holds version 2
+    path = snapshot_path(tmp_path, "u")
+    store.save_snapshot(path)
+    old = row("p03", vectors["p03"], 1)
+    old["updated_at"] -= 60_000  # the backup's row: version 1, written before
+    store.milvus.client.upsert(store.milvus.products, [old])
+    store.flush()
+    again = VectorStore(store.milvus)
+    again.load_into_memory(path)
+    assert not again.restored and again.side is not None
+    assert again.side.get(["p03"])["p03"].version == 1
