@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="another model setting of the migration's new generation (simstream migrate --set)")
     ap.add_argument("--elastic", action="store_true",
                     help="the elastic proof: a paced stream; 1 -> 3 workers at a quarter (joiners download a peer's "
-                         "snapshot), a SIGKILL at three eighths, 3 -> 1 by SIGTERM at three quarters; freshness per "
-                         "change against steady state (harness/elastic.py)")
+                         "snapshot), a SIGKILL at three eighths, a rolling restart at half, 3 -> 1 by SIGTERM at "
+                         "three quarters; freshness per change against steady state (harness/elastic.py)")
     ap.add_argument("--rate", type=float, default=15.0, help="--elastic: events per second offered (about half of "
                                                             "what one worker sustains)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")

@@ -9,8 +9,12 @@ and a rolling upgrade would:
   download the running worker's (``SIMSTREAM_SNAPSHOT_PEERS``, streams/peers.py);
 - at three eighths, a random worker is SIGKILLed and started again at once (it restores its own
   snapshot, or builds);
-- at three quarters, two workers leave with SIGTERM, together (3 -> 1): a graceful leave, timed
-  from the signal to the process's exit.
+- at half, a rolling restart: each worker in turn gets SIGTERM, is started again once it has
+  left (with its data volume: its own snapshot), and the next goes once it is ready (the
+  Deployment's ``maxSurge: 1, maxUnavailable: 0`` order);
+- at three quarters, two workers leave with SIGTERM, together (3 -> 1): a graceful leave.
+Each change waits for the one before to end. Every SIGTERM is timed from the signal to the
+process's exit (``drain_s``).
 
 Freshness is measured per event: from its send to the first list of that product at that version
 or newer (a tombstone for a delete), as received by a reader polling between sends. Each change
@@ -165,19 +169,26 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             settings = Settings(kafka=broker.url, topic_partitions=opts.partitions, app_id=app_id)
             reader = ArrivalReader(settings)
             n = len(stream.events)
-            plan = {n // 4: "scale_out", (3 * n) // 8: "sigkill", (3 * n) // 4: "scale_in"}
+            plan = [(n // 4, "scale_out"), ((3 * n) // 8, "sigkill"), (n // 2, "rolling"), ((3 * n) // 4, "scale_in")]
             sent: list[tuple[str, int, str, float, bool]] = []
             checked_at = 0.0
             open_window: Window | None = None
-            leaving: dict[int, float] = {}
+            leaving: dict[int, float] = {}  # worker -> when it got SIGTERM
+            rolling: list[int] = []  # a rolling restart: the workers still to restart, the first one now
             t_pub = time.monotonic()
+
+            def stop_gracefully(i: int) -> None:
+                workers[i].terminate()  # type: ignore[union-attr]
+                leaving[i] = time.monotonic()
+
             with EventProducer(settings) as producer:
-                for k, doc in enumerate(stream.events):
+                k = 0  # events sent; after the last one, the changes still to come go on
+                while k < n or plan or rolling or leaving or (open_window is not None and open_window.end is None):
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"publishing passed the {opts.timeout_s} s bound")
-                    if (action := plan.get(k)) is not None:
-                        if open_window is not None and open_window.end is None:
-                            open_window.end = time.monotonic()  # the next change began first
+                    # the next change, once its moment came and the one before has ended
+                    if plan and k >= min(plan[0][0], n - 1) and (open_window is None or open_window.end is not None):
+                        action = plan.pop(0)[1]
                         open_window = Window(action, time.monotonic())
                         windows.append(open_window)
                         if action == "scale_out":
@@ -187,43 +198,53 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
                             workers[victim].kill()  # type: ignore[union-attr]
                             start(victim)
                             open_window.notes["victim"] = victim
+                        elif action == "rolling":  # one at a time, as the Deployment's maxSurge 1 / maxUnavailable 0
+                            rolling = [i for i, w in enumerate(workers) if w is not None]
+                            stop_gracefully(rolling[0])
                         else:
                             for i in (1, 2):
-                                workers[i].terminate()  # type: ignore[union-attr]
-                                leaving[i] = time.monotonic()
+                                stop_gracefully(i)
                         say(f"  {action} at event {k} ({time.monotonic() - t_pub:.0f} s)")
-                    due = t_pub + k / rate
-                    while (wait := due - time.monotonic()) > 0:
-                        reader.poll(min(wait, 0.2))
-                    producer.send(doc)
-                    if wanted[k][0]:
-                        sent.append((doc["product_id"], int(doc["version"]), doc["op"], time.monotonic(), wanted[k][1]))
+                    if k < n:
+                        due = t_pub + k / rate
+                        while (wait := due - time.monotonic()) > 0:
+                            reader.poll(min(wait, 0.2))
+                        doc = stream.events[k]
+                        producer.send(doc)
+                        if wanted[k][0]:
+                            sent.append((doc["product_id"], int(doc["version"]), doc["op"], time.monotonic(),
+                                         wanted[k][1]))
+                        k += 1
+                    else:
+                        reader.poll(0.2)
                     for i, t0 in list(leaving.items()):
                         if not workers[i].running:  # type: ignore[union-attr]
                             drains.append(round(time.monotonic() - t0, 2))
                             say(f"  worker {i} left after SIGTERM in {drains[-1]} s "
                                 f"(exit {workers[i].proc.returncode})")  # type: ignore[union-attr]
-                            workers[i] = None
                             del leaving[i]
-                    if time.monotonic() - checked_at > 1.0 and open_window is not None and open_window.end is None \
-                            and not leaving:
-                        checked_at = time.monotonic()
-                        running = [w for w in workers if w is not None]
-                        for w in running:
-                            w.check()
-                        if all(w.ready(0.5) for w in running):
-                            open_window.end = time.monotonic() + SETTLE_S
-                            open_window.notes["ready_after_s"] = round(time.monotonic() - open_window.start, 1)
-            say(f"published {n} events at {rate}/s in {time.monotonic() - t_pub:.0f} s; waiting until quiet")
-            for i, t0 in leaving.items():
-                gone = workers[i]
-                assert gone is not None
-                code = gone.stop(timeout_s=120)
-                drains.append(round(time.monotonic() - t0, 2))
-                workers[i] = None
-                say(f"  worker {i} left after SIGTERM in {drains[-1]} s (exit {code})")
-            if open_window is not None and open_window.end is None:
-                open_window.end = time.monotonic()
+                            if rolling and rolling[0] == i:
+                                start(i)  # its replacement (the same data volume: its own snapshot)
+                            else:
+                                workers[i] = None
+                    if time.monotonic() - checked_at < 1.0 or open_window is None or open_window.end is not None \
+                            or leaving:
+                        continue
+                    checked_at = time.monotonic()
+                    running = [w for w in workers if w is not None]
+                    for w in running:
+                        w.check()
+                    if not all(w.ready(0.5) for w in running):
+                        continue
+                    if rolling:  # the restarted one serves: the next
+                        rolling.pop(0)
+                        if rolling:
+                            stop_gracefully(rolling[0])
+                            continue
+                    open_window.end = time.monotonic() + SETTLE_S
+                    open_window.notes["ready_after_s"] = round(time.monotonic() - open_window.start, 1)
+            say(f"published {n} events at {rate}/s and made every change in {time.monotonic() - t_pub:.0f} s; "
+                "waiting until quiet")
             last_change = time.monotonic()
             last: list[float | None] | None = None
             while True:
