@@ -1,20 +1,20 @@
 """The stuck-partition watchdog: a partition this worker holds whose events wait and never move.
 
-Faust has open reports of partitions that are never fetched again after a rebalance 
-(faust-streaming #629): the worker stays in the group, healthy and ready, and that partition's events wait
-forever, so its products' lists go stale with no error anywhere. Every ``WATCHDOG_INTERVAL_S`` the
-watchdog compares, per assigned partition of the events and refresh topics, where this worker
-stands (the offset after the last record it took, or the group's committed offset) with the
-broker's end offset (a ListOffsets request, independent of the fetches that stopped). A partition
-whose events wait and whose position has not moved for ``SIMSTREAM_STUCK_PARTITION_AFTER_S`` of the
-worker's *free* time (no step in flight, no rebalance: a long every-list pass holds every
-partition, rightly) is a suspect; a read of the record at its position confirms that an event is
-really there (so a broker that misreports end offsets cannot cause a restart loop; the embedded
-Tansu counts a batch of records as one). A confirmed stuck partition is logged, counted
-(``simstream_stuck_partitions``; deploy/k8s/components/alerts) and recovered by stopping the
-worker: Faust commits and leaves the group, the supervisor starts it again, and it restores its
-copies from its snapshot in seconds (index/snapshot.py). A restart is the one recovery sure to
-reset Faust's fetcher state.
+Faust has open reports of partitions that are never fetched again after a rebalance
+(faust-streaming #629): the worker stays in the group, healthy and ready, and that partition's
+events wait forever, so its products' lists go stale with no error anywhere. Every
+``WATCHDOG_INTERVAL_S`` the watchdog compares, per assigned partition of the events and refresh
+topics, where this worker stands (the offset after the last record it took, or the group's
+committed offset) with the broker's end offset (a ListOffsets request, independent of the fetches
+that stopped). A partition whose events wait and whose position has not moved for
+``SIMSTREAM_STUCK_PARTITION_AFTER_S`` of the worker's *free* time (no step in flight, no rebalance:
+a long every-list pass holds every partition, rightly) is a suspect; a read of the record at its
+position confirms that an event is really there (so a broker that misreports end offsets cannot
+cause a restart loop; the embedded Tansu counts a batch of records as one). A confirmed stuck
+partition is logged, counted (``simstream_stuck_partitions``; deploy/k8s/components/alerts) and
+recovered by stopping the worker: Faust commits and leaves the group, the supervisor starts it
+again, and it restores its copies from its snapshot in seconds (index/snapshot.py). A restart is
+the one recovery sure to reset Faust's fetcher state.
 """
 
 from __future__ import annotations
