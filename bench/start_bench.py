@@ -64,6 +64,30 @@ def timed_start(worker: Any, producer: Any, run: Any, timeout_s: float) -> dict[
     return out
 
 
+PHASES = ("starting worker", "in-memory index copies fit", "encoders ready", "ingested", "refreshed")
+
+
+def phases(log: Path, since: int) -> dict[str, float]:
+    """Seconds from "starting worker" (settings read, imports done) to each phase's first log line,
+    for the start whose "starting worker" line is the ``since``-th (0: the first)."""
+    from datetime import datetime
+
+    found: dict[str, float] = {}
+    starts = 0
+    for e in worker_log_events(log, PHASES):
+        t = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+        if e["event"] == "starting worker":
+            starts += 1
+            if starts == since + 1:
+                found = {"starting worker": t}
+            elif starts > since + 1:
+                break
+        elif found and e["event"] not in found:
+            found[e["event"]] = t
+    t0 = found.pop("starting worker", None)
+    return {k: round(v - t0, 1) for k, v in found.items()} if t0 is not None else {}
+
+
 def copies(log: Path, since: int) -> list[dict[str, Any]]:
     """What the worker's log says about its copies, from line ``since`` on."""
     keep = ("seconds", "products", "lists", "mib", "read_s", "caught_up_writes", "checked_row_by_row", "age_s")
@@ -104,6 +128,7 @@ def worker_run(n: int, seed: int, timeout_s: float) -> dict[str, Any]:
                 try:
                     res["built"] = timed_start(a, producer, run, timeout_s)
                     res["built"]["copies"] = copies(a.log_path, 0)
+                    res["built"]["phases_s"] = phases(a.log_path, 0)
                     # A's first snapshot: at its interval, or ask for it by waiting
                     deadline = time.monotonic() + timeout_s
                     snapshot: Path | None = None
@@ -116,6 +141,7 @@ def worker_run(n: int, seed: int, timeout_s: float) -> dict[str, Any]:
                     res["snapshot_mib"] = round(snapshot.stat().st_size / 2**20, 1)
                     res["peer_join"] = timed_start(b, producer, run, timeout_s)
                     res["peer_join"]["copies"] = copies(b.log_path, 0)
+                    res["peer_join"]["phases_s"] = phases(b.log_path, 0)
                     seen = len(worker_log_events(a.log_path, COPIES_EVENTS))
                     t0 = time.monotonic()
                     code = a.stop(timeout_s=120)
@@ -128,6 +154,7 @@ def worker_run(n: int, seed: int, timeout_s: float) -> dict[str, Any]:
                     seen = len(worker_log_events(a.log_path, COPIES_EVENTS))
                     res["own_restart"] = timed_start(a, producer, run, timeout_s)
                     res["own_restart"]["copies"] = copies(a.log_path, seen)
+                    res["own_restart"]["phases_s"] = phases(a.log_path, 1)
                 finally:
                     for w in (a, b):
                         if w.running:

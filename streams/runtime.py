@@ -7,6 +7,7 @@ import ctypes.util
 import gc
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,11 +171,19 @@ def build_worker(settings: Settings, *, base: Settings | None = None, tag: str =
     the deployment's, for the control record; None: no fence, tests that run one generation)."""
     single_threaded_numpy()
     snapshot = worker_snapshot(settings)
+    download: threading.Thread | None = None
     if snapshot is not None and not snapshot.exists() and settings.snapshot_peers:
+        # from a peer, while the models load (the download waits on the network, the models on the disk)
         limit = memory_limit(settings.memory_limit_bytes)
-        fetch_snapshot(settings.snapshot_peers, settings.collection, snapshot, max_bytes=limit.bytes if limit else None,
-                       timeout_s=settings.snapshot_fetch_timeout_s)
-    ingest, refresher = build_steps(settings, wait_for_milvus=True, snapshot=snapshot)
+        download = threading.Thread(target=fetch_snapshot, name="snapshot-download", daemon=True,
+                                    args=(settings.snapshot_peers, settings.collection, snapshot),
+                                    kwargs={"max_bytes": limit.bytes if limit else None,
+                                            "timeout_s": settings.snapshot_fetch_timeout_s})
+        download.start()
+    encoder = ProductEncoder(settings)
+    if download is not None:
+        download.join()
+    ingest, refresher = build_steps(settings, encoder, wait_for_milvus=True, snapshot=snapshot)
     encoder = ingest.encoder
     encoder.warm_up()
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
