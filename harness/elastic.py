@@ -135,6 +135,7 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
     data_dir = opts.data_dir or Path(tempfile.mkdtemp(prefix="simstream-elastic-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     app_id = f"elastic-{opts.seed}-{int(time.time())}"
+    collection = f"elastic_{opts.seed}_{int(time.time())}"  # its own collections on a shared server
     rng = random.Random(opts.seed + 3)
     server: MilvusServer | None = None
     workers: list[WorkerProcess | None] = [None, None, None]
@@ -150,13 +151,15 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             ports = [free_port() for _ in workers]
             base_env = {
                 "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_APP_ID": app_id, "SIMSTREAM_MILVUS_URI": milvus_uri,
-                "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
+                "SIMSTREAM_COLLECTION": collection, "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
                 "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
                 "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
                 "SIMSTREAM_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
                 # every worker may fetch from every other (a headless Service lists them all)
                 "SIMSTREAM_SNAPSHOT_PEERS": ",".join(f"127.0.0.1:{p}" for p in ports),
             }
+            if opts.milvus_uri:  # a Milvus server seals segments itself
+                base_env["SIMSTREAM_FLUSH_EVERY_ROWS"] = "0"
 
             def start(i: int) -> WorkerProcess:
                 (data_dir / f"worker-{i}").mkdir(parents=True, exist_ok=True)
@@ -266,7 +269,7 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             for slot in workers:
                 if slot is not None:
                     slot.stop()
-            stored = read_catalog(milvus_uri, opts)
+            stored = read_catalog(milvus_uri, opts, collection=collection)
     finally:
         for slot in workers:
             if slot is not None and slot.running:
