@@ -19,12 +19,13 @@ loop, testable with any stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import ssl
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol, Sequence, cast
+from typing import Any, Awaitable, Callable, Iterator, Protocol, Sequence, cast
 
 import faust
 from aiohttp.web import FileResponse
@@ -229,6 +230,7 @@ class Worker:
         self.broker_view = BrokerView(s)
         self.on_stuck: Callable[[list[Partition]], None] = _stop_this_worker
         self._taken: dict[Partition, int] = {}
+        self._handlers, self._handled_s = 0, 0.0  # batches being handled now; seconds spent handling
         self._watched_at = (time.monotonic(), 0.0, 0)  # (when, busy_s, rebalances) at the last check
         self.snapshot = snapshot
         # restored: nothing new to write yet; built from Milvus: the first tick writes one
@@ -267,7 +269,8 @@ class Worker:
         """Validate, coalesce, encode and index product events; route refresh work by list owner."""
         async def handle(records: Sequence[RawRecord]) -> Handled:
             self._took(self.settings.events_topic, records)
-            return await self.path.ingest(records, backlog=self.backlog(records))
+            with self._handling():
+                return await self.path.ingest(records, backlog=self.backlog(records))
 
         await consume(cast(BatchStream, stream), size=self.settings.batch_size,
                       within_s=self.settings.batch_within_s, handle=handle)
@@ -276,11 +279,23 @@ class Worker:
         """Recompute the neighbour lists this worker owns and publish the ones that changed."""
         async def handle(records: Sequence[RawRecord]) -> Handled:
             self._took(self.settings.refresh_topic, records)
-            await self.path.refresh(records)
+            with self._handling():
+                await self.path.refresh(records)
             return None
 
         await consume(cast(BatchStream, stream), size=refresh_batch_size(self.settings),
                       within_s=self.settings.refresh_within_s, handle=handle)
+
+    @contextlib.contextmanager
+    def _handling(self) -> Iterator[None]:
+        """Time spent handling a batch (outage waits included): not free time for the watchdog."""
+        self._handlers += 1
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self._handlers -= 1
+            self._handled_s += time.monotonic() - t0
 
     def _took(self, topic: str, records: Sequence[RawRecord]) -> None:
         for r in records:
@@ -292,14 +307,17 @@ class Worker:
         if self.stall is None:
             return
         app = self.app
-        now, busy, rebalances = time.monotonic(), self.run.busy_s, int(getattr(app, "rebalancing_count", 0))
+        now, rebalances = time.monotonic(), int(getattr(app, "rebalancing_count", 0))
+        busy = max(self.run.busy_s, self._handled_s)
         last_at, last_busy, last_rebalances = self._watched_at
         self._watched_at = (now, busy, rebalances)
         if rebalances != last_rebalances or getattr(app, "rebalancing", False):
             self._taken.clear()  # partitions moved: a returning one resumes at its committed offset
             self.stall = StallClock(self.stall.stuck_after_s)
             return
-        free_s = 0.0 if self.run.busy_since is not None else max(0.0, (now - last_at) - (busy - last_busy))
+        # free: waiting for input, nothing handled (an outage's wait is handling), no step running
+        working = self.run.busy_since is not None or self._handlers > 0
+        free_s = 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
         names = {self.settings.events_topic, self.settings.refresh_topic}
         try:
             assigned = sorted((tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in names)

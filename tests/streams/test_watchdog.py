@@ -72,6 +72,10 @@ def test_a_free_worker_with_a_stuck_partition_recovers_and_a_caught_up_one_does_
         assert stuck == []  # 30 s of free time
         check(0.0, busy_s=100.0)  # a long step ran meanwhile: the worker was not free
         assert stuck == []
+        worker._handlers = 1  # a batch waiting out a Milvus outage: not free either, however long
+        check(500.0)
+        worker._handlers = 0
+        assert stuck == []
         check(20.0)
         assert stuck == []  # 50 s
         check(15.0)
