@@ -405,18 +405,22 @@ class Worker:
 
     # --- web pages ----------------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
-        """What /readyz answers: ready when assigned, not rebalancing, Milvus and Kafka answering,
-        and no step stuck on the worker thread."""
+        """What /readyz answers: ready when the consumer has joined the group and no rebalance
+        runs, Milvus and Kafka answer, and no step is stuck on the worker thread. A member the
+        group gave no partition is ready too (``assigned_partitions`` 0): Faust's assignor gives
+        each at most ceil(partitions / members), keeping earlier owners, so with 4 partitions and
+        3 workers a restarted one may hold none; waiting for one would stall a rolling update."""
         app, run = self.app, self.run
         rebalancing = bool(getattr(app, "rebalancing", False))
+        joined = int(getattr(app, "rebalancing_count", 0) or 0) > 0 or int(getattr(app, "consumer_generation_id", 0) or 0) > 0
         try:
             assigned = len(app.consumer.assignment())
         except Exception:  # consumer not started yet
-            assigned = 0
+            assigned, joined = 0, False
         busy = run.busy_since
         stuck = busy is not None and time.monotonic() - busy > 2 * self.settings.milvus_timeout_s + 60
-        ready = not rebalancing and assigned > 0 and run.index_ready and self.outbox.answering and not stuck
-        return {"ready": ready, "rebalancing": rebalancing, "assigned_partitions": assigned,
+        ready = not rebalancing and joined and run.index_ready and self.outbox.answering and not stuck
+        return {"ready": ready, "rebalancing": rebalancing, "joined": joined, "assigned_partitions": assigned,
                 "milvus": run.index_ready, "kafka": self.outbox.answering, "step_stuck": stuck}
 
     def _pages(self) -> None:
