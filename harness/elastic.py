@@ -296,7 +296,11 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
         "rate_events_per_s": rate, "steady": steady_stats,
         "windows": {w.name: {**_stats(per_window.get(w.name, [])), **w.notes,
                              "seconds": round((w.end or w.start) - w.start, 1)} for w in windows},
-        "unanswered_events": sum(1 for _, lag in lags if lag is None), "measured_events": len(lags),
+        # no message at all after it, and the product ends deleted: created and deleted between
+        # two batches, there was never a list to publish (nor a tombstone for it)
+        "unanswered_events": sum(1 for (pid, *_), (_, lag) in zip(sent, lags) if lag is None and pid not in stream.deleted),
+        "never_listed_deleted": sum(1 for (pid, *_), (_, lag) in zip(sent, lags) if lag is None and pid in stream.deleted),
+        "measured_events": len(lags),
         "drain_s": drains,
         "joins": _joins(data_dir),
     }
