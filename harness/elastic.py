@@ -282,18 +282,21 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
     first_quarter_end = windows[0].start if windows else float("inf")
     warm_until = t_pub + WARM_UP_SHARE * (first_quarter_end - t_pub)
     per_window: dict[str, list[float]] = {}
-    steady: list[float] = []
+    steady: list[float] = []  # one worker, warmed up, before the first change
+    between: list[float] = []  # outside every window after the first change (recovery tails included)
     for at, lag in lags:
         if lag is None:
             continue
         inside = next((w for w in windows if w.start <= at <= (w.end or float("inf"))), None)
         if inside is not None:
             per_window.setdefault(inside.name, []).append(lag)
-        elif at >= warm_until:
+        elif warm_until <= at < first_quarter_end:
             steady.append(lag)
+        elif at >= first_quarter_end:
+            between.append(lag)
     steady_stats = _stats(steady)
     elastic: dict[str, Any] = {
-        "rate_events_per_s": rate, "steady": steady_stats,
+        "rate_events_per_s": rate, "steady": steady_stats, "between_changes": _stats(between),
         "windows": {w.name: {**_stats(per_window.get(w.name, [])), **w.notes,
                              "seconds": round((w.end or w.start) - w.start, 1)} for w in windows},
         # no message at all after it, and the product ends deleted: created and deleted between
