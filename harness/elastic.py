@@ -19,8 +19,9 @@ process's exit (``drain_s``).
 Freshness is measured per event: from its send to the first list of that product at that version
 or newer (a tombstone for a delete), as received by a reader polling between sends. Each change
 opens a window that closes when every running worker answers /readyz again plus ``SETTLE_S``; the
-report gives p50/p99 per window and for the steady state (every event outside the windows after
-the first quarter's first ``WARM_UP_SHARE``). Then, with everything quiet, the lists on the
+report gives p50/p99 per window, for the steady state (one worker, warmed up: the first quarter
+after its first ``WARM_UP_SHARE``) and between the changes (outside every window after the first,
+the tail of a change's backlog included). Then, with everything quiet, the lists on the
 neighbour topic are compared with the exact oracle as in the exactness proof (0 lost, 0
 resurrected, 100 % equal).
 """
