@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
-from simstream.harness.exactness import Options, compare, metric_total, read_catalog
+from simstream.harness.exactness import Options, compare, metric_total, milvus_for, proof_env, read_catalog
 from simstream.harness.synthetic import Stream, generate_stream
 from simstream.settings import Settings
 from simstream.streams.neighbour_reader import NeighbourReader
@@ -144,17 +144,10 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
     drains: list[float] = []
     try:
         with EmbeddedBroker() as broker:
-            if opts.milvus_uri:
-                milvus_uri = opts.milvus_uri
-            else:
-                server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
-                milvus_uri = server.uri
+            milvus_uri, server = milvus_for(opts, data_dir, shared=True)
             ports = [free_port() for _ in workers]
             base_env = {
-                "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_APP_ID": app_id, "SIMSTREAM_MILVUS_URI": milvus_uri,
-                "SIMSTREAM_COLLECTION": collection, "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
-                "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
-                "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
+                **proof_env(opts, broker.url, app_id, milvus_uri), "SIMSTREAM_COLLECTION": collection,
                 "SIMSTREAM_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
                 # every worker may fetch from every other (a headless Service lists them all)
                 "SIMSTREAM_SNAPSHOT_PEERS": ",".join(f"127.0.0.1:{p}" for p in ports),

@@ -41,7 +41,8 @@ from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
 __all__ = [
-    "SCORE_TOLERANCE", "metric_total", "oracle_lists", "Comparison", "compare", "Options", "run_exactness", "run_backfill",
+    "SCORE_TOLERANCE", "metric_total", "oracle_lists", "Comparison", "compare", "Options", "milvus_for", "proof_env",
+    "run_exactness", "run_backfill",
     "inject", "read_catalog", "reencode_error", "explain", "summary_line"
 ]
 
@@ -164,6 +165,28 @@ class Options:
     log: Callable[[str], None] = print
 
 
+def milvus_for(opts: Options, data_dir: Path, *, shared: bool) -> tuple[str, MilvusServer | None]:
+    """Where a proof's workers keep the index: the Milvus given, else an embedded ``milvus-lite
+    server`` when ``shared`` (several workers, or faults injected into it), else a milvus-lite
+    file; with the server it started, for the caller to stop."""
+    if opts.milvus_uri:
+        return opts.milvus_uri, None
+    if shared:
+        server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
+        return server.uri, server
+    return str(data_dir / "milvus" / "simstream.db"), None
+
+
+def proof_env(opts: Options, broker_url: str, app_id: str, milvus_uri: str) -> dict[str, str]:
+    """The settings every proof's workers share: the stream and the index, text-only, JSON logs."""
+    return {
+        "SIMSTREAM_KAFKA": broker_url, "SIMSTREAM_APP_ID": app_id, "SIMSTREAM_MILVUS_URI": milvus_uri,
+        "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
+        "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
+        "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
+    }
+
+
 def run_exactness(opts: Options) -> dict[str, Any]:
     """Run the whole proof; returns the report (the --json document plus details)."""
     say = opts.log
@@ -182,20 +205,10 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     rng = random.Random(opts.seed + 1)
     try:
         with EmbeddedBroker() as broker:
-            if opts.milvus_uri:
-                milvus_uri = opts.milvus_uri
-            elif opts.workers > 1 or any(kind.startswith("milvus") for kind, _ in opts.faults):
-                server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
-                milvus_uri = server.uri
-            else:
-                milvus_uri = str(data_dir / "milvus" / "simstream.db")
-            base_env = {
-                "SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_APP_ID": app_id, "SIMSTREAM_MILVUS_URI": milvus_uri,
-                "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
-                "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
-                "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
-                "SIMSTREAM_SIDE_INDEX": "true" if opts.side_index else "false",
-            }
+            milvus_uri, server = milvus_for(
+                opts, data_dir, shared=opts.workers > 1 or any(kind.startswith("milvus") for kind, _ in opts.faults))
+            base_env = {**proof_env(opts, broker.url, app_id, milvus_uri),
+                        "SIMSTREAM_SIDE_INDEX": "true" if opts.side_index else "false"}
             if opts.candidate_pool:
                 base_env["SIMSTREAM_CANDIDATE_POOL"] = str(opts.candidate_pool)
             if opts.bulk_min_backlog is not None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from simstream.generations import ControlRecord, generation_settings
 from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
-from simstream.harness.exactness import Options, compare, metric_total, read_catalog
+from simstream.harness.exactness import Options, compare, metric_total, milvus_for, proof_env, read_catalog
 from simstream.harness.synthetic import Stream, generate_stream
 from simstream.index.control import ControlStore
 from simstream.index.milvus import close_client, open_client
@@ -135,16 +135,9 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
     report: dict[str, Any] = {}
     try:
         with EmbeddedBroker() as broker:
-            if opts.milvus_uri:
-                uri = opts.milvus_uri
-            else:
-                server = MilvusServer(data_dir / "milvus", data_dir / "milvus-server.log").start()
-                uri = server.uri
-            env = {"SIMSTREAM_KAFKA": broker.url, "SIMSTREAM_APP_ID": app_id, "SIMSTREAM_MILVUS_URI": uri,
-                   "SIMSTREAM_COLLECTION": collection, "SIMSTREAM_IMAGE_ENABLED": "false",
-                   "SIMSTREAM_SESSION_TIMEOUT_S": "6", "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions),
-                   "SIMSTREAM_TOP_K": str(opts.top_k), "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_FLUSH_EVERY_ROWS": "0",
-                   "SIMSTREAM_KAFKA_TIMEOUT_S": "10"}
+            uri, server = milvus_for(opts, data_dir, shared=True)
+            env = {**proof_env(opts, broker.url, app_id, uri), "SIMSTREAM_COLLECTION": collection,
+                   "SIMSTREAM_FLUSH_EVERY_ROWS": "0", "SIMSTREAM_KAFKA_TIMEOUT_S": "10"}
             fleet = Fleet(env, data_dir, live=opts.workers, say=say)
             fleet.start(timeout_s=min(240.0, deadline - time.monotonic()))
             settings = Settings(kafka=broker.url, topic_partitions=opts.partitions, app_id=app_id)
