@@ -14,7 +14,10 @@ and a rolling upgrade would:
   Deployment's ``maxSurge: 1, maxUnavailable: 0`` order);
 - at three quarters, two workers leave with SIGTERM, together (3 -> 1): a graceful leave.
 Each change waits for the one before to end. Every SIGTERM is timed from the signal to the
-process's exit (``drain_s``).
+process's exit (``drain_s``); a worker still running ``GRACE_S`` after it is SIGKILLed, as the
+kubelet would (``killed_after_grace``). A worker that exits unasked (its watchdog found a stuck
+partition or a rebalance that never ended) is started again, as its pod would be
+(``restarted_after_own_exit``).
 
 Freshness is measured per event: from its send to the first list of that product at that version
 or newer (a tombstone for a delete), as received by a reader polling between sends. Each change
@@ -46,12 +49,15 @@ from simstream.settings import Settings
 from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
-__all__ = ["SETTLE_S", "WARM_UP_SHARE", "SNAPSHOT_INTERVAL_S", "ArrivalReader", "Window", "freshness_of", "run_elastic",
+__all__ = ["SETTLE_S", "WARM_UP_SHARE", "SNAPSHOT_INTERVAL_S", "STUCK_AFTER_S", "GRACE_S", "CHANGE_BOUND_S", "ArrivalReader", "Window", "freshness_of", "run_elastic",
            "passed"]
 
 SETTLE_S = 5.0  # a change's window stays open this long after every worker is ready again
 WARM_UP_SHARE = 0.25  # of the first quarter: the first worker's warm-up, not steady state
 SNAPSHOT_INTERVAL_S = 5.0  # the workers' SIMSTREAM_SNAPSHOT_INTERVAL_S here: a joiner finds a recent one
+STUCK_AFTER_S = 30.0  # the workers' watchdog bound (streams/watchdog.py): the session timeout here is 6 s
+GRACE_S = 60.0  # deploy/k8s/base/deployment.yaml's terminationGracePeriodSeconds: SIGKILL after it, as the kubelet
+CHANGE_BOUND_S = 300.0  # a change not over by then is a failure, reported with every worker's log tail
 
 
 class ArrivalReader(NeighbourReader):
@@ -142,6 +148,8 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
     workers: list[WorkerProcess | None] = [None, None, None]
     windows: list[Window] = []
     drains: list[float] = []
+    grace_kills: list[int] = []  # workers that had not left GRACE_S after SIGTERM
+    restarts: list[dict[str, Any]] = []  # workers that exited unasked, started again
     try:
         with EmbeddedBroker() as broker:
             milvus_uri, server = milvus_for(opts, data_dir, shared=True)
@@ -149,6 +157,7 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             base_env = {
                 **proof_env(opts, broker.url, app_id, milvus_uri), "SIMSTREAM_COLLECTION": collection,
                 "SIMSTREAM_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
+                "SIMSTREAM_STUCK_PARTITION_AFTER_S": str(STUCK_AFTER_S),
                 # every worker may fetch from every other (a headless Service lists them all)
                 "SIMSTREAM_SNAPSHOT_PEERS": ",".join(f"127.0.0.1:{p}" for p in ports),
             }
@@ -174,15 +183,36 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             rolling: list[int] = []  # a rolling restart: the workers still to restart, the first one now
             t_pub = time.monotonic()
 
+            def restart_exited(leaving: dict[int, float]) -> None:
+                """A worker that exited unasked (its watchdog stopped it) starts again, as a
+                Deployment's pod would (restartPolicy: Always)."""
+                for i, w in enumerate(workers):
+                    if w is not None and i not in leaving and w.proc is not None and w.proc.poll() is not None:
+                        why = [line for line in w.tail(200).splitlines() if '"level": "error"' in line][-1:]
+                        restarts.append({"worker": i, "exit": w.proc.returncode, "at_s": round(time.monotonic() - t_pub, 1),
+                                         "last_error": why[0][:300] if why else None})
+                        say(f"  worker {i} exited unasked (exit {w.proc.returncode}): restarted; {restarts[-1]['last_error']}")
+                        start(i)
+
             def stop_gracefully(i: int) -> None:
                 workers[i].terminate()  # type: ignore[union-attr]
                 leaving[i] = time.monotonic()
 
             with EventProducer(settings) as producer:
                 k = 0  # events sent; after the last one, the changes still to come go on
+                def stuck(why: str) -> TimeoutError:
+                    state = (f"{why}: event {k}/{n}, changes left {[a for _, a in plan]}, window {open_window}, "
+                             f"rolling {rolling}, leaving {sorted(leaving)}")
+                    tails = [f"--- worker {i} (running {w.running}, ready {w.ready(0.5)}), {w.log_path}:\n{w.tail(25)}"
+                             for i, w in enumerate(workers) if w is not None]
+                    return TimeoutError("\n".join([state, *tails]))
+
                 while k < n or plan or rolling or leaving or (open_window is not None and open_window.end is None):
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"publishing passed the {opts.timeout_s} s bound")
+                        raise stuck(f"publishing passed the {opts.timeout_s} s bound")
+                    if open_window is not None and open_window.end is None \
+                            and time.monotonic() - open_window.start > CHANGE_BOUND_S:
+                        raise stuck(f"{open_window.name} not over within {CHANGE_BOUND_S} s")
                     # the next change, once its moment came and the one before has ended
                     if plan and k >= min(plan[0][0], n - 1) and (open_window is None or open_window.end is not None):
                         action = plan.pop(0)[1]
@@ -214,7 +244,12 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
                         k += 1
                     else:
                         reader.poll(0.2)
+                    restart_exited(leaving)
                     for i, t0 in list(leaving.items()):
+                        if workers[i].running and time.monotonic() - t0 > GRACE_S:  # type: ignore[union-attr]
+                            say(f"  worker {i} still running {GRACE_S} s after SIGTERM: SIGKILL\n{workers[i].tail(25)}")  # type: ignore[union-attr]
+                            grace_kills.append(i)
+                            workers[i].kill()  # type: ignore[union-attr]
                         if not workers[i].running:  # type: ignore[union-attr]
                             drains.append(round(time.monotonic() - t0, 2))
                             say(f"  worker {i} left after SIGTERM in {drains[-1]} s "
@@ -229,8 +264,6 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
                         continue
                     checked_at = time.monotonic()
                     running = [w for w in workers if w is not None]
-                    for w in running:
-                        w.check()
                     if not all(w.ready(0.5) for w in running):
                         continue
                     if rolling:  # the restarted one serves: the next
@@ -247,9 +280,8 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             while True:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"not quiet within {opts.timeout_s} s")
+                restart_exited({})
                 running = [w for w in workers if w is not None]
-                for w in running:
-                    w.check()
                 got = reader.poll(1.0)
                 now = [metric_total(w.web_port) for w in running]
                 if got or now != last:
@@ -299,6 +331,8 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
         "never_listed_deleted": sum(1 for (pid, *_), (_, lag) in zip(sent, lags) if lag is None and pid in stream.deleted),
         "measured_events": len(lags),
         "drain_s": drains,
+        "killed_after_grace": grace_kills,
+        "restarted_after_own_exit": restarts,
         "joins": _joins(data_dir),
     }
     if steady_stats.get("p99_s"):

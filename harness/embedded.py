@@ -7,6 +7,7 @@ stopped here, by PID; every wait is bounded in time.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,7 +26,31 @@ __all__ = ["free_port", "wait_for_port", "pause", "EmbeddedBroker", "WorkerProce
 log = get_logger(__name__)
 
 
+LOWEST_PORT = 20000  # free_port's range starts here and ends below the kernel's ephemeral ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
+    """A loopback port free now, taken from below the kernel's ephemeral range where it can: a
+    port the kernel picked (bind to 0) may be handed to some process's outbound connection
+    before the server meant for it binds (the elastic proof starts workers on ports chosen a
+    minute earlier), and then that server cannot start."""
+    rng = random.SystemRandom()
+    high = _ephemeral_low()
+    for _ in range(64 if high - LOWEST_PORT > 1000 else 0):
+        port = rng.randrange(LOWEST_PORT, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -23,6 +23,7 @@ import contextlib
 import os
 import signal
 import ssl
+import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Protocol, Sequence, cast
@@ -114,9 +115,18 @@ def build_app(settings: Settings) -> faust.App:
     )
 
 
+SELF_STOP_DEADLINE_S = 60.0  # as terminationGracePeriodSeconds (deploy/k8s/base/deployment.yaml)
+EXIT_STUCK = 75  # the exit status of a worker whose own stop hung
+
+
 def _stop_this_worker(stuck: list[Partition]) -> None:
     """SIGTERM to this process: Faust commits what is durable and leaves the group; the supervisor
-    starts the worker again."""
+    starts the worker again. ``stuck``: the stuck partitions (none: a rebalance that never ended).
+    No kubelet times a stop the worker asked for itself, so a stop that hangs too (a consumer
+    stuck in the group protocol) ends in a hard exit after ``SELF_STOP_DEADLINE_S``."""
+    timer = threading.Timer(SELF_STOP_DEADLINE_S, os._exit, args=(EXIT_STUCK,))
+    timer.daemon = True
+    timer.start()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -232,6 +242,7 @@ class Worker:
         self._taken: dict[Partition, int] = {}
         self._handlers, self._handled_s = 0, 0.0  # batches being handled now; seconds spent handling
         self._watched_at = (time.monotonic(), 0.0, 0)  # (when, busy_s, rebalances) at the last check
+        self._rebalance_free_s = 0.0  # free time in the rebalance running now
         self.snapshot = snapshot
         # restored: nothing new to write yet; built from Milvus: the first tick writes one
         self._snapshot_at = (self.store.changes if self.store.restored else -1) if snapshot is not None else 0
@@ -311,13 +322,26 @@ class Worker:
         busy = max(self.run.busy_s, self._handled_s)
         last_at, last_busy, last_rebalances = self._watched_at
         self._watched_at = (now, busy, rebalances)
+        # free: waiting for input, nothing handled (an outage's wait is handling), no step running
+        working = self.run.busy_since is not None or self._handlers > 0
+        free_s = 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
+        if getattr(app, "rebalancing", False):
+            # a rebalance that never ends (a join or sync the coordinator never answers): the
+            # group goes on without this worker's partitions until it rejoins, so restart it
+            self._rebalance_free_s += free_s
+            metrics.REBALANCE_SECONDS.set(self._rebalance_free_s)
+            if self._rebalance_free_s >= self.stall.stuck_after_s:
+                log.error("a rebalance has not ended; restarting this worker", free_s=round(self._rebalance_free_s, 1),
+                          after_s=self.stall.stuck_after_s, generation=getattr(app, "consumer_generation_id", None))
+                self._rebalance_free_s = 0.0
+                self.on_stuck([])
+        else:
+            self._rebalance_free_s = 0.0
+            metrics.REBALANCE_SECONDS.set(0.0)
         if rebalances != last_rebalances or getattr(app, "rebalancing", False):
             self._taken.clear()  # partitions moved: a returning one resumes at its committed offset
             self.stall = StallClock(self.stall.stuck_after_s)
             return
-        # free: waiting for input, nothing handled (an outage's wait is handling), no step running
-        working = self.run.busy_since is not None or self._handlers > 0
-        free_s = 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
         names = {self.settings.events_topic, self.settings.refresh_topic}
         try:
             assigned = sorted((tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in names)

@@ -16,7 +16,7 @@ from simstream.records import NeighbourList, ProductEvent
 __all__ = [
     "REGISTRY", "EVENTS", "BATCH_SIZE", "ENCODE_SECONDS", "MILVUS_SECONDS", "LISTS", "REFRESH_METHOD", "FRESHNESS",
     "WATERMARK", "BULK_ROUNDS", "REPUBLISHED", "GENERATION", "MIGRATION_PHASE", "MIGRATION_PRODUCTS",
-    "MIGRATION_RATE", "MIGRATION_LAG", "MIGRATION_GATE", "STUCK_PARTITIONS", "STALLED_SECONDS", "observe_control", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
+    "MIGRATION_RATE", "MIGRATION_LAG", "MIGRATION_GATE", "STUCK_PARTITIONS", "REBALANCE_SECONDS", "STALLED_SECONDS", "observe_control", "REFRESHED_HERE", "RETRIES", "POISON", "observe_step", "observe_encoding", "observe_ingest", "observe_refresh",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -48,6 +48,9 @@ BULK_ROUNDS = Counter("simstream_bulk_rounds", "Bulk-load rounds ended with ever
 STUCK_PARTITIONS = Gauge("simstream_stuck_partitions", "Assigned partitions whose events wait while the worker, "
                          "free, has not moved on them for SIMSTREAM_STUCK_PARTITION_AFTER_S (streams/watchdog.py); "
                          "the worker then restarts.", registry=REGISTRY)
+REBALANCE_SECONDS = Gauge("simstream_rebalance_seconds", "The worker's free time in the rebalance it is in now "
+                          "(0: none); at SIMSTREAM_STUCK_PARTITION_AFTER_S the worker restarts (streams/watchdog.py).",
+                          registry=REGISTRY)
 STALLED_SECONDS = Gauge("simstream_partition_stalled_seconds", "Per assigned partition: the worker's free time its "
                         "position has stood still while events waited (0: moving or caught up).",
                         ["topic", "partition"], registry=REGISTRY)

@@ -17,13 +17,14 @@ from simstream.harness.exactness import Options
 @pytest.mark.timeout(1200)
 def test_workers_join_and_leave_under_load_and_every_list_ends_exact(tmp_path) -> None:
     opts = Options(products=80, events=480, seed=23, quiet_s=8.0, timeout_s=1100.0, data_dir=tmp_path / "run",
-                   log=lambda _: None, milvus_uri=os.environ.get("SIMSTREAM_TEST_MILVUS_URI"))
+                   log=print, milvus_uri=os.environ.get("SIMSTREAM_TEST_MILVUS_URI"))
     report = run_elastic(opts, rate=4.0)
     e = report["elastic"]
     assert report["lost"] == 0 and report["resurrected"] == 0, report
     assert report["equal"] == report["products"], report
     assert e["unanswered_events"] == 0 and e["measured_events"] > 0, e
     assert set(e["windows"]) == {"scale_out", "sigkill", "rolling", "scale_in"}, e
+    assert e["killed_after_grace"] == [], e  # each drained within terminationGracePeriodSeconds
     assert len(e["drain_s"]) == 5, e  # three rolling restarts and two leavers, each exited after SIGTERM
     joins = [j["event"] for j in e["joins"]]
     assert "snapshot downloaded from a peer" in joins, e["joins"]  # the joiners took worker 0's snapshot

@@ -85,6 +85,40 @@ def test_a_free_worker_with_a_stuck_partition_recovers_and_a_caught_up_one_does_
         worker.run.close()
 
 
+def test_a_rebalance_that_never_ends_restarts_the_worker_and_a_busy_or_ended_one_does_not(
+        tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """A sync the coordinator never answers keeps the worker rebalancing (seen with two members
+    leaving at once on the embedded broker): its free time in that rebalance is counted."""
+    from simstream.streams import metrics
+
+    worker = _worker(tmp_path, broker, f"rb_{uuid.uuid4().hex[:6]}", stuck_partition_after_s=60)
+    stuck: list = []
+    worker.on_stuck = stuck.append
+    worker.app.consumer = SimpleNamespace(assignment=lambda: set())  # type: ignore[assignment]
+
+    def check(free_s: float, busy_s: float = 0.0) -> None:
+        worker._watched_at = (time.monotonic() - free_s - busy_s, worker.run.busy_s - busy_s, worker._watched_at[2])
+        asyncio.run(worker.watchdog_timer())
+
+    try:
+        worker.app.rebalancing = True
+        check(40.0)
+        check(0.0, busy_s=300.0)  # revoking waits for a long batch's acks: not free
+        assert stuck == [] and 40 <= metrics.REBALANCE_SECONDS._value.get() < 41
+        worker.app.rebalancing = False  # it ended: the clock starts again at the next
+        check(15.0)
+        assert metrics.REBALANCE_SECONDS._value.get() == 0.0
+        worker.app.rebalancing = True
+        check(40.0)
+        assert stuck == []
+        check(25.0)
+        assert stuck == [[]]  # 65 s free in one rebalance: restart
+    finally:
+        worker.app.rebalancing = False
+        worker.broker_view.close()
+        worker.run.close()
+
+
 def test_the_broker_view_reads_ends_committed_offsets_and_waiting_records(broker: EmbeddedBroker) -> None:
     app = f"bv_{uuid.uuid4().hex[:6]}"
     topic = f"{app}.t"
