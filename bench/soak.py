@@ -10,7 +10,8 @@ catalog, with a scale-out and scale-in and a Milvus restart in the middle.
    products, 20 % price-only updates, 10 % new products, 10 % deletes (so the catalog keeps its
    size: any RSS growth is not the catalog's own). At a third of the time worker B joins (it
    downloads A's snapshot), at half the Milvus server is killed and started again after 10 s,
-   at two thirds B leaves with SIGTERM.
+   at two thirds B leaves with SIGTERM. A worker that exits unasked (its watchdog restarts it,
+   streams/watchdog.py) is started again, as its pod would be, and listed under ``changes``.
 4. Every 30 s: each worker's RSS (its own process) and the server's. Every upsert: its freshness
    (send -> first list at that version, the broker's timestamp).
 5. At the end, once quiet: the dead letters, and the lists of a sample of products against an
@@ -211,6 +212,7 @@ def main() -> None:
                 plan = [(duration / 3, "join"), (duration / 2, "milvus_restart"), (2 * duration / 3, "leave")]
                 rss: list[dict[str, Any]] = []
                 events: list[dict[str, Any]] = []
+                stopped: set[str] = set()  # workers stopped on purpose
                 t_start = time.monotonic()
                 next_rss, k = t_start, 0
                 while (now := time.monotonic()) - t_start < duration:
@@ -225,8 +227,15 @@ def main() -> None:
                                              daemon=True).start()
                         else:
                             t0 = time.monotonic()
+                            stopped.add("b")
                             code = workers["b"].stop(timeout_s=120)
                             events[-1] |= {"drain_s": round(time.monotonic() - t0, 1), "exit": code}
+                    for name, w in workers.items():  # exited unasked (its watchdog): its pod would restart
+                        if w is not None and name not in stopped and w.proc is not None and w.proc.poll() is not None:
+                            events.append({"t_s": round(now - t_start, 1), "change": f"{name} restarted",
+                                           "exit": w.proc.returncode})
+                            print(f"  worker {name} exited ({w.proc.returncode}): restarted", flush=True)
+                            w.start()
                     if now >= next_rss:
                         rss.append(rss_sample(t_start, workers, server))
                         next_rss += RSS_EVERY_S
@@ -259,7 +268,9 @@ def main() -> None:
                                     "p99_s": round(percentile(v, 99), 2)} for w, v in sorted(per_window.items())]
             report["unanswered_latest_versions"] = unanswered
             report["rss"] = rss
-            report["rss_slope_a"] = slope_per_hour(rss, "a", a.warm_up_share * duration)
+            # a restart starts A's memory again: the slope counts from its last start, warmed up
+            a_started = max([e["t_s"] for e in events if e["change"] == "a restarted"], default=0.0)
+            report["rss_slope_a"] = slope_per_hour(rss, "a", a_started + a.warm_up_share * duration)
             for name in ("a", "b"):
                 if workers[name] is not None and workers[name].running:
                     workers[name].stop(timeout_s=120)

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Mapping
+from typing import IO, Any, Mapping
 
 from simstream.logs import get_logger
 
@@ -168,6 +168,23 @@ class WorkerProcess:
                 return bool(resp.status == 200)
         except OSError:
             return False
+
+    def readiness(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
+        """/readyz's JSON, whatever its status (None: no answer)."""
+        import json
+        import urllib.error
+
+        url = f"http://127.0.0.1:{self.web_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as err:  # 503: not ready, with the reasons
+            try:
+                return dict(json.loads(err.read()))
+            except ValueError:
+                return None
+        except (OSError, ValueError):
+            return None
 
     def terminate(self) -> None:
         """SIGTERM without waiting (a graceful leave; ``running`` says when it is over)."""

@@ -433,7 +433,9 @@ class Worker:
         runs, Milvus and Kafka answer, and no step is stuck on the worker thread. A member the
         group gave no partition is ready too (``assigned_partitions`` 0): Faust's assignor gives
         each at most ceil(partitions / members), keeping earlier owners, so with 4 partitions and
-        3 workers a restarted one may hold none; waiting for one would stall a rolling update."""
+        3 workers a restarted one may hold none; waiting for one would stall a rolling update.
+        ``generation``: the group generation of its last assignment (members agreeing on it, and
+        staying there, is a settled group)."""
         app, run = self.app, self.run
         rebalancing = bool(getattr(app, "rebalancing", False))
         joined = int(getattr(app, "rebalancing_count", 0) or 0) > 0 or int(getattr(app, "consumer_generation_id", 0) or 0) > 0
@@ -445,6 +447,7 @@ class Worker:
         stuck = busy is not None and time.monotonic() - busy > 2 * self.settings.milvus_timeout_s + 60
         ready = not rebalancing and joined and run.index_ready and self.outbox.answering and not stuck
         return {"ready": ready, "rebalancing": rebalancing, "joined": joined, "assigned_partitions": assigned,
+                "generation": int(getattr(app, "consumer_generation_id", 0) or 0),
                 "milvus": run.index_ready, "kafka": self.outbox.answering, "step_stuck": stuck}
 
     def _pages(self) -> None:

@@ -614,7 +614,7 @@ def test_alerts_component(tmp_path):
 
     exported = {m.name for m in metrics.REGISTRY.collect()}
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
-    assert {r["alert"] for r in rules} >= {"SimstreamStuckPartition", "SimstreamPartitionStalled"}
+    assert {r["alert"] for r in rules} >= {"SimstreamStuckPartition", "SimstreamPartitionStalled", "SimstreamRebalanceStuck"}
     for r in rules:
         used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in re.findall(r"simstream_[a-z_]+", r["expr"])}
         assert used <= exported, (r["alert"], used - exported)
