@@ -243,6 +243,7 @@ class Worker:
         self._handlers, self._handled_s = 0, 0.0  # batches being handled now; seconds spent handling
         self._watched_at = (time.monotonic(), 0.0, 0)  # (when, busy_s, rebalances) at the last check
         self._rebalance_free_s = 0.0  # free time in the rebalance running now
+        self._rebalance_watched_at = (time.monotonic(), 0.0)  # (when, busy_s) at the last rebalance check
         self.snapshot = snapshot
         # restored: nothing new to write yet; built from Milvus: the first tick writes one
         self._snapshot_at = (self.store.changes if self.store.restored else -1) if snapshot is not None else 0
@@ -325,19 +326,6 @@ class Worker:
         # free: waiting for input, nothing handled (an outage's wait is handling), no step running
         working = self.run.busy_since is not None or self._handlers > 0
         free_s = 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
-        if getattr(app, "rebalancing", False):
-            # a rebalance that never ends (a join or sync the coordinator never answers): the
-            # group goes on without this worker's partitions until it rejoins, so restart it
-            self._rebalance_free_s += free_s
-            metrics.REBALANCE_SECONDS.set(self._rebalance_free_s)
-            if self._rebalance_free_s >= self.stall.stuck_after_s:
-                log.error("a rebalance has not ended; restarting this worker", free_s=round(self._rebalance_free_s, 1),
-                          after_s=self.stall.stuck_after_s, generation=getattr(app, "consumer_generation_id", None))
-                self._rebalance_free_s = 0.0
-                self.on_stuck([])
-        else:
-            self._rebalance_free_s = 0.0
-            metrics.REBALANCE_SECONDS.set(0.0)
         if rebalances != last_rebalances or getattr(app, "rebalancing", False):
             self._taken.clear()  # partitions moved: a returning one resumes at its committed offset
             self.stall = StallClock(self.stall.stuck_after_s)
@@ -364,6 +352,39 @@ class Worker:
                       partitions=[f"{t}[{p}]@{positions[(t, p)]}" for t, p in stuck],
                       ends={f"{t}[{p}]": ends[(t, p)] for t, p in stuck}, after_s=self.stall.stuck_after_s)
             self.on_stuck(stuck)
+
+    def check_rebalance(self) -> None:
+        """A rebalance that never ends (a join or sync its coordinator never answers): the group
+        goes on without this worker's partitions, so the worker restarts once it has been in
+        one rebalance for ``SIMSTREAM_STUCK_PARTITION_AFTER_S`` of its free time. Called from a
+        thread of its own (``watch_rebalances``): Faust starts its timers only after the first
+        assignment, which is what may never come."""
+        if self.stall is None:
+            return
+        now, busy = time.monotonic(), max(self.run.busy_s, self._handled_s)
+        last_at, last_busy = self._rebalance_watched_at
+        self._rebalance_watched_at = (now, busy)
+        if not getattr(self.app, "rebalancing", False):
+            self._rebalance_free_s = 0.0
+            metrics.REBALANCE_SECONDS.set(0.0)
+            return
+        working = self.run.busy_since is not None or self._handlers > 0  # revoking waits for a batch
+        self._rebalance_free_s += 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
+        metrics.REBALANCE_SECONDS.set(self._rebalance_free_s)
+        if self._rebalance_free_s >= self.stall.stuck_after_s:
+            log.error("a rebalance has not ended; restarting this worker", free_s=round(self._rebalance_free_s, 1),
+                      after_s=self.stall.stuck_after_s, generation=getattr(self.app, "consumer_generation_id", None))
+            self._rebalance_free_s = 0.0
+            self.on_stuck([])
+
+    def watch_rebalances(self, stop: threading.Event) -> None:
+        """``check_rebalance`` every ``WATCHDOG_INTERVAL_S`` until ``stop`` is set (a daemon thread
+        run_worker starts)."""
+        while not stop.wait(WATCHDOG_INTERVAL_S):
+            try:
+                self.check_rebalance()
+            except Exception:  # never let the watch die of a bad read
+                log.exception("the rebalance watch failed; it goes on")
 
     async def purge_timer(self) -> None:
         """Forget delete markers past their retention; a failure waits for the next interval."""

@@ -253,7 +253,10 @@ def run_worker(settings: Settings) -> None:
         def _setup_logging(self) -> None:  # keep structlog's handlers; faust would replace them
             configure_logging(settings.log_format, settings.log_level)
 
+    stop_watch = threading.Event()
+    threading.Thread(target=worker.watch_rebalances, args=(stop_watch,), name="rebalance-watch", daemon=True).start()
     try:
         _Worker(worker.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()
     finally:
+        stop_watch.set()
         worker.snapshot_on_stop(SNAPSHOT_ON_STOP_S)

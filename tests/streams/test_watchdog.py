@@ -6,6 +6,7 @@ does not."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -97,8 +98,8 @@ def test_a_rebalance_that_never_ends_restarts_the_worker_and_a_busy_or_ended_one
     worker.app.consumer = SimpleNamespace(assignment=lambda: set())  # type: ignore[assignment]
 
     def check(free_s: float, busy_s: float = 0.0) -> None:
-        worker._watched_at = (time.monotonic() - free_s - busy_s, worker.run.busy_s - busy_s, worker._watched_at[2])
-        asyncio.run(worker.watchdog_timer())
+        worker._rebalance_watched_at = (time.monotonic() - free_s - busy_s, worker.run.busy_s - busy_s)
+        worker.check_rebalance()
 
     try:
         worker.app.rebalancing = True
@@ -113,6 +114,12 @@ def test_a_rebalance_that_never_ends_restarts_the_worker_and_a_busy_or_ended_one
         assert stuck == []
         check(25.0)
         assert stuck == [[]]  # 65 s free in one rebalance: restart
+        stop = threading.Event()  # the thread run_worker starts: it ends when told
+        watch = threading.Thread(target=worker.watch_rebalances, args=(stop,), daemon=True)
+        watch.start()
+        stop.set()
+        watch.join(5)
+        assert not watch.is_alive()
     finally:
         worker.app.rebalancing = False
         worker.broker_view.close()
