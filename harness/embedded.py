@@ -21,7 +21,7 @@ from typing import IO, Any, Mapping
 
 from simstream.logs import get_logger
 
-__all__ = ["free_port", "wait_for_port", "pause", "EmbeddedBroker", "WorkerProcess", "MilvusServer"]
+__all__ = ["LOWEST_PORT", "free_port", "wait_for_port", "pause", "EmbeddedBroker", "WorkerProcess", "MilvusServer"]
 
 log = get_logger(__name__)
 

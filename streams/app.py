@@ -47,7 +47,7 @@ from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 from simstream.streams.watchdog import WATCHDOG_INTERVAL_S, BrokerView, Partition, StallClock
 
-__all__ = ["Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials", "refresh_batch_size",
+__all__ = ["SELF_STOP_DEADLINE_S", "EXIT_STUCK", "Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials", "refresh_batch_size",
            "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
 
 log = get_logger(__name__)
