@@ -5,7 +5,9 @@ catalog, with a scale-out and scale-in and a Milvus restart in the middle.
 
 1. The catalog and its exact lists are pre-loaded into a ``milvus-lite server`` (bench/scale.py's
    catalog, text-only), and worker A starts.
-2. Saturation: a backlog of ``--saturation-events`` mixed events, events/s (unless ``--rate``).
+2. Saturation: a backlog of ``--saturation-events`` mixed events at once (unless ``--rate``);
+   events/s over its second half, where the rate is sustained (a short backlog on a freshly
+   started worker reads ~2.7x what it sustains at 100k).
 3. Paced traffic at ``load`` x saturation for ``--minutes``: 60 % full updates of catalog
    products, 20 % price-only updates, 10 % new products, 10 % deletes (so the catalog keeps its
    size: any RSS growth is not the catalog's own). At a third of the time worker B joins (it
@@ -149,7 +151,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--load", type=float, default=0.5, help="share of the measured saturation offered")
     ap.add_argument("--rate", type=float, default=None, help="events/s offered (skips the saturation run)")
-    ap.add_argument("--saturation-events", type=int, default=1_000)
+    ap.add_argument("--saturation-events", type=int, default=6_000)
     ap.add_argument("--warm-up-share", type=float, default=0.2)
     ap.add_argument("--check", type=int, default=2_000, help="lists checked against the exact top-K at the end")
     ap.add_argument("--seed", type=int, default=29)
@@ -200,9 +202,15 @@ def main() -> None:
                         producer.send(d)
                     producer.flush()
                     wanted = {d["product_id"]: d["version"] for d in docs if d["op"] == "upsert"}
-                    tail.wait_for(wanted, 1800, check=workers["a"].check)
-                    saturation = len(docs) / (time.time() - t0)
+                    tail.wait_for(wanted, 3600, check=workers["a"].check)
+                    # sustained: the backlog's second half (the first rides on a fresh worker's
+                    # warm start; 1,000 events read 24.6/s at 100k where 9/s was sustained)
+                    done = sorted(tail.first[(pid, v)]["ts"] for pid, v in wanted.items() if (pid, v) in tail.first)
+                    half = done[len(done) // 2:]
+                    saturation = (len(docs) / 2) / max(half[-1] - half[0], 1e-3) if len(half) > 1 \
+                        else len(docs) / (time.time() - t0)
                     report["saturation_events_per_s"] = round(saturation, 2)
+                    report["saturation_whole_backlog_events_per_s"] = round(len(docs) / (time.time() - t0), 2)
                     rate = a.load * saturation
                 else:
                     rate = a.rate
