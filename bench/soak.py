@@ -239,7 +239,7 @@ def main() -> None:
                             code = workers["b"].stop(timeout_s=120)
                             events[-1] |= {"drain_s": round(time.monotonic() - t0, 1), "exit": code}
                     for name, w in workers.items():  # exited unasked (its watchdog): its pod would restart
-                        if w is not None and name not in stopped and w.proc is not None and w.proc.poll() is not None:
+                        if w is not None and name not in stopped and w.exited:
                             events.append({"t_s": round(now - t_start, 1), "change": f"{name} restarted",
                                            "exit": w.proc.returncode})
                             print(f"  worker {name} exited ({w.proc.returncode}): restarted", flush=True)

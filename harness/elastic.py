@@ -55,8 +55,8 @@ from simstream.settings import Settings
 from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
-__all__ = ["SETTLE_S", "WARM_UP_SHARE", "SNAPSHOT_INTERVAL_S", "STUCK_AFTER_S", "GRACE_S", "CHANGE_BOUND_S", "ArrivalReader", "Window", "freshness_of", "run_elastic",
-           "passed"]
+__all__ = ["SETTLE_S", "WARM_UP_SHARE", "SNAPSHOT_INTERVAL_S", "STUCK_AFTER_S", "GRACE_S", "CHANGE_BOUND_S",
+           "ArrivalReader", "Window", "freshness_of", "run_elastic", "passed"]
 
 SETTLE_S = 5.0  # a change's window stays open this long after every worker is ready again
 WARM_UP_SHARE = 0.25  # of the first quarter: the first worker's warm-up, not steady state
@@ -191,15 +191,17 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             shrinking: list[int] = []  # a scale-in: the workers still to stop after the one leaving now
             t_pub = time.monotonic()
 
-            def restart_exited(leaving: dict[int, float]) -> None:
+            def restart_exited() -> None:
                 """A worker that exited unasked (its watchdog stopped it) starts again, as a
                 Deployment's pod would (restartPolicy: Always)."""
                 for i, w in enumerate(workers):
-                    if w is not None and i not in leaving and w.proc is not None and w.proc.poll() is not None:
+                    if w is not None and i not in leaving and w.exited:
                         why = [line for line in w.tail(200).splitlines() if '"level": "error"' in line][-1:]
-                        restarts.append({"worker": i, "exit": w.proc.returncode, "at_s": round(time.monotonic() - t_pub, 1),
+                        restarts.append({"worker": i, "exit": w.proc.returncode,  # type: ignore[union-attr]
+                                         "at_s": round(time.monotonic() - t_pub, 1),
                                          "last_error": why[0][:300] if why else None})
-                        say(f"  worker {i} exited unasked (exit {w.proc.returncode}): restarted; {restarts[-1]['last_error']}")
+                        say(f"  worker {i} exited unasked (exit {restarts[-1]['exit']}): restarted; "
+                            f"{restarts[-1]['last_error']}")
                         start(i)
 
             def stop_gracefully(i: int) -> None:
@@ -252,7 +254,7 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
                         k += 1
                     else:
                         reader.poll(0.2)
-                    restart_exited(leaving)
+                    restart_exited()
                     for i, t0 in list(leaving.items()):
                         if workers[i].running and time.monotonic() - t0 > GRACE_S:  # type: ignore[union-attr]
                             say(f"  worker {i} still running {GRACE_S} s after SIGTERM: SIGKILL\n{workers[i].tail(25)}")  # type: ignore[union-attr]
@@ -299,7 +301,7 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
             while True:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"not quiet within {opts.timeout_s} s")
-                restart_exited({})
+                restart_exited()
                 running = [w for w in workers if w is not None]
                 got = reader.poll(1.0)
                 totals = [metric_total(w.web_port) for w in running]

@@ -206,6 +206,11 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def exited(self) -> bool:
+        """Started, and its process has ended (on its own, or stopped)."""
+        return self.proc is not None and self.proc.poll() is not None
+
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.proc is None:
             return 0

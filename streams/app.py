@@ -47,8 +47,8 @@ from simstream.streams.refresh import Refresher
 from simstream.streams.transports import FaustTransport
 from simstream.streams.watchdog import WATCHDOG_INTERVAL_S, BrokerView, Partition, StallClock
 
-__all__ = ["SELF_STOP_DEADLINE_S", "EXIT_STUCK", "Worker", "BatchStream", "Handled", "build_app", "consume", "broker_credentials", "refresh_batch_size",
-           "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
+__all__ = ["SELF_STOP_DEADLINE_S", "EXIT_STUCK", "Worker", "BatchStream", "Handled", "build_app", "consume",
+           "broker_credentials", "refresh_batch_size", "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
 
 log = get_logger(__name__)
 
@@ -323,13 +323,11 @@ class Worker:
         busy = max(self.run.busy_s, self._handled_s)
         last_at, last_busy, last_rebalances = self._watched_at
         self._watched_at = (now, busy, rebalances)
-        # free: waiting for input, nothing handled (an outage's wait is handling), no step running
-        working = self.run.busy_since is not None or self._handlers > 0
-        free_s = 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
         if rebalances != last_rebalances or getattr(app, "rebalancing", False):
             self._taken.clear()  # partitions moved: a returning one resumes at its committed offset
             self.stall = StallClock(self.stall.stuck_after_s)
             return
+        free_s = self._free_s(now - last_at, busy - last_busy)
         names = {self.settings.events_topic, self.settings.refresh_topic}
         try:
             assigned = sorted((tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in names)
@@ -353,6 +351,14 @@ class Worker:
                       ends={f"{t}[{p}]": ends[(t, p)] for t, p in stuck}, after_s=self.stall.stuck_after_s)
             self.on_stuck(stuck)
 
+    def _free_s(self, elapsed_s: float, busy_s: float) -> float:
+        """Of ``elapsed_s`` since the last check, in which steps and batches took ``busy_s``, the
+        worker's free time: waiting for input, nothing handled (an outage's wait is handling), no
+        step running; none while one runs now."""
+        if self.run.busy_since is not None or self._handlers > 0:
+            return 0.0
+        return max(0.0, elapsed_s - busy_s)
+
     def check_rebalance(self) -> None:
         """A rebalance that never ends (a join or sync its coordinator never answers): the group
         goes on without this worker's partitions, so the worker restarts once it has been in
@@ -368,8 +374,7 @@ class Worker:
             self._rebalance_free_s = 0.0
             metrics.REBALANCE_SECONDS.set(0.0)
             return
-        working = self.run.busy_since is not None or self._handlers > 0  # revoking waits for a batch
-        self._rebalance_free_s += 0.0 if working else max(0.0, (now - last_at) - (busy - last_busy))
+        self._rebalance_free_s += self._free_s(now - last_at, busy - last_busy)  # revoking waits for a batch
         metrics.REBALANCE_SECONDS.set(self._rebalance_free_s)
         if self._rebalance_free_s >= self.stall.stuck_after_s:
             log.error("a rebalance has not ended; restarting this worker", free_s=round(self._rebalance_free_s, 1),
