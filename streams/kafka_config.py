@@ -6,7 +6,9 @@ from typing import Any
 
 from simstream.settings import Settings
 
-__all__ = ["bootstrap_servers", "client_config", "bound_faust_fetch_wait"]
+__all__ = ["bootstrap_servers", "client_config", "bound_faust_fetch_wait", "heartbeat_interval_s", "HEARTBEAT_MAX_S"]
+
+HEARTBEAT_MAX_S = 1.0  # Kafka's default is 3 s
 
 
 def bootstrap_servers(kafka_url: str) -> str:
@@ -49,3 +51,11 @@ def bound_faust_fetch_wait(max_wait_ms: int) -> None:
 
     create_worker_consumer.__wrapped__ = original  # type: ignore[attr-defined]
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def heartbeat_interval_s(session_timeout_s: float) -> float:
+    """How often a group member heartbeats: a tenth of the session, at most ``HEARTBEAT_MAX_S``.
+    A member learns that a rebalance started only at its next heartbeat, and the broker ends the
+    join once every member has rejoined, so a worker that joins waits up to one interval on the
+    others (with Kafka's 3 s default, most of a join); one small request a second costs nothing."""
+    return min(HEARTBEAT_MAX_S, max(0.5, session_timeout_s / 10))

@@ -184,3 +184,12 @@ def test_the_wheel_installs_one_top_level_name(tmp_path: Path) -> None:
     for needed in ("simstream/streams/app.py", "simstream/streams/schemas/product_event.schema.json",
                    "simstream/harness/sample/catalog.jsonl", "simstream/py.typed", "simstream/serve/static/index.html"):
         assert needed in names
+
+
+def test_a_text_only_worker_imports_no_image_model_library() -> None:
+    """timm and torchvision (and through them torch's compiler) cost ~1 s of every worker start;
+    only a worker that encodes images imports them (encoders/image.py imports them where used)."""
+    code = ("import sys, simstream.cli; from simstream.streams.runtime import run_worker; "
+            "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
