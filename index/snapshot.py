@@ -80,7 +80,7 @@ def write_snapshot(path: Path, ident: dict[str, Any], *, side: SideIndex, mirror
         arrays.update({f"{name}.{k}": v for k, v in got.items()})
         tables[name] = table
     manifest = {**ident, "side_synced_at": side_synced_at, "mirror_synced_at": mirror_synced_at,
-                "taken_at": int(time.time() * 1000), "products": len(side), "lists": len(mirror) if mirror else None}
+                "taken_at": int(time.time() * 1000), "products": len(side), "lists": len(mirror) if mirror is not None else None}
     arrays["manifest"] = np.frombuffer(orjson.dumps(manifest), np.uint8)
     arrays["tables"] = np.frombuffer(orjson.dumps(tables), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["VectorStore", "REGRESSION_PROBE"]
+__all__ = ["VectorStore", "REGRESSION_PROBE", "COUNT_CHECK_TRIES", "COUNT_CHECK_PAUSE_S"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -56,6 +56,11 @@ T = TypeVar("T")
 # A restored snapshot's newest rows are looked up in Milvus first: one of them older there means
 # Milvus went back in time (a backup restored) and the snapshot is not used.
 REGRESSION_PROBE = 64
+# Then the counts: a count read just after a sync may include a write made in between by a live
+# worker (a row added or deleted), so a differing count is synced and read again this many times
+# before the copy is checked row by row (which took 132 s at 100k beside a busy server).
+COUNT_CHECK_TRIES = 5
+COUNT_CHECK_PAUSE_S = 0.2
 
 
 class _NotUsable(Exception):
@@ -175,8 +180,9 @@ class VectorStore:
         the regular sync from the snapshot's times (every row written and every delete marker
         since, less the skew allowance), then the counts. The sync can miss only a row deleted
         without a marker it reads (a marker purged since, a collection emptied by hand), which
-        leaves the copy with more rows than Milvus; on any count that differs, the copy is checked
-        row by row against Milvus' write stamps (ids and times, no vectors). False: no usable
+        leaves the copy with more rows than Milvus; on a count that still differs after a few syncs
+        (``_counts_differ``), the copy is checked row by row against Milvus' write stamps (ids and
+        times, no vectors). False: no usable
         snapshot (the caller builds from Milvus)."""
         t0 = time.perf_counter()
         snap = read_snapshot(path, self._identity(), capacity=side_capacity(need.products), max_bytes=limit,
@@ -188,7 +194,6 @@ class VectorStore:
         self.mirror = snap.mirror if self.milvus.lists_stamped else None
         self._side_synced_at, self._mirror_synced_at = snap.side_synced_at, snap.mirror_synced_at
         before = self.side.applied
-        checked = []
         newest = self.side.newest(REGRESSION_PROBE)
         try:
             # Milvus must not be older than the snapshot (restored from a backup): then the
@@ -198,12 +203,10 @@ class VectorStore:
             if any(there.get(pid, t) < t for pid, t in newest.items()):
                 log.warning("Milvus holds older rows than the snapshot (restored from a backup?); building from Milvus")
                 raise _NotUsable
-            self._sync({"side", "mirror"} if self.mirror is not None else {"side"})
-            if len(self.side) != self.milvus.count_products():
-                checked.append("products")
+            checked = self._counts_differ()
+            if "products" in checked:
                 self._reconcile_side()
-            if self.mirror is not None and len(self.mirror) != self.milvus.count_lists():
-                checked.append("lists")
+            if "lists" in checked:
                 self._reconcile_mirror()
         except IndexUnavailable:
             raise  # Milvus down: the caller waits for it, as for a build
@@ -221,6 +224,25 @@ class VectorStore:
                  age_s=round((now_ms() - snap.taken_at) / 1000, 1), read_s=round(read_s, 2),
                  caught_up_writes=caught_up, checked_row_by_row=checked, seconds=round(time.perf_counter() - t0, 2))
         return True
+
+    def _counts_differ(self) -> list[str]:
+        """The copies ("products", "lists") whose count still differs from Milvus' after a sync,
+        read again up to ``COUNT_CHECK_TRIES`` times: other workers keep writing while a joiner
+        restores, and a write between a sync and the count is caught by the next sync; a row
+        deleted without a marker is not, and its count differs every time."""
+        copies = {"side", "mirror"} if self.mirror is not None else {"side"}
+        differ: list[str] = []
+        for attempt in range(COUNT_CHECK_TRIES):
+            if attempt:
+                time.sleep(COUNT_CHECK_PAUSE_S)
+            self._sync(copies)
+            assert self.side is not None
+            differ = ["products"] if len(self.side) != self.milvus.count_products() else []
+            if self.mirror is not None and len(self.mirror) != self.milvus.count_lists():
+                differ.append("lists")
+            if not differ:
+                break
+        return differ
 
     def _reconcile_side(self) -> None:
         """Make the side index hold exactly Milvus' products: fetch those it does not hold at their
