@@ -57,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the elastic proof: a paced stream; 1 -> 3 workers at a quarter (joiners download a peer's "
                          "snapshot), a SIGKILL at three eighths, a rolling restart at half, 3 -> 1 by SIGTERM at "
                          "three quarters; freshness per change against steady state (harness/elastic.py)")
-    ap.add_argument("--rate", type=float, default=None, help="--elastic: events per second offered (default: "
-                                                             "--load x the saturation measured in the same run)")
-    ap.add_argument("--load", type=float, default=0.5, help="--elastic without --rate: the share of the saturation "
-                                                           "offered (measured on the first eighth of the stream)")
+    ap.add_argument("--rate", type=float, default=15.0, help="--elastic: events per second offered (about half of "
+                                                            "what one worker sustains)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
@@ -118,7 +116,7 @@ def _elastic(a: argparse.Namespace) -> int:
 
     opts = Options(products=a.products, events=a.events, seed=a.seed, top_k=a.top_k, partitions=a.partitions,
                    quiet_s=a.quiet, timeout_s=a.timeout, keep=a.keep, milvus_uri=a.milvus_uri)
-    report = run_elastic(opts, a.rate, load=a.load)
+    report = run_elastic(opts, a.rate)
     print(json.dumps(report, indent=2, default=str))
     ok = passed(report)
     e = report["elastic"]

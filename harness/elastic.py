@@ -1,11 +1,9 @@
 """The elastic proof: workers join and leave under a steady load, and every list is still exact.
 
-``run_elastic`` publishes the stream of ``harness/exactness.py`` at a steady rate to workers
-sharing a Milvus server (the embedded ``milvus-lite server``, or the one given), and changes the
-group as an autoscaler and a rolling upgrade would. The rate is ``rate`` events/s, or, without one,
-``load`` x what the first worker sustains, measured in the same run: the first ``PROBE_SHARE`` of
-the stream is published at once and the rate is read over the second half of its messages (the
-first half rides on a freshly started worker's warm caches). Then:
+``run_elastic`` publishes the stream of ``harness/exactness.py`` at a steady rate (``rate``
+events/s, meant to be about half of what the workers sustain) to workers sharing a Milvus server
+(the embedded ``milvus-lite server``, or the one given), and changes the group as an autoscaler
+and a rolling upgrade would:
 
 - at a quarter of the stream, two workers join (1 -> 3). They have no snapshot of their own and
   download the running worker's (``SIMSTREAM_SNAPSHOT_PEERS``, streams/peers.py);
@@ -57,12 +55,11 @@ from simstream.settings import Settings
 from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
-__all__ = ["SETTLE_S", "WARM_UP_SHARE", "PROBE_SHARE", "SNAPSHOT_INTERVAL_S", "STUCK_AFTER_S", "GRACE_S", "CHANGE_BOUND_S",
+__all__ = ["SETTLE_S", "WARM_UP_SHARE", "SNAPSHOT_INTERVAL_S", "STUCK_AFTER_S", "GRACE_S", "CHANGE_BOUND_S",
            "ArrivalReader", "Window", "freshness_of", "run_elastic", "passed"]
 
 SETTLE_S = 5.0  # a change's window stays open this long after every worker is ready again
 WARM_UP_SHARE = 0.25  # of the first quarter: the first worker's warm-up, not steady state
-PROBE_SHARE = 0.125  # of the stream: published at once to measure saturation (without a set rate)
 SNAPSHOT_INTERVAL_S = 5.0  # the workers' SIMSTREAM_SNAPSHOT_INTERVAL_S here: a joiner finds a recent one
 STUCK_AFTER_S = 30.0  # the workers' watchdog bound (streams/watchdog.py): the session timeout here is 6 s
 GRACE_S = 60.0  # deploy/k8s/base/deployment.yaml's terminationGracePeriodSeconds: SIGKILL after it, as the kubelet
@@ -141,9 +138,8 @@ def _expected(stream: Stream) -> list[tuple[bool, bool]]:
     return list(zip(wanted, later))
 
 
-def run_elastic(opts: Options, rate: float | None = None, load: float = 0.5) -> dict[str, Any]:
-    """Run the proof (see the module docstring); returns the exactness report plus ``elastic``.
-    ``rate``: events/s offered; None: ``load`` x the saturation the probe measures."""
+def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
+    """Run the proof (see the module docstring); returns the exactness report plus ``elastic``."""
     say = opts.log
     started = time.monotonic()
     deadline = started + opts.timeout_s
@@ -193,8 +189,7 @@ def run_elastic(opts: Options, rate: float | None = None, load: float = 0.5) -> 
             leaving: dict[int, float] = {}  # worker -> when it got SIGTERM
             rolling: list[int] = []  # a rolling restart: the workers still to restart, the first one now
             shrinking: list[int] = []  # a scale-in: the workers still to stop after the one leaving now
-            probe: dict[str, Any] = {}
-            t_pub = k_pub = 0.0  # when (and from which event) the paced stream starts
+            t_pub = time.monotonic()
 
             def restart_exited() -> None:
                 """A worker that exited unasked (its watchdog stopped it) starts again, as a
@@ -215,15 +210,6 @@ def run_elastic(opts: Options, rate: float | None = None, load: float = 0.5) -> 
 
             with EventProducer(settings) as producer:
                 k = 0  # events sent; after the last one, the changes still to come go on
-                if rate is None:
-                    k, probe = _probe(stream, wanted, producer, reader, sent, int(PROBE_SHARE * n),
-                                      deadline, workers[0].check)  # type: ignore[union-attr]
-                    rate = round(load * probe["saturation_events_per_s"], 2)
-                    say(f"saturation {probe['saturation_events_per_s']} events/s over the probe's second half: "
-                        f"offering {rate}/s")
-                assert rate is not None
-                t_pub, k_pub = time.monotonic(), k
-
                 def stuck(why: str) -> TimeoutError:
                     state = (f"{why}: event {k}/{n}, changes left {[a for _, a in plan]}, window {open_window}, "
                              f"rolling {rolling}, shrinking {shrinking}, leaving {sorted(leaving)}")
@@ -257,7 +243,7 @@ def run_elastic(opts: Options, rate: float | None = None, load: float = 0.5) -> 
                             stop_gracefully(shrinking.pop(0))
                         say(f"  {action} at event {k} ({time.monotonic() - t_pub:.0f} s)")
                     if k < n:
-                        due = t_pub + (k - k_pub) / rate
+                        due = t_pub + k / rate
                         while (wait := due - time.monotonic()) > 0:
                             reader.poll(min(wait, 0.2))
                         doc = stream.events[k]
@@ -357,7 +343,7 @@ def run_elastic(opts: Options, rate: float | None = None, load: float = 0.5) -> 
             between.append(lag)
     steady_stats = _stats(steady)
     elastic: dict[str, Any] = {
-        "rate_events_per_s": rate, "probe": probe, "steady": steady_stats, "between_changes": _stats(between),
+        "rate_events_per_s": rate, "steady": steady_stats, "between_changes": _stats(between),
         "windows": {w.name: {**_stats(per_window.get(w.name, [])), **w.notes,
                              "seconds": round((w.end or w.start) - w.start, 1)} for w in windows},
         # no message at all after it, and the product ends deleted: created and deleted between
@@ -390,34 +376,6 @@ def run_elastic(opts: Options, rate: float | None = None, load: float = 0.5) -> 
     if not opts.keep and passed(report) and opts.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return report
-
-
-def _probe(stream: Stream, wanted: list[tuple[bool, bool]], producer: EventProducer, reader: ArrivalReader,
-           sent: list[tuple[str, int, str, float, bool]], events: int, deadline: float,
-           check: Any) -> tuple[int, dict[str, Any]]:
-    """Publish the stream's first ``events`` at once and wait for every message they should
-    produce; returns how many were sent and the saturation: events/s over the second half of the
-    messages (the first rides on the fresh worker's warm start)."""
-    first = len(sent)
-    t0 = time.monotonic()
-    for doc, (should, deleted_later) in zip(stream.events[:events], wanted[:events]):
-        producer.send(doc)
-        if should:
-            sent.append((doc["product_id"], int(doc["version"]), doc["op"], time.monotonic(), deleted_later))
-    producer.flush()
-    while True:
-        lags = freshness_of(sent[first:], reader.arrivals)
-        if all(lag is not None for _, lag in lags):
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the saturation probe's {events} events were not all answered")
-        check()
-        reader.poll(0.5)
-    done = sorted(at + lag for at, lag in lags if lag is not None)
-    half = done[len(done) // 2:]
-    span = max(half[-1] - half[0], 1e-3) if len(half) > 1 else max(done[-1] - t0, 1e-3)
-    return events, {"events": events, "seconds": round(done[-1] - t0, 1),
-                    "saturation_events_per_s": round((events / 2) / span, 2)}
 
 
 def _joins(data_dir: Path) -> list[dict[str, Any]]:
