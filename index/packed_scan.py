@@ -187,7 +187,8 @@ def _split(hr: np.ndarray, hq: np.ndarray, count: int, into: list[list[np.ndarra
 
 def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.ndarray, limit: int,
                     resident: DeviceRows | None = None, bars: np.ndarray | None = None,
-                    margin: float = 0.0) -> Candidates:
+                    margin: float = 0.0, *, allowed: np.ndarray | None = None,
+                    sel: np.ndarray | None = None) -> Candidates:
     """Every live row among [0, used) whose scan score is within ``window`` of query j's
     ``limit``-th best: a superset of each query's exact top-``limit``. Rows held loose (float32,
     off the grid) are scored with a float32 dot product instead (within the same bound).
@@ -198,9 +199,16 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     that), in the same pass.
 
     ``resident``: the rows decoded on a device (a GPU: index/device_rows.py), multiplied there in
-    float32 over every column (the window of that sum) instead of on the packed values."""
+    float32 over every column (the window of that sum) instead of on the packed values.
+
+    ``allowed`` (rows x queries, bool): which rows each query may return besides being live (a
+    query's filters; simstream serve). ``sel`` (row numbers): scan only those rows, gathered still
+    packed (a selective filter's rows), on the CPU and without ``bars``."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
+    if sel is not None:
+        assert bars is None, "a subset scan answers no bars"
+        resident, sel = None, np.asarray(sel, np.int64)
     q = None if resident is not None else PackedQueries(queries, rows.segments)
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
     windows = windows_of(rows, queries, widest)
@@ -213,21 +221,33 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     reaching: list[list[np.ndarray]] = [[] for _ in range(count)]
     # scan error + oracle error = (window - 3e-6) / 2; the 1.5e-6 left covers the float32 subtraction
     slack = torch.from_numpy(np.asarray(margin + windows / 2, np.float32))
-    for first in range(0, used, BLOCK_ROWS):
-        stop = min(used, first + BLOCK_ROWS)
+    scanned = used if sel is None else len(sel)
+    loose_at = dict(loose) if sel is not None else {}
+    for first in range(0, scanned, BLOCK_ROWS):
+        stop = min(scanned, first + BLOCK_ROWS)
+        here: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
         if q is None:
             assert resident is not None and q_device is not None
             with exact_float32_matmul():
                 acc = resident.block(first, stop) @ q_device.T
             win = win.to(acc.device)
         else:
-            acc = block_scores(rows, q, first, stop, count)
-        for r, vec in loose:
-            if first <= r < stop:
-                acc[r - first] = qf @ torch.from_numpy(vec)
-        dead = torch.from_numpy(~live[first:stop]).to(acc.device)
+            acc = block_scores(rows, q, first, stop, count, sel=sel)
+        if sel is None:
+            for r, vec in loose:
+                if first <= r < stop:
+                    acc[r - first] = qf @ torch.from_numpy(vec)
+        elif loose_at:
+            for i, r in enumerate(sel[first:stop].tolist()):
+                if (vec := loose_at.get(r)) is not None:
+                    acc[i] = qf @ torch.from_numpy(vec)
+        dead = torch.from_numpy(~live[here]).to(acc.device)
         if bool(dead.any()):
             acc[dead] = -torch.inf
+        if allowed is not None:
+            barred = torch.from_numpy(~allowed[here]).to(acc.device)
+            if bool(barred.any()):
+                acc[barred] = -torch.inf
         if bars is not None:
             bar = torch.from_numpy(bars[first:stop]).to(acc.device)
             reach = (acc >= bar[:, None] - slack.to(acc.device)[None, :]) & (acc > -torch.inf)  # a -inf bar: everyone
@@ -244,7 +264,8 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
             continue
         hit_scores = acc[hit_rows, hit_queries].cpu().numpy()
         hit_rows, hit_queries = hit_rows.cpu(), hit_queries.cpu()
-        _split(hit_rows.numpy() + first, hit_queries.numpy(), count, kept_rows, hit_scores, kept_scores)
+        found = hit_rows.numpy() + first if sel is None else sel[hit_rows.numpy() + first]
+        _split(found, hit_queries.numpy(), count, kept_rows, hit_scores, kept_scores)
     out_rows, out_scores = [], []
     windows64 = np.asarray(windows, np.float64)
     for j in range(count):

@@ -33,7 +33,7 @@ from simstream.index.rows import StoredProduct
 from simstream.logs import get_logger
 from simstream.vector_codec import Segment
 
-__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "ProductMeta", "SideIndex"]
+__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "SUBSET_ROWS", "ProductMeta", "SideIndex"]
 
 log = get_logger(__name__)
 
@@ -48,6 +48,9 @@ HASH_SLOTS = 8  # field hashes held per product as 64-bit numbers (simstream has
 # Deletes remembered with their write sequence number (``SideIndex.changes_after``): a step that
 # asks about more deletes than this since it read gets None, and its caller asks Milvus instead.
 DELETE_LOG = 65_536
+# A filtered search whose filter leaves at most this many rows scans only those rows (gathered,
+# still packed); wider ones share one pass over every row with the other queries.
+SUBSET_ROWS = 16_384
 
 
 class ProductMeta:
@@ -522,6 +525,55 @@ class SideIndex:
             for i, hits in zip(rest, self.search(q[rest], limit)):
                 out[i] = hits
         return out
+
+    @property
+    def used(self) -> int:
+        """Rows ever used: masks over the rows (``search_filtered``) cover [0, used)."""
+        return len(self._ids)
+
+    def live_rows(self) -> np.ndarray:
+        """Which rows of [0, used) hold a product (a read-only view)."""
+        view = self._live[: len(self._ids)]
+        view.flags.writeable = False
+        return view
+
+    def rows_of(self, ids: Iterable[str]) -> dict[str, int]:
+        """The row of each live product among ``ids``."""
+        return {pid: r for pid in ids if (r := self._row.get(pid)) is not None}
+
+    def search_filtered(self, vectors: np.ndarray, limit: int, allowed: Sequence[np.ndarray | None],
+                        ) -> list[list[tuple[str, float]]]:
+        """Top-``limit`` (id, score) per query, best first, among the live rows its mask allows
+        (bool over [0, ``used``); None: every row): the exact answer a float32 brute force over
+        those rows ranks (index/exact.py). A query whose mask leaves at most ``SUBSET_ROWS`` rows
+        scans just those; the others share one pass."""
+        q = np.asarray(vectors, np.float32)
+        n = len(self._ids)
+        out: list[list[tuple[str, float]] | None] = [None] * len(q)
+        wide: list[int] = []
+        for j, mask in enumerate(allowed):
+            if mask is not None:
+                rows = np.flatnonzero(mask[:n] & self._live[:n])
+                if len(rows) <= SUBSET_ROWS:
+                    out[j] = self._ranked(q[j:j + 1], limit, sel=rows)[0] if len(rows) else []
+                    continue
+            wide.append(j)
+        for start in range(0, len(wide), 256):
+            chunk = wide[start:start + 256]
+            masks = [allowed[j] for j in chunk]
+            both = None if all(m is None for m in masks) else np.stack(
+                [m[:n] if m is not None else np.ones(n, bool) for m in masks], axis=1)
+            for j, hits in zip(chunk, self._ranked(q[chunk], limit, allowed=both)):
+                out[j] = hits
+        return [hits or [] for hits in out]
+
+    def _ranked(self, queries: np.ndarray, limit: int, *, allowed: np.ndarray | None = None,
+                sel: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+        cand = scan_candidates(self._rows, self._live, len(self._ids), np.ascontiguousarray(queries), limit,
+                               resident=self._resident, allowed=allowed, sel=sel)
+        tops, _, _ = self._rescored(queries, cand.rows, limit)
+        ids = self._ids
+        return [[(ids[r], sc) for r, sc in zip(rows, scores)] for rows, scores in tops]  # type: ignore[misc]
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, inner product) per query, best first."""

@@ -217,3 +217,43 @@ def test_a_catalog_that_outgrows_the_device_is_scanned_on_the_host(monkeypatch: 
     assert side._resident is None
     got = side.search_scores(x[:10], 12)
     assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, np.ones(len(x), bool), x[:10], 12)
+
+
+@pytest.mark.parametrize("block_rows,subset_rows,resident", [(97, 0, False), (97, 100_000, False), (8_192, 300, True)])
+def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: pytest.MonkeyPatch, block_rows: int,
+                                                                   subset_rows: int, resident: bool) -> None:
+    """Per-query masks (serve's filters): the full pass with masks (subset_rows 0), the subset scan
+    of the allowed rows alone (every mask small enough), and both in one call; re-weighted queries
+    (off the i8 grid) and an empty mask included."""
+    from simstream.index import side as side_module
+
+    monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(side_module, "SUBSET_ROWS", subset_rows)
+    x = catalog(1_500, seed=5, duplicates=30)
+    rng = np.random.default_rng(6)
+    ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
+    side = fill(x, ids, resident=resident)
+    gone = rng.choice(len(x), 150, replace=False)
+    side.delete(ids[i] for i in gone)
+    live = np.ones(len(x), bool)
+    live[gone] = False
+    rows = side.rows_of(ids)
+    queries = np.concatenate([x[:6], x[-2:]]).copy()
+    queries[1, 24:56] *= 1.7  # a query-time weight: the i8 segment off its grid
+    queries[2, :24] = 0  # a field weighted to zero
+    masks: list[np.ndarray | None] = []
+    for j in range(len(queries)):
+        keep = rng.random(len(x)) < (0.05, 0.5, 0.9, 0.2, 0.01, 0.6, 0.3, 0.0)[j]
+        mask = np.zeros(side.used, bool)
+        for i in np.flatnonzero(keep):
+            if ids[i] in rows:
+                mask[rows[ids[i]]] = True
+        masks.append(mask)
+    masks[3] = None  # no filter
+    for k in (1, 12, 60):
+        got = side.search_filtered(queries, k, masks)
+        for j, (q, row) in enumerate(zip(queries, got)):
+            allowed = live.copy() if masks[j] is None else live & np.array(
+                [bool(masks[j][rows[pid]]) if pid in rows else False for pid in ids])  # type: ignore[index]
+            assert [pid for pid, _ in row] == brute_force(x, ids, allowed, q[None, :], k)[0], (j, k)
+            assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)
