@@ -31,7 +31,8 @@ __all__ = [
     "MAX_DISPLAY_BYTES", "MAX_DISPLAY_TITLE_BYTES", "MAX_DISPLAY_IMAGE_URL_BYTES", "MAX_DISPLAY_CURRENCY_BYTES",
     "MAX_CATEGORY_KEY_BYTES", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_REASON_CHARS", "MAX_ERROR_HEADER_BYTES", "DEAD_LETTER_HEADROOM_BYTES", "MAX_BARE_KEY_BYTES", "CHANGELOG_HEADROOM_BYTES",
-    "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS", "MAX_SERVE_K",
+    "MAX_QUERY_CHARS", "MAX_QUERY_ATTRIBUTES", "MAX_ATTRIBUTE_FILTERS", "MAX_SERVE_K", "MAX_FILTER_VALUES",
+    "MAX_EXCLUDE_IDS", "MAX_SEEDS", "MAX_BATCH_QUERIES",
     "BULK_MAX_HELD_EVENTS", "MILVUS_PAGE_ROWS", "MILVUS_WRITE_ROWS", "MILVUS_RESPONSE_BYTES", "MILVUS_SEARCH_QUERIES",
     "search_hit_bytes", "search_queries_per_call",
 ]
@@ -118,6 +119,10 @@ CHANGELOG_HEADROOM_BYTES = 4_096  # kept free under the producer cap for a recor
 MAX_QUERY_CHARS = 500  # a text search
 MAX_QUERY_ATTRIBUTES = 64  # attributes of a query document
 MAX_ATTRIBUTE_FILTERS = 8  # attr.NAME=VALUE filters per request
+MAX_FILTER_VALUES = 50  # values of one IN / NOT filter (brand, brand_not, category, category_not)
+MAX_EXCLUDE_IDS = 1000  # ids left out of one query's results (seen, in the cart)
+MAX_SEEDS = 50  # positive plus negative examples of one recommend query
+MAX_BATCH_QUERIES = 100  # queries in one POST /v1/batch
 MAX_SERVE_K = 1000  # the highest SIMSTREAM_SERVE_MAX_K: hits per query (live queries; a published list holds top_k)
 
 # --- bounded work ------------------------------------------------------------------------------------

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"  # SIMSTREAM_SERVE_HOST; the container sets 0.0.0.0
     serve_port: int = Field(8080, ge=1, le=65535)  # SIMSTREAM_SERVE_PORT
     serve_max_k: int = Field(100, ge=1, le=MAX_SERVE_K)  # SIMSTREAM_SERVE_MAX_K
+    # live queries from an exact in-memory copy of the catalog (serve/copy.py): "auto" when it fits
+    # the memory limit, else Milvus search; "on" refuses to start without it; "off" always Milvus
+    serve_copy: Literal["auto", "on", "off"] = "auto"  # SIMSTREAM_SERVE_COPY
+    serve_sync_s: float = Field(1.0, gt=0, le=60)  # SIMSTREAM_SERVE_SYNC_S: the copy polls Milvus this often
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit

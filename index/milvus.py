@@ -487,6 +487,11 @@ class MilvusStore:
         rows = self._query(self.products, ids, self.display_fields(with_vectors=with_vectors))
         return {r["product_id"]: served_product(r["product_id"], r) for r in rows}
 
+    def iter_served(self, batch_size: int = 1000, *, with_vectors: bool = True) -> Iterator[list[ServedProduct]]:
+        """Every stored product as a reader shows it (the vector too by default), in pages."""
+        for page in self._pages(self.products, self.display_fields(with_vectors=with_vectors), batch_size):
+            yield [served_product(r["product_id"], r) for r in page]
+
     def read_list_payload(self, product_id: str) -> bytes | None:
         """The list last published for ``product_id`` (b"" for a tombstone marker), None when none is recorded."""
         rows = self._query(self.lists, [product_id], ["payload"])

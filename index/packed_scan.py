@@ -239,8 +239,8 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
                     acc[r - first] = qf @ torch.from_numpy(vec)
         elif loose_at:
             for i, r in enumerate(sel[first:stop].tolist()):
-                if (vec := loose_at.get(r)) is not None:
-                    acc[i] = qf @ torch.from_numpy(vec)
+                if (held := loose_at.get(r)) is not None:
+                    acc[i] = qf @ torch.from_numpy(held)
         dead = torch.from_numpy(~live[here]).to(acc.device)
         if bool(dead.any()):
             acc[dead] = -torch.inf

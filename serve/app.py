@@ -1,11 +1,17 @@
 """The query API (FastAPI): read-only routes over the index, plus the explorer page at ``/``.
 
     GET  /v1/products/{id}                 what is stored about a product
-    GET  /v1/products/{id}/neighbors?k=    the list as last published; with filters: exact filtered top-K
+    GET  /v1/products/{id}/neighbors       the published list; with filters, weights or paging: exact
     GET  /v1/products/{id}/image           a file: image from the image root (guarded)
-    GET  /v1/search?q=&k=&filters          search ranking: query text in the fused space
-    POST /v1/similar                       query by example: a product document
+    GET  /v1/search?q=                     search ranking: query text in the fused space
+    POST /v1/similar                       query by example: a product document (title and/or image)
+    POST /v1/recommend                     several positive (and negative) examples: ids or documents
+    POST /v1/batch                         up to 100 of the queries above in one request
     GET  /healthz /readyz /metrics         liveness, readiness (Milvus answers), latency histograms
+
+Live queries are answered from serve's exact in-memory copy of the catalog (serve/copy.py), or
+from Milvus search when it does not fit (SIMSTREAM_SERVE_COPY). Every query option (filters,
+weights, paging) is spelled once, in serve/requests.py.
 
 Errors: 400 bad parameters or filters, 404 unknown/deleted product, 409 filters an old collection
 cannot answer, 422 a body or document that does not validate or encode, 503 Milvus unavailable;
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -25,23 +32,28 @@ from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from simstream.errors import EncodeError, IndexUnavailable
 from simstream.generations import FIRST, ControlRecord, generation_settings
+from simstream.index.budget import MemoryBudgetExceeded
 from simstream.index.control import ControlStore
 from simstream.index.milvus import MilvusStore, close_client, open_client
 from simstream.logs import get_logger
-from simstream.serve.catalog import Catalog, NotFound, filters_view
+from simstream.serve.catalog import Catalog, NotFound
+from simstream.serve.copy import ServedCopy
 from simstream.serve.filters import FilterError, Filters
 from simstream.serve.images import LocalImages
 from simstream.serve.metrics import ServeMetrics
-from simstream.limits import MAX_QUERY_CHARS
-from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
+from simstream.serve.queries import QueryEncoder
+from simstream.serve.ranking import Conflict, CopyLive, LiveIndex, MilvusLive
+from simstream.serve.requests import (
+    BatchRequest, NeighborsQuery, RecommendRequest, SearchQuery, SimilarRequest, parse_weights,
+)
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "FOLLOW_S", "Conflict", "FilterBody", "SimilarRequest", "Services", "create_app"]
+__all__ = ["STATIC", "FOLLOW_S", "Conflict", "Served", "Services", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
@@ -49,26 +61,35 @@ FOLLOW_S = 5.0  # serve reads the control record this often and follows a switch
 STATIC = Path(str(resources.files("simstream.serve") / "static" / "index.html")).resolve().parent
 
 
-class Conflict(Exception):
-    """A request this collection cannot answer (filters on a collection without display fields)."""
+@dataclass(frozen=True)
+class Served:
+    """One generation as serve answers it, swapped as one (``Services.follow``)."""
+
+    settings: Settings
+    milvus: MilvusStore | None
+    encoder: QueryEncoder | None
+    copy: ServedCopy | None = None  # None: live queries go to Milvus
+
+    @property
+    def live(self) -> LiveIndex:
+        assert self.milvus is not None
+        return CopyLive(self.copy) if self.copy is not None else MilvusLive(self.milvus)
 
 
-class FilterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    brand: str | None = None
-    category: str | None = None
-    price_min: float | None = None
-    price_max: float | None = None
-    attributes: dict[str, str] = Field(default_factory=dict)
-
-
-class SimilarRequest(BaseModel):
-    """Query by example: ``product`` in the event format (docs/events.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-    product: ProductDocument
-    k: int = 10
-    filters: FilterBody = Field(default_factory=FilterBody)
+def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) -> ServedCopy | None:
+    """Serve's in-memory copy of ``milvus``' catalog (serve/copy.py), or None: SIMSTREAM_SERVE_COPY
+    off, or "auto" and it does not fit the memory limit (live queries then go to Milvus)."""
+    if settings.serve_copy == "off":
+        return None
+    segments = getattr(getattr(encoder, "encoder", None), "segments", None)
+    try:
+        need = ServedCopy.fits(milvus, segments, settings.memory_limit_bytes)
+    except MemoryBudgetExceeded as exc:
+        if settings.serve_copy == "on":
+            raise
+        log.warning("serve's in-memory copy does not fit; live queries go to Milvus", reason=str(exc)[:400])
+        return None
+    return ServedCopy.build(milvus, segments, need.products)
 
 
 class Services:
@@ -76,42 +97,46 @@ class Services:
 
     Opened by serve itself, they follow the live generation (simstream.generations): the control
     record is read every ``FOLLOW_S``, and after a switch (``simstream migrate``) the new
-    generation's collections and query encoder are opened beside the old ones and swapped in,
-    without a restart; queries in flight finish on the old ones."""
+    generation's collections, query encoder and copy are opened beside the old ones and swapped
+    in, without a restart; queries in flight finish on the old ones."""
 
     def __init__(self, settings: Settings, milvus: MilvusStore | None, encoder: QueryEncoder | None) -> None:
         self.base = settings  # the deployment's settings; ``settings``: the generation served
-        # (settings, milvus, encoder) of the generation served, swapped as one (``follow``)
-        self.current: tuple[Settings, MilvusStore | None, QueryEncoder | None] = (settings, milvus, encoder)
+        self.current = Served(settings, milvus, encoder)
         self.owns_milvus = milvus is None
         self.generation: str | None = None  # the tag served (None: given, not followed)
         self.images = LocalImages(settings)
 
     @property
     def settings(self) -> Settings:
-        return self.current[0]
+        return self.current.settings
 
     @property
     def milvus(self) -> MilvusStore | None:
-        return self.current[1]
+        return self.current.milvus
 
     @property
     def encoder(self) -> QueryEncoder | None:
-        return self.current[2]
+        return self.current.encoder
 
-    def pair(self) -> tuple[QueryEncoder, Catalog]:
-        """The query encoder and the catalog of one generation (a switch may happen between two reads)."""
-        _, milvus, encoder = self.current
-        assert milvus is not None and encoder is not None
-        return encoder, Catalog(milvus, encoder.layout)
+    @property
+    def copy(self) -> ServedCopy | None:
+        return self.current.copy
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog of one generation (a switch may happen between two reads of ``current``)."""
+        served = self.current
+        assert served.milvus is not None and served.encoder is not None
+        return Catalog(served.milvus, served.live, served.encoder, max_k=served.settings.serve_max_k,
+                       top_k=served.settings.top_k)
 
     def _control(self, client: Any) -> ControlStore:
         return ControlStore(client, self.base.collection, timeout_s=self.base.milvus_timeout_s)
 
-    def _open_generation(self, record: ControlRecord | None,
-                         on: MilvusStore | None = None) -> tuple[str, Settings, MilvusStore, QueryEncoder]:
-        """The live generation's settings, collections and query encoder; ``on``: a store whose
-        client to reuse (a milvus-lite file has one server per process)."""
+    def _open_generation(self, record: ControlRecord | None, on: MilvusStore | None = None) -> tuple[str, Served]:
+        """The live generation's settings, collections, query encoder and copy; ``on``: a store
+        whose client to reuse (a milvus-lite file has one server per process)."""
         tag = record.live if record is not None else FIRST
         s = generation_settings(self.base, record.generations.get(tag) if record is not None else None, tag)
         # dim None: open the collections the worker made, at their dimension; never create them
@@ -123,14 +148,19 @@ class Services:
         try:
             encoder = QueryEncoder(s)
             encoder.encoder.warm_up()
-            if encoder.dim != milvus.dim:
-                raise ValueError(f"the encoders give dim {encoder.dim} but {milvus.products} has "
-                                 f"{milvus.dim}: serve with the worker's fusion config and text model")
+            self._check_dim(encoder, milvus)
+            copy = open_copy(s, milvus, encoder)
         except BaseException:
             if on is None:
                 milvus.close()
             raise
-        return tag, s, milvus, encoder
+        return tag, Served(s, milvus, encoder, copy)
+
+    @staticmethod
+    def _check_dim(encoder: QueryEncoder, milvus: MilvusStore) -> None:
+        if encoder.dim != milvus.dim:
+            raise ValueError(f"the encoders give dim {encoder.dim} but {milvus.products} has "
+                             f"{milvus.dim}: serve with the worker's fusion config and text model")
 
     def open(self) -> None:
         if self.milvus is None:
@@ -141,18 +171,19 @@ class Services:
                 record = self._control(client).read()
             finally:
                 close_client(client, uri)
-            tag, settings, milvus, encoder = self._open_generation(record)
-            self.generation, self.current = tag, (settings, milvus, encoder)
-        elif self.encoder is None:
-            encoder = QueryEncoder(self.settings)
-            encoder.encoder.warm_up()
-            self.current = (self.settings, self.milvus, encoder)
+            self.generation, self.current = self._open_generation(record)
+        else:
+            encoder = self.encoder
+            if encoder is None:
+                encoder = QueryEncoder(self.settings)
+                encoder.encoder.warm_up()
+            assert self.milvus is not None
+            self._check_dim(encoder, self.milvus)
+            self.current = Served(self.settings, self.milvus, encoder, open_copy(self.settings, self.milvus, encoder))
         assert self.encoder is not None and self.milvus is not None
-        if self.encoder.dim != self.milvus.dim:
-            raise ValueError(f"the encoders give dim {self.encoder.dim} but {self.milvus.products} has "
-                             f"{self.milvus.dim}: serve with the worker's fusion config and text model")
         log.info("serve ready", collection=self.milvus.products, model=self.encoder.model,
-                 generation=self.generation)
+                 generation=self.generation, live_index="copy" if self.copy is not None else "milvus",
+                 products=len(self.copy) if self.copy is not None else None)
 
     def follow(self) -> bool:
         """Read the control record; after a switch, open the live generation and swap it in (blocking:
@@ -164,35 +195,73 @@ class Services:
         if live == self.generation:
             return False
         # on the same client: queries in flight on the old collections finish; it is closed at shutdown
-        tag, settings, milvus, encoder = self._open_generation(record, on=self.milvus)
-        self.generation, self.current = tag, (settings, milvus, encoder)
-        log.info("serve follows the live generation", generation=tag or "first", model=encoder.model,
-                 collection=milvus.products)
+        tag, served = self._open_generation(record, on=self.milvus)
+        self.generation, self.current = tag, served
+        assert served.encoder is not None and served.milvus is not None
+        log.info("serve follows the live generation", generation=tag or "first", model=served.encoder.model,
+                 collection=served.milvus.products)
         return True
+
+    def sync(self) -> int:
+        """Bring the copy in step with Milvus (blocking: call it off the event loop)."""
+        served = self.current
+        if served.copy is None or served.milvus is None:
+            return 0
+        return served.copy.sync(served.milvus)
 
     def close(self) -> None:
         if self.owns_milvus and self.milvus is not None:
             self.milvus.close()
-
-    @property
-    def catalog(self) -> Catalog:
-        return self.pair()[1]
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _k(raw: str | int | None, max_k: int, default: int = 10) -> int:
+def _int(name: str, raw: str | None) -> int | None:
     if raw is None:
-        return default
+        return None
     try:
-        k = int(raw)
+        return int(raw)
     except (TypeError, ValueError):
-        raise FilterError(f"k must be an integer, got {str(raw)[:40]!r}") from None
-    if not 1 <= k <= max_k:
-        raise FilterError(f"k must be between 1 and {max_k}")
-    return k
+        raise FilterError(f"{name} must be an integer, got {str(raw)[:40]!r}") from None
+
+
+def _float(name: str, raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise FilterError(f"{name} must be a number, got {str(raw)[:40]!r}") from None
+
+
+PAGE_PARAMS = {"k", "cursor", "min_score", "per_brand", "weights"}
+
+
+def _options(rest: dict[str, str]) -> dict[str, Any]:
+    """The paging and weight parameters of a GET query, as the request models spell them."""
+    out: dict[str, Any] = {"weights": parse_weights(rest.get("weights"))}
+    if (k := _int("k", rest.get("k"))) is not None:
+        out["k"] = k
+    if (per_brand := _int("per_brand", rest.get("per_brand"))) is not None:
+        if per_brand < 1:
+            raise FilterError("per_brand must be at least 1")
+        out["per_brand"] = per_brand
+    if (min_score := _float("min_score", rest.get("min_score"))) is not None:
+        out["min_score"] = min_score
+    if rest.get("cursor"):
+        out["cursor"] = rest["cursor"]
+    return out
+
+
+def _model(cls: type, **data: Any) -> Any:
+    """A request model from GET parameters; its validation errors are 400s, as for a body."""
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise FilterError("/".join(str(x) for x in first.get("loc", ())) + ": " + str(first.get("msg", ""))) from None
 
 
 def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
@@ -209,19 +278,30 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
             except Exception as exc:  # Milvus down or the new generation not openable: keep serving the old
                 log.warning("following the control record failed; trying again", error=repr(exc)[:300])
 
+    async def sync() -> None:
+        while True:
+            await asyncio.sleep(services.settings.serve_sync_s)
+            try:
+                await asyncio.to_thread(services.sync)
+            except Exception as exc:  # Milvus down: keep answering from the copy; as_of says how old
+                log.warning("syncing serve's copy failed; trying again", error=repr(exc)[:300])
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.open()
-        following = asyncio.create_task(follow()) if services.generation is not None else None
+        tasks = [asyncio.create_task(sync())]
+        if services.generation is not None:
+            tasks.append(asyncio.create_task(follow()))
         try:
             yield
         finally:
-            if following is not None:
-                following.cancel()
+            for task in tasks:
+                task.cancel()
             services.close()
 
     app = FastAPI(title="simstream query API", version="1", lifespan=lifespan,
-                  description="Read-only similar items, search ranking and query by example (docs/serving.md).")
+                  description="Read-only similar items, search ranking, query by example and recommendations "
+                              "(docs/serving.md).")
     app.state.services = services
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -280,18 +360,20 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     def metrics_() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or filtered top-K")
+    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K")
     def neighbors(request: Request, product_id: str,
                   k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
-                  brand: str | None = None, category: str | None = Query(None, description="a path prefix"),
+                  brand: list[str] | None = Query(None, description="any of these brands (repeat the parameter)"),
+                  category: list[str] | None = Query(None, description="path prefixes: any of them"),
                   price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
-        """Without filters: the list as last published. With ``brand``, ``category``, ``price_min``,
-        ``price_max`` or ``attr.NAME=VALUE``: an exact filtered top-K over the current catalog."""
-        filters, rest = Filters.from_query(request.query_params.multi_items(), {"k"})
-        size = _k(rest.get("k"), settings.serve_max_k)
-        if filters.empty:
-            return services.catalog.published(product_id, size)
-        return _live(lambda: services.catalog.filtered(product_id, size, filters))
+        """Without options: the list as last published. With filters (``brand``, ``brand_not``,
+        ``category``, ``category_not``, ``price_min``, ``price_max``, ``attr.NAME=VALUE``,
+        ``exclude``, ``same_brand``, ``same_category``, ``price_within_pct``), ``min_score`` or
+        ``per_brand``: the published entries that pass when at least k do, else an exact live
+        top-K; with ``weights`` (``text:2,image:0``) or ``cursor``: live."""
+        filters, rest = Filters.from_query(request.query_params.multi_items(), PAGE_PARAMS)
+        q = _model(NeighborsQuery, product_id=product_id, **_options(rest))
+        return services.catalog.neighbors(q, filters)
 
     @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)")
     def image(product_id: str) -> Response:
@@ -308,39 +390,50 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         return services.catalog.product(product_id)
 
     @app.get("/v1/search", summary="Search ranking: query text in the fused space")
-    def search(request: Request, q: str | None = Query(None, description=f"1..{MAX_QUERY_CHARS} characters"),
-               k: str | None = None, brand: str | None = None, category: str | None = None,
+    def search(request: Request, q: str | None = Query(None, description="1..500 characters"),
+               k: str | None = None, brand: list[str] | None = None, category: list[str] | None = None,
                price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
-        filters, rest = Filters.from_query(request.query_params.multi_items(), {"q", "k"})
-        size = _k(rest.get("k"), settings.serve_max_k)
-        text = (rest.get("q") or "").strip()
-        if not text or len(text) > MAX_QUERY_CHARS:
-            raise FilterError(f"q must be 1 to {MAX_QUERY_CHARS} characters")
-        encoder, catalog = services.pair()
-        vector = encoder.text(text)
-        return {"query": text, "model": encoder.model, "query_fields": field_names(vector, encoder.layout),
-                "filters": filters_view(filters), "neighbors": _live(lambda: catalog.nearest(vector, size, filters))}
+        """The same filters, weights and paging as the neighbours route (relative filters aside)."""
+        filters, rest = Filters.from_query(request.query_params.multi_items(), PAGE_PARAMS | {"q"})
+        query = _model(SearchQuery, q=rest.get("q") or "", **_options(rest))
+        return services.catalog.search(query, filters)
 
-    @app.post("/v1/similar", summary="Query by example: a product document not (yet) in the catalog")
+    @app.post("/v1/similar", summary="Query by example: a product document (title and/or image)")
     def similar(body: SimilarRequest = Body(...)) -> dict[str, Any]:
-        size = _k(body.k, settings.serve_max_k)
-        f = body.filters
-        filters = Filters.build(f.brand, f.category, f.price_min, f.price_max, f.attributes)
-        encoder, catalog = services.pair()
-        vector = encoder.document(body.product)
-        exclude = [body.product.product_id] if body.product.product_id else []
-        return {"model": encoder.model, "query_fields": field_names(vector, encoder.layout),
-                "filters": filters_view(filters),
-                "neighbors": _live(lambda: catalog.nearest(vector, size, filters, exclude))}
+        return services.catalog.similar(body)
+
+    @app.post("/v1/recommend", summary="Recommend from several positive (and negative) examples")
+    def recommend(body: RecommendRequest = Body(...)) -> dict[str, Any]:
+        return services.catalog.recommend(body)
+
+    @app.post("/v1/batch", summary="Up to 100 queries in one request, answered in order")
+    def batch(body: BatchRequest = Body(...)) -> dict[str, Any]:
+        """Each item is answered as its own route would answer it: ``{"status": 200, "body": ...}``
+        or ``{"status": 4xx/5xx, "error": message}``; one item's error fails no other."""
+        catalog = services.catalog  # one generation for the whole batch
+        handlers: dict[str, Callable[[Any], dict[str, Any]]] = {
+            "neighbors": catalog.neighbors, "search": catalog.search, "similar": catalog.similar,
+            "recommend": catalog.recommend}
+        results = []
+        for item in body.queries:
+            try:
+                results.append({"status": 200, "body": handlers[item.op](item)})
+            except Exception as exc:
+                status = _status_of(exc)
+                if status == 500:
+                    log.exception("a batch item failed", op=item.op)
+                results.append({"status": status, "error": str(exc) if status < 500 else "internal error"})
+        return {"results": results}
 
     return app
 
 
-def _live(fn: Callable[[], Any]) -> Any:
-    """A live search; an old collection that cannot answer a filter is a 409, not a 500."""
-    try:
-        return fn()
-    except ValueError as exc:
-        if isinstance(exc, FilterError):
-            raise
-        raise Conflict(str(exc)) from None
+def _status_of(exc: BaseException) -> int:
+    """The status the route of a batch item would have answered ``exc`` with."""
+    for kind, status in ((FilterError, 400), (NotFound, 404), (Conflict, 409), (EncodeError, 422),
+                         (IndexUnavailable, 503)):
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+

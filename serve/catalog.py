@@ -1,10 +1,15 @@
-"""The read side of the index as the query API answers it: products, published lists, exact
-(filtered) top-K around a vector. Reads typed records (``index.rows.ServedProduct``, the published
-``NeighbourList``) and turns them into plain dicts, ready to be JSON; never writes.
+"""The read side of the index as the query API answers it: products, published lists, and every
+live query (neighbours with filters, search, by example, recommend) as exact ranked pages
+(``serve/ranking.py``); plain dicts out, ready to be JSON; never writes.
 
-Live results are ranked as the worker ranks its lists (``index.exact.rank_key`` over float32
-inner products), and every neighbour carries its per-field contributions
-(``index.neighbours.contributions``: the shares of the fused dot product, summing to the score).
+Every neighbour carries its per-field contributions (``index.neighbours.contributions``: the
+shares of the fused dot product with the query vector actually ranked, re-weighted or combined,
+summing to the score).
+
+``GET /v1/products/{id}/neighbors`` answers from the list as last published whenever that is exact:
+with filters, the published entries that pass them are the exact filtered top-k as of
+``computed_at`` when at least k pass (everything outside the list scored below its last entry);
+with fewer, or with weights or a cursor, it answers live and says why (``fallback``).
 """
 
 from __future__ import annotations
@@ -13,16 +18,23 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote as url_quote
 
 import numpy as np
+import orjson
 
-from simstream.index.exact import SCORE_DECIMALS, rank_key
 from simstream.index.milvus import MilvusStore
-from simstream.index.neighbours import TIE_MARGIN, contributions
-from simstream.index.rows import ServedProduct
+from simstream.index.neighbours import contributions
+from simstream.index.rows import ServedProduct, brand_key
+from simstream.index.exact import SCORE_DECIMALS
 from simstream.limits import MAX_ID_BYTES
 from simstream.records import Neighbour, NeighbourList
-from simstream.serve.filters import Filters, quote
+from simstream.serve.filters import FilterError, Filters, quote
+from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
+from simstream.serve.ranking import LiveIndex, Page, Ranked, combine, decode_cursor, encode_cursor, rank, reweigh
+from simstream.serve.requests import NeighborsQuery, QueryOptions, RecommendRequest, SearchQuery, SimilarRequest
 
-__all__ = ["NotFound", "image_src", "product_view", "card", "neighbour_view", "Catalog", "filters_view"]
+__all__ = ["DEFAULT_K", "NotFound", "image_src", "product_view", "card", "neighbour_view", "Catalog"]
+
+
+DEFAULT_K = 10  # results per page when a live query names no k
 
 
 class NotFound(LookupError):
@@ -65,12 +77,19 @@ def neighbour_view(n: Neighbour, product: ServedProduct | None) -> dict[str, Any
 
 
 class Catalog:
-    """Reads through one ``MilvusStore``; ``layout`` splits scores into fields."""
+    """Reads through one generation: Milvus for published lists, ``live`` for products and rankings."""
 
-    def __init__(self, milvus: MilvusStore, layout: Mapping[str, slice]) -> None:
+    def __init__(self, milvus: MilvusStore, live: LiveIndex, encoder: QueryEncoder, *, max_k: int,
+                 top_k: int) -> None:
         self.milvus = milvus
-        self.layout = dict(layout)
+        self.live = live
+        self.encoder = encoder
+        self.layout = dict(encoder.layout)
+        self.stored_weights: Mapping[str, float] = getattr(encoder, "weights", {})
+        self.max_k = max_k
+        self.top_k = top_k
 
+    # --- products ---------------------------------------------------------------------------
     def _check_id(self, pid: str) -> None:
         try:
             quote(pid, "product id", MAX_ID_BYTES)
@@ -85,7 +104,7 @@ class Catalog:
     def served(self, pid: str, *, with_vector: bool = False) -> ServedProduct:
         """The stored product ``pid``; NotFound for an unknown, deleted or malformed id."""
         self._check_id(pid)
-        found = self.milvus.read_served([pid], with_vectors=with_vector)
+        found = self.live.served([pid], with_vectors=with_vector)
         if pid not in found:
             raise self._not_found(pid)
         return found[pid]
@@ -93,49 +112,172 @@ class Catalog:
     def product(self, pid: str) -> dict[str, Any]:
         return product_view(self.served(pid))
 
-    def published(self, pid: str, k: int) -> dict[str, Any]:
-        """The list last published for ``pid`` (its first ``k`` entries), with freshness."""
-        doc = self._published_list(pid)
-        entries = doc.neighbours[:k]
-        products = self.milvus.read_served([n.product_id for n in entries])
-        return {
-            "product_id": pid, "version": doc.version, "source": "published", "model": doc.model,
-            "computed_at": doc.computed_at, "source_event_time": doc.source_event_time,
-            "neighbors": [neighbour_view(n, products.get(n.product_id)) for n in entries],
-        }
-
+    # --- published lists --------------------------------------------------------------------
     def _published_list(self, pid: str) -> NeighbourList:
         """The recorded payload, parsed; NotFound says why there is none (no list yet, deleted, unknown)."""
         self._check_id(pid)
         payload = self.milvus.read_list_payload(pid)
         if payload:
             return NeighbourList.from_json(payload)
-        if pid in self.milvus.read_served([pid]):
+        if self.live.served([pid]):
             raise NotFound(f"product {pid[:80]!r} has no published list yet")
         raise self._not_found(pid, " (deleted)" if payload == b"" else "")
 
-    def nearest(self, vector: np.ndarray, k: int, filters: Filters, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Exact top-``k`` matching ``filters`` (``exclude`` left out), ranked as the worker ranks."""
-        if filters.needs_display and not self.milvus.products_display:
-            raise ValueError("this products collection predates display fields: brand, category and attr "
-                             "filters need it (re-ingest into a new SIMSTREAM_COLLECTION)")
-        hits = self.milvus.search_served(vector, k + TIE_MARGIN, filters.expression(exclude))
-        scored = sorted(((float(h.vector @ vector), h) for h in hits), key=lambda t: rank_key(t[0], t[1].product_id))[:k]
-        fields = contributions(vector, [h.vector for _, h in scored], self.layout)
-        return [{"product_id": h.product_id, "score": round(s, SCORE_DECIMALS), "fields": f, "product": card(h)}
-                for (s, h), f in zip(scored, fields)]
+    def published(self, pid: str, k: int) -> dict[str, Any]:
+        """The list last published for ``pid`` (its first ``k`` entries), with freshness."""
+        doc = self._published_list(pid)
+        entries = doc.neighbours[:k]
+        products = self.live.served(n.product_id for n in entries)
+        return self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in entries], k)
 
-    def filtered(self, pid: str, k: int, filters: Filters) -> dict[str, Any]:
-        """An exact filtered top-``k`` around a stored product, the product itself excluded."""
-        p = self.served(pid, with_vector=True)
-        return {"product_id": pid, "version": p.version, "source": "live", "model": p.model,
-                "filters": filters_view(filters), "neighbors": self.nearest(p.vector, k, filters, exclude=[pid])}
+    def _published_view(self, doc: NeighbourList, neighbours: list[dict[str, Any]], k: int) -> dict[str, Any]:
+        return {"product_id": doc.product_id, "version": doc.version, "source": "published", "model": doc.model,
+                "computed_at": doc.computed_at, "source_event_time": doc.source_event_time,
+                # the list stops at TOP_K: a deeper page, or filters that leave too few, are answered live
+                "cut_at_top_k": len(doc.neighbours) >= self.top_k and k > len(neighbours),
+                "neighbors": neighbours, "next_cursor": None}
 
+    def _published_filtered(self, doc: NeighbourList, filters: Filters, page: Page) -> dict[str, Any] | None:
+        """The published entries passing ``filters`` (and the page's min_score / per_brand) when
+        they make the exact answer: at least a full page, or a list that holds everyone."""
+        products = self.live.served(n.product_id for n in doc.neighbours)
+        kept: list[Neighbour] = []
+        per: dict[str, int] = {}
+        for n in doc.neighbours:
+            p = products.get(n.product_id)
+            if p is None or (page.min_score is not None and n.score < page.min_score):
+                continue  # gone since: it cannot be checked against the filters
+            if not filters.matches(p):
+                continue
+            if page.per_brand is not None and (b := brand_key(p.brand)):
+                if per.get(b, 0) >= page.per_brand:
+                    continue
+                per[b] = per.get(b, 0) + 1
+            kept.append(n)
+        holds_everyone = len(doc.neighbours) < self.top_k
+        if len(kept) < page.k and not holds_everyone:
+            return None
+        view = self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in kept[: page.k]],
+                                    page.k)
+        view["cut_at_top_k"] = False
+        view["filters"] = filters.view()
+        return view
 
-def filters_view(filters: Filters) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in (("brand", filters.brand), ("category", filters.category),
-                                             ("price_min", filters.price_min), ("price_max", filters.price_max))
-                           if v is not None}
-    if filters.attributes:
-        out["attributes"] = filters.attributes
-    return out
+    # --- live queries -----------------------------------------------------------------------
+    def _k(self, o: QueryOptions) -> int:
+        """The page size asked (default: the published list's TOP_K for neighbours, else 10)."""
+        k = o.k if o.k is not None else min(self.top_k if isinstance(o, NeighborsQuery) else DEFAULT_K, self.max_k)
+        if not 1 <= k <= self.max_k:
+            raise FilterError(f"k must be between 1 and {self.max_k}")
+        return k
+
+    def _page(self, o: QueryOptions, key: bytes) -> Page:
+        k = self._k(o)
+        offset = decode_cursor(o.cursor, key) if o.cursor else 0
+        if offset + k > self.max_k:
+            raise FilterError(f"a page may reach at most result {self.max_k} (SIMSTREAM_SERVE_MAX_K)")
+        return Page(k, offset, o.min_score, o.per_brand)
+
+    def _ranked(self, vector: np.ndarray, filters: Filters, o: QueryOptions, key: Any,
+                exclude: Sequence[str] = ()) -> dict[str, Any]:
+        """The exact page for ``vector`` (re-weighted), with contributions and cards."""
+        cursor_key = orjson.dumps([key, filters.view(), sorted(o.weights.items()), o.min_score, o.per_brand],
+                                  option=orjson.OPT_SERIALIZE_NUMPY)
+        page = self._page(o, cursor_key)
+        if o.weights and not self.stored_weights:
+            raise FilterError("weights: this encoder does not say how its fields are weighted")
+        vector = reweigh(vector, self.layout, self.stored_weights, o.weights)
+        ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude)
+        return self._view(vector, ranked, page, cursor_key, filters, o)
+
+    def _view(self, vector: np.ndarray, ranked: Ranked, page: Page, key: bytes, filters: Filters,
+              o: QueryOptions) -> dict[str, Any]:
+        products = self.live.served((pid for pid, _ in ranked.hits), with_vectors=True)
+        hits = [(pid, s) for pid, s in ranked.hits if pid in products]  # deleted between ranking and reading
+        fields = contributions(vector, [products[pid].vector for pid, _ in hits], self.layout)
+        out: dict[str, Any] = {
+            "source": "live", "index": ranked.source, "as_of": ranked.as_of, "model": self.encoder.model,
+            "filters": filters.view(),
+            "neighbors": [{"product_id": pid, "score": round(s, SCORE_DECIMALS), "fields": f,
+                           "product": card(products[pid])} for (pid, s), f in zip(hits, fields)],
+            "next_cursor": encode_cursor(page.offset + page.k, key) if ranked.more else None,
+        }
+        if o.weights:
+            out["weights"] = o.weights
+        return out
+
+    def neighbors(self, q: NeighborsQuery, filters: Filters | None = None) -> dict[str, Any]:
+        """Neighbours of a stored product: the published list when it is the exact answer, else live."""
+        filters = q.filters.build() if filters is None else filters
+        plain = filters.empty and not filters.exclude and q.min_score is None and q.per_brand is None
+        k = self._k(q)
+        doc = None
+        if not q.weights and not q.cursor:
+            try:
+                doc = self._published_list(q.product_id)
+            except NotFound:
+                if plain:
+                    raise
+        if doc is None:
+            reason = ("query-time weights" if q.weights else "a cursor" if q.cursor
+                      else "no published list yet")
+        else:
+            if plain:
+                if k <= len(doc.neighbours) or len(doc.neighbours) < self.top_k:
+                    return self.published(q.product_id, k)
+                reason = f"k={k} is deeper than the published list (TOP_K={self.top_k})"
+            else:
+                seed = self.served(q.product_id)
+                page = Page(k, 0, q.min_score, q.per_brand)
+                if (got := self._published_filtered(doc, filters.resolved(seed), page)) is not None:
+                    return got
+                reason = f"the filters leave fewer than k={k} of the published list's {len(doc.neighbours)}"
+        seed = self.served(q.product_id, with_vector=True)
+        out = self._ranked(seed.vector, filters.resolved(seed), q, ["neighbors", q.product_id],
+                           exclude=[q.product_id])
+        return {"product_id": q.product_id, "version": seed.version, **out, "fallback": reason}
+
+    def search(self, q: SearchQuery, filters: Filters | None = None) -> dict[str, Any]:
+        """Search ranking: the query text in the fused space (fields other than the title's are zero)."""
+        filters = q.filters.build() if filters is None else filters
+        text = q.q.strip()
+        if not text:
+            raise FilterError("q must not be blank")
+        if filters.relative:
+            raise FilterError("same_brand, same_category and price_within_pct need a seed product")
+        vector = self.encoder.text(text)
+        out = self._ranked(vector, filters, q, ["search", text])
+        return {"query": text, "query_fields": field_names(vector, self.layout), **out}
+
+    def similar(self, q: SimilarRequest) -> dict[str, Any]:
+        """Query by example: a product document (a title, an image, or both) not in the catalog."""
+        filters = q.filters.build()
+        if filters.relative:
+            raise FilterError("same_brand, same_category and price_within_pct need a stored seed product")
+        vector = self.encoder.document(q.product)
+        exclude = [q.product.product_id] if q.product.product_id else []
+        out = self._ranked(vector, filters, q, ["similar", vector.tobytes().hex()], exclude=exclude)
+        return {"query_fields": field_names(vector, self.layout), **out}
+
+    def recommend(self, q: RecommendRequest) -> dict[str, Any]:
+        """Several positive (and negative) examples: stored ids and/or documents (``ranking.combine``)."""
+        filters = q.filters.build()
+        ids = [x for x in (*q.positive, *q.negative) if isinstance(x, str)]
+        stored = self.live.served(ids, with_vectors=True) if ids else {}
+        missing = [x for x in ids if x not in stored]
+        if missing:
+            raise self._not_found(missing[0])
+
+        def vectors(items: Sequence[str | ProductDocument]) -> list[np.ndarray]:
+            return [stored[x].vector if isinstance(x, str) else self.encoder.document(x) for x in items]
+
+        vector = combine(vectors(q.positive), vectors(q.negative), q.negative_weight)
+        if filters.relative:
+            seed = next((stored[x] for x in q.positive if isinstance(x, str)), None)
+            if seed is None:
+                raise FilterError("same_brand, same_category and price_within_pct compare with the first "
+                                  "positive product id: give one")
+            filters = filters.resolved(seed)
+        key = ["recommend", vector.tobytes().hex(), q.negative_weight]
+        out = self._ranked(vector, filters, q, key, exclude=ids)
+        return {"query_fields": field_names(vector, self.layout), **out}

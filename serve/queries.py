@@ -12,9 +12,9 @@ import threading
 from typing import Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from simstream.encoders.fusion import ProductEncoder
+from simstream.encoders.fusion import ProductEncoder, text_of
 from simstream.limits import (
     MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CURRENCY_CHARS, MAX_DESCRIPTION_CHARS, MAX_ID_BYTES, MAX_IMAGE_URL_CHARS,
     MAX_MPN_CHARS, MAX_QUERY_ATTRIBUTES, MAX_TITLE_CHARS,
@@ -26,8 +26,9 @@ __all__ = ["ProductDocument", "QueryEncoder", "field_names"]
 
 
 class ProductDocument(BaseModel):
-    """A product in the event format (docs/events.md) for query by example; ``title`` is required,
-    ``product_id`` / ``op`` / ``version`` / ``event_time`` are accepted and ignored."""
+    """A product in the event format (docs/events.md) for query by example: a title, an image
+    (``image_b64`` or ``image_url``), or both; ``product_id`` / ``op`` / ``version`` / ``event_time``
+    are accepted and ignored (a ``product_id`` is left out of the results)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,7 +36,7 @@ class ProductDocument(BaseModel):
     op: str | None = None
     version: int | None = None
     event_time: int | None = None
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    title: str | None = Field(None, min_length=1, max_length=MAX_TITLE_CHARS)
     description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
     brand: str | None = Field(None, max_length=MAX_BRAND_BYTES)
     category: str | None = Field(None, max_length=MAX_CATEGORY_BYTES)
@@ -53,8 +54,15 @@ class ProductDocument(BaseModel):
             raise ValueError("a query document describes a product: op must be 'upsert' or absent")
         return value
 
+    @model_validator(mode="after")
+    def _something_to_encode(self) -> "ProductDocument":
+        if not (self.title or self.image_b64 or self.image_url):
+            raise ValueError("a query document needs a title, an image (image_b64 or image_url), or both")
+        return self
+
     def event(self) -> ProductEvent:
         data = self.model_dump(exclude={"product_id", "op", "version", "event_time"})
+        data["title"] = data["title"] or ""
         return ProductEvent(product_id=self.product_id or "query", op="upsert", version=0, **data)
 
 
@@ -66,6 +74,7 @@ class QueryEncoder:
         self.layout: Mapping[str, slice] = self.encoder.layout
         self.model = self.encoder.model
         self.dim = self.encoder.dim
+        self.weights: Mapping[str, float] = self.encoder.weights  # as stored: query-time weights rescale these
         self._lock = threading.Lock()
 
     def text(self, query: str) -> np.ndarray:
@@ -73,8 +82,14 @@ class QueryEncoder:
         return self._encode(ProductEvent(product_id="query", op="upsert", version=0, title=query))
 
     def document(self, doc: ProductDocument) -> np.ndarray:
-        """The fused vector of a product document; EncodeError when a field cannot be encoded."""
-        return self._encode(doc.event())
+        """The fused vector of a product document; EncodeError when a field cannot be encoded. A
+        document without text (an image alone) has a zero text segment: an empty string's
+        embedding is not "no text" and would rank products by it."""
+        event = doc.event()
+        vector = self._encode(event)
+        if not text_of(event) and "text" in self.layout:
+            vector[self.layout["text"]] = 0
+        return vector
 
     def _encode(self, product: ProductEvent) -> np.ndarray:
         with self._lock:

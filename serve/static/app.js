@@ -74,7 +74,7 @@ async function showSearch(q) {
 async function showProduct(id) {
   $("results").hidden = true;
   const enc = encodeURIComponent(id);
-  const params = filterParams(); params.set("k", "10");
+  const params = filterParams();  // k: the published list's TOP_K
   const [p, nl] = await Promise.all([getJSON(`/v1/products/${enc}`), getJSON(`/v1/products/${enc}/neighbors?${params}`)]);
   const facts = [["brand", p.brand || "–"], ["price", price(p)], ["category", p.category || "–"], ["version", String(p.version)],
                  ["id", p.product_id]];
@@ -83,7 +83,7 @@ async function showProduct(id) {
        el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", {text: k}), el("dd", {text: v})]))));
   $("freshness").textContent = nl.source === "published"
     ? `published list · computed ${when(nl.computed_at)} · source event ${when(nl.source_event_time)} · model ${nl.model}`
-    : `computed live with filters ${JSON.stringify(nl.filters)} · model ${nl.model}`;
+    : `computed live (${nl.fallback || "filters"}) with filters ${JSON.stringify(nl.filters)} · model ${nl.model}`;
   legend();
   $("neighbors").replaceChildren(...nl.neighbors.map((n) => card(n, "neighbor-card")));
   $("product-view").hidden = false;

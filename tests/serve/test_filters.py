@@ -32,8 +32,8 @@ def test_expression_is_built_from_the_structured_parts_only() -> None:
     f = Filters.build(brand="Sony Corp.", category="Electronics > Audio", price_min="10", price_max=20,
                       attributes={"colour": 'red" or "1"=="1'})
     expr = f.expression(exclude=['p"1'])
-    assert expr == ('product_id != "p\\"1" and brand_key == "sony" and (category_key == "electronics>audio" or '
-                    '(category_key >= "electronics>audio>" and category_key < "electronics>audio?")) and '
+    assert expr == ('product_id != "p\\"1" and brand_key in ["sony"] and ((category_key == "electronics>audio" or '
+                    '(category_key >= "electronics>audio>" and category_key < "electronics>audio?"))) and '
                     'price >= 10.0 and price >= 0.0 and price <= 20.0 and '
                     'display["attributes"]["colour"] == "red\\" or \\"1\\"==\\"1"')
     assert Filters().expression() == "" and Filters().empty
@@ -41,7 +41,10 @@ def test_expression_is_built_from_the_structured_parts_only() -> None:
 
 @pytest.mark.parametrize("items, message", [
     ([("expr", "1==1")], "unknown query parameter 'expr'"),
-    ([("brand", "a"), ("brand", "b")], "more than once"),
+    ([("k", "1"), ("k", "2")], "more than once"),
+    ([("brand", "a")] * 51, "at most 50"),
+    ([("price_within_pct", "100")], "below 100"),
+    ([("same_brand", "maybe")], "true or false"),
     ([("price_min", "inf")], "finite"),
     ([("price_max", "1e400")], "finite"),
     ([("price_min", "3"), ("price_max", "2")], "greater"),

@@ -1,0 +1,239 @@
+"""Serve's exact in-memory copy of the catalog: the worker's packed rows and scan, plus the columns
+the filters compare, kept current by polling Milvus.
+
+Live queries (filtered, text, by example, recommend) were milvus-lite filtered FLAT scans in
+Python over 3,232-d rows; here they are the side index's exact scan (``index.side.SideIndex``,
+the same packed rows and kernels as the worker's refresh) with each query's filters compiled to a
+row mask over the columns below. Answers are the same ids, order and float32 scores as a brute
+force over the filtered catalog (docs/serving.md).
+
+Kept current the way a worker's copy is (index/store.py): every ``SIMSTREAM_SERVE_SYNC_S`` it reads
+the products written at or after its last sync (less ``RACE_LOOKBACK_MS``) and the delete markers
+written since, and applies them; ``as_of`` is when that sync began: every write Milvus showed then
+is in the copy. Every ``RECONCILE_EVERY`` syncs the counts are compared, and on a difference (a
+row deleted without a marker) the copy is checked against Milvus' write stamps.
+
+One lock: a sync applies its writes between searches, never during one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.index.budget import BUILD_PAGE_ROWS, Footprint, check_fits, side_capacity
+from simstream.index.milvus import MilvusStore
+from simstream.index.rows import ServedProduct, StoredProduct, brand_key, category_key
+from simstream.index.side import SideIndex
+from simstream.logs import get_logger
+from simstream.memory import current_rss, memory_limit
+from simstream.serve.filters import Filters
+from simstream.vector_codec import Segment, bytes_per_row
+
+__all__ = ["RECONCILE_EVERY", "LiveQuery", "FilterColumns", "ServedCopy"]
+
+log = get_logger(__name__)
+RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
+
+
+@dataclass(frozen=True)
+class LiveQuery:
+    """One exact top-``limit`` question: a query vector, absolute filters (exclusions included)."""
+
+    vector: np.ndarray
+    filters: Filters
+    limit: int
+    exclude: frozenset[str] = field(default_factory=frozenset)  # besides ``filters.exclude``
+
+
+class FilterColumns:
+    """Per side-index row: brand key and category key (as codes), price (-1 unknown), and an
+    inverted index of attribute (name, value) pairs."""
+
+    def __init__(self, capacity: int) -> None:
+        self.brand = np.zeros(capacity, np.int32)
+        self.category = np.zeros(capacity, np.int32)
+        self.price = np.full(capacity, -1.0, np.float64)
+        self._brand_codes: dict[str, int] = {"": 0}
+        self._category_codes: dict[str, int] = {"": 0}
+        self._category_keys: list[str] = [""]
+        self._attrs: dict[tuple[str, str], set[int]] = {}
+        self._row_attrs: dict[int, list[tuple[str, str]]] = {}
+
+    def grow(self, capacity: int) -> None:
+        for name, fill in (("brand", 0), ("category", 0), ("price", -1.0)):
+            old = getattr(self, name)
+            if len(old) < capacity:
+                new = np.full(capacity, fill, old.dtype)
+                new[: len(old)] = old
+                setattr(self, name, new)
+
+    def write(self, row: int, p: ServedProduct) -> None:
+        self.clear(row)
+        self.brand[row] = self._brand_codes.setdefault(brand_key(p.brand), len(self._brand_codes))
+        key = category_key(p.category)
+        if key not in self._category_codes:
+            self._category_codes[key] = len(self._category_keys)
+            self._category_keys.append(key)
+        self.category[row] = self._category_codes[key]
+        self.price[row] = p.price if p.price is not None else -1.0
+        pairs = [(k, v) for k, v in p.display.attributes.items() if v is not None]
+        for pair in pairs:
+            self._attrs.setdefault(pair, set()).add(row)
+        if pairs:
+            self._row_attrs[row] = pairs
+
+    def clear(self, row: int) -> None:
+        for pair in self._row_attrs.pop(row, ()):
+            rows = self._attrs[pair]
+            rows.discard(row)
+            if not rows:
+                del self._attrs[pair]
+
+    def mask(self, f: Filters, used: int) -> np.ndarray | None:
+        """Rows [0, ``used``) that pass ``f`` (absolute filters; exclusions aside); None: all."""
+        if f.nothing:
+            return np.zeros(used, bool)
+        if f.empty:
+            return None
+        m = np.ones(used, bool)
+        if f.brand:
+            m &= np.isin(self.brand[:used], [self._brand_codes[k] for k in f.brand if k in self._brand_codes])
+        if f.brand_not:
+            m &= ~np.isin(self.brand[:used], [self._brand_codes[k] for k in f.brand_not if k in self._brand_codes])
+        if f.category or f.category_not:
+            codes = [c for c, key in enumerate(self._category_keys) if f.matches_category(key)]
+            m &= np.isin(self.category[:used], codes)
+        price = self.price[:used]
+        if f.price_min is not None:
+            m &= price >= f.price_min
+        if f.price_max is not None:
+            m &= (price >= 0) & (price <= f.price_max)
+        for pair in sorted(f.attributes.items()):
+            has = np.zeros(used, bool)
+            rows = [r for r in self._attrs.get(pair, ()) if r < used]
+            has[rows] = True
+            m &= has
+        return m
+
+
+class ServedCopy:
+    """The catalog as serve answers live queries from it; build with ``build``, keep with ``sync``."""
+
+    def __init__(self, dim: int, segments: Sequence[Segment] | None, capacity: int) -> None:
+        self.side = SideIndex(dim, capacity=capacity, segments=segments)
+        self.columns = FilterColumns(self.side.capacity)
+        self.products: dict[str, ServedProduct] = {}  # without vectors: cards, attributes, seeds
+        self.lock = threading.Lock()
+        self.display = True  # whether the collection has display fields (attributes; rows.SERVING_FIELDS)
+        self.synced_at = 0  # ``as_of``: every write Milvus showed at this time (ms) is applied
+        self._syncs = 0
+
+    @classmethod
+    def fits(cls, milvus: MilvusStore, segments: Sequence[Segment] | None,
+             memory_limit_bytes: int | None = None) -> Footprint:
+        """The copy's estimated footprint; MemoryBudgetExceeded when it does not fit (index/budget.py)."""
+        need = Footprint(milvus.count_products(), milvus.dim,
+                         row_bytes=bytes_per_row(list(segments)) if segments else 0)
+        check_fits(need, memory_limit(memory_limit_bytes), current_rss())
+        return need
+
+    @classmethod
+    def build(cls, milvus: MilvusStore, segments: Sequence[Segment] | None, products: int = 0) -> "ServedCopy":
+        """Every product Milvus holds, read page by page; ``as_of`` is when the reading began."""
+        t0 = time.perf_counter()
+        started = now_ms()
+        copy = cls(milvus.dim, segments, side_capacity(products))
+        copy.display = milvus.products_display
+        for page in milvus.iter_served(BUILD_PAGE_ROWS, with_vectors=True):
+            copy.apply(page, ())
+        copy.synced_at = started
+        log.info("serve copy built", products=len(copy), seconds=round(time.perf_counter() - t0, 2),
+                 bytes_per_vector=copy.side.row_bytes)
+        return copy
+
+    def __len__(self) -> int:
+        return len(self.side)
+
+    def apply(self, products: Sequence[ServedProduct], deleted: Iterable[str]) -> None:
+        """Hold ``products`` (read with their vectors) and drop ``deleted``."""
+        with self.lock:
+            if products:
+                self.side.put([StoredProduct(p.product_id, p.vector, p.version, {}, p.model, p.event_time or 0,
+                                             p.updated_at or 0) for p in products])
+                self.columns.grow(self.side.capacity)
+                rows = self.side.rows_of(p.product_id for p in products)
+                for p in products:
+                    self.columns.write(rows[p.product_id], p)
+                    self.products[p.product_id] = ServedProduct(
+                        p.product_id, p.version, p.brand, p.category, p.price, p.model, p.event_time, p.updated_at,
+                        p.display)
+            gone = [pid for pid in deleted if pid in self.products]
+            if gone:
+                rows = self.side.rows_of(gone)
+                for pid in gone:
+                    self.columns.clear(rows[pid])
+                    del self.products[pid]
+                self.side.delete(gone)
+
+    def sync(self, milvus: MilvusStore) -> int:
+        """Apply what was written to Milvus since the last sync; returns how many products changed."""
+        started = now_ms()
+        since = self.synced_at - RACE_LOOKBACK_MS
+        stamps = milvus.write_stamps_since(since)
+        markers = milvus.tombstones_since(since)
+        with self.lock:
+            fetch = self.side.not_held(stamps)
+        fresh = milvus.read_served(fetch, with_vectors=True) if fetch else {}
+        deleted = {pid for pid, _, _ in markers} - stamps.keys()
+        self.apply([fresh[pid] for pid in fetch if pid in fresh], deleted)
+        self._syncs += 1
+        if self._syncs % RECONCILE_EVERY == 0 and len(self) != milvus.count_products():
+            self._reconcile(milvus)
+        self.synced_at = started
+        return len(fresh) + len(deleted)
+
+    def _reconcile(self, milvus: MilvusStore) -> None:
+        """Hold exactly Milvus' products: a row deleted without a marker the sync could read."""
+        stamps = milvus.all_write_stamps()
+        with self.lock:
+            fetch = self.side.not_held(stamps)
+            extra = [pid for pid in self.products if pid not in stamps]
+        for start in range(0, len(fetch), BUILD_PAGE_ROWS):
+            got = milvus.read_served(fetch[start:start + BUILD_PAGE_ROWS], with_vectors=True)
+            self.apply(list(got.values()), ())
+        self.apply((), extra)
+        log.info("serve copy reconciled with Milvus", fetched=len(fetch), dropped=len(extra))
+
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]:
+        """Each query's exact top-``limit`` (id, float32 score) among the products its filters
+        allow, best first (index/exact.py's ranking), in one pass for all of them."""
+        if not queries:
+            return []
+        with self.lock:
+            used = self.side.used
+            masks: list[np.ndarray | None] = []
+            for q in queries:
+                mask = self.columns.mask(q.filters, used)
+                if out := q.exclude | q.filters.exclude:
+                    mask = np.ones(used, bool) if mask is None else mask
+                    mask[list(self.side.rows_of(out).values())] = False
+                masks.append(mask)
+            limit = max(q.limit for q in queries)
+            hits = self.side.search_filtered(np.stack([q.vector for q in queries]), limit, masks)
+        return [h[: q.limit] for h, q in zip(hits, queries)]
+
+    def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
+        """What is held of each product among ``ids`` (with its stored vector on request)."""
+        with self.lock:
+            found = {pid: p for pid in ids if (p := self.products.get(pid)) is not None}
+            if not with_vectors:
+                return found
+            vectors = self.side.vectors(found)
+        return {pid: ServedProduct(p.product_id, p.version, p.brand, p.category, p.price, p.model, p.event_time,
+                                   p.updated_at, p.display, vectors[pid]) for pid, p in found.items()}

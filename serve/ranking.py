@@ -1,0 +1,225 @@
+"""Exact ranked pages: what every live query (filtered neighbours, search, by example, recommend)
+comes down to once its query vector is known.
+
+A page is defined on the exact ranking (float32 inner product, ties by id: index/exact.py) of
+the products its filters allow, so an oracle can reproduce it from the catalog alone:
+
+- ``min_score``: the ranking cut where the score falls below it;
+- ``per_brand``: at most n per brand key, taken greedily down the ranking (products without a
+  brand are not capped);
+- ``offset`` / ``k``: the page; a cursor carries the next offset, up to SIMSTREAM_SERVE_MAX_K.
+
+The ranking comes from serve's in-memory copy (``serve/copy.py``) or, when the copy does not fit,
+from Milvus search (``MilvusLive``): the same answers, slower. Query-time weights and negative
+examples change only the query vector (``reweigh``, ``combine``), never the stored rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import binascii
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+import orjson
+
+from simstream.clock import now_ms
+from simstream.index.exact import rank_key
+from simstream.index.milvus import MilvusStore
+from simstream.index.neighbours import TIE_MARGIN
+from simstream.index.rows import ServedProduct, brand_key
+from simstream.serve.copy import LiveQuery, ServedCopy
+from simstream.serve.filters import FilterError, Filters
+
+__all__ = ["Conflict", "MILVUS_MAX_LIMIT", "DIVERSITY_GROWTH", "LiveIndex", "MilvusLive", "CopyLive", "Page", "Ranked",
+           "rank", "reweigh", "combine", "encode_cursor", "decode_cursor"]
+
+MILVUS_MAX_LIMIT = 16_384  # Milvus' largest topk: the widest ranking a fallback search can read
+DIVERSITY_GROWTH = 4  # a per_brand page short of products reads a ranking this much deeper
+
+
+class Conflict(Exception):
+    """A query this collection cannot answer (filters on a collection without display fields): 409."""
+
+
+class LiveIndex(Protocol):
+    """Where live rankings come from: serve's copy, or Milvus."""
+
+    source: str
+
+    def as_of(self) -> int: ...
+
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]: ...
+
+    def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]: ...
+
+
+class CopyLive:
+    """Rankings from serve's in-memory copy."""
+
+    source = "copy"
+
+    def __init__(self, copy: ServedCopy) -> None:
+        self.copy = copy
+
+    def as_of(self) -> int:
+        return self.copy.synced_at
+
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]:
+        if not self.copy.display and any(q.filters.attributes for q in queries):
+            raise Conflict("this products collection predates display fields: attr filters need it "
+                           "(re-ingest into a new SIMSTREAM_COLLECTION)")
+        return self.copy.top(queries)
+
+    def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
+        return self.copy.served(ids, with_vectors=with_vectors)
+
+
+class MilvusLive:
+    """Rankings from Milvus search (Strong consistency), rescored in float32 and ranked by id on ties."""
+
+    source = "milvus"
+
+    def __init__(self, milvus: MilvusStore) -> None:
+        self.milvus = milvus
+
+    def as_of(self) -> int:
+        return now_ms()  # a Strong search sees every write acknowledged before it
+
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]:
+        out = []
+        for q in queries:
+            if q.filters.needs_display and not self.milvus.products_display:
+                raise Conflict("this products collection predates display fields: brand, category and attr "
+                                 "filters need it (re-ingest into a new SIMSTREAM_COLLECTION)")
+            expr = q.filters.expression(q.exclude)
+            hits = self.milvus.search_served(q.vector, min(q.limit + TIE_MARGIN, MILVUS_MAX_LIMIT), expr)
+            scored = sorted(((float(h.vector @ q.vector), h.product_id) for h in hits), key=lambda t: rank_key(*t))
+            out.append([(pid, s) for s, pid in scored[: q.limit]])
+        return out
+
+    def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
+        return self.milvus.read_served(list(ids), with_vectors=with_vectors)
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which part of a ranking a client asked for."""
+
+    k: int
+    offset: int = 0
+    min_score: float | None = None
+    per_brand: int | None = None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A page of a ranking: (id, score) best first; ``more``: whether a next page has products."""
+
+    hits: list[tuple[str, float]]
+    more: bool
+    as_of: int
+    source: str
+
+
+def _diverse(hits: Sequence[tuple[str, float]], brands: Mapping[str, str], cap: int) -> list[tuple[str, float]]:
+    """``hits`` in order, at most ``cap`` per brand key (an unknown brand is not capped)."""
+    seen: dict[str, int] = {}
+    out = []
+    for pid, score in hits:
+        b = brands.get(pid, "")
+        if b:
+            if seen.get(b, 0) >= cap:
+                continue
+            seen[b] = seen.get(b, 0) + 1
+        out.append((pid, score))
+    return out
+
+
+def rank(index: LiveIndex, vector: np.ndarray, filters: Filters, page: Page, *, max_k: int,
+         exclude: Iterable[str] = ()) -> Ranked:
+    """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow."""
+    want = page.offset + page.k + 1  # one more: whether there is a next page
+    limit = want
+    widest = MILVUS_MAX_LIMIT if isinstance(index, MilvusLive) else max(MILVUS_MAX_LIMIT, want)
+    as_of = index.as_of()
+    query = LiveQuery(np.asarray(vector, np.float32), filters, limit, frozenset(exclude))
+    while True:
+        hits = index.top([LiveQuery(query.vector, filters, limit, query.exclude)])[0]
+        complete = len(hits) < limit  # the whole filtered catalog was ranked
+        if page.min_score is not None:
+            kept = [h for h in hits if h[1] >= page.min_score]
+            complete = complete or len(kept) < len(hits)
+            hits = kept
+        if page.per_brand is not None:
+            brands = {pid: brand_key(p.brand) for pid, p in index.served(pid for pid, _ in hits).items()}
+            hits = _diverse(hits, brands, page.per_brand)
+        if len(hits) >= want or complete or limit >= widest:
+            break
+        limit = min(limit * DIVERSITY_GROWTH, widest)
+    return Ranked(hits[page.offset: page.offset + page.k], len(hits) > page.offset + page.k
+                  and page.offset + page.k < max_k, as_of, index.source)
+
+
+def reweigh(vector: np.ndarray, layout: Mapping[str, slice], stored: Mapping[str, float],
+            asked: Mapping[str, float]) -> np.ndarray:
+    """``vector`` re-weighted for the field weights ``asked`` (the others keep their stored
+    weights; all then scaled to sum to 1, as stored weights do). Each stored segment holds
+    sqrt(w) x a unit field vector, so scaling the query's segment of field f by w'_f / w_f makes
+    the inner product sum w'_f x cos_f: exact, no re-indexing. A field stored at weight 0 holds
+    nothing and cannot be raised."""
+    if not asked:
+        return vector
+    unknown = sorted(set(asked) - set(stored))
+    if unknown:
+        raise FilterError(f"weights: unknown field {unknown[0][:40]!r}; fields: {', '.join(sorted(stored))}")
+    for f, w in asked.items():
+        if not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+            raise FilterError(f"weights: {f} must be a finite number >= 0")
+        if w > 0 and stored[f] <= 0:
+            raise FilterError(f"weights: {f} is stored at weight 0, so it cannot be raised at query time "
+                              "(it would need re-indexing with a new fusion config: simstream migrate)")
+    new = {f: float(asked.get(f, stored[f])) for f in stored}
+    total = sum(new.values())
+    if total <= 0:
+        raise FilterError("weights: at least one field needs a weight above 0")
+    out = np.array(vector, np.float32, copy=True)
+    for f, s in layout.items():
+        if stored.get(f, 0) > 0:
+            out[s] *= np.float32(new[f] / total / stored[f])
+    return out
+
+
+def combine(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], negative_weight: float) -> np.ndarray:
+    """The recommend query vector: mean(positives) - negative_weight x mean(negatives), so a
+    product's score is its mean score with the positives less ``negative_weight`` times its mean
+    score with the negatives (inner products are linear: one exact ranking, no second pass)."""
+    if not positives:
+        raise FilterError("recommend needs at least one positive example")
+    q = np.mean(np.asarray(positives, np.float64), axis=0)
+    if negatives:
+        q = q - negative_weight * np.mean(np.asarray(negatives, np.float64), axis=0)
+    return q.astype(np.float32)
+
+
+def _digest(key: bytes) -> str:
+    return hashlib.blake2b(key, digest_size=6).hexdigest()
+
+
+def encode_cursor(offset: int, key: bytes) -> str:
+    """An opaque cursor: the next offset, tied to the query it pages (``key``)."""
+    return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": _digest(key)})).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, key: bytes) -> int:
+    """The offset a cursor carries; FilterError when it is malformed or from another query."""
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        offset, digest = int(data["o"]), data["q"]
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        raise FilterError("cursor is malformed: pass next_cursor from the previous page unchanged") from None
+    if digest != _digest(key) or offset < 0:
+        raise FilterError("cursor belongs to another query: page with the same query, filters and weights")
+    return offset
