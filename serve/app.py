@@ -53,7 +53,7 @@ from simstream.serve.requests import (
 )
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "FOLLOW_S", "Conflict", "Served", "Services", "create_app"]
+__all__ = ["STATIC", "FOLLOW_S", "PAGE_PARAMS", "Conflict", "Served", "Services", "open_copy", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)

@@ -113,3 +113,26 @@ def test_hostile_values_round_trip_through_milvus(hostile_store: MilvusStore) ->
     # a filter that is itself an injection attempt matches nothing
     for attempt in ['" or product_id != "', "x\" || true || \"", "1==1"]:
         assert hostile_store.search_served(q, 100, Filters.build(attributes={"note": attempt}).expression()) == []
+
+
+def test_milvus_expression_copy_mask_and_predicate_select_the_same_products(hostile_store: MilvusStore) -> None:
+    """One ``Filters``, answered three ways (Milvus' expression, serve's copy, the predicate used on
+    published entries), selects the same products, hostile values and IN / NOT lists included."""
+    from simstream.serve.copy import LiveQuery, ServedCopy
+
+    copy = ServedCopy.build(hostile_store, None)
+    q = np.ones(4, np.float32)
+    everyone = {p.product_id: p for p in hostile_store.search_served(q, 100, "")}
+    cases = [Filters.build(brand=[f"brand {HOSTILE[0]}", f"brand {HOSTILE[5]}"]),
+             Filters.build(brand_not=[f"brand {h}" for h in HOSTILE[:6]]),
+             Filters.build(category=["x > y", "x?"], category_not=["x>y>z"]),
+             Filters.build(category_not=["x", "y"], price_max=10),
+             Filters.build(exclude=["p1", "c3", 'a"b'], price_min=2),
+             Filters.build(attributes={"note": HOSTILE[3]}, brand=f"brand {HOSTILE[3]}"),
+             Filters.build(brand="nobody", brand_not="nobody")]
+    for f in cases:
+        by_milvus = {r.product_id for r in hostile_store.search_served(q, 100, f.expression())}
+        by_copy = {pid for pid, _ in copy.top([LiveQuery(q, f, 100)])[0]}
+        by_predicate = {pid for pid, p in everyone.items() if f.matches(p)}
+        assert by_milvus == by_copy == by_predicate, f
+        assert by_milvus or f.brand == ("nobody",), f  # every case but the last selects something

@@ -4,6 +4,7 @@ the image root. Real milvus-lite; the query encoder is a small stand-in (no text
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,5 +108,48 @@ def test_the_image_route_stays_inside_the_image_root(tmp_path: Path, url: str) -
             assert r.status_code == 404 and r.content != PNG
             ok = client.get("/v1/products/p1/image")
             assert ok.status_code == 200 and ok.content == PNG
+    finally:
+        store.close()
+
+
+def test_the_copy_follows_writes_and_deletes_made_after_it_was_built(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's copy is built at start and kept current by polling Milvus: rows written since,
+    delete markers written since, and (by the count check) a row deleted without a marker."""
+    from simstream.serve import copy as copy_module
+
+    monkeypatch.setattr(copy_module, "RECONCILE_EVERY", 1)
+    store = MilvusStore.connect(str(tmp_path / "sync.db"), "sync", 4, flush_every_rows=0)
+    try:
+        store.upsert_products(rows(6))
+        settings = Settings(data_dir=tmp_path, serve_sync_s=60)  # synced by hand below
+        app = create_app(settings, milvus=store, encoder=StandIn())  # type: ignore[arg-type]
+        with TestClient(app) as client:
+            services = app.state.services
+            assert services.copy is not None and len(services.copy) == 6
+
+            def live() -> list[str]:
+                body = client.get("/v1/products/p0/neighbors", params={"price_max": "1000", "k": "20"}).json()
+                assert body["index"] == "copy" and body["fallback"] == "no published list yet"
+                return sorted(n["product_id"] for n in body["neighbors"])
+
+            assert live() == ["p1", "p2", "p3", "p4", "p5"]
+            before = services.copy.synced_at
+            now = int(time.time() * 1000)
+            store.upsert_products([{**r, "updated_at": now} for r in rows(8)[6:]])  # p6, p7, written now
+            store.delete_products(["p2"])
+            store.upsert_tombstones({"p2": 2}, now)
+            assert live() == ["p1", "p2", "p3", "p4", "p5"]  # not yet synced
+            assert services.sync() == 3
+            assert services.copy.synced_at > before
+            assert live() == ["p1", "p3", "p4", "p5", "p6", "p7"]
+            # a row deleted without a marker: the count check finds it
+            store.delete_products(["p3"])
+            services.sync()
+            assert live() == ["p1", "p4", "p5", "p6", "p7"]
+            # a changed row (a new price) is read again: it leaves the price filter's range
+            store.upsert_products([{**rows(8)[7], "price": 5000.0, "updated_at": int(time.time() * 1000)}])
+            services.sync()
+            assert live() == ["p1", "p4", "p5", "p6"]
     finally:
         store.close()
