@@ -32,13 +32,15 @@ from simstream.index.rows import ServedProduct, StoredProduct, brand_key, catego
 from simstream.index.side import SideIndex
 from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
+from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["RECONCILE_EVERY", "LiveQuery", "FilterColumns", "ServedCopy"]
+__all__ = ["RECONCILE_EVERY", "BATCH_QUERIES", "LiveQuery", "FilterColumns", "ServedCopy"]
 
 log = get_logger(__name__)
 RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
+BATCH_QUERIES = 64  # queries of concurrent requests ranked in one pass at most
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class ServedCopy:
         self.display = True  # whether the collection has display fields (attributes; rows.SERVING_FIELDS)
         self.synced_at = 0  # ``as_of``: every write Milvus showed at this time (ms) is applied
         self._syncs = 0
+        self._batched: MicroBatcher[LiveQuery, list[tuple[str, float]]] = MicroBatcher(self.top, BATCH_QUERIES)
 
     @classmethod
     def fits(cls, milvus: MilvusStore, segments: Sequence[Segment] | None,
@@ -220,13 +223,25 @@ class ServedCopy:
             masks: list[np.ndarray | None] = []
             for q in queries:
                 mask = self.columns.mask(q.filters, used)
-                if out := q.exclude | q.filters.exclude:
+                if left_out := q.exclude | q.filters.exclude:
                     mask = np.ones(used, bool) if mask is None else mask
-                    mask[list(self.side.rows_of(out).values())] = False
+                    mask[list(self.side.rows_of(left_out).values())] = False
                 masks.append(mask)
-            limit = max(q.limit for q in queries)
-            hits = self.side.search_filtered(np.stack([q.vector for q in queries]), limit, masks)
-        return [h[: q.limit] for h, q in zip(hits, queries)]
+            out: list[list[tuple[str, float]]] = [[] for _ in queries]
+            by_limit: dict[int, list[int]] = {}
+            for i, q in enumerate(queries):  # a wide query (per_brand reading deeper) widens no other
+                by_limit.setdefault(q.limit, []).append(i)
+            for limit, members in by_limit.items():
+                hits = self.side.search_filtered(np.stack([queries[i].vector for i in members]), limit,
+                                                 [masks[i] for i in members])
+                for i, h in zip(members, hits):
+                    out[i] = h
+        return out
+
+    def top_one(self, query: LiveQuery) -> list[tuple[str, float]]:
+        """``top`` for one query, in one pass with the queries other threads ask meanwhile
+        (serve/batcher.py)."""
+        return self._batched(query)
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
         """What is held of each product among ``ids`` (with its stored vector on request)."""

@@ -8,8 +8,7 @@ a zero segment and contributes nothing, which the per-field contributions show.
 
 from __future__ import annotations
 
-import threading
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,9 +19,13 @@ from simstream.limits import (
     MAX_MPN_CHARS, MAX_QUERY_ATTRIBUTES, MAX_TITLE_CHARS,
 )
 from simstream.records import ProductEvent
+from simstream.serve.batcher import MicroBatcher
 from simstream.settings import Settings
 
-__all__ = ["ProductDocument", "QueryEncoder", "field_names"]
+__all__ = ["BATCH_QUERIES", "ProductDocument", "QueryEncoder", "field_names"]
+
+
+BATCH_QUERIES = 32  # queries of concurrent requests encoded in one call at most
 
 
 class ProductDocument(BaseModel):
@@ -67,7 +70,8 @@ class ProductDocument(BaseModel):
 
 
 class QueryEncoder:
-    """The fused vector of a query; one encode at a time (the models are not re-entrant-safe)."""
+    """The fused vector of a query; one encode at a time (the models are not re-entrant-safe),
+    batched across concurrent requests."""
 
     def __init__(self, settings: Settings) -> None:
         self.encoder = ProductEncoder(settings)
@@ -75,7 +79,8 @@ class QueryEncoder:
         self.model = self.encoder.model
         self.dim = self.encoder.dim
         self.weights: Mapping[str, float] = self.encoder.weights  # as stored: query-time weights rescale these
-        self._lock = threading.Lock()
+        # one encode at a time, each for every query asked meanwhile (serve/batcher.py)
+        self._batched: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES)
 
     def text(self, query: str) -> np.ndarray:
         """The fused vector of a search text (fields other than the title's are zero)."""
@@ -92,11 +97,15 @@ class QueryEncoder:
         return vector
 
     def _encode(self, product: ProductEvent) -> np.ndarray:
-        with self._lock:
-            batch = self.encoder.encode([product])
-        if batch.failures:
-            raise batch.failures[0][1]
-        return np.asarray(batch.vectors[0], dtype=np.float32)
+        return self._batched(product)
+
+    def _encode_many(self, products: Sequence[ProductEvent]) -> list[np.ndarray | BaseException]:
+        """One encoder call for the queries of concurrent requests; a query that cannot be
+        encoded fails alone (its EncodeError)."""
+        batch = self.encoder.encode(list(products))
+        failed = {id(p): exc for p, exc in batch.failures}
+        vectors = iter(batch.vectors)
+        return [failed[id(p)] if id(p) in failed else np.array(next(vectors), dtype=np.float32) for p in products]
 
 
 def field_names(vector: np.ndarray, layout: Mapping[str, slice]) -> list[str]:

@@ -71,6 +71,8 @@ class CopyLive:
         if not self.copy.display and any(q.filters.attributes for q in queries):
             raise Conflict("this products collection predates display fields: attr filters need it "
                            "(re-ingest into a new SIMSTREAM_COLLECTION)")
+        if len(queries) == 1:
+            return [self.copy.top_one(queries[0])]
         return self.copy.top(queries)
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
