@@ -62,10 +62,14 @@ def write_catalog(uri: str, collection: str, n: int, seed: int = 7) -> dict[str,
     from simstream.records import Neighbour, NeighbourList, ProductEvent
     from simstream.settings import Settings
 
+    from simstream.encoders.fusion import ProductEncoder
+    from simstream.vector_codec import canonical_rows
+
     settings = Settings()
     weights = load_weights(settings)
-    dims = {"text": 384, "title_lexical": 1024, "mpn": 256, "image": 1280, "brand": 128, "category": 128, "price": 32}
-    dim = sum(dims[f] for f in FIELDS)
+    encoder = ProductEncoder(settings)  # serve's own layout and storage grid: rows on the grid, as the worker writes
+    dims = {f: s.stop - s.start for f, s in encoder.layout.items()}
+    dim = encoder.dim
     rng = np.random.default_rng(seed)
     rnd = random.Random(seed)
     store = MilvusStore.connect(uri, collection, dim, flush_every_rows=0, timeout_s=600)  # bulk flushes take long
@@ -80,6 +84,7 @@ def write_catalog(uri: str, collection: str, n: int, seed: int = 7) -> dict[str,
             seg /= np.linalg.norm(seg, axis=1, keepdims=True)
             parts.append(seg * np.float32(np.sqrt(weights[f])))
         vectors = np.concatenate(parts, axis=1)
+        canonical_rows(vectors, encoder.segments)
         rows = []
         for pid, vec in zip(chunk, vectors):
             event = ProductEvent(pid, "upsert", 1, title=" ".join(rnd.choices(WORDS, k=6)), brand=rnd.choice(BRANDS),
@@ -114,6 +119,15 @@ def endpoints(ids: list[str]) -> dict[str, Callable[[random.Random], tuple[str, 
         "GET /v1/search": lambda r: ("GET", "/v1/search?k=10&q=" + "+".join(r.choices(WORDS, k=4)), None),
         "GET /v1/search, filter brand": lambda r: (
             "GET", f"/v1/search?k=10&brand={r.choice(BRANDS)}&q=" + "+".join(r.choices(WORDS, k=4)), None),
+        "GET neighbors, weights (live)": lambda r: (
+            "GET", f"/v1/products/{r.choice(ids)}/neighbors?k=10&weights=text:2,brand:0", None),
+        "GET neighbors, exclude+per_brand": lambda r: (
+            "GET", f"/v1/products/{r.choice(ids)}/neighbors?k=10&per_brand=2&exclude={r.choice(ids)}"
+                   f"&brand_not={r.choice(BRANDS)}", None),
+        "POST /v1/recommend": lambda r: ("POST", "/v1/recommend", {
+            "k": 10, "positive": r.sample(ids, 3), "negative": r.sample(ids, 1)}),
+        "POST /v1/recommend, filter category": lambda r: ("POST", "/v1/recommend", {
+            "k": 10, "positive": r.sample(ids, 3), "filters": {"category": f"Dept{r.randrange(5)}"}}),
         "POST /v1/similar": lambda r: ("POST", "/v1/similar", {"k": 10, "product": {
             "title": " ".join(r.choices(WORDS, k=6)), "brand": r.choice(BRANDS), "category": r.choice(CATEGORIES),
             "price": round(r.uniform(5, 500), 2)}}),
@@ -151,9 +165,10 @@ async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], 
             "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None, "errors": errors}
 
 
-def serve_process(data_dir: Path, collection: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: str = "auto",
+                  threads: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SIMSTREAM_DATA_DIR": str(data_dir), "SIMSTREAM_COLLECTION": collection,
-           "SIMSTREAM_TORCH_THREADS": "1", "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json"}
+           "SIMSTREAM_SERVE_COPY": copy, "SIMSTREAM_TORCH_THREADS": str(threads), "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json"}
     exe = Path(sys.executable).with_name("simstream")
     out = open(log, "ab")
     proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
@@ -172,19 +187,25 @@ def serve_process(data_dir: Path, collection: str, port: int, log: Path) -> subp
     raise TimeoutError("serve did not become ready")
 
 
-def latency_run(n: int, clients: int, seconds: float) -> dict[str, Any]:
+def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", threads: int = 1,
+                only: str = "") -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     try:
         print(f"[{n}] writing {n} products (random-but-valid vectors) ...", flush=True)
         info = write_catalog(str((work / "simstream.db").resolve()), "bench", n)
         print(f"[{n}] written in {info['seconds']} s (dim {info['dim']}); starting simstream serve ...", flush=True)
         port = free_port()
-        proc = serve_process(work, "bench", port, work / "serve.log")
+        t_start = time.perf_counter()
+        proc = serve_process(work, "bench", port, work / "serve.log", copy, threads)
+        ready_s = round(time.perf_counter() - t_start, 1)
         try:
             out: dict[str, Any] = {"products": n, "clients": clients, "seconds": seconds, "write_s": info["seconds"],
+                                   "serve_copy": copy, "torch_threads": threads, "serve_ready_s": ready_s,
                                    "endpoints": {}}
             base = f"http://127.0.0.1:{port}"
             for name, gen in endpoints(info["ids"]).items():
+                if only and only not in name:
+                    continue
                 asyncio.run(load(base, gen, clients, min(3.0, seconds)))  # warm-up, not recorded
                 res = asyncio.run(load(base, gen, clients, seconds))
                 out["endpoints"][name] = res
@@ -269,6 +290,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000", help="catalog sizes, comma-separated (e.g. 10000,100000)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=20.0, help="load time per endpoint")
+    ap.add_argument("--copy", default="auto", choices=["auto", "on", "off"],
+                    help="SIMSTREAM_SERVE_COPY of the serve process (off: every live query a Milvus search)")
+    ap.add_argument("--threads", type=int, default=1, help="SIMSTREAM_TORCH_THREADS of the serve process")
+    ap.add_argument("--only", default="", help="endpoint names containing this text only")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--quality", action="store_true", help="also measure search quality (Abt-Buy, Amazon-Google)")
     ap.add_argument("--json", type=Path, default=None)
@@ -276,7 +301,7 @@ def main() -> None:
     report: dict[str, Any] = {"cpus": os.cpu_count(), "latency": [], "quality": {}}
     if not args.skip_latency:
         for n in [int(x) for x in args.sizes.split(",") if x]:
-            report["latency"].append(latency_run(n, args.clients, args.seconds))
+            report["latency"].append(latency_run(n, args.clients, args.seconds, args.copy, args.threads, args.only))
     if args.quality:
         report["quality"] = quality_run(list(QUALITY))
     if args.json:

@@ -33,7 +33,7 @@ from simstream.index.rows import StoredProduct
 from simstream.logs import get_logger
 from simstream.vector_codec import Segment
 
-__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "SUBSET_ROWS", "ProductMeta", "SideIndex"]
+__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "SUBSET_ROWS", "SUBSET_SHARE", "ProductMeta", "SideIndex"]
 
 log = get_logger(__name__)
 
@@ -48,9 +48,11 @@ HASH_SLOTS = 8  # field hashes held per product as 64-bit numbers (simstream has
 # Deletes remembered with their write sequence number (``SideIndex.changes_after``): a step that
 # asks about more deletes than this since it read gets None, and its caller asks Milvus instead.
 DELETE_LOG = 65_536
-# A filtered search whose filter leaves at most this many rows scans only those rows (gathered,
-# still packed); wider ones share one pass over every row with the other queries.
+# A filtered search whose filter leaves at most this many rows, and at most 1/SUBSET_SHARE of
+# them, scans only those rows (gathered, still packed); wider ones share one pass over every row
+# with the other queries (gathering most of the rows per query costs more than that shared pass).
 SUBSET_ROWS = 16_384
+SUBSET_SHARE = 16
 
 
 class ProductMeta:
@@ -545,8 +547,8 @@ class SideIndex:
                         ) -> list[list[tuple[str, float]]]:
         """Top-``limit`` (id, score) per query, best first, among the live rows its mask allows
         (bool over [0, ``used``); None: every row): the exact answer a float32 brute force over
-        those rows ranks (index/exact.py). A query whose mask leaves at most ``SUBSET_ROWS`` rows
-        scans just those; the others share one pass."""
+        those rows ranks (index/exact.py). A query whose mask leaves few rows (``SUBSET_ROWS``,
+        ``SUBSET_SHARE``) scans just those; the others share one pass."""
         q = np.asarray(vectors, np.float32)
         n = len(self._ids)
         out: list[list[tuple[str, float]] | None] = [None] * len(q)
@@ -554,7 +556,7 @@ class SideIndex:
         for j, mask in enumerate(allowed):
             if mask is not None:
                 rows = np.flatnonzero(mask[:n] & self._live[:n])
-                if len(rows) <= SUBSET_ROWS:
+                if len(rows) <= min(SUBSET_ROWS, n // SUBSET_SHARE):
                     out[j] = self._ranked(q[j:j + 1], limit, sel=rows)[0] if len(rows) else []
                     continue
             wide.append(j)

@@ -13,16 +13,17 @@ written since, and applies them; ``as_of`` is when that sync began: every write 
 is in the copy. Every ``RECONCILE_EVERY`` syncs the counts are compared, and on a difference (a
 row deleted without a marker) the copy is checked against Milvus' write stamps.
 
-One lock: a sync applies its writes between searches, never during one.
+A reader-writer lock: searches and reads share it, a sync's writes take it alone (between
+searches, never during one).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import fasteners
 import numpy as np
 
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
@@ -131,7 +132,7 @@ class ServedCopy:
         self.side = SideIndex(dim, capacity=capacity, segments=segments)
         self.columns = FilterColumns(self.side.capacity)
         self.products: dict[str, ServedProduct] = {}  # without vectors: cards, attributes, seeds
-        self.lock = threading.Lock()
+        self.lock = fasteners.ReaderWriterLock()
         self.display = True  # whether the collection has display fields (attributes; rows.SERVING_FIELDS)
         self.synced_at = 0  # ``as_of``: every write Milvus showed at this time (ms) is applied
         self._syncs = 0
@@ -165,7 +166,7 @@ class ServedCopy:
 
     def apply(self, products: Sequence[ServedProduct], deleted: Iterable[str]) -> None:
         """Hold ``products`` (read with their vectors) and drop ``deleted``."""
-        with self.lock:
+        with self.lock.write_lock():
             if products:
                 self.side.put([StoredProduct(p.product_id, p.vector, p.version, {}, p.model, p.event_time or 0,
                                              p.updated_at or 0) for p in products])
@@ -190,7 +191,7 @@ class ServedCopy:
         since = self.synced_at - RACE_LOOKBACK_MS
         stamps = milvus.write_stamps_since(since)
         markers = milvus.tombstones_since(since)
-        with self.lock:
+        with self.lock.read_lock():
             fetch = self.side.not_held(stamps)
         fresh = milvus.read_served(fetch, with_vectors=True) if fetch else {}
         deleted = {pid for pid, _, _ in markers} - stamps.keys()
@@ -204,7 +205,7 @@ class ServedCopy:
     def _reconcile(self, milvus: MilvusStore) -> None:
         """Hold exactly Milvus' products: a row deleted without a marker the sync could read."""
         stamps = milvus.all_write_stamps()
-        with self.lock:
+        with self.lock.read_lock():
             fetch = self.side.not_held(stamps)
             extra = [pid for pid in self.products if pid not in stamps]
         for start in range(0, len(fetch), BUILD_PAGE_ROWS):
@@ -218,7 +219,7 @@ class ServedCopy:
         allow, best first (index/exact.py's ranking), in one pass for all of them."""
         if not queries:
             return []
-        with self.lock:
+        with self.lock.read_lock():
             used = self.side.used
             masks: list[np.ndarray | None] = []
             for q in queries:
@@ -245,7 +246,7 @@ class ServedCopy:
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
         """What is held of each product among ``ids`` (with its stored vector on request)."""
-        with self.lock:
+        with self.lock.read_lock():
             found = {pid: p for pid in ids if (p := self.products.get(pid)) is not None}
             if not with_vectors:
                 return found

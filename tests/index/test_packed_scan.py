@@ -229,6 +229,7 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
 
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(side_module, "SUBSET_ROWS", subset_rows)
+    monkeypatch.setattr(side_module, "SUBSET_SHARE", 1)
     x = catalog(1_500, seed=5, duplicates=30)
     rng = np.random.default_rng(6)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
