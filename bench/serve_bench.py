@@ -168,7 +168,9 @@ async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], 
 def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: str = "auto",
                   threads: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SIMSTREAM_DATA_DIR": str(data_dir), "SIMSTREAM_COLLECTION": collection,
-           "SIMSTREAM_SERVE_COPY": copy, "SIMSTREAM_TORCH_THREADS": str(threads), "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json"}
+           "SIMSTREAM_SERVE_COPY": copy, "SIMSTREAM_TORCH_THREADS": str(threads),
+           "SIMSTREAM_SERVE_RATE_LIMIT": "",  # the load generator is one client: no per-client limit
+           "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json"}
     exe = Path(sys.executable).with_name("simstream")
     out = open(log, "ab")
     proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,

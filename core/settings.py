@@ -163,6 +163,14 @@ class Settings(BaseSettings):
     # the memory limit, else Milvus search; "on" refuses to start without it; "off" always Milvus
     serve_copy: Literal["auto", "on", "off"] = "auto"  # SIMSTREAM_SERVE_COPY
     serve_sync_s: float = Field(1.0, gt=0, le=60)  # SIMSTREAM_SERVE_SYNC_S: the copy polls Milvus this often
+    # exposure (serve/guard.py): API keys "name:key,name:key" (unset: open), a body cap checked
+    # before parsing, a rate limit per key ("" off; the limits library's notation), CORS origins,
+    # and the deadline of one request
+    serve_api_keys: SecretStr | None = None  # SIMSTREAM_SERVE_API_KEYS (from a Secret in deploy/k8s)
+    serve_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # SIMSTREAM_SERVE_MAX_BODY_BYTES
+    serve_rate_limit: str = "200/second"  # SIMSTREAM_SERVE_RATE_LIMIT
+    serve_cors_origins: list[str] = Field(default_factory=list)  # SIMSTREAM_SERVE_CORS_ORIGINS (JSON list)
+    serve_deadline_s: float = Field(10.0, gt=0)  # SIMSTREAM_SERVE_DEADLINE_S
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit
@@ -227,7 +235,7 @@ class Settings(BaseSettings):
         """Effective settings for the start-up log line, secrets masked: the secret fields, and
         passwords inside the URLs (``scheme://user:password@host``, ``;``-separated lists too)."""
         out = self.model_dump(mode="json")
-        for key in ("kafka_sasl_password", "milvus_token"):
+        for key in ("kafka_sasl_password", "milvus_token", "serve_api_keys"):
             if out.get(key):
                 out[key] = "**********"
         for key in ("kafka", "milvus_uri"):

@@ -13,14 +13,15 @@ Live queries are answered from serve's exact in-memory copy of the catalog (serv
 from Milvus search when it does not fit (SIMSTREAM_SERVE_COPY). Every query option (filters,
 weights, paging) is spelled once, in serve/requests.py.
 
-Errors: 400 bad parameters or filters, 404 unknown/deleted product, 409 filters an old collection
-cannot answer, 422 a body or document that does not validate or encode, 503 Milvus unavailable;
-every error body is ``{"error": message}``.
+Exposure (API keys, body cap, rate limit, CORS, deadline) and the error format, RFC 9457
+problem details with stable codes, are in serve/guard.py; every request is logged once, with its
+X-Request-ID (taken from the request or made), which every response carries back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import Any, AsyncIterator, Callable
 
 from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -44,6 +47,7 @@ from simstream.logs import get_logger
 from simstream.serve.catalog import Catalog, NotFound
 from simstream.serve.copy import ServedCopy
 from simstream.serve.filters import FilterError, Filters
+from simstream.serve.guard import BodyLimit, Guard, Problem, ProblemBody, parse_api_keys, problem, problem_body
 from simstream.serve.images import LocalImages
 from simstream.serve.metrics import ServeMetrics
 from simstream.serve.queries import QueryEncoder
@@ -53,7 +57,7 @@ from simstream.serve.requests import (
 )
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "FOLLOW_S", "PAGE_PARAMS", "Conflict", "Served", "Services", "open_copy", "create_app"]
+__all__ = ["STATIC", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
@@ -214,8 +218,23 @@ class Services:
             self.milvus.close()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+ERRORS: dict[int | str, dict[str, Any]] = {  # what /docs shows every route may answer
+    status: {"model": ProblemBody, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in ((400, "invalid_query"), (401, "unauthorized"), (404, "not_found"), (409, "conflict"),
+                         (413, "body_too_large"), (422, "invalid_request or cannot_encode"), (429, "rate_limited"),
+                         (503, "index_unavailable"), (504, "deadline_exceeded"))}
+access_log = get_logger("simstream.serve.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def request_id_ok(value: str) -> bool:
+    """A caller's X-Request-ID is kept when it is 8-128 safe characters (it goes into log lines);
+    otherwise one is made."""
+    return bool(_REQUEST_ID.fullmatch(value))
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return problem(status, code, message, correlation_id.get())
 
 
 def _int(name: str, raw: str | None) -> int | None:
@@ -307,41 +326,77 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
 
     @app.middleware("http")
     async def timed(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        """The deadline, the latency histogram and the access log line of every request."""
         t0 = time.perf_counter()
-        response: Response = await call_next(request)
+        answer = asyncio.ensure_future(call_next(request))
+        done, _ = await asyncio.wait({answer}, timeout=services.base.serve_deadline_s)
+        if done:
+            response: Response = answer.result()
+        else:  # answered now; the work (a thread, which cannot be stopped) finishes on its own
+            answer.add_done_callback(lambda t: t.cancelled() or t.exception())
+            response = _error(504, "deadline_exceeded",
+                              f"not answered within {services.base.serve_deadline_s} s (SIMSTREAM_SERVE_DEADLINE_S)")
+        seconds = time.perf_counter() - t0
         route = request.scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
-        metrics.observe(endpoint, request.method, response.status_code, time.perf_counter() - t0)
+        metrics.observe(endpoint, request.method, response.status_code, seconds)
+        if endpoint not in ("/healthz", "/readyz", "/metrics"):
+            access_log.info("request", method=request.method, route=endpoint, status=response.status_code,
+                            ms=round(seconds * 1000, 1), request_id=correlation_id.get(),
+                            key=request.scope.get("state", {}).get("api_key"),
+                            client=request.client.host if request.client else None)
         return response
+
+    @app.exception_handler(Problem)
+    async def a_problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, correlation_id.get(), exc.headers)
 
     @app.exception_handler(FilterError)
     async def bad_request(request: Request, exc: FilterError) -> JSONResponse:
-        return _error(400, str(exc))
+        return _error(400, "invalid_query", str(exc))
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return _error(404, str(exc))
+        return _error(404, "not_found", str(exc))
 
     @app.exception_handler(EncodeError)
     async def cannot_encode(request: Request, exc: EncodeError) -> JSONResponse:
-        return _error(422, f"cannot encode the query: {exc}")
+        return _error(422, "cannot_encode", f"cannot encode the query: {exc}")
 
     @app.exception_handler(IndexUnavailable)
     async def unavailable(request: Request, exc: IndexUnavailable) -> JSONResponse:
-        return _error(503, "the index is unavailable, try again")
+        return _error(503, "index_unavailable", "the index is unavailable, try again")
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return _error(409, str(exc))
+        return _error(409, "conflict", str(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = ["/".join(str(x) for x in e.get("loc", ())) + ": " + str(e.get("msg", "")) for e in exc.errors()[:5]]
-        return _error(422, "; ".join(parts) or "invalid request")
+        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", error=repr(exc)[:300], request_id=correlation_id.get(), exc_info=exc)
+        return _error(500, "internal", "internal error; the request id is in the server's log")
+
+    # outermost last: request id, CORS (preflights answered before any key), keys and rate, body cap
+    app.add_middleware(BodyLimit, max_bytes=settings.serve_max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(Guard, keys=parse_api_keys(settings.serve_api_keys.get_secret_value())  # type: ignore[arg-type]
+                       if settings.serve_api_keys else {}, rate=settings.serve_rate_limit or None)
+    if settings.serve_cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.serve_cors_origins,  # type: ignore[arg-type]
+                           allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization",
+                                                                         "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID",  # type: ignore[arg-type]
+                       validator=request_id_ok)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -360,7 +415,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     def metrics_() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K")
+    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K", responses=ERRORS)
     def neighbors(request: Request, product_id: str,
                   k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
                   brand: list[str] | None = Query(None, description="any of these brands (repeat the parameter)"),
@@ -375,21 +430,21 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         q = _model(NeighborsQuery, product_id=product_id, **_options(rest))
         return services.catalog.neighbors(q, filters)
 
-    @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)")
+    @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)", responses=ERRORS)
     def image(product_id: str) -> Response:
         url = services.catalog.served(product_id).display.image_url or ""
         try:
             data, kind = services.images.read(url)
         except (EncodeError, ValueError) as exc:
-            return _error(404, f"no image served for {product_id[:80]!r}: {exc}")
+            return _error(404, "not_found", f"no image served for {product_id[:80]!r}: {exc}")
         return Response(data, media_type=kind, headers={"Cache-Control": "max-age=300",
                                                          "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/v1/products/{product_id:path}", summary="What is stored about a product")
+    @app.get("/v1/products/{product_id:path}", summary="What is stored about a product", responses=ERRORS)
     def product(product_id: str) -> dict[str, Any]:
         return services.catalog.product(product_id)
 
-    @app.get("/v1/search", summary="Search ranking: query text in the fused space")
+    @app.get("/v1/search", summary="Search ranking: query text in the fused space", responses=ERRORS)
     def search(request: Request, q: str | None = Query(None, description="1..500 characters"),
                k: str | None = None, brand: list[str] | None = None, category: list[str] | None = None,
                price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
@@ -398,15 +453,15 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         query = _model(SearchQuery, q=rest.get("q") or "", **_options(rest))
         return services.catalog.search(query, filters)
 
-    @app.post("/v1/similar", summary="Query by example: a product document (title and/or image)")
+    @app.post("/v1/similar", summary="Query by example: a product document (title and/or image)", responses=ERRORS)
     def similar(body: SimilarRequest = Body(...)) -> dict[str, Any]:
         return services.catalog.similar(body)
 
-    @app.post("/v1/recommend", summary="Recommend from several positive (and negative) examples")
+    @app.post("/v1/recommend", summary="Recommend from several positive (and negative) examples", responses=ERRORS)
     def recommend(body: RecommendRequest = Body(...)) -> dict[str, Any]:
         return services.catalog.recommend(body)
 
-    @app.post("/v1/batch", summary="Up to 100 queries in one request, answered in order")
+    @app.post("/v1/batch", summary="Up to 100 queries in one request, answered in order", responses=ERRORS)
     def batch(body: BatchRequest = Body(...)) -> dict[str, Any]:
         """Each item is answered as its own route would answer it: ``{"status": 200, "body": ...}``
         or ``{"status": 4xx/5xx, "error": message}``; one item's error fails no other."""
@@ -419,21 +474,21 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
             try:
                 results.append({"status": 200, "body": handlers[item.op](item)})
             except Exception as exc:
-                status = _status_of(exc)
+                status, code = _status_of(exc)
                 if status == 500:
                     log.exception("a batch item failed", op=item.op)
-                results.append({"status": status, "error": str(exc) if status < 500 else "internal error"})
+                detail = str(exc) if status < 500 else "internal error; the request id is in the server's log"
+                results.append({"status": status, "problem": problem_body(status, code, detail, correlation_id.get())})
         return {"results": results}
 
     return app
 
 
-def _status_of(exc: BaseException) -> int:
-    """The status the route of a batch item would have answered ``exc`` with."""
-    for kind, status in ((FilterError, 400), (NotFound, 404), (Conflict, 409), (EncodeError, 422),
-                         (IndexUnavailable, 503)):
+def _status_of(exc: BaseException) -> tuple[int, str]:
+    """The status and code the route of a batch item would have answered ``exc`` with."""
+    for kind, status, code in ((FilterError, 400, "invalid_query"), (NotFound, 404, "not_found"),
+                               (Conflict, 409, "conflict"), (EncodeError, 422, "cannot_encode"),
+                               (IndexUnavailable, 503, "index_unavailable")):
         if isinstance(exc, kind):
-            return status
-    return 500
-
-
+            return status, code
+    return 500, "internal"

@@ -24,7 +24,7 @@ function filterParams() {
 async function getJSON(url) {
   const r = await fetch(url);
   const body = await r.json().catch(() => ({error: r.statusText}));
-  if (!r.ok) throw new Error(body.error || r.statusText);
+  if (!r.ok) throw new Error(body.detail || body.error || r.statusText);
   return body;
 }
 

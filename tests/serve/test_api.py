@@ -64,7 +64,7 @@ def test_unknown_or_deleted_products_are_404(client: TestClient, pid: str) -> No
     for path in (f"/v1/products/{quote(pid, safe='')}", f"/v1/products/{quote(pid, safe='')}/neighbors",
                  f"/v1/products/{quote(pid, safe='')}/neighbors?brand=sony"):
         r = client.get(path)
-        assert r.status_code == 404 and r.json()["error"], (path, r.text)
+        assert r.status_code == 404 and r.json()["detail"], (path, r.text)
 
 
 def test_filtered_neighbours_are_the_exact_filtered_top_k(client: TestClient, catalog) -> None:
@@ -156,7 +156,7 @@ def test_bad_requests_get_a_4xx_with_a_message(client: TestClient, method: str, 
     else:
         r = getattr(client, method)(path, **({"json": body} if body is not None else {}))
     assert r.status_code == status, r.text
-    assert isinstance(r.json()["error"], str) and r.json()["error"]
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
 
 
 def test_hostile_filter_values_match_nothing_instead_of_widening(client: TestClient) -> None:

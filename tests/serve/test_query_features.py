@@ -109,7 +109,7 @@ def test_relative_filters_compare_with_the_seed(api: TestClient, catalog) -> Non
     r = api.get("/v1/products/laptop-air-13/neighbors", params={"same_brand": "true", "brand": "stride"})
     assert r.status_code == 200 and r.json()["neighbors"] == []  # the seed's brand is not among those asked
     r = api.get("/v1/search", params={"q": "shoe", "same_brand": "true"})
-    assert r.status_code == 400 and "seed" in r.json()["error"]
+    assert r.status_code == 400 and "seed" in r.json()["detail"]
 
 
 def reweighed(catalog, vector: np.ndarray, asked: dict[str, float]) -> np.ndarray:
@@ -148,7 +148,7 @@ def test_query_time_weights_are_exact(api: TestClient, catalog) -> None:
     bad += [(f"{zero[0]}:1", "stored at weight 0")] if zero else []
     for spec, message in bad:
         r = api.get(f"/v1/products/{SEED}/neighbors", params={"weights": spec})
-        assert r.status_code == 400 and message in r.json()["error"], (spec, r.text)
+        assert r.status_code == 400 and message in r.json()["detail"], (spec, r.text)
 
 
 def test_recommend_with_positive_and_negative_examples(api: TestClient, catalog) -> None:
@@ -197,7 +197,7 @@ def test_min_score_per_brand_and_cursor_pages(api: TestClient, catalog) -> None:
     # a cursor belongs to its query
     first = api.get("/v1/search", params={"q": "steel bottle", "k": "4"}).json()["next_cursor"]
     r = api.get("/v1/search", params={"q": "steel mug", "k": "4", "cursor": first})
-    assert r.status_code == 400 and "another query" in r.json()["error"]
+    assert r.status_code == 400 and "another query" in r.json()["detail"]
     assert api.get("/v1/search", params={"q": "x", "cursor": "garbage!"}).status_code == 400
     # min_score cuts the ranking
     bar = ranking[5][1]
@@ -251,7 +251,7 @@ def test_batch_answers_each_query_as_its_route_would(api: TestClient, catalog) -
     assert results[0]["body"]["neighbors"] == api.get(f"/v1/products/{SEED}/neighbors", params={"k": "3"}).json()["neighbors"]
     single = api.get("/v1/search", params=[("q", "travel mug"), ("k", "3"), ("brand", "thermo"), ("brand", "kitchenly")])
     assert ids(results[1]["body"]) == ids(single.json())
-    assert "no-such" in results[2]["error"] and "unknown field" in results[4]["error"]
+    assert "no-such" in results[2]["problem"]["detail"] and "unknown field" in results[4]["problem"]["detail"]
     assert api.post("/v1/batch", json={"queries": [{"op": "search", "q": "x"}] * 101}).status_code == 422
     assert api.post("/v1/batch", json={"queries": [{"op": "drop", "q": "x"}]}).status_code == 422
 

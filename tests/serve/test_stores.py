@@ -79,13 +79,13 @@ def test_a_collection_without_display_fields_still_works(tmp_path: Path) -> None
             # serve's copy reads brand and category from their columns; attributes need display
             assert client.get("/v1/products/p1/neighbors?brand=acme").status_code == 200
             r = client.get("/v1/products/p1/neighbors?attr.colour=red")
-            assert r.status_code == 409 and "display" in r.json()["error"]
+            assert r.status_code == 409 and "display" in r.json()["detail"]
         # live queries from Milvus (no copy): brand needs the brand_key column, which it lacks
         app = create_app(Settings(data_dir=tmp_path, serve_copy="off"), milvus=store, encoder=StandIn())  # type: ignore[arg-type]
         with TestClient(app) as client:
             assert client.get("/v1/products/p1/neighbors?price_max=3").status_code == 200
             r = client.get("/v1/products/p1/neighbors?brand=acme")
-            assert r.status_code == 409 and "display" in r.json()["error"]
+            assert r.status_code == 409 and "display" in r.json()["detail"]
     finally:
         store.close()
 
