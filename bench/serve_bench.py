@@ -166,11 +166,12 @@ async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], 
 
 
 def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: str = "auto",
-                  threads: int = 1) -> subprocess.Popen[bytes]:
+                  threads: int = 1, milvus_uri: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SIMSTREAM_DATA_DIR": str(data_dir), "SIMSTREAM_COLLECTION": collection,
            "SIMSTREAM_SERVE_COPY": copy, "SIMSTREAM_TORCH_THREADS": str(threads),
            "SIMSTREAM_SERVE_RATE_LIMIT": "",  # the load generator is one client: no per-client limit
-           "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json"}
+           "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json",
+           **({"SIMSTREAM_MILVUS_URI": milvus_uri} if milvus_uri else {})}
     exe = Path(sys.executable).with_name("simstream")
     out = open(log, "ab")
     proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
@@ -190,18 +191,21 @@ def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: s
 
 
 def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", threads: int = 1,
-                only: str = "") -> dict[str, Any]:
+                only: str = "", milvus_uri: str | None = None) -> dict[str, Any]:
+    """``milvus_uri``: a Milvus server to write the catalog into and serve from (else a milvus-lite file)."""
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    collection = f"bench{n}" if milvus_uri else "bench"
     try:
         print(f"[{n}] writing {n} products (random-but-valid vectors) ...", flush=True)
-        info = write_catalog(str((work / "simstream.db").resolve()), "bench", n)
+        info = write_catalog(milvus_uri or str((work / "simstream.db").resolve()), collection, n)
         print(f"[{n}] written in {info['seconds']} s (dim {info['dim']}); starting simstream serve ...", flush=True)
         port = free_port()
         t_start = time.perf_counter()
-        proc = serve_process(work, "bench", port, work / "serve.log", copy, threads)
+        proc = serve_process(work, collection, port, work / "serve.log", copy, threads, milvus_uri)
         ready_s = round(time.perf_counter() - t_start, 1)
         try:
             out: dict[str, Any] = {"products": n, "clients": clients, "seconds": seconds, "write_s": info["seconds"],
+                                   "milvus": "server " + milvus_uri if milvus_uri else "milvus-lite file",
                                    "serve_copy": copy, "torch_threads": threads, "serve_ready_s": ready_s,
                                    "endpoints": {}}
             base = f"http://127.0.0.1:{port}"
@@ -296,6 +300,8 @@ def main() -> None:
                     help="SIMSTREAM_SERVE_COPY of the serve process (off: every live query a Milvus search)")
     ap.add_argument("--threads", type=int, default=1, help="SIMSTREAM_TORCH_THREADS of the serve process")
     ap.add_argument("--only", default="", help="endpoint names containing this text only")
+    ap.add_argument("--milvus-uri", default=None, help="a Milvus server (e.g. under scripts/with-milvus-server.sh: "
+                                                       "$SIMSTREAM_TEST_MILVUS_URI); default a milvus-lite file")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--quality", action="store_true", help="also measure search quality (Abt-Buy, Amazon-Google)")
     ap.add_argument("--json", type=Path, default=None)
@@ -303,7 +309,8 @@ def main() -> None:
     report: dict[str, Any] = {"cpus": os.cpu_count(), "latency": [], "quality": {}}
     if not args.skip_latency:
         for n in [int(x) for x in args.sizes.split(",") if x]:
-            report["latency"].append(latency_run(n, args.clients, args.seconds, args.copy, args.threads, args.only))
+            report["latency"].append(latency_run(n, args.clients, args.seconds, args.copy, args.threads, args.only,
+                                                 args.milvus_uri))
     if args.quality:
         report["quality"] = quality_run(list(QUALITY))
     if args.json:

@@ -13,7 +13,7 @@ if [ "$#" -eq 0 ]; then
     echo "--- the same index and pipeline tests on a real Milvus 2.3.5 server ---"
     bash scripts/with-milvus-server.sh .venv/bin/python -m pytest -q \
       tests/index tests/streams/test_worker_integration.py tests/harness/test_migration_proof.py \
-      tests/harness/test_elastic_proof.py
+      tests/harness/test_elastic_proof.py tests/serve/test_api.py tests/serve/test_query_features.py
   else
     echo "SKIPPED real-Milvus phase: this machine cannot create a private network namespace (unshare -n)"
   fi

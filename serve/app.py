@@ -1,5 +1,6 @@
 """The query API (FastAPI): read-only routes over the index, plus the explorer page at ``/``.
 
+    GET  /v1/info                          the model served, its field weights, limits
     GET  /v1/products/{id}                 what is stored about a product
     GET  /v1/products/{id}/neighbors       the published list; with filters, weights or paging: exact
     GET  /v1/products/{id}/image           a file: image from the image root (guarded)
@@ -29,9 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+import anyio
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -307,6 +309,9 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # fewer threads than clients: the rest wait in order instead of contending for the GIL,
+        # and the rankings of those answered at once still go together (serve/batcher.py)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = services.base.serve_threads
         services.open()
         tasks = [asyncio.create_task(sync())]
         if services.generation is not None:
@@ -414,6 +419,18 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     @app.get("/metrics", include_in_schema=False)
     def metrics_() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/info", summary="The model served, its field weights (query-time weights start from these), limits",
+             responses=ERRORS)
+    def info() -> dict[str, Any]:
+        served = services.current
+        assert served.encoder is not None
+        return {"model": served.encoder.model, "generation": services.generation,
+                "fields": {f: round(float(w), 6) for f, w in getattr(served.encoder, "weights", {}).items()},
+                "top_k": served.settings.top_k, "max_k": served.settings.serve_max_k,
+                "index": "copy" if served.copy is not None else "milvus",
+                "products": len(served.copy) if served.copy is not None else None,
+                "as_of": served.live.as_of()}
 
     @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K", responses=ERRORS)
     def neighbors(request: Request, product_id: str,

@@ -134,3 +134,46 @@ def test_dockerignore_keeps_the_context_small():
     for entry in (".git", ".venv"):
         assert entry in ignore, entry
     assert "pyproject.toml" not in ignore and "README.md" not in ignore
+
+
+def test_the_healthcheck_probes_the_port_of_the_command_the_container_runs(tmp_path: Path) -> None:
+    """Run HEALTHCHECK's own command against a local /healthz: a `serve` container is probed on
+    SIMSTREAM_SERVE_PORT, a worker on SIMSTREAM_WEB_PORT (PID 1's arguments stood in by a file)."""
+    import http.server
+    import os
+    import socket
+    import sys
+    import threading
+
+    (check,) = [args for word, args in final_stage() if word == "HEALTHCHECK"]
+    cmd = json.loads(check[check.index("CMD") + 3:].strip())
+    assert cmd[:2] == ["python", "-c"]
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    up = str(server.server_address[1])
+    try:
+        def probe(args: bytes, serve_port: str, web_port: str) -> int:
+            cmdline = tmp_path / "cmdline"
+            cmdline.write_bytes(args)
+            code = cmd[2].replace("/proc/1/cmdline", str(cmdline))
+            env = {**os.environ, "SIMSTREAM_SERVE_PORT": serve_port, "SIMSTREAM_WEB_PORT": web_port}
+            return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30).returncode
+
+        assert probe(b"/usr/local/bin/simstream\0serve\0", up, str(closed)) == 0
+        assert probe(b"/usr/local/bin/simstream\0serve\0", str(closed), up) != 0
+        assert probe(b"/usr/local/bin/simstream\0worker\0", str(closed), up) == 0
+        assert probe(b"/usr/local/bin/simstream\0worker\0", up, str(closed)) != 0
+    finally:
+        server.shutdown()

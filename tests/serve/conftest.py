@@ -4,7 +4,9 @@ way the refresh step records them; one product then deleted (its tombstone marke
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -56,8 +58,12 @@ def write_catalog(store: VectorStore, encoder: QueryEncoder, docs: list[dict], *
 
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
+    """On a milvus-lite file; on a real Milvus server when scripts/with-milvus-server.sh runs the
+    tests (SIMSTREAM_TEST_MILVUS_URI): then every serve test runs against the server."""
     data = tmp_path_factory.mktemp("serve")
-    settings = Settings(data_dir=data, image_root=SAMPLE / "images", top_k=TOP_K)
+    server = os.environ.get("SIMSTREAM_TEST_MILVUS_URI")
+    extra = {"milvus_uri": server, "collection": f"serve_{uuid.uuid4().hex[:8]}"} if server else {}
+    settings = Settings(data_dir=data, image_root=SAMPLE / "images", top_k=TOP_K, **extra)
     encoder = QueryEncoder(settings)
     store = VectorStore.connect(settings.resolved_milvus_uri, settings.collection, encoder.dim, flush_every_rows=0)
     docs = sample_docs()
@@ -72,6 +78,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
     built = builder.build_explained(products, {}, as_of=int(time.time() * 1000))
     store.upsert_lists([builder.stored_form(b) for b in built.values()])
     yield Catalog(settings, encoder, store, {d["product_id"]: d for d in docs})
+    if server:
+        store.milvus.drop()
     store.close()
 
 

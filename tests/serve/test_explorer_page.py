@@ -107,3 +107,71 @@ def test_search_product_neighbour_walk_and_screenshot(base_url: str, catalog, tm
             assert abs(background - (1 - sum(fields.values()))) < 0.1
         finally:
             browser.close()
+
+
+def test_url_state_resubmit_keyboard_and_the_weights_panel(base_url: str, catalog) -> None:
+    """Filters and weights live in the URL (a shared link shows the same view); re-submitting the
+    same query renders again; cards are reachable and openable by keyboard; moving a weight
+    slider re-ranks live with query-time weights."""
+    from playwright.sync_api import sync_playwright
+
+    def renders(page) -> int:
+        return int(page.evaluate("Number(document.body.dataset.renders || 0)"))
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            # a shared link: the filters come from the URL into the inputs and into the results
+            page.goto(base_url + "/#/search/headphones?brand=sony")
+            page.wait_for_selector(".result-card")
+            assert page.input_value("#f-brand") == "sony" and page.input_value("#search-input") == "headphones"
+            ids = [c.get_attribute("data-id") for c in page.locator(".result-card").all()]
+            assert ids and all(catalog.docs[i]["brand"].lower() == "sony" for i in ids), ids
+            # the same query submitted again renders again (the URL does not change)
+            before = renders(page)
+            page.press("#search-input", "Enter")
+            page.wait_for_function(f"Number(document.body.dataset.renders) > {before}")
+            # a changed filter applied from its own form: the URL and the results follow
+            page.fill("#f-brand", "")
+            page.fill("#f-category", "Home > Kitchen")
+            page.press("#f-category", "Enter")
+            page.wait_for_function("location.hash.includes('category=')")
+            page.wait_for_function("[...document.querySelectorAll('.result-card')].length > 0 && "
+                                   "document.body.dataset.ready === location.hash")
+            ids = [c.get_attribute("data-id") for c in page.locator(".result-card").all()]
+            assert ids and all(catalog.docs[i]["category"].startswith("Home > Kitchen") for i in ids), ids
+            # keyboard: focus the first card, arrow to the next, Enter opens it
+            page.fill("#f-category", "")
+            page.goto(base_url + "/#/search/headphones")
+            page.wait_for_function("document.body.dataset.ready === location.hash")
+            page.locator(".result-card").first.focus()
+            page.keyboard.press("ArrowRight")
+            second = page.locator(".result-card").nth(1).get_attribute("data-id")
+            assert page.evaluate("document.activeElement.dataset.id") == second
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"location.hash.startsWith('#/product/{second}')")
+            page.wait_for_selector(".neighbor-card")
+            assert "published list" in page.text_content("#freshness")
+            published = [c.get_attribute("data-id") for c in page.locator(".neighbor-card").all()]
+            # the weights panel: only the image counts now; the list re-ranks live, as the API ranks it
+            for f in catalog.encoder.encoder.weights:
+                if f != "image":
+                    page.locator(f"#weights input[data-field={f}]").fill("0")
+            page.wait_for_function("(new URLSearchParams(location.hash.split('?')[1] || '').get('weights') || '')"
+                                   ".split(',').length >= 6 && document.body.dataset.ready === location.hash")
+            assert "query-time weights" in page.text_content("#freshness")
+            weights = page.evaluate("new URLSearchParams(location.hash.split('?')[1]).get('weights')")
+            api = page.evaluate(f"fetch('/v1/products/{second}/neighbors?weights=' + encodeURIComponent('{weights}'))"
+                                ".then(r => r.json())")
+            shown = [c.get_attribute("data-id") for c in page.locator(".neighbor-card").all()]
+            assert shown == [n["product_id"] for n in api["neighbors"]] != published
+            assert all(set(n["fields"]) <= {"image"} for n in api["neighbors"])
+            page.click("#weights-reset")
+            page.wait_for_function("!location.hash.includes('weights=') && document.body.dataset.ready === location.hash")
+            assert [c.get_attribute("data-id") for c in page.locator(".neighbor-card").all()] == published
+            assert errors == []
+        finally:
+            browser.close()

@@ -84,3 +84,31 @@ def test_selectors_pick_serve_pods_and_never_the_workers(serve: dict[str, dict])
     assert hpa["metrics"][0]["resource"]["name"] == "cpu" and hpa["minReplicas"] >= 2
     assert "replicas" not in serve["Deployment"]["spec"]
     assert serve["PodDisruptionBudget"]["spec"]["minAvailable"] < hpa["minReplicas"]
+
+
+def test_keys_from_a_secret_a_pre_stop_pause_and_an_optional_service_monitor(serve: dict[str, dict],
+                                                                           tmp_path: Path) -> None:
+    (c,) = serve["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["SIMSTREAM_SERVE_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "simstream-serve-api-keys" and ref["optional"] is True
+    assert "SIMSTREAM_SERVE_API_KEYS" not in serve["ConfigMap"]["data"]  # never in a ConfigMap
+    pause = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "python" and "sleep" in pause[-1]
+    grace = serve["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= 5 + 10 + 5  # the pause, uvicorn's drain (serve/server.py), a margin
+    # the ServiceMonitor component, rendered with serve as a user's kustomization would include them
+    import os
+
+    rel = os.path.relpath(K8S / "serve", tmp_path)  # kustomize takes relative paths only
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources:\n  - {rel}\ncomponents:\n  - {rel}/components/servicemonitor\n")
+    docs = render(tmp_path)
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    labels = serve["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    service_labels = serve["Service"]["metadata"]["labels"]
+    worker = next(d for d in render(K8S / "overlays" / "cpu") if d["kind"] == "Service")
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service_labels)
+    assert not matches(monitor["spec"]["selector"]["matchLabels"], worker["metadata"]["labels"])
+    assert monitor["spec"]["endpoints"][0]["port"] == serve["Service"]["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics" and labels
