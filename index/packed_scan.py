@@ -26,12 +26,17 @@ import torch
 
 from simstream.index.device_rows import DeviceRows, exact_float32_matmul
 from simstream.index.packed_rows import PackedRows
-from simstream.vector_codec import Segment, pack
+from simstream.vector_codec import I8_MAX, Segment, pack
 
-__all__ = ["BLOCK_ROWS", "UNIT_ROUNDOFF", "Candidates", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
+__all__ = ["BLOCK_ROWS", "QUERY_DIGITS", "MIN_DIGIT_EXPONENT", "UNIT_ROUNDOFF", "i8_digits", "Candidates", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
            "scan_candidates", "subset_reaching"]
 
 BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
+# int8 digits of a query segment off the i8 grid (``PackedQueries``): each leaves at most 1/127 of
+# the last one's largest value (half a step of at most 2/127 of it), so three leave at most ~5e-7
+# of the segment's largest value, of the order of the window's other terms
+QUERY_DIGITS = 3
+MIN_DIGIT_EXPONENT = -120  # 2**-120 is still a normal float32 (a query scale)
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 
 
@@ -40,7 +45,8 @@ def gamma(n: int) -> float:
     return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
 
 
-def window(dim: int, widest_float_segment: int, segments: int, query_norm: float, row_norm: float) -> float:
+def window(dim: int, widest_float_segment: int, segments: int, query_norm: float, row_norm: float,
+           scan_norm: float | None = None, residual: float = 0.0) -> float:
     """How far below the ``limit``-th best scan score a row of the exact top-``limit`` can score.
 
     With A = sum |q_i v_i| <= |q| |v|: the scan's error is at most (gamma(widest float segment)
@@ -49,17 +55,26 @@ def window(dim: int, widest_float_segment: int, segments: int, query_norm: float
     row ranks in the top ``limit`` only if its oracle score reaches the ``limit``-th best oracle
     score (less 1e-6: ranking rounds to 6 decimals and then orders by id), so its scan score is at
     least t - 2 (scan error + oracle error) - 2e-6, where t is the ``limit``-th best scan score."""
+    # A query off the i8 grid is multiplied as a sum of int8 digits (``PackedQueries``): the scan
+    # then sums ``segments`` products (one per part) of norm at most ``scan_norm`` x the row's, and
+    # misses the digits' remainder, whose product with the row is at most ``residual`` x its norm.
     a = query_norm * row_norm
-    scan = (gamma(widest_float_segment) + gamma(segments + 1) + UNIT_ROUNDOFF) * a * (1 + 1e-6)
+    a_scan = max(scan_norm or 0.0, query_norm) * row_norm
+    scan = (gamma(widest_float_segment) + gamma(segments + 1) + UNIT_ROUNDOFF) * a_scan * (1 + 1e-6) \
+        + residual * row_norm * (1 + 1e-6)
     return 2 * (scan + gamma(dim) * a) + 3e-6  # 1e-6 more: the float32 comparison with t - window
 
 
-def windows_of(rows: PackedRows, queries: np.ndarray, widest_float_segment: int) -> np.ndarray:
+def windows_of(rows: PackedRows, queries: np.ndarray, widest_float_segment: int,
+               packed: PackedQueries | None = None) -> np.ndarray:
     """``window`` per query (float32 rows of ``queries``): norms in float64, rows bounded by the
-    largest norm ever written."""
+    largest norm ever written; ``packed``: how the scan multiplies them (digits and their remainder)."""
     norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
-    return np.array([window(rows.dim, widest_float_segment, len(rows.segments), float(n), rows.max_norm)
-                     for n in norms])
+    terms = max(len(rows.segments), len(packed.parts) if packed is not None else 0)
+    return np.array([window(rows.dim, widest_float_segment, terms, float(n), rows.max_norm,
+                            float(packed.scan_norm[j]) if packed is not None else None,
+                            float(packed.residual[j]) if packed is not None else 0.0)
+                     for j, n in enumerate(norms)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +87,37 @@ class Candidates:
     reaching: list[np.ndarray] | None = None
 
 
-class PackedQueries:
-    """Queries split by segment, as the scan multiplies them."""
+def i8_digits(x: np.ndarray, count: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Rows of ``x`` (float64) as ``count`` int8 digits, each on a grid 2**e (e per row) finer
+    than the last: x = sum(values_t x 2**e_t) + rest; returns the digits and the rest (float64:
+    each step subtracts a number with at most 8 significant bits, exactly or within float64's
+    rounding, which the caller's margin covers)."""
+    rest = np.array(x, np.float64)
+    digits = []
+    for _ in range(count):
+        peak = np.abs(rest).max(axis=1) if rest.shape[1] else np.zeros(len(rest))
+        e = np.where(peak > 0, np.ceil(np.log2(np.where(peak > 0, peak, 1.0) / I8_MAX)), 0).astype(np.int64)
+        e = np.maximum(e, MIN_DIGIT_EXPONENT)  # below it a digit is all zeros: left in the rest
+        values = np.clip(np.rint(np.ldexp(rest, -e[:, None])), -I8_MAX, I8_MAX)
+        rest = rest - np.ldexp(values, e[:, None])
+        digits.append((values.astype(np.int8), e))
+    return digits, rest
 
-    def __init__(self, queries: np.ndarray, segments: Sequence[Segment]) -> None:
+
+class PackedQueries:
+    """Queries split by segment, as the scan multiplies them.
+
+    An i8 segment on the grid is one int8 part. Off it (a query re-weighted at query time, or a
+    mean of several products: serve), with ``digits`` > 0 it is ``digits`` int8 parts on finer and
+    finer grids, each multiplied exactly like an on-grid query, instead of widening every row of the
+    segment to float32 per pass; what the digits leave (``residual``, a norm per query) is bounded
+    in the window. With ``digits`` 0 such a segment is widened (float32 arithmetic)."""
+
+    def __init__(self, queries: np.ndarray, segments: Sequence[Segment], digits: int = 0) -> None:
         self.parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # segment no., values, 2**e
         self.widest_float = 0  # columns of the widest segment multiplied in float32
+        self.scan_norm = np.zeros(len(queries))  # per query: the sum of its parts' norms
+        self.residual = np.zeros(len(queries))  # per query: the sum of its digits' remainders' norms
         for i, s in enumerate(segments):
             q = queries[:, s.start:s.stop]
             if not q.any():
@@ -88,16 +128,28 @@ class PackedQueries:
                     assert packed.exponents is not None
                     self._add(i, s.width, packed.values, packed.exponents)
                     continue
+                if digits:
+                    parts, rest = i8_digits(q, digits)
+                    for values, exps in parts:
+                        if values.any():
+                            self._add(i, s.width, values, exps)
+                    # float64's rounding in the steps: far below this margin
+                    self.residual += np.sqrt(np.einsum("ij,ij->i", rest, rest)) * (1 + 1e-9) \
+                        + 1e-12 * np.abs(q).sum(axis=1)
+                    continue
             # f16/f32 segments, and i8 segments of a query off the grid: float32 arithmetic
             self._add(i, s.width, q, None)
 
     def _add(self, i: int, width: int, values: np.ndarray, exponents: np.ndarray | None) -> None:
         """Segment ``i``'s query values (queries x width): int8 with their powers of two, or
         widened to float32 (``exponents`` None)."""
+        norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float64))
         if exponents is not None:
+            self.scan_norm += np.ldexp(norms, exponents.astype(np.int64))
             scale = np.ldexp(np.float32(1.0), exponents.astype(np.int32)).astype(np.float32)
             self.parts.append((i, torch.from_numpy(np.ascontiguousarray(values.T)), torch.from_numpy(scale)))
             return
+        self.scan_norm += norms
         self.widest_float = max(self.widest_float, width)
         self.parts.append((i, torch.from_numpy(np.ascontiguousarray(values.T, np.float32)), None))
 
@@ -109,6 +161,7 @@ class PackedQueries:
             return None
         self = cls.__new__(cls)
         self.parts, self.widest_float = [], 0
+        self.scan_norm, self.residual = np.zeros(stop - first), np.zeros(stop - first)
         for i, s in enumerate(rows.segments):
             _, values, exps = rows.segment(i)
             if values[first:stop].any():
@@ -151,8 +204,8 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
     out: list[list[np.ndarray]] = [[] for _ in range(count)]
     if not len(subset) or not count:
         return [np.zeros(0, np.int64) for _ in range(count)]
-    q = PackedQueries(queries, rows.segments)
-    slack = windows_of(rows, queries, rows.dim if rows.loose_rows else q.widest_float) / 2
+    q = PackedQueries(queries, rows.segments, QUERY_DIGITS)
+    slack = windows_of(rows, queries, rows.dim if rows.loose_rows else q.widest_float, q) / 2
     need = torch.from_numpy(np.asarray(np.asarray(bars, np.float64) - slack, np.float32))
     loose = dict(rows.loose_items())
     qf = torch.from_numpy(np.ascontiguousarray(queries))
@@ -209,9 +262,9 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     if sel is not None:
         assert bars is None, "a subset scan answers no bars"
         resident, sel = None, np.asarray(sel, np.int64)
-    q = None if resident is not None else PackedQueries(queries, rows.segments)
+    q = None if resident is not None else PackedQueries(queries, rows.segments, QUERY_DIGITS)
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
-    windows = windows_of(rows, queries, widest)
+    windows = windows_of(rows, queries, widest, q)
     win = torch.from_numpy(np.asarray(windows, np.float32))
     loose = [] if resident is not None else rows.loose_items()  # the resident rows already hold them
     q_device = torch.from_numpy(queries).to(resident.device) if resident is not None else None

@@ -258,3 +258,41 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
                 [bool(masks[j][rows[pid]]) if pid in rows else False for pid in ids])  # type: ignore[index]
             assert [pid for pid, _ in row] == brute_force(x, ids, allowed, q[None, :], k)[0], (j, k)
             assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)
+
+
+@pytest.mark.parametrize("block_rows", [97, 8_192])
+def test_queries_off_the_grid_are_exact_with_int8_digits(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+    """Queries off the i8 grid (serve: means of products, query-time weights), multiplied as int8
+    digits with their remainder in the window: the same top-k as a float32 brute force, with exact
+    ties (duplicated rows) and near ties; the digits' remainder is tiny and accounted for."""
+    monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    x = catalog(1_500, seed=11, duplicates=40)
+    rng = np.random.default_rng(12)
+    ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
+    side = fill(x, ids)
+    live = np.ones(len(x), bool)
+    means = np.stack([(x[a] + x[b] + x[c]) / 3 - 0.5 * x[d] for a, b, c, d in rng.integers(0, len(x), (12, 4))])
+    scaled = x[:12].copy()
+    scaled[:, 24:56] *= np.float32(1.37)
+    scaled[:, 56:64] *= np.float32(0.29)
+    queries = np.concatenate([means, scaled, x[-3:] * np.float32(0.7)]).astype(np.float32)
+    packed = packed_scan.PackedQueries(queries, SEGMENTS, packed_scan.QUERY_DIGITS)
+    assert all(v is not None for i, _, v in packed.parts if i in (1, 2))  # the i8 segments stay integer parts
+    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    assert (packed.residual < 1e-5 * norms).all() and (packed.residual > 0).any()
+    for k in (1, 10, 70):
+        got = side.search_scores(queries, k)
+        assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, queries, k), k
+        for q, row in zip(queries, got):
+            assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)
+
+
+def test_int8_digits_rebuild_the_query() -> None:
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((5, 64)) * np.array([[1.0], [1e-3], [1e3], [0.0], [1e-30]])
+    digits, rest = packed_scan.i8_digits(q, 3)
+    rebuilt = sum(np.ldexp(v.astype(np.float64), e[:, None]) for v, e in digits)
+    assert np.allclose(rebuilt + rest, q, rtol=0, atol=1e-300)
+    peak = np.abs(q).max(axis=1)
+    assert (np.abs(rest).max(axis=1) <= peak / 127 ** 3 * 1.01 + 2.0 ** -120).all()
+    assert all(np.abs(v.astype(int)).max() <= 127 for v, _ in digits)
