@@ -49,7 +49,7 @@ from simstream.logs import get_logger
 from simstream.serve.catalog import Catalog, NotFound
 from simstream.serve.copy import ServedCopy
 from simstream.serve.filters import FilterError, Filters
-from simstream.serve.guard import BodyLimit, Guard, Problem, ProblemBody, parse_api_keys, problem, problem_body
+from simstream.serve.guard import BodyLimit, Deadline, Guard, Problem, ProblemBody, parse_api_keys, problem, problem_body
 from simstream.serve.images import LocalImages
 from simstream.serve.metrics import ServeMetrics
 from simstream.serve.queries import QueryEncoder
@@ -329,28 +329,16 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     app.state.services = services
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.middleware("http")
-    async def timed(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        """The deadline, the latency histogram and the access log line of every request."""
-        t0 = time.perf_counter()
-        answer = asyncio.ensure_future(call_next(request))
-        done, _ = await asyncio.wait({answer}, timeout=services.base.serve_deadline_s)
-        if done:
-            response: Response = answer.result()
-        else:  # answered now; the work (a thread, which cannot be stopped) finishes on its own
-            answer.add_done_callback(lambda t: t.cancelled() or t.exception())
-            response = _error(504, "deadline_exceeded",
-                              f"not answered within {services.base.serve_deadline_s} s (SIMSTREAM_SERVE_DEADLINE_S)")
-        seconds = time.perf_counter() - t0
-        route = request.scope.get("route")
+    def answered(scope: dict[str, Any], status: int, seconds: float) -> None:
+        """The latency histogram and the access log line of a request."""
+        route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
-        metrics.observe(endpoint, request.method, response.status_code, seconds)
+        metrics.observe(endpoint, scope.get("method", "?"), status, seconds)
         if endpoint not in ("/healthz", "/readyz", "/metrics"):
-            access_log.info("request", method=request.method, route=endpoint, status=response.status_code,
+            client = scope.get("client")
+            access_log.info("request", method=scope.get("method"), route=endpoint, status=status,
                             ms=round(seconds * 1000, 1), request_id=correlation_id.get(),
-                            key=request.scope.get("state", {}).get("api_key"),
-                            client=request.client.host if request.client else None)
-        return response
+                            key=scope.get("state", {}).get("api_key"), client=client[0] if client else None)
 
     @app.exception_handler(Problem)
     async def a_problem(request: Request, exc: Problem) -> JSONResponse:
@@ -391,7 +379,8 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         log.error("request failed", error=repr(exc)[:300], request_id=correlation_id.get(), exc_info=exc)
         return _error(500, "internal", "internal error; the request id is in the server's log")
 
-    # outermost last: request id, CORS (preflights answered before any key), keys and rate, body cap
+    # outermost last: request id, the deadline and access log, CORS (preflights answered before
+    # any key), keys and rate, body cap
     app.add_middleware(BodyLimit, max_bytes=settings.serve_max_body_bytes)  # type: ignore[arg-type]
     app.add_middleware(Guard, keys=parse_api_keys(settings.serve_api_keys.get_secret_value())  # type: ignore[arg-type]
                        if settings.serve_api_keys else {}, rate=settings.serve_rate_limit or None)
@@ -400,6 +389,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization",
                                                                          "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(Deadline, seconds=settings.serve_deadline_s, done=answered)  # type: ignore[arg-type]
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID",  # type: ignore[arg-type]
                        validator=request_id_ok)
 

@@ -22,6 +22,7 @@ constant time and only their names are logged.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping
@@ -32,8 +33,8 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel
 
-__all__ = ["PROBLEM_TYPE", "PROBLEM_MEDIA_TYPE", "OPEN_PATHS", "OPEN_PREFIXES", "TITLES", "Problem", "ProblemBody", "problem", "problem_body",
-           "parse_api_keys", "BodyLimit", "Guard"]
+__all__ = ["PROBLEM_TYPE", "PROBLEM_MEDIA_TYPE", "OPEN_PATHS", "OPEN_PREFIXES", "TITLES", "Problem", "ProblemBody",
+           "problem", "problem_body", "parse_api_keys", "BodyLimit", "Guard", "Deadline"]
 
 PROBLEM_TYPE = "urn:simstream:problem:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -195,3 +196,40 @@ class Guard:
                               _request_id(scope), {"Retry-After": str(wait)})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class Deadline:
+    """A request not answered within ``seconds`` gets a 504 then (its work, in a thread that cannot
+    be stopped, finishes on its own and its answer is dropped); ``done(scope, status, seconds)`` is
+    called once per request for the histogram and the access log. Plain ASGI, so it adds no task
+    or response copy to a request answered in time."""
+
+    def __init__(self, app: App, seconds: float, done: Callable[[Scope, int, float], None]) -> None:
+        self.app, self.seconds, self.done = app, seconds, done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        state = {"status": 500, "late": False}
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            if state["late"]:
+                return  # answered 504 already
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, tracked))
+        try:
+            done, _ = await asyncio.wait({work}, timeout=self.seconds)
+            if done:
+                work.result()
+            else:
+                state["late"], state["status"] = True, 504
+                work.add_done_callback(lambda t: t.cancelled() or t.exception())
+                await problem(504, "deadline_exceeded", f"not answered within {self.seconds} s "
+                              "(SIMSTREAM_SERVE_DEADLINE_S)", _request_id(scope))(scope, receive, send)
+        finally:
+            self.done(scope, int(state["status"]), time.perf_counter() - t0)
