@@ -128,6 +128,9 @@ def endpoints(ids: list[str]) -> dict[str, Callable[[random.Random], tuple[str, 
             "k": 10, "positive": r.sample(ids, 3), "negative": r.sample(ids, 1)}),
         "POST /v1/recommend, filter category": lambda r: ("POST", "/v1/recommend", {
             "k": 10, "positive": r.sample(ids, 3), "filters": {"category": f"Dept{r.randrange(5)}"}}),
+        "POST /v1/batch (10 queries)": lambda r: ("POST", "/v1/batch", {"queries": [
+            {"op": "neighbors", "product_id": r.choice(ids), "k": 10, "filters": {"brand": r.choice(BRANDS)}}
+            for _ in range(5)] + [{"op": "recommend", "positive": r.sample(ids, 2), "k": 10} for _ in range(5)]}),
         "POST /v1/similar": lambda r: ("POST", "/v1/similar", {"k": 10, "product": {
             "title": " ".join(r.choices(WORDS, k=6)), "brand": r.choice(BRANDS), "category": r.choice(CATEGORIES),
             "price": round(r.uniform(5, 500), 2)}}),

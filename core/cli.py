@@ -321,11 +321,11 @@ def serve(host: str | None, port: int | None) -> None:
     """Run the read-only query API and the neighbour explorer page on SIMSTREAM_MILVUS_URI (docs/serving.md)."""
     need("serve")
     from simstream.errors import IndexUnavailable
-    from simstream.serve.server import run_server
+    from simstream.serve.server import CatalogMissing, run_server
 
     settings = _settings()
     log.info("starting serve", settings=settings.safe_dump())
-    with red_line(IndexUnavailable, ValueError):
+    with red_line(IndexUnavailable, ValueError, CatalogMissing):
         run_server(settings, host, port)
 
 

@@ -22,8 +22,10 @@ X-Request-ID (taken from the request or made), which every response carries back
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -59,10 +61,11 @@ from simstream.serve.requests import (
 )
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
+__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
+BATCH_THREADS = 16  # items of one POST /v1/batch answered at once (their rankings share passes)
 FOLLOW_S = 5.0  # serve reads the control record this often and follows a switch of generations
 STATIC = Path(str(resources.files("simstream.serve") / "static" / "index.html")).resolve().parent
 
@@ -239,22 +242,15 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return problem(status, code, message, correlation_id.get())
 
 
-def _int(name: str, raw: str | None) -> int | None:
+def _number(name: str, raw: str | None, kind: type[int] | type[float]) -> Any:
+    """A GET parameter as ``kind``; None when absent; FilterError (400) when malformed."""
     if raw is None:
         return None
     try:
-        return int(raw)
+        return kind(raw)
     except (TypeError, ValueError):
-        raise FilterError(f"{name} must be an integer, got {str(raw)[:40]!r}") from None
-
-
-def _float(name: str, raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise FilterError(f"{name} must be a number, got {str(raw)[:40]!r}") from None
+        raise FilterError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {str(raw)[:40]!r}") from None
 
 
 PAGE_PARAMS = {"k", "cursor", "min_score", "per_brand", "weights"}
@@ -263,13 +259,13 @@ PAGE_PARAMS = {"k", "cursor", "min_score", "per_brand", "weights"}
 def _options(rest: dict[str, str]) -> dict[str, Any]:
     """The paging and weight parameters of a GET query, as the request models spell them."""
     out: dict[str, Any] = {"weights": parse_weights(rest.get("weights"))}
-    if (k := _int("k", rest.get("k"))) is not None:
+    if (k := _number("k", rest.get("k"), int)) is not None:
         out["k"] = k
-    if (per_brand := _int("per_brand", rest.get("per_brand"))) is not None:
+    if (per_brand := _number("per_brand", rest.get("per_brand"), int)) is not None:
         if per_brand < 1:
             raise FilterError("per_brand must be at least 1")
         out["per_brand"] = per_brand
-    if (min_score := _float("min_score", rest.get("min_score"))) is not None:
+    if (min_score := _number("min_score", rest.get("min_score"), float)) is not None:
         out["min_score"] = min_score
     if rest.get("cursor"):
         out["cursor"] = rest["cursor"]
@@ -313,6 +309,9 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         # and the rankings of those answered at once still go together (serve/batcher.py)
         anyio.to_thread.current_default_thread_limiter().total_tokens = services.base.serve_threads
         services.open()
+        # the copy and the models are long-lived: out of the collector's sight, so a full
+        # collection (triggered by requests' garbage) does not walk ~10 objects per product
+        gc.freeze()
         tasks = [asyncio.create_task(sync())]
         if services.generation is not None:
             tasks.append(asyncio.create_task(follow()))
@@ -476,16 +475,21 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         handlers: dict[str, Callable[[Any], dict[str, Any]]] = {
             "neighbors": catalog.neighbors, "search": catalog.search, "similar": catalog.similar,
             "recommend": catalog.recommend}
-        results = []
-        for item in body.queries:
+        request_id = correlation_id.get()
+
+        def answer(item: Any) -> dict[str, Any]:
             try:
-                results.append({"status": 200, "body": handlers[item.op](item)})
+                return {"status": 200, "body": handlers[item.op](item)}
             except Exception as exc:
                 status, code = _status_of(exc)
                 if status == 500:
-                    log.exception("a batch item failed", op=item.op)
+                    log.exception("a batch item failed", op=item.op, request_id=request_id)
                 detail = str(exc) if status < 500 else "internal error; the request id is in the server's log"
-                results.append({"status": status, "problem": problem_body(status, code, detail, correlation_id.get())})
+                return {"status": status, "problem": problem_body(status, code, detail, request_id)}
+
+        # the items at once: their encodes and rankings go together (serve/batcher.py)
+        with ThreadPoolExecutor(min(BATCH_THREADS, len(body.queries)), thread_name_prefix="batch") as pool:
+            results = list(pool.map(answer, body.queries))
         return {"results": results}
 
     return app

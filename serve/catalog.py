@@ -133,8 +133,9 @@ class Catalog:
     def _published_view(self, doc: NeighbourList, neighbours: list[dict[str, Any]], k: int) -> dict[str, Any]:
         return {"product_id": doc.product_id, "version": doc.version, "source": "published", "model": doc.model,
                 "computed_at": doc.computed_at, "source_event_time": doc.source_event_time,
-                # the list stops at TOP_K: a deeper page, or filters that leave too few, are answered live
-                "cut_at_top_k": len(doc.neighbours) >= self.top_k and k > len(neighbours),
+                # the list stops at TOP_K (more products exist below it): a deeper k, a cursor, or
+                # filters that leave too few of it are answered live
+                "cut_at_top_k": len(doc.neighbours) >= self.top_k,
                 "neighbors": neighbours, "next_cursor": None}
 
     def _published_filtered(self, doc: NeighbourList, filters: Filters, page: Page) -> dict[str, Any] | None:
@@ -159,7 +160,6 @@ class Catalog:
             return None
         view = self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in kept[: page.k]],
                                     page.k)
-        view["cut_at_top_k"] = False
         view["filters"] = filters.view()
         return view
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
@@ -86,6 +86,15 @@ def _values(name: str, raw: str | Sequence[str] | None, limit: int = MAX_FILTER_
     if not all(isinstance(v, str) for v in values):
         raise FilterError(f"{name}: values must be strings")
     return tuple(dict.fromkeys(values))  # repeated values once, in the order given
+
+
+def _key(value: str, name: str, normalise: Callable[[str], str], max_bytes: int, empty: str) -> str:
+    """The normalised key a brand or category filter compares (index.rows), checked."""
+    quote(value, name, max_bytes)
+    key = normalise(value)
+    if not key:
+        raise FilterError(f"{name} {empty}")
+    return key
 
 
 @dataclass(frozen=True)
@@ -161,19 +170,11 @@ class Filters:
 
     @staticmethod
     def _brand(value: str, name: str) -> str:
-        quote(value, name, MAX_BRAND_BYTES)
-        key = brand_key(value)
-        if not key:
-            raise FilterError(f"{name} has no letters or digits")
-        return key
+        return _key(value, name, brand_key, MAX_BRAND_BYTES, "has no letters or digits")
 
     @staticmethod
     def _category(value: str, name: str) -> str:
-        quote(value, name, MAX_CATEGORY_BYTES)
-        key = category_key(value)
-        if not key:
-            raise FilterError(f"{name} is empty")
-        return key
+        return _key(value, name, category_key, MAX_CATEGORY_BYTES, "is empty")
 
     @classmethod
     def from_query(cls, items: Iterable[tuple[str, str]], allowed: set[str]) -> tuple["Filters", dict[str, str]]:

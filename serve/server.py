@@ -4,17 +4,47 @@ from __future__ import annotations
 
 import uvicorn
 
-from simstream.index.milvus import MilvusStore
+from simstream.generations import FIRST, generation_settings
+from simstream.index.control import ControlStore
+from simstream.index.milvus import MilvusStore, close_client, open_client
+from simstream.redact import redact
 from simstream.serve.app import create_app
 from simstream.serve.queries import QueryEncoder
 from simstream.settings import Settings
 
-__all__ = ["run_server"]
+__all__ = ["CatalogMissing", "check_catalog", "run_server"]
+
+
+def check_catalog(settings: Settings) -> None:
+    """Refuse to start, with one line saying what to do, when there is no catalog to serve yet
+    (a fresh install: the worker has not written the collections). Without it the start-up hook
+    failed with a traceback from inside uvicorn."""
+    uri = settings.resolved_milvus_uri
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    client = open_client(uri, token=token, timeout_s=settings.milvus_timeout_s)
+    try:
+        record = ControlStore(client, settings.collection, timeout_s=settings.milvus_timeout_s).read()
+        tag = record.live if record is not None else FIRST
+        served = generation_settings(settings, record.generations.get(tag) if record is not None else None, tag)
+        products = f"{served.collection}_products"
+        if not client.has_collection(products, timeout=settings.milvus_timeout_s):
+            raise CatalogMissing(f"no catalog to serve: collection {products} does not exist at "
+                                 f"{redact(uri)}. Run the worker (or `simstream demo`) first, or point "
+                                 "SIMSTREAM_MILVUS_URI / SIMSTREAM_COLLECTION at the worker's")
+    finally:
+        close_client(client, uri)
+
+
+class CatalogMissing(LookupError):
+    """serve started before any worker wrote the collections it reads."""
 
 
 def run_server(settings: Settings, host: str | None = None, port: int | None = None, *,
                milvus: MilvusStore | None = None, encoder: QueryEncoder | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; ``host`` / ``port`` default to SIMSTREAM_SERVE_HOST / _PORT."""
+    """Serve until SIGINT/SIGTERM; ``host`` / ``port`` default to SIMSTREAM_SERVE_HOST / _PORT.
+    CatalogMissing when there is nothing to serve yet."""
+    if milvus is None:
+        check_catalog(settings)
     app = create_app(settings, milvus=milvus, encoder=encoder)
     # uvicorn's own logging config would replace ours: structlog stays in charge, access log off
     uvicorn.run(app, host=host or settings.serve_host, port=port or settings.serve_port, log_config=None,

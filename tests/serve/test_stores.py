@@ -153,3 +153,17 @@ def test_the_copy_follows_writes_and_deletes_made_after_it_was_built(tmp_path: P
             assert live() == ["p1", "p4", "p5", "p6"]
     finally:
         store.close()
+
+
+def test_serve_on_a_fresh_install_says_what_to_do_instead_of_a_traceback(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from simstream.cli import main
+
+    monkeypatch.setenv("SIMSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SIMSTREAM_LOG_FORMAT", "console")
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])  # never binds: it stops before
+    assert result.exit_code == 1, result.output
+    assert "no catalog to serve" in result.output and "simstream_products does not exist" in result.output
+    assert "Traceback" not in result.output
