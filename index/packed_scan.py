@@ -255,8 +255,8 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     float32 over every column (the window of that sum) instead of on the packed values.
 
     ``allowed`` (rows x queries, bool): which rows each query may return besides being live (a
-    query's filters; simstream serve). ``sel`` (row numbers): scan only those rows, gathered still
-    packed (a selective filter's rows), on the CPU and without ``bars``."""
+    query's filters; simstream serve). ``sel`` (row numbers, ascending): scan only those rows,
+    gathered still packed (a selective filter's rows), on the CPU and without ``bars``."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
     if sel is not None:
@@ -275,7 +275,9 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     # scan error + oracle error = (window - 3e-6) / 2; the 1.5e-6 left covers the float32 subtraction
     slack = torch.from_numpy(np.asarray(margin + windows / 2, np.float32))
     scanned = used if sel is None else len(sel)
-    loose_at = dict(loose) if sel is not None else {}
+    if sel is not None and loose:  # where each loose row sits among the rows scanned (``sel`` ascends)
+        at = np.searchsorted(sel, [r for r, _ in loose])
+        loose = [(int(i), vec) for i, (r, vec) in zip(at.tolist(), loose) if i < len(sel) and sel[i] == r]
     for first in range(0, scanned, BLOCK_ROWS):
         stop = min(scanned, first + BLOCK_ROWS)
         here: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
@@ -286,14 +288,9 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
             win = win.to(acc.device)
         else:
             acc = block_scores(rows, q, first, stop, count, sel=sel)
-        if sel is None:
-            for r, vec in loose:
-                if first <= r < stop:
-                    acc[r - first] = qf @ torch.from_numpy(vec)
-        elif loose_at:
-            for i, r in enumerate(sel[first:stop].tolist()):
-                if (held := loose_at.get(r)) is not None:
-                    acc[i] = qf @ torch.from_numpy(held)
+        for r, vec in loose:  # positions in the rows scanned
+            if first <= r < stop:
+                acc[r - first] = qf @ torch.from_numpy(vec)
         dead = torch.from_numpy(~live[here]).to(acc.device)
         if bool(dead.any()):
             acc[dead] = -torch.inf

@@ -533,12 +533,6 @@ class SideIndex:
         """Rows ever used: masks over the rows (``search_filtered``) cover [0, used)."""
         return len(self._ids)
 
-    def live_rows(self) -> np.ndarray:
-        """Which rows of [0, used) hold a product (a read-only view)."""
-        view = self._live[: len(self._ids)]
-        view.flags.writeable = False
-        return view
-
     def rows_of(self, ids: Iterable[str]) -> dict[str, int]:
         """The row of each live product among ``ids``."""
         return {pid: r for pid in ids if (r := self._row.get(pid)) is not None}

@@ -224,16 +224,19 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
                                                                    subset_rows: int, resident: bool) -> None:
     """Per-query masks (serve's filters): the full pass with masks (subset_rows 0), the subset scan
     of the allowed rows alone (every mask small enough), and both in one call; re-weighted queries
-    (off the i8 grid) and an empty mask included."""
+    (off the i8 grid), rows held loose and an empty mask included."""
     from simstream.index import side as side_module
 
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(side_module, "SUBSET_ROWS", subset_rows)
     monkeypatch.setattr(side_module, "SUBSET_SHARE", 1)
     x = catalog(1_500, seed=5, duplicates=30)
+    loose = [3, 700, 1_200]
+    x[loose, 68:72] = 0.5  # columns outside every segment: held loose (float32), absent from the packed values
     rng = np.random.default_rng(6)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
     side = fill(x, ids, resident=resident)
+    assert resident or side.loose_rows == 3
     gone = rng.choice(len(x), 150, replace=False)
     side.delete(ids[i] for i in gone)
     live = np.ones(len(x), bool)
@@ -242,6 +245,7 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
     queries = np.concatenate([x[:6], x[-2:]]).copy()
     queries[1, 24:56] *= 1.7  # a query-time weight: the i8 segment off its grid
     queries[2, :24] = 0  # a field weighted to zero
+    queries[0, 68:72] = 0.5  # ranks the loose rows first, through columns only their float32 copy holds
     masks: list[np.ndarray | None] = []
     for j in range(len(queries)):
         keep = rng.random(len(x)) < (0.05, 0.5, 0.9, 0.2, 0.01, 0.6, 0.3, 0.0)[j]
@@ -249,6 +253,7 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
         for i in np.flatnonzero(keep):
             if ids[i] in rows:
                 mask[rows[ids[i]]] = True
+        mask[[rows[ids[i]] for i in loose]] = True  # every query may return the loose rows
         masks.append(mask)
     masks[3] = None  # no filter
     for k in (1, 12, 60):
