@@ -61,7 +61,7 @@ from simstream.serve.requests import (
 )
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
+__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "QUERY_ERRORS", "INTERNAL", "answer_of", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
@@ -229,6 +229,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {  # what /docs shows every route may 
                          (413, "body_too_large"), (422, "invalid_request or cannot_encode"), (429, "rate_limited"),
                          (503, "index_unavailable"), (504, "deadline_exceeded"))}
 access_log = get_logger("simstream.serve.access")
+# how a route answers each error the catalog raises: (type, status, code, detail), one place
+QUERY_ERRORS: tuple[tuple[type[Exception], int, str, Callable[[Exception], str]], ...] = (
+    (FilterError, 400, "invalid_query", str),
+    (NotFound, 404, "not_found", str),
+    (Conflict, 409, "conflict", str),
+    (EncodeError, 422, "cannot_encode", lambda exc: f"cannot encode the query: {exc}"),
+    (IndexUnavailable, 503, "index_unavailable", lambda exc: "the index is unavailable, try again"),
+)
+INTERNAL = "internal error; the request id is in the server's log"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
@@ -343,25 +352,11 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     async def a_problem(request: Request, exc: Problem) -> JSONResponse:
         return problem(exc.status, exc.code, exc.detail, correlation_id.get(), exc.headers)
 
-    @app.exception_handler(FilterError)
-    async def bad_request(request: Request, exc: FilterError) -> JSONResponse:
-        return _error(400, "invalid_query", str(exc))
+    async def a_query_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(*answer_of(exc))
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return _error(404, "not_found", str(exc))
-
-    @app.exception_handler(EncodeError)
-    async def cannot_encode(request: Request, exc: EncodeError) -> JSONResponse:
-        return _error(422, "cannot_encode", f"cannot encode the query: {exc}")
-
-    @app.exception_handler(IndexUnavailable)
-    async def unavailable(request: Request, exc: IndexUnavailable) -> JSONResponse:
-        return _error(503, "index_unavailable", "the index is unavailable, try again")
-
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return _error(409, "conflict", str(exc))
+    for kind, *_ in QUERY_ERRORS:
+        app.add_exception_handler(kind, a_query_error)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -376,7 +371,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("request failed", error=repr(exc)[:300], request_id=correlation_id.get(), exc_info=exc)
-        return _error(500, "internal", "internal error; the request id is in the server's log")
+        return _error(500, "internal", INTERNAL)
 
     # outermost last: request id, the deadline and access log, CORS (preflights answered before
     # any key), keys and rate, body cap
@@ -481,10 +476,9 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
             try:
                 return {"status": 200, "body": handlers[item.op](item)}
             except Exception as exc:
-                status, code = _status_of(exc)
+                status, code, detail = answer_of(exc)
                 if status == 500:
                     log.exception("a batch item failed", op=item.op, request_id=request_id)
-                detail = str(exc) if status < 500 else "internal error; the request id is in the server's log"
                 return {"status": status, "problem": problem_body(status, code, detail, request_id)}
 
         # the items at once: their encodes and rankings go together (serve/batcher.py)
@@ -495,11 +489,10 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     return app
 
 
-def _status_of(exc: BaseException) -> tuple[int, str]:
-    """The status and code the route of a batch item would have answered ``exc`` with."""
-    for kind, status, code in ((FilterError, 400, "invalid_query"), (NotFound, 404, "not_found"),
-                               (Conflict, 409, "conflict"), (EncodeError, 422, "cannot_encode"),
-                               (IndexUnavailable, 503, "index_unavailable")):
+def answer_of(exc: BaseException) -> tuple[int, str, str]:
+    """The status, code and detail a route answers a query's error with (``QUERY_ERRORS``), a
+    batch item's too; anything else is a 500 whose detail says no more."""
+    for kind, status, code, detail in QUERY_ERRORS:
         if isinstance(exc, kind):
-            return status, code
-    return 500, "internal"
+            return status, code, detail(exc)
+    return 500, "internal", INTERNAL

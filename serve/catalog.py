@@ -28,7 +28,9 @@ from simstream.limits import MAX_ID_BYTES
 from simstream.records import Neighbour, NeighbourList
 from simstream.serve.filters import FilterError, Filters, quote
 from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
-from simstream.serve.ranking import LiveIndex, Page, Ranked, combine, decode_cursor, encode_cursor, rank, reweigh
+from simstream.serve.ranking import (
+    LiveIndex, Page, Ranked, combine, decode_cursor, diverse, encode_cursor, rank, reweigh,
+)
 from simstream.serve.requests import NeighborsQuery, QueryOptions, RecommendRequest, SearchQuery, SimilarRequest
 
 __all__ = ["DEFAULT_K", "NotFound", "image_src", "product_view", "card", "neighbour_view", "Catalog"]
@@ -123,9 +125,8 @@ class Catalog:
             raise NotFound(f"product {pid[:80]!r} has no published list yet")
         raise self._not_found(pid, " (deleted)" if payload == b"" else "")
 
-    def published(self, pid: str, k: int) -> dict[str, Any]:
-        """The list last published for ``pid`` (its first ``k`` entries), with freshness."""
-        doc = self._published_list(pid)
+    def published(self, doc: NeighbourList, k: int) -> dict[str, Any]:
+        """A list as last published (its first ``k`` entries), with freshness."""
         entries = doc.neighbours[:k]
         products = self.live.served(n.product_id for n in entries)
         return self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in entries], k)
@@ -142,19 +143,11 @@ class Catalog:
         """The published entries passing ``filters`` (and the page's min_score / per_brand) when
         they make the exact answer: at least a full page, or a list that holds everyone."""
         products = self.live.served(n.product_id for n in doc.neighbours)
-        kept: list[Neighbour] = []
-        per: dict[str, int] = {}
-        for n in doc.neighbours:
-            p = products.get(n.product_id)
-            if p is None or (page.min_score is not None and n.score < page.min_score):
-                continue  # gone since: it cannot be checked against the filters
-            if not filters.matches(p):
-                continue
-            if page.per_brand is not None and (b := brand_key(p.brand)):
-                if per.get(b, 0) >= page.per_brand:
-                    continue
-                per[b] = per.get(b, 0) + 1
-            kept.append(n)
+        # an entry gone since cannot be checked against the filters: left out
+        kept = [n for n in doc.neighbours if (p := products.get(n.product_id)) is not None and filters.matches(p)
+                and (page.min_score is None or n.score >= page.min_score)]
+        if page.per_brand is not None:
+            kept = diverse(kept, lambda n: brand_key(products[n.product_id].brand), page.per_brand)
         holds_everyone = len(doc.neighbours) < self.top_k
         if len(kept) < page.k and not holds_everyone:
             return None
@@ -218,21 +211,22 @@ class Catalog:
             except NotFound:
                 if plain:
                     raise
+        seed = None  # read once, with its vector, when filters or a live ranking need it
         if doc is None:
             reason = ("query-time weights" if q.weights else "a cursor" if q.cursor
                       else "no published list yet")
+        elif plain:
+            if k <= len(doc.neighbours) or len(doc.neighbours) < self.top_k:
+                return self.published(doc, k)
+            reason = f"k={k} is deeper than the published list (TOP_K={self.top_k})"
         else:
-            if plain:
-                if k <= len(doc.neighbours) or len(doc.neighbours) < self.top_k:
-                    return self.published(q.product_id, k)
-                reason = f"k={k} is deeper than the published list (TOP_K={self.top_k})"
-            else:
-                seed = self.served(q.product_id)
-                page = Page(k, 0, q.min_score, q.per_brand)
-                if (got := self._published_filtered(doc, filters.resolved(seed), page)) is not None:
-                    return got
-                reason = f"the filters leave fewer than k={k} of the published list's {len(doc.neighbours)}"
-        seed = self.served(q.product_id, with_vector=True)
+            seed = self.served(q.product_id, with_vector=True)
+            page = Page(k, 0, q.min_score, q.per_brand)
+            if (got := self._published_filtered(doc, filters.resolved(seed), page)) is not None:
+                return got
+            reason = f"the filters leave fewer than k={k} of the published list's {len(doc.neighbours)}"
+        if seed is None:
+            seed = self.served(q.product_id, with_vector=True)
         out = self._ranked(seed.vector, filters.resolved(seed), q, ["neighbors", q.product_id],
                            exclude=[q.product_id])
         return {"product_id": q.product_id, "version": seed.version, **out, "fallback": reason}

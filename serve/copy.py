@@ -20,7 +20,7 @@ searches, never during one).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import fasteners
@@ -37,11 +37,12 @@ from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["RECONCILE_EVERY", "BATCH_QUERIES", "LiveQuery", "FilterColumns", "ServedCopy"]
+__all__ = ["RECONCILE_EVERY", "BATCH_QUERIES", "NO_VECTOR", "LiveQuery", "FilterColumns", "ServedCopy"]
 
 log = get_logger(__name__)
 RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
 BATCH_QUERIES = 64  # queries of concurrent requests ranked in one pass at most
+NO_VECTOR = np.zeros(0, np.float32)  # a held product's vector: its row in the side index
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,7 @@ class ServedCopy:
                 rows = self.side.rows_of(p.product_id for p in products)
                 for p in products:
                     self.columns.write(rows[p.product_id], p)
-                    self.products[p.product_id] = ServedProduct(
-                        p.product_id, p.version, p.brand, p.category, p.price, p.model, p.event_time, p.updated_at,
-                        p.display)
+                    self.products[p.product_id] = replace(p, vector=NO_VECTOR)  # the rows hold it
             gone = [pid for pid in deleted if pid in self.products]
             if gone:
                 rows = self.side.rows_of(gone)
@@ -251,5 +250,4 @@ class ServedCopy:
             if not with_vectors:
                 return found
             vectors = self.side.vectors(found)
-        return {pid: ServedProduct(p.product_id, p.version, p.brand, p.category, p.price, p.model, p.event_time,
-                                   p.updated_at, p.display, vectors[pid]) for pid, p in found.items()}
+        return {pid: replace(p, vector=vectors[pid]) for pid, p in found.items()}

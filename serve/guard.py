@@ -119,10 +119,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        too_big = problem(413, "body_too_large", f"the request body is over {self.max_bytes} bytes "
-                                                 "(SIMSTREAM_SERVE_MAX_BODY_BYTES)", _request_id(scope))
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_big(scope, receive, send)
+            await self._refuse(scope, receive, send)
             return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
@@ -135,7 +133,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await too_big(scope, receive, send)
+                await self._refuse(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -150,6 +148,10 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await problem(413, "body_too_large", f"the request body is over {self.max_bytes} bytes "
+                                             "(SIMSTREAM_SERVE_MAX_BODY_BYTES)", _request_id(scope))(scope, receive, send)
 
 
 class Guard:

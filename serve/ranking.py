@@ -20,7 +20,7 @@ import base64
 import hashlib
 import binascii
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 import orjson
@@ -34,10 +34,11 @@ from simstream.serve.copy import LiveQuery, ServedCopy
 from simstream.serve.filters import FilterError, Filters
 
 __all__ = ["Conflict", "MILVUS_MAX_LIMIT", "DIVERSITY_GROWTH", "LiveIndex", "MilvusLive", "CopyLive", "Page", "Ranked",
-           "rank", "reweigh", "combine", "encode_cursor", "decode_cursor"]
+           "diverse", "rank", "reweigh", "combine", "encode_cursor", "decode_cursor"]
 
-MILVUS_MAX_LIMIT = 16_384  # Milvus' largest topk: the widest ranking a fallback search can read
+MILVUS_MAX_LIMIT = 16_384  # Milvus' largest topk: the deepest ranking a page reads, from either index
 DIVERSITY_GROWTH = 4  # a per_brand page short of products reads a ranking this much deeper
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -126,30 +127,29 @@ class Ranked:
     source: str
 
 
-def _diverse(hits: Sequence[tuple[str, float]], brands: Mapping[str, str], cap: int) -> list[tuple[str, float]]:
-    """``hits`` in order, at most ``cap`` per brand key (an unknown brand is not capped)."""
+def diverse(items: Sequence[T], brand_of: Callable[[T], str], cap: int) -> list[T]:
+    """``items`` in order, at most ``cap`` per brand key (``brand_of``; an unknown brand, "", is not
+    capped): the ``per_brand`` rule, for a live ranking and for a published list alike."""
     seen: dict[str, int] = {}
     out = []
-    for pid, score in hits:
-        b = brands.get(pid, "")
-        if b:
+    for item in items:
+        if b := brand_of(item):
             if seen.get(b, 0) >= cap:
                 continue
             seen[b] = seen.get(b, 0) + 1
-        out.append((pid, score))
+        out.append(item)
     return out
 
 
 def rank(index: LiveIndex, vector: np.ndarray, filters: Filters, page: Page, *, max_k: int,
          exclude: Iterable[str] = ()) -> Ranked:
     """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow."""
-    want = page.offset + page.k + 1  # one more: whether there is a next page
+    want = page.offset + page.k + 1  # one more: whether there is a next page (want <= max_k + 1)
     limit = want
-    widest = MILVUS_MAX_LIMIT if isinstance(index, MilvusLive) else max(MILVUS_MAX_LIMIT, want)
     as_of = index.as_of()
-    query = LiveQuery(np.asarray(vector, np.float32), filters, limit, frozenset(exclude))
+    vector, left_out = np.asarray(vector, np.float32), frozenset(exclude)
     while True:
-        hits = index.top([LiveQuery(query.vector, filters, limit, query.exclude)])[0]
+        hits = index.top([LiveQuery(vector, filters, limit, left_out)])[0]
         complete = len(hits) < limit  # the whole filtered catalog was ranked
         if page.min_score is not None:
             kept = [h for h in hits if h[1] >= page.min_score]
@@ -157,10 +157,10 @@ def rank(index: LiveIndex, vector: np.ndarray, filters: Filters, page: Page, *, 
             hits = kept
         if page.per_brand is not None:
             brands = {pid: brand_key(p.brand) for pid, p in index.served(pid for pid, _ in hits).items()}
-            hits = _diverse(hits, brands, page.per_brand)
-        if len(hits) >= want or complete or limit >= widest:
+            hits = diverse(hits, lambda h: brands.get(h[0], ""), page.per_brand)
+        if len(hits) >= want or complete or limit >= MILVUS_MAX_LIMIT:
             break
-        limit = min(limit * DIVERSITY_GROWTH, widest)
+        limit = min(limit * DIVERSITY_GROWTH, MILVUS_MAX_LIMIT)
     return Ranked(hits[page.offset: page.offset + page.k], len(hits) > page.offset + page.k
                   and page.offset + page.k < max_k, as_of, index.source)
 
