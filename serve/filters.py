@@ -97,6 +97,14 @@ def _key(value: str, name: str, normalise: Callable[[str], str], max_bytes: int,
     return key
 
 
+def _category_expr(key: str, exact: bool) -> str:
+    """The path ``key`` (``exact``), or it and every path below it: keys in [key + ">", key + "?")."""
+    if exact:
+        return f"category_key == {quote(key)}"
+    return (f"(category_key == {quote(key)} or (category_key >= {quote(key + '>')} and "
+            f"category_key < {quote(key + '?')}))")
+
+
 @dataclass(frozen=True)
 class Filters:
     """What the results must match; empty means the whole catalog. Brands and categories are kept
@@ -240,9 +248,9 @@ class Filters:
         if self.brand_not:
             parts.append(f"not (brand_key in [{', '.join(quote(k) for k in self.brand_not)}])")
         if self.category:
-            parts.append("(" + " or ".join(self._category_expr(k) for k in self.category) + ")")
-        if self.category_not:
-            parts.append("not (" + " or ".join(self._category_expr(k) for k in self.category_not) + ")")
+            parts.append("(" + " or ".join(_category_expr(k, self.category_exact) for k in self.category) + ")")
+        if self.category_not:  # a subtree left out, whatever same_category made of ``category``
+            parts.append("not (" + " or ".join(_category_expr(k, False) for k in self.category_not) + ")")
         if self.price_min is not None:
             parts.append(f"price >= {self.price_min!r}")
         if self.price_max is not None:
@@ -251,13 +259,6 @@ class Filters:
         for k, v in sorted(self.attributes.items()):
             parts.append(f'display["attributes"][{quote(k)}] == {quote(v)}')
         return " and ".join(parts)
-
-    def _category_expr(self, key: str) -> str:
-        if self.category_exact:
-            return f"category_key == {quote(key)}"
-        # the path itself, or below it: keys in [key + ">", key + "?")
-        return (f"(category_key == {quote(key)} or (category_key >= {quote(key + '>')} and "
-                f"category_key < {quote(key + '?')}))")
 
     def matches_category(self, key: str) -> bool:
         """Whether a product with category key ``key`` passes the category filters."""

@@ -96,6 +96,8 @@ def test_relative_filters_compare_with_the_seed(api: TestClient, catalog) -> Non
         ({"same_category": "true"}, lambda d: cat(d) == "apparel>shoes>running"),
         ({"price_within_pct": "60"}, lambda d: 89 * 0.4 <= d["price"] <= 89 * 1.6),
         ({"same_brand": "true", "category_not": "sports"}, lambda d: brand(d) == "stride" and not cat(d).startswith("sports")),
+        # same_category compares the seed's path exactly; category_not still leaves out a whole subtree
+        ({"same_category": "true", "category_not": "apparel"}, lambda d: False),
     ]
     for params, keep in cases:
         r = api.get(f"/v1/products/{seed}/neighbors", params={**params, "k": "5", "weights": "price:0.1"})
