@@ -5,7 +5,7 @@ Latency: a catalog of N products is written straight into a milvus-lite file thr
 synthetic, the fused vectors are *random but valid* (each field segment a random unit vector scaled
 by sqrt(weight), as fusion lays them out), and every product gets a published list of 10 random
 catalog ids in the wire format. Exactness does not matter for latency; the shapes and sizes do.
-Then ``simstream serve`` runs as its own process, and 32 concurrent clients (httpx, asyncio) call
+Then ``simstream serve`` runs as its own process, and 32 concurrent clients (aiohttp, asyncio) call
 one endpoint at a time for a bounded time each: p50 / p99 latency, throughput, errors.
 
 Quality: the right table of Abt-Buy and Amazon-Google through the real encoders into Milvus; each
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
 import httpx
 import numpy as np
 import orjson
@@ -43,6 +44,7 @@ WORDS = ("wireless bluetooth noise cancelling headphones over-ear black silver s
          "cotton t-shirt running shoe laptop 13 inch 16gb ssd gaming bottle insulated stainless 1l pro air "
          "compact portable charger usb-c cable hdmi 4k monitor keyboard mechanical mouse optical").split()
 BRANDS = [f"brand{i:02d}" for i in range(50)]
+JSON_BODY = {"Content-Type": "application/json"}
 CATEGORIES = [f"Dept{a} > Group{b} > Kind{c}" for a in range(5) for b in range(6) for c in range(8)]
 
 
@@ -139,21 +141,26 @@ def endpoints(ids: list[str]) -> dict[str, Callable[[random.Random], tuple[str, 
 
 async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], clients: int,
                seconds: float) -> dict[str, Any]:
+    """``clients`` closed-loop clients on keep-alive connections for ``seconds``. aiohttp, not
+    httpx: the load generator shares the 2 cores with serve, and httpx spent a whole core to make
+    ~450 req/s (it, not serve, was the limit of the cheap endpoints)."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as client:
         async def one(seed: int) -> None:
             r = random.Random(seed)
             while time.perf_counter() < deadline:
                 method, path, body = gen(r)
                 t0 = time.perf_counter()
                 try:
-                    resp = await client.request(method, path, json=body)
-                    ok = resp.status_code == 200
-                    key = str(resp.status_code)
-                except httpx.HTTPError as exc:
+                    async with client.request(method, path, data=orjson.dumps(body) if body is not None else None,
+                                              headers=JSON_BODY if body is not None else None) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                        key = str(resp.status)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     ok, key = False, type(exc).__name__
                 latencies.append(time.perf_counter() - t0)
                 if not ok:
@@ -194,13 +201,21 @@ def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: s
 
 
 def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", threads: int = 1,
-                only: str = "", milvus_uri: str | None = None) -> dict[str, Any]:
-    """``milvus_uri``: a Milvus server to write the catalog into and serve from (else a milvus-lite file)."""
-    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+                only: str = "", milvus_uri: str | None = None, keep: Path | None = None) -> dict[str, Any]:
+    """``milvus_uri``: a Milvus server to write the catalog into and serve from (else a milvus-lite file).
+    ``keep``: a folder that keeps the written milvus-lite catalog between runs (written once per size)."""
+    work = keep / str(n) if keep else Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     collection = f"bench{n}" if milvus_uri else "bench"
     try:
-        print(f"[{n}] writing {n} products (random-but-valid vectors) ...", flush=True)
-        info = write_catalog(milvus_uri or str((work / "simstream.db").resolve()), collection, n)
+        saved = work / "catalog.json"
+        if keep and not milvus_uri and saved.exists():
+            info = orjson.loads(saved.read_bytes())
+            print(f"[{n}] reusing the catalog in {work}", flush=True)
+        else:
+            print(f"[{n}] writing {n} products (random-but-valid vectors) ...", flush=True)
+            info = write_catalog(milvus_uri or str((work / "simstream.db").resolve()), collection, n)
+            saved.write_bytes(orjson.dumps(info))
         print(f"[{n}] written in {info['seconds']} s (dim {info['dim']}); starting simstream serve ...", flush=True)
         port = free_port()
         t_start = time.perf_counter()
@@ -229,7 +244,8 @@ def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", thread
                 proc.kill()
                 proc.wait(10)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --- quality ----------------------------------------------------------------------------------
@@ -305,6 +321,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="endpoint names containing this text only")
     ap.add_argument("--milvus-uri", default=None, help="a Milvus server (e.g. under scripts/with-milvus-server.sh: "
                                                        "$SIMSTREAM_TEST_MILVUS_URI); default a milvus-lite file")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the written catalogs in this folder and reuse "
+                                                            "them on the next run (milvus-lite only)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--quality", action="store_true", help="also measure search quality (Abt-Buy, Amazon-Google)")
     ap.add_argument("--json", type=Path, default=None)
@@ -313,7 +331,7 @@ def main() -> None:
     if not args.skip_latency:
         for n in [int(x) for x in args.sizes.split(",") if x]:
             report["latency"].append(latency_run(n, args.clients, args.seconds, args.copy, args.threads, args.only,
-                                                 args.milvus_uri))
+                                                 args.milvus_uri, args.keep))
     if args.quality:
         report["quality"] = quality_run(list(QUALITY))
     if args.json:

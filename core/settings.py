@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     # the memory limit, else Milvus search; "on" refuses to start without it; "off" always Milvus
     serve_copy: Literal["auto", "on", "off"] = "auto"  # SIMSTREAM_SERVE_COPY
     serve_sync_s: float = Field(1.0, gt=0, le=60)  # SIMSTREAM_SERVE_SYNC_S: the copy polls Milvus this often
+    # SIMSTREAM_SERVE_LIST_CACHE_BYTES: published lists serve keeps in memory (serve/published.py); 0: off
+    serve_list_cache_bytes: int = Field(256 * 2**20, ge=0)
     # exposure (serve/guard.py): API keys "name:key,name:key" (unset: open), a body cap checked
     # before parsing, a rate limit per key ("" off; the limits library's notation), CORS origins,
     # and the deadline of one request

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import anyio
+import orjson
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -49,11 +50,15 @@ from simstream.index.control import ControlStore
 from simstream.index.milvus import MilvusStore, close_client, open_client
 from simstream.logs import get_logger
 from simstream.serve.catalog import Catalog, NotFound
-from simstream.serve.copy import ServedCopy
+from simstream.serve.copy import SYNC_BUSY_SHARE, ServedCopy
 from simstream.serve.filters import FilterError, Filters
 from simstream.serve.guard import BodyLimit, Deadline, Guard, Problem, ProblemBody, parse_api_keys, problem, problem_body
 from simstream.serve.images import LocalImages
 from simstream.serve.metrics import ServeMetrics
+from simstream.serve.published import PublishedLists
+from simstream.serve.responses import (
+    BatchBody, ExampleBody, InfoBody, ProductBody, RankingBody, ResponseBody, SearchBody,
+)
 from simstream.serve.queries import QueryEncoder
 from simstream.serve.ranking import Conflict, CopyLive, LiveIndex, MilvusLive
 from simstream.serve.requests import (
@@ -61,7 +66,7 @@ from simstream.serve.requests import (
 )
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "QUERY_ERRORS", "INTERNAL", "answer_of", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
+__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "QUERY_ERRORS", "INTERNAL", "ok", "JSON", "answer_of", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
@@ -78,6 +83,7 @@ class Served:
     milvus: MilvusStore | None
     encoder: QueryEncoder | None
     copy: ServedCopy | None = None  # None: live queries go to Milvus
+    lists: PublishedLists | None = None  # the published lists read (None until opened)
 
     @property
     def live(self) -> LiveIndex:
@@ -104,8 +110,8 @@ def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) ->
 class Services:
     """What the routes read through; opened at start-up unless given (tests, the demo).
 
-    Opened by serve itself, they follow the live generation (simstream.generations): the control
-    record is read every ``FOLLOW_S``, and after a switch (``simstream migrate``) the new
+    Opened by serve itself on a Milvus server, they follow the live generation
+    (simstream.generations): the control record is read every ``FOLLOW_S``, and after a switch (``simstream migrate``) the new
     generation's collections, query encoder and copy are opened beside the old ones and swapped
     in, without a restart; queries in flight finish on the old ones."""
 
@@ -119,6 +125,12 @@ class Services:
     @property
     def settings(self) -> Settings:
         return self.current.settings
+
+    @property
+    def written_elsewhere(self) -> bool:
+        """Whether anyone but this process can change the catalog: not when serve opened a
+        milvus-lite file itself (one process per file); given a store (the demo), its owner may."""
+        return not (self.owns_milvus and self.milvus is not None and self.milvus.exclusive)
 
     @property
     def milvus(self) -> MilvusStore | None:
@@ -138,7 +150,7 @@ class Services:
         served = self.current
         assert served.milvus is not None and served.encoder is not None
         return Catalog(served.milvus, served.live, served.encoder, max_k=served.settings.serve_max_k,
-                       top_k=served.settings.top_k)
+                       top_k=served.settings.top_k, lists=served.lists)
 
     def _control(self, client: Any) -> ControlStore:
         return ControlStore(client, self.base.collection, timeout_s=self.base.milvus_timeout_s)
@@ -163,7 +175,7 @@ class Services:
             if on is None:
                 milvus.close()
             raise
-        return tag, Served(s, milvus, encoder, copy)
+        return tag, Served(s, milvus, encoder, copy, PublishedLists(milvus, s.serve_list_cache_bytes))
 
     @staticmethod
     def _check_dim(encoder: QueryEncoder, milvus: MilvusStore) -> None:
@@ -188,7 +200,8 @@ class Services:
                 encoder.encoder.warm_up()
             assert self.milvus is not None
             self._check_dim(encoder, self.milvus)
-            self.current = Served(self.settings, self.milvus, encoder, open_copy(self.settings, self.milvus, encoder))
+            self.current = Served(self.settings, self.milvus, encoder, open_copy(self.settings, self.milvus, encoder),
+                                  PublishedLists(self.milvus, self.settings.serve_list_cache_bytes))
         assert self.encoder is not None and self.milvus is not None
         log.info("serve ready", collection=self.milvus.products, model=self.encoder.model,
                  generation=self.generation, live_index="copy" if self.copy is not None else "milvus",
@@ -212,11 +225,13 @@ class Services:
         return True
 
     def sync(self) -> int:
-        """Bring the copy in step with Milvus (blocking: call it off the event loop)."""
+        """Bring the copy and the published lists held in step with Milvus (blocking: call it off
+        the event loop); returns how many products and lists changed."""
         served = self.current
-        if served.copy is None or served.milvus is None:
+        if served.milvus is None:
             return 0
-        return served.copy.sync(served.milvus)
+        changed = served.lists.sync() if served.lists is not None else 0
+        return changed + (served.copy.sync(served.milvus) if served.copy is not None else 0)
 
     def close(self) -> None:
         if self.owns_milvus and self.milvus is not None:
@@ -224,11 +239,27 @@ class Services:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {  # what /docs shows every route may answer
-    status: {"model": ProblemBody, "content": {"application/problem+json": {}}, "description": text}
+    # the model registers the schema; errors are problem+json, so that content names it too
+    status: {"model": ProblemBody, "description": text,
+             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}}
     for status, text in ((400, "invalid_query"), (401, "unauthorized"), (404, "not_found"), (409, "conflict"),
                          (413, "body_too_large"), (422, "invalid_request or cannot_encode"), (429, "rate_limited"),
                          (503, "index_unavailable"), (504, "deadline_exceeded"))}
 access_log = get_logger("simstream.serve.access")
+
+
+def ok(model: type[ResponseBody]) -> dict[int | str, dict[str, Any]]:
+    """A route's documented answers: ``model`` on success (serve/responses.py), and every error."""
+    return {200: {"model": model, "description": model.__doc__ or "OK"}, **ERRORS}
+
+
+class JSON(Response):
+    """A body written by orjson as it is: no pass through FastAPI's encoder (numpy scalars included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 # how a route answers each error the catalog raises: (type, status, code, detail), one place
 QUERY_ERRORS: tuple[tuple[type[Exception], int, str, Callable[[Exception], str]], ...] = (
     (FilterError, 400, "invalid_query", str),
@@ -305,12 +336,17 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                 log.warning("following the control record failed; trying again", error=repr(exc)[:300])
 
     async def sync() -> None:
+        took = 0.0
         while True:
-            await asyncio.sleep(services.settings.serve_sync_s)
+            # a sync costing more than a share of the time (milvus-lite scans every row, vectors
+            # included, to find the recent ones) waits longer: queries keep the CPU; as_of says how old
+            await asyncio.sleep(max(services.settings.serve_sync_s, took / SYNC_BUSY_SHARE))
+            t0 = time.perf_counter()
             try:
                 await asyncio.to_thread(services.sync)
             except Exception as exc:  # Milvus down: keep answering from the copy; as_of says how old
                 log.warning("syncing serve's copy failed; trying again", error=repr(exc)[:300])
+            took = time.perf_counter() - t0
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -321,9 +357,14 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         # the copy and the models are long-lived: out of the collector's sight, so a full
         # collection (triggered by requests' garbage) does not walk ~10 objects per product
         gc.freeze()
-        tasks = [asyncio.create_task(sync())]
-        if services.generation is not None:
-            tasks.append(asyncio.create_task(follow()))
+        tasks = []
+        if services.written_elsewhere:
+            tasks.append(asyncio.create_task(sync()))
+            if services.generation is not None:
+                tasks.append(asyncio.create_task(follow()))
+        else:
+            log.info("serve holds the milvus-lite file alone: nothing else can write it, so the copy "
+                     "and the control record are not polled")
         try:
             yield
         finally:
@@ -405,23 +446,24 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/info", summary="The model served, its field weights (query-time weights start from these), limits",
-             responses=ERRORS)
-    def info() -> dict[str, Any]:
+             responses=ok(InfoBody))
+    def info() -> JSON:
         served = services.current
         assert served.encoder is not None
-        return {"model": served.encoder.model, "generation": services.generation,
+        return JSON({"model": served.encoder.model, "generation": services.generation,
                 "fields": {f: round(float(w), 6) for f, w in getattr(served.encoder, "weights", {}).items()},
                 "top_k": served.settings.top_k, "max_k": served.settings.serve_max_k,
                 "index": "copy" if served.copy is not None else "milvus",
                 "products": len(served.copy) if served.copy is not None else None,
-                "as_of": served.live.as_of()}
+                "as_of": served.live.as_of()})
 
-    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K", responses=ERRORS)
+    @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K",
+             responses=ok(RankingBody))
     def neighbors(request: Request, product_id: str,
                   k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
                   brand: list[str] | None = Query(None, description="any of these brands (repeat the parameter)"),
                   category: list[str] | None = Query(None, description="path prefixes: any of them"),
-                  price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
+                  price_min: str | None = None, price_max: str | None = None) -> JSON:
         """Without options: the list as last published. With filters (``brand``, ``brand_not``,
         ``category``, ``category_not``, ``price_min``, ``price_max``, ``attr.NAME=VALUE``,
         ``exclude``, ``same_brand``, ``same_category``, ``price_within_pct``), ``min_score`` or
@@ -429,7 +471,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         top-K; with ``weights`` (``text:2,image:0``) or ``cursor``: live."""
         filters, rest = Filters.from_query(request.query_params.multi_items(), PAGE_PARAMS)
         q = _model(NeighborsQuery, product_id=product_id, **_options(rest))
-        return services.catalog.neighbors(q, filters)
+        return JSON(services.catalog.neighbors(q, filters))
 
     @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)", responses=ERRORS)
     def image(product_id: str) -> Response:
@@ -441,29 +483,31 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         return Response(data, media_type=kind, headers={"Cache-Control": "max-age=300",
                                                          "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/v1/products/{product_id:path}", summary="What is stored about a product", responses=ERRORS)
-    def product(product_id: str) -> dict[str, Any]:
-        return services.catalog.product(product_id)
+    @app.get("/v1/products/{product_id:path}", summary="What is stored about a product", responses=ok(ProductBody))
+    def product(product_id: str) -> JSON:
+        return JSON(services.catalog.product(product_id))
 
-    @app.get("/v1/search", summary="Search ranking: query text in the fused space", responses=ERRORS)
+    @app.get("/v1/search", summary="Search ranking: query text in the fused space", responses=ok(SearchBody))
     def search(request: Request, q: str | None = Query(None, description="1..500 characters"),
                k: str | None = None, brand: list[str] | None = None, category: list[str] | None = None,
-               price_min: str | None = None, price_max: str | None = None) -> dict[str, Any]:
+               price_min: str | None = None, price_max: str | None = None) -> JSON:
         """The same filters, weights and paging as the neighbours route (relative filters aside)."""
         filters, rest = Filters.from_query(request.query_params.multi_items(), PAGE_PARAMS | {"q"})
         query = _model(SearchQuery, q=rest.get("q") or "", **_options(rest))
-        return services.catalog.search(query, filters)
+        return JSON(services.catalog.search(query, filters))
 
-    @app.post("/v1/similar", summary="Query by example: a product document (title and/or image)", responses=ERRORS)
-    def similar(body: SimilarRequest = Body(...)) -> dict[str, Any]:
-        return services.catalog.similar(body)
+    @app.post("/v1/similar", summary="Query by example: a product document (title and/or image)",
+              responses=ok(ExampleBody))
+    def similar(body: SimilarRequest = Body(...)) -> JSON:
+        return JSON(services.catalog.similar(body))
 
-    @app.post("/v1/recommend", summary="Recommend from several positive (and negative) examples", responses=ERRORS)
-    def recommend(body: RecommendRequest = Body(...)) -> dict[str, Any]:
-        return services.catalog.recommend(body)
+    @app.post("/v1/recommend", summary="Recommend from several positive (and negative) examples",
+              responses=ok(ExampleBody))
+    def recommend(body: RecommendRequest = Body(...)) -> JSON:
+        return JSON(services.catalog.recommend(body))
 
-    @app.post("/v1/batch", summary="Up to 100 queries in one request, answered in order", responses=ERRORS)
-    def batch(body: BatchRequest = Body(...)) -> dict[str, Any]:
+    @app.post("/v1/batch", summary="Up to 100 queries in one request, answered in order", responses=ok(BatchBody))
+    def batch(body: BatchRequest = Body(...)) -> JSON:
         """Each item is answered as its own route would answer it: ``{"status": 200, "body": ...}``
         or ``{"status": 4xx/5xx, "error": message}``; one item's error fails no other."""
         catalog = services.catalog  # one generation for the whole batch
@@ -484,7 +528,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         # the items at once: their encodes and rankings go together (serve/batcher.py)
         with ThreadPoolExecutor(min(BATCH_THREADS, len(body.queries)), thread_name_prefix="batch") as pool:
             results = list(pool.map(answer, body.queries))
-        return {"results": results}
+        return JSON({"results": results})
 
     return app
 

@@ -27,6 +27,7 @@ from simstream.index.exact import SCORE_DECIMALS
 from simstream.limits import MAX_ID_BYTES
 from simstream.records import Neighbour, NeighbourList
 from simstream.serve.filters import FilterError, Filters, quote
+from simstream.serve.published import PublishedLists
 from simstream.serve.queries import ProductDocument, QueryEncoder, field_names
 from simstream.serve.ranking import (
     LiveIndex, Page, Ranked, combine, decode_cursor, diverse, encode_cursor, rank, reweigh,
@@ -79,11 +80,12 @@ def neighbour_view(n: Neighbour, product: ServedProduct | None) -> dict[str, Any
 
 
 class Catalog:
-    """Reads through one generation: Milvus for published lists, ``live`` for products and rankings."""
+    """Reads through one generation: ``lists`` for published lists, ``live`` for products and rankings."""
 
     def __init__(self, milvus: MilvusStore, live: LiveIndex, encoder: QueryEncoder, *, max_k: int,
-                 top_k: int) -> None:
+                 top_k: int, lists: PublishedLists | None = None) -> None:
         self.milvus = milvus
+        self.lists = lists if lists is not None else PublishedLists(milvus, 0)  # 0: read every time
         self.live = live
         self.encoder = encoder
         self.layout = dict(encoder.layout)
@@ -118,7 +120,7 @@ class Catalog:
     def _published_list(self, pid: str) -> NeighbourList:
         """The recorded payload, parsed; NotFound says why there is none (no list yet, deleted, unknown)."""
         self._check_id(pid)
-        payload = self.milvus.read_list_payload(pid)
+        payload = self.lists.payload(pid)
         if payload:
             return NeighbourList.from_json(payload)
         if self.live.served([pid]):

@@ -7,7 +7,8 @@ the same packed rows and kernels as the worker's refresh) with each query's filt
 row mask over the columns below. Answers are the same ids, order and float32 scores as a brute
 force over the filtered catalog (docs/serving.md).
 
-Kept current the way a worker's copy is (index/store.py): every ``SIMSTREAM_SERVE_SYNC_S`` it reads
+Kept current the way a worker's copy is (index/store.py): every ``SIMSTREAM_SERVE_SYNC_S`` (or
+longer: a sync may take ``SYNC_BUSY_SHARE`` of the time at most) it reads
 the products written at or after its last sync (less ``RACE_LOOKBACK_MS``) and the delete markers
 written since, and applies them; ``as_of`` is when that sync began: every write Milvus showed then
 is in the copy. Every ``RECONCILE_EVERY`` syncs the counts are compared, and on a difference (a
@@ -37,10 +38,11 @@ from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["RECONCILE_EVERY", "BATCH_QUERIES", "NO_VECTOR", "LiveQuery", "FilterColumns", "ServedCopy"]
+__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "NO_VECTOR", "LiveQuery", "FilterColumns", "ServedCopy"]
 
 log = get_logger(__name__)
 RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
+SYNC_BUSY_SHARE = 0.2  # the share of the time syncing may take: a slower sync waits longer for the next
 BATCH_QUERIES = 64  # queries of concurrent requests ranked in one pass at most
 NO_VECTOR = np.zeros(0, np.float32)  # a held product's vector: its row in the side index
 

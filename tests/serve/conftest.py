@@ -9,11 +9,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import httpx
 import orjson
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.routing import Match
 
 from simstream.index.neighbours import ListBuilder
 from simstream.index.rows import StoredList, product_row
@@ -83,8 +87,28 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
     store.close()
 
 
+def documented(app: FastAPI) -> Callable[[httpx.Response], None]:
+    """An httpx response hook: every 200 a documented route answers must validate against the
+    model /docs shows for it (serve/responses.py; unknown fields refused), so the document holds."""
+
+    def check(response: httpx.Response) -> None:
+        if response.status_code != 200:
+            return
+        scope = {"type": "http", "path": response.request.url.path, "method": response.request.method}
+        for route in app.routes:
+            if isinstance(route, APIRoute) and route.matches(scope)[0] == Match.FULL:
+                model = route.responses.get(200, {}).get("model")
+                if model is not None:
+                    response.read()
+                    model.model_validate_json(response.content)
+                return
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def client(catalog: Catalog) -> Iterator[TestClient]:
     app = create_app(catalog.settings, milvus=catalog.store.milvus, encoder=catalog.encoder)
     with TestClient(app) as c:
+        c.event_hooks = {"request": [], "response": [documented(app)]}
         yield c

@@ -180,5 +180,13 @@ def test_health_readiness_metrics_docs(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'simstream_serve_request_seconds_bucket{endpoint="/v1/search",le="0.15",method="GET",status="2xx"}' in text
     assert 'endpoint="/v1/products/{product_id:path}"' in text
-    assert client.get("/openapi.json").json()["paths"]["/v1/search"]
+    paths = client.get("/openapi.json").json()["paths"]
+    answers = {("get", "/v1/search"): "SearchBody", ("get", "/v1/products/{product_id}"): "ProductBody",
+               ("get", "/v1/products/{product_id}/neighbors"): "RankingBody", ("get", "/v1/info"): "InfoBody",
+               ("post", "/v1/similar"): "ExampleBody", ("post", "/v1/recommend"): "ExampleBody",
+               ("post", "/v1/batch"): "BatchBody"}
+    for (method, path), model in answers.items():  # typed answers in /docs, errors beside them
+        documented = paths[path][method]["responses"]
+        assert documented["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + model), path
+        assert documented["404"]["content"]["application/problem+json"]["schema"]["$ref"].endswith("/ProblemBody")
     assert "simstream explorer" in client.get("/").text

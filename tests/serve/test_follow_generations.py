@@ -33,6 +33,9 @@ def test_serve_swaps_in_the_new_live_generation(tmp_path) -> None:
     try:
         services.open()
         assert services.generation == "" and services.milvus.products == "simstream_products"
+        # serve opened the file itself: no other process can write it, so nothing is polled in
+        # the background (this test writes through serve's own client to stand in for one)
+        assert not services.written_elsewhere
         assert services.follow() is False  # no record: the first generation stays
         m = services.milvus
         shadow = MilvusStore(m.client, m.uri, "simstream__g1", encoder.dim)

@@ -155,6 +155,24 @@ def test_the_copy_follows_writes_and_deletes_made_after_it_was_built(tmp_path: P
         store.close()
 
 
+def test_the_copy_syncs_by_itself_when_another_writer_shares_the_store(tmp_path: Path) -> None:
+    """Given a store (the demo: the worker writes through it), the copy is polled in the
+    background; opened by serve itself on a milvus-lite file, nothing else can write it."""
+    store = MilvusStore.connect(str(tmp_path / "bg.db"), "bg", 4, flush_every_rows=0)
+    try:
+        store.upsert_products(rows(3))
+        app = create_app(Settings(data_dir=tmp_path, serve_sync_s=0.05), milvus=store, encoder=StandIn())  # type: ignore[arg-type]
+        with TestClient(app) as client:
+            assert app.state.services.written_elsewhere
+            store.upsert_products([{**r, "updated_at": int(time.time() * 1000)} for r in rows(5)[3:]])
+            deadline = time.monotonic() + 20
+            while client.get("/v1/products/p4").status_code != 200:
+                assert time.monotonic() < deadline, "the background sync never applied the new rows"
+                time.sleep(0.05)
+    finally:
+        store.close()
+
+
 def test_serve_on_a_fresh_install_says_what_to_do_instead_of_a_traceback(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner

@@ -1,0 +1,69 @@
+"""The published lists serve answers from: read from Milvus once, then kept in memory until the
+list is written again.
+
+A published neighbours request read the list's payload from Milvus every time: ~2 ms of CPU in a
+milvus-lite file's in-process server (most of the request), and on a Milvus server a Strong read
+that waits for the time tick (~200 ms on 2.3). Here the payloads read are kept, in a least-recently
+used cache bounded in bytes (``SIMSTREAM_SERVE_LIST_CACHE_BYTES``; 0 turns it off), and the same
+sync that keeps the copy current (``serve/copy.py``) drops the lists written since it last ran:
+the lists collection's ``updated_at`` stamps. So a list served is at most one sync older than
+Milvus', as the copy's rows are (``as_of``).
+
+Collections made before lists were stamped cannot be followed: their lists are read every time.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cachetools import LRUCache
+
+from simstream.clock import RACE_LOOKBACK_MS, now_ms
+from simstream.index.milvus import MilvusStore
+
+__all__ = ["PublishedLists"]
+
+
+class PublishedLists:
+    """``payload(pid)``: the list last published for ``pid`` (b"" a tombstone marker, None none)."""
+
+    def __init__(self, milvus: MilvusStore, max_bytes: int) -> None:
+        self.milvus = milvus
+        self.enabled = max_bytes > 0 and milvus.lists_stamped
+        # the empty payload (a tombstone marker) still takes an entry: count it as one byte
+        self._cache: LRUCache[str, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=lambda b: max(1, len(b)))
+        self._lock = threading.Lock()
+        self._epoch = 0  # bumped by every sync: a read begun before a sync does not fill the cache after it
+        self.synced_at = now_ms()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def payload(self, product_id: str) -> bytes | None:
+        if not self.enabled:
+            return self.milvus.read_list_payload(product_id)
+        with self._lock:
+            got = self._cache.get(product_id)
+            epoch = self._epoch
+        if got is not None:
+            return got
+        read = self.milvus.read_list_payload(product_id)
+        if read is not None:
+            with self._lock:
+                # a sync since may have dropped a newer write this read missed: keep nothing then
+                if epoch == self._epoch and len(read) <= self._cache.maxsize:
+                    self._cache[product_id] = read
+        return read
+
+    def sync(self) -> int:
+        """Forget the lists written since the last sync (less the skew allowance); returns how many."""
+        if not self.enabled:
+            return 0
+        started = now_ms()
+        heads = self.milvus.list_heads_since(self.synced_at - RACE_LOOKBACK_MS)
+        with self._lock:
+            self._epoch += 1
+            for head in heads:
+                self._cache.pop(head.product_id, None)
+        self.synced_at = started
+        return len(heads)

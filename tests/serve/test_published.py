@@ -1,0 +1,66 @@
+"""serve/published.py: published lists are read from Milvus once, then held until a sync sees the
+list written again; a read that raced a sync holds nothing; off (0 bytes), every read goes to Milvus."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from simstream.index.milvus import MilvusStore
+from simstream.index.rows import StoredList
+from simstream.serve.published import PublishedLists
+
+
+def write(store: MilvusStore, pid: str, payload: bytes) -> None:
+    store.upsert_lists([StoredList(pid, ["x"], 0.5, payload)], int(time.time() * 1000))
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = MilvusStore.connect(str(tmp_path / "lists.db"), "lists", 4, flush_every_rows=0)
+    yield s
+    s.close()
+
+
+def test_a_list_is_held_until_a_sync_sees_it_written_again(store: MilvusStore) -> None:
+    lists = PublishedLists(store, 1 << 20)
+    write(store, "a", b"first")
+    assert lists.payload("a") == b"first" and len(lists) == 1
+    write(store, "a", b"second")
+    assert lists.payload("a") == b"first"  # held: at most one sync older than Milvus
+    assert lists.sync() == 1
+    assert lists.payload("a") == b"second"
+    assert lists.payload("unknown") is None and len(lists) == 1  # nothing recorded: nothing held
+    write(store, "a", b"")  # a tombstone marker is a payload too
+    lists.sync()
+    assert lists.payload("a") == b""
+
+
+def test_a_read_that_raced_a_sync_is_not_held(store: MilvusStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    lists = PublishedLists(store, 1 << 20)
+    write(store, "a", b"old")
+    real = store.read_list_payload
+
+    def read_then_a_sync_runs(pid: str) -> bytes | None:
+        got = real(pid)  # the old payload; then the worker writes, and a sync drops "a"
+        write(store, "a", b"new")
+        lists.sync()
+        return got
+
+    monkeypatch.setattr(store, "read_list_payload", read_then_a_sync_runs)
+    assert lists.payload("a") == b"old"
+    monkeypatch.setattr(store, "read_list_payload", real)
+    assert lists.payload("a") == b"new"  # the old one was not kept past the sync
+
+
+def test_bounded_in_bytes_and_off_at_zero(store: MilvusStore) -> None:
+    lists = PublishedLists(store, 10)
+    for pid in "abc":
+        write(store, pid, b"four")
+        lists.payload(pid)
+    assert len(lists) == 2  # 3 × 4 bytes > 10: the least recently used went
+    off = PublishedLists(store, 0)
+    write(store, "a", b"fresh")
+    assert off.payload("a") == b"fresh" and len(off) == 0 and off.sync() == 0
