@@ -235,6 +235,11 @@ def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", thread
                 out["endpoints"][name] = res
                 print(f"[{n}] {name:<40} p50 {res['p50_ms']:>7} ms  p99 {res['p99_ms']:>7} ms  "
                       f"{res['rps']:>7} req/s  errors {res['errors'] or 0}", flush=True)
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            for key, name in (("VmRSS", "serve_rss_mib"), ("VmHWM", "serve_peak_rss_mib")):
+                out[name] = round(int(status.split(key + ":")[1].split()[0]) / 1024)
+            print(f"[{n}] serve memory: {out['serve_rss_mib']} MiB resident, peak {out['serve_peak_rss_mib']} MiB "
+                  "(a milvus-lite file's data lives in serve's process)", flush=True)
             return out
         finally:
             proc.send_signal(signal.SIGINT)

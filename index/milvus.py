@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 import numpy as np
@@ -44,7 +44,7 @@ from simstream.limits import (
 )
 from simstream.logs import get_logger
 
-__all__ = ["DEFAULT_TIMEOUT_S", "GRPC_OPTIONS", "quote_ids", "MilvusStore", "open_client", "close_client"]
+__all__ = ["DEFAULT_TIMEOUT_S", "LITE_OPEN_TIMEOUT_S", "GRPC_OPTIONS", "quote_ids", "MilvusStore", "open_client", "close_client"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -52,6 +52,9 @@ T = TypeVar("T")
 _CONSISTENCY = {"consistency_level": "Strong"}
 _NOT_LOADED = 101  # "collection ... is in state 'released'; call load()": after a server restart
 DEFAULT_TIMEOUT_S = 10.0  # settings.milvus_timeout_s
+# Opening a milvus-lite file loads its segments in this process: minutes at 100k products of
+# 3,232-d (not a hung server), so the opening calls get this deadline instead.
+LITE_OPEN_TIMEOUT_S = 600.0
 _PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
 _HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 
@@ -124,7 +127,11 @@ class MilvusStore:
         self.exclusive = exclusive
         self.lists_stamped = False
         self.lists_facts = False
-        self._ensure_collections()
+        self.timeout_s = max(timeout_s, LITE_OPEN_TIMEOUT_S) if exclusive else timeout_s
+        try:
+            self._ensure_collections()
+        finally:
+            self.timeout_s = timeout_s
 
     @classmethod
     def connect(cls, uri: str, prefix: str, dim: int | None, *, token: str | None = None,
@@ -491,6 +498,11 @@ class MilvusStore:
         """Every stored product as a reader shows it (the vector too by default), in pages."""
         for page in self._pages(self.products, self.display_fields(with_vectors=with_vectors), batch_size):
             yield [served_product(r["product_id"], r) for r in page]
+
+    def iter_list_payloads(self, batch_size: int = MILVUS_PAGE_ROWS) -> Generator[dict[str, bytes], None, None]:
+        """Every recorded list's payload (b"" a tombstone marker), in pages."""
+        for page in self._pages(self.lists, ["payload"], batch_size):
+            yield {r["product_id"]: r["payload"].encode() for r in page}
 
     def read_list_payload(self, product_id: str) -> bytes | None:
         """The list last published for ``product_id`` (b"" for a tombstone marker), None when none is recorded."""

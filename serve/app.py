@@ -233,6 +233,11 @@ class Services:
         changed = served.lists.sync() if served.lists is not None else 0
         return changed + (served.copy.sync(served.milvus) if served.copy is not None else 0)
 
+    def preload(self) -> int:
+        """Read the published lists into memory (blocking: call it off the event loop)."""
+        lists = self.current.lists
+        return lists.preload() if lists is not None else 0
+
     def close(self) -> None:
         if self.owns_milvus and self.milvus is not None:
             self.milvus.close()
@@ -348,6 +353,13 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                 log.warning("syncing serve's copy failed; trying again", error=repr(exc)[:300])
             took = time.perf_counter() - t0
 
+    async def preload() -> None:
+        try:
+            held = await asyncio.to_thread(services.preload)
+            log.info("published lists read into memory", lists=held)
+        except Exception as exc:  # each list is then read on its first request
+            log.warning("reading the published lists at start failed", error=repr(exc)[:300])
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # fewer threads than clients: the rest wait in order instead of contending for the GIL,
@@ -357,7 +369,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         # the copy and the models are long-lived: out of the collector's sight, so a full
         # collection (triggered by requests' garbage) does not walk ~10 objects per product
         gc.freeze()
-        tasks = []
+        tasks = [asyncio.create_task(preload())]
         if services.written_elsewhere:
             tasks.append(asyncio.create_task(sync()))
             if services.generation is not None:

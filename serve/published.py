@@ -15,6 +15,7 @@ Collections made before lists were stamped cannot be followed: their lists are r
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 
 from cachetools import LRUCache
 
@@ -54,6 +55,29 @@ class PublishedLists:
                 if epoch == self._epoch and len(read) <= self._cache.maxsize:
                     self._cache[product_id] = read
         return read
+
+    def preload(self) -> int:
+        """Read every recorded list into the cache, until it is full (at start, in the background:
+        a cold cache is a Milvus read per first request of each product); returns how many."""
+        if not self.enabled:
+            return 0
+        held = 0
+        with closing(self.milvus.iter_list_payloads()) as pages:
+            while True:
+                with self._lock:
+                    epoch = self._epoch  # before the page is read
+                page = next(pages, None)
+                if page is None:
+                    return held
+                with self._lock:
+                    if epoch != self._epoch:  # read across a sync: may hold a list the sync dropped
+                        continue
+                    for pid, payload in page.items():
+                        if self._cache.currsize + max(1, len(payload)) > self._cache.maxsize:
+                            return held
+                        if pid not in self._cache:
+                            self._cache[pid] = payload
+                            held += 1
 
     def sync(self) -> int:
         """Forget the lists written since the last sync (less the skew allowance); returns how many."""

@@ -64,3 +64,24 @@ def test_bounded_in_bytes_and_off_at_zero(store: MilvusStore) -> None:
     off = PublishedLists(store, 0)
     write(store, "a", b"fresh")
     assert off.payload("a") == b"fresh" and len(off) == 0 and off.sync() == 0
+
+
+def test_preload_reads_every_list_until_full_and_skips_a_page_read_across_a_sync(
+        store: MilvusStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for pid in "abcd":
+        write(store, pid, b"four")
+    lists = PublishedLists(store, 1 << 20)
+    assert lists.preload() == 4 and len(lists) == 4
+    monkeypatch.setattr(store, "read_list_payload", lambda pid: pytest.fail("read from Milvus"))
+    assert lists.payload("c") == b"four"
+    assert PublishedLists(store, 9).preload() == 2  # full: stops
+    raced = PublishedLists(store, 1 << 20)
+    real = store.iter_list_payloads
+
+    def a_sync_runs_while_the_page_is_read(batch_size: int = 2000):
+        for page in real(batch_size):
+            raced.sync()
+            yield page
+
+    monkeypatch.setattr(store, "iter_list_payloads", a_sync_runs_while_the_page_is_read)
+    assert raced.preload() == 0 and len(raced) == 0
