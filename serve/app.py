@@ -467,7 +467,9 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                 "top_k": served.settings.top_k, "max_k": served.settings.serve_max_k,
                 "index": "copy" if served.copy is not None else "milvus",
                 "products": len(served.copy) if served.copy is not None else None,
-                "as_of": served.live.as_of()})
+                "as_of": served.live.as_of(),
+                "published_lists": None if served.lists is None else
+                {"held": len(served.lists), "preloaded": served.lists.preloaded}})
 
     @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K",
              responses=ok(RankingBody))

@@ -36,6 +36,7 @@ class PublishedLists:
         self._lock = threading.Lock()
         self._epoch = 0  # bumped by every sync: a read begun before a sync does not fill the cache after it
         self.synced_at = now_ms()
+        self.preloaded = False  # ``preload`` has run to its end
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -61,6 +62,12 @@ class PublishedLists:
         a cold cache is a Milvus read per first request of each product); returns how many."""
         if not self.enabled:
             return 0
+        try:
+            return self._preload()
+        finally:
+            self.preloaded = True
+
+    def _preload(self) -> int:
         held = 0
         with closing(self.milvus.iter_list_payloads()) as pages:
             while True:

@@ -98,6 +98,8 @@ class InfoBody(ResponseBody):
     index: Literal["copy", "milvus"]
     products: int | None
     as_of: int | None
+    published_lists: dict[str, int | bool] | None = Field(
+        description="published lists held in memory, and whether reading them all at start has ended")
 
 
 class BatchItemBody(ResponseBody):

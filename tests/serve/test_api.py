@@ -190,3 +190,16 @@ def test_health_readiness_metrics_docs(client: TestClient) -> None:
         assert documented["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + model), path
         assert documented["404"]["content"]["application/problem+json"]["schema"]["$ref"].endswith("/ProblemBody")
     assert "simstream explorer" in client.get("/").text
+
+
+def test_info_says_what_is_served(client: TestClient, catalog) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while not (got := client.get("/v1/info").json())["published_lists"]["preloaded"]:
+        assert time.monotonic() < deadline, "the published lists were never read at start"
+        time.sleep(0.1)
+    assert got["model"] == catalog.encoder.model and got["top_k"] == TOP_K
+    assert got["fields"] and abs(sum(got["fields"].values()) - 1.0) < 1e-3  # the stored weights
+    assert got["index"] == "copy" and got["products"] == len(catalog.docs) - 1  # one deleted
+    assert got["published_lists"]["held"] >= len(catalog.docs) - 1
