@@ -44,7 +44,7 @@ from simstream.limits import (
 )
 from simstream.logs import get_logger
 
-__all__ = ["DEFAULT_TIMEOUT_S", "LITE_OPEN_TIMEOUT_S", "GRPC_OPTIONS", "quote_ids", "MilvusStore", "open_client", "close_client"]
+__all__ = ["DEFAULT_TIMEOUT_S", "LITE_OPEN_TIMEOUT_S", "opening_timeout", "GRPC_OPTIONS", "quote_ids", "MilvusStore", "open_client", "close_client"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -55,6 +55,11 @@ DEFAULT_TIMEOUT_S = 10.0  # settings.milvus_timeout_s
 # Opening a milvus-lite file loads its segments in this process: minutes at 100k products of
 # 3,232-d (not a hung server), so the opening calls get this deadline instead.
 LITE_OPEN_TIMEOUT_S = 600.0
+
+
+def opening_timeout(uri: str, timeout_s: float) -> float:
+    """The deadline of the calls that open ``uri``'s collections (``LITE_OPEN_TIMEOUT_S`` for a file)."""
+    return max(timeout_s, LITE_OPEN_TIMEOUT_S) if "://" not in uri else timeout_s
 _PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
 _HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 
@@ -127,7 +132,7 @@ class MilvusStore:
         self.exclusive = exclusive
         self.lists_stamped = False
         self.lists_facts = False
-        self.timeout_s = max(timeout_s, LITE_OPEN_TIMEOUT_S) if exclusive else timeout_s
+        self.timeout_s = opening_timeout(uri, timeout_s)
         try:
             self._ensure_collections()
         finally:

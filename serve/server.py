@@ -6,7 +6,7 @@ import uvicorn
 
 from simstream.generations import FIRST, generation_settings
 from simstream.index.control import ControlStore
-from simstream.index.milvus import MilvusStore, close_client, open_client
+from simstream.index.milvus import MilvusStore, close_client, open_client, opening_timeout
 from simstream.redact import redact
 from simstream.serve.app import create_app
 from simstream.serve.queries import QueryEncoder
@@ -27,7 +27,8 @@ def check_catalog(settings: Settings) -> None:
         tag = record.live if record is not None else FIRST
         served = generation_settings(settings, record.generations.get(tag) if record is not None else None, tag)
         products = f"{served.collection}_products"
-        if not client.has_collection(products, timeout=settings.milvus_timeout_s):
+        # on a milvus-lite file this call loads the collection: its own deadline (index/milvus.py)
+        if not client.has_collection(products, timeout=opening_timeout(uri, settings.milvus_timeout_s)):
             raise CatalogMissing(f"no catalog to serve: collection {products} does not exist at "
                                  f"{redact(uri)}. Run the worker (or `simstream demo`) first, or point "
                                  "SIMSTREAM_MILVUS_URI / SIMSTREAM_COLLECTION at the worker's")
