@@ -52,6 +52,7 @@ class Footprint:
     lists: int = 0
     list_depth: float = 0.0
     row_bytes: int = 0  # bytes of one stored vector (simstream.vector_codec); 0: float32, dim x 4
+    cached: int = 0  # bytes caches may hold at their bound (serve's published lists)
 
     @property
     def vector_bytes(self) -> int:
@@ -71,12 +72,13 @@ class Footprint:
 
     @property
     def total(self) -> int:
-        return self.vectors + self.metadata + self.list_heads
+        return self.vectors + self.metadata + self.list_heads + self.cached
 
     def describe(self) -> str:
         return (f"{self.products} products x {self.vector_bytes} B x {VECTOR_PEAK} while the matrix grows = "
                 f"{self.vectors / MIB:.0f} MiB, their metadata {self.metadata / MIB:.0f} MiB, {self.lists} list "
-                f"heads of ~{self.list_depth:.0f} ids {self.list_heads / MIB:.0f} MiB")
+                f"heads of ~{self.list_depth:.0f} ids {self.list_heads / MIB:.0f} MiB"
+                + (f", caches {self.cached / MIB:.0f} MiB" if self.cached else ""))
 
 
 def check_fits(footprint: Footprint, limit: MemoryLimit | None, rss: int) -> None:

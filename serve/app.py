@@ -98,7 +98,7 @@ def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) ->
         return None
     segments = getattr(getattr(encoder, "encoder", None), "segments", None)
     try:
-        need = ServedCopy.fits(milvus, segments, settings.memory_limit_bytes)
+        need = ServedCopy.fits(milvus, segments, settings.memory_limit_bytes, settings.serve_list_cache_bytes)
     except MemoryBudgetExceeded as exc:
         if settings.serve_copy == "on":
             raise

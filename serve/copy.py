@@ -143,10 +143,11 @@ class ServedCopy:
 
     @classmethod
     def fits(cls, milvus: MilvusStore, segments: Sequence[Segment] | None,
-             memory_limit_bytes: int | None = None) -> Footprint:
-        """The copy's estimated footprint; MemoryBudgetExceeded when it does not fit (index/budget.py)."""
+             memory_limit_bytes: int | None = None, cached_bytes: int = 0) -> Footprint:
+        """The copy's estimated footprint, with ``cached_bytes`` beside it (the published lists
+        held at their bound); MemoryBudgetExceeded when it does not fit (index/budget.py)."""
         need = Footprint(milvus.count_products(), milvus.dim,
-                         row_bytes=bytes_per_row(list(segments)) if segments else 0)
+                         row_bytes=bytes_per_row(list(segments)) if segments else 0, cached=cached_bytes)
         check_fits(need, memory_limit(memory_limit_bytes), current_rss())
         return need
 

@@ -15,6 +15,7 @@ Collections made before lists were stamped cannot be followed: their lists are r
 from __future__ import annotations
 
 import threading
+from collections import deque
 from contextlib import closing
 
 from cachetools import LRUCache
@@ -22,7 +23,9 @@ from cachetools import LRUCache
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
 from simstream.index.milvus import MilvusStore
 
-__all__ = ["PublishedLists"]
+__all__ = ["DROPS_KEPT", "PublishedLists"]
+
+DROPS_KEPT = 64  # syncs whose dropped lists are remembered (a read spanning more keeps nothing)
 
 
 class PublishedLists:
@@ -34,7 +37,10 @@ class PublishedLists:
         # the empty payload (a tombstone marker) still takes an entry: count it as one byte
         self._cache: LRUCache[str, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=lambda b: max(1, len(b)))
         self._lock = threading.Lock()
-        self._epoch = 0  # bumped by every sync: a read begun before a sync does not fill the cache after it
+        self._epoch = 0  # bumped by every sync
+        # the lists each recent sync dropped: a read begun before a sync keeps none of them (it may
+        # hold the write the sync dropped for); the others it read are as new as the cache's
+        self._drops: deque[tuple[int, frozenset[str]]] = deque(maxlen=DROPS_KEPT)
         self.synced_at = now_ms()
         self.preloaded = False  # ``preload`` has run to its end
 
@@ -52,10 +58,19 @@ class PublishedLists:
         read = self.milvus.read_list_payload(product_id)
         if read is not None:
             with self._lock:
-                # a sync since may have dropped a newer write this read missed: keep nothing then
-                if epoch == self._epoch and len(read) <= self._cache.maxsize:
+                stale = self._dropped_since(epoch)
+                if stale is not None and product_id not in stale and len(read) <= self._cache.maxsize:
                     self._cache[product_id] = read
         return read
+
+    def _dropped_since(self, epoch: int) -> frozenset[str] | None:
+        """The lists the syncs after ``epoch`` dropped (call holding the lock); None: more syncs
+        ran than are remembered, so any of them may have been."""
+        if epoch == self._epoch:
+            return frozenset()
+        if not self._drops or self._drops[0][0] > epoch + 1:
+            return None
+        return frozenset().union(*(ids for e, ids in self._drops if e > epoch))
 
     def preload(self) -> int:
         """Read every recorded list into the cache, until it is full (at start, in the background:
@@ -77,9 +92,12 @@ class PublishedLists:
                 if page is None:
                     return held
                 with self._lock:
-                    if epoch != self._epoch:  # read across a sync: may hold a list the sync dropped
+                    stale = self._dropped_since(epoch)  # read across a sync: not what it dropped
+                    if stale is None:
                         continue
                     for pid, payload in page.items():
+                        if pid in stale:
+                            continue
                         if self._cache.currsize + max(1, len(payload)) > self._cache.maxsize:
                             return held
                         if pid not in self._cache:
@@ -92,9 +110,11 @@ class PublishedLists:
             return 0
         started = now_ms()
         heads = self.milvus.list_heads_since(self.synced_at - RACE_LOOKBACK_MS)
+        dropped = frozenset(head.product_id for head in heads)
         with self._lock:
             self._epoch += 1
-            for head in heads:
-                self._cache.pop(head.product_id, None)
+            self._drops.append((self._epoch, dropped))
+            for pid in dropped:
+                self._cache.pop(pid, None)
         self.synced_at = started
         return len(heads)

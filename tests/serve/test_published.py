@@ -72,16 +72,43 @@ def test_preload_reads_every_list_until_full_and_skips_a_page_read_across_a_sync
         write(store, pid, b"four")
     lists = PublishedLists(store, 1 << 20)
     assert lists.preload() == 4 and len(lists) == 4
+    real_read = store.read_list_payload
     monkeypatch.setattr(store, "read_list_payload", lambda pid: pytest.fail("read from Milvus"))
     assert lists.payload("c") == b"four"
     assert PublishedLists(store, 9).preload() == 2  # full: stops
+    from simstream.serve import published
+
+    monkeypatch.setattr(published, "RACE_LOOKBACK_MS", 0)  # a sync sees only what is written after it began
+    time.sleep(0.01)
     raced = PublishedLists(store, 1 << 20)
     real = store.iter_list_payloads
 
-    def a_sync_runs_while_the_page_is_read(batch_size: int = 2000):
+    def b_is_rewritten_and_synced_while_the_page_is_read(batch_size: int = 2000):
         for page in real(batch_size):
+            write(store, "b", b"newer")  # after the page was read: it holds the old "b"
             raced.sync()
             yield page
 
-    monkeypatch.setattr(store, "iter_list_payloads", a_sync_runs_while_the_page_is_read)
-    assert raced.preload() == 0 and len(raced) == 0
+    monkeypatch.setattr(store, "iter_list_payloads", b_is_rewritten_and_synced_while_the_page_is_read)
+    assert raced.preload() == 3  # a, c, d: the sync dropped only b
+    monkeypatch.setattr(store, "iter_list_payloads", real)
+    monkeypatch.setattr(store, "read_list_payload", real_read)
+    assert raced.payload("b") == b"newer"
+
+
+def test_a_read_spanning_more_syncs_than_remembered_keeps_nothing(store: MilvusStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from simstream.serve import published
+
+    lists = PublishedLists(store, 1 << 20)
+    write(store, "a", b"one")
+    real = store.read_list_payload
+
+    def many_syncs(pid: str) -> bytes | None:
+        got = real(pid)
+        for _ in range(published.DROPS_KEPT + 1):
+            lists.sync()
+        return got
+
+    monkeypatch.setattr(store, "read_list_payload", many_syncs)
+    assert lists.payload("a") == b"one" and len(lists) == 0
