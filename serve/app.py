@@ -218,6 +218,8 @@ class Services:
             return False
         # on the same client: queries in flight on the old collections finish; it is closed at shutdown
         tag, served = self._open_generation(record, on=self.milvus)
+        if served.lists is not None:  # warm before it answers; the syncs after the swap catch up
+            served.lists.preload()
         self.generation, self.current = tag, served
         assert served.encoder is not None and served.milvus is not None
         log.info("serve follows the live generation", generation=tag or "first", model=served.encoder.model,

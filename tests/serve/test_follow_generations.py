@@ -46,6 +46,7 @@ def test_serve_swaps_in_the_new_live_generation(tmp_path) -> None:
         assert services.follow() is True
         assert services.generation == "g1" and services.milvus.products == "simstream__g1_products"
         assert services.settings.top_k == 12
+        assert services.current.lists is not None and services.current.lists.preloaded  # warm when swapped in
         assert services.catalog.product("new-one")["product_id"] == "new-one"
         assert services.follow() is False
     finally:
