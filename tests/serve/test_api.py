@@ -202,4 +202,6 @@ def test_info_says_what_is_served(client: TestClient, catalog) -> None:
     assert got["model"] == catalog.encoder.model and got["top_k"] == TOP_K
     assert got["fields"] and abs(sum(got["fields"].values()) - 1.0) < 1e-3  # the stored weights
     assert got["index"] == "copy" and got["products"] == len(catalog.docs) - 1  # one deleted
-    assert got["published_lists"]["held"] >= len(catalog.docs) - 1
+    # how many are held moves: a sync drops the lists written in its clock-skew window, and the
+    # next request reads them again (tests/serve/test_published.py pins that down)
+    assert 0 <= got["published_lists"]["held"] <= len(catalog.docs)
