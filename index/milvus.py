@@ -56,12 +56,13 @@ DEFAULT_TIMEOUT_S = 10.0  # settings.milvus_timeout_s
 # 3,232-d (not a hung server), so the opening calls get this deadline instead.
 LITE_OPEN_TIMEOUT_S = 600.0
 
+_PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
+_HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
+
 
 def opening_timeout(uri: str, timeout_s: float) -> float:
     """The deadline of the calls that open ``uri``'s collections (``LITE_OPEN_TIMEOUT_S`` for a file)."""
     return max(timeout_s, LITE_OPEN_TIMEOUT_S) if "://" not in uri else timeout_s
-_PRODUCT_FIELDS = ["version", "hashes", "model", "event_time", "updated_at"]
-_HEAD_FIELDS = ["neighbor_ids", "kth_score", "updated_at", "as_of"]
 
 
 # pymilvus' row path checks a VARCHAR value as if it were an array of strings: an isinstance and a

@@ -111,9 +111,10 @@ class Services:
     """What the routes read through; opened at start-up unless given (tests, the demo).
 
     Opened by serve itself on a Milvus server, they follow the live generation
-    (simstream.generations): the control record is read every ``FOLLOW_S``, and after a switch (``simstream migrate``) the new
-    generation's collections, query encoder and copy are opened beside the old ones and swapped
-    in, without a restart; queries in flight finish on the old ones."""
+    (simstream.generations): the control record is read every ``FOLLOW_S``, and after a switch
+    (``simstream migrate``) the new generation's collections, query encoder, copy and published
+    lists are opened beside the old ones and swapped in, without a restart; queries in flight
+    finish on the old ones."""
 
     def __init__(self, settings: Settings, milvus: MilvusStore | None, encoder: QueryEncoder | None) -> None:
         self.base = settings  # the deployment's settings; ``settings``: the generation served
@@ -267,6 +268,8 @@ class JSON(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 # how a route answers each error the catalog raises: (type, status, code, detail), one place
 QUERY_ERRORS: tuple[tuple[type[Exception], int, str, Callable[[Exception], str]], ...] = (
     (FilterError, 400, "invalid_query", str),

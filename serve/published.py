@@ -59,7 +59,7 @@ class PublishedLists:
         if read is not None:
             with self._lock:
                 stale = self._dropped_since(epoch)
-                if stale is not None and product_id not in stale and len(read) <= self._cache.maxsize:
+                if stale is not None and product_id not in stale and self._cache.getsizeof(read) <= self._cache.maxsize:
                     self._cache[product_id] = read
         return read
 
@@ -75,10 +75,8 @@ class PublishedLists:
     def preload(self) -> int:
         """Read every recorded list into the cache, until it is full (at start, in the background:
         a cold cache is a Milvus read per first request of each product); returns how many."""
-        if not self.enabled:
-            return 0
         try:
-            return self._preload()
+            return self._preload() if self.enabled else 0
         finally:
             self.preloaded = True
 
@@ -98,7 +96,7 @@ class PublishedLists:
                     for pid, payload in page.items():
                         if pid in stale:
                             continue
-                        if self._cache.currsize + max(1, len(payload)) > self._cache.maxsize:
+                        if self._cache.currsize + self._cache.getsizeof(payload) > self._cache.maxsize:
                             return held
                         if pid not in self._cache:
                             self._cache[pid] = payload

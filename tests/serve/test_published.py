@@ -112,3 +112,9 @@ def test_a_read_spanning_more_syncs_than_remembered_keeps_nothing(store: MilvusS
 
     monkeypatch.setattr(store, "read_list_payload", many_syncs)
     assert lists.payload("a") == b"one" and len(lists) == 0
+
+
+def test_off_the_preload_ends_at_once(store: MilvusStore) -> None:
+    """/v1/info's ``preloaded`` (and serve_bench, which waits for it) must not wait forever when off."""
+    off = PublishedLists(store, 0)
+    assert off.preload() == 0 and off.preloaded
