@@ -131,6 +131,10 @@ MAX_SERVE_K = 1000  # the highest SIMSTREAM_SERVE_MAX_K: hits per query (live qu
 BULK_MAX_HELD_EVENTS = 100_000
 
 MILVUS_PAGE_ROWS = 2_000  # rows per paged read (start-up builds, every-list reads): bounded memory in flight
+# Rows per page of a read of keys and stamps only (no vectors, no payloads). Each milvus-lite
+# iterator page costs a pass over the whole collection (~0.8 s at 100k products of 3,232-d, whatever
+# the fields asked): few large pages, not many small ones. 16,384 is Milvus' largest query window.
+MILVUS_KEY_PAGE_ROWS = 16_384
 MILVUS_WRITE_ROWS = 256  # rows per upsert call: bounded request size, whatever a batch holds
 
 # Milvus 2.3's proxy sends at most 64 MiB in one gRPC response (proxy.grpc.serverMaxSendSize): a

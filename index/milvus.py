@@ -40,7 +40,7 @@ from simstream.index.rows import (
 )
 from simstream.limits import (
     LIST_CAPACITY, LIST_FACTS_BYTES, LIST_PAYLOAD_BYTES, MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CATEGORY_KEY_BYTES, MAX_ID_BYTES,
-    MAX_MODEL_BYTES, MILVUS_PAGE_ROWS, MILVUS_WRITE_ROWS, search_hit_bytes, search_queries_per_call,
+    MAX_MODEL_BYTES, MILVUS_KEY_PAGE_ROWS, MILVUS_PAGE_ROWS, MILVUS_WRITE_ROWS, search_hit_bytes, search_queries_per_call,
 )
 from simstream.logs import get_logger
 
@@ -309,6 +309,18 @@ class MilvusStore:
         finally:
             it.close()
 
+    def _pages_by_key(self, collection: str, fields: list[str], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+        """``_pages`` for reads with vectors: the keys first, in large pages, then ``batch_size``
+        rows at a time by primary key. A milvus-lite iterator page costs a pass over every row
+        with its vector, so 100k products in pages of 2,000 took 145 s (50 passes); by key, one
+        page of 1,000 costs 0.36 s. A row deleted between the two reads is left out; one written
+        again is read as it is then (callers re-read what changed after they began)."""
+        for keys in self._pages(collection, ["product_id"], MILVUS_KEY_PAGE_ROWS):
+            ids = [r["product_id"] for r in keys]
+            for start in range(0, len(ids), batch_size):
+                if page := self._query(collection, ids[start:start + batch_size], fields):
+                    yield page
+
     def _count(self, collection: str) -> int:
         rows = self._call(self.client.query, collection, filter="", output_fields=["count(*)"], **_CONSISTENCY)
         return int(rows[0]["count(*)"]) if rows else 0
@@ -364,7 +376,8 @@ class MilvusStore:
 
     def iter_products(self, batch_size: int = 1000, *, with_vectors: bool = False) -> Iterator[list[StoredProduct]]:
         """Every stored product, in pages."""
-        for page in self._pages(self.products, _PRODUCT_FIELDS + (["vector"] if with_vectors else []), batch_size):
+        fields = _PRODUCT_FIELDS + (["vector"] if with_vectors else [])
+        for page in (self._pages_by_key if with_vectors else self._pages)(self.products, fields, batch_size):
             yield [_product(r) for r in page]
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
@@ -471,16 +484,16 @@ class MilvusStore:
         return [_head(r) for r in self._filter(self.lists, f"updated_at >= {int(since_ms)}", _HEAD_FIELDS)]
 
     def all_list_ids(self) -> set[str]:
-        return {r["product_id"] for page in self._pages(self.lists, ["product_id"], MILVUS_PAGE_ROWS) for r in page}
+        return {r["product_id"] for page in self._pages(self.lists, ["product_id"], MILVUS_KEY_PAGE_ROWS) for r in page}
 
     def all_product_ids(self) -> set[str]:
-        return {r["product_id"] for page in self._pages(self.products, ["product_id"], MILVUS_PAGE_ROWS) for r in page}
+        return {r["product_id"] for page in self._pages(self.products, ["product_id"], MILVUS_KEY_PAGE_ROWS) for r in page}
 
     def all_write_stamps(self, *, lists: bool = False) -> dict[str, int]:
         """product_id -> updated_at of every product (``lists``: every recorded list), in pages;
         no vectors, no payloads: what a restored copy is checked against (index/snapshot.py)."""
         return {r["product_id"]: int(r.get("updated_at") or 0)
-                for page in self._pages(self.lists if lists else self.products, ["updated_at"], MILVUS_PAGE_ROWS)
+                for page in self._pages(self.lists if lists else self.products, ["updated_at"], MILVUS_KEY_PAGE_ROWS)
                 for r in page}
 
     def collection_ids(self) -> dict[str, int]:
@@ -502,7 +515,8 @@ class MilvusStore:
 
     def iter_served(self, batch_size: int = 1000, *, with_vectors: bool = True) -> Iterator[list[ServedProduct]]:
         """Every stored product as a reader shows it (the vector too by default), in pages."""
-        for page in self._pages(self.products, self.display_fields(with_vectors=with_vectors), batch_size):
+        fields = self.display_fields(with_vectors=with_vectors)
+        for page in (self._pages_by_key if with_vectors else self._pages)(self.products, fields, batch_size):
             yield [served_product(r["product_id"], r) for r in page]
 
     def iter_list_payloads(self, batch_size: int = MILVUS_PAGE_ROWS) -> Generator[dict[str, bytes], None, None]:

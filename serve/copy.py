@@ -44,6 +44,7 @@ log = get_logger(__name__)
 RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
 SYNC_BUSY_SHARE = 0.2  # the share of the time syncing may take: a slower sync waits longer for the next
 BATCH_QUERIES = 64  # queries of concurrent requests ranked in one pass at most
+PASSING_KEPT = 1_024  # category filters whose passing codes are remembered (FilterColumns)
 NO_VECTOR = np.zeros(0, np.float32)  # a held product's vector: its row in the side index
 
 
@@ -55,6 +56,14 @@ class LiveQuery:
     filters: Filters
     limit: int
     exclude: frozenset[str] = field(default_factory=frozenset)  # besides ``filters.exclude``
+
+
+def _one_of(column: np.ndarray, codes: list[int], known: int) -> np.ndarray:
+    """Which entries of ``column`` (codes below ``known``) are among ``codes``: a table lookup,
+    not np.isin's sort (0.7 ms a query at 100k rows)."""
+    table = np.zeros(known, bool)
+    table[codes] = True
+    return table[column]
 
 
 class FilterColumns:
@@ -70,6 +79,7 @@ class FilterColumns:
         self._category_keys: list[str] = [""]
         self._attrs: dict[tuple[str, str], set[int]] = {}
         self._row_attrs: dict[int, list[tuple[str, str]]] = {}
+        self._passing: dict[tuple[object, ...], list[int]] = {}  # ``_category_codes_passing``'s answers
 
     def grow(self, capacity: int) -> None:
         for name, fill in (("brand", 0), ("category", 0), ("price", -1.0)):
@@ -94,6 +104,16 @@ class FilterColumns:
         if pairs:
             self._row_attrs[row] = pairs
 
+    def _category_codes_passing(self, f: Filters) -> list[int]:
+        """The category codes ``f``'s category filters pass, remembered per filter until a new
+        category key appears (a filter tests every key: concurrent queries often share one)."""
+        key = (f.category, f.category_not, f.category_exact, len(self._category_keys))
+        if (codes := self._passing.get(key)) is None:
+            if len(self._passing) >= PASSING_KEPT:
+                self._passing.clear()
+            codes = self._passing[key] = [c for c, k in enumerate(self._category_keys) if f.matches_category(k)]
+        return codes
+
     def clear(self, row: int) -> None:
         for pair in self._row_attrs.pop(row, ()):
             rows = self._attrs[pair]
@@ -109,12 +129,13 @@ class FilterColumns:
             return None
         m = np.ones(used, bool)
         if f.brand:
-            m &= np.isin(self.brand[:used], [self._brand_codes[k] for k in f.brand if k in self._brand_codes])
+            m &= _one_of(self.brand[:used], [self._brand_codes[k] for k in f.brand if k in self._brand_codes],
+                         len(self._brand_codes))
         if f.brand_not:
-            m &= ~np.isin(self.brand[:used], [self._brand_codes[k] for k in f.brand_not if k in self._brand_codes])
+            m &= ~_one_of(self.brand[:used], [self._brand_codes[k] for k in f.brand_not if k in self._brand_codes],
+                          len(self._brand_codes))
         if f.category or f.category_not:
-            codes = [c for c, key in enumerate(self._category_keys) if f.matches_category(key)]
-            m &= np.isin(self.category[:used], codes)
+            m &= _one_of(self.category[:used], self._category_codes_passing(f), len(self._category_keys))
         price = self.price[:used]
         if f.price_min is not None:
             m &= price >= f.price_min

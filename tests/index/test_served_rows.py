@@ -50,3 +50,21 @@ def test_milvus_reads_and_searches_return_served_products(small_store) -> None:
     hits = milvus.search_served(vector(1), 2)
     assert [h.product_id for h in hits][0] == "p1" and all(h.vector.shape == (16,) for h in hits)
     assert hits[0] == served_product("p1", product_row(FULL, vector(1), {}, "m", 5))
+
+
+def test_reads_with_vectors_page_every_row_by_key(small_store, monkeypatch) -> None:
+    """Reads with vectors list the keys in large pages, then read ``batch_size`` rows at a time by
+    key (milvus-lite's iterator pages each cost a pass over the collection): every row, once."""
+    from simstream.index import milvus as milvus_module
+
+    monkeypatch.setattr(milvus_module, "MILVUS_KEY_PAGE_ROWS", 7)  # several key pages, a short last one
+    milvus = small_store.milvus
+    events = [ProductEvent(f"p{i:02d}", "upsert", i + 1, title=f"t{i}", brand="Acme") for i in range(23)]
+    milvus.upsert_products([product_row(e, vector(i), {}, "m", 5) for i, e in enumerate(events)])
+    served = [p for page in milvus.iter_served(5, with_vectors=True) for p in page]
+    assert sorted(p.product_id for p in served) == [e.product_id for e in events]
+    assert all(np.array_equal(p.vector, vector(int(p.product_id[1:]))) for p in served)
+    assert all(len(page) <= 5 for page in milvus.iter_served(5, with_vectors=True))
+    stored = {p.product_id: p for page in milvus.iter_products(4, with_vectors=True) for p in page}
+    assert len(stored) == 23 and stored["p03"].version == 4 and np.array_equal(stored["p03"].vector, vector(3))
+    assert milvus.all_product_ids() == set(stored) and set(milvus.all_write_stamps()) == set(stored)

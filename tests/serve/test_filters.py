@@ -136,3 +136,25 @@ def test_milvus_expression_copy_mask_and_predicate_select_the_same_products(host
         by_predicate = {pid for pid, p in everyone.items() if f.matches(p)}
         assert by_milvus == by_copy == by_predicate, f
         assert by_milvus or f.brand == ("nobody",), f  # every case but the last selects something
+
+
+def test_a_category_filter_sees_categories_that_appear_after_it_was_first_asked() -> None:
+    """The copy remembers which category codes a filter passes; a category key held later is
+    tested too (and a brand code held later is compared)."""
+    from simstream.index.rows import Display, ServedProduct
+    from simstream.serve.copy import LiveQuery, ServedCopy
+
+    def product(pid: str, brand: str, category: str) -> ServedProduct:
+        return ServedProduct(pid, 1, brand, category, 5.0, "m", 0, 0, Display(), vector=np.ones(4, np.float32))
+
+    copy = ServedCopy(4, None, 8)
+    copy.apply([product("a", "Acme", "Home > Kitchen"), product("b", "Other", "Garden")], ())
+    q = np.ones(4, np.float32)
+    kitchen, acme = Filters.build(category="home"), Filters.build(brand="acme")
+    not_home = Filters.build(category_not="home")
+    assert [pid for pid, _ in copy.top([LiveQuery(q, kitchen, 10)])[0]] == ["a"]
+    assert [pid for pid, _ in copy.top([LiveQuery(q, not_home, 10)])[0]] == ["b"]
+    copy.apply([product("c", "ACME", "Home > Bath"), product("d", "New", "Toys")], ())
+    assert sorted(pid for pid, _ in copy.top([LiveQuery(q, kitchen, 10)])[0]) == ["a", "c"]
+    assert sorted(pid for pid, _ in copy.top([LiveQuery(q, not_home, 10)])[0]) == ["b", "d"]
+    assert sorted(pid for pid, _ in copy.top([LiveQuery(q, acme, 10)])[0]) == ["a", "c"]
