@@ -173,8 +173,9 @@ class Settings(BaseSettings):
     serve_rate_limit: str = "200/second"  # SIMSTREAM_SERVE_RATE_LIMIT
     serve_cors_origins: list[str] = Field(default_factory=list)  # SIMSTREAM_SERVE_CORS_ORIGINS (JSON list)
     serve_deadline_s: float = Field(10.0, gt=0)  # SIMSTREAM_SERVE_DEADLINE_S
-    # requests answered at once (worker threads); the others wait their turn in order (docs/serving.md)
-    serve_threads: int = Field(16, ge=1, le=256)  # SIMSTREAM_SERVE_THREADS
+    # requests answered at once (worker threads); the others wait their turn in order (docs/serving.md).
+    # As many as one pass ranks (serve/copy.py BATCH_QUERIES): with 16, a pass held 16 of 32 clients
+    serve_threads: int = Field(64, ge=1, le=256)  # SIMSTREAM_SERVE_THREADS
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit

@@ -18,26 +18,32 @@ them with the oracle's arithmetic and ranks them (index/side.py). docs/exactness
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from simstream.index.device_rows import DeviceRows, exact_float32_matmul
 from simstream.index.packed_rows import PackedRows
+from simstream.logs import get_logger
 from simstream.vector_codec import I8_MAX, Segment, pack
 
-__all__ = ["BLOCK_ROWS", "QUERY_DIGITS", "MIN_DIGIT_EXPONENT", "UNIT_ROUNDOFF", "i8_digits", "Candidates", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
+__all__ = ["BLOCK_ROWS", "CHUNK_BLOCKS", "QUERY_DIGITS", "MIN_DIGIT_EXPONENT", "UNIT_ROUNDOFF", "i8_digits", "Candidates", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
            "scan_candidates", "subset_reaching"]
 
 BLOCK_ROWS = 8_192  # rows per block: a block's widened f16 columns and its scores stay in cache
+# rows per chunk of a pass: scored in one call without the GIL, then selected (a chunk's scores,
+# rows x queries float32, are at most 16 MiB at 64 queries)
+CHUNK_BLOCKS = 8
 # int8 digits of a query segment off the i8 grid (``PackedQueries``): each leaves at most 1/127 of
 # the last one's largest value (half a step of at most 2/127 of it), so three leave at most ~5e-7
 # of the segment's largest value, of the order of the window's other terms
 QUERY_DIGITS = 3
 MIN_DIGIT_EXPONENT = -120  # 2**-120 is still a normal float32 (a query scale)
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
+log = get_logger(__name__)
 
 
 def gamma(n: int) -> float:
@@ -169,30 +175,73 @@ class PackedQueries:
         return self
 
 
-def block_scores(rows: PackedRows, q: PackedQueries, first: int, stop: int, count: int,
-                  sel: np.ndarray | None = None) -> torch.Tensor:
-    """(stop - first) x queries scan scores of rows [first, stop), on the CPU; with ``sel``, of
-    the rows ``sel[first:stop]`` instead (gathered, still packed)."""
-    pick: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
-    n = stop - first
+def _parts_scores(values: List[torch.Tensor], exponents: List[Optional[torch.Tensor]],
+                  queries: List[torch.Tensor], scales: List[Optional[torch.Tensor]], count: int,
+                  block_rows: int) -> torch.Tensor:
+    """Rows x queries scan scores, summed over the parts (one per entry of the lists: the rows'
+    packed values and i8 exponents, the queries' values and, for int8 parts, their 2**e), block by
+    block of ``block_rows`` (a block's widened columns and scores stay in cache)."""
+    n = values[0].shape[0]
     acc = torch.zeros((n, count), dtype=torch.float32)
-    for i, values_t, q_scale in q.parts:
-        s, values, exps = rows.segment(i)
-        block = torch.from_numpy(values[pick])
-        if q_scale is None:
-            if exps is None:
-                acc.addmm_(block.float(), values_t)
+    for first in range(0, n, block_rows):
+        stop = min(n, first + block_rows)
+        out = acc[first:stop]  # a view: the in-place products below land in ``acc``
+        for i in range(len(values)):
+            block = values[i][first:stop]
+            exps = exponents[i]
+            q_scale = scales[i]
+            if q_scale is not None:
+                assert exps is not None
+                exact = torch._int_mm(block, queries[i])  # int8 x int8 -> int32, exact
+                row_scale = torch.ldexp(torch.ones(stop - first), exps[first:stop].to(torch.int32))
+                # times 2**(e_row + e_query), one power of two at a time: exact, as one product
+                # would be, without a rows x queries matrix of scales
+                out.addcmul_(exact.float().mul_(row_scale[:, None]), q_scale[None, :].expand(stop - first, count))
+            elif exps is None:
+                out.addmm_(block.float(), queries[i])
             else:  # an i8 segment against a query off its grid: widen the rows exactly
-                row_scale = torch.ldexp(torch.ones(n), torch.from_numpy(exps[pick]).to(torch.int32))
-                acc.addmm_(block.float() * row_scale[:, None], values_t)
-            continue
-        assert exps is not None
-        exact = torch._int_mm(block, values_t)  # int8 x int8 -> int32, exact
-        row_scale = torch.ldexp(torch.ones(n), torch.from_numpy(exps[pick]).to(torch.int32))
-        # times 2**(e_row + e_query), one power of two at a time: exact, as one product would be,
-        # without a rows x queries matrix of scales
-        acc.addcmul_(exact.float().mul_(row_scale[:, None]), q_scale[None, :].expand(n, count))
+                row_scale = torch.ldexp(torch.ones(stop - first), exps[first:stop].to(torch.int32))
+                out.addmm_(block.float() * row_scale[:, None], queries[i])
     return acc
+
+
+def _scripted(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` compiled by TorchScript, whose call releases the GIL for the whole of it; ``fn``
+    itself where TorchScript cannot compile it (a torch without it: the same operations, eagerly).
+
+    Eagerly, each of a pass's ~800 torch operations releases the GIL and must take it back: with
+    serve's request threads running Python meanwhile, each return waited up to the interpreter's
+    switch interval (5 ms), and a pass of 32 rankings at 100k took ~500 ms instead of 150
+    (the convoy effect: 100 int8 products beside 4 busy Python threads, 6.1 s eagerly, 60 ms
+    scripted). TorchScript runs the same aten kernels in the same order (CPU fusion is off), so
+    the scores are the same to the bit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+            return torch.jit.script(fn)  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001 - any failure to compile: run it eagerly
+        log.warning("packed scan runs eagerly: TorchScript could not compile it", error=str(exc)[:200])
+        return fn
+
+
+_parts_scores_scripted = _scripted(_parts_scores)
+
+
+def block_scores(rows: PackedRows, q: PackedQueries, first: int, stop: int, count: int,
+                 sel: np.ndarray | None = None) -> torch.Tensor:
+    """(stop - first) x queries scan scores of rows [first, stop), on the CPU; with ``sel``, of
+    the rows ``sel[first:stop]`` instead (gathered, still packed). One call without the GIL."""
+    if not q.parts:
+        return torch.zeros((stop - first, count), dtype=torch.float32)
+    pick: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
+    values: list[torch.Tensor] = []
+    exponents: list[torch.Tensor | None] = []
+    for i, _, _ in q.parts:
+        _, held, exps = rows.segment(i)
+        values.append(torch.from_numpy(held[pick]))
+        exponents.append(None if exps is None else torch.from_numpy(exps[pick]))
+    return _parts_scores_scripted(values, exponents, [v for _, v, _ in q.parts], [s for _, _, s in q.parts],
+                                  count, BLOCK_ROWS)
 
 
 def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, bars: np.ndarray) -> list[np.ndarray]:
@@ -210,8 +259,9 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
     loose = dict(rows.loose_items())
     qf = torch.from_numpy(np.ascontiguousarray(queries))
     subset = np.asarray(subset, np.int64)
-    for first in range(0, len(subset), BLOCK_ROWS):
-        stop = min(len(subset), first + BLOCK_ROWS)
+    chunk = BLOCK_ROWS * CHUNK_BLOCKS
+    for first in range(0, len(subset), chunk):
+        stop = min(len(subset), first + chunk)
         acc = block_scores(rows, q, first, stop, count, sel=subset)
         if loose:
             for i, r in enumerate(subset[first:stop].tolist()):
@@ -278,8 +328,9 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     if sel is not None and loose:  # where each loose row sits among the rows scanned (``sel`` ascends)
         at = np.searchsorted(sel, [r for r, _ in loose])
         loose = [(int(i), vec) for i, (r, vec) in zip(at.tolist(), loose) if i < len(sel) and sel[i] == r]
-    for first in range(0, scanned, BLOCK_ROWS):
-        stop = min(scanned, first + BLOCK_ROWS)
+    chunk = BLOCK_ROWS if resident is not None else BLOCK_ROWS * CHUNK_BLOCKS
+    for first in range(0, scanned, chunk):
+        stop = min(scanned, first + chunk)
         here: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
         if q is None:
             assert resident is not None and q_device is not None

@@ -38,7 +38,7 @@ from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "NO_VECTOR", "LiveQuery", "FilterColumns", "ServedCopy"]
+__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "PASSING_KEPT", "NO_VECTOR", "LiveQuery", "FilterColumns", "ServedCopy"]
 
 log = get_logger(__name__)
 RECONCILE_EVERY = 60  # syncs between two count checks against Milvus

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from simstream.serve.batcher import MicroBatcher
+from simstream.serve.batcher import GATHER_SHARE, MicroBatcher
 
 
 def test_concurrent_items_go_together_and_each_gets_its_own_answer() -> None:
@@ -59,35 +59,56 @@ def test_a_failed_batch_fails_every_caller_in_it_and_the_next_batch_runs() -> No
     assert calls == 2
 
 
-def _slow_first(sizes: list[int], first_s: float):
+
+def _recording(sizes: list[int], first_s: float, starts: list[float] | None = None):
     def run(items):
         sizes.append(len(items))
+        if starts is not None:
+            starts.append(time.monotonic())
         if len(sizes) == 1:
-            time.sleep(first_s)  # a long pass: gathering before the next may last a share of it
+            time.sleep(first_s)  # a long pass: gathering before the next may last GATHER_SHARE of it
         return list(items)
     return run
 
 
-def test_callers_arriving_one_by_one_after_a_pass_are_gathered_into_one_batch() -> None:
-    """Closed-loop clients answered by a pass ask again one by one: the next pass waits for them
-    (each within the gap of the last), so passes do not split the clients into two cohorts."""
+def test_the_callers_a_pass_answered_are_gathered_into_the_next_batch() -> None:
+    """Under a steady load the callers a pass answered ask again while the callers that queued
+    meanwhile wait for their turn: the next batch waits for them, so the callers do not split
+    into cohorts that never share a pass."""
     sizes: list[int] = []
-    batcher = MicroBatcher(_slow_first(sizes, 1.0), max_items=64, gather_gap_s=0.2)
-    assert batcher("a") == "a"  # the long pass: the next gathering may last up to 0.25 s
+    batcher = MicroBatcher(_recording(sizes, 1.0), max_items=64)
     with ThreadPoolExecutor(4) as pool:
-        asked = []
-        for x in "bcd":
-            asked.append(pool.submit(batcher, x))
-            time.sleep(0.03)
-        assert [f.result(5) for f in asked] == ["b", "c", "d"]
-    assert sizes == [1, 3]
+        def client() -> list[str]:
+            first = batcher("a")
+            time.sleep(0.03)  # the answer travels, the client asks again
+            return [first, batcher("a2")]
+        looping = pool.submit(client)
+        time.sleep(0.2)  # the first pass ("a" alone, 1 s) runs: three callers queue meanwhile
+        queued = [pool.submit(batcher, x) for x in ("x1", "x2", "x3")]
+        assert looping.result(5) == ["a", "a2"] and [f.result(5) for f in queued] == ["x1", "x2", "x3"]
+    assert sizes == [1, 4]
 
 
-def test_a_lone_caller_waits_one_gap_at_most() -> None:
+def test_a_lone_caller_waits_for_nobody() -> None:
     sizes: list[int] = []
-    batcher = MicroBatcher(_slow_first(sizes, 1.0), max_items=64, gather_gap_s=0.05)
+    batcher = MicroBatcher(_recording(sizes, 1.0), max_items=64)
     batcher("a")
     started = time.perf_counter()
     assert batcher("b") == "b"
-    assert time.perf_counter() - started < 0.2  # one gap (0.05 s), not the whole share (0.25 s)
+    assert time.perf_counter() - started < 0.2  # not the share of the last pass (GATHER_SHARE x 1 s)
     assert sizes == [1, 1]
+
+
+def test_gathering_waits_a_share_of_the_last_pass_at_most() -> None:
+    """The caller the last pass answered does not come back: the queued ones go after
+    ``GATHER_SHARE`` of that pass's duration."""
+    sizes: list[int] = []
+    starts: list[float] = []
+    batcher = MicroBatcher(_recording(sizes, 1.0, starts), max_items=64)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher, "a")
+        time.sleep(0.2)
+        queued = [pool.submit(batcher, x) for x in ("x1", "x2")]
+        assert first.result(5) == "a" and [f.result(5) for f in queued] == ["x1", "x2"]
+    assert sizes == [1, 2]
+    assert 1.0 + GATHER_SHARE - 0.05 <= starts[1] - starts[0] < 1.0 + GATHER_SHARE + 0.5  # the pass, then the share
