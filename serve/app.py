@@ -116,10 +116,14 @@ class Services:
     lists are opened beside the old ones and swapped in, without a restart; queries in flight
     finish on the old ones."""
 
-    def __init__(self, settings: Settings, milvus: MilvusStore | None, encoder: QueryEncoder | None) -> None:
+    def __init__(self, settings: Settings, milvus: MilvusStore | None, encoder: QueryEncoder | None,
+                 client: Any | None = None) -> None:
         self.base = settings  # the deployment's settings; ``settings``: the generation served
         self.current = Served(settings, milvus, encoder)
         self.owns_milvus = milvus is None
+        # an open client of SIMSTREAM_MILVUS_URI to serve through (serve/server.py's, which checked the
+        # catalog): opening a milvus-lite file again would load its collections again (12.5 s at 100k)
+        self._client = client
         self.generation: str | None = None  # the tag served (None: given, not followed)
         self.images = LocalImages(settings)
 
@@ -156,15 +160,20 @@ class Services:
     def _control(self, client: Any) -> ControlStore:
         return ControlStore(client, self.base.collection, timeout_s=self.base.milvus_timeout_s)
 
-    def _open_generation(self, record: ControlRecord | None, on: MilvusStore | None = None) -> tuple[str, Served]:
+    def _open_generation(self, record: ControlRecord | None, on: MilvusStore | None = None,
+                         client: Any | None = None) -> tuple[str, Served]:
         """The live generation's settings, collections, query encoder and copy; ``on``: a store
-        whose client to reuse (a milvus-lite file has one server per process)."""
+        whose client to reuse (a milvus-lite file has one server per process); ``client``: an open
+        client of SIMSTREAM_MILVUS_URI to serve through (the caller closes it on failure)."""
         tag = record.live if record is not None else FIRST
         s = generation_settings(self.base, record.generations.get(tag) if record is not None else None, tag)
+        uri = s.resolved_milvus_uri
         # dim None: open the collections the worker made, at their dimension; never create them
         milvus = (MilvusStore(on.client, on.uri, s.collection, None, exclusive=on.exclusive, timeout_s=s.milvus_timeout_s)
                   if on is not None else
-                  MilvusStore.connect(s.resolved_milvus_uri, s.collection, None,
+                  MilvusStore(client, uri, s.collection, None, exclusive="://" not in uri, timeout_s=s.milvus_timeout_s)
+                  if client is not None else
+                  MilvusStore.connect(uri, s.collection, None,
                                       token=s.milvus_token.get_secret_value() if s.milvus_token else None,
                                       timeout_s=s.milvus_timeout_s))
         try:
@@ -173,7 +182,7 @@ class Services:
             self._check_dim(encoder, milvus)
             copy = open_copy(s, milvus, encoder)
         except BaseException:
-            if on is None:
+            if on is None and client is None:
                 milvus.close()
             raise
         return tag, Served(s, milvus, encoder, copy, PublishedLists(milvus, s.serve_list_cache_bytes))
@@ -188,12 +197,13 @@ class Services:
         if self.milvus is None:
             uri = self.base.resolved_milvus_uri
             token = self.base.milvus_token.get_secret_value() if self.base.milvus_token else None
-            client = open_client(uri, token=token, timeout_s=self.base.milvus_timeout_s)
-            try:
+            client, self._client = self._client or open_client(uri, token=token, timeout_s=self.base.milvus_timeout_s), None
+            try:  # one client for the control record and the collections: the file is loaded once
                 record = self._control(client).read()
-            finally:
+                self.generation, self.current = self._open_generation(record, client=client)
+            except BaseException:
                 close_client(client, uri)
-            self.generation, self.current = self._open_generation(record)
+                raise
         else:
             encoder = self.encoder
             if encoder is None:
@@ -332,9 +342,10 @@ def _model(cls: type, **data: Any) -> Any:
 
 
 def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
-               encoder: QueryEncoder | None = None) -> FastAPI:
-    """The app; ``milvus`` / ``encoder`` given: use those (not closed here), else open them at start."""
-    services = Services(settings, milvus, encoder)
+               encoder: QueryEncoder | None = None, client: Any | None = None) -> FastAPI:
+    """The app; ``milvus`` / ``encoder`` given: use those (not closed here), else open them at start
+    (through ``client``, an open client of SIMSTREAM_MILVUS_URI, when given: closed with the app)."""
+    services = Services(settings, milvus, encoder, client)
     metrics = ServeMetrics()
 
     async def follow() -> None:
@@ -367,8 +378,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # fewer threads than clients: the rest wait in order instead of contending for the GIL,
-        # and the rankings of those answered at once still go together (serve/batcher.py)
+        # as many requests answered at once as one pass ranks (serve/batcher.py); the rest wait in order
         anyio.to_thread.current_default_thread_limiter().total_tokens = services.base.serve_threads
         services.open()
         # the copy and the models are long-lived: out of the collector's sight, so a full

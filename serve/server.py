@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
 from simstream.generations import FIRST, generation_settings
@@ -15,25 +17,30 @@ from simstream.settings import Settings
 __all__ = ["CatalogMissing", "check_catalog", "run_server"]
 
 
-def check_catalog(settings: Settings) -> None:
+def check_catalog(settings: Settings, client: Any | None = None) -> None:
     """Refuse to start, with one line saying what to do, when there is no catalog to serve yet
     (a fresh install: the worker has not written the collections). Without it the start-up hook
-    failed with a traceback from inside uvicorn."""
+    failed with a traceback from inside uvicorn. ``client``: an open client to ask (kept open),
+    else one is opened and closed."""
     uri = settings.resolved_milvus_uri
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    client = open_client(uri, token=token, timeout_s=settings.milvus_timeout_s)
-    try:
-        record = ControlStore(client, settings.collection, timeout_s=settings.milvus_timeout_s).read()
-        tag = record.live if record is not None else FIRST
-        served = generation_settings(settings, record.generations.get(tag) if record is not None else None, tag)
-        products = f"{served.collection}_products"
-        # on a milvus-lite file this call loads the collection: its own deadline (index/milvus.py)
-        if not client.has_collection(products, timeout=opening_timeout(uri, settings.milvus_timeout_s)):
-            raise CatalogMissing(f"no catalog to serve: collection {products} does not exist at "
-                                 f"{redact(uri)}. Run the worker (or `simstream demo`) first, or point "
-                                 "SIMSTREAM_MILVUS_URI / SIMSTREAM_COLLECTION at the worker's")
-    finally:
-        close_client(client, uri)
+    if client is None:
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+        client = open_client(uri, token=token, timeout_s=settings.milvus_timeout_s)
+        try:
+            check_catalog(settings, client)
+        finally:
+            close_client(client, uri)
+        return
+    # on a milvus-lite file the first call loads the collections: its own deadline (index/milvus.py)
+    timeout_s = opening_timeout(uri, settings.milvus_timeout_s)
+    record = ControlStore(client, settings.collection, timeout_s=timeout_s).read()
+    tag = record.live if record is not None else FIRST
+    served = generation_settings(settings, record.generations.get(tag) if record is not None else None, tag)
+    products = f"{served.collection}_products"
+    if not client.has_collection(products, timeout=timeout_s):
+        raise CatalogMissing(f"no catalog to serve: collection {products} does not exist at "
+                             f"{redact(uri)}. Run the worker (or `simstream demo`) first, or point "
+                             "SIMSTREAM_MILVUS_URI / SIMSTREAM_COLLECTION at the worker's")
 
 
 class CatalogMissing(LookupError):
@@ -44,9 +51,17 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
                milvus: MilvusStore | None = None, encoder: QueryEncoder | None = None) -> None:
     """Serve until SIGINT/SIGTERM; ``host`` / ``port`` default to SIMSTREAM_SERVE_HOST / _PORT.
     CatalogMissing when there is nothing to serve yet."""
-    if milvus is None:
-        check_catalog(settings)
-    app = create_app(settings, milvus=milvus, encoder=encoder)
+    client = None
+    if milvus is None:  # one client for the check and the app: a milvus-lite file is loaded once
+        uri = settings.resolved_milvus_uri
+        client = open_client(uri, token=settings.milvus_token.get_secret_value() if settings.milvus_token else None,
+                             timeout_s=settings.milvus_timeout_s)
+        try:
+            check_catalog(settings, client)
+        except BaseException:
+            close_client(client, uri)
+            raise
+    app = create_app(settings, milvus=milvus, encoder=encoder, client=client)
     # uvicorn's own logging config would replace ours: structlog stays in charge, access log off
     uvicorn.run(app, host=host or settings.serve_host, port=port or settings.serve_port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=10,

@@ -185,3 +185,64 @@ def test_serve_on_a_fresh_install_says_what_to_do_instead_of_a_traceback(tmp_pat
     assert result.exit_code == 1, result.output
     assert "no catalog to serve" in result.output and "simstream_products does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_simstream_serve_answers_from_a_milvus_lite_file_it_opens_itself(tmp_path: Path, catalog) -> None:
+    """The real process: ``simstream serve`` opens the file once (one client for the catalog check
+    and the app), answers by id and a live filtered query from its copy, and stops on SIGINT."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from simstream.index.exact import rank_key
+    from simstream.vector_codec import canonical_rows
+
+    encoder = catalog.encoder
+    store = MilvusStore.connect(str(tmp_path / "simstream.db"), "simstream", encoder.dim, flush_every_rows=0)
+    try:
+        vectors = np.random.default_rng(5).normal(size=(12, encoder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        canonical_rows(vectors, encoder.encoder.segments)
+        store.upsert_products([product_row(ProductEvent(f"p{i}", "upsert", 1, title=f"mug {i}",
+                                                        brand="Acme" if i % 2 else "Other", price=float(i)),
+                                           v, {}, encoder.model, 1) for i, v in enumerate(vectors)])
+        store.flush()
+    finally:
+        store.close()  # released: serve opens the file itself
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SIMSTREAM_DATA_DIR": str(tmp_path), "SIMSTREAM_ENCODER_BACKEND": "torch",
+           "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_SERVE_RATE_LIMIT": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "simstream", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.3)
+        assert httpx.get(f"{base}/v1/products/p3", timeout=10).json()["brand"] == "Acme"
+        got = httpx.get(f"{base}/v1/products/p3/neighbors", params={"k": 3, "brand": "acme"}, timeout=30).json()
+        ids = [n["product_id"] for n in got["neighbors"]]
+        order = sorted(((float(vectors[int(p[1:])] @ vectors[3]), p) for p in ("p1", "p5", "p7", "p9", "p11")),
+                       key=lambda t: rank_key(*t))
+        assert got["source"] == "live" and ids == [p for _, p in order[:3]]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
