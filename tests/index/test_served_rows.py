@@ -53,8 +53,9 @@ def test_milvus_reads_and_searches_return_served_products(small_store) -> None:
 
 
 def test_reads_with_vectors_page_every_row_by_key(small_store, monkeypatch) -> None:
-    """Reads with vectors list the keys in large pages, then read ``batch_size`` rows at a time by
-    key (milvus-lite's iterator pages each cost a pass over the collection): every row, once."""
+    """Reads with vectors (on a milvus-lite file: the keys in large pages, then ``batch_size`` rows
+    at a time by key; on a server: iterator pages) give every row once, in pages of at most
+    ``batch_size``."""
     from simstream.index import milvus as milvus_module
 
     monkeypatch.setattr(milvus_module, "MILVUS_KEY_PAGE_ROWS", 7)  # several key pages, a short last one
