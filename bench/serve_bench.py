@@ -251,12 +251,9 @@ def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", thread
                   "(a milvus-lite file's data lives in serve's process)", flush=True)
             return out
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            from simstream.harness.embedded import stop_process
+
+            stop_process(proc, signal.SIGINT, 30)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -21,7 +21,7 @@ from typing import IO, Any, Mapping
 
 from simstream.logs import get_logger
 
-__all__ = ["LOWEST_PORT", "free_port", "wait_for_port", "pause", "EmbeddedBroker", "WorkerProcess", "MilvusServer"]
+__all__ = ["LOWEST_PORT", "free_port", "stop_process", "wait_for_port", "pause", "EmbeddedBroker", "WorkerProcess", "MilvusServer"]
 
 log = get_logger(__name__)
 
@@ -79,7 +79,8 @@ def pause(proc: subprocess.Popen[bytes] | None, seconds: float) -> None:
         proc.send_signal(signal.SIGCONT)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+    """Send ``sig``, wait ``timeout_s``, then SIGKILL; the exit status."""
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -118,7 +119,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
             self.proc = None
 
     def pause(self, seconds: float) -> None:
@@ -214,7 +215,7 @@ class WorkerProcess:
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.proc is None:
             return 0
-        return _stop(self.proc, signal.SIGTERM, timeout_s)
+        return stop_process(self.proc, signal.SIGTERM, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: the crash the at-least-once design must survive."""

@@ -192,12 +192,12 @@ def test_simstream_serve_answers_from_a_milvus_lite_file_it_opens_itself(tmp_pat
     and the app), answers by id and a live filtered query from its copy, and stops on SIGINT."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
     import httpx
 
+    from simstream.harness.embedded import free_port, stop_process
     from simstream.index.exact import rank_key
     from simstream.vector_codec import canonical_rows
 
@@ -213,9 +213,7 @@ def test_simstream_serve_answers_from_a_milvus_lite_file_it_opens_itself(tmp_pat
         store.flush()
     finally:
         store.close()  # released: serve opens the file itself
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "SIMSTREAM_DATA_DIR": str(tmp_path), "SIMSTREAM_ENCODER_BACKEND": "torch",
            "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_SERVE_RATE_LIMIT": ""}
     proc = subprocess.Popen([sys.executable, "-m", "simstream", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -239,10 +237,5 @@ def test_simstream_serve_answers_from_a_milvus_lite_file_it_opens_itself(tmp_pat
                        key=lambda t: rank_key(*t))
         assert got["source"] == "live" and ids == [p for _, p in order[:3]]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, signal.SIGINT, 30)
     assert proc.returncode == 0, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
