@@ -301,3 +301,25 @@ def test_int8_digits_rebuild_the_query() -> None:
     peak = np.abs(q).max(axis=1)
     assert (np.abs(rest).max(axis=1) <= peak / 127 ** 3 * 1.01 + 2.0 ** -120).all()
     assert all(np.abs(v.astype(int)).max() <= 127 for v, _ in digits)
+
+
+def test_a_segments_digits_are_one_product_with_the_same_sums() -> None:
+    """A segment's int8 digits are multiplied in one product (columns side by side) and added digit
+    after digit: the same scores, to the bit, as one product per digit; the window counts each digit."""
+    x = catalog(700, seed=21)
+    side = fill(x, [f"p{i:04d}" for i in range(len(x))])
+    rng = np.random.default_rng(22)
+    queries = np.stack([(x[a] + x[b]) / 3 - 0.3 * x[c] for a, b, c in rng.integers(0, len(x), (9, 3))]).astype(np.float32)
+    packed = packed_scan.PackedQueries(queries, SEGMENTS, packed_scan.QUERY_DIGITS)
+    stacked = [(i, v, s) for i, v, s in packed.parts if s is not None and s.shape[0] > len(queries)]
+    assert stacked, "the queries are off the grid: their i8 segments have several digits"
+    one_each = packed_scan.PackedQueries.__new__(packed_scan.PackedQueries)
+    one_each.parts = []
+    for i, v, s in packed.parts:
+        for d in range(0, v.shape[1], len(queries)):
+            one_each.parts.append((i, v[:, d:d + len(queries)].contiguous(), None if s is None else s[d:d + len(queries)]))
+    assert packed.terms == len(one_each.parts) > len(packed.parts)
+    rows = side._rows  # noqa: SLF001 - the scan's own input
+    got = packed_scan.block_scores(rows, packed, 0, len(x), len(queries))
+    want = packed_scan.block_scores(rows, one_each, 0, len(x), len(queries))
+    assert torch.equal(got, want)
