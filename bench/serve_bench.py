@@ -176,9 +176,10 @@ async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], 
 
 
 def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: str = "auto",
-                  threads: int = 1, milvus_uri: str | None = None) -> subprocess.Popen[bytes]:
+                  threads: int | None = None, milvus_uri: str | None = None) -> subprocess.Popen[bytes]:
+    """``threads``: SIMSTREAM_TORCH_THREADS (None: serve's default, every core)."""
     env = {**os.environ, "SIMSTREAM_DATA_DIR": str(data_dir), "SIMSTREAM_COLLECTION": collection,
-           "SIMSTREAM_SERVE_COPY": copy, "SIMSTREAM_TORCH_THREADS": str(threads),
+           "SIMSTREAM_SERVE_COPY": copy, **({"SIMSTREAM_TORCH_THREADS": str(threads)} if threads else {}),
            "SIMSTREAM_SERVE_RATE_LIMIT": "",  # the load generator is one client: no per-client limit
            "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json",
            **({"SIMSTREAM_MILVUS_URI": milvus_uri} if milvus_uri else {})}
@@ -200,7 +201,7 @@ def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: s
     raise TimeoutError("serve did not become ready")
 
 
-def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", threads: int = 1,
+def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", threads: int | None = None,
                 only: str = "", milvus_uri: str | None = None, keep: Path | None = None) -> dict[str, Any]:
     """``milvus_uri``: a Milvus server to write the catalog into and serve from (else a milvus-lite file).
     ``keep``: a folder that keeps the written milvus-lite catalog between runs (written once per size)."""
@@ -232,7 +233,7 @@ def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", thread
         try:
             out: dict[str, Any] = {"products": n, "clients": clients, "seconds": seconds, "write_s": info["seconds"],
                                    "milvus": "server " + milvus_uri if milvus_uri else "milvus-lite file",
-                                   "serve_copy": copy, "torch_threads": threads, "serve_ready_s": ready_s,
+                                   "serve_copy": copy, "torch_threads": threads or f"default ({os.cpu_count()} cores)", "serve_ready_s": ready_s,
                                    "published_lists_read_s": lists_s,
                                    "endpoints": {}}
             base = f"http://127.0.0.1:{port}"
@@ -328,7 +329,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="load time per endpoint")
     ap.add_argument("--copy", default="auto", choices=["auto", "on", "off"],
                     help="SIMSTREAM_SERVE_COPY of the serve process (off: every live query a Milvus search)")
-    ap.add_argument("--threads", type=int, default=1, help="SIMSTREAM_TORCH_THREADS of the serve process")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="SIMSTREAM_TORCH_THREADS of the serve process (default: serve's own, every core)")
     ap.add_argument("--only", default="", help="endpoint names containing this text only")
     ap.add_argument("--milvus-uri", default=None, help="a Milvus server (e.g. under scripts/with-milvus-server.sh: "
                                                        "$SIMSTREAM_TEST_MILVUS_URI); default a milvus-lite file")

@@ -558,7 +558,7 @@ class SideIndex:
             chunk = wide[start:start + 256]
             masks = [allowed[j] for j in chunk]
             both = None if all(m is None for m in masks) else np.stack(
-                [m[:n] if m is not None else np.ones(n, bool) for m in masks], axis=1)
+                [m[:n] if m is not None else np.ones(n, bool) for m in masks])  # queries x rows
             for j, hits in zip(chunk, self._ranked(q[chunk], limit, allowed=both)):
                 out[j] = hits
         return [hits or [] for hits in out]

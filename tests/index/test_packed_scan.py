@@ -58,6 +58,7 @@ def test_equals_brute_force_with_ties_deletes_and_block_edges(monkeypatch: pytes
     """``resident``: the rows decoded on a device (the CPU here) and multiplied in float32, as on a
     GPU, kept in step with the deletes."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
     x = catalog(1_500, seed=3, duplicates=40)
     rng = np.random.default_rng(4)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]  # id order unrelated to row order
@@ -128,6 +129,7 @@ def test_reaching_holds_every_row_whose_bar_the_query_reaches(monkeypatch: pytes
     everyone), +inf (no list) and random; deleted rows never reached; extra rows only within the
     proven error bound."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
     x = catalog(1_200, seed=11, duplicates=20)
     rng = np.random.default_rng(12)
     ids = [f"b{v:05d}" for v in rng.permutation(len(x))]
@@ -228,6 +230,7 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
     from simstream.index import side as side_module
 
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
     monkeypatch.setattr(side_module, "SUBSET_ROWS", subset_rows)
     monkeypatch.setattr(side_module, "SUBSET_SHARE", 1)
     x = catalog(1_500, seed=5, duplicates=30)
@@ -271,6 +274,7 @@ def test_queries_off_the_grid_are_exact_with_int8_digits(monkeypatch: pytest.Mon
     digits with their remainder in the window: the same top-k as a float32 brute force, with exact
     ties (duplicated rows) and near ties; the digits' remainder is tiny and accounted for."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
     x = catalog(1_500, seed=11, duplicates=40)
     rng = np.random.default_rng(12)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
