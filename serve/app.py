@@ -54,6 +54,7 @@ from simstream.serve.copy import SYNC_BUSY_SHARE, ServedCopy
 from simstream.serve.filters import FilterError, Filters
 from simstream.serve.guard import BodyLimit, Deadline, Guard, Problem, ProblemBody, parse_api_keys, problem, problem_body
 from simstream.serve.images import LocalImages
+from simstream.serve.batcher import MicroBatcher
 from simstream.serve.metrics import ServeMetrics
 from simstream.serve.published import PublishedLists
 from simstream.serve.responses import (
@@ -347,6 +348,13 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     (through ``client``, an open client of SIMSTREAM_MILVUS_URI, when given: closed with the app)."""
     services = Services(settings, milvus, encoder, client)
     metrics = ServeMetrics()
+
+    def batchers() -> dict[str, MicroBatcher[Any, Any] | None]:
+        served = services.current
+        return {"rank": served.copy.batcher if served.copy is not None else None,
+                "encode": getattr(served.encoder, "batcher", None)}  # a test's own encoder may have none
+
+    metrics.watch(batchers)
 
     async def follow() -> None:
         while True:

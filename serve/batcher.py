@@ -46,8 +46,12 @@ class MicroBatcher(Generic[T, R]):
         self._last_run_s = 0.0  # how long the last batch took: bounds the gathering before the next
         self._last_size = 0  # items in the last batch: callers the next one waits for
         self._waiting_at_end = 0  # items queued when the last batch ended: waited for besides those
-        self.batches = 0  # batches run, and items in them: how well requests were batched
+        # how well requests were batched (serve's /metrics): batches run, the items in them, the
+        # seconds they ran and the seconds their leaders waited to gather callers
+        self.batches = 0
         self.items = 0
+        self.run_s = 0.0
+        self.gathered_s = 0.0
 
     def __call__(self, item: T) -> R:
         done: Future[R] = Future()
@@ -77,12 +81,14 @@ class MicroBatcher(Generic[T, R]):
         who ask again under a steady load: until the queue holds them besides those that were
         already waiting when it ended, or ``GATHER_SHARE`` of its duration has passed."""
         want = min(self.max_items, self._waiting_at_end + self._last_size)
-        until = time.monotonic() + GATHER_SHARE * self._last_run_s
+        started = time.monotonic()
+        until = started + GATHER_SHARE * self._last_run_s
         while len(self._queue) < want:
             left = until - time.monotonic()
             if left <= 0:
-                return
+                break
             self._arrived.wait(left)
+        self.gathered_s += time.monotonic() - started
 
     def _answer(self, batch: list[tuple[T, Future[R]]]) -> None:
         self.batches += 1
@@ -99,6 +105,7 @@ class MicroBatcher(Generic[T, R]):
             return
         finally:
             self._last_run_s = time.perf_counter() - started
+            self.run_s += self._last_run_s
         for (_, done), result in zip(batch, results):
             if isinstance(result, BaseException):
                 done.set_exception(result)

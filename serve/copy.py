@@ -160,7 +160,8 @@ class ServedCopy:
         self.display = True  # whether the collection has display fields (attributes; rows.SERVING_FIELDS)
         self.synced_at = 0  # ``as_of``: every write Milvus showed at this time (ms) is applied
         self._syncs = 0
-        self._batched: MicroBatcher[LiveQuery, list[tuple[str, float]]] = MicroBatcher(self.top, BATCH_QUERIES)
+        # concurrent live queries ranked in one pass (``top_one``)
+        self.batcher: MicroBatcher[LiveQuery, list[tuple[str, float]]] = MicroBatcher(self.top, BATCH_QUERIES)
 
     @classmethod
     def fits(cls, milvus: MilvusStore, segments: Sequence[Segment] | None,
@@ -265,7 +266,7 @@ class ServedCopy:
     def top_one(self, query: LiveQuery) -> list[tuple[str, float]]:
         """``top`` for one query, in one pass with the queries other threads ask meanwhile
         (serve/batcher.py)."""
-        return self._batched(query)
+        return self.batcher(query)
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
         """What is held of each product among ``ids`` (with its stored vector on request)."""

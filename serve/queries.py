@@ -80,7 +80,8 @@ class QueryEncoder:
         self.dim = self.encoder.dim
         self.weights: Mapping[str, float] = self.encoder.weights  # as stored: query-time weights rescale these
         # one encode at a time, each for every query asked meanwhile (serve/batcher.py)
-        self._batched: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES)
+        # concurrent queries' documents encoded in one call
+        self.batcher: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES)
 
     def text(self, query: str) -> np.ndarray:
         """The fused vector of a search text (fields other than the title's are zero)."""
@@ -97,7 +98,7 @@ class QueryEncoder:
         return vector
 
     def _encode(self, product: ProductEvent) -> np.ndarray:
-        return self._batched(product)
+        return self.batcher(product)
 
     def _encode_many(self, products: Sequence[ProductEvent]) -> list[np.ndarray | BaseException]:
         """One encoder call for the queries of concurrent requests; a query that cannot be

@@ -180,6 +180,14 @@ def test_health_readiness_metrics_docs(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'simstream_serve_request_seconds_bucket{endpoint="/v1/search",le="0.15",method="GET",status="2xx"}' in text
     assert 'endpoint="/v1/products/{product_id:path}"' in text
+    # how well the live queries and the query encoder were batched: the search above ran both
+    counted = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("simstream_serve_batch")}
+    for work in ("rank", "encode"):
+        assert counted[f'simstream_serve_batches_total{{work="{work}"}}'] >= 1, work
+        assert counted[f'simstream_serve_batch_items_total{{work="{work}"}}'] >= 1, work
+        assert counted[f'simstream_serve_batch_seconds_total{{work="{work}"}}'] > 0, work
+        assert f'simstream_serve_batch_gather_seconds_total{{work="{work}"}}' in counted
     paths = client.get("/openapi.json").json()["paths"]
     answers = {("get", "/v1/search"): "SearchBody", ("get", "/v1/products/{product_id}"): "ProductBody",
                ("get", "/v1/products/{product_id}/neighbors"): "RankingBody", ("get", "/v1/info"): "InfoBody",

@@ -32,6 +32,7 @@ def test_concurrent_items_go_together_and_each_gets_its_own_answer() -> None:
     assert got == [f"bad {x}" if x % 7 == 3 else x * 10 for x in range(64)]
     assert sum(sizes) == 64 and max(sizes) <= 8 and len(sizes) < 32  # batched, within the cap
     assert batcher.batches == len(sizes) and batcher.items == 64
+    assert 0.05 * len(sizes) <= batcher.run_s < 0.05 * len(sizes) + 5 and batcher.gathered_s >= 0
 
 
 def test_a_failed_batch_fails_every_caller_in_it_and_the_next_batch_runs() -> None:
