@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     # requests answered at once (worker threads); the others wait their turn in order (docs/serving.md).
     # As many as one pass ranks (serve/copy.py BATCH_QUERIES): with 16, a pass held 16 of 32 clients
     serve_threads: int = Field(64, ge=1, le=256)  # SIMSTREAM_SERVE_THREADS
+    # live-query passes over the copy that may run at once, each on its own core (serve/batcher.py);
+    # with more than one, SIMSTREAM_TORCH_THREADS=1 keeps each pass on one core (docs/serving.md)
+    serve_passes: int = Field(1, ge=1, le=64)  # SIMSTREAM_SERVE_PASSES
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     # The memory the in-memory index copies must fit in (index/budget.py); None: the cgroup limit

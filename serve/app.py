@@ -105,7 +105,7 @@ def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) ->
             raise
         log.warning("serve's in-memory copy does not fit; live queries go to Milvus", reason=str(exc)[:400])
         return None
-    return ServedCopy.build(milvus, segments, need.products)
+    return ServedCopy.build(milvus, segments, need.products, passes=settings.serve_passes)
 
 
 class Services:

@@ -1,5 +1,5 @@
 """Concurrent requests' work done together: one encoder call for many queries, one pass over the
-catalog for many rankings.
+catalog for many rankings (and, with ``max_batches`` > 1, several such batches at once).
 
 An exact scan reads every packed row once per pass whatever the number of queries in it (at 100k,
 1 query 42 ms, 64 queries 164 ms: bench/results/scan-100k-issue21.json), and a text model encodes
@@ -35,14 +35,18 @@ class MicroBatcher(Generic[T, R]):
     """``run(items)`` answers a list of items with a list of results (or exceptions, per item);
     ``__call__`` answers one item, batched with whatever other threads asked meanwhile."""
 
-    def __init__(self, run: Callable[[Sequence[T]], Sequence[R | BaseException]], max_items: int) -> None:
+    def __init__(self, run: Callable[[Sequence[T]], Sequence[R | BaseException]], max_items: int,
+                 max_batches: int = 1) -> None:
+        """``max_batches``: batches that may run at once (``run`` must then be thread-safe): each
+        runs on its own core where ``run`` releases the GIL (serve's passes: SIMSTREAM_SERVE_PASSES)."""
         self._run = run
         self.max_items = max_items
+        self.max_batches = max(1, max_batches)
         self._queue: list[tuple[T, Future[R]]] = []
         lock = threading.Lock()
         self._changed = threading.Condition(lock)  # a batch ended: guards the queue and ``_leading``
         self._arrived = threading.Condition(lock)  # an item was queued (what gathering waits for)
-        self._leading = False  # whether a caller is running a batch
+        self._leading = 0  # callers running (or gathering for) a batch now
         self._last_run_s = 0.0  # how long the last batch took: bounds the gathering before the next
         self._last_size = 0  # items in the last batch: callers the next one waits for
         self._waiting_at_end = 0  # items queued when the last batch ended: waited for besides those
@@ -60,19 +64,26 @@ class MicroBatcher(Generic[T, R]):
             self._arrived.notify()
         while not done.done():
             with self._changed:
-                while self._leading and not done.done():
+                # a turn: fewer batches running than allowed, and this item not taken by one of them
+                while (self._leading >= self.max_batches or done.running()) and not done.done():
                     self._changed.wait()
                 if done.done():
                     break
-                self._leading = True  # this caller runs everything queued meanwhile, its own item too
+                self._leading += 1  # this caller runs everything queued meanwhile, its own item too
                 self._gather()
                 batch, self._queue = self._queue[: self.max_items], self._queue[self.max_items:]
+                for _, taken in batch:
+                    taken.set_running_or_notify_cancel()
+                if not batch:  # another batch took them all (its own item too) while this one gathered
+                    self._leading -= 1
+                    self._changed.notify_all()
+                    continue
             try:
                 self._answer(batch)
             finally:
                 with self._changed:
                     self._waiting_at_end = len(self._queue)
-                    self._leading = False
+                    self._leading -= 1
                     self._changed.notify_all()
         return done.result()
 

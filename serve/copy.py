@@ -152,7 +152,8 @@ class FilterColumns:
 class ServedCopy:
     """The catalog as serve answers live queries from it; build with ``build``, keep with ``sync``."""
 
-    def __init__(self, dim: int, segments: Sequence[Segment] | None, capacity: int) -> None:
+    def __init__(self, dim: int, segments: Sequence[Segment] | None, capacity: int, passes: int = 1) -> None:
+        """``passes``: live-query passes that may run at once (SIMSTREAM_SERVE_PASSES)."""
         self.side = SideIndex(dim, capacity=capacity, segments=segments)
         self.columns = FilterColumns(self.side.capacity)
         self.products: dict[str, ServedProduct] = {}  # without vectors: cards, attributes, seeds
@@ -160,8 +161,8 @@ class ServedCopy:
         self.display = True  # whether the collection has display fields (attributes; rows.SERVING_FIELDS)
         self.synced_at = 0  # ``as_of``: every write Milvus showed at this time (ms) is applied
         self._syncs = 0
-        # concurrent live queries ranked in one pass (``top_one``)
-        self.batcher: MicroBatcher[LiveQuery, list[tuple[str, float]]] = MicroBatcher(self.top, BATCH_QUERIES)
+        # concurrent live queries ranked in one pass (``top_one``); ``passes`` of them at once
+        self.batcher: MicroBatcher[LiveQuery, list[tuple[str, float]]] = MicroBatcher(self.top, BATCH_QUERIES, passes)
 
     @classmethod
     def fits(cls, milvus: MilvusStore, segments: Sequence[Segment] | None,
@@ -174,11 +175,12 @@ class ServedCopy:
         return need
 
     @classmethod
-    def build(cls, milvus: MilvusStore, segments: Sequence[Segment] | None, products: int = 0) -> "ServedCopy":
+    def build(cls, milvus: MilvusStore, segments: Sequence[Segment] | None, products: int = 0,
+              passes: int = 1) -> "ServedCopy":
         """Every product Milvus holds, read page by page; ``as_of`` is when the reading began."""
         t0 = time.perf_counter()
         started = now_ms()
-        copy = cls(milvus.dim, segments, side_capacity(products))
+        copy = cls(milvus.dim, segments, side_capacity(products), passes)
         copy.display = milvus.products_display
         for page in milvus.iter_served(BUILD_PAGE_ROWS, with_vectors=True):
             copy.apply(page, ())

@@ -113,3 +113,57 @@ def test_gathering_waits_a_share_of_the_last_pass_at_most() -> None:
         assert first.result(5) == "a" and [f.result(5) for f in queued] == ["x1", "x2"]
     assert sizes == [1, 2]
     assert 1.0 + GATHER_SHARE - 0.05 <= starts[1] - starts[0] < 1.0 + GATHER_SHARE + 0.5  # the pass, then the share
+
+
+def test_several_batches_run_at_once_when_allowed_and_never_more() -> None:
+    """``max_batches`` 2: a caller arriving while a batch runs starts the next at once (both meet at
+    a barrier: with one batch at a time the barrier would time out); under 32 threads each caller
+    still gets its own answer and no more than ``max_batches`` run together."""
+    meet = threading.Barrier(2, timeout=5)
+
+    def run_meeting(items):
+        meet.wait()
+        return [x * 2 for x in items]
+
+    batcher = MicroBatcher(run_meeting, max_items=8, max_batches=2)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher, 1)
+        time.sleep(0.2)  # the first batch is at the barrier
+        assert batcher(2) == 4 and first.result(timeout=5) == 2
+
+    lock = threading.Lock()
+    running, most = 0, 0
+
+    def run(items):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return [x + 1000 for x in items]
+
+    batcher = MicroBatcher(run, max_items=4, max_batches=3)
+    with ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(batcher, range(300)))
+    assert got == [x + 1000 for x in range(300)]
+    assert 1 < most <= 3 and batcher.items == 300
+
+
+def test_one_batch_at_a_time_by_default() -> None:
+    meet = threading.Barrier(2, timeout=0.5)
+
+    def run(items):
+        meet.wait()  # a second batch never comes while this one runs
+        return items
+
+    batcher = MicroBatcher(run, max_items=8)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher, 1)
+        time.sleep(0.1)
+        second = pool.submit(batcher, 2)
+        with pytest.raises(threading.BrokenBarrierError):
+            first.result(timeout=5)
+        with pytest.raises(threading.BrokenBarrierError):
+            second.result(timeout=5)

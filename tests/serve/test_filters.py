@@ -158,3 +158,26 @@ def test_a_category_filter_sees_categories_that_appear_after_it_was_first_asked(
     assert sorted(pid for pid, _ in copy.top([LiveQuery(q, kitchen, 10)])[0]) == ["a", "c"]
     assert sorted(pid for pid, _ in copy.top([LiveQuery(q, not_home, 10)])[0]) == ["b", "d"]
     assert sorted(pid for pid, _ in copy.top([LiveQuery(q, acme, 10)])[0]) == ["a", "c"]
+
+
+def test_passes_at_once_answer_each_query_as_one_pass_alone_would() -> None:
+    """SIMSTREAM_SERVE_PASSES 3: concurrent live queries, ranked in up to three passes at once,
+    each get the same (id, score) list as the query ranked alone: exact, ties by id."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from simstream.index.rows import Display, ServedProduct
+    from simstream.serve.copy import LiveQuery, ServedCopy
+
+    rng = np.random.default_rng(3)
+    vectors = rng.integers(-3, 4, (400, 16)).astype(np.float32)  # many exact ties
+    brands = ["acme", "other", "third"]
+    copy = ServedCopy(16, None, 512, passes=3)
+    copy.apply([ServedProduct(f"p{i:03d}", 1, brands[i % 3], "Home", float(i), "m", 0, 0, Display(), vector=v)
+                for i, v in enumerate(vectors)], ())
+    queries = [LiveQuery(vectors[rng.integers(0, 400)] + rng.normal(0, 0.1, 16).astype(np.float32),
+                         Filters.build(brand=brands[j % 3]) if j % 2 else Filters.build(), 7) for j in range(96)]
+    alone = [copy.top([q])[0] for q in queries]
+    with ThreadPoolExecutor(24) as pool:
+        together = list(pool.map(copy.top_one, queries))
+    assert together == alone
+    assert copy.batcher.batches < len(queries)  # batched
