@@ -49,12 +49,12 @@ from simstream.index.budget import MemoryBudgetExceeded
 from simstream.index.control import ControlStore
 from simstream.index.milvus import MilvusStore, close_client, open_client
 from simstream.logs import get_logger
+from simstream.serve.batcher import MicroBatcher
 from simstream.serve.catalog import Catalog, NotFound
 from simstream.serve.copy import SYNC_BUSY_SHARE, ServedCopy
 from simstream.serve.filters import FilterError, Filters
 from simstream.serve.guard import BodyLimit, Deadline, Guard, Problem, ProblemBody, parse_api_keys, problem, problem_body
 from simstream.serve.images import LocalImages
-from simstream.serve.batcher import MicroBatcher
 from simstream.serve.metrics import ServeMetrics
 from simstream.serve.published import PublishedLists
 from simstream.serve.responses import (
