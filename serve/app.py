@@ -43,6 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from simstream import compute
 from simstream.errors import EncodeError, IndexUnavailable
 from simstream.generations import FIRST, ControlRecord, generation_settings
 from simstream.index.budget import MemoryBudgetExceeded
@@ -179,7 +180,7 @@ class Services:
                                       timeout_s=s.milvus_timeout_s))
         try:
             encoder = QueryEncoder(s)
-            encoder.encoder.warm_up()
+            encoder.warm_up()
             self._check_dim(encoder, milvus)
             copy = open_copy(s, milvus, encoder)
         except BaseException:
@@ -209,7 +210,7 @@ class Services:
             encoder = self.encoder
             if encoder is None:
                 encoder = QueryEncoder(self.settings)
-                encoder.encoder.warm_up()
+                encoder.warm_up()
             assert self.milvus is not None
             self._check_dim(encoder, self.milvus)
             self.current = Served(self.settings, self.milvus, encoder, open_copy(self.settings, self.milvus, encoder),
@@ -346,6 +347,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                encoder: QueryEncoder | None = None, client: Any | None = None) -> FastAPI:
     """The app; ``milvus`` / ``encoder`` given: use those (not closed here), else open them at start
     (through ``client``, an open client of SIMSTREAM_MILVUS_URI, when given: closed with the app)."""
+    compute.configure(settings.serve_passes)  # passes that may run at once, each on a compute thread
     services = Services(settings, milvus, encoder, client)
     metrics = ServeMetrics()
 

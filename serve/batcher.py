@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 __all__ = ["GATHER_SHARE", "MicroBatcher"]
 
@@ -36,10 +36,13 @@ class MicroBatcher(Generic[T, R]):
     ``__call__`` answers one item, batched with whatever other threads asked meanwhile."""
 
     def __init__(self, run: Callable[[Sequence[T]], Sequence[R | BaseException]], max_items: int,
-                 max_batches: int = 1) -> None:
+                 max_batches: int = 1, on: Callable[..., Any] | None = None) -> None:
         """``max_batches``: batches that may run at once (``run`` must then be thread-safe): each
-        runs on its own core where ``run`` releases the GIL (serve's passes: SIMSTREAM_SERVE_PASSES)."""
+        runs on its own core where ``run`` releases the GIL (serve's passes: SIMSTREAM_SERVE_PASSES).
+        ``on(run, items)``: where a batch runs (serve: ``simstream.compute.run``, torch's thread);
+        None: in the caller whose turn it is."""
         self._run = run
+        self._on = on
         self.max_items = max_items
         self.max_batches = max(1, max_batches)
         self._queue: list[tuple[T, Future[R]]] = []
@@ -107,7 +110,8 @@ class MicroBatcher(Generic[T, R]):
         self._last_size = len(batch)
         started = time.perf_counter()
         try:
-            results = self._run([item for item, _ in batch])
+            items = [item for item, _ in batch]
+            results = self._run(items) if self._on is None else self._on(self._run, items)
             if len(results) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} got {len(results)} results")
         except BaseException as exc:  # the whole batch failed: every caller gets the error

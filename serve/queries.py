@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from simstream import compute
 from simstream.encoders.fusion import ProductEncoder, text_of
 from simstream.limits import (
     MAX_BRAND_BYTES, MAX_CATEGORY_BYTES, MAX_CURRENCY_CHARS, MAX_DESCRIPTION_CHARS, MAX_ID_BYTES, MAX_IMAGE_URL_CHARS,
@@ -74,14 +75,19 @@ class QueryEncoder:
     batched across concurrent requests."""
 
     def __init__(self, settings: Settings) -> None:
-        self.encoder = ProductEncoder(settings)
+        self.encoder = compute.run(ProductEncoder, settings)  # torch's thread from the start (simstream.compute)
         self.layout: Mapping[str, slice] = self.encoder.layout
         self.model = self.encoder.model
         self.dim = self.encoder.dim
         self.weights: Mapping[str, float] = self.encoder.weights  # as stored: query-time weights rescale these
         # one encode at a time, each for every query asked meanwhile (serve/batcher.py)
         # concurrent queries' documents encoded in one call
-        self.batcher: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES)
+        self.batcher: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES,
+                                                                            on=compute.run)
+
+    def warm_up(self) -> None:
+        """One encode of each kind, so the first query does not pay for lazy set-up."""
+        compute.run(self.encoder.warm_up)
 
     def text(self, query: str) -> np.ndarray:
         """The fused vector of a search text (fields other than the title's are zero)."""

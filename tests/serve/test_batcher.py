@@ -167,3 +167,27 @@ def test_one_batch_at_a_time_by_default() -> None:
             first.result(timeout=5)
         with pytest.raises(threading.BrokenBarrierError):
             second.result(timeout=5)
+
+
+def test_a_copys_passes_run_on_the_compute_thread() -> None:
+    """serve ranks (and encodes) on simstream.compute's thread, not in whichever request thread
+    leads a batch: torch then keeps one OpenMP team (core/compute.py says why)."""
+    import numpy as np
+
+    from simstream import compute
+    from simstream.index.rows import Display, ServedProduct
+    from simstream.serve.copy import LiveQuery, ServedCopy
+    from simstream.serve.filters import Filters
+
+    copy = ServedCopy(4, None, 8)
+    copy.apply([ServedProduct("a", 1, "Acme", "Home", 5.0, "m", 0, 0, Display(), vector=np.ones(4, np.float32))], ())
+    seen: list[str] = []
+    search = copy.side.search_filtered
+
+    def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(threading.current_thread().name)
+        return search(*args, **kwargs)
+
+    copy.side.search_filtered = recorded  # type: ignore[method-assign]
+    assert [pid for pid, _ in copy.top_one(LiveQuery(np.ones(4, np.float32), Filters.build(), 5))] == ["a"]
+    assert seen and seen[0].startswith(compute.THREAD_PREFIX)

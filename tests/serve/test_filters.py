@@ -160,6 +160,29 @@ def test_a_category_filter_sees_categories_that_appear_after_it_was_first_asked(
     assert sorted(pid for pid, _ in copy.top([LiveQuery(q, acme, 10)])[0]) == ["a", "c"]
 
 
+def test_a_row_mask_computed_before_a_write_is_computed_again_in_the_pass() -> None:
+    """A caller computes its query's row mask before it waits for a pass; a sync applied in
+    between (here: b's brand changes to Acme) makes the pass compute it again, so b is found."""
+    from simstream.index.rows import Display, ServedProduct
+    from simstream.serve.copy import LiveQuery, ServedCopy
+
+    def product(pid: str, brand: str) -> ServedProduct:
+        return ServedProduct(pid, 1, brand, "Home", 5.0, "m", 0, 0, Display(), vector=np.ones(4, np.float32))
+
+    copy = ServedCopy(4, None, 8)
+    copy.apply([product("a", "Acme"), product("b", "Other")], ())
+    acme = LiveQuery(np.ones(4, np.float32), Filters.build(brand="acme"), 10)
+    assert [pid for pid, _ in copy.top_one(acme)] == ["a"]
+    batcher = copy.batcher
+
+    def written_meanwhile(item):  # type: ignore[no-untyped-def]
+        copy.apply([product("b", "Acme")], ())
+        return batcher(item)
+
+    copy.batcher = written_meanwhile  # type: ignore[assignment]
+    assert sorted(pid for pid, _ in copy.top_one(acme)) == ["a", "b"]
+
+
 def test_passes_at_once_answer_each_query_as_one_pass_alone_would() -> None:
     """SIMSTREAM_SERVE_PASSES 3: concurrent live queries, ranked in up to three passes at once,
     each get the same (id, score) list as the query ranked alone: exact, ties by id."""
