@@ -225,8 +225,9 @@ def test_a_catalog_that_outgrows_the_device_is_scanned_on_the_host(monkeypatch: 
 def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: pytest.MonkeyPatch, block_rows: int,
                                                                    subset_rows: int, resident: bool) -> None:
     """Per-query masks (serve's filters): the full pass with masks (subset_rows 0), the subset scan
-    of the allowed rows alone (every mask small enough), and both in one call; re-weighted queries
-    (off the i8 grid), rows held loose and an empty mask included."""
+    of the allowed rows alone (every mask small enough; queries with the same rows in one scan),
+    and both in one call; re-weighted queries (off the i8 grid), rows held loose and an empty mask
+    included."""
     from simstream.index import side as side_module
 
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
@@ -259,6 +260,11 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
         mask[[rows[ids[i]] for i in loose]] = True  # every query may return the loose rows
         masks.append(mask)
     masks[3] = None  # no filter
+    # queries whose filters leave the same rows as others' (one subset scan for them together),
+    # one of them off the grid
+    queries = np.concatenate([queries, x[[10, 11, 12]]])
+    queries[-1, 24:56] *= 0.6
+    masks += [masks[0].copy(), masks[4].copy(), masks[0].copy()]  # type: ignore[union-attr]
     for k in (1, 12, 60):
         got = side.search_filtered(queries, k, masks)
         for j, (q, row) in enumerate(zip(queries, got)):
