@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from simstream import retry
+from simstream import compute, retry
 from simstream.encoders.fusion import ProductEncoder
 from simstream.errors import IndexUnavailable
 from simstream.generations import CONTROL_POLL_S, FIRST, ControlRecord, Role, generation_settings
@@ -180,12 +180,12 @@ def build_worker(settings: Settings, *, base: Settings | None = None, tag: str =
                                     kwargs={"max_bytes": limit.bytes if limit else None,
                                             "timeout_s": settings.snapshot_fetch_timeout_s})
         download.start()
-    encoder = ProductEncoder(settings)
+    encoder = compute.in_own_thread(ProductEncoder, settings)  # no OpenMP team left on this thread
     if download is not None:
         download.join()
     ingest, refresher = build_steps(settings, encoder, wait_for_milvus=True, snapshot=snapshot)
     encoder = ingest.encoder
-    encoder.warm_up()
+    compute.in_own_thread(encoder.warm_up)  # the scans' thread keeps the only team (simstream.compute)
     log.info("encoders ready", model=encoder.model, dim=encoder.dim, device=str(encoder.text.device),
              weights=encoder.weights, generation=tag or "first", role=role)
     settle_heap()

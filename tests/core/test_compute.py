@@ -38,3 +38,20 @@ def test_an_error_reaches_the_caller_and_configure_sets_the_thread_count() -> No
             raise AssertionError("the error did not reach the caller")
     finally:
         compute.configure(1)
+
+
+def test_in_own_thread_runs_on_a_thread_that_has_ended_when_it_returns() -> None:
+    seen: list[threading.Thread] = []
+
+    def load(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x * 2
+
+    assert compute.in_own_thread(load, 21) == 42
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+    try:
+        compute.in_own_thread(lambda: 1 / 0)
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("the error did not reach the caller")
