@@ -16,7 +16,6 @@ applies its own writes to it and keeps it in step with other writers (docs/exact
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import weakref
 from collections import deque
@@ -550,16 +549,13 @@ class SideIndex:
         n = len(self._ids)
         out: list[list[tuple[str, float]] | None] = [None] * len(q)
         wide: list[int] = []
-        subsets: dict[bytes, tuple[np.ndarray, list[int]]] = {}  # queries with the same rows scan them once
+        subsets: dict[bytes, tuple[np.ndarray, list[int]]] = {}  # by the rows' bytes: the same rows scan once
         for j, mask in enumerate(allowed):
             if mask is not None:
                 rows = np.flatnonzero(mask[:n] & self._live[:n])
                 if len(rows) <= min(SUBSET_ROWS, n // SUBSET_SHARE):
                     if len(rows):
-                        key = hashlib.blake2b(rows.tobytes(), digest_size=16).digest()
-                        if key in subsets and not np.array_equal(subsets[key][0], rows):
-                            key += j.to_bytes(8, "little")  # a collision: its own scan
-                        subsets.setdefault(key, (rows, []))[1].append(j)
+                        subsets.setdefault(rows.tobytes(), (rows, []))[1].append(j)
                     else:
                         out[j] = []
                     continue
