@@ -45,6 +45,7 @@ def configure(threads: int) -> None:
 
 
 def on_compute_thread() -> bool:
+    """Whether the caller is a compute thread (``run`` then calls in place)."""
     return threading.current_thread().name.startswith(THREAD_PREFIX)
 
 
@@ -63,18 +64,5 @@ def run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
 def in_own_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """``fn(*args, **kwargs)`` on a new thread that ends when it returns (the caller waits), so
     the OpenMP team it starts ends too: for one-off torch work (loading, warming up models)."""
-    box: list[R] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box.append(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name="simstream-load")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return box[0]
+    with ThreadPoolExecutor(1, thread_name_prefix="simstream-load") as once:  # leaving joins the thread
+        return once.submit(fn, *args, **kwargs).result()
