@@ -83,6 +83,21 @@ class FieldShares:
         return [{f: v for f, v, has in zip(names, row, held) if has}
                 for row, held in zip(shares.tolist(), present.tolist())]
 
+    def pairs(self, queries: np.ndarray, rows: np.ndarray) -> list[dict[str, float]]:
+        """``contributions`` of each ``queries[i]`` with ``rows[i]`` (both float32, n x dim), in a
+        few array operations for all pairs (serve's pass: every query's hits at once, instead of
+        a dozen small numpy calls per request). Sums in float64 (``of`` sums in float32: the two
+        may differ in the last decimal)."""
+        if not self.fields or not len(rows):
+            return [{} for _ in range(len(rows))]
+        products = np.multiply(queries[:, : self.stop], rows[:, : self.stop], dtype=np.float64)
+        shares = np.round(np.add.reduceat(products, self.starts, axis=1)[:, self.pick], SCORE_DECIMALS)
+        both = (np.logical_or.reduceat(queries[:, : self.stop] != 0, self.starts, axis=1)
+                & np.logical_or.reduceat(rows[:, : self.stop] != 0, self.starts, axis=1))[:, self.pick]
+        names = [f for f, _ in self.fields]
+        return [{f: v for f, v, has in zip(names, row, held) if has}
+                for row, held in zip(shares.tolist(), both.tolist())]
+
 
 @dataclass(frozen=True, slots=True)
 class Change:

@@ -2,9 +2,9 @@
 live query (neighbours with filters, search, by example, recommend) as exact ranked pages
 (``serve/ranking.py``); plain dicts out, ready to be JSON; never writes.
 
-Every neighbour carries its per-field contributions (``index.neighbours.contributions``: the
+Every neighbour carries its per-field contributions (``index.neighbours.FieldShares``: the
 shares of the fused dot product with the query vector actually ranked, re-weighted or combined,
-summing to the score).
+summing to the score); a live ranking's are computed in its pass, for every query in it at once.
 
 ``GET /v1/products/{id}/neighbors`` answers from the list as last published whenever that is exact:
 with filters, the published entries that pass them are the exact filtered top-k as of
@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from simstream.index.milvus import MilvusStore
-from simstream.index.neighbours import contributions
+from simstream.index.neighbours import FieldShares
 from simstream.index.rows import ServedProduct, brand_key
 from simstream.index.exact import SCORE_DECIMALS
 from simstream.limits import MAX_ID_BYTES
@@ -89,6 +89,7 @@ class Catalog:
         self.live = live
         self.encoder = encoder
         self.layout = dict(encoder.layout)
+        self.shares = FieldShares(self.layout)  # each live hit's per-field contributions, computed in its pass
         self.stored_weights: Mapping[str, float] = getattr(encoder, "weights", {})
         self.max_k = max_k
         self.top_k = top_k
@@ -182,19 +183,17 @@ class Catalog:
         if o.weights and not self.stored_weights:
             raise FilterError("weights: this encoder does not say how its fields are weighted")
         vector = reweigh(vector, self.layout, self.stored_weights, o.weights)
-        ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude)
-        return self._view(vector, ranked, page, cursor_key, filters, o)
+        ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude, shares=self.shares)
+        return self._view(ranked, page, cursor_key, filters, o)
 
-    def _view(self, vector: np.ndarray, ranked: Ranked, page: Page, key: bytes, filters: Filters,
-              o: QueryOptions) -> dict[str, Any]:
-        products = self.live.served((pid for pid, _ in ranked.hits), with_vectors=True)
-        hits = [(pid, s) for pid, s in ranked.hits if pid in products]  # deleted between ranking and reading
-        fields = contributions(vector, [products[pid].vector for pid, _ in hits], self.layout)
+    def _view(self, ranked: Ranked, page: Page, key: bytes, filters: Filters, o: QueryOptions) -> dict[str, Any]:
+        products = self.live.served(h.product_id for h in ranked.hits)
+        hits = [h for h in ranked.hits if h.product_id in products]  # deleted between ranking and reading
         out: dict[str, Any] = {
             "source": "live", "index": ranked.source, "as_of": ranked.as_of, "model": self.encoder.model,
             "filters": filters.view(),
-            "neighbors": [{"product_id": pid, "score": round(s, SCORE_DECIMALS), "fields": f,
-                           "product": card(products[pid])} for (pid, s), f in zip(hits, fields)],
+            "neighbors": [{"product_id": h.product_id, "score": round(h.score, SCORE_DECIMALS), "fields": h.fields or {},
+                           "product": card(products[h.product_id])} for h in hits],
             "next_cursor": encode_cursor(page.offset + page.k, key) if ranked.more else None,
         }
         if o.weights:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import fasteners
 import numpy as np
@@ -31,6 +31,7 @@ from simstream import compute
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
 from simstream.index.budget import BUILD_PAGE_ROWS, Footprint, check_fits, side_capacity
 from simstream.index.milvus import MilvusStore
+from simstream.index.neighbours import FieldShares
 from simstream.index.rows import ServedProduct, StoredProduct, brand_key, category_key
 from simstream.index.side import SideIndex
 from simstream.logs import get_logger
@@ -39,7 +40,8 @@ from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "PASSING_KEPT", "NO_VECTOR", "LiveQuery", "FilterColumns", "ServedCopy"]
+__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "PASSING_KEPT", "NO_VECTOR", "Hit", "LiveQuery",
+           "FilterColumns", "ServedCopy"]
 
 log = get_logger(__name__)
 RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
@@ -57,14 +59,25 @@ class _Masked:
     mask: np.ndarray | None
 
 
+class Hit(NamedTuple):
+    """A ranked product: its id, its float32 score, and its per-field contributions when the
+    query asked for them (``LiveQuery.shares``), else None."""
+
+    product_id: str
+    score: float
+    fields: dict[str, float] | None = None
+
+
 @dataclass(frozen=True)
 class LiveQuery:
-    """One exact top-``limit`` question: a query vector, absolute filters (exclusions included)."""
+    """One exact top-``limit`` question: a query vector, absolute filters (exclusions included),
+    and ``shares``: the field layout each hit's contributions are computed over (None: none)."""
 
     vector: np.ndarray
     filters: Filters
     limit: int
     exclude: frozenset[str] = field(default_factory=frozenset)  # besides ``filters.exclude``
+    shares: FieldShares | None = None
 
 
 def _one_of(column: np.ndarray, codes: list[int], known: int) -> np.ndarray:
@@ -172,7 +185,7 @@ class ServedCopy:
         self._syncs = 0
         self._writes = 0  # ``apply`` calls that changed something: a row mask computed before one is stale
         # concurrent live queries ranked in one pass (``top_one``); ``passes`` of them at once
-        self.batcher: MicroBatcher[tuple[LiveQuery, _Masked], list[tuple[str, float]]] = MicroBatcher(
+        self.batcher: MicroBatcher[tuple[LiveQuery, _Masked], list[Hit]] = MicroBatcher(
             self._top, BATCH_QUERIES, passes, on=compute.run)
 
     @classmethod
@@ -262,12 +275,12 @@ class ServedCopy:
             mask[list(self.side.rows_of(left_out).values())] = False
         return mask
 
-    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]:
-        """Each query's exact top-``limit`` (id, float32 score) among the products its filters
-        allow, best first (index/exact.py's ranking), in one pass for all of them."""
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[Hit]]:
+        """Each query's exact top-``limit`` (id, float32 score, contributions) among the products
+        its filters allow, best first (index/exact.py's ranking), in one pass for all of them."""
         return self._top([(q, None) for q in queries])
 
-    def _top(self, items: Sequence[tuple[LiveQuery, _Masked | None]]) -> list[list[tuple[str, float]]]:
+    def _top(self, items: Sequence[tuple[LiveQuery, _Masked | None]]) -> list[list[Hit]]:
         """``top``, each query with the mask its caller computed, where no write came since."""
         if not items:
             return []
@@ -285,9 +298,28 @@ class ServedCopy:
                                                  [masks[i] for i in members])
                 for i, h in zip(members, hits):
                     out[i] = h
-        return out
+            return self._with_fields(queries, out)
 
-    def top_one(self, query: LiveQuery) -> list[tuple[str, float]]:
+    def _with_fields(self, queries: Sequence[LiveQuery], hits: list[list[tuple[str, float]]]) -> list[list[Hit]]:
+        """``hits`` with each one's contributions where its query asked (``LiveQuery.shares``),
+        for the whole pass at once: the hits' rows decoded in one read, the shares in a few array
+        operations (per request, the decode and the shares were dozens of small numpy calls, each
+        letting go of the GIL and waiting to take it back). Under the read lock."""
+        by_layout: dict[FieldShares, list[int]] = {}
+        for i, q in enumerate(queries):
+            if q.shares is not None and hits[i]:
+                by_layout.setdefault(q.shares, []).append(i)
+        fields: dict[int, list[dict[str, float]]] = {}
+        for shares, members in by_layout.items():
+            ids = [pid for i in members for pid, _ in hits[i]]
+            vectors = np.repeat(np.stack([queries[i].vector for i in members]), [len(hits[i]) for i in members], axis=0)
+            got = iter(shares.pairs(vectors, self.side.decoded(ids)))
+            for i in members:
+                fields[i] = [next(got) for _ in hits[i]]
+        return [[Hit(pid, score, fields[i][n] if i in fields else None) for n, (pid, score) in enumerate(h)]
+                for i, h in enumerate(hits)]
+
+    def top_one(self, query: LiveQuery) -> list[Hit]:
         """``top`` for one query, in one pass with the queries other threads ask meanwhile
         (serve/batcher.py). The caller computes its own row mask first: the pass's thread would
         otherwise compute every caller's, and each of those numpy steps lets go of the GIL and

@@ -28,9 +28,9 @@ import orjson
 from simstream.clock import now_ms
 from simstream.index.exact import rank_key
 from simstream.index.milvus import MilvusStore
-from simstream.index.neighbours import TIE_MARGIN
+from simstream.index.neighbours import TIE_MARGIN, FieldShares
 from simstream.index.rows import ServedProduct, brand_key
-from simstream.serve.copy import LiveQuery, ServedCopy
+from simstream.serve.copy import Hit, LiveQuery, ServedCopy
 from simstream.serve.filters import FilterError, Filters
 
 __all__ = ["Conflict", "MILVUS_MAX_LIMIT", "DIVERSITY_GROWTH", "LiveIndex", "MilvusLive", "CopyLive", "Page", "Ranked",
@@ -52,7 +52,7 @@ class LiveIndex(Protocol):
 
     def as_of(self) -> int: ...
 
-    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]: ...
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[Hit]]: ...
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]: ...
 
@@ -68,7 +68,7 @@ class CopyLive:
     def as_of(self) -> int:
         return self.copy.synced_at
 
-    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]:
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[Hit]]:
         if not self.copy.display and any(q.filters.attributes for q in queries):
             raise Conflict("this products collection predates display fields: attr filters need it "
                            "(re-ingest into a new SIMSTREAM_COLLECTION)")
@@ -91,7 +91,7 @@ class MilvusLive:
     def as_of(self) -> int:
         return now_ms()  # a Strong search sees every write acknowledged before it
 
-    def top(self, queries: Sequence[LiveQuery]) -> list[list[tuple[str, float]]]:
+    def top(self, queries: Sequence[LiveQuery]) -> list[list[Hit]]:
         out = []
         for q in queries:
             if q.filters.needs_display and not self.milvus.products_display:
@@ -99,8 +99,10 @@ class MilvusLive:
                                  "filters need it (re-ingest into a new SIMSTREAM_COLLECTION)")
             expr = q.filters.expression(q.exclude)
             hits = self.milvus.search_served(q.vector, min(q.limit + TIE_MARGIN, MILVUS_MAX_LIMIT), expr)
-            scored = sorted(((float(h.vector @ q.vector), h.product_id) for h in hits), key=lambda t: rank_key(*t))
-            out.append([(pid, s) for s, pid in scored[: q.limit]])
+            scored = sorted(((float(h.vector @ q.vector), h.product_id, h.vector) for h in hits),
+                            key=lambda t: rank_key(t[0], t[1]))[: q.limit]
+            fields = q.shares.of(q.vector, np.stack([v for _, _, v in scored])) if q.shares and scored else None
+            out.append([Hit(pid, s, fields[n] if fields else None) for n, (s, pid, _) in enumerate(scored)])
         return out
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
@@ -121,7 +123,7 @@ class Page:
 class Ranked:
     """A page of a ranking: (id, score) best first; ``more``: whether a next page has products."""
 
-    hits: list[tuple[str, float]]
+    hits: list[Hit]
     more: bool
     as_of: int
     source: str
@@ -142,22 +144,23 @@ def diverse(items: Sequence[T], brand_of: Callable[[T], str], cap: int) -> list[
 
 
 def rank(index: LiveIndex, vector: np.ndarray, filters: Filters, page: Page, *, max_k: int,
-         exclude: Iterable[str] = ()) -> Ranked:
-    """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow."""
+         exclude: Iterable[str] = (), shares: FieldShares | None = None) -> Ranked:
+    """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow, each
+    hit with its per-field contributions when ``shares`` (the field layout) is given."""
     want = page.offset + page.k + 1  # one more: whether there is a next page (want <= max_k + 1)
     limit = want
     as_of = index.as_of()
     vector, left_out = np.asarray(vector, np.float32), frozenset(exclude)
     while True:
-        hits = index.top([LiveQuery(vector, filters, limit, left_out)])[0]
+        hits = index.top([LiveQuery(vector, filters, limit, left_out, shares)])[0]
         complete = len(hits) < limit  # the whole filtered catalog was ranked
         if page.min_score is not None:
-            kept = [h for h in hits if h[1] >= page.min_score]
+            kept = [h for h in hits if h.score >= page.min_score]
             complete = complete or len(kept) < len(hits)
             hits = kept
         if page.per_brand is not None:
-            brands = {pid: brand_key(p.brand) for pid, p in index.served(pid for pid, _ in hits).items()}
-            hits = diverse(hits, lambda h: brands.get(h[0], ""), page.per_brand)
+            brands = {pid: brand_key(p.brand) for pid, p in index.served(h.product_id for h in hits).items()}
+            hits = diverse(hits, lambda h: brands.get(h.product_id, ""), page.per_brand)
         if len(hits) >= want or complete or limit >= MILVUS_MAX_LIMIT:
             break
         limit = min(limit * DIVERSITY_GROWTH, MILVUS_MAX_LIMIT)

@@ -264,3 +264,23 @@ def test_the_side_index_holds_each_rows_list_boundary(tmp_path) -> None:
     assert bars == {"x": np.inf, "y": np.inf, "z": np.inf}
     store.close()
 
+
+
+def test_field_shares_of_pairs_are_each_pairs_own_contributions() -> None:
+    """``FieldShares.pairs`` (serve's pass: every query's hits at once) gives each (query, row)
+    pair the contributions ``contributions`` gives it alone: the same fields (a field missing
+    from either side has no share) and the same shares to rounding."""
+    from simstream.index.neighbours import FieldShares, contributions
+
+    layout = {"text": slice(0, 6), "brand": slice(6, 9), "price": slice(10, 12)}  # column 9 in no field
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(40, 12)).astype(np.float32)
+    rows = rng.normal(size=(40, 12)).astype(np.float32)
+    queries[::3, 6:9] = 0  # some queries hold no brand
+    rows[::4, 10:12] = 0  # some rows no price
+    got = FieldShares(layout).pairs(queries, rows)
+    for q, r, fields in zip(queries, rows, got):
+        alone = contributions(q, [r], layout)[0]
+        assert fields.keys() == alone.keys()
+        assert all(abs(fields[f] - alone[f]) <= 2e-6 for f in fields), (fields, alone)
+    assert FieldShares(layout).pairs(queries[:0], rows[:0]) == []

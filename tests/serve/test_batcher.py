@@ -189,5 +189,5 @@ def test_a_copys_passes_run_on_the_compute_thread() -> None:
         return search(*args, **kwargs)
 
     copy.side.search_filtered = recorded  # type: ignore[method-assign]
-    assert [pid for pid, _ in copy.top_one(LiveQuery(np.ones(4, np.float32), Filters.build(), 5))] == ["a"]
+    assert [pid for pid, *_ in copy.top_one(LiveQuery(np.ones(4, np.float32), Filters.build(), 5))] == ["a"]
     assert seen and seen[0].startswith(compute.THREAD_PREFIX)

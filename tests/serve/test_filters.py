@@ -132,7 +132,7 @@ def test_milvus_expression_copy_mask_and_predicate_select_the_same_products(host
              Filters.build(brand="nobody", brand_not="nobody")]
     for f in cases:
         by_milvus = {r.product_id for r in hostile_store.search_served(q, 100, f.expression())}
-        by_copy = {pid for pid, _ in copy.top([LiveQuery(q, f, 100)])[0]}
+        by_copy = {pid for pid, *_ in copy.top([LiveQuery(q, f, 100)])[0]}
         by_predicate = {pid for pid, p in everyone.items() if f.matches(p)}
         assert by_milvus == by_copy == by_predicate, f
         assert by_milvus or f.brand == ("nobody",), f  # every case but the last selects something
@@ -152,12 +152,12 @@ def test_a_category_filter_sees_categories_that_appear_after_it_was_first_asked(
     q = np.ones(4, np.float32)
     kitchen, acme = Filters.build(category="home"), Filters.build(brand="acme")
     not_home = Filters.build(category_not="home")
-    assert [pid for pid, _ in copy.top([LiveQuery(q, kitchen, 10)])[0]] == ["a"]
-    assert [pid for pid, _ in copy.top([LiveQuery(q, not_home, 10)])[0]] == ["b"]
+    assert [pid for pid, *_ in copy.top([LiveQuery(q, kitchen, 10)])[0]] == ["a"]
+    assert [pid for pid, *_ in copy.top([LiveQuery(q, not_home, 10)])[0]] == ["b"]
     copy.apply([product("c", "ACME", "Home > Bath"), product("d", "New", "Toys")], ())
-    assert sorted(pid for pid, _ in copy.top([LiveQuery(q, kitchen, 10)])[0]) == ["a", "c"]
-    assert sorted(pid for pid, _ in copy.top([LiveQuery(q, not_home, 10)])[0]) == ["b", "d"]
-    assert sorted(pid for pid, _ in copy.top([LiveQuery(q, acme, 10)])[0]) == ["a", "c"]
+    assert sorted(pid for pid, *_ in copy.top([LiveQuery(q, kitchen, 10)])[0]) == ["a", "c"]
+    assert sorted(pid for pid, *_ in copy.top([LiveQuery(q, not_home, 10)])[0]) == ["b", "d"]
+    assert sorted(pid for pid, *_ in copy.top([LiveQuery(q, acme, 10)])[0]) == ["a", "c"]
 
 
 def test_a_row_mask_computed_before_a_write_is_computed_again_in_the_pass() -> None:
@@ -172,7 +172,7 @@ def test_a_row_mask_computed_before_a_write_is_computed_again_in_the_pass() -> N
     copy = ServedCopy(4, None, 8)
     copy.apply([product("a", "Acme"), product("b", "Other")], ())
     acme = LiveQuery(np.ones(4, np.float32), Filters.build(brand="acme"), 10)
-    assert [pid for pid, _ in copy.top_one(acme)] == ["a"]
+    assert [pid for pid, *_ in copy.top_one(acme)] == ["a"]
     batcher = copy.batcher
 
     def written_meanwhile(item):  # type: ignore[no-untyped-def]
@@ -180,7 +180,7 @@ def test_a_row_mask_computed_before_a_write_is_computed_again_in_the_pass() -> N
         return batcher(item)
 
     copy.batcher = written_meanwhile  # type: ignore[assignment]
-    assert sorted(pid for pid, _ in copy.top_one(acme)) == ["a", "b"]
+    assert sorted(pid for pid, *_ in copy.top_one(acme)) == ["a", "b"]
 
 
 def test_passes_at_once_answer_each_query_as_one_pass_alone_would() -> None:
@@ -204,3 +204,35 @@ def test_passes_at_once_answer_each_query_as_one_pass_alone_would() -> None:
         together = list(pool.map(copy.top_one, queries))
     assert together == alone
     assert copy.batcher.batches < len(queries)  # batched
+
+
+def test_a_pass_gives_each_hit_its_contributions_when_its_query_asks() -> None:
+    """Hits of a query carrying a field layout have each one's per-field contributions (its
+    stored vector with the query vector, summing to the score), computed in the pass; hits of a
+    query without one have none. Two queries in one pass: each gets its own."""
+    from simstream.index.neighbours import FieldShares, contributions
+    from simstream.index.rows import Display, ServedProduct
+    from simstream.serve.copy import LiveQuery, ServedCopy
+
+    layout = {"text": slice(0, 4), "brand": slice(4, 6)}
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(30, 6)).astype(np.float32)
+    vectors[::5, 4:6] = 0  # some products without a brand segment
+    copy = ServedCopy(6, None, 32)
+    copy.apply([ServedProduct(f"p{i:02d}", 1, "acme", "Home", 1.0, "m", 0, 0, Display(), vector=v)
+                for i, v in enumerate(vectors)], ())
+    stored = dict(zip((f"p{i:02d}" for i in range(30)), vectors))
+    shares = FieldShares(layout)
+    qa, qb = rng.normal(size=(2, 6)).astype(np.float32)
+    got_a, got_b, plain = copy.top([LiveQuery(qa, Filters.build(), 8, shares=shares),
+                                    LiveQuery(qb, Filters.build(), 5, shares=shares),
+                                    LiveQuery(qa, Filters.build(), 8)])
+    assert [h.product_id for h in got_a] == [h.product_id for h in plain] and len(got_b) == 5
+    assert all(h.fields is None for h in plain)
+    for q, hits in ((qa, got_a), (qb, got_b)):
+        for h in hits:
+            alone = contributions(q, [stored[h.product_id]], layout)[0]
+            assert h.fields is not None and h.fields.keys() == alone.keys()
+            assert all(abs(h.fields[f] - alone[f]) <= 2e-6 for f in alone)
+            assert abs(sum(h.fields.values()) - h.score) < 1e-5
+    assert any("brand" not in h.fields for h in got_a + got_b if h.fields is not None)  # a row without one
