@@ -40,7 +40,7 @@ from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
 from simstream.vector_codec import Segment, bytes_per_row
 
-__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "PASSING_KEPT", "NO_VECTOR", "Hit", "LiveQuery",
+__all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "PASSING_KEPT", "FIELDS_PAIRS", "NO_VECTOR", "Hit", "LiveQuery",
            "FilterColumns", "ServedCopy"]
 
 log = get_logger(__name__)
@@ -48,6 +48,7 @@ RECONCILE_EVERY = 60  # syncs between two count checks against Milvus
 SYNC_BUSY_SHARE = 0.2  # the share of the time syncing may take: a slower sync waits longer for the next
 BATCH_QUERIES = 64  # queries of concurrent requests ranked in one pass at most
 PASSING_KEPT = 1_024  # category filters whose passing codes are remembered (FilterColumns)
+FIELDS_PAIRS = 1_024  # (query, hit) pairs whose contributions are computed at once: ~25 MiB of float64
 NO_VECTOR = np.zeros(0, np.float32)  # a held product's vector: its row in the side index
 
 
@@ -71,13 +72,15 @@ class Hit(NamedTuple):
 @dataclass(frozen=True)
 class LiveQuery:
     """One exact top-``limit`` question: a query vector, absolute filters (exclusions included),
-    and ``shares``: the field layout each hit's contributions are computed over (None: none)."""
+    and ``shares``: the field layout the contributions of its first ``fields_for`` hits (None:
+    every hit) are computed over (None: no contributions)."""
 
     vector: np.ndarray
     filters: Filters
     limit: int
     exclude: frozenset[str] = field(default_factory=frozenset)  # besides ``filters.exclude``
     shares: FieldShares | None = None
+    fields_for: int | None = None
 
 
 def _one_of(column: np.ndarray, codes: list[int], known: int) -> np.ndarray:
@@ -305,19 +308,19 @@ class ServedCopy:
         for the whole pass at once: the hits' rows decoded in one read, the shares in a few array
         operations (per request, the decode and the shares were dozens of small numpy calls, each
         letting go of the GIL and waiting to take it back). Under the read lock."""
-        by_layout: dict[FieldShares, list[int]] = {}
+        pairs: dict[FieldShares, list[tuple[int, int]]] = {}  # by layout: (query, hit number)
         for i, q in enumerate(queries):
-            if q.shares is not None and hits[i]:
-                by_layout.setdefault(q.shares, []).append(i)
-        fields: dict[int, list[dict[str, float]]] = {}
-        for shares, members in by_layout.items():
-            ids = [pid for i in members for pid, _ in hits[i]]
-            vectors = np.repeat(np.stack([queries[i].vector for i in members]), [len(hits[i]) for i in members], axis=0)
-            got = iter(shares.pairs(vectors, self.side.decoded(ids)))
-            for i in members:
-                fields[i] = [next(got) for _ in hits[i]]
-        return [[Hit(pid, score, fields[i][n] if i in fields else None) for n, (pid, score) in enumerate(h)]
-                for i, h in enumerate(hits)]
+            if q.shares is not None:
+                count = len(hits[i]) if q.fields_for is None else min(len(hits[i]), q.fields_for)
+                pairs.setdefault(q.shares, []).extend((i, n) for n in range(count))
+        fields: dict[tuple[int, int], dict[str, float]] = {}
+        for shares, todo in pairs.items():
+            for start in range(0, len(todo), FIELDS_PAIRS):  # bounded memory: deep pages, per_brand's widening
+                part = todo[start:start + FIELDS_PAIRS]
+                rows = self.side.decoded([hits[i][n][0] for i, n in part])
+                vectors = np.stack([queries[i].vector for i, _ in part])
+                fields.update(zip(part, shares.pairs(vectors, rows)))
+        return [[Hit(pid, score, fields.get((i, n))) for n, (pid, score) in enumerate(h)] for i, h in enumerate(hits)]
 
     def top_one(self, query: LiveQuery) -> list[Hit]:
         """``top`` for one query, in one pass with the queries other threads ask meanwhile

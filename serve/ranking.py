@@ -101,8 +101,9 @@ class MilvusLive:
             hits = self.milvus.search_served(q.vector, min(q.limit + TIE_MARGIN, MILVUS_MAX_LIMIT), expr)
             scored = sorted(((float(h.vector @ q.vector), h.product_id, h.vector) for h in hits),
                             key=lambda t: rank_key(t[0], t[1]))[: q.limit]
-            fields = q.shares.of(q.vector, np.stack([v for _, _, v in scored])) if q.shares and scored else None
-            out.append([Hit(pid, s, fields[n] if fields else None) for n, (s, pid, _) in enumerate(scored)])
+            count = 0 if q.shares is None else len(scored) if q.fields_for is None else min(len(scored), q.fields_for)
+            fields = q.shares.of(q.vector, np.stack([v for _, _, v in scored[:count]])) if q.shares and count else []
+            out.append([Hit(pid, s, fields[n] if n < count else None) for n, (s, pid, _) in enumerate(scored)])
         return out
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
@@ -145,14 +146,15 @@ def diverse(items: Sequence[T], brand_of: Callable[[T], str], cap: int) -> list[
 
 def rank(index: LiveIndex, vector: np.ndarray, filters: Filters, page: Page, *, max_k: int,
          exclude: Iterable[str] = (), shares: FieldShares | None = None) -> Ranked:
-    """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow, each
-    hit with its per-field contributions when ``shares`` (the field layout) is given."""
+    """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow. With
+    ``shares`` (the field layout), the ranking's first ``offset + k`` hits come with their
+    per-field contributions (a page that ``per_brand`` reads deeper for may hold hits without)."""
     want = page.offset + page.k + 1  # one more: whether there is a next page (want <= max_k + 1)
     limit = want
     as_of = index.as_of()
     vector, left_out = np.asarray(vector, np.float32), frozenset(exclude)
     while True:
-        hits = index.top([LiveQuery(vector, filters, limit, left_out, shares)])[0]
+        hits = index.top([LiveQuery(vector, filters, limit, left_out, shares, page.offset + page.k)])[0]
         complete = len(hits) < limit  # the whole filtered catalog was ranked
         if page.min_score is not None:
             kept = [h for h in hits if h.score >= page.min_score]

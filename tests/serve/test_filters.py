@@ -206,13 +206,18 @@ def test_passes_at_once_answer_each_query_as_one_pass_alone_would() -> None:
     assert copy.batcher.batches < len(queries)  # batched
 
 
-def test_a_pass_gives_each_hit_its_contributions_when_its_query_asks() -> None:
+@pytest.mark.parametrize("pairs_at_once", [1_024, 3])
+def test_a_pass_gives_each_hit_its_contributions_when_its_query_asks(pairs_at_once: int, monkeypatch) -> None:
     """Hits of a query carrying a field layout have each one's per-field contributions (its
     stored vector with the query vector, summing to the score), computed in the pass; hits of a
-    query without one have none. Two queries in one pass: each gets its own."""
+    query without one have none. Two queries in one pass: each gets its own (also when the pairs
+    are computed a few at a time, ``FIELDS_PAIRS``)."""
     from simstream.index.neighbours import FieldShares, contributions
     from simstream.index.rows import Display, ServedProduct
+    from simstream.serve import copy as copy_module
     from simstream.serve.copy import LiveQuery, ServedCopy
+
+    monkeypatch.setattr(copy_module, "FIELDS_PAIRS", pairs_at_once)
 
     layout = {"text": slice(0, 4), "brand": slice(4, 6)}
     rng = np.random.default_rng(5)
@@ -236,3 +241,7 @@ def test_a_pass_gives_each_hit_its_contributions_when_its_query_asks() -> None:
             assert all(abs(h.fields[f] - alone[f]) <= 2e-6 for f in alone)
             assert abs(sum(h.fields.values()) - h.score) < 1e-5
     assert any("brand" not in h.fields for h in got_a + got_b if h.fields is not None)  # a row without one
+    # contributions for the first fields_for hits only (a page's), the rest without
+    first3 = copy.top([LiveQuery(qa, Filters.build(), 8, shares=shares, fields_for=3)])[0]
+    assert [h.fields for h in first3[:3]] == [h.fields for h in got_a[:3]]
+    assert all(h.fields is None for h in first3[3:]) and len(first3) == 8

@@ -216,6 +216,10 @@ def test_min_score_per_brand_and_cursor_pages(api: TestClient, catalog) -> None:
                 want.append(pid)
         body = api.get("/v1/search", params={"q": "steel bottle", "k": "6", "per_brand": str(cap)}).json()
         assert ids(body) == want[:6], cap
+        # hits read deeper than the page (per_brand skipped some) have their contributions too
+        assert [pid for pid, _ in ranking].index(want[5]) >= 6, "per_brand skipped nothing: test the deeper path"
+        for n in body["neighbors"]:
+            assert n["fields"] and math.isclose(sum(n["fields"].values()), n["score"], abs_tol=1e-4), n
 
 
 def test_published_list_filtered_first_then_live(client: TestClient, catalog) -> None:
