@@ -14,7 +14,6 @@ with fewer, or with weights or a cursor, it answers live and says why (``fallbac
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote as url_quote
 
@@ -191,19 +190,17 @@ class Catalog:
               o: QueryOptions) -> dict[str, Any]:
         """The page as the API shows it. Contributions come with the hits from their pass; a hit
         without (``per_brand`` read deeper than the page) gets them here, from its stored vector."""
-        deeper = [h.product_id for h in ranked.hits if h.fields is None]
         products = self.live.served(h.product_id for h in ranked.hits if h.fields is not None)
-        if deeper:
-            products |= self.live.served(deeper, with_vectors=True)
-            fields = dict(zip(deeper, self.shares.pairs(np.tile(vector, (len(deeper), 1)), np.stack(
-                [products[pid].vector if pid in products else np.zeros_like(vector) for pid in deeper]))))
-            ranked = replace(ranked, hits=[h if h.fields is not None else h._replace(fields=fields[h.product_id])
-                                           for h in ranked.hits])
+        missing = [h.product_id for h in ranked.hits if h.fields is None]
+        deeper = self.live.served(missing, with_vectors=True) if missing else {}
+        fields = dict(zip(deeper, self.shares.of(vector, np.stack([p.vector for p in deeper.values()])))) if deeper else {}
+        products |= deeper
         hits = [h for h in ranked.hits if h.product_id in products]  # deleted between ranking and reading
         out: dict[str, Any] = {
             "source": "live", "index": ranked.source, "as_of": ranked.as_of, "model": self.encoder.model,
             "filters": filters.view(),
-            "neighbors": [{"product_id": h.product_id, "score": round(h.score, SCORE_DECIMALS), "fields": h.fields,
+            "neighbors": [{"product_id": h.product_id, "score": round(h.score, SCORE_DECIMALS),
+                           "fields": fields[h.product_id] if h.fields is None else h.fields,
                            "product": card(products[h.product_id])} for h in hits],
             "next_cursor": encode_cursor(page.offset + page.k, key) if ranked.more else None,
         }
