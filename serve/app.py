@@ -128,6 +128,7 @@ class Services:
         self._client = client
         self.generation: str | None = None  # the tag served (None: given, not followed)
         self.images = LocalImages(settings)
+        self.opened = False  # ``open`` done: by serve/server.py before uvicorn starts, else in the lifespan
 
     @property
     def settings(self) -> Settings:
@@ -216,6 +217,7 @@ class Services:
             self.current = Served(self.settings, self.milvus, encoder, open_copy(self.settings, self.milvus, encoder),
                                   PublishedLists(self.milvus, self.settings.serve_list_cache_bytes))
         assert self.encoder is not None and self.milvus is not None
+        self.opened = True
         log.info("serve ready", collection=self.milvus.products, model=self.encoder.model,
                  generation=self.generation, live_index="copy" if self.copy is not None else "milvus",
                  products=len(self.copy) if self.copy is not None else None)
@@ -390,7 +392,8 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # as many requests answered at once as one pass ranks (serve/batcher.py); the rest wait in order
         anyio.to_thread.current_default_thread_limiter().total_tokens = services.base.serve_threads
-        services.open()
+        if not services.opened:
+            services.open()
         # the copy and the models are long-lived: out of the collector's sight, so a full
         # collection (triggered by requests' garbage) does not walk ~10 objects per product
         gc.freeze()

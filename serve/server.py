@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import uvicorn
 
 from simstream.generations import FIRST, generation_settings
 from simstream.index.control import ControlStore
 from simstream.index.milvus import MilvusStore, close_client, open_client, opening_timeout
+from simstream.logs import get_logger
 from simstream.redact import redact
 from simstream.serve.app import create_app
 from simstream.serve.queries import QueryEncoder
 from simstream.settings import Settings
 
-__all__ = ["CatalogMissing", "check_catalog", "run_server"]
+__all__ = ["CatalogMissing", "check_catalog", "stop_signals_interrupt", "run_server"]
+
+log = get_logger(__name__)
 
 
 def check_catalog(settings: Settings, client: Any | None = None) -> None:
@@ -47,6 +53,27 @@ class CatalogMissing(LookupError):
     """serve started before any worker wrote the collections it reads."""
 
 
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread while the block runs (elsewhere:
+    nothing changes). Opening serve builds its copy of the catalog (minutes at 100k products) before
+    uvicorn listens, and uvicorn's handlers only set a flag it reads once started: without this a
+    pod being stopped ran the whole build first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_server(settings: Settings, host: str | None = None, port: int | None = None, *,
                milvus: MilvusStore | None = None, encoder: QueryEncoder | None = None) -> None:
     """Serve until SIGINT/SIGTERM; ``host`` / ``port`` default to SIMSTREAM_SERVE_HOST / _PORT.
@@ -62,6 +89,14 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
             close_client(client, uri)
             raise
     app = create_app(settings, milvus=milvus, encoder=encoder, client=client)
+    services = app.state.services
+    try:
+        with stop_signals_interrupt():
+            services.open()  # the copy and the models, before the port opens
+    except KeyboardInterrupt as exc:
+        log.info("serve stopped while opening the catalog", signal=str(exc) or "SIGINT")
+        services.close()  # a half-open milvus path closed its client itself
+        return
     # uvicorn's own logging config would replace ours: structlog stays in charge, access log off
     uvicorn.run(app, host=host or settings.serve_host, port=port or settings.serve_port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=10,
