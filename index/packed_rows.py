@@ -16,7 +16,7 @@ import numpy as np
 
 from simstream.vector_codec import Packed, Segment, bytes_per_row, pack, unpack
 
-__all__ = ["DTYPES", "PackedRows"]
+__all__ = ["DTYPES", "PackedRows", "memory_per_row"]
 
 DTYPES = {"f16": np.float16, "i8": np.int8, "f32": np.float32}
 
@@ -33,6 +33,9 @@ class PackedRows:
         self._outside = np.flatnonzero(~covered)  # columns that must be zero on the grid
         self._values = [np.zeros((capacity, s.width), DTYPES[s.codec]) for s in self.segments]
         self._exponents = [np.zeros(capacity, np.int8) if s.codec == "i8" else None for s in self.segments]
+        # 2**exponent as float32, kept with the rows: the scan multiplies each block's int8 products
+        # by it (computing it per block and pass was ~5 % of a pass)
+        self._scales = [np.zeros(capacity, np.float32) if s.codec == "i8" else None for s in self.segments]
         self._loose: dict[int, np.ndarray] = {}
         self.max_norm = 0.0  # the largest norm of any row written: bounds the scan's error (index/packed_scan.py)
 
@@ -42,7 +45,7 @@ class PackedRows:
 
     @property
     def row_bytes(self) -> int:
-        return bytes_per_row(self.segments)
+        return memory_per_row(self.segments)
 
     @property
     def loose_rows(self) -> int:
@@ -51,12 +54,17 @@ class PackedRows:
     @property
     def nbytes(self) -> int:
         """Bytes allocated for the packed values and exponents (loose rows included)."""
-        held = sum(a.nbytes for a in self._values) + sum(e.nbytes for e in self._exponents if e is not None)
+        held = sum(a.nbytes for a in self._values) + sum(e.nbytes for e in self._exponents if e is not None) \
+            + sum(c.nbytes for c in self._scales if c is not None)
         return held + sum(v.nbytes for v in self._loose.values())
 
     def segment(self, i: int) -> tuple[Segment, np.ndarray, np.ndarray | None]:
         """Segment ``i`` with its packed values (rows x width) and, for i8, per-row exponents."""
         return self.segments[i], self._values[i], self._exponents[i]
+
+    def scales(self, i: int) -> np.ndarray | None:
+        """For an i8 segment ``i``, each row's 2**exponent as float32 (None for the others)."""
+        return self._scales[i]
 
     def export(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``rows``' packed values, exponents and loose vectors as plain arrays, renumbered 0..n-1
@@ -86,6 +94,9 @@ class PackedRows:
                 if e.shape != (n,) or e.dtype != np.int8:
                     raise ValueError(f"segment {s.name}: exponents {e.dtype}{e.shape}")
                 exps[:n] = e
+                scales = self._scales[i]
+                assert scales is not None
+                scales[:n] = _powers_of_two(e)
         rows, loose = arrays["loose_rows"], arrays["loose"]
         if loose.shape != (len(rows), self.dim) or loose.dtype != np.float32 or (len(rows) and not 0 <= rows.min() <= rows.max() < n):
             raise ValueError("loose rows do not fit")
@@ -108,6 +119,11 @@ class PackedRows:
                 new_e = np.zeros(capacity, np.int8)
                 new_e[:old] = exps
                 self._exponents[i] = new_e
+        for i, scales in enumerate(self._scales):
+            if scales is not None:
+                new_s = np.zeros(capacity, np.float32)
+                new_s[:old] = scales
+                self._scales[i] = new_s
 
     def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Store ``vectors`` (float32, n x dim) at ``rows``."""
@@ -117,12 +133,13 @@ class PackedRows:
         inexact = np.zeros(len(rows), bool)
         if len(self._outside):
             inexact |= (vectors[:, self._outside] != 0).any(axis=1)
-        for s, values, exps in zip(self.segments, self._values, self._exponents):
+        for s, values, exps, scales in zip(self.segments, self._values, self._exponents, self._scales):
             packed, bad = pack(vectors[:, s.start:s.stop], s.codec)
             values[rows] = packed.values
-            if exps is not None:
+            if exps is not None and scales is not None:
                 assert packed.exponents is not None
                 exps[rows] = packed.exponents
+                scales[rows] = _powers_of_two(packed.exponents)
             inexact |= bad
         for r, vec, loose in zip(rows.tolist(), vectors, inexact.tolist()):
             if loose:
@@ -131,10 +148,11 @@ class PackedRows:
                 self._loose.pop(r, None)
 
     def clear(self, row: int) -> None:
-        for values, exps in zip(self._values, self._exponents):
+        for values, exps, scales in zip(self._values, self._exponents, self._scales):
             values[row] = 0
-            if exps is not None:
+            if exps is not None and scales is not None:
                 exps[row] = 0
+                scales[row] = 1.0
         self._loose.pop(row, None)
 
     def read(self, rows: np.ndarray | slice) -> np.ndarray:
@@ -161,3 +179,14 @@ class PackedRows:
         index/packed_scan.py, kept as bench/scan_bench.py's same-run baseline."""
         for start in range(0, used, block_rows):
             yield start, self.read(slice(start, min(used, start + block_rows)))
+
+
+def memory_per_row(segments: Sequence[Segment]) -> int:
+    """Bytes one row takes in memory: its stored bytes (simstream.vector_codec) and, per i8
+    segment, its scale (a float32)."""
+    return bytes_per_row(segments) + 4 * sum(s.codec == "i8" for s in segments)
+
+
+def _powers_of_two(exponents: np.ndarray) -> np.ndarray:
+    """2**e as float32, exactly (every int8 exponent's power is a float32, subnormal below 2**-126)."""
+    return np.ldexp(np.float32(1.0), exponents.astype(np.int32)).astype(np.float32)

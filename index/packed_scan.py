@@ -188,12 +188,12 @@ class PackedQueries:
         return self
 
 
-def _parts_scores(values: List[torch.Tensor], exponents: List[Optional[torch.Tensor]],
+def _parts_scores(values: List[torch.Tensor], row_scales: List[Optional[torch.Tensor]],
                   queries: List[torch.Tensor], scales: List[Optional[torch.Tensor]], count: int,
                   block_rows: int) -> torch.Tensor:
     """Rows x queries scan scores, summed over the parts (one per entry of the lists: the rows'
-    packed values and i8 exponents, the queries' values and, for int8 parts, their 2**e), block by
-    block of ``block_rows`` (a block's widened columns and scores stay in cache)."""
+    packed values and, for i8 segments, their 2**e, the queries' values and, for int8 parts, their
+    2**e), block by block of ``block_rows`` (a block's widened columns and scores stay in cache)."""
     n = values[0].shape[0]
     acc = torch.zeros((n, count), dtype=torch.float32)
     for first in range(0, n, block_rows):
@@ -201,22 +201,20 @@ def _parts_scores(values: List[torch.Tensor], exponents: List[Optional[torch.Ten
         out = acc[first:stop]  # a view: the in-place products below land in ``acc``
         for i in range(len(values)):
             block = values[i][first:stop]
-            exps = exponents[i]
+            rows_scale = row_scales[i]
             q_scale = scales[i]
             if q_scale is not None:
-                assert exps is not None
+                assert rows_scale is not None
                 exact = torch._int_mm(block, queries[i])  # int8 x int8 -> int32, exact (every digit)
-                row_scale = torch.ldexp(torch.ones(stop - first), exps[first:stop].to(torch.int32))
                 # times 2**(e_row + e_query), one power of two at a time: exact, as one product
                 # would be, without a rows x queries matrix of scales; a digit at a time
-                scaled = exact.float().mul_(row_scale[:, None])
+                scaled = exact.float().mul_(rows_scale[first:stop, None])
                 for d in range(0, q_scale.shape[0], count):
                     out.addcmul_(scaled[:, d:d + count], q_scale[d:d + count][None, :].expand(stop - first, count))
-            elif exps is None:
+            elif rows_scale is None:
                 out.addmm_(block.float(), queries[i])
             else:  # an i8 segment against a query off its grid: widen the rows exactly
-                row_scale = torch.ldexp(torch.ones(stop - first), exps[first:stop].to(torch.int32))
-                out.addmm_(block.float() * row_scale[:, None], queries[i])
+                out.addmm_(block.float() * rows_scale[first:stop, None], queries[i])
     return acc
 
 
@@ -250,12 +248,13 @@ def block_scores(rows: PackedRows, q: PackedQueries, first: int, stop: int, coun
         return torch.zeros((stop - first, count), dtype=torch.float32)
     pick: slice | np.ndarray = slice(first, stop) if sel is None else sel[first:stop]
     values: list[torch.Tensor] = []
-    exponents: list[torch.Tensor | None] = []
+    row_scales: list[torch.Tensor | None] = []
     for i, _, _ in q.parts:
-        _, held, exps = rows.segment(i)
+        _, held, _ = rows.segment(i)
         values.append(torch.from_numpy(held[pick]))
-        exponents.append(None if exps is None else torch.from_numpy(exps[pick]))
-    return _parts_scores_scripted(values, exponents, [v for _, v, _ in q.parts], [s for _, _, s in q.parts],
+        scales = rows.scales(i)
+        row_scales.append(None if scales is None else torch.from_numpy(scales[pick]))
+    return _parts_scores_scripted(values, row_scales, [v for _, v, _ in q.parts], [s for _, _, s in q.parts],
                                   count, BLOCK_ROWS)
 
 

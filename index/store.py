@@ -40,13 +40,14 @@ from simstream.index.all_pairs import AllPairs
 from simstream.index.budget import BUILD_PAGE_ROWS, Footprint, check_fits, side_capacity
 from simstream.index.list_mirror import ListMirror
 from simstream.index.milvus import DEFAULT_TIMEOUT_S, MilvusStore
+from simstream.index.packed_rows import memory_per_row
 from simstream.index.rows import HeadFacts, ListHead, StoredList, StoredProduct
 from simstream.index.side import SideIndex
 from simstream.index.snapshot import identity, read_snapshot, write_snapshot
 from simstream.index.tombstone_mirror import TombstoneMirror
 from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
-from simstream.vector_codec import Segment, bytes_per_row
+from simstream.vector_codec import Segment
 
 __all__ = ["VectorStore", "REGRESSION_PROBE", "COUNT_CHECK_TRIES", "COUNT_CHECK_PAUSE_S"]
 
@@ -113,7 +114,7 @@ class VectorStore:
     def footprint(self) -> Footprint:
         """Estimated bytes of the in-memory copies of what Milvus holds now (index/budget.py)."""
         lists = self.milvus.count_lists() if self.milvus.lists_stamped else 0
-        row_bytes = bytes_per_row(self.segments) if self.segments else self.dim * 4
+        row_bytes = memory_per_row(self.segments) if self.segments else self.dim * 4
         return Footprint(self.milvus.count_products(), self.dim, lists, self.milvus.sample_list_depth() if lists else 0.0,
                          row_bytes=row_bytes)
 

@@ -31,6 +31,7 @@ from simstream import compute
 from simstream.clock import RACE_LOOKBACK_MS, now_ms
 from simstream.index.budget import BUILD_PAGE_ROWS, Footprint, check_fits, side_capacity
 from simstream.index.milvus import MilvusStore
+from simstream.index.packed_rows import memory_per_row
 from simstream.index.neighbours import FieldShares
 from simstream.index.rows import ServedProduct, StoredProduct, brand_key, category_key
 from simstream.index.side import SideIndex
@@ -38,7 +39,7 @@ from simstream.logs import get_logger
 from simstream.memory import current_rss, memory_limit
 from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
-from simstream.vector_codec import Segment, bytes_per_row
+from simstream.vector_codec import Segment
 
 __all__ = ["RECONCILE_EVERY", "SYNC_BUSY_SHARE", "BATCH_QUERIES", "PASSING_KEPT", "FIELDS_PAIRS", "NO_VECTOR", "Hit", "LiveQuery",
            "FilterColumns", "ServedCopy"]
@@ -197,7 +198,7 @@ class ServedCopy:
         """The copy's estimated footprint, with ``cached_bytes`` beside it (the published lists
         held at their bound); MemoryBudgetExceeded when it does not fit (index/budget.py)."""
         need = Footprint(milvus.count_products(), milvus.dim,
-                         row_bytes=bytes_per_row(list(segments)) if segments else 0, cached=cached_bytes)
+                         row_bytes=memory_per_row(list(segments)) if segments else 0, cached=cached_bytes)
         check_fits(need, memory_limit(memory_limit_bytes), current_rss())
         return need
 

@@ -10,6 +10,7 @@ import pytest
 from simstream.index.exact import top_k_rows
 from simstream.index.rows import StoredProduct
 from simstream.index.side import SideIndex
+from simstream.index.packed_rows import PackedRows, memory_per_row
 from simstream.vector_codec import Segment, bytes_per_row, canonical, canonical_rows, pack, unpack, Packed
 
 SEGMENTS = [Segment("text", 0, 24, "f16"), Segment("lexical", 24, 56, "i8"), Segment("price", 56, 60, "f16")]
@@ -61,7 +62,8 @@ def test_compact_side_index_equals_float32_brute_force():
     for start in range(0, len(x), 700):
         side.put([StoredProduct(ids[i], x[i], 1, {"text": "00ff00ff00ff00ff"}, "m", 5, 9)
                   for i in range(start, min(len(x), start + 700))])
-    assert side.row_bytes == bytes_per_row(SEGMENTS) == 24 * 2 + 32 + 1 + 4 * 2 and side.loose_rows == 0
+    assert bytes_per_row(SEGMENTS) == 24 * 2 + 32 + 1 + 4 * 2 and side.loose_rows == 0
+    assert side.row_bytes == memory_per_row(SEGMENTS) == bytes_per_row(SEGMENTS) + 4  # the i8 segment's scale
     got = side.get(ids[:50])
     assert all(np.array_equal(got[ids[i]].vector, x[i]) for i in range(50))
     gone = set(rng.choice(len(x), 300, replace=False).tolist())
@@ -101,3 +103,31 @@ def test_rows_off_the_grid_are_kept_exact_and_metadata_round_trips():
     unpacked = np.empty((1, 4), np.float32)
     unpack(Packed(np.array([[1, -2, 3, 127]], np.int8), np.array([-3], np.int8)), "i8", unpacked)
     assert unpacked.tolist() == [[0.125, -0.25, 0.375, 15.875]]
+
+
+def test_each_i8_rows_scale_is_its_power_of_two_through_writes_clears_growth_and_a_reload():
+    """The scan multiplies int8 products by the rows' kept scales: they must stay 2**exponent."""
+    rng = np.random.default_rng(3)
+    rows = PackedRows(DIM, SEGMENTS, capacity=8)
+    x = canonical_vectors(rng, 40)
+    rows.grow(16)
+    rows.write(np.arange(16), x[:16])
+    rows.grow(40)
+    rows.write(np.arange(16, 40), x[16:])
+    rows.write(np.array([3, 30]), x[[7, 8]] * 0.5)  # rewritten on another grid
+    rows.clear(5)
+
+    def check(r: PackedRows, n: int) -> None:
+        for i, s in enumerate(r.segments):
+            scales, (_, _, exps) = r.scales(i), r.segment(i)
+            if s.codec != "i8":
+                assert scales is None
+                continue
+            assert scales is not None and exps is not None and scales.dtype == np.float32
+            assert np.array_equal(scales[:n], np.ldexp(np.ones(n), exps[:n].astype(np.int64)).astype(np.float32))
+
+    check(rows, 40)
+    copy = PackedRows(DIM, SEGMENTS, capacity=40)
+    copy.load(rows.export(np.arange(40)), 40)
+    check(copy, 40)
+    assert np.array_equal(copy.read(np.arange(40)), rows.read(np.arange(40)))
