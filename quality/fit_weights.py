@@ -53,6 +53,20 @@ class Dataset:
     right_fv: dict[str, np.ndarray]
     gold: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # split -> ltable_id -> {rtable_id}
     excluded: dict[str, set[str]] = field(default_factory=dict)  # left id -> right ids never ranked (twins)
+    # channel -> cosines [n_left, n_right] of a channel with no per-product vector here (simstream.quality.lexical)
+    channels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def cosines(self, f: str, left: int, right: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Field or channel ``f``'s cosines of left item ``left`` with the right items ``right``."""
+        if f in self.channels:
+            return np.asarray(self.channels[f][left, right], np.float64)
+        return np.asarray(self.right_fv[f][right] @ self.left_fv[f][left], np.float64)
+
+    def has(self, f: str) -> bool:
+        """Whether field or channel ``f`` carries a value on both sides somewhere."""
+        if f in self.channels:
+            return bool(self.channels[f].any())
+        return f in self.left_fv and bool(np.abs(self.left_fv[f]).sum() > 0 and np.abs(self.right_fv[f]).sum() > 0)
 
     def mask(self, scores: np.ndarray, queries: Sequence[int]) -> np.ndarray:
         """``scores`` with each query's excluded right items (exact twins) set to -inf, in place."""
@@ -67,7 +81,9 @@ class Dataset:
         """Fused scores [len(queries), n_right] for ``weights`` (any scale)."""
         out = np.zeros((len(queries), len(self.right.ids)), np.float32)
         for f, w in weights.items():
-            if w > 0 and f in self.left_fv:
+            if w > 0 and f in self.channels:
+                out += w * self.channels[f][queries]
+            elif w > 0 and f in self.left_fv:
                 out += w * (self.left_fv[f][queries] @ self.right_fv[f].T)
         return out
 
@@ -152,8 +168,8 @@ def build_problem(datasets: Sequence[Dataset], splits: Sequence[str], fields: Se
             cand = list(dict.fromkeys(list(top_k(scores[n], candidates)) + matches))
             x = np.zeros((len(cand), len(fields)), np.float64)
             for j, f in enumerate(fields):
-                if f in ds.left_fv:
-                    x[:, j] = ds.right_fv[f][cand] @ ds.left_fv[f][i]
+                if f in ds.left_fv or f in ds.channels:
+                    x[:, j] = ds.cosines(f, i, cand)
             feats.append(x)
             pos.append(np.isin(cand, matches))
     return Problem(feats, pos)
@@ -184,13 +200,9 @@ def fit(problem: Problem, n_fields: int, *, l2: float = 1e-4, start: np.ndarray 
 
 
 def observed_fields(datasets: Sequence[Dataset]) -> list[str]:
-    """Fields that carry a value somewhere in the training data (others cannot be learned)."""
-    out = []
-    for f in FIELDS:
-        if any(f in ds.left_fv and (np.abs(ds.left_fv[f]).sum() > 0 and np.abs(ds.right_fv[f]).sum() > 0)
-               for ds in datasets):
-            out.append(f)
-    return out
+    """Fields (then channels) that carry a value somewhere in the training data (others cannot be learned)."""
+    channels = list(dict.fromkeys(c for ds in datasets for c in ds.channels))
+    return [f for f in [*FIELDS, *channels] if any(ds.has(f) for ds in datasets)]
 
 
 def fit_weights(datasets: Sequence[Dataset], *, splits: Sequence[str] = ("train", "valid"), candidates: int = 50,
@@ -207,6 +219,7 @@ def fit_weights(datasets: Sequence[Dataset], *, splits: Sequence[str] = ("train"
     learned_share = 1.0 - sum(DEFAULT_WEIGHTS[f] for f in FIELDS if f not in learn)
     total = sum(raw.values()) or 1.0
     shipped = {f: round(learned_share * raw[f] / total, 6) if f in raw else DEFAULT_WEIGHTS[f] for f in FIELDS}
+    shipped.update({c: round(learned_share * raw[c] / total, 6) for c in learn if c not in shipped})  # channels
     return raw, shipped, learn
 
 

@@ -25,6 +25,8 @@ from simstream.encoders.fusion import FIELDS, ProductEncoder
 from simstream.quality.datasets import parse_field_map, read_gold
 from simstream.quality.evaluate import DEFAULT_KS, build_settings, retrieval_metrics, tfidf_scores, top_k
 from simstream.quality.fit_weights import Dataset, fit_weights, load_dataset, unit_config
+from simstream.quality.lexical import channels_of, parse_specs
+from simstream.quality.second_stage import fit_second_stage
 from simstream.settings import DEFAULT_WEIGHTS
 
 __all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "main"]
@@ -71,15 +73,21 @@ def tfidf_metrics(ds: Dataset, ks: Sequence[int]) -> dict[str, float]:
 
 
 def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS,
-                  fixed: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+                  fixed: Mapping[str, Mapping[str, float]] | None = None,
+                  second_stage: bool = False) -> dict[str, Any]:
     """For each dataset: weights fitted on the others' train + valid labels, measured on its full gold;
-    ``fixed`` weightings (e.g. a shipped config) and TF-IDF measured on the same gold."""
+    with ``second_stage``, also a second stage fitted on the others (simstream.quality.second_stage)
+    reordering the fused top-M (``lodo+stage2``); ``fixed`` weightings (e.g. a shipped config) and
+    TF-IDF measured on the same gold."""
     out: dict[str, Any] = {}
     for held in datasets:
         others = [d for d in datasets if d is not held]
         raw, shipped, learned = fit_weights(others, splits=("train", "valid"))
-        row: dict[str, Any] = {"weights": shipped, "lodo": held.metrics(shipped, "full", ks),
-                               "tfidf": tfidf_metrics(held, ks)}
+        row: dict[str, Any] = {"weights": shipped, "lodo": held.metrics(shipped, "full", ks)}
+        if second_stage:
+            stage = fit_second_stage(others, shipped, learned)
+            row["lodo+stage2"] = retrieval_metrics(stage.rerank(held, shipped, "full", max(ks)), held.gold["full"], ks)
+        row["tfidf"] = tfidf_metrics(held, ks)
         for label, weights in (fixed or {}).items():
             row[label] = held.metrics(weights, "full", ks)
         out[held.name] = row
@@ -105,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--options", default='{"mpn_from_title": true}', help="fusion options JSON")
     parser.add_argument("--fixed", action="append", default=[], metavar="LABEL=CONFIG.json",
                         help="also measure these configs' weights unchanged")
+    parser.add_argument("--lexical", default="", metavar="SOURCE:ANALYZER,...",
+                        help="catalog-fitted lexical channels to add as fields, e.g. title:char3,text:word "
+                             "(simstream.quality.lexical)")
+    parser.add_argument("--second-stage", action="store_true",
+                        help="also fit a second stage on the other sets and rerank the fused top-50 (lodo+stage2)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -125,13 +138,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = build_settings({"title": ""}, weights_file=unit_config(options, Path(tmp)))
         encoder = ProductEncoder(settings)
         datasets = [load_benchmark(args.data / b.name, b, encoder, args.cache_dir) for b in present]
-    results = leave_one_out(datasets, fixed=fixed)
-    print(f"text model {encoder.text.name}, options {orjson.dumps(options).decode()}")
+    specs = parse_specs(args.lexical)
+    for ds in datasets:  # IDF from each set's own right table: the catalog a worker would index
+        ds.channels = channels_of(specs, ds.left, ds.right)
+    results = leave_one_out(datasets, fixed=fixed, second_stage=args.second_stage)
+    print(f"text model {encoder.text.name}, options {orjson.dumps(options).decode()}, lexical channels "
+          f"{[s.name for s in specs] or 'none'}, second stage {'yes' if args.second_stage else 'no'}")
     print(format_table(results))
     for name, row in results.items():
         print(name, "lodo weights", {f: round(w, 3) for f, w in row["weights"].items()})
     if args.json:
-        args.json.write_bytes(orjson.dumps({"options": options, "model": encoder.model, "results": results},
+        args.json.write_bytes(orjson.dumps({"options": options, "model": encoder.model, "lexical": args.lexical,
+                                            "second_stage": args.second_stage, "results": results},
                                            option=orjson.OPT_INDENT_2))
 
 

@@ -1,0 +1,140 @@
+"""A learned second stage over the fused top-M, for the quality protocol (issue 25, item 2).
+
+The fused score is a weighted sum of per-field cosines: it cannot say "same words, different model
+number" or "prices ten times apart". A logistic regression over each (query, candidate) pair of the
+fused top-``M`` reads those signals, fitted on *other* catalogs' labelled pairs only (leave one
+dataset out), and its probability reorders the candidates and is the pair's match probability.
+
+Features of a pair (``pair_features``): each learned field's and channel's cosine, the fused score,
+model numbers (``simstream.encoders.lexical.model_numbers`` of the title, or the mpn field) shared,
+conflicting (both have some, none in common) or missing on a side, the Jaccard overlap of the
+numbers in the titles (and whether a side has none), and |ln(price ratio)| (and whether a price is
+missing). The logistic regression sees them standardised.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from simstream.encoders.lexical import model_numbers, normalize_mpn
+from simstream.quality.evaluate import top_k
+from simstream.quality.fit_weights import Dataset
+from simstream.records import ProductEvent
+
+__all__ = ["CANDIDATES", "PairFacts", "facts_of", "pair_features", "SecondStage", "fit_second_stage"]
+
+CANDIDATES = 50  # the fused top-M the second stage reorders
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+@dataclass(frozen=True)
+class PairFacts:
+    """What the features read of one product beyond its vectors."""
+
+    models: frozenset[str]
+    numbers: frozenset[str]
+    price: float | None
+
+
+def facts_of(event: ProductEvent) -> PairFacts:
+    mpn = normalize_mpn(event.mpn)
+    models = frozenset([mpn] if mpn else model_numbers(event.title))
+    numbers = frozenset(n.replace(",", ".") for n in _NUMBER.findall((event.title or "").lower()))
+    price = event.price if event.price is not None and event.price > 0 else None
+    return PairFacts(models, numbers, price)
+
+
+def pair_features(cosines: Sequence[float], fused: float, a: PairFacts, b: PairFacts) -> list[float]:
+    """The feature row of a pair: ``cosines`` (one per learned field, in a fixed order), then the rest."""
+    shared = bool(a.models & b.models)
+    both_models = bool(a.models) and bool(b.models)
+    union = a.numbers | b.numbers
+    both_prices = a.price is not None and b.price is not None
+    return [*cosines, fused,
+            float(shared), float(both_models and not shared), float(not both_models),
+            len(a.numbers & b.numbers) / len(union) if union else 0.0, float(not a.numbers or not b.numbers),
+            abs(math.log(a.price / b.price)) if both_prices else 0.0,  # type: ignore[operator]
+            float(not both_prices)]
+
+
+@dataclass
+class SecondStage:
+    """A fitted second stage: the fields it reads (in order) and the standardised logistic regression."""
+
+    fields: list[str]
+    model: Any  # sklearn Pipeline(StandardScaler, LogisticRegression)
+    candidates: int = CANDIDATES
+
+    def features(self, ds: Dataset, left: int, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
+        facts_l = _facts(ds, "left")[left]
+        facts_r = _facts(ds, "right")
+        cos = np.column_stack([ds.cosines(f, left, cand) for f in self.fields]) if self.fields \
+            else np.zeros((len(cand), 0))
+        return np.array([pair_features(cos[n], float(fused[j]), facts_l, facts_r[j]) for n, j in enumerate(cand)])
+
+    def probabilities(self, ds: Dataset, left: int, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(self.features(ds, left, cand, fused))[:, 1])
+
+    def rerank(self, ds: Dataset, weights: Mapping[str, float], split: str, limit: int) -> dict[str, list[str]]:
+        """Per query of ``split``'s gold: the fused top-``candidates`` reordered by match probability
+        (ties keep the fused order), then the fused ranking below them, ``limit`` ids in all."""
+        gold = ds.gold[split]
+        pos = {rid: i for i, rid in enumerate(ds.left.ids)}
+        queries = [pos[q] for q in gold if q in pos]
+        scores = ds.mask(ds.scores(weights, queries), queries)
+        out: dict[str, list[str]] = {}
+        for n, i in enumerate(queries):
+            ranked = top_k(scores[n], max(limit, self.candidates))
+            head = ranked[:self.candidates]
+            p = self.probabilities(ds, i, head, scores[n])
+            order = sorted(range(len(head)), key=lambda k: (-p[k], k))
+            ids = [int(head[k]) for k in order] + [int(j) for j in ranked[self.candidates:]]
+            out[ds.left.ids[i]] = [ds.right.ids[j] for j in ids[:limit]]
+        return out
+
+
+def _facts(ds: Dataset, side: str) -> list[PairFacts]:
+    """Each product's facts, computed once per dataset and side."""
+    cache: dict[str, list[PairFacts]] = ds.__dict__.setdefault("_second_stage_facts", {})
+    if side not in cache:
+        table = ds.left if side == "left" else ds.right
+        cache[side] = [facts_of(e) for e in table.events]
+    return cache[side]
+
+
+def fit_second_stage(datasets: Sequence[Dataset], weights: Mapping[str, float], fields: Sequence[str], *,
+                     splits: Sequence[str] = ("train", "valid"), candidates: int = CANDIDATES,
+                     c: float = 1.0) -> SecondStage:
+    """Fit on ``datasets``' labelled pairs of ``splits``: every query's fused top-``candidates``
+    under ``weights``, labelled by the gold (a match outside the top-M teaches nothing here)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    stage = SecondStage(list(fields), None, candidates)
+    xs, ys = [], []
+    for ds in datasets:
+        gold: dict[str, set[str]] = {}
+        for split in splits:
+            for q, rs in ds.gold.get(split, {}).items():
+                gold.setdefault(q, set()).update(rs)
+        lpos = {rid: i for i, rid in enumerate(ds.left.ids)}
+        rpos = {rid: j for j, rid in enumerate(ds.right.ids)}
+        queries = [lpos[q] for q in gold if q in lpos]
+        if not queries:
+            continue
+        scores = ds.mask(ds.scores(weights, queries), queries)
+        for n, i in enumerate(queries):
+            cand = top_k(scores[n], candidates)
+            xs.append(stage.features(ds, i, cand, scores[n]))
+            ys.append(np.isin(cand, [rpos[r] for r in gold[ds.left.ids[i]] if r in rpos]))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if y.all() or not y.any():
+        raise ValueError("the second stage needs matches and non-matches among the candidates")
+    stage.model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+    return stage

@@ -1,0 +1,108 @@
+"""Catalog-fitted lexical channels and the second stage (simstream.quality.lexical / second_stage)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from simstream.quality.datasets import Table
+from simstream.quality.fit_weights import Dataset, fit_weights
+from simstream.quality.generalise import leave_one_out
+from simstream.quality.lexical import LexicalSpec, catalog_idf, channel_cosines, parse_specs
+from simstream.quality.second_stage import facts_of, fit_second_stage, pair_features
+from simstream.records import ProductEvent
+
+
+def _table(titles: list[str], prefix: str, **extra: list) -> Table:  # type: ignore[type-arg]
+    events = [ProductEvent(f"{prefix}{i}", "upsert", 1, title=t, **{k: v[i] for k, v in extra.items()})
+              for i, t in enumerate(titles)]
+    return Table([f"{prefix}{i}" for i in range(len(titles))], events, titles)
+
+
+def test_specs_are_parsed_and_a_wrong_one_says_what_is_allowed() -> None:
+    assert [s.name for s in parse_specs("title:char3, text:word")] == ["lex_title_char3", "lex_text_word"]
+    assert parse_specs("") == []
+    with pytest.raises(ValueError, match="SOURCE:ANALYZER"):
+        parse_specs("title:bigrams")
+
+
+def test_idf_is_counted_in_the_catalog_only_and_an_unseen_token_weighs_most() -> None:
+    idf = catalog_idf(np.array([0, 1, 4]), 4)
+    assert idf[0] == pytest.approx(math.log(5) + 1) and idf[2] == pytest.approx(1.0)
+    assert idf[0] > idf[1] > idf[2]
+
+
+def test_a_rare_shared_word_outweighs_common_ones_because_the_catalog_says_so() -> None:
+    """The query shares two words found in 8 of the 9 catalog titles with one product and one word
+    found once with another: counts alone rank the first higher (cosine 0.82 against 0.41), IDF
+    fitted on this catalog ranks the rare word's product first."""
+    spec = LexicalSpec("title", "word")
+    others = ["toaster", "chair", "desk", "fork", "spoon", "plate", "bowl"]
+    catalog = _table(["acme steel", "x100 lamp"] + [f"acme steel {w}" for w in others], "r")
+    query = _table(["acme steel x100"], "l")
+    cos = channel_cosines(spec, query, catalog)
+    assert cos.shape == (1, 9) and int(np.argmax(cos[0])) == 1
+    # by hand: sublinear tf 1, smooth idf from the 9 catalog titles, cosine
+    common, rare = math.log(10 / 9) + 1, math.log(10 / 2) + 1
+    q = np.array([common, common, rare])
+    assert cos[0, 1] == pytest.approx(rare ** 2 / (np.linalg.norm(q) * rare * math.sqrt(2)), rel=1e-6)
+    assert cos[0, 0] == pytest.approx(2 * common ** 2 / (np.linalg.norm(q) * common * math.sqrt(2)), rel=1e-6)
+
+
+def test_empty_titles_give_zero_cosines_not_an_error() -> None:
+    assert not channel_cosines(LexicalSpec("title", "char3"), _table([""], "l"), _table(["", ""], "r")).any()
+
+
+def test_pair_facts_and_features() -> None:
+    a = facts_of(ProductEvent("a", "upsert", 1, title="Sony Bravia KDL-40V3000 40 inch", price=500.0))
+    b = facts_of(ProductEvent("b", "upsert", 1, title="KDL40V3000 LCD 40", mpn=None, price=250.0))
+    c = facts_of(ProductEvent("c", "upsert", 1, title="Sony KDL-46V3000 46 inch", mpn="KDL-46V3000"))
+    assert a.models == {"kdl40v3000"} and c.models == {"kdl46v3000"} and "40" in a.numbers
+    ab, ac = pair_features([0.5], 0.4, a, b), pair_features([0.5], 0.4, a, c)
+    assert ab[:5] == [0.5, 0.4, 1.0, 0.0, 0.0]  # cosines, fused, shared model number
+    assert ac[2:5] == [0.0, 1.0, 0.0]  # conflicting model numbers
+    assert ab[-2:] == [pytest.approx(math.log(2)), 0.0] and ac[-1] == 1.0  # price ratio; a price missing
+
+
+def _model_number_dataset(name: str, n: int, seed: int) -> Dataset:
+    """Query i's match and its decoy have the same cosine on the one field; only the model number
+    in the title tells them apart (the match shares it, the decoy has another)."""
+    rng = np.random.default_rng(seed)
+    left_titles = [f"gadget {name} ab{100 + i}x" for i in range(n)]
+    right_titles = [f"gadget {name} ab{100 + i}x" for i in range(n)] + [f"gadget {name} zq{500 + i}y" for i in range(n)]
+    order = rng.permutation(2 * n)  # matches and decoys interleaved, so the fused order is no hint
+    right_titles = [right_titles[j] for j in order]
+    left = _table(left_titles, f"{name}l")
+    right = _table(right_titles, f"{name}r")
+    v = np.eye(4)[:1]
+    left_fv = {"text": np.repeat(v, n, axis=0)}
+    right_fv = {"text": np.repeat(v, 2 * n, axis=0)}
+    ds = Dataset(name, None, {}, left, right, left_fv, right_fv)  # type: ignore[arg-type]
+    where = {int(o): j for j, o in enumerate(order)}
+    gold = {f"{name}l{i}": {f"{name}r{where[i]}"} for i in range(n)}
+    ds.gold = {"train": gold, "full": gold}
+    return ds
+
+
+def test_the_second_stage_learns_model_numbers_on_other_sets_and_reorders_the_held_one() -> None:
+    sets = [_model_number_dataset(x, 6, seed) for seed, x in enumerate("abc")]
+    out = leave_one_out(sets, ks=[1], second_stage=True)
+    for name, row in out.items():
+        assert row["lodo+stage2"]["recall@1"] == 1.0, name  # the fused ranking alone cannot tell them apart
+        assert row["lodo"]["recall@1"] < 1.0
+    _, weights, learned = fit_weights(sets[1:])
+    stage = fit_second_stage(sets[1:], weights, learned)
+    ranked = stage.rerank(sets[0], weights, "full", 3)
+    assert all(len(r) == 3 for r in ranked.values())
+
+
+def test_a_channel_is_learned_as_a_field() -> None:
+    """Channels join the fit beside the fields and appear in the shipped weights."""
+    sets = [_model_number_dataset(x, 4, seed) for seed, x in enumerate("ab")]
+    for ds in sets:
+        ds.channels = {"lex_title_word": channel_cosines(LexicalSpec("title", "word"), ds.left, ds.right)}
+    raw, shipped, learned = fit_weights(sets)
+    assert "lex_title_word" in learned and shipped["lex_title_word"] > 0
+    assert sets[0].metrics(shipped, "full", [1])["recall@1"] == 1.0  # the model number is a rare word
