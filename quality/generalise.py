@@ -26,7 +26,7 @@ from simstream.quality.datasets import parse_field_map, read_gold
 from simstream.quality.evaluate import DEFAULT_KS, build_settings, retrieval_metrics, tfidf_scores, top_k
 from simstream.quality.fit_weights import Dataset, fit_weights, load_dataset, unit_config
 from simstream.quality.lexical import channels_of, parse_specs
-from simstream.quality.second_stage import fit_second_stage
+from simstream.quality.second_stage import best_threshold, fit_second_stage, match_scores, pr_curve
 from simstream.settings import DEFAULT_WEIGHTS
 
 __all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "main"]
@@ -87,6 +87,14 @@ def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS
         if second_stage:
             stage = fit_second_stage(others, shipped, learned)
             row["lodo+stage2"] = retrieval_metrics(stage.rerank(held, shipped, "full", max(ks)), held.gold["full"], ks)
+            # the match decision: a threshold chosen on the others' labelled pairs, F1 on the held set
+            seen = [stage.decisions(d, shipped, [d.gold.get("train", {}), d.gold.get("valid", {})]) for d in others]
+            threshold = best_threshold(np.concatenate([p for p, _, _ in seen]), np.concatenate([y for _, y, _ in seen]),
+                                       sum(n for _, _, n in seen))
+            probs, labels, pairs = stage.decisions(held, shipped, [held.gold["full"]])
+            row["match"] = {**match_scores(probs, labels, pairs, threshold),
+                            "best_f1_on_this_set": best_threshold(probs, labels, pairs),
+                            "pr_curve": pr_curve(probs, labels, pairs)}
         row["tfidf"] = tfidf_metrics(held, ks)
         for label, weights in (fixed or {}).items():
             row[label] = held.metrics(weights, "full", ks)
@@ -100,7 +108,7 @@ def format_table(results: Mapping[str, Any], ks: Sequence[int] = DEFAULT_KS) -> 
              "|---|---|" + "---|" * len(keys)]
     for name, row in results.items():
         for method, m in row.items():
-            if method == "weights":
+            if method in ("weights", "match"):
                 continue
             lines.append(f"| {name} | {method} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
     return "\n".join(lines)
@@ -147,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(results))
     for name, row in results.items():
         print(name, "lodo weights", {f: round(w, 3) for f, w in row["weights"].items()})
+        if "match" in row:
+            m = row["match"]
+            print(name, f"match decision at threshold {m['threshold']} (chosen on the others): precision "
+                        f"{m['precision']}, recall {m['recall']}, F1 {m['f1']}")
     if args.json:
         args.json.write_bytes(orjson.dumps({"options": options, "model": encoder.model, "lexical": args.lexical,
                                             "second_stage": args.second_stage, "results": results},

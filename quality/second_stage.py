@@ -26,7 +26,8 @@ from simstream.quality.evaluate import top_k
 from simstream.quality.fit_weights import Dataset
 from simstream.records import ProductEvent
 
-__all__ = ["CANDIDATES", "PairFacts", "facts_of", "pair_features", "SecondStage", "fit_second_stage"]
+__all__ = ["CANDIDATES", "PairFacts", "facts_of", "pair_features", "SecondStage", "fit_second_stage", "match_scores",
+           "best_threshold", "pr_curve"]
 
 CANDIDATES = 50  # the fused top-M the second stage reorders
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
@@ -79,6 +80,30 @@ class SecondStage:
 
     def probabilities(self, ds: Dataset, left: int, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_proba(self.features(ds, left, cand, fused))[:, 1])
+
+    def decisions(self, ds: Dataset, weights: Mapping[str, float], golds: Sequence[Mapping[str, set[str]]]
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Over every query of ``golds`` (merged): each top-``candidates`` pair's match probability,
+        whether it is a gold pair, and the number of gold pairs (those outside the top-M included)."""
+        gold: dict[str, set[str]] = {}
+        for g in golds:
+            for q, rs in g.items():
+                gold.setdefault(q, set()).update(rs)
+        lpos = {rid: i for i, rid in enumerate(ds.left.ids)}
+        rpos = {rid: j for j, rid in enumerate(ds.right.ids)}
+        queries = [lpos[q] for q in gold if q in lpos]
+        probs, labels, pairs = [], [], 0
+        if queries:
+            scores = ds.mask(ds.scores(weights, queries), queries)
+            for n, i in enumerate(queries):
+                cand = top_k(scores[n], self.candidates)
+                cand = cand[np.isfinite(scores[n][cand])]  # never a masked twin
+                matches = [rpos[r] for r in gold[ds.left.ids[i]] if r in rpos]
+                pairs += len(matches)
+                probs.append(self.probabilities(ds, i, cand, scores[n]) if len(cand) else np.zeros(0))
+                labels.append(np.isin(cand, matches))
+        return (np.concatenate(probs) if probs else np.zeros(0), np.concatenate(labels) if labels else np.zeros(0, bool),
+                pairs)
 
     def rerank(self, ds: Dataset, weights: Mapping[str, float], split: str, limit: int) -> dict[str, list[str]]:
         """Per query of ``split``'s gold: the fused top-``candidates`` reordered by match probability
@@ -138,3 +163,27 @@ def fit_second_stage(datasets: Sequence[Dataset], weights: Mapping[str, float], 
         raise ValueError("the second stage needs matches and non-matches among the candidates")
     stage.model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
     return stage
+
+
+def match_scores(probs: np.ndarray, labels: np.ndarray, gold_pairs: int, threshold: float) -> dict[str, float]:
+    """Precision, recall and F1 of "a pair is a match when its probability reaches ``threshold``"
+    over candidate pairs; recall counts every gold pair, those the candidates missed included."""
+    predicted = probs >= threshold
+    hits = int((predicted & labels).sum())
+    precision = hits / int(predicted.sum()) if predicted.any() else 0.0
+    recall = hits / gold_pairs if gold_pairs else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"threshold": round(float(threshold), 4), "precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(f1, 4)}
+
+
+def best_threshold(probs: np.ndarray, labels: np.ndarray, gold_pairs: int) -> float:
+    """The probability threshold with the best F1 on these pairs (the lowest such, on a 0.01 grid)."""
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    f1 = [match_scores(probs, labels, gold_pairs, float(t))["f1"] for t in grid]
+    return float(grid[int(np.argmax(f1))])
+
+
+def pr_curve(probs: np.ndarray, labels: np.ndarray, gold_pairs: int, points: int = 20) -> list[dict[str, float]]:
+    """Precision and recall at ``points`` evenly spaced thresholds."""
+    return [match_scores(probs, labels, gold_pairs, float(t)) for t in np.linspace(0.05, 0.95, points)]

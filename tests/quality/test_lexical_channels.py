@@ -9,9 +9,9 @@ import pytest
 
 from simstream.quality.datasets import Table
 from simstream.quality.fit_weights import Dataset, fit_weights
-from simstream.quality.generalise import leave_one_out
+from simstream.quality.generalise import format_table, leave_one_out
 from simstream.quality.lexical import LexicalSpec, catalog_idf, channel_cosines, parse_specs
-from simstream.quality.second_stage import facts_of, fit_second_stage, pair_features
+from simstream.quality.second_stage import best_threshold, facts_of, fit_second_stage, match_scores, pair_features
 from simstream.records import ProductEvent
 
 
@@ -88,10 +88,14 @@ def _model_number_dataset(name: str, n: int, seed: int) -> Dataset:
 
 def test_the_second_stage_learns_model_numbers_on_other_sets_and_reorders_the_held_one() -> None:
     sets = [_model_number_dataset(x, 6, seed) for seed, x in enumerate("abc")]
-    out = leave_one_out(sets, ks=[1], second_stage=True)
+    out = leave_one_out(sets, ks=[1, 10], second_stage=True)
     for name, row in out.items():
         assert row["lodo+stage2"]["recall@1"] == 1.0, name  # the fused ranking alone cannot tell them apart
         assert row["lodo"]["recall@1"] < 1.0
+        # the decision: every match found and nothing else, at a threshold chosen on the other sets
+        assert row["match"]["precision"] == row["match"]["recall"] == row["match"]["f1"] == 1.0, row["match"]
+        assert len(row["match"]["pr_curve"]) == 20
+    assert "match" not in format_table(out, [1, 10]) and "lodo+stage2" in format_table(out, [1, 10])
     _, weights, learned = fit_weights(sets[1:])
     stage = fit_second_stage(sets[1:], weights, learned)
     ranked = stage.rerank(sets[0], weights, "full", 3)
@@ -106,3 +110,12 @@ def test_a_channel_is_learned_as_a_field() -> None:
     raw, shipped, learned = fit_weights(sets)
     assert "lex_title_word" in learned and shipped["lex_title_word"] > 0
     assert sets[0].metrics(shipped, "full", [1])["recall@1"] == 1.0  # the model number is a rare word
+
+
+def test_match_scores_count_every_gold_pair_and_the_best_threshold_maximises_f1() -> None:
+    probs = np.array([0.9, 0.8, 0.4, 0.2])
+    labels = np.array([True, False, True, False])
+    m = match_scores(probs, labels, gold_pairs=3, threshold=0.5)  # one gold pair outside the candidates
+    assert (m["precision"], m["recall"]) == (0.5, round(1 / 3, 4))
+    # F1: 0.57 with all four, 0.67 with the top three (t in (0.2, 0.4]), 0.4 with two, 0.5 with one
+    assert best_threshold(probs, labels, 3) == 0.21
