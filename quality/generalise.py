@@ -77,7 +77,8 @@ def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS
                   second_stage: bool = False) -> dict[str, Any]:
     """For each dataset: weights fitted on the others' train + valid labels, measured on its full gold;
     with ``second_stage``, also a second stage fitted on the others (simstream.quality.second_stage)
-    reordering the fused top-M (``lodo+stage2``); ``fixed`` weightings (e.g. a shipped config) and
+    reordering the fused top-M (``lodo+stage2``: by probability; ``lodo+promote``: the pairs it
+    calls matches first) and its match decision (``match``); ``fixed`` weightings (e.g. a shipped config) and
     TF-IDF measured on the same gold."""
     out: dict[str, Any] = {}
     for held in datasets:
@@ -86,14 +87,12 @@ def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS
         row: dict[str, Any] = {"weights": shipped, "lodo": held.metrics(shipped, "full", ks)}
         if second_stage:
             stage = fit_second_stage(others, shipped, learned)
-            row["lodo+stage2"] = retrieval_metrics(stage.rerank(held, shipped, "full", max(ks)), held.gold["full"], ks)
-            # the match decision: a threshold chosen on the others' labelled pairs, F1 on the held set
-            seen = [stage.decisions(d, shipped, [d.gold.get("train", {}), d.gold.get("valid", {})]) for d in others]
-            threshold = best_threshold(np.concatenate([p for p, _, _ in seen]), np.concatenate([y for _, y, _ in seen]),
-                                       sum(n for _, _, n in seen))
+            for label, order in (("lodo+stage2", "probability"), ("lodo+promote", "promote")):
+                row[label] = retrieval_metrics(stage.rerank(held, shipped, "full", max(ks), order), held.gold["full"], ks)
+            # the match decision: the threshold chosen on the others' labelled pairs, F1 on the held set
             probs, labels, pairs = stage.decisions(held, shipped, [held.gold["full"]])
-            row["match"] = {**match_scores(probs, labels, pairs, threshold),
-                            "best_f1_on_this_set": best_threshold(probs, labels, pairs),
+            row["match"] = {**match_scores(probs, labels, pairs, stage.threshold),
+                            "if_chosen_on_this_set": match_scores(probs, labels, pairs, best_threshold(probs, labels, pairs)),
                             "pr_curve": pr_curve(probs, labels, pairs)}
         row["tfidf"] = tfidf_metrics(held, ks)
         for label, weights in (fixed or {}).items():
@@ -108,7 +107,7 @@ def format_table(results: Mapping[str, Any], ks: Sequence[int] = DEFAULT_KS) -> 
              "|---|---|" + "---|" * len(keys)]
     for name, row in results.items():
         for method, m in row.items():
-            if method in ("weights", "match"):
+            if method in ("weights", "match"):  # not retrieval metrics
                 continue
             lines.append(f"| {name} | {method} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 The fused score is a weighted sum of per-field cosines: it cannot say "same words, different model
 number" or "prices ten times apart". A logistic regression over each (query, candidate) pair of the
 fused top-``M`` reads those signals, fitted on *other* catalogs' labelled pairs only (leave one
-dataset out), and its probability reorders the candidates and is the pair's match probability.
+dataset out); its probability is the pair's match probability, a threshold chosen on the same pairs
+(best F1) the match decision, and either reorders the candidates (``SecondStage.rerank``).
 
 Features of a pair (``pair_features``): each learned field's and channel's cosine, the fused score,
 model numbers (``simstream.encoders.lexical.model_numbers`` of the title, or the mpn field) shared,
@@ -70,6 +71,7 @@ class SecondStage:
     fields: list[str]
     model: Any  # sklearn Pipeline(StandardScaler, LogisticRegression)
     candidates: int = CANDIDATES
+    threshold: float = 0.5  # the match decision: best F1 on the pairs it was fitted on
 
     def features(self, ds: Dataset, left: int, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
         facts_l = _facts(ds, "left")[left]
@@ -105,9 +107,12 @@ class SecondStage:
         return (np.concatenate(probs) if probs else np.zeros(0), np.concatenate(labels) if labels else np.zeros(0, bool),
                 pairs)
 
-    def rerank(self, ds: Dataset, weights: Mapping[str, float], split: str, limit: int) -> dict[str, list[str]]:
-        """Per query of ``split``'s gold: the fused top-``candidates`` reordered by match probability
-        (ties keep the fused order), then the fused ranking below them, ``limit`` ids in all."""
+    def rerank(self, ds: Dataset, weights: Mapping[str, float], split: str, limit: int,
+               order: str = "probability") -> dict[str, list[str]]:
+        """Per query of ``split``'s gold: the fused top-``candidates`` reordered, then the fused ranking
+        below them, ``limit`` ids in all. ``order`` "probability": all of them by match probability;
+        "promote": the pairs the decision calls matches (probability at least ``threshold``) first, by
+        probability, the others after them in the fused order (ties keep the fused order)."""
         gold = ds.gold[split]
         pos = {rid: i for i, rid in enumerate(ds.left.ids)}
         queries = [pos[q] for q in gold if q in pos]
@@ -117,8 +122,11 @@ class SecondStage:
             ranked = top_k(scores[n], max(limit, self.candidates))
             head = ranked[:self.candidates]
             p = self.probabilities(ds, i, head, scores[n])
-            order = sorted(range(len(head)), key=lambda k: (-p[k], k))
-            ids = [int(head[k]) for k in order] + [int(j) for j in ranked[self.candidates:]]
+            if order == "promote":
+                keys = sorted(range(len(head)), key=lambda k: (0, -p[k], k) if p[k] >= self.threshold else (1, 0.0, k))
+            else:
+                keys = sorted(range(len(head)), key=lambda k: (-p[k], k))
+            ids = [int(head[k]) for k in keys] + [int(j) for j in ranked[self.candidates:]]
             out[ds.left.ids[i]] = [ds.right.ids[j] for j in ids[:limit]]
         return out
 
@@ -162,6 +170,9 @@ def fit_second_stage(datasets: Sequence[Dataset], weights: Mapping[str, float], 
     if y.all() or not y.any():
         raise ValueError("the second stage needs matches and non-matches among the candidates")
     stage.model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+    seen = [stage.decisions(ds, weights, [ds.gold.get(split, {}) for split in splits]) for ds in datasets]
+    stage.threshold = best_threshold(np.concatenate([p for p, _, _ in seen]), np.concatenate([y for _, y, _ in seen]),
+                                     sum(n for _, _, n in seen))
     return stage
 
 

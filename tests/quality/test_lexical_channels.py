@@ -91,6 +91,7 @@ def test_the_second_stage_learns_model_numbers_on_other_sets_and_reorders_the_he
     out = leave_one_out(sets, ks=[1, 10], second_stage=True)
     for name, row in out.items():
         assert row["lodo+stage2"]["recall@1"] == 1.0, name  # the fused ranking alone cannot tell them apart
+        assert row["lodo+promote"]["recall@1"] == 1.0, name
         assert row["lodo"]["recall@1"] < 1.0
         # the decision: every match found and nothing else, at a threshold chosen on the other sets
         assert row["match"]["precision"] == row["match"]["recall"] == row["match"]["f1"] == 1.0, row["match"]
@@ -98,8 +99,14 @@ def test_the_second_stage_learns_model_numbers_on_other_sets_and_reorders_the_he
     assert "match" not in format_table(out, [1, 10]) and "lodo+stage2" in format_table(out, [1, 10])
     _, weights, learned = fit_weights(sets[1:])
     stage = fit_second_stage(sets[1:], weights, learned)
+    assert 0 < stage.threshold < 1
     ranked = stage.rerank(sets[0], weights, "full", 3)
     assert all(len(r) == 3 for r in ranked.values())
+    # promote: only the pairs at or above the threshold move; the rest keep the fused order
+    stage.threshold = 1.01
+    fused = {q: [sets[0].right.ids[j] for j in np.argsort(-sets[0].scores(weights, [i])[0], kind="stable")[:3]]
+             for i, q in enumerate(sets[0].left.ids)}
+    assert stage.rerank(sets[0], weights, "full", 3, "promote") == fused
 
 
 def test_a_channel_is_learned_as_a_field() -> None:
