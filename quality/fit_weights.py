@@ -57,9 +57,12 @@ class Dataset:
     channels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def cosines(self, f: str, left: int, right: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Field or channel ``f``'s cosines of left item ``left`` with the right items ``right``."""
+        """Field or channel ``f``'s cosines of left item ``left`` with the right items ``right`` (0
+        where this set lacks it: a feature learned on other sets)."""
         if f in self.channels:
             return np.asarray(self.channels[f][left, right], np.float64)
+        if f not in self.left_fv:
+            return np.zeros(len(right))
         return np.asarray(self.right_fv[f][right] @ self.left_fv[f][left], np.float64)
 
     def has(self, f: str) -> bool:
