@@ -71,6 +71,21 @@ class Dataset:
             return bool(self.channels[f].any())
         return f in self.left_fv and bool(np.abs(self.left_fv[f]).sum() > 0 and np.abs(self.right_fv[f]).sum() > 0)
 
+    def labelled(self, golds: Sequence[Mapping[str, set[str]]], weights: Mapping[str, float]
+                 ) -> tuple[list[int], list[list[int]], np.ndarray]:
+        """The left rows with a gold match in ``golds`` (merged), each one's matching right rows, and
+        their fused scores under ``weights`` with the exact twins masked."""
+        gold: dict[str, set[str]] = {}
+        for g in golds:
+            for q, rs in g.items():
+                gold.setdefault(q, set()).update(rs)
+        lpos = {rid: i for i, rid in enumerate(self.left.ids)}
+        rpos = {rid: j for j, rid in enumerate(self.right.ids)}
+        queries = [lpos[q] for q in gold if q in lpos]
+        matches = [[rpos[r] for r in gold[self.left.ids[i]] if r in rpos] for i in queries]
+        scores = self.mask(self.scores(weights, queries), queries) if queries else np.zeros((0, len(self.right.ids)))
+        return queries, matches, scores
+
     def mask(self, scores: np.ndarray, queries: Sequence[int]) -> np.ndarray:
         """``scores`` with each query's excluded right items (exact twins) set to -inf, in place."""
         if self.excluded:
@@ -154,18 +169,8 @@ def build_problem(datasets: Sequence[Dataset], splits: Sequence[str], fields: Se
                   weights: Mapping[str, float], candidates: int) -> Problem:
     feats, pos = [], []
     for ds in datasets:
-        gold: dict[str, set[str]] = {}
-        for split in splits:
-            for q, rs in ds.gold.get(split, {}).items():
-                gold.setdefault(q, set()).update(rs)
-        lpos = {rid: i for i, rid in enumerate(ds.left.ids)}
-        rpos = {rid: i for i, rid in enumerate(ds.right.ids)}
-        queries = [lpos[q] for q in gold if q in lpos]
-        if not queries:
-            continue
-        scores = ds.mask(ds.scores(weights, queries), queries)
-        for n, i in enumerate(queries):
-            matches = [rpos[r] for r in gold[ds.left.ids[i]] if r in rpos]
+        queries, all_matches, scores = ds.labelled([ds.gold.get(split, {}) for split in splits], weights)
+        for n, (i, matches) in enumerate(zip(queries, all_matches)):
             if not matches:
                 continue
             cand = list(dict.fromkeys(list(top_k(scores[n], candidates)) + matches))

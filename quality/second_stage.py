@@ -87,23 +87,14 @@ class SecondStage:
                   ) -> tuple[np.ndarray, np.ndarray, int]:
         """Over every query of ``golds`` (merged): each top-``candidates`` pair's match probability,
         whether it is a gold pair, and the number of gold pairs (those outside the top-M included)."""
-        gold: dict[str, set[str]] = {}
-        for g in golds:
-            for q, rs in g.items():
-                gold.setdefault(q, set()).update(rs)
-        lpos = {rid: i for i, rid in enumerate(ds.left.ids)}
-        rpos = {rid: j for j, rid in enumerate(ds.right.ids)}
-        queries = [lpos[q] for q in gold if q in lpos]
+        queries, all_matches, scores = ds.labelled(golds, weights)
         probs, labels, pairs = [], [], 0
-        if queries:
-            scores = ds.mask(ds.scores(weights, queries), queries)
-            for n, i in enumerate(queries):
-                cand = top_k(scores[n], self.candidates)
-                cand = cand[np.isfinite(scores[n][cand])]  # never a masked twin
-                matches = [rpos[r] for r in gold[ds.left.ids[i]] if r in rpos]
-                pairs += len(matches)
-                probs.append(self.probabilities(ds, i, cand, scores[n]) if len(cand) else np.zeros(0))
-                labels.append(np.isin(cand, matches))
+        for n, (i, matches) in enumerate(zip(queries, all_matches)):
+            cand = top_k(scores[n], self.candidates)
+            cand = cand[np.isfinite(scores[n][cand])]  # never a masked twin
+            pairs += len(matches)
+            probs.append(self.probabilities(ds, i, cand, scores[n]) if len(cand) else np.zeros(0))
+            labels.append(np.isin(cand, matches))
         return (np.concatenate(probs) if probs else np.zeros(0), np.concatenate(labels) if labels else np.zeros(0, bool),
                 pairs)
 
@@ -152,20 +143,11 @@ def fit_second_stage(datasets: Sequence[Dataset], weights: Mapping[str, float], 
     stage = SecondStage(list(fields), None, candidates)
     xs, ys = [], []
     for ds in datasets:
-        gold: dict[str, set[str]] = {}
-        for split in splits:
-            for q, rs in ds.gold.get(split, {}).items():
-                gold.setdefault(q, set()).update(rs)
-        lpos = {rid: i for i, rid in enumerate(ds.left.ids)}
-        rpos = {rid: j for j, rid in enumerate(ds.right.ids)}
-        queries = [lpos[q] for q in gold if q in lpos]
-        if not queries:
-            continue
-        scores = ds.mask(ds.scores(weights, queries), queries)
-        for n, i in enumerate(queries):
+        queries, all_matches, scores = ds.labelled([ds.gold.get(split, {}) for split in splits], weights)
+        for n, (i, matches) in enumerate(zip(queries, all_matches)):
             cand = top_k(scores[n], candidates)
             xs.append(stage.features(ds, i, cand, scores[n]))
-            ys.append(np.isin(cand, [rpos[r] for r in gold[ds.left.ids[i]] if r in rpos]))
+            ys.append(np.isin(cand, matches))
     x, y = np.concatenate(xs), np.concatenate(ys)
     if y.all() or not y.any():
         raise ValueError("the second stage needs matches and non-matches among the candidates")
