@@ -43,6 +43,9 @@ class PairFacts:
     price: float | None
 
 
+_NO_FACTS = PairFacts(frozenset(), frozenset(), None)
+
+
 def facts_of(event: ProductEvent) -> PairFacts:
     mpn = normalize_mpn(event.mpn)
     models = frozenset([mpn] if mpn else model_numbers(event.title))
@@ -87,16 +90,24 @@ class SecondStage:
                   ) -> tuple[np.ndarray, np.ndarray, int]:
         """Over every query of ``golds`` (merged): each top-``candidates`` pair's match probability,
         whether it is a gold pair, and the number of gold pairs (those outside the top-M included)."""
+        x, labels, pairs = self.labelled_pairs(ds, weights, golds)
+        return (np.asarray(self.model.predict_proba(x)[:, 1]) if len(x) else np.zeros(0)), labels, pairs
+
+    def labelled_pairs(self, ds: Dataset, weights: Mapping[str, float], golds: Sequence[Mapping[str, set[str]]]
+                       ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every top-``candidates`` pair of the queries of ``golds`` (merged): its features, whether
+        it is a gold pair, and the number of gold pairs (those outside the top-M included)."""
         queries, all_matches, scores = ds.labelled(golds, weights)
-        probs, labels, pairs = [], [], 0
+        xs, labels = [], []
         for n, (i, matches) in enumerate(zip(queries, all_matches)):
             cand = top_k(scores[n], self.candidates)
             cand = cand[np.isfinite(scores[n][cand])]  # never a masked twin
-            pairs += len(matches)
-            probs.append(self.probabilities(ds, i, cand, scores[n]) if len(cand) else np.zeros(0))
+            xs.append(self.features(ds, i, cand, scores[n]))
             labels.append(np.isin(cand, matches))
-        return (np.concatenate(probs) if probs else np.zeros(0), np.concatenate(labels) if labels else np.zeros(0, bool),
-                pairs)
+        pairs = sum(len(m) for m in all_matches)
+        width = len(self.fields) + len(pair_features([], 0.0, _NO_FACTS, _NO_FACTS))
+        return (np.concatenate(xs) if xs else np.zeros((0, width)),
+                np.concatenate(labels) if labels else np.zeros(0, bool), pairs)
 
     def rerank(self, ds: Dataset, weights: Mapping[str, float], split: str, limit: int,
                order: str = "probability") -> dict[str, list[str]]:
@@ -104,10 +115,7 @@ class SecondStage:
         below them, ``limit`` ids in all. ``order`` "probability": all of them by match probability;
         "promote": the pairs the decision calls matches (probability at least ``threshold``) first, by
         probability, the others after them in the fused order (ties keep the fused order)."""
-        gold = ds.gold[split]
-        pos = {rid: i for i, rid in enumerate(ds.left.ids)}
-        queries = [pos[q] for q in gold if q in pos]
-        scores = ds.mask(ds.scores(weights, queries), queries)
+        queries, _, scores = ds.labelled([ds.gold[split]], weights)
         out: dict[str, list[str]] = {}
         for n, i in enumerate(queries):
             ranked = top_k(scores[n], max(limit, self.candidates))
@@ -141,20 +149,13 @@ def fit_second_stage(datasets: Sequence[Dataset], weights: Mapping[str, float], 
     from sklearn.preprocessing import StandardScaler
 
     stage = SecondStage(list(fields), None, candidates)
-    xs, ys = [], []
-    for ds in datasets:
-        queries, all_matches, scores = ds.labelled([ds.gold.get(split, {}) for split in splits], weights)
-        for n, (i, matches) in enumerate(zip(queries, all_matches)):
-            cand = top_k(scores[n], candidates)
-            xs.append(stage.features(ds, i, cand, scores[n]))
-            ys.append(np.isin(cand, matches))
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    seen = [stage.labelled_pairs(ds, weights, [ds.gold.get(split, {}) for split in splits]) for ds in datasets]
+    x, y = np.concatenate([x for x, _, _ in seen]), np.concatenate([y for _, y, _ in seen])
     if y.all() or not y.any():
         raise ValueError("the second stage needs matches and non-matches among the candidates")
     stage.model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
-    seen = [stage.decisions(ds, weights, [ds.gold.get(split, {}) for split in splits]) for ds in datasets]
-    stage.threshold = best_threshold(np.concatenate([p for p, _, _ in seen]), np.concatenate([y for _, y, _ in seen]),
-                                     sum(n for _, _, n in seen))
+    # the decision's threshold on the same pairs, their features computed once
+    stage.threshold = best_threshold(np.asarray(stage.model.predict_proba(x)[:, 1]), y, sum(n for _, _, n in seen))
     return stage
 
 
