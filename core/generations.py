@@ -37,13 +37,13 @@ from simstream.settings import Settings
 
 __all__ = [
     "MODEL_SETTINGS", "PHASES", "CONTROL_POLL_S", "Role", "Generation", "Migration", "ControlRecord", "FIRST", "next_tag",
-    "versioned_names", "model_settings", "generation_settings",
+    "versioned_names", "model_settings", "lexicon_path", "generation_settings",
 ]
 
 #: The settings that decide what a generation stores (its vectors and its lists): changing any of
 #: them needs a new generation; the rest (timeouts, batch sizes, ports) are the deployment's.
 MODEL_SETTINGS = ("fusion_config", "text_model", "weights", "vector_codec", "image_enabled", "text_max_tokens",
-                  "top_k", "list_depth")
+                  "top_k", "list_depth", "lexicon")
 
 #: A migration's phases, in order (``Migration.phase``); a crash resumes the recorded one.
 PHASES = (
@@ -100,6 +100,7 @@ class Generation:
     model: str  # the encoders' model tag (``ProductEncoder.model``), as stored on every row and list
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # ``ProductEncoder.field_specs()``
     created_at_ms: int = 0
+    lexicon: str = ""  # the digest of its fitted lexicon (kept beside the control record), "" for none
 
 
 
@@ -169,15 +170,25 @@ class ControlRecord:
                              int(doc.get("made") or 0))
 
 
+def lexicon_path(data_dir: Path, digest: str) -> Path:
+    """Where a process keeps its copy of the lexicon ``digest`` (index/control.py fetches it)."""
+    return Path(data_dir) / "generations" / f"lexicon-{digest}.npz"
+
+
 def generation_settings(settings: Settings, generation: Generation | None, tag: str = FIRST) -> Settings:
     """The settings a worker runs ``generation`` with: the deployment's, its versioned names, and
     its own model settings (the fusion config written into ``data_dir/generations`` so that the
-    encoders read it as they read any config). ``generation`` None: the first generation as the
-    deployment configures it (no control record yet)."""
+    encoders read it as they read any config; its lexicon's copy there, ``lexicon_path``, which
+    ``ControlStore.fetch_lexicon`` puts in place). A model setting the generation did not record
+    (it predates the setting) takes the setting's default. ``generation`` None: the first
+    generation as the deployment configures it (no control record yet)."""
     tag = generation.tag if generation is not None else tag
     update: dict[str, Any] = dict(versioned_names(settings, tag))
     if generation is not None:
+        update.update({k: Settings.model_fields[k].get_default(call_default_factory=True) for k in MODEL_SETTINGS})
         update.update({k: v for k, v in generation.settings.items() if k in MODEL_SETTINGS})
+        if generation.lexicon:
+            update["lexicon"] = str(lexicon_path(settings.data_dir, generation.lexicon))
         if generation.fusion_config is None:
             update["fusion_config"] = "none"
         else:

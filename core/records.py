@@ -51,8 +51,9 @@ class ProductEvent:
 CONTRACT_FIELDS = frozenset(ProductEvent.__dataclass_fields__) - {"partition", "offset"}
 
 #: The fields fused into one vector, in the order of their segments; a list entry's "why similar"
-#: contributions are keyed by them (encoders/fusion.py).
-FUSED_FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price")
+#: contributions are keyed by them (encoders/fusion.py). Fields after ``price`` came later and take
+#: room in the vector only when weighted (``fusion.OPTIONAL_FIELDS``).
+FUSED_FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "price", "text_words")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {  # one per simstream.records.FUSED_FIELDS
     "brand": 0.08,
     "category": 0.08,
     "price": 0.04,
+    "text_words": 0.0,  # words of the text, IDF-weighted by the catalog's lexicon (issue 25)
 }
 
 assert tuple(DEFAULT_WEIGHTS) == FUSED_FIELDS
@@ -149,6 +150,10 @@ class Settings(BaseSettings):
     # name ("v3", "fusion-weights-v2"; package data in encoders/configs), a path, or "none" (= ``weights``
     # and the bundled base text model). Overrides ``weights``. encoders/fusion_config.py resolves it.
     fusion_config: str = DEFAULT_FUSION_CONFIG
+    # The catalog's lexicon (encoders/lexicon.py) that IDF-weights the lexical segments: "" = every
+    # token weighs the same (until a migration fits one); "catalog" = fitted over the catalog by
+    # ``simstream migrate`` into the new generation; or the path of a fitted file. SIMSTREAM_LEXICON
+    lexicon: str = ""
 
     # --- Process ---------------------------------------------------------------------------
     data_dir: Path = Path(".simstream")

@@ -10,6 +10,9 @@ comparable across products; a product with fewer fields simply has a lower ceili
 
 Change-aware: a field whose content hash is unchanged since the stored version is not re-encoded;
 its segment is copied out of the stored fused vector (segment / sqrt(w) recovers the field vector).
+
+The lexical segments read the catalog's lexicon (``Settings.lexicon``, encoders/lexicon.py) when
+the generation has one: its digest is part of the model tag, so vectors of two lexicons never mix.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -28,7 +32,8 @@ import torch
 from simstream.encoders.device import configure_threads
 from simstream.encoders.image import ImageEncoder
 from simstream.encoders.image_source import ImageSource
-from simstream.encoders.lexical import MpnEncoder, TitleLexicalEncoder
+from simstream.encoders.lexical import MpnEncoder, TextWordsEncoder, TitleLexicalEncoder
+from simstream.encoders.lexicon import Lexicon, words_text
 from simstream.encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
 from simstream.encoders.multilingual import make_text_encoder
 from simstream.encoders.text import clean_text
@@ -38,16 +43,20 @@ from simstream.settings import Settings
 from simstream.vector_codec import Codec, Segment, canonical
 
 __all__ = [
-    "FUSION_VERSION", "FIELDS", "COMPACT_CODECS", "text_of", "field_contents", "content_hash", "load_weights",
-    "load_fusion_options", "EncodedBatch", "ProductEncoder", "layout_of",
+    "FUSION_VERSION", "FIELDS", "OPTIONAL_FIELDS", "COMPACT_CODECS", "TEXT_WORDS_DIM", "text_of", "field_contents",
+    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
 ]
 
 FUSION_VERSION = "fusion-v1"
 FIELDS = FUSED_FIELDS
+#: Fields added after the first layout: no room in the vector, no hash, no say in the model tag
+#: unless weighted, so every index built before them keeps its layout and its model tag.
+OPTIONAL_FIELDS = ("text_words",)
+TEXT_WORDS_DIM = 1024  # signed buckets of the words segment (as many as the title trigrams')
 # How each field's segment is stored (simstream.vector_codec): learned embeddings and price bumps
 # on float16, hashed counts, one-hot slots and image features on int8 with a power-of-two scale.
 COMPACT_CODECS: dict[str, Codec] = {"text": "f16", "price": "f16", "title_lexical": "i8", "mpn": "i8",
-                                    "brand": "i8", "category": "i8", "image": "i8"}
+                                    "brand": "i8", "category": "i8", "image": "i8", "text_words": "i8"}
 
 
 def text_of(p: ProductEvent, with_brand: bool = True) -> str:
@@ -64,7 +73,7 @@ def field_contents(p: ProductEvent, brand_in_text: bool = True) -> dict[str, obj
     """The raw content of every field, for hashing (change detection)."""
     return {
         "text": text_of(p, brand_in_text), "title_lexical": p.title, "mpn": p.mpn or ["title", p.title], "brand": p.brand,
-        "category": p.category, "price": p.price, "image": p.image_b64 or p.image_url,
+        "category": p.category, "price": p.price, "image": p.image_b64 or p.image_url, "text_words": words_text(p),
     }
 
 
@@ -93,11 +102,36 @@ def load_fusion_options(settings: Settings) -> dict[str, object]:
     return dict(read_fusion_config(settings).get("options") or {})
 
 
+def load_lexicon(settings: Settings) -> Lexicon | None:
+    """The lexicon ``Settings.lexicon`` names (None: uniform IDF).
+
+    Raises:
+        ValueError: for ``catalog`` (only ``simstream migrate`` fits one, and passes it in) or a
+            path that holds no lexicon.
+    """
+    value = settings.lexicon.strip()
+    if not value:
+        return None
+    if value == "catalog":
+        raise ValueError("SIMSTREAM_LEXICON=catalog: a lexicon is fitted over the catalog by `simstream migrate` into the "
+                         "new generation (or by `simstream lexicon fit`, then SIMSTREAM_LEXICON=<its file>)")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"SIMSTREAM_LEXICON={value!r}: no such file")
+    return _load_lexicon(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _load_lexicon(path: Path, mtime_ns: int) -> Lexicon:
+    return Lexicon.load(path)
+
+
 def layout_of(specs: Mapping[str, Mapping[str, object]]) -> dict[str, slice]:
-    """Each field's slice of the fused vector, from ``ProductEncoder.field_specs`` (fields in order)."""
+    """Each field's slice of the fused vector, from ``ProductEncoder.field_specs`` (fields in
+    order; a field the specs lack takes no room)."""
     layout, start = {}, 0
     for name in FIELDS:
-        dim = int(specs[name]["dim"])  # type: ignore[call-overload]
+        dim = int(specs[name]["dim"]) if name in specs else 0  # type: ignore[call-overload]
         layout[name] = slice(start, start + dim)
         start += dim
     return layout
@@ -124,9 +158,11 @@ class ProductEncoder:
         (1, enc.dim)
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, lexicon: Lexicon | None = None) -> None:
+        """``lexicon``: the catalog's (fitted by the caller), else the one ``settings.lexicon`` names."""
         configure_threads(settings.torch_threads)
         self.settings = settings
+        self.lexicon = lexicon if lexicon is not None else load_lexicon(settings)
         self.weights = load_weights(settings)
         self.options = load_fusion_options(settings)
         # SIMSTREAM_TEXT_MODEL wins; else the text model the fusion config's weights were fitted with.
@@ -142,7 +178,10 @@ class ProductEncoder:
         self.images = ImageSource(settings.image_root, timeout_s=settings.image_fetch_timeout_s,
                                   max_bytes=settings.image_max_bytes,
                                   allow_private_networks=settings.image_allow_private_networks)
-        self.title_lexical = TitleLexicalEncoder()
+        self.title_lexical = TitleLexicalEncoder(lexicon=self.lexicon)
+        self.text_words = TextWordsEncoder(TEXT_WORDS_DIM, lexicon=self.lexicon)
+        # the fields this encoder's vectors hold: an optional field only when weighted
+        self.fields = tuple(f for f in FIELDS if f not in OPTIONAL_FIELDS or self.weights[f] > 0)
         self.mpn = MpnEncoder(from_title=bool(self.options.get("mpn_from_title", False)))
         self.brand = BrandEncoder()
         self.category = CategoryEncoder()
@@ -151,6 +190,7 @@ class ProductEncoder:
             "text": self.text.dim, "title_lexical": self.title_lexical.dim, "mpn": self.mpn.dim,
             "image": self.image.dim if self.image else 1280, "brand": self.brand.dim,
             "category": self.category.dim, "price": self.price.dim,
+            "text_words": self.text_words.dim if "text_words" in self.fields else 0,
         }
         self.layout: dict[str, slice] = {}
         start = 0
@@ -164,9 +204,10 @@ class ProductEncoder:
                                          for f in FIELDS}
         self.segments = [Segment(f, self.layout[f].start, self.layout[f].stop, self.codecs[f])
                          for f in FIELDS if self.weights[f] > 0]
-        weights_tag = content_hash([round(self.weights[f], 6) for f in FIELDS])[:8]
+        weights_tag = content_hash([round(self.weights[f], 6) for f in self.fields])[:8]
         method = (FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
-                  + ("-q" if settings.vector_codec == "compact" else ""))
+                  + ("-q" if settings.vector_codec == "compact" else "")
+                  + (f"-idf{self.lexicon.digest}" if self.lexicon is not None else ""))
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_threads, thread_name_prefix="image-fetch")
 
@@ -175,9 +216,11 @@ class ProductEncoder:
         its storage grid, dimension and weight. Two generations whose specs agree on a field but
         its weight store the same segment up to the scale sqrt(weight) (``carried``)."""
         s = self.settings
+        idf = f"|idf={self.lexicon.digest}" if self.lexicon is not None else ""
         encoders = {
             "text": f"{self.text.name}|tokens={s.text_max_tokens}|brand={self.brand_in_text}",
-            "title_lexical": f"{type(self.title_lexical).__name__}:{self.title_lexical.dim}",
+            "title_lexical": f"{type(self.title_lexical).__name__}:{self.title_lexical.dim}{idf}",
+            "text_words": f"{type(self.text_words).__name__}:{self.text_words.dim}{idf}",
             "mpn": f"{type(self.mpn).__name__}:{self.mpn.dim}|from_title={self.mpn.from_title}",
             "image": f"{ImageEncoder.name}:{self.layout['image'].stop - self.layout['image'].start}",
             "brand": f"{type(self.brand).__name__}:{self.brand.dim}",
@@ -185,7 +228,7 @@ class ProductEncoder:
             "price": f"{type(self.price).__name__}:{self.price.dim}",
         }
         return {f: {"encoder": encoders[f], "codec": self.codecs[f], "dim": self.layout[f].stop - self.layout[f].start,
-                    "weight": self.weights[f]} for f in FIELDS}
+                    "weight": self.weights[f]} for f in self.fields}
 
     def carried(self, source: Mapping[str, Mapping[str, object]], vectors: np.ndarray,
                 hashes: Sequence[Mapping[str, str]]) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -197,7 +240,9 @@ class ProductEncoder:
         mine, theirs = self.field_specs(), layout_of(source)
         out = np.zeros((len(vectors), self.dim), np.float32)
         kept: list[str] = []
-        for f in FIELDS:
+        for f in self.fields:
+            if f not in source:  # a field the other generation did not have
+                continue
             old, new = source[f], mine[f]
             w_old, w_new = float(old["weight"]), float(new["weight"])  # type: ignore[arg-type]
             if old["encoder"] != new["encoder"] or old["codec"] != new["codec"] or old["dim"] != new["dim"] \
@@ -212,7 +257,7 @@ class ProductEncoder:
     def field_hashes(self, p: ProductEvent) -> dict[str, str]:
         """Content hash per field, as this encoder reads the fields (change detection)."""
         contents = field_contents(p, self.brand_in_text)  # once: text_of cleans the description
-        return {f: content_hash(contents[f]) for f in FIELDS}
+        return {f: content_hash(contents[f]) for f in self.fields}
 
     @property
     def on_accelerator(self) -> bool:
@@ -235,12 +280,12 @@ class ProductEncoder:
         n = len(products)
         hashes = [self.field_hashes(p) for p in products]
         fused = np.zeros((n, self.dim), dtype=np.float32)
-        reuse = np.zeros((n, len(FIELDS)), dtype=bool)
+        reuse = np.zeros((n, len(self.fields)), dtype=bool)
         for i, p in enumerate(products):
             old = stored.get(p.product_id)
             if old is None:
                 continue
-            for j, f in enumerate(FIELDS):
+            for j, f in enumerate(self.fields):
                 if old[1].get(f) == hashes[i][f] and self.weights[f] > 0:
                     fused[i, self.layout[f]] = old[0][self.layout[f]]
                     reuse[i, j] = True
@@ -254,8 +299,9 @@ class ProductEncoder:
             "brand": lambda ps: self.brand.encode([p.brand for p in ps]),
             "category": lambda ps: self.category.encode([p.category for p in ps]),
             "price": lambda ps: self.price.encode([p.price for p in ps]),
+            "text_words": lambda ps: self.text_words.encode([words_text(p) for p in ps]),
         }
-        for j, f in enumerate(FIELDS):
+        for j, f in enumerate(self.fields):
             if self.weights[f] <= 0:
                 continue
             todo = [i for i in range(n) if not reuse[i, j]]

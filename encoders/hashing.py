@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import mmh3
 import numpy as np
 
-__all__ = ["char_ngrams", "char_wb_ngrams", "hashed_counts", "l2_rows"]
+__all__ = ["char_ngrams", "char_wb_ngrams", "hashed_counts", "slots_and_signs", "l2_rows"]
 
 _WHITE_SPACES = re.compile(r"\s\s+")
 _INT32_MIN = -(2**31)
@@ -61,6 +61,13 @@ def hashed_counts(docs: Iterable[Sequence[str]], dim: int, *, alternate_sign: bo
             index, sign = _slot(feature, dim)
             out[r, index] += sign if alternate_sign else 1.0
     return out
+
+
+def slots_and_signs(keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_slot`` for many signed 32-bit hashes at once (int64 in): bucket indices and signs."""
+    keys = np.asarray(keys, np.int64)
+    index = np.where(keys == _INT32_MIN, (2**31 - 1 - (dim - 1)) % dim, np.abs(keys) % dim)
+    return index, np.where(keys >= 0, 1.0, -1.0)
 
 
 def l2_rows(matrix: np.ndarray) -> np.ndarray:

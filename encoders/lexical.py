@@ -1,21 +1,28 @@
-"""Lexical encoders: hashed character n-grams for titles and model numbers (mpn).
+"""Lexical encoders: hashed character n-grams of titles, words of the text, model numbers (mpn).
 
 Model numbers such as "elplp12" decide many product matches, and character-trigram TF-IDF beats
-many neural encoders on product titles; hashing keeps it stateless, so streaming needs no vocabulary.
-Signed hashing (``alternate_sign``) keeps inner products unbiased under collisions.
+many neural encoders on product titles; hashing keeps the vectors fixed-size, so streaming needs no
+vocabulary. Signed hashing (``alternate_sign``) keeps inner products unbiased under collisions.
+
+With a catalog's ``Lexicon`` (encoders/lexicon.py) the title trigrams and the words of the text
+are weighed TF-IDF-like: each distinct token's ``(1 + ln tf) * idf`` goes into its signed bucket,
+then the row is L2-normalised. Without one, the title segment is what it always was (bucket counts,
+then sublinear tf), so indexes built before the lexicon keep their vectors bit for bit.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections import Counter
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from simstream.encoders.hashing import char_ngrams, char_wb_ngrams, hashed_counts
+from simstream.encoders.hashing import char_ngrams, char_wb_ngrams, hashed_counts, slots_and_signs
+from simstream.encoders.lexicon import Lexicon, text_words, title_trigrams, token_keys
 from simstream.encoders.text import clean_text
 
-__all__ = ["TitleLexicalEncoder", "normalize_mpn", "model_numbers", "MpnEncoder"]
+__all__ = ["TitleLexicalEncoder", "TextWordsEncoder", "idf_hashed", "normalize_mpn", "model_numbers", "MpnEncoder"]
 
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 
@@ -30,17 +37,55 @@ def _sublinear_l2(counts: np.ndarray) -> np.ndarray:
     return np.divide(dense, norms, out=np.zeros_like(dense), where=norms > 0)
 
 
+def idf_hashed(docs: Iterable[Sequence[str]], dim: int, lexicon: Lexicon | None, analyzer: str) -> np.ndarray:
+    """Rows of ``(1 + ln tf) * idf`` per distinct token (idf 1 without a lexicon), summed into signed
+    buckets in a fixed order (float64), L2-normalised, float32."""
+    rows = [Counter(tokens) for tokens in docs]
+    out = np.zeros((len(rows), dim), np.float64)
+    for r, counts in enumerate(rows):
+        if not counts:
+            continue
+        keys = token_keys(counts)
+        weights = 1.0 + np.log(np.fromiter(counts.values(), np.float64, len(counts)))
+        if lexicon is not None:
+            weights *= lexicon.idf(analyzer, keys)
+        slots, signs = slots_and_signs(keys, dim)
+        np.add.at(out[r], slots, signs * weights)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0).astype(np.float32)
+
+
 class TitleLexicalEncoder:
-    """Character 3-grams within word boundaries (``char_wb``) of the cleaned, lower-cased title."""
+    """Character 3-grams within word boundaries (``char_wb``) of the cleaned, lower-cased title,
+    IDF-weighted by the catalog's lexicon when there is one."""
 
     name = "title_char3"
+    analyzer = "title_char3"
 
-    def __init__(self, dim: int = 1024) -> None:
+    def __init__(self, dim: int = 1024, lexicon: Lexicon | None = None) -> None:
         self.dim = dim
+        self.lexicon = lexicon
 
     def encode(self, titles: Sequence[str | None]) -> np.ndarray:
-        grams = (char_wb_ngrams(clean_text(t).lower(), 3, 3) for t in titles)
-        return _sublinear_l2(hashed_counts(grams, self.dim, alternate_sign=True))
+        grams = (title_trigrams(t) for t in titles)
+        if self.lexicon is None:
+            return _sublinear_l2(hashed_counts(grams, self.dim, alternate_sign=True))
+        return idf_hashed(grams, self.dim, self.lexicon, self.analyzer)
+
+
+class TextWordsEncoder:
+    """Words of the text (title, brand, start of the description: ``lexicon.words_text``),
+    IDF-weighted by the catalog's lexicon when there is one (else each word weighs 1 + ln tf)."""
+
+    name = "text_word"
+    analyzer = "text_word"
+
+    def __init__(self, dim: int = 1024, lexicon: Lexicon | None = None) -> None:
+        self.dim = dim
+        self.lexicon = lexicon
+
+    def encode(self, texts: Sequence[str | None]) -> np.ndarray:
+        return idf_hashed((text_words(t) for t in texts), self.dim, self.lexicon, self.analyzer)
 
 
 def normalize_mpn(mpn: str | None) -> str:
