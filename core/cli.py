@@ -22,7 +22,7 @@ __all__ = [
     "fail", "red_line", "EXTRAS", "need", "main", "worker", "produce", "reconcile", "backfill", "demo", "serve",
     "config_", "eval_", "labelled_datasets", "paired", "fit_weights", "fine_tune", "dlq_filters", "dlq",
     "dlq_summary", "dlq_show", "dlq_replay", "changelog", "changelog_bootstrap", "migrate", "model_overrides",
-    "format_status",
+    "format_status", "lexicon", "lexicon_fit",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,6 +124,39 @@ def backfill(path: Path, batch_size: int) -> None:
 
 
 @main.group()
+def lexicon() -> None:
+    """The catalog's lexicon that IDF-weights the lexical segments (SIMSTREAM_LEXICON; encoders/lexicon.py)."""
+
+
+@lexicon.command("fit")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The lexicon file to write.")
+def lexicon_fit(path: Path, out: Path) -> None:
+    """Fit a lexicon over a catalog file (JSON Lines or CSV events, as `simstream backfill` reads them), for a
+    first generation built with it (SIMSTREAM_LEXICON=<file> on every pod); a migration fits its own."""
+    from simstream.encoders.lexicon import Lexicon
+    from simstream.errors import BadEvent
+    from simstream.streams.backfill import read_records
+    from simstream.streams.contracts import parse_event
+
+    latest: dict[str, Any] = {}
+    invalid = 0
+    for record in read_records(path):
+        try:
+            event = parse_event(record.key, record.value, offset=record.offset)
+        except BadEvent:
+            invalid += 1
+            continue
+        if event.supersedes(latest.get(event.product_id)):
+            latest[event.product_id] = event
+    fitted = Lexicon.fit(latest.values())
+    fitted.save(out)
+    click.echo(f"lexicon {fitted.digest}: {fitted.catalog_size} products ({invalid} invalid records skipped), "
+               + ", ".join(f"{len(keys)} {name} tokens" for name, (keys, _) in fitted.tables.items())
+               + f"; wrote {out} (SIMSTREAM_LEXICON={out})")
+
+
+@main.group()
 def changelog() -> None:
     """The catalog changelog (SIMSTREAM_CHANGELOG_TOPIC): the latest accepted source fields per product."""
 
@@ -209,7 +242,7 @@ def format_status(status: dict[str, Any], *, bar: bool) -> str:
               help="The new fusion config: a shipped name (v3, v2), a JSON file, or 'none' (as SIMSTREAM_FUSION_CONFIG).")
 @click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE",
               help="Another model setting of the new generation (text_model, weights, vector_codec, image_enabled, "
-                   "text_max_tokens, top_k, list_depth); repeatable.")
+                   "text_max_tokens, top_k, list_depth, lexicon: 'catalog' fits one over the changelog); repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the migration in progress from its recorded phase.")
 @click.option("--status", "show_status", is_flag=True, help="Show the generations, the migration's phase and progress.")
 @click.option("--json", "as_json", is_flag=True, help="With --status: as JSON.")
@@ -350,6 +383,7 @@ def config_(as_json: bool) -> None:
     click.echo("weights        " + ", ".join(f"{f}={w:.3f}" for f, w in info["weights"]["value"].items())
                + f"  [{info['weights']['source']}]")
     click.echo("options        " + (", ".join(f"{k}={v}" for k, v in info["options"].items()) or "-"))
+    click.echo(f"lexicon        {info['lexicon']['value']}  [{info['lexicon']['source']}]")
 
 
 @main.command("eval")
@@ -447,12 +481,15 @@ def paired(datasets: tuple[Path, ...], field_specs: tuple[str, ...]) -> list[tup
 @click.option("--weights-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Keep this fusion config's weights instead of fitting, and only re-measure: for a text model "
                    "re-trained on the pairs those weights were fitted on.")
+@click.option("--lexicon", type=click.Choice(["uniform", "catalog"]), default="uniform", show_default=True,
+              help="Fit for lexical segments IDF-weighted by each catalog's lexicon (saved as the option "
+                   "lexicon=catalog: `simstream migrate --to` the config then fits one), or with uniform IDF.")
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache encodings here between runs (development only).")
 def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits: str, out: Path,
                 version: str | None, mpn_from_title: bool, text_model: str | None, candidates: int, rounds: int,
-                l2: float, weights_from: Path | None, id_column: str, cache_dir: Path | None) -> None:
+                l2: float, weights_from: Path | None, lexicon: str, id_column: str, cache_dir: Path | None) -> None:
     """Learn non-negative fusion weights from labelled pairs (train/valid only) and save a fusion config."""
     need("quality")
     from simstream.quality.fit_weights import format_summary, run
@@ -461,7 +498,8 @@ def fit_weights(datasets: tuple[Path, ...], field_specs: tuple[str, ...], splits
     _settings()
     with red_line(KeyError, ValueError, RuntimeError):
         config = run(pairs, out, splits=[s for s in splits.split(",") if s],
-                     options={"mpn_from_title": mpn_from_title, **({"text_model": text_model} if text_model else {})},
+                     options={"mpn_from_title": mpn_from_title, **({"text_model": text_model} if text_model else {}),
+                              **({"lexicon": "catalog"} if lexicon == "catalog" else {})},
                      candidates=candidates, rounds=rounds, l2=l2,
                      version=version, cache_dir=cache_dir, id_column=id_column, weights_from=weights_from)
     click.echo(format_summary(config))

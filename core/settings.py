@@ -36,7 +36,7 @@ assert tuple(DEFAULT_WEIGHTS) == FUSED_FIELDS
 
 #: The fusion config used unless SIMSTREAM_FUSION_CONFIG says otherwise: the best shipped one, chosen on
 #: the leave-one-dataset-out protocol of docs/quality.md.
-DEFAULT_FUSION_CONFIG = "v3"
+DEFAULT_FUSION_CONFIG = "v4"
 
 
 class Settings(BaseSettings):
@@ -150,9 +150,10 @@ class Settings(BaseSettings):
     # name ("v3", "fusion-weights-v2"; package data in encoders/configs), a path, or "none" (= ``weights``
     # and the bundled base text model). Overrides ``weights``. encoders/fusion_config.py resolves it.
     fusion_config: str = DEFAULT_FUSION_CONFIG
-    # The catalog's lexicon (encoders/lexicon.py) that IDF-weights the lexical segments: "" = every
-    # token weighs the same (until a migration fits one); "catalog" = fitted over the catalog by
-    # ``simstream migrate`` into the new generation; or the path of a fitted file. SIMSTREAM_LEXICON
+    # The catalog's lexicon (encoders/lexicon.py) that IDF-weights the lexical segments: "" = as the
+    # fusion config says (v4: fitted by the next ``simstream migrate``; every token weighs the same
+    # until then); "none" = never; "catalog" = fitted over the catalog by ``simstream migrate`` into
+    # the new generation; or the path of a fitted file (``simstream lexicon fit``). SIMSTREAM_LEXICON
     lexicon: str = ""
 
     # --- Process ---------------------------------------------------------------------------

@@ -103,14 +103,14 @@ def load_fusion_options(settings: Settings) -> dict[str, object]:
 
 
 def load_lexicon(settings: Settings) -> Lexicon | None:
-    """The lexicon ``Settings.lexicon`` names (None: uniform IDF).
+    """The lexicon ``Settings.lexicon`` names (None: uniform IDF, for "" and "none").
 
     Raises:
         ValueError: for ``catalog`` (only ``simstream migrate`` fits one, and passes it in) or a
             path that holds no lexicon.
     """
     value = settings.lexicon.strip()
-    if not value:
+    if value in ("", "none"):
         return None
     if value == "catalog":
         raise ValueError("SIMSTREAM_LEXICON=catalog: a lexicon is fitted over the catalog by `simstream migrate` into the "

@@ -2,7 +2,7 @@
 
 The shipped configs are package data (``encoders/configs/fusion-weights-vN.json``), so a pip-installed
 simstream uses the best one by default (``Settings.fusion_config``, ``SIMSTREAM_FUSION_CONFIG``):
-a shipped name (``v3`` or ``fusion-weights-v3``), a path to a config file, or ``none`` for the
+a shipped name (``v4`` or ``fusion-weights-v4``), a path to a config file, or ``none`` for the
 untuned defaults (``DEFAULT_WEIGHTS`` and the bundled base text model).
 """
 
@@ -80,10 +80,19 @@ def describe(settings: Settings, weights: Mapping[str, float]) -> dict[str, Any]
         weights_source = "default (settings.DEFAULT_WEIGHTS)"
     if not settings.image_enabled:
         weights_source += "; image 0 (SIMSTREAM_IMAGE_ENABLED=false)"
+    named = settings.lexicon.strip()
+    if not named and options.get("lexicon") == "catalog":
+        lexicon = {"value": "none yet: fitted by the next simstream migrate (uniform IDF until then)",
+                   "source": f"fusion config {config.get('version', path)}"}
+    elif named in ("", "none"):
+        lexicon = {"value": "none (uniform IDF)", "source": "SIMSTREAM_LEXICON" if named else "default"}
+    else:
+        lexicon = {"value": named, "source": "SIMSTREAM_LEXICON"}
     return {
         "fusion_config": {"value": str(settings.fusion_config), "path": str(path) if path else None,
                           "version": config.get("version"), "source": config_source},
         "text_model": {"value": text_model, "source": text_source},
         "weights": {"value": dict(weights), "source": weights_source},
         "options": options,
+        "lexicon": lexicon,
     }

@@ -228,7 +228,7 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
             report = _section(result, topic, new_model) | {
                 "workers": opts.workers, "milvus": "external" if opts.milvus_uri else "milvus-lite server",
                 "migration": {"to": to, "sets": list(sets), "source": source, "target": target, "old_model": old_model,
-                              "new_model": new_model, "kills": kills, "worker_restarts": fleet.restarts,
+                              "new_model": new_model, "lexicon": record.generations[target].lexicon, "kills": kills, "worker_restarts": fleet.restarts,
                               "old_model_messages_after_switch": old_after,
                               # the handover: from the record saying the new generation publishes to its
                               # first list on the topic, and to the last list of the republish wave

@@ -5,6 +5,11 @@ generation is live, on standby, publishing). It lives beside the collections it 
 process that can reach the index can read it: workers poll it (``streams/fence.py``), ``serve``
 follows it, ``simstream migrate`` is its only writer.
 
+Beside the record, the same collection keeps the files a generation's model needs and no worker
+pod would otherwise have: its fitted lexicon (``encoders/lexicon.py``), in rows of base64 chunks
+keyed ``lexicon-<digest>:<n>`` under a head row ``lexicon-<digest>`` (``put_file`` / ``fetch_file``;
+``fetch_lexicons`` puts every generation's copy where ``generation_settings`` points).
+
 The aliases ``{collection}_live_products`` / ``_live_lists`` / ``_live_tombstones`` point at the
 live generation's collections, so anything that queries Milvus directly follows a switch without a
 restart (Milvus moves an alias atomically).
@@ -15,17 +20,23 @@ Like ``MilvusStore``, every call carries the deadline and its failures become ``
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import orjson
 from pymilvus import DataType, MilvusClient
 
 from simstream.errors import IndexRejected, IndexUnavailable
-from simstream.generations import ControlRecord
+from simstream.generations import ControlRecord, lexicon_path
 from simstream.index.failures import is_milvus_failure, translate
 from simstream.limits import CONTROL_RECORD_BYTES
 from simstream.logs import get_logger
 
-__all__ = ["KINDS", "ControlConflict", "ControlStore", "control_collection", "live_alias"]
+__all__ = ["KINDS", "FILE_CHUNK_BYTES", "ControlConflict", "ControlStore", "control_collection", "lexicon_file",
+           "live_alias"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -33,10 +44,17 @@ T = TypeVar("T")
 KINDS = ("products", "lists", "tombstones")  # a generation's collections, ``{prefix}_{kind}``
 _KEY = "control"
 _STRONG = {"consistency_level": "Strong"}
+FILE_CHUNK_BYTES = 48_000  # raw bytes per row of a stored file: base64 of it fits CONTROL_RECORD_BYTES
+_FILE_ROWS_PER_CALL = 16  # chunk rows per upsert / query (~1 MB a call)
 
 
 def control_collection(base: str) -> str:
     return f"{base}_control"
+
+
+def lexicon_file(digest: str) -> str:
+    """The name a lexicon is stored under beside the control record."""
+    return f"lexicon-{digest}"
 
 
 def live_alias(base: str, kind: str) -> str:
@@ -117,6 +135,83 @@ class ControlStore:
         log.info("control record written", epoch=record.epoch, live=record.live, standby=record.standby,
                  publishing=record.publishing,
                  phase=record.migration.phase if record.migration is not None else None)
+
+    # --- files beside the record ------------------------------------------------------------------------
+    def put_file(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` (chunks first, the head row naming them last: a reader sees
+        all of it or nothing). Storing the same name again rewrites the same rows."""
+        self._ensure(create=True)
+        chunks = [data[i:i + FILE_CHUNK_BYTES] for i in range(0, len(data), FILE_CHUNK_BYTES)] or [b""]
+        rows = [{"key": f"{name}:{n}", "dummy": [0.0, 0.0], "record": base64.b64encode(c).decode()}
+                for n, c in enumerate(chunks)]
+        for i in range(0, len(rows), _FILE_ROWS_PER_CALL):
+            self._call(self.client.upsert, self.name, rows[i:i + _FILE_ROWS_PER_CALL])
+        head = {"chunks": len(chunks), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self._call(self.client.upsert, self.name, [{"key": name, "dummy": [0.0, 0.0],
+                                                    "record": orjson.dumps(head).decode()}])
+
+    def get_file(self, name: str) -> bytes | None:
+        """The file stored under ``name`` (None: none), checked against the length and sha256 its
+        head row recorded.
+
+        Raises:
+            IndexRejected: a chunk is missing or the content does not match its head row.
+        """
+        if not self._ensure(create=False):
+            return None
+        rows = self._call(self.client.query, self.name, filter=f'key == "{name}"', output_fields=["record"], **_STRONG)
+        if not rows:
+            return None
+        head = orjson.loads(rows[0]["record"])
+        keys = [f"{name}:{n}" for n in range(int(head["chunks"]))]
+        parts: dict[str, bytes] = {}
+        for i in range(0, len(keys), _FILE_ROWS_PER_CALL):
+            wanted = keys[i:i + _FILE_ROWS_PER_CALL]
+            found = self._call(self.client.query, self.name, filter=f"key in {wanted!r}".replace("'", '"'),
+                               output_fields=["key", "record"], **_STRONG)
+            parts.update({r["key"]: base64.b64decode(r["record"]) for r in found})
+        data = b"".join(parts.get(k, b"") for k in keys)
+        if len(parts) != len(keys) or len(data) != head["bytes"] or hashlib.sha256(data).hexdigest() != head["sha256"]:
+            raise IndexRejected(f"file {name} in {self.name} is incomplete or changed ({len(parts)}/{len(keys)} chunks)")
+        return data
+
+    def delete_file(self, name: str) -> None:
+        """Forget ``name`` (head row first: readers then see nothing, never a part)."""
+        if not self._ensure(create=False):
+            return
+        rows = self._call(self.client.query, self.name, filter=f'key == "{name}"', output_fields=["record"], **_STRONG)
+        if not rows:
+            return
+        chunks = int(orjson.loads(rows[0]["record"])["chunks"])
+        self._call(self.client.delete, self.name, filter=f'key == "{name}"')
+        keys = [f"{name}:{n}" for n in range(chunks)]
+        for i in range(0, len(keys), _FILE_ROWS_PER_CALL):
+            self._call(self.client.delete, self.name,
+                       filter=f"key in {keys[i:i + _FILE_ROWS_PER_CALL]!r}".replace("'", '"'))
+
+    def fetch_file(self, name: str, path: Path) -> Path:
+        """``path`` holding the file ``name`` (fetched when it is not there yet; written atomically).
+
+        Raises:
+            IndexRejected: nothing is stored under ``name``.
+        """
+        if path.is_file():
+            return path
+        data = self.get_file(name)
+        if data is None:
+            raise IndexRejected(f"{self.name} holds no file {name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
+    def fetch_lexicons(self, record: ControlRecord | None, data_dir: Path) -> None:
+        """Every generation's lexicon copied to ``lexicon_path(data_dir, digest)``, where
+        ``generation_settings`` points its encoders (a no-op for files already there)."""
+        for generation in (record.generations.values() if record is not None else ()):
+            if generation.lexicon:
+                self.fetch_file(lexicon_file(generation.lexicon), lexicon_path(data_dir, generation.lexicon))
 
     def point_aliases(self, prefix: str) -> None:
         """Point the live aliases at the collections of ``prefix`` (a generation's collection name)."""

@@ -28,10 +28,11 @@ from simstream.clock import now_ms
 from simstream.index.exact import top_k_rows
 from simstream.quality.datasets import MAPPABLE, Table, read_gold, read_table
 from simstream.records import ProductEvent
+from simstream.settings import Settings
 
 __all__ = [
     "DEFAULT_KS", "retrieval_metrics", "tfidf_scores", "tfidf_rankings", "top_k", "encode_events",
-    "milvus_rankings", "milvus_scored", "scored_top", "euclidean_scores", "threshold_gold", "build_settings",
+    "milvus_rankings", "milvus_scored", "scored_top", "euclidean_scores", "threshold_gold", "catalog_lexicon", "build_settings",
     "evaluate", "format_report", "json_report"
 ]
 
@@ -162,6 +163,19 @@ def threshold_gold(gold_csv: Path, files: Sequence[Path] | None) -> tuple[dict[s
 
 
 # --- the command -----------------------------------------------------------------------------
+def catalog_lexicon(settings: Settings, catalog: Sequence[ProductEvent]) -> Any:
+    """The lexicon a migration would fit for this catalog, when SIMSTREAM_LEXICON says ``catalog``,
+    or says nothing and the fusion config was fitted for one (option ``lexicon: catalog``); else
+    None (the encoder then reads SIMSTREAM_LEXICON itself: ``none``, or a file)."""
+    from simstream.encoders.fusion import load_fusion_options
+    from simstream.encoders.lexicon import Lexicon
+
+    named = settings.lexicon.strip()
+    if named == "catalog" or (not named and load_fusion_options(settings).get("lexicon") == "catalog"):
+        return Lexicon.fit(catalog)
+    return None
+
+
 def build_settings(fields: Mapping[str, str], *, weights_file: str | Path | None = None,
                    image_root: Path | None = None, **overrides: Any) -> Any:
     """Settings for an evaluation: the environment's (default fusion config: the shipped v3), plus the
@@ -215,7 +229,7 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    encoder = encoder or ProductEncoder(settings)
+    encoder = encoder or ProductEncoder(settings, lexicon=catalog_lexicon(settings, right.events))
     timings["load_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     vectors_right = encode_events(encoder, right.events, cache_dir)

@@ -249,6 +249,11 @@ def run(specs: Sequence[tuple[Path, str]], out: Path, *, splits: Sequence[str] =
         for root, spec in specs:
             datasets.append(load_dataset(Path(root), parse_field_map(spec.split(",")), encoder,
                                          id_column=id_column, cache_dir=cache_dir))
+    if options.get("lexicon") == "catalog":  # each set's lexical segments as its own catalog's lexicon weighs them
+        from simstream.quality.lexical import with_catalog_lexicon
+
+        for ds in datasets:
+            with_catalog_lexicon(ds.left_fv, ds.right_fv, ds.left, ds.right)
     if weights_from:
         kept = orjson.loads(weights_from.read_bytes())
         raw, shipped, learned = kept["learned_raw"], kept["weights"], kept["learned_fields"]

@@ -25,11 +25,12 @@ from simstream.encoders.fusion import FIELDS, ProductEncoder
 from simstream.quality.datasets import parse_field_map, read_gold
 from simstream.quality.evaluate import DEFAULT_KS, build_settings, retrieval_metrics, tfidf_scores, top_k
 from simstream.quality.fit_weights import Dataset, fit_weights, load_dataset, unit_config
-from simstream.quality.lexical import channels_of, parse_specs
+from simstream.quality.lexical import channels_of, parse_specs, with_catalog_lexicon
 from simstream.quality.second_stage import best_threshold, fit_second_stage, match_scores, pr_curve
 from simstream.settings import DEFAULT_WEIGHTS
 
-__all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "main"]
+__all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "fitted_config",
+           "main"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,24 @@ def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS
     return out
 
 
+def fitted_config(datasets: Sequence[Dataset], options: Mapping[str, Any], version: str,
+                  lodo: Mapping[str, Any]) -> dict[str, Any]:
+    """The method the protocol just judged, fitted on every set's train + valid labels (twins
+    masked as in the protocol): a fusion config to ship, with the left-out results that chose it."""
+    import datetime as dt
+
+    raw, shipped, learned = fit_weights(datasets, splits=("train", "valid"))
+    return {
+        "version": version, "weights": shipped, "options": dict(options), "learned_raw": raw, "learned_fields": learned,
+        "trained_on": [{"data": ds.name, "splits": ["train", "valid"], "fields": ds.fields} for ds in datasets],
+        "objective": {"kind": "listwise softmax over top-K hard negatives, w >= 0 (quality.fit_weights), "
+                              "fitted by quality.generalise --write-config", "exact_twins": "masked"},
+        "leave_one_dataset_out": {name: {m: {k: row[m][k] for k in ("recall@1", "recall@10", "hit@1", "mrr")}
+                                         for m in ("lodo", "tfidf") if m in row} for name, row in lodo.items()},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def format_table(results: Mapping[str, Any], ks: Sequence[int] = DEFAULT_KS) -> str:
     keys = [f"recall@{k}" for k in ks] + ["hit@1", "hit@10", "mrr"]
     lines = ["| left out | method | " + " | ".join(k.replace("recall", "R") for k in keys) + " |",
@@ -123,8 +142,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lexical", default="", metavar="SOURCE:ANALYZER,...",
                         help="catalog-fitted lexical channels to add as fields, e.g. title:char3,text:word "
                              "(simstream.quality.lexical)")
+    parser.add_argument("--lexicon", choices=("uniform", "catalog"), default="uniform",
+                        help="the stream's lexical segments (title trigrams, text words) with every token weighing "
+                             "the same, or IDF-weighted by a lexicon fitted on each set's catalog (as a migration fits)")
     parser.add_argument("--second-stage", action="store_true",
                         help="also fit a second stage on the other sets and rerank the fused top-50 (lodo+stage2)")
+    parser.add_argument("--write-config", type=Path, default=None, metavar="OUT.json",
+                        help="also fit the judged method on every set and write it as a fusion config")
+    parser.add_argument("--version", default=None, help="the version stored in --write-config's config")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -148,9 +173,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     specs = parse_specs(args.lexical)
     for ds in datasets:  # IDF from each set's own right table: the catalog a worker would index
         ds.channels = channels_of(specs, ds.left, ds.right)
+        if args.lexicon == "catalog":
+            with_catalog_lexicon(ds.left_fv, ds.right_fv, ds.left, ds.right)
     results = leave_one_out(datasets, fixed=fixed, second_stage=args.second_stage)
     print(f"text model {encoder.text.name}, options {orjson.dumps(options).decode()}, lexical channels "
-          f"{[s.name for s in specs] or 'none'}, second stage {'yes' if args.second_stage else 'no'}")
+          f"{[s.name for s in specs] or 'none'}, lexicon {args.lexicon}, second stage {'yes' if args.second_stage else 'no'}")
     print(format_table(results))
     for name, row in results.items():
         print(name, "lodo weights", {f: round(w, 3) for f, w in row["weights"].items()})
@@ -158,9 +185,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             m = row["match"]
             print(name, f"match decision at threshold {m['threshold']} (chosen on the others): precision "
                         f"{m['precision']}, recall {m['recall']}, F1 {m['f1']}")
+    if args.write_config:
+        config_options = {**options, **({"lexicon": "catalog"} if args.lexicon == "catalog" else {})}
+        config = fitted_config(datasets, config_options, args.version or args.write_config.stem, results)
+        args.write_config.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"wrote {args.write_config}: " + ", ".join(f"{f}={w:.3f}" for f, w in config["weights"].items() if w > 0))
     if args.json:
         args.json.write_bytes(orjson.dumps({"options": options, "model": encoder.model, "lexical": args.lexical,
-                                            "second_stage": args.second_stage, "results": results},
+                                            "lexicon": args.lexicon, "second_stage": args.second_stage, "results": results},
                                            option=orjson.OPT_INDENT_2))
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from simstream.encoders.fusion import text_of
 from simstream.quality.datasets import Table
 
-__all__ = ["SOURCES", "ANALYZERS", "WORD_PATTERN", "LexicalSpec", "parse_specs", "catalog_idf", "channel_cosines", "channels_of"]
+__all__ = ["SOURCES", "ANALYZERS", "WORD_PATTERN", "LexicalSpec", "parse_specs", "catalog_idf", "channel_cosines", "channels_of",
+           "STREAM_LEXICAL_FIELDS", "with_catalog_lexicon"]
 
 SOURCES = ("title", "text")
 ANALYZERS = ("char3", "word")
@@ -101,3 +102,24 @@ def channel_cosines(spec: LexicalSpec, queries: Table, catalog: Table) -> np.nda
 def channels_of(specs: Sequence[LexicalSpec], queries: Table, catalog: Table) -> dict[str, np.ndarray]:
     """Every spec's cosine matrix, by channel name."""
     return {s.name: channel_cosines(s, queries, catalog) for s in specs}
+
+
+#: The stream's lexical segments that a catalog's lexicon weighs (encoders/lexical.py).
+STREAM_LEXICAL_FIELDS = ("title_lexical", "text_words")
+
+
+def with_catalog_lexicon(left_fv: dict[str, np.ndarray], right_fv: dict[str, np.ndarray], queries: Table,
+                         catalog: Table) -> str:
+    """Replace the stream's lexical segments by what a worker indexing ``catalog`` stores once a
+    migration fitted its lexicon: the same encoders (hashed, 1,024 buckets), with document
+    frequencies counted over ``catalog`` only. Returns the lexicon's digest."""
+    from simstream.encoders.fusion import TEXT_WORDS_DIM
+    from simstream.encoders.lexical import TextWordsEncoder, TitleLexicalEncoder
+    from simstream.encoders.lexicon import Lexicon, words_text
+
+    lexicon = Lexicon.fit(catalog.events)
+    title, words = TitleLexicalEncoder(lexicon=lexicon), TextWordsEncoder(TEXT_WORDS_DIM, lexicon=lexicon)
+    for fv, table in ((left_fv, queries), (right_fv, catalog)):
+        fv["title_lexical"] = title.encode([e.title for e in table.events])
+        fv["text_words"] = words.encode([words_text(e) for e in table.events])
+    return lexicon.digest

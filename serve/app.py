@@ -169,6 +169,8 @@ class Services:
         whose client to reuse (a milvus-lite file has one server per process); ``client``: an open
         client of SIMSTREAM_MILVUS_URI to serve through (the caller closes it on failure)."""
         tag = record.live if record is not None else FIRST
+        if record is not None and (on is not None or client is not None):  # its lexicon's copy, for the query encoder
+            self._control(on.client if on is not None else client).fetch_lexicons(record, self.base.data_dir)
         s = generation_settings(self.base, record.generations.get(tag) if record is not None else None, tag)
         uri = s.resolved_milvus_uri
         # dim None: open the collections the worker made, at their dimension; never create them

@@ -1,7 +1,9 @@
 """``simstream migrate``: a new model on a running system, without re-publishing the catalog.
 
     start     the control record gets the new generation (simstream.generations) as ``standby``,
-              and the migration's *cut*: the live group's committed offsets on the events topic
+              and the migration's *cut*: the live group's committed offsets on the events topic;
+              with ``SIMSTREAM_LEXICON=catalog`` its lexicon is fitted over the changelog first
+              and stored beside the control record (encoders/lexicon.py: frozen, in the model tag)
     filling   the catalog changelog (everything written before the cut, and maybe more) is loaded
               into the shadow's collections through the bulk path (streams/backfill.py ``load``),
               reusing the live generation's segments where the field's encoder is the same
@@ -38,13 +40,14 @@ import numpy as np
 import orjson
 
 from simstream.clock import now_ms
-from simstream.encoders.fusion import ProductEncoder
+from simstream.encoders.fusion import ProductEncoder, load_fusion_options
 from simstream.encoders.fusion_config import read_fusion_config
+from simstream.encoders.lexicon import Lexicon
 from simstream.generations import (
     CONTROL_POLL_S, PHASES, ControlRecord, Generation, Migration, generation_settings, model_settings, next_tag,
     versioned_names,
 )
-from simstream.index.control import ControlStore
+from simstream.index.control import ControlStore, lexicon_file
 from simstream.index.milvus import MilvusStore
 from simstream.logs import get_logger
 from simstream.records import ProductEvent
@@ -79,7 +82,7 @@ def describe(tag: str, settings: Settings, encoder: ProductEncoder) -> Generatio
     """The generation ``settings`` run, as the control record keeps it: its model settings, its
     fusion config's content, the model tag and field specs its encoder gives."""
     return Generation(tag, model_settings(settings), read_fusion_config(settings) or None, encoder.model,
-                      encoder.field_specs(), now_ms())
+                      encoder.field_specs(), now_ms(), lexicon=encoder.lexicon.digest if encoder.lexicon else "")
 
 
 def carry_from(source: MilvusStore, source_fields: Mapping[str, Mapping[str, Any]], encoder: ProductEncoder,
@@ -129,7 +132,26 @@ class Migrator:
                                                   **changes))
 
     def settings_of(self, record: ControlRecord, tag: str) -> Settings:
+        self.control.fetch_lexicons(record, self.settings.data_dir)
         return generation_settings(self.settings, record.generations.get(tag), tag)
+
+    def _keep_lexicon(self, encoder: ProductEncoder) -> None:
+        """The encoder's lexicon stored beside the control record, for every process that runs it."""
+        if encoder.lexicon is not None:
+            self.control.put_file(lexicon_file(encoder.lexicon.digest), encoder.lexicon.to_bytes())
+
+    def _fit_lexicon(self, target: Settings) -> Lexicon | None:
+        """The lexicon of the catalog the changelog holds now, when the new generation asks for one:
+        ``SIMSTREAM_LEXICON=catalog``, or no lexicon named and a fusion config fitted for one (the
+        option ``"lexicon": "catalog"``, as ``generalise --lexicon catalog --write-config`` saves)."""
+        named = target.lexicon.strip()  # "none" never fits
+        if named != "catalog" and (named or load_fusion_options(target).get("lexicon") != "catalog"):
+            return None
+        t0 = time.perf_counter()
+        lexicon = Lexicon.fit(read_catalog(self.settings).latest.values())
+        self.say(f"lexicon {lexicon.digest} fitted over {lexicon.catalog_size} products of the changelog "
+                 f"in {time.perf_counter() - t0:.1f} s")
+        return lexicon
 
     # --- start ----------------------------------------------------------------------------------------
     def start(self, target: Settings) -> ControlRecord:
@@ -155,9 +177,12 @@ class Migrator:
             live_settings = self.settings_of(record, source)
             encoder = ProductEncoder(live_settings)
             self._check_model(live_settings, encoder.model)
+            self._keep_lexicon(encoder)
             generations[source] = describe(source, live_settings, encoder)
         tag = next_tag(generations, record.made)
-        encoder = ProductEncoder(target.model_copy(update=versioned_names(self.settings, tag)))
+        encoder = ProductEncoder(target.model_copy(update=versioned_names(self.settings, tag)),
+                                 lexicon=self._fit_lexicon(target))
+        self._keep_lexicon(encoder)  # before the record names it
         new = describe(tag, target, encoder)
         if new.model == generations[source].model and new.settings == generations[source].settings:
             raise MigrationError(f"the new config gives the live model {new.model}: nothing to migrate")
@@ -352,9 +377,13 @@ class Migrator:
         record = self._write(record, record.changed(migration=back))
         return self.switch(record)
 
-    def _drop(self, settings: Settings, tag: str) -> str:
-        """A forgotten generation's collections, consumer group and refresh topic, deleted."""
+    def _drop(self, settings: Settings, tag: str, lexicon: str, kept: ControlRecord) -> str:
+        """A forgotten generation's collections, consumer group and refresh topic, deleted; its
+        lexicon too unless a generation ``kept`` still runs with it."""
         dropped = self.control.drop_collections(settings.collection)
+        if lexicon and all(g.lexicon != lexicon for g in kept.generations.values()):
+            self.control.delete_file(lexicon_file(lexicon))
+            dropped.append(lexicon_file(lexicon))
         # its DLQ stays: the dead letters are still worth reading (`simstream dlq`, SIMSTREAM_DLQ_TOPIC=...)
         left = delete_group_and_topics(self.settings, settings.app_id, [settings.refresh_topic])
         for line in left:
@@ -371,11 +400,12 @@ class Migrator:
             raise MigrationError("no migration before its switch to abandon" if m is None or m.phase == "done" else
                                  f"the migration is in phase {m.phase}: finish it with --resume, then --rollback")
         target = self.settings_of(record, m.target)
+        lexicon = record.generations[m.target].lexicon if m.target in record.generations else ""
         gens = {t: g for t, g in record.generations.items() if t != m.target}
         record = self._write(record, record.changed(standby=None, generations=gens,
                                                     migration=m.at("done", now_ms(), progress={**m.progress,
                                                                                                "abandoned": True})))
-        self.say(f"abandoned the migration to {m.target}: dropped {self._drop(target, m.target)}")
+        self.say(f"abandoned the migration to {m.target}: dropped {self._drop(target, m.target, lexicon, record)}")
         return record
 
     def drop_old(self) -> ControlRecord:
@@ -387,7 +417,9 @@ class Migrator:
         if old is None:
             raise MigrationError("there is no standby generation to drop")
         settings = self.settings_of(record, old)
+        lexicon = record.generations[old].lexicon if old in record.generations else ""
         gens = {t: g for t, g in record.generations.items() if t != old}
         record = self._write(record, record.changed(standby=None, generations=gens))
-        self.say(f"dropped generation {old or 'first'}: {self._drop(settings, old)}; its standby workers idle now")
+        self.say(f"dropped generation {old or 'first'}: {self._drop(settings, old, lexicon, record)}; "
+                 "its standby workers idle now")
         return record

@@ -77,10 +77,13 @@ def control_store(settings: Settings) -> Iterator[ControlStore]:
 
 
 def read_control(settings: Settings, *, wait: bool = False) -> ControlRecord | None:
-    """The control record (None: never migrated); with ``wait``, Milvus down or starting is waited for."""
+    """The control record (None: never migrated), its generations' lexicons fetched into
+    ``data_dir``; with ``wait``, Milvus down or starting is waited for."""
     def read() -> ControlRecord | None:
         with control_store(settings) as control:
-            return control.read()
+            record = control.read()
+            control.fetch_lexicons(record, settings.data_dir)  # the copies its generations' encoders read
+            return record
 
     return retry.call(retry.MILVUS_START, "milvus_connect", read, retry_on=(IndexUnavailable,)) if wait else read()
 

@@ -40,3 +40,43 @@ def test_aliases_follow_the_live_generation_and_old_collections_are_dropped(smal
                                                        f"{base}__g1_tombstones"]
     for kind in ("products", "lists", "tombstones"):
         m.client.drop_alias(live_alias(base, kind))
+
+
+def test_files_beside_the_record_come_back_whole_are_checked_and_forgotten(small_store, tmp_path):
+    """A lexicon's file in chunks beside the record: several chunks round-trip, a lost chunk is
+    refused rather than read short, the copy a worker reads is written once, deletion leaves nothing."""
+    import os
+
+    from simstream.errors import IndexRejected
+    from simstream.generations import Generation, lexicon_path
+    from simstream.index.control import FILE_CHUNK_BYTES, lexicon_file
+
+    base = small_store.milvus.products.removesuffix("_products")
+    control = ControlStore(small_store.milvus.client, base, timeout_s=10)
+    data = os.urandom(FILE_CHUNK_BYTES * 2 + 123)  # three chunks
+    assert control.get_file("lexicon-x") is None
+    control.put_file("lexicon-x", data)
+    assert control.get_file("lexicon-x") == data
+    control.put_file("lexicon-x", data)  # again: the same rows
+    assert control.get_file("lexicon-x") == data
+    assert control.read() is None  # the record is its own row
+
+    record = ControlRecord(generations={"g1": Generation("g1", {}, None, "m", lexicon="x")})
+    control.put_file(lexicon_file("x"), data)
+    control.fetch_lexicons(record, tmp_path)
+    path = lexicon_path(tmp_path, "x")
+    assert path.read_bytes() == data
+    path.write_bytes(b"kept")  # a copy already there is not fetched again
+    control.fetch_lexicons(record, tmp_path)
+    assert path.read_bytes() == b"kept"
+
+    small_store.milvus.client.delete(control.name, filter='key == "lexicon-x:1"')
+    with pytest.raises(IndexRejected, match="incomplete"):
+        control.get_file("lexicon-x")
+    control.delete_file("lexicon-x")
+    control.delete_file(lexicon_file("x"))
+    assert control.get_file("lexicon-x") is None
+    assert small_store.milvus.client.query(control.name, filter='key != ""', output_fields=["key"]) == []
+    with pytest.raises(IndexRejected, match="holds no file"):
+        control.fetch_file("lexicon-y", tmp_path / "y.npz")
+    small_store.milvus.client.drop_collection(control.name)

@@ -21,7 +21,9 @@ def test_the_default_is_the_shipped_config_inside_the_package(monkeypatch: pytes
     assert path is not None and path.parent == CONFIG_DIR and path == shipped_configs()[DEFAULT_FUSION_CONFIG]
     shipped = orjson.loads(path.read_bytes())
     weights = load_weights(settings)
-    assert weights == pytest.approx({f: w / sum(shipped["weights"].values()) for f, w in shipped["weights"].items()})
+    total = sum(shipped["weights"].values())
+    assert weights == pytest.approx({f: shipped["weights"].get(f, 0.0) / total for f in weights})
+    assert set(weights) - set(shipped["weights"]) <= {"text_words"}  # a field added later: 0 unless weighted
     assert load_fusion_options(settings)["text_model"] == shipped["options"]["text_model"]
     info = describe(settings, load_weights(settings))
     assert info["fusion_config"]["source"].startswith("default")
@@ -59,7 +61,8 @@ def test_config_command_prints_what_is_in_force(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SIMSTREAM_TEXT_MODEL", "some-model")
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 0, result.output
-    assert "fusion-weights-v3" in result.output and "some-model  [SIMSTREAM_TEXT_MODEL]" in result.output
+    assert "fusion-weights-v4" in result.output and "some-model  [SIMSTREAM_TEXT_MODEL]" in result.output
+    assert "lexicon" in result.output and "fitted by the next simstream migrate" in result.output
     monkeypatch.setenv("SIMSTREAM_FUSION_CONFIG", "v9")
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 1 and "v9" in result.output
@@ -68,4 +71,4 @@ def test_config_command_prints_what_is_in_force(monkeypatch: pytest.MonkeyPatch)
 def test_the_shipped_configs_are_package_data() -> None:
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"configs/*.json"' in pyproject and CONFIG_DIR.name == "configs" and CONFIG_DIR.parent.name == "encoders"
-    assert {"v1", "v2", "v3"} <= set(shipped_configs())
+    assert {"v1", "v2", "v3", "v4"} <= set(shipped_configs())
