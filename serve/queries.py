@@ -76,10 +76,12 @@ class QueryEncoder:
 
     def __init__(self, settings: Settings) -> None:
         self.encoder = compute.run(ProductEncoder, settings)  # torch's thread from the start (simstream.compute)
-        self.layout: Mapping[str, slice] = self.encoder.layout
+        # the fields the vectors hold (an optional field the model does not weight takes no room)
+        self.layout: Mapping[str, slice] = {f: self.encoder.layout[f] for f in self.encoder.fields}
         self.model = self.encoder.model
         self.dim = self.encoder.dim
-        self.weights: Mapping[str, float] = self.encoder.weights  # as stored: query-time weights rescale these
+        # as stored, for the fields the vectors hold: query-time weights rescale these
+        self.weights: Mapping[str, float] = {f: self.encoder.weights[f] for f in self.encoder.fields}
         # one encode at a time, each for every query asked meanwhile (serve/batcher.py)
         # concurrent queries' documents encoded in one call
         self.batcher: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES,

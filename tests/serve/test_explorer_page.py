@@ -158,7 +158,7 @@ def test_url_state_resubmit_keyboard_and_the_weights_panel(base_url: str, catalo
         assert "published list" in page.text_content("#freshness")
         published = [c.get_attribute("data-id") for c in page.locator(".neighbor-card").all()]
         # the weights panel: only the image counts now; the list re-ranks live, as the API ranks it
-        for f in catalog.encoder.encoder.weights:
+        for f in catalog.encoder.weights:  # the fields the vectors hold
             if f != "image":
                 page.locator(f"#weights input[data-field={f}]").fill("0")
         page.wait_for_function("(new URLSearchParams(location.hash.split('?')[1] || '').get('weights') || '')"

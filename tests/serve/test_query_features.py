@@ -117,7 +117,7 @@ def test_relative_filters_compare_with_the_seed(api: TestClient, catalog) -> Non
 def reweighed(catalog, vector: np.ndarray, asked: dict[str, float]) -> np.ndarray:
     """The oracle's own re-weighting: stored weights with ``asked`` in their place, normalised
     to sum 1; each field's segment scaled by new / stored weight."""
-    stored_w = dict(catalog.encoder.encoder.weights)
+    stored_w = dict(catalog.encoder.weights)
     new = {f: asked.get(f, w) for f, w in stored_w.items()}
     total = sum(new.values())
     out = vector.astype(np.float32).copy()
@@ -129,7 +129,7 @@ def reweighed(catalog, vector: np.ndarray, asked: dict[str, float]) -> np.ndarra
 
 def test_query_time_weights_are_exact(api: TestClient, catalog) -> None:
     vectors = stored(catalog)
-    layout, stored_w = catalog.encoder.layout, catalog.encoder.encoder.weights
+    layout, stored_w = catalog.encoder.layout, catalog.encoder.weights
     for asked in ({"image": 0.0}, {"text": 2.0, "brand": 0.0}, {"price": 1.0, "category": 1.0}):
         spec = ",".join(f"{f}:{w}" for f, w in asked.items())
         body = api.get(f"/v1/products/{SEED}/neighbors", params={"k": "8", "weights": spec}).json()

@@ -14,6 +14,9 @@ class FakeControl:
     def read(self):
         return self.record
 
+    def fetch_lexicons(self, record, data_dir):
+        assert all(not g.lexicon for g in (record.generations.values() if record else ()))
+
     def write(self, record, *, expect_epoch):
         assert expect_epoch == (self.record.epoch if self.record is not None else None)
         self.record = record
