@@ -31,7 +31,7 @@ from simstream.records import ProductEvent
 from simstream.settings import Settings
 
 __all__ = [
-    "DEFAULT_KS", "retrieval_metrics", "tfidf_scores", "tfidf_rankings", "top_k", "encode_events",
+    "DEFAULT_KS", "retrieval_metrics", "tfidf_scores", "bm25_scores", "tfidf_rankings", "top_k", "encode_events",
     "milvus_rankings", "milvus_scored", "scored_top", "euclidean_scores", "threshold_gold", "catalog_lexicon", "build_settings",
     "evaluate", "format_report", "json_report"
 ]
@@ -71,6 +71,23 @@ def tfidf_scores(left: Table, right: Table, queries: Sequence[int]) -> np.ndarra
     a = vec.transform([left.texts[i] for i in queries])
     b = vec.transform(right.texts)
     return np.asarray((a @ b.T).toarray())
+
+
+def bm25_scores(left: Table, right: Table, queries: Sequence[int]) -> np.ndarray:
+    """Okapi BM25 (``bm25s``: Lucene's variant, k1 1.5, b 0.75, English stop words) over words (2+ characters) of the
+    same columns, IDF from the catalog (``right``) only: scores [len(queries), len(right)]."""
+    import bm25s
+
+    def tokens(texts: Sequence[str]) -> list[list[str]]:
+        return bm25s.tokenize(list(texts), stopwords="english", return_ids=False, show_progress=False)  # type: ignore[no-any-return]
+
+    retriever = bm25s.BM25()
+    retriever.index(tokens(right.texts), show_progress=False)
+    out = np.zeros((len(queries), len(right.texts)), np.float64)
+    for n, q in enumerate(tokens([left.texts[i] for i in queries])):
+        if q:  # a query with no word left (empty, or stop words only) scores 0 everywhere
+            out[n] = retriever.get_scores(q)
+    return out
 
 
 def tfidf_rankings(left: Table, right: Table, queries: Sequence[int], limit: int) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ import orjson
 
 from simstream.encoders.fusion import FIELDS, ProductEncoder
 from simstream.quality.datasets import parse_field_map, read_gold
-from simstream.quality.evaluate import DEFAULT_KS, build_settings, retrieval_metrics, tfidf_scores, top_k
+from simstream.quality.evaluate import DEFAULT_KS, bm25_scores, build_settings, retrieval_metrics, tfidf_scores, top_k
 from simstream.quality.fit_weights import Dataset, fit_weights, load_dataset, unit_config
 from simstream.quality.lexical import channels_of, parse_specs, with_catalog_lexicon
 from simstream.quality.second_stage import best_threshold, fit_second_stage, match_scores, pr_curve
@@ -63,12 +63,13 @@ def load_benchmark(root: Path, bench: Benchmark, encoder: ProductEncoder, cache_
     return ds
 
 
-def tfidf_metrics(ds: Dataset, ks: Sequence[int]) -> dict[str, float]:
-    """Char-trigram TF-IDF over the same columns, twins masked like the fused ranking."""
+def tfidf_metrics(ds: Dataset, ks: Sequence[int], *, bm25: bool = False) -> dict[str, float]:
+    """Char-trigram TF-IDF (or, with ``bm25``, Okapi BM25 over words) over the same columns, twins
+    masked like the fused ranking."""
     gold = ds.gold["full"]
     pos = {rid: i for i, rid in enumerate(ds.left.ids)}
     queries = [pos[q] for q in gold if q in pos]
-    scores = ds.mask(tfidf_scores(ds.left, ds.right, queries), queries)
+    scores = ds.mask((bm25_scores if bm25 else tfidf_scores)(ds.left, ds.right, queries), queries)
     ranked = {ds.left.ids[i]: [ds.right.ids[j] for j in top_k(scores[n], max(ks))] for n, i in enumerate(queries)}
     return retrieval_metrics(ranked, gold, ks)
 
@@ -96,6 +97,7 @@ def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS
                             "if_chosen_on_this_set": match_scores(probs, labels, pairs, best_threshold(probs, labels, pairs)),
                             "pr_curve": pr_curve(probs, labels, pairs)}
         row["tfidf"] = tfidf_metrics(held, ks)
+        row["bm25"] = tfidf_metrics(held, ks, bm25=True)
         for label, weights in (fixed or {}).items():
             row[label] = held.metrics(weights, "full", ks)
         out[held.name] = row

@@ -157,3 +157,32 @@ def test_a_generation_runs_with_its_own_lexicon_copy_and_older_records_with_none
     assert generation_settings(base, old).lexicon == ""
     new = Generation("g2", {"fusion_config": "none", "lexicon": "catalog"}, None, "m", lexicon="0123456789abcdef")
     assert generation_settings(base, new).lexicon == str(lexicon_path(tmp_path, "0123456789abcdef"))
+
+
+def test_lexicon_fit_command_counts_the_latest_version_of_each_product(tmp_path: Path) -> None:
+    """``simstream lexicon fit``: the latest accepted version of each product counts once, deleted
+    products and invalid records not at all; the file it writes is what SIMSTREAM_LEXICON reads."""
+    import orjson
+    from click.testing import CliRunner
+
+    from simstream.cli import main
+
+    lines = [
+        {"product_id": "a", "op": "upsert", "version": 1, "title": "Old zebra lamp"},
+        {"product_id": "a", "op": "upsert", "version": 2, "title": "Desk lamp"},
+        {"product_id": "b", "op": "upsert", "version": 1, "title": "Floor lamp"},
+        {"product_id": "c", "op": "upsert", "version": 1, "title": "Gone lamp"},
+        {"product_id": "c", "op": "delete", "version": 2},
+        {"product_id": "", "op": "upsert", "version": 1, "title": "no id"},
+    ]
+    source = tmp_path / "catalog.jsonl"
+    source.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\nnot json\n")
+    out = tmp_path / "lexicon.npz"
+    result = CliRunner().invoke(main, ["lexicon", "fit", str(source), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lex = Lexicon.load(out)
+    assert lex.digest in result.output and "2 invalid records skipped" in result.output
+    assert lex.catalog_size == 2  # a's latest and b; c deleted
+    assert list(lex.document_frequency("text_word", token_keys(["lamp", "zebra", "desk", "gone"]))) == [2, 0, 1, 0]
+    settings = Settings(fusion_config="none", image_enabled=False, lexicon=str(out))
+    assert ProductEncoder(settings).lexicon.digest == lex.digest

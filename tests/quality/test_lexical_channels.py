@@ -126,3 +126,17 @@ def test_match_scores_count_every_gold_pair_and_the_best_threshold_maximises_f1(
     assert (m["precision"], m["recall"]) == (0.5, round(1 / 3, 4))
     # F1: 0.57 with all four, 0.67 with the top three (t in (0.2, 0.4]), 0.4 with two, 0.5 with one
     assert best_threshold(probs, labels, 3) == 0.21
+
+
+def test_bm25_baseline_weighs_words_by_the_catalog_and_scores_wordless_queries_zero() -> None:
+    from types import SimpleNamespace
+
+    from simstream.quality.evaluate import bm25_scores
+
+    catalog = SimpleNamespace(texts=["camera bag", "camera strap", "camera x100 lens", "tripod"])
+    queries = SimpleNamespace(texts=["x100 camera", "camera", "the", ""])
+    scores = bm25_scores(queries, catalog, [0, 1, 2, 3])
+    assert scores.shape == (4, 4)
+    assert int(scores[0].argmax()) == 2  # the rare word decides
+    assert scores[1, 3] == 0 and scores[1, 0] > 0  # a common word still scores, a missing one not
+    assert not scores[2:].any()  # stop words only, or nothing: 0 everywhere
