@@ -36,7 +36,7 @@ from simstream.encoders.lexical import MpnEncoder, TextWordsEncoder, TitleLexica
 from simstream.encoders.lexicon import Lexicon, words_text
 from simstream.encoders.structured import BrandEncoder, CategoryEncoder, PriceEncoder
 from simstream.encoders.multilingual import make_text_encoder
-from simstream.encoders.text import clean_text
+from simstream.encoders.text import text_of
 from simstream.records import FUSED_FIELDS, ProductEvent
 from simstream.errors import EncodeError
 from simstream.settings import Settings
@@ -44,7 +44,7 @@ from simstream.vector_codec import Codec, Segment, canonical
 
 __all__ = [
     "FUSION_VERSION", "FIELDS", "OPTIONAL_FIELDS", "COMPACT_CODECS", "TEXT_WORDS_DIM", "text_of", "field_contents",
-    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
+    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "wants_catalog_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
 ]
 
 FUSION_VERSION = "fusion-v1"
@@ -57,16 +57,6 @@ TEXT_WORDS_DIM = 1024  # signed buckets of the words segment (as many as the tit
 # on float16, hashed counts, one-hot slots and image features on int8 with a power-of-two scale.
 COMPACT_CODECS: dict[str, Codec] = {"text": "f16", "price": "f16", "title_lexical": "i8", "mpn": "i8",
                                     "brand": "i8", "category": "i8", "image": "i8", "text_words": "i8"}
-
-
-def text_of(p: ProductEvent, with_brand: bool = True) -> str:
-    """What the text encoder reads: title, brand and the start of the description.
-
-    Without the brand (a text model trained that way says so), a brand-only update leaves the text
-    unchanged, so only the cheap brand encoder runs again.
-    """
-    parts = [p.title, (p.brand or "") if with_brand else "", clean_text(p.description)[:500]]
-    return " . ".join(x for x in parts if x)
 
 
 def field_contents(p: ProductEvent, brand_in_text: bool = True) -> dict[str, object]:
@@ -119,6 +109,14 @@ def load_lexicon(settings: Settings) -> Lexicon | None:
     if not path.is_file():
         raise ValueError(f"SIMSTREAM_LEXICON={value!r}: no such file")
     return _load_lexicon(path, path.stat().st_mtime_ns)
+
+
+def wants_catalog_lexicon(settings: Settings) -> bool:
+    """Whether a new generation of ``settings`` gets a lexicon fitted over its catalog:
+    ``SIMSTREAM_LEXICON=catalog``, or none named and a fusion config fitted for one (the option
+    ``"lexicon": "catalog"``, as v4); ``none`` never."""
+    named = settings.lexicon.strip()
+    return named == "catalog" or (not named and load_fusion_options(settings).get("lexicon") == "catalog")
 
 
 @lru_cache(maxsize=4)

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import mmh3
 import numpy as np
 
-__all__ = ["char_ngrams", "char_wb_ngrams", "hashed_counts", "slots_and_signs", "l2_rows"]
+__all__ = ["char_ngrams", "char_wb_ngrams", "token_keys", "slots_and_signs", "hashed_counts", "l2_rows"]
 
 _WHITE_SPACES = re.compile(r"\s\s+")
 _INT32_MIN = -(2**31)
@@ -46,10 +46,17 @@ def char_wb_ngrams(text: str, low: int, high: int) -> list[str]:
     return grams
 
 
-def _slot(feature: str, dim: int) -> tuple[int, float]:
-    h = mmh3.hash(feature.encode("utf-8"), 0, signed=True)
-    index = (2**31 - 1 - (dim - 1)) % dim if h == _INT32_MIN else abs(h) % dim
-    return index, 1.0 if h >= 0 else -1.0
+def token_keys(tokens: Iterable[str]) -> np.ndarray:
+    """Each token's signed 32-bit MurmurHash3 (seed 0, UTF-8), as int64."""
+    return np.fromiter((mmh3.hash(t.encode("utf-8"), 0, signed=True) for t in tokens), np.int64)
+
+
+def slots_and_signs(keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each hash's slot (``|h| mod dim``, scikit-learn's rule for ``-2**31``) and sign (-1 for a
+    negative hash)."""
+    keys = np.asarray(keys, np.int64)
+    index = np.where(keys == _INT32_MIN, (2**31 - 1 - (dim - 1)) % dim, np.abs(keys) % dim)
+    return index, np.where(keys >= 0, 1.0, -1.0)
 
 
 def hashed_counts(docs: Iterable[Sequence[str]], dim: int, *, alternate_sign: bool) -> np.ndarray:
@@ -57,17 +64,9 @@ def hashed_counts(docs: Iterable[Sequence[str]], dim: int, *, alternate_sign: bo
     rows = [list(features) for features in docs]
     out = np.zeros((len(rows), dim), dtype=np.float64)
     for r, features in enumerate(rows):
-        for feature in features:
-            index, sign = _slot(feature, dim)
-            out[r, index] += sign if alternate_sign else 1.0
+        slots, signs = slots_and_signs(token_keys(features), dim)
+        np.add.at(out[r], slots, signs if alternate_sign else 1.0)  # sums of +-1: exact in any order
     return out
-
-
-def slots_and_signs(keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``_slot`` for many signed 32-bit hashes at once (int64 in): bucket indices and signs."""
-    keys = np.asarray(keys, np.int64)
-    index = np.where(keys == _INT32_MIN, (2**31 - 1 - (dim - 1)) % dim, np.abs(keys) % dim)
-    return index, np.where(keys >= 0, 1.0, -1.0)
 
 
 def l2_rows(matrix: np.ndarray) -> np.ndarray:

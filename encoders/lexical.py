@@ -18,8 +18,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from simstream.encoders.hashing import char_ngrams, char_wb_ngrams, hashed_counts, slots_and_signs
-from simstream.encoders.lexicon import Lexicon, text_words, title_trigrams, token_keys
+from simstream.encoders.hashing import char_ngrams, char_wb_ngrams, hashed_counts, slots_and_signs, token_keys
+from simstream.encoders.lexicon import Lexicon, text_words, title_trigrams
 from simstream.encoders.text import clean_text
 
 __all__ = ["TitleLexicalEncoder", "TextWordsEncoder", "idf_hashed", "normalize_mpn", "model_numbers", "MpnEncoder"]

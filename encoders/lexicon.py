@@ -21,19 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import mmh3
 import numpy as np
 import orjson
 
-from simstream.encoders.hashing import char_wb_ngrams
-from simstream.encoders.text import clean_text
+from simstream.encoders.hashing import char_wb_ngrams, token_keys
+from simstream.encoders.text import clean_text, text_of
 from simstream.records import ProductEvent
 
-__all__ = ["LEXICON_FORMAT", "ANALYZERS", "title_trigrams", "text_words", "words_text", "token_keys", "catalog_idf",
+__all__ = ["LEXICON_FORMAT", "WORD_PATTERN", "ANALYZERS", "title_trigrams", "text_words", "words_text", "catalog_idf",
            "Lexicon"]
 
 LEXICON_FORMAT = "lexicon-v1"
-_WORD = re.compile(r"(?u)\b\w+\b")  # single characters count: "i7", "4 gb" -> "4"
+WORD_PATTERN = r"(?u)\b\w+\b"  # single characters count: "i7", "4 gb" -> "4"
+_WORD = re.compile(WORD_PATTERN)
 _FIT_CHUNK = 4096  # products counted at a time while fitting (bounds the memory of the fit)
 
 
@@ -45,8 +45,7 @@ def title_trigrams(title: str | None) -> list[str]:
 def words_text(p: ProductEvent) -> str:
     """What the word segment reads: title, brand and the start of the description (as the text
     encoder reads them, brand included whatever the text model does)."""
-    parts = [p.title, p.brand or "", clean_text(p.description)[:500]]
-    return " . ".join(x for x in parts if x)
+    return text_of(p, with_brand=True)
 
 
 def text_words(text: str | None) -> list[str]:
@@ -59,11 +58,6 @@ ANALYZERS: dict[str, tuple[Callable[[ProductEvent], str | None], Callable[[str |
     "title_char3": (lambda p: p.title, title_trigrams),
     "text_word": (words_text, text_words),
 }
-
-
-def token_keys(tokens: Iterable[str]) -> np.ndarray:
-    """Each token's signed 32-bit MurmurHash3 (seed 0, UTF-8), as int64."""
-    return np.fromiter((mmh3.hash(t.encode("utf-8"), 0, signed=True) for t in tokens), np.int64)
 
 
 def catalog_idf(document_frequency: np.ndarray, catalog_size: int) -> np.ndarray:

@@ -13,8 +13,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from simstream.encoders.device import inference, pick_backend, pick_device, to_device
 from simstream.encoders.onnx_runtime import OnnxModel, export_once
+from simstream.records import ProductEvent
 
-__all__ = ["ONNX_CPU_BATCH", "clean_text", "start_encode", "default_text_model", "TextEncoder"]
+__all__ = ["ONNX_CPU_BATCH", "clean_text", "text_of", "start_encode", "default_text_model", "TextEncoder"]
 
 # A tag may not contain "<": with ``<[^>]+>`` every "<" of an unclosed run scanned to the end of
 # the text (quadratic; 100 kB of "<" took seconds), this one stops at the next "<" (linear).
@@ -32,6 +33,16 @@ def clean_text(text: str | None) -> str:
     if not text:
         return ""
     return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text))).strip()
+
+
+def text_of(p: ProductEvent, with_brand: bool = True) -> str:
+    """What the text encoder reads: title, brand and the start of the description.
+
+    Without the brand (a text model trained that way says so), a brand-only update leaves the text
+    unchanged, so only the cheap brand encoder runs again.
+    """
+    parts = [p.title, (p.brand or "") if with_brand else "", clean_text(p.description)[:500]]
+    return " . ".join(x for x in parts if x)
 
 
 def start_encode(texts: str | Sequence[str], dim: int) -> tuple[bool, list[str], np.ndarray, list[int]]:

@@ -184,13 +184,10 @@ def catalog_lexicon(settings: Settings, catalog: Sequence[ProductEvent]) -> Any:
     """The lexicon a migration would fit for this catalog, when SIMSTREAM_LEXICON says ``catalog``,
     or says nothing and the fusion config was fitted for one (option ``lexicon: catalog``); else
     None (the encoder then reads SIMSTREAM_LEXICON itself: ``none``, or a file)."""
-    from simstream.encoders.fusion import load_fusion_options
+    from simstream.encoders.fusion import wants_catalog_lexicon
     from simstream.encoders.lexicon import Lexicon
 
-    named = settings.lexicon.strip()
-    if named == "catalog" or (not named and load_fusion_options(settings).get("lexicon") == "catalog"):
-        return Lexicon.fit(catalog)
-    return None
+    return Lexicon.fit(catalog) if wants_catalog_lexicon(settings) else None
 
 
 def build_settings(fields: Mapping[str, str], *, weights_file: str | Path | None = None,

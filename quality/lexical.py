@@ -21,14 +21,14 @@ from typing import Sequence
 import numpy as np
 
 from simstream.encoders.fusion import text_of
+from simstream.encoders.lexicon import WORD_PATTERN, catalog_idf  # the stream's: IDF counted in the catalog only
 from simstream.quality.datasets import Table
 
-__all__ = ["SOURCES", "ANALYZERS", "WORD_PATTERN", "LexicalSpec", "parse_specs", "catalog_idf", "channel_cosines", "channels_of",
+__all__ = ["SOURCES", "ANALYZERS", "LexicalSpec", "parse_specs", "channel_cosines", "channels_of",
            "STREAM_LEXICAL_FIELDS", "with_catalog_lexicon"]
 
 SOURCES = ("title", "text")
 ANALYZERS = ("char3", "word")
-WORD_PATTERN = r"(?u)\b\w+\b"  # single characters count ("i7", "4 gb" -> "4")
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,6 @@ def _counter(analyzer: str):  # type: ignore[no-untyped-def]
     if analyzer == "char3":
         return CountVectorizer(analyzer="char_wb", ngram_range=(3, 3), lowercase=True)
     return CountVectorizer(analyzer="word", token_pattern=WORD_PATTERN, lowercase=True)
-
-
-def catalog_idf(document_frequency: np.ndarray, catalog_size: int) -> np.ndarray:
-    """Smooth IDF, ``ln((1 + n) / (1 + df)) + 1``, with df counted in the catalog only: a token the
-    catalog lacks (df 0) gets ``ln(1 + n) + 1``, the weight of the rarest possible token."""
-    return np.log((1.0 + catalog_size) / (1.0 + np.asarray(document_frequency, np.float64))) + 1.0
 
 
 def _weighted(counts, idf: np.ndarray):  # type: ignore[no-untyped-def]

@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from simstream.clock import now_ms
-from simstream.encoders.fusion import ProductEncoder, load_fusion_options
+from simstream.encoders.fusion import ProductEncoder, wants_catalog_lexicon
 from simstream.encoders.fusion_config import read_fusion_config
 from simstream.encoders.lexicon import Lexicon
 from simstream.generations import (
@@ -144,8 +144,7 @@ class Migrator:
         """The lexicon of the catalog the changelog holds now, when the new generation asks for one:
         ``SIMSTREAM_LEXICON=catalog``, or no lexicon named and a fusion config fitted for one (the
         option ``"lexicon": "catalog"``, as ``generalise --lexicon catalog --write-config`` saves)."""
-        named = target.lexicon.strip()  # "none" never fits
-        if named != "catalog" and (named or load_fusion_options(target).get("lexicon") != "catalog"):
+        if not wants_catalog_lexicon(target):
             return None
         t0 = time.perf_counter()
         lexicon = Lexicon.fit(read_catalog(self.settings).latest.values())

@@ -13,7 +13,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from simstream.encoders.fusion import ProductEncoder, layout_of
 from simstream.encoders.lexical import TextWordsEncoder, TitleLexicalEncoder
-from simstream.encoders.lexicon import Lexicon, text_words, token_keys, words_text
+from simstream.encoders.hashing import token_keys
+from simstream.encoders.lexicon import Lexicon, text_words, words_text
 from simstream.generations import Generation, generation_settings, lexicon_path
 from simstream.records import ProductEvent
 from simstream.settings import Settings

@@ -10,7 +10,8 @@ import pytest
 from simstream.quality.datasets import Table
 from simstream.quality.fit_weights import Dataset, fit_weights
 from simstream.quality.generalise import format_table, leave_one_out
-from simstream.quality.lexical import LexicalSpec, catalog_idf, channel_cosines, parse_specs
+from simstream.encoders.lexicon import catalog_idf
+from simstream.quality.lexical import LexicalSpec, channel_cosines, parse_specs
 from simstream.quality.second_stage import best_threshold, facts_of, fit_second_stage, match_scores, pair_features
 from simstream.records import ProductEvent
 
