@@ -380,6 +380,7 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
     store = VectorStore.connect(uri, prefix, encoder.dim, flush_every_rows=flush_every_rows, timeout_s=timeout_s)
     now = now_ms()
     builder = ListBuilder(store, k=k, layout=encoder.layout, model=encoder.model, depth=depth)
+    match = getattr(encoder, "match", None)
     t0 = time.perf_counter()
     if top is None and with_lists:
         ranked = exact_top_k(vectors, fv.ids, builder.depth, margin=8)
@@ -409,7 +410,10 @@ def preload(uri: str, prefix: str, encoder: Any, fv: FieldVectors, *, k: int, de
         for i, pid in enumerate(fv.ids):
             me = vectors[i]
             why = contributions(me, [vectors[j] for j in idx[i, :k]], encoder.layout)
-            neigh = [Neighbour(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), why[j]) for j in range(k)]
+            # each entry's match decision, as the worker's list builder adds it (none without one)
+            decided = match.of_entries(why, encoder.weights) if match is not None else [None] * k
+            neigh = [Neighbour(fv.ids[idx[i, j]], round(float(scores[i, j]), SCORE_DECIMALS), why[j], decided[j])
+                     for j in range(k)]
             nl = NeighbourList(pid, fv.docs[i]["version"], neigh, encoder.model, now, fv.docs[i]["event_time"])
             boundary = float(scores[i, builder.depth - 1]) if len(fv.ids) - 1 > builder.depth else float("-inf")
             deep = [fv.ids[j] for j in idx[i, : min(builder.depth, len(fv.ids) - 1)]]

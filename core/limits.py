@@ -82,14 +82,15 @@ def list_payload_bytes(k: int) -> int:
 
     A string of 256 UTF-8 bytes (product_id, model: Milvus VARCHAR 256), every byte a control
     character, is 6 * 256 + 2 = 1538 ("\\u0001"); a float at most 24 ("-2.2250738585072014e-308");
-    an int64 at most 20. One neighbour, with its comma: {"product_id":S,"score":F,"fields":{..}},
-    = 37 + 1538 + 24 + fields (7 x ("name": + 24) + 6 commas = 43 + 7 * 27 + 6 = 238) = 1837.
-    The envelope {"product_id":S,"version":I,"neighbors":[],"model":S,"computed_at":I,
-    "source_event_time":I} = 86 + 2 * 1538 + 3 * 20 = 3222. So 3222 + 1837 k <= 65,535: k <= 33.
+    an int64 at most 20. One neighbour, with its comma:
+    {"product_id":S,"score":F,"fields":{..},"match_probability":F}, = 58 + 1538 + 2 * 24 + fields
+    (8 x ("name": + 24) + 7 commas = 53 + 8 * 27 + 7 = 276) = 1920. The envelope {"product_id":S,
+    "version":I,"neighbors":[],"model":S,"computed_at":I,"source_event_time":I} = 86 + 2 * 1538 +
+    3 * 20 = 3222. So 3222 + 1920 k <= 65,535: k <= 32.
     """
     string, number, integer = 6 * max(MAX_ID_BYTES, MAX_MODEL_BYTES) + 2, 24, 20
     fields = sum(len(f) + 3 + number for f in FUSED_FIELDS) + len(FUSED_FIELDS) - 1
-    neighbour = len('{"product_id":,"score":,"fields":{}},') + string + number + fields
+    neighbour = len('{"product_id":,"score":,"fields":{},"match_probability":},') + string + 2 * number + fields
     envelope = len('{"product_id":,"version":,"neighbors":[],"model":,"computed_at":,"source_event_time":}')
     return envelope + 2 * string + 3 * integer + k * neighbour
 

@@ -58,11 +58,20 @@ FUSED_FIELDS = ("text", "title_lexical", "mpn", "image", "brand", "category", "p
 
 @dataclass(frozen=True, slots=True)
 class Neighbour:
-    """One entry of a list: the neighbour, its score, and the score split by field ("why similar")."""
+    """One entry of a list: the neighbour, its score, the score split by field ("why similar"), and
+    how likely it is the same product (``simstream.match``; None where the model has no match
+    decision: the wire form then leaves the key out)."""
 
     product_id: str
     score: float
     fields: dict[str, float]
+    match_probability: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"product_id": self.product_id, "score": self.score, "fields": self.fields}
+        if self.match_probability is not None:
+            doc["match_probability"] = self.match_probability
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +89,7 @@ class NeighbourList:
         """The wire form (docs/events.md): the list is spelled ``neighbors`` there."""
         return orjson.dumps({
             "product_id": self.product_id, "version": self.version,
-            "neighbors": [{"product_id": n.product_id, "score": n.score, "fields": n.fields} for n in self.neighbours],
+            "neighbors": [n.to_wire() for n in self.neighbours],
             "model": self.model, "computed_at": self.computed_at, "source_event_time": self.source_event_time,
         })
 
@@ -92,7 +101,8 @@ class NeighbourList:
             product_id=doc["product_id"],
             version=doc["version"],
             # by name, so a payload from a newer writer with more keys still reads
-            neighbours=[Neighbour(n["product_id"], n["score"], n["fields"]) for n in doc["neighbors"]],
+            neighbours=[Neighbour(n["product_id"], n["score"], n["fields"], n.get("match_probability"))
+                        for n in doc["neighbors"]],
             model=doc["model"],
             computed_at=doc["computed_at"],
             source_event_time=doc.get("source_event_time"),

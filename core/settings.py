@@ -36,7 +36,7 @@ assert tuple(DEFAULT_WEIGHTS) == FUSED_FIELDS
 
 #: The fusion config used unless SIMSTREAM_FUSION_CONFIG says otherwise: the best shipped one, chosen on
 #: the leave-one-dataset-out protocol of docs/quality.md.
-DEFAULT_FUSION_CONFIG = "v4"
+DEFAULT_FUSION_CONFIG = "v5"
 
 
 class Settings(BaseSettings):
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     # and the bundled base text model). Overrides ``weights``. encoders/fusion_config.py resolves it.
     fusion_config: str = DEFAULT_FUSION_CONFIG
     # The catalog's lexicon (encoders/lexicon.py) that IDF-weights the lexical segments: "" = as the
-    # fusion config says (v4: fitted by the next ``simstream migrate``; every token weighs the same
+    # fusion config says (v4, v5: fitted by the next ``simstream migrate``; every token weighs the same
     # until then); "none" = never; "catalog" = fitted over the catalog by ``simstream migrate`` into
     # the new generation; or the path of a fitted file (``simstream lexicon fit``). SIMSTREAM_LEXICON
     lexicon: str = ""

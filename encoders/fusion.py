@@ -39,12 +39,13 @@ from simstream.encoders.multilingual import make_text_encoder
 from simstream.encoders.text import text_of
 from simstream.records import FUSED_FIELDS, ProductEvent
 from simstream.errors import EncodeError
+from simstream.match import MatchModel
 from simstream.settings import Settings
 from simstream.vector_codec import Codec, Segment, canonical
 
 __all__ = [
     "FUSION_VERSION", "FIELDS", "OPTIONAL_FIELDS", "COMPACT_CODECS", "TEXT_WORDS_DIM", "text_of", "field_contents",
-    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "wants_catalog_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
+    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "load_match_model", "wants_catalog_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
 ]
 
 FUSION_VERSION = "fusion-v1"
@@ -111,6 +112,24 @@ def load_lexicon(settings: Settings) -> Lexicon | None:
     return _load_lexicon(path, path.stat().st_mtime_ns)
 
 
+def load_match_model(settings: Settings) -> MatchModel | None:
+    """The match decision of the fusion config in force (its ``"match"`` block), None without one.
+
+    Raises:
+        ValueError: a block that is not a valid match model, or one over a field the vectors lack.
+    """
+    from simstream.encoders.fusion_config import read_fusion_config
+
+    block = read_fusion_config(settings).get("match")
+    if not block:
+        return None
+    model = MatchModel.from_config(block)
+    unknown = set(model.fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"the fusion config's match decision reads unknown fields {sorted(unknown)}")
+    return model
+
+
 def wants_catalog_lexicon(settings: Settings) -> bool:
     """Whether a new generation of ``settings`` gets a lexicon fitted over its catalog:
     ``SIMSTREAM_LEXICON=catalog``, or none named and a fusion config fitted for one (the option
@@ -163,6 +182,8 @@ class ProductEncoder:
         self.lexicon = lexicon if lexicon is not None else load_lexicon(settings)
         self.weights = load_weights(settings)
         self.options = load_fusion_options(settings)
+        # each list entry's match probability (simstream.match): part of the model, in its tag
+        self.match = load_match_model(settings)
         # SIMSTREAM_TEXT_MODEL wins; else the text model the fusion config's weights were fitted with.
         text_model = settings.text_model or (str(self.options["text_model"]) if self.options.get("text_model") else None)
         self.text = make_text_encoder(text_model, device=settings.device,
@@ -205,7 +226,8 @@ class ProductEncoder:
         weights_tag = content_hash([round(self.weights[f], 6) for f in self.fields])[:8]
         method = (FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
                   + ("-q" if settings.vector_codec == "compact" else "")
-                  + (f"-idf{self.lexicon.digest}" if self.lexicon is not None else ""))
+                  + (f"-idf{self.lexicon.digest}" if self.lexicon is not None else "")
+                  + (f"-m{self.match.digest}" if self.match is not None else ""))
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_threads, thread_name_prefix="image-fetch")
 

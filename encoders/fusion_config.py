@@ -2,7 +2,7 @@
 
 The shipped configs are package data (``encoders/configs/fusion-weights-vN.json``), so a pip-installed
 simstream uses the best one by default (``Settings.fusion_config``, ``SIMSTREAM_FUSION_CONFIG``):
-a shipped name (``v4`` or ``fusion-weights-v4``), a path to a config file, or ``none`` for the
+a shipped name (``v5`` or ``fusion-weights-v5``), a path to a config file, or ``none`` for the
 untuned defaults (``DEFAULT_WEIGHTS`` and the bundled base text model).
 """
 

@@ -34,6 +34,8 @@ import numpy as np
 from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
 from simstream.harness.synthetic import Stream, generate_stream
 from simstream.index.exact import exact_top_k
+from simstream.index.neighbours import match_probabilities
+from simstream.match import PROBABILITY_DECIMALS, MatchModel
 from simstream.records import NeighbourList
 from simstream.settings import Settings
 from simstream.streams.contracts import parse_event
@@ -41,12 +43,13 @@ from simstream.streams.neighbour_reader import NeighbourReader
 from simstream.streams.producer import EventProducer
 
 __all__ = [
-    "SCORE_TOLERANCE", "metric_total", "oracle_lists", "Comparison", "compare", "Options", "milvus_for", "proof_env",
+    "SCORE_TOLERANCE", "PROBABILITY_TOLERANCE", "metric_total", "oracle_lists", "Comparison", "Decision", "compare", "Options", "milvus_for", "proof_env",
     "run_exactness", "run_backfill",
     "inject", "read_catalog", "reencode_error", "explain", "summary_line"
 ]
 
 SCORE_TOLERANCE = 1e-4
+PROBABILITY_TOLERANCE = 10.0 ** -PROBABILITY_DECIMALS  # one unit of the last decimal
 
 # --- the oracle -----------------------------------------------------------------------------
 def oracle_lists(vectors: dict[str, np.ndarray], k: int) -> dict[str, list[tuple[str, float]]]:
@@ -75,9 +78,36 @@ class Comparison:
         return self.equal / self.products if self.products else 1.0
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The match decision the workers' model applies (``simstream.match``), for the oracle to apply too."""
+
+    match: MatchModel
+    weights: dict[str, float]
+    layout: dict[str, slice]
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Decision | None":
+        from simstream.encoders.fusion import ProductEncoder
+
+        encoder = ProductEncoder(settings)
+        return cls(encoder.match, dict(encoder.weights), dict(encoder.layout)) if encoder.match is not None else None
+
+    def agrees(self, nl: NeighbourList, stored: dict[str, tuple[int, np.ndarray]]) -> bool:
+        """Every entry carries the probability the oracle computes from the two stored vectors (to
+        one unit of its last decimal: a rounding boundary may fall between two float summations)."""
+        owner = stored[nl.product_id][1]
+        want = match_probabilities(self.match, self.weights, self.layout, owner,
+                                   np.stack([stored[n.product_id][1] for n in nl.neighbours]) if nl.neighbours
+                                   else np.zeros((0, len(owner)), np.float32))
+        return all(n.match_probability is not None and abs(n.match_probability - p) <= PROBABILITY_TOLERANCE
+                   for n, p in zip(nl.neighbours, want))
+
+
 def compare(stream: Stream, topic: dict[str, NeighbourList | None], stored: dict[str, tuple[int, np.ndarray]],
-            k: int) -> Comparison:
-    """``stored``: product_id -> (version, vector) read back from Milvus after the run."""
+            k: int, decision: Decision | None = None) -> Comparison:
+    """``stored``: product_id -> (version, vector) read back from Milvus after the run; ``decision``:
+    also check every entry's match probability against it."""
     live, deleted = stream.live, stream.deleted
     lost = sorted(pid for pid in live if pid not in stored or topic.get(pid) is None)
     resurrected = sorted(pid for pid in deleted if pid in stored or topic.get(pid) is not None)
@@ -100,6 +130,7 @@ def compare(stream: Stream, topic: dict[str, NeighbourList | None], stored: dict
         want_ids = [nid for nid, _ in want]
         same = got_ids == want_ids and all(abs(n.score - s) <= SCORE_TOLERANCE for n, (_, s) in zip(nl.neighbours, want))
         same = same and nl.version == live[pid]["version"]
+        same = same and (decision is None or decision.agrees(nl, stored))
         if same:
             equal += 1
         else:
@@ -293,7 +324,8 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         if server is not None:
             server.stop()
 
-    result = compare(stream, topic, stored, opts.top_k)
+    decision = Decision.of(Settings(image_enabled=False))
+    result = compare(stream, topic, stored, opts.top_k, decision)
     if opts.reencode_check:
         result.max_vector_error = reencode_error(stream, stored)
     report: dict[str, Any] = {
@@ -301,7 +333,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": opts.workers,
         "kills": kills_done, "faults": faults_done, "backfill": opts.backfill,
         "milvus": "external" if opts.milvus_uri else ("milvus-lite server" if server is not None else "milvus-lite file"),
-        "side_index": opts.side_index,
+        "side_index": opts.side_index, "match_decision": decision.match.digest if decision else None,
         "bulk_rounds": _logged(data_dir, "bulk load round done"),
         "every_list_passes": _logged(data_dir, "every list refreshed"),
         "details": {

@@ -32,10 +32,11 @@ from simstream.index.all_pairs import AllPairs
 from simstream.index.exact import SCORE_DECIMALS, rank_key
 from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
+from simstream.match import MatchModel
 from simstream.records import Neighbour, NeighbourList
 
 __all__ = [
-    "TIE_MARGIN", "MARGIN", "RECENT_SEARCHES_MIN", "contributions", "FieldShares", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
+    "TIE_MARGIN", "MARGIN", "RECENT_SEARCHES_MIN", "contributions", "FieldShares", "match_probabilities", "Change", "RecentSearches", "affected_by", "BuiltList", "ListBuilder",
     "stale_lists", "in_rank_order",
 ]
 
@@ -97,6 +98,15 @@ class FieldShares:
         names = [f for f, _ in self.fields]
         return [{f: v for f, v, has in zip(names, row, held) if has}
                 for row, held in zip(shares.tolist(), both.tolist())]
+
+
+def match_probabilities(match: MatchModel, weights: Mapping[str, float], layout: Mapping[str, slice],
+                        owner: np.ndarray, rows: np.ndarray) -> list[float]:
+    """The match probability of ``owner`` with each of ``rows`` (stored vectors) as a published
+    entry carries it (``MatchModel.of_entries`` over the contributions): the exactness oracle's."""
+    if not len(rows):
+        return []
+    return match.of_entries(contributions(np.asarray(owner), np.asarray(rows), layout), weights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,12 +292,19 @@ class ListBuilder:
     out, in one batch."""
 
     def __init__(self, store: VectorStore, *, k: int, layout: Mapping[str, slice], model: str,
-                 depth: int | None = None) -> None:
+                 depth: int | None = None, match: MatchModel | None = None,
+                 weights: Mapping[str, float] | None = None) -> None:
+        """``match`` and the fusion ``weights`` (a share is ``w * cos``): every published entry gets
+        its match probability (``simstream.match``)."""
         self.store = store
         self.k = k
         self.depth = max(k, depth or k)
         self.layout = {f: s for f, s in layout.items()}
         self.model = model
+        if match is not None and weights is None:
+            raise ValueError("a match decision reads cosines from shares: it needs the fusion weights")
+        self.match = match
+        self.weights = dict(weights or {})
 
     def _finish(self, product: StoredProduct, ranked: list[tuple[float, str, float]], boundary: float,
                 as_of: int, computed_at: int, event_time: int | None) -> BuiltList:
@@ -323,11 +340,23 @@ class ListBuilder:
         for pid, b in todo.items():
             have = [n.product_id for n in b.published.neighbours if n.product_id in vectors]
             if have:  # the entries' fields were left empty for this (``_finish``): filled in place
-                for n, fields in zip((n for n in b.published.neighbours if n.product_id in vectors),
-                                     shares.of(owners[pid], np.stack([vectors[m] for m in have]))):
+                entries = [n for n in b.published.neighbours if n.product_id in vectors]
+                for n, fields in zip(entries, shares.of(owners[pid], np.stack([vectors[m] for m in have]))):
                     n.fields.update(fields)
             out[pid] = dataclasses.replace(b, explained=True)
+        if self.match is not None:
+            self._decide([b.published.neighbours for b in todo.values()], vectors.keys())
         return out
+
+    def _decide(self, lists: Sequence[list[Neighbour]], explained: Container[str]) -> None:
+        """The ``explained`` entries of ``lists`` with their match probability, in place, in one
+        call for all of them (an entry whose product is gone has no contributions and gets none:
+        its list is recomputed)."""
+        assert self.match is not None
+        at = [(neighbours, k) for neighbours in lists for k, n in enumerate(neighbours) if n.product_id in explained]
+        probabilities = self.match.of_entries([neighbours[k].fields for neighbours, k in at], self.weights)
+        for (neighbours, k), p in zip(at, probabilities):
+            neighbours[k] = dataclasses.replace(neighbours[k], match_probability=p)
 
     @property
     def search_limit(self) -> int:

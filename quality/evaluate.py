@@ -32,7 +32,7 @@ from simstream.settings import Settings
 
 __all__ = [
     "DEFAULT_KS", "retrieval_metrics", "tfidf_scores", "bm25_scores", "tfidf_rankings", "top_k", "encode_events",
-    "milvus_rankings", "milvus_scored", "scored_top", "euclidean_scores", "threshold_gold", "catalog_lexicon", "build_settings",
+    "milvus_rankings", "milvus_scored", "scored_top", "euclidean_scores", "threshold_gold", "catalog_lexicon", "build_settings", "match_rows",
     "evaluate", "format_report", "json_report"
 ]
 
@@ -282,6 +282,16 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
             report["match_heldout"][method] = match.decision(match.candidates(rows, heldout, match_k), chosen)
         report["curves"][method] = {"recall_at_k": match.recall_curve(rows, gold, limit),
                                     "pr": match.sampled_curve(measured_c)}
+    if encoder.match is not None and "simstream" in scored:
+        # the model's own match decision (simstream.match): each top-match_k pair's probability,
+        # as a published entry carries it, called a match at the model's threshold (chosen on other catalogs)
+        rows = match_rows(encoder, scored["simstream"], vectors_left, vectors_right, left, right, match_k)
+        measured_c = match.candidates(rows, gold, match_k)
+        report["match"]["simstream_match"] = match.decision(measured_c, encoder.match.threshold)
+        if fit_gold and heldout:
+            report["match_heldout"]["simstream_match"] = match.decision(match.candidates(rows, heldout, match_k),
+                                                                        encoder.match.threshold)
+        report["curves"]["simstream_match"] = {"pr": match.sampled_curve(measured_c)}
     report["fields"] = sorted(fields, key=MAPPABLE.index)
     report["columns"] = dict(fields)
     report["weights"] = {f: round(w, 6) for f, w in encoder.weights.items()}
@@ -289,6 +299,22 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
     report["left"], report["right"], report["gold"] = str(left_csv), str(right_csv), str(gold_csv)
     report["timings"] = timings
     return report
+
+
+def match_rows(encoder: Any, rows: Mapping[str, Sequence[tuple[str, float]]], vectors_left: np.ndarray,
+               vectors_right: np.ndarray, left: Table, right: Table, k: int) -> dict[str, list[tuple[str, float]]]:
+    """Each query's top-``k`` (in the fused order) with the pair's match probability in place of its score."""
+    from simstream.index.neighbours import match_probabilities
+
+    lpos = {rid: i for i, rid in enumerate(left.ids)}
+    rpos = {rid: j for j, rid in enumerate(right.ids)}
+    out: dict[str, list[tuple[str, float]]] = {}
+    for q, row in rows.items():
+        top = list(row)[:k]
+        probs = match_probabilities(encoder.match, encoder.weights, encoder.layout, vectors_left[lpos[q]],
+                                    vectors_right[[rpos[r] for r, _ in top]]) if top else []
+        out[q] = [(r, p) for (r, _), p in zip(top, probs)]
+    return out
 
 
 def format_report(report: Mapping[str, Any], ks: Sequence[int]) -> str:
@@ -301,11 +327,13 @@ def format_report(report: Mapping[str, Any], ks: Sequence[int]) -> str:
     lines = [f"{'metric':<{width}}" + "".join(f"{heads[m]:>11}" for m in methods)]
     for key in keys:
         lines.append(f"{key:<{width}}" + "".join(f"{report[m][key]:>11.4f}" for m in methods))
+    heads["simstream_match"] = "match probability"
     for label, section in (("match", "match"), ("match, held-out queries", "match_heldout")):
-        for m in [m for m in methods if m in report.get(section, {})]:
+        for m in [m for m in [*methods, "simstream_match"] if m in report.get(section, {})]:
             d = report[section][m]
+            what = "probability" if m == "simstream_match" else "score"
             lines.append(f"{label} ({heads[m]}, top-{report['match_k']}): P {d['precision']:.4f} R {d['recall']:.4f} "
-                         f"F1 {d['f1']:.4f} at score >= {d['threshold']:.4f} ({d['gold_pairs']} gold pairs)")
+                         f"F1 {d['f1']:.4f} at {what} >= {d['threshold']:.4f} ({d['gold_pairs']} gold pairs)")
     if "threshold_from" in report:
         lines.append(f"match threshold chosen on: {report['threshold_from']}")
     first = report[methods[0]]

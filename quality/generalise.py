@@ -29,7 +29,7 @@ from simstream.quality.lexical import channels_of, parse_specs, with_catalog_lex
 from simstream.quality.second_stage import best_threshold, fit_second_stage, match_scores, pr_curve
 from simstream.settings import DEFAULT_WEIGHTS
 
-__all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "fitted_config",
+__all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "fitted_config", "with_match", "vector_fields",
            "main"]
 
 
@@ -76,32 +76,54 @@ def tfidf_metrics(ds: Dataset, ks: Sequence[int], *, bm25: bool = False) -> dict
 
 def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS,
                   fixed: Mapping[str, Mapping[str, float]] | None = None,
-                  second_stage: bool = False) -> dict[str, Any]:
+                  second_stage: bool = False, match_for: str | None = None) -> dict[str, Any]:
     """For each dataset: weights fitted on the others' train + valid labels, measured on its full gold;
     with ``second_stage``, also a second stage fitted on the others (simstream.quality.second_stage)
     reordering the fused top-M (``lodo+stage2``: by probability; ``lodo+promote``: the pairs it
-    calls matches first) and its match decision (``match``); ``fixed`` weightings (e.g. a shipped config) and
-    TF-IDF measured on the same gold."""
+    calls matches first; ``@10``: only the top 10, a published list) and its match decision
+    (``match``), each with the title's facts and (``v``) with the stream's vector features alone;
+    ``fixed`` weightings (e.g. a shipped config) and TF-IDF measured on the same gold; ``match_for``:
+    one of ``fixed``, whose fused score a vector stage is also fitted over (``LABEL+v...``)."""
     out: dict[str, Any] = {}
     for held in datasets:
         others = [d for d in datasets if d is not held]
         raw, shipped, learned = fit_weights(others, splits=("train", "valid"))
         row: dict[str, Any] = {"weights": shipped, "lodo": held.metrics(shipped, "full", ks)}
         if second_stage:
-            stage = fit_second_stage(others, shipped, learned)
-            for label, order in (("lodo+stage2", "probability"), ("lodo+promote", "promote")):
-                row[label] = retrieval_metrics(stage.rerank(held, shipped, "full", max(ks), order), held.gold["full"], ks)
-            # the match decision: the threshold chosen on the others' labelled pairs, F1 on the held set
-            probs, labels, pairs = stage.decisions(held, shipped, [held.gold["full"]])
-            row["match"] = {**match_scores(probs, labels, pairs, stage.threshold),
-                            "if_chosen_on_this_set": match_scores(probs, labels, pairs, best_threshold(probs, labels, pairs)),
-                            "pr_curve": pr_curve(probs, labels, pairs)}
+            row.update(_stage_rows(held, others, shipped, learned, "lodo+", "", "facts", ks))
+            row.update(_stage_rows(held, others, shipped, vector_fields(shipped), "lodo+v", "v", "vector", ks))
         row["tfidf"] = tfidf_metrics(held, ks)
         row["bm25"] = tfidf_metrics(held, ks, bm25=True)
         for label, weights in (fixed or {}).items():
             row[label] = held.metrics(weights, "full", ks)
+            if label == match_for:
+                row.update(_stage_rows(held, others, weights, vector_fields(weights), f"{label}+v", f"{label}:v",
+                                       "vector", ks))
         out[held.name] = row
     return out
+
+
+def vector_fields(weights: Mapping[str, float]) -> list[str]:
+    """The fields a stream's vectors hold under ``weights``: what a vector stage reads."""
+    return [f for f in FIELDS if weights.get(f, 0.0) > 0]
+
+
+def _stage_rows(held: Dataset, others: Sequence[Dataset], weights: Mapping[str, float], fields: Sequence[str],
+                prefix: str, match_label: str, kind: str, ks: Sequence[int]) -> dict[str, Any]:
+    """A second stage of ``kind`` fitted on ``others`` over ``weights``' fused top-M, measured on ``held``."""
+    stage = fit_second_stage(others, weights, fields, kind=kind)
+    rows: dict[str, Any] = {}
+    for label, order, head in (("stage2", "probability", None), ("promote", "promote", None),
+                               ("promote@10", "promote", 10)):
+        rows[prefix + label] = retrieval_metrics(stage.rerank(held, weights, "full", max(ks), order, head),
+                                                 held.gold["full"], ks)
+    # the match decision: the threshold chosen on the others' labelled pairs, F1 on the held set
+    probs, labels, pairs = stage.decisions(held, weights, [held.gold["full"]])
+    rows[match_label + "match"] = {
+        **match_scores(probs, labels, pairs, stage.threshold),
+        "if_chosen_on_this_set": match_scores(probs, labels, pairs, best_threshold(probs, labels, pairs)),
+        "pr_curve": pr_curve(probs, labels, pairs)}
+    return rows
 
 
 def fitted_config(datasets: Sequence[Dataset], options: Mapping[str, Any], version: str,
@@ -122,13 +144,35 @@ def fitted_config(datasets: Sequence[Dataset], options: Mapping[str, Any], versi
     }
 
 
+def with_match(config: Mapping[str, Any], datasets: Sequence[Dataset], version: str, lodo: Mapping[str, Any],
+               label: str) -> dict[str, Any]:
+    """``config`` with a match decision (``simstream.match``) fitted over its fused score on every
+    set's train + valid labels, and the left-out results that judged it."""
+    import datetime as dt
+
+    weights = {f: float(w) for f, w in config["weights"].items()}
+    stage = fit_second_stage(datasets, weights, vector_fields(weights), kind="vector")
+    keys = ("recall@1", "recall@10", "hit@1", "mrr")
+    return {**config, "version": version, "match": {
+        **stage.match_model().to_config(), "candidates": stage.candidates,
+        "trained_on": [{"data": ds.name, "splits": ["train", "valid"]} for ds in datasets],
+        "chosen_by": "leave-one-dataset-out (quality.generalise --second-stage --match-for): fitted on the other "
+                     "sets, F1 of the decision and recall of the promoted order on the left-out one",
+        "leave_one_dataset_out": {name: {
+            "f1": row[f"{label}:vmatch"]["f1"], "precision": row[f"{label}:vmatch"]["precision"],
+            "recall": row[f"{label}:vmatch"]["recall"], "threshold": row[f"{label}:vmatch"]["threshold"],
+            **{f"{m}:{k}": row[m][k] for m in (label, f"{label}+vpromote@10", "tfidf") for k in keys}}
+            for name, row in lodo.items()}},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
 def format_table(results: Mapping[str, Any], ks: Sequence[int] = DEFAULT_KS) -> str:
     keys = [f"recall@{k}" for k in ks] + ["hit@1", "hit@10", "mrr"]
     lines = ["| left out | method | " + " | ".join(k.replace("recall", "R") for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for name, row in results.items():
         for method, m in row.items():
-            if method in ("weights", "match"):  # not retrieval metrics
+            if method == "weights" or method.endswith("match"):  # not retrieval metrics
                 continue
             lines.append(f"| {name} | {method} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
     return "\n".join(lines)
@@ -149,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "the same, or IDF-weighted by a lexicon fitted on each set's catalog (as a migration fits)")
     parser.add_argument("--second-stage", action="store_true",
                         help="also fit a second stage on the other sets and rerank the fused top-50 (lodo+stage2)")
+    parser.add_argument("--match-for", default=None, metavar="LABEL",
+                        help="one of --fixed: also fit the stream's match decision over its fused score (LABEL+v rows); "
+                             "with --write-config, write that config with the decision fitted on every set added")
     parser.add_argument("--write-config", type=Path, default=None, metavar="OUT.json",
                         help="also fit the judged method on every set and write it as a fusion config")
     parser.add_argument("--version", default=None, help="the version stored in --write-config's config")
@@ -177,17 +224,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         ds.channels = channels_of(specs, ds.left, ds.right)
         if args.lexicon == "catalog":
             with_catalog_lexicon(ds.left_fv, ds.right_fv, ds.left, ds.right)
-    results = leave_one_out(datasets, fixed=fixed, second_stage=args.second_stage)
+    if args.match_for and args.match_for not in [x.partition("=")[0] for x in args.fixed]:
+        raise SystemExit(f"--match-for {args.match_for}: not one of the --fixed labels")
+    results = leave_one_out(datasets, fixed=fixed, second_stage=args.second_stage, match_for=args.match_for)
     print(f"text model {encoder.text.name}, options {orjson.dumps(options).decode()}, lexical channels "
           f"{[s.name for s in specs] or 'none'}, lexicon {args.lexicon}, second stage {'yes' if args.second_stage else 'no'}")
     print(format_table(results))
     for name, row in results.items():
         print(name, "lodo weights", {f: round(w, 3) for f, w in row["weights"].items()})
-        if "match" in row:
-            m = row["match"]
-            print(name, f"match decision at threshold {m['threshold']} (chosen on the others): precision "
-                        f"{m['precision']}, recall {m['recall']}, F1 {m['f1']}")
-    if args.write_config:
+        for label in [m for m in row if m.endswith("match")]:
+            if label in row:
+                m = row[label]
+                print(name, f"{label} decision at threshold {m['threshold']} (chosen on the others): precision "
+                            f"{m['precision']}, recall {m['recall']}, F1 {m['f1']}")
+    if args.write_config and args.match_for:
+        source = next(path for label, _, path in (x.partition("=") for x in args.fixed) if label == args.match_for)
+        config = with_match(orjson.loads(Path(source).read_bytes()), datasets, args.version or args.write_config.stem,
+                            results, args.match_for)
+        args.write_config.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"wrote {args.write_config}: {args.match_for}'s config with the match decision {config['match']['coef']}")
+    elif args.write_config:
         config_options = {**options, **({"lexicon": "catalog"} if args.lexicon == "catalog" else {})}
         config = fitted_config(datasets, config_options, args.version or args.write_config.stem, results)
         args.write_config.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")

@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 __all__ = ["LABELS", "write_plots"]
 
-LABELS = {"simstream": "simstream", "simstream_euclidean": "simstream (euclidean)", "tfidf": "TF-IDF char-3"}
+LABELS = {"simstream": "simstream", "simstream_euclidean": "simstream (euclidean)", "tfidf": "TF-IDF char-3",
+          "simstream_match": "simstream match probability"}
 
 
 def write_plots(report: Mapping[str, Any], out_dir: Path, title: str = "") -> list[Path]:
@@ -23,6 +24,8 @@ def write_plots(report: Mapping[str, Any], out_dir: Path, title: str = "") -> li
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method, curve in curves.items():
+        if "recall_at_k" not in curve:  # the match probability reorders nothing: a PR curve only
+            continue
         ks = list(range(1, len(curve["recall_at_k"]) + 1))
         ax.plot(ks, curve["recall_at_k"], label=LABELS.get(method, method))
     ax.set_xscale("log")

@@ -11,6 +11,9 @@ model numbers (``simstream.encoders.lexical.model_numbers`` of the title, or the
 conflicting (both have some, none in common) or missing on a side, the Jaccard overlap of the
 numbers in the titles (and whether a side has none), and |ln(price ratio)| (and whether a price is
 missing). The logistic regression sees them standardised.
+
+``kind="vector"``: the features the stream computes on every list entry from the two stored vectors
+alone (``simstream.match.pair_features``: each field's cosine and whether a side lacks it); ``SecondStage.match_model`` freezes such a stage for a fusion config's ``"match"`` block.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from simstream.encoders.lexical import model_numbers, normalize_mpn
+from simstream.match import MatchModel
+from simstream.match import pair_features as vector_features
 from simstream.quality.evaluate import top_k
 from simstream.quality.fit_weights import Dataset
 from simstream.records import ProductEvent
@@ -75,8 +80,19 @@ class SecondStage:
     model: Any  # sklearn Pipeline(StandardScaler, LogisticRegression)
     candidates: int = CANDIDATES
     threshold: float = 0.5  # the match decision: best F1 on the pairs it was fitted on
+    kind: str = "facts"  # "facts": the title's model numbers, numbers and the price too; "vector": the stream's
+
+    @property
+    def width(self) -> int:
+        return (2 * len(self.fields) if self.kind == "vector"
+                else len(self.fields) + len(pair_features([], 0.0, _NO_FACTS, _NO_FACTS)))
 
     def features(self, ds: Dataset, left: int, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
+        if self.kind == "vector":
+            cos = np.column_stack([ds.cosines(f, left, cand) for f in self.fields])
+            owner = np.asarray([_has(ds, f, "left")[left] for f in self.fields], bool)
+            has = np.column_stack([_has(ds, f, "right")[cand] for f in self.fields])
+            return vector_features(cos, owner, has)
         facts_l = _facts(ds, "left")[left]
         facts_r = _facts(ds, "right")
         cos = np.column_stack([ds.cosines(f, left, cand) for f in self.fields]) if self.fields \
@@ -105,29 +121,52 @@ class SecondStage:
             xs.append(self.features(ds, i, cand, scores[n]))
             labels.append(np.isin(cand, matches))
         pairs = sum(len(m) for m in all_matches)
-        width = len(self.fields) + len(pair_features([], 0.0, _NO_FACTS, _NO_FACTS))
-        return (np.concatenate(xs) if xs else np.zeros((0, width)),
+        return (np.concatenate(xs) if xs else np.zeros((0, self.width)),
                 np.concatenate(labels) if labels else np.zeros(0, bool), pairs)
 
     def rerank(self, ds: Dataset, weights: Mapping[str, float], split: str, limit: int,
-               order: str = "probability") -> dict[str, list[str]]:
+               order: str = "probability", head: int | None = None) -> dict[str, list[str]]:
         """Per query of ``split``'s gold: the fused top-``candidates`` reordered, then the fused ranking
         below them, ``limit`` ids in all. ``order`` "probability": all of them by match probability;
         "promote": the pairs the decision calls matches (probability at least ``threshold``) first, by
-        probability, the others after them in the fused order (ties keep the fused order)."""
+        probability, the others after them in the fused order (ties keep the fused order). ``head``:
+        reorder only the top ``head`` (default ``candidates``; a published list of K: K)."""
         queries, _, scores = ds.labelled([ds.gold[split]], weights)
         out: dict[str, list[str]] = {}
+        m = head or self.candidates
         for n, i in enumerate(queries):
-            ranked = top_k(scores[n], max(limit, self.candidates))
-            head = ranked[:self.candidates]
-            p = self.probabilities(ds, i, head, scores[n])
+            ranked = top_k(scores[n], max(limit, m))
+            head_ids = ranked[:m]
+            p = self.probabilities(ds, i, head_ids, scores[n])
             if order == "promote":
-                keys = sorted(range(len(head)), key=lambda k: (0, -p[k], k) if p[k] >= self.threshold else (1, 0.0, k))
+                keys = sorted(range(len(head_ids)), key=lambda k: (0, -p[k], k) if p[k] >= self.threshold else (1, 0.0, k))
             else:
-                keys = sorted(range(len(head)), key=lambda k: (-p[k], k))
-            ids = [int(head[k]) for k in keys] + [int(j) for j in ranked[self.candidates:]]
+                keys = sorted(range(len(head_ids)), key=lambda k: (-p[k], k))
+            ids = [int(head_ids[k]) for k in keys] + [int(j) for j in ranked[m:]]
             out[ds.left.ids[i]] = [ds.right.ids[j] for j in ids[:limit]]
         return out
+
+
+    def match_model(self) -> MatchModel:
+        """This stage (``kind="vector"``) as the stream applies it: the standardisation folded into
+        the coefficients, which then apply to the raw features."""
+        if self.kind != "vector":
+            raise ValueError("only a vector stage can run in the stream")
+        scaler, lr = self.model[0], self.model[-1]
+        coef = lr.coef_[0] / scaler.scale_
+        intercept = float(lr.intercept_[0] - (coef * scaler.mean_).sum())
+        return MatchModel(tuple(self.fields), tuple(round(float(c), 8) for c in coef), round(intercept, 8),
+                          round(float(self.threshold), 4))
+
+
+def _has(ds: Dataset, f: str, side: str) -> np.ndarray:
+    """Which products of a side hold field ``f`` (a non-zero segment), computed once."""
+    cache: dict[tuple[str, str], np.ndarray] = ds.__dict__.setdefault("_second_stage_has", {})
+    if (f, side) not in cache:
+        fv = (ds.left_fv if side == "left" else ds.right_fv).get(f)
+        n = len(ds.left.ids if side == "left" else ds.right.ids)
+        cache[f, side] = np.zeros(n, bool) if fv is None else np.asarray((fv != 0).any(axis=1))
+    return cache[f, side]
 
 
 def _facts(ds: Dataset, side: str) -> list[PairFacts]:
@@ -141,14 +180,14 @@ def _facts(ds: Dataset, side: str) -> list[PairFacts]:
 
 def fit_second_stage(datasets: Sequence[Dataset], weights: Mapping[str, float], fields: Sequence[str], *,
                      splits: Sequence[str] = ("train", "valid"), candidates: int = CANDIDATES,
-                     c: float = 1.0) -> SecondStage:
+                     c: float = 1.0, kind: str = "facts") -> SecondStage:
     """Fit on ``datasets``' labelled pairs of ``splits``: every query's fused top-``candidates``
     under ``weights``, labelled by the gold (a match outside the top-M teaches nothing here)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    stage = SecondStage(list(fields), None, candidates)
+    stage = SecondStage(list(fields), None, candidates, kind=kind)
     seen = [stage.labelled_pairs(ds, weights, [ds.gold.get(split, {}) for split in splits]) for ds in datasets]
     x, y = np.concatenate([x for x, _, _ in seen]), np.concatenate([y for _, y, _ in seen])
     if y.all() or not y.any():

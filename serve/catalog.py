@@ -25,6 +25,7 @@ from simstream.index.neighbours import FieldShares
 from simstream.index.rows import ServedProduct, brand_key
 from simstream.index.exact import SCORE_DECIMALS
 from simstream.limits import MAX_ID_BYTES
+from simstream.match import MatchModel
 from simstream.records import Neighbour, NeighbourList
 from simstream.serve.filters import FilterError, Filters, quote
 from simstream.serve.published import PublishedLists
@@ -76,7 +77,10 @@ def card(p: ServedProduct | None) -> dict[str, Any] | None:
 
 def neighbour_view(n: Neighbour, product: ServedProduct | None) -> dict[str, Any]:
     """One published entry as the API shows it: the wire fields (docs/events.md) and its card."""
-    return {"product_id": n.product_id, "score": n.score, "fields": n.fields, "product": card(product)}
+    view = {"product_id": n.product_id, "score": n.score, "fields": n.fields, "product": card(product)}
+    if n.match_probability is not None:
+        view["match_probability"] = n.match_probability
+    return view
 
 
 class Catalog:
@@ -91,6 +95,7 @@ class Catalog:
         self.layout = dict(encoder.layout)
         self.shares = FieldShares(self.layout)  # each live hit's per-field contributions, computed in its pass
         self.stored_weights: Mapping[str, float] = getattr(encoder, "weights", {})
+        self.match: MatchModel | None = getattr(encoder, "match", None)  # each product-to-product hit's decision
         self.max_k = max_k
         self.top_k = top_k
 
@@ -175,8 +180,10 @@ class Catalog:
         return Page(k, offset, o.min_score, o.per_brand)
 
     def _ranked(self, vector: np.ndarray, filters: Filters, o: QueryOptions, key: Any,
-                exclude: Sequence[str] = ()) -> dict[str, Any]:
-        """The exact page for ``vector`` (re-weighted), with contributions and cards."""
+                exclude: Sequence[str] = (), decide: bool = False) -> dict[str, Any]:
+        """The exact page for ``vector`` (re-weighted), with contributions and cards; ``decide``:
+        the query is a product, so each hit gets its match probability (at the stored weights only:
+        the decision was fitted on them)."""
         cursor_key = orjson.dumps([key, filters.view(), sorted(o.weights.items()), o.min_score, o.per_brand],
                                   option=orjson.OPT_SERIALIZE_NUMPY)
         page = self._page(o, cursor_key)
@@ -184,10 +191,10 @@ class Catalog:
             raise FilterError("weights: this encoder does not say how its fields are weighted")
         vector = reweigh(vector, self.layout, self.stored_weights, o.weights)
         ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude, shares=self.shares)
-        return self._view(vector, ranked, page, cursor_key, filters, o)
+        return self._view(vector, ranked, page, cursor_key, filters, o, decide and not o.weights)
 
     def _view(self, vector: np.ndarray, ranked: Ranked, page: Page, key: bytes, filters: Filters,
-              o: QueryOptions) -> dict[str, Any]:
+              o: QueryOptions, decide: bool = False) -> dict[str, Any]:
         """The page as the API shows it. Contributions come with the hits from their pass; a hit
         without (``per_brand`` read deeper than the page) gets them here, from its stored vector."""
         products = self.live.served(h.product_id for h in ranked.hits if h.fields is not None)
@@ -196,12 +203,18 @@ class Catalog:
         fields = dict(zip(deeper, self.shares.of(vector, np.stack([p.vector for p in deeper.values()])))) if deeper else {}
         products |= deeper
         hits = [h for h in ranked.hits if h.product_id in products]  # deleted between ranking and reading
+        shares = [fields[h.product_id] if h.fields is None else h.fields for h in hits]
+        scores = [round(h.score, SCORE_DECIMALS) for h in hits]
+        neighbours: list[dict[str, Any]] = [
+            {"product_id": h.product_id, "score": sc, "fields": f, "product": card(products[h.product_id])}
+            for h, sc, f in zip(hits, scores, shares)]
+        if decide and self.match is not None:
+            for n, p in zip(neighbours, self.match.of_entries(shares, self.stored_weights)):
+                n["match_probability"] = p
         out: dict[str, Any] = {
             "source": "live", "index": ranked.source, "as_of": ranked.as_of, "model": self.encoder.model,
             "filters": filters.view(),
-            "neighbors": [{"product_id": h.product_id, "score": round(h.score, SCORE_DECIMALS),
-                           "fields": fields[h.product_id] if h.fields is None else h.fields,
-                           "product": card(products[h.product_id])} for h in hits],
+            "neighbors": neighbours,
             "next_cursor": encode_cursor(page.offset + page.k, key) if ranked.more else None,
         }
         if o.weights:
@@ -237,7 +250,7 @@ class Catalog:
         if seed is None:
             seed = self.served(q.product_id, with_vector=True)
         out = self._ranked(seed.vector, filters.resolved(seed), q, ["neighbors", q.product_id],
-                           exclude=[q.product_id])
+                           exclude=[q.product_id], decide=True)
         return {"product_id": q.product_id, "version": seed.version, **out, "fallback": reason}
 
     def search(self, q: SearchQuery, filters: Filters | None = None) -> dict[str, Any]:
@@ -259,7 +272,7 @@ class Catalog:
             raise FilterError("same_brand, same_category and price_within_pct need a stored seed product")
         vector = self.encoder.document(q.product)
         exclude = [q.product.product_id] if q.product.product_id else []
-        out = self._ranked(vector, filters, q, ["similar", vector.tobytes().hex()], exclude=exclude)
+        out = self._ranked(vector, filters, q, ["similar", vector.tobytes().hex()], exclude=exclude, decide=True)
         return {"query_fields": field_names(vector, self.layout), **out}
 
     def recommend(self, q: RecommendRequest) -> dict[str, Any]:

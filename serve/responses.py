@@ -57,6 +57,9 @@ class NeighbourBody(ResponseBody):
     product_id: str
     score: float = Field(description="inner product of the fused vectors (with query-time weights if asked)")
     fields: dict[str, float] = Field(description="per-field contributions; they sum to the score")
+    match_probability: float | None = Field(
+        None, ge=0, le=1, description="how likely it is the same product (the model's match decision, docs/events.md): "
+        "published lists and live neighbours of a product or document at the stored weights; absent otherwise")
     product: CardBody | None = Field(description="null: the product is gone since the list was published")
 
 

@@ -130,7 +130,7 @@ def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
     encoder = encoder or ProductEncoder(settings)
     store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments, snapshot=snapshot)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
-                          depth=settings.resolved_list_depth)
+                          depth=settings.resolved_list_depth, match=encoder.match, weights=encoder.weights)
     # The ingest's search around each changed product is its own list's starting point (one pass per
     # event). An entry lives from a batch's affected set to its lists' refresh, a batch later; one
     # whose list another worker refreshes is never taken, so the bound is what memory it may hold

@@ -37,7 +37,7 @@ def test_top_k_is_bounded_by_the_worst_case_list_payload(monkeypatch):
     assert list_payload_bytes(MAX_TOP_K) <= LIST_PAYLOAD_BYTES < list_payload_bytes(MAX_TOP_K + 1)
     # The formula against the real serialiser: every string byte escaped, longest floats and ints.
     s, f, i = "\x01" * 256, -2.2250738585072014e-308, -(2**63)
-    worst = NeighbourList(s, i, [Neighbour(s, f, dict.fromkeys(DEFAULT_WEIGHTS, f))] * MAX_TOP_K, s, i, i)
+    worst = NeighbourList(s, i, [Neighbour(s, f, dict.fromkeys(DEFAULT_WEIGHTS, f), f)] * MAX_TOP_K, s, i, i)
     assert list_payload_bytes(MAX_TOP_K) - 1 == len(worst.to_json())  # the formula counts a last comma
     assert Settings(top_k=MAX_TOP_K).top_k == MAX_TOP_K
     monkeypatch.setenv("SIMSTREAM_TOP_K", str(MAX_TOP_K + 1))

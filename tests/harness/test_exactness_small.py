@@ -39,6 +39,39 @@ def test_neighbour_topic_equals_exact_oracle(tmp_path) -> None:
     assert report["lost"] == 0, report["details"]
     assert report["resurrected"] == 0, report["details"]
     assert report["equal_share"] == 1.0, report["details"]
+    # the default model has a match decision: every entry's probability was checked against the oracle's
+    assert report["match_decision"] is not None
+
+
+def test_the_oracle_checks_every_entry_match_probability() -> None:
+    """``Decision.agrees``: the probabilities a worker computes pass; one off by more than a unit of
+    the last decimal, or one missing, fails the list."""
+    import dataclasses
+
+    import numpy as np
+
+    from simstream.harness.exactness import Decision
+    from simstream.index.neighbours import contributions
+    from simstream.match import MatchModel
+    from simstream.records import Neighbour, NeighbourList
+
+    rng = np.random.default_rng(2)
+    vecs = {f"p{i}": v / np.linalg.norm(v) for i, v in enumerate(rng.normal(size=(12, 8)).astype(np.float32))}
+    vecs["p3"][4:] = 0  # field "b" missing on one neighbour
+    layout, weights = {"a": slice(0, 4), "b": slice(4, 8)}, {"a": 0.7, "b": 0.3}
+    match = MatchModel(("a", "b"), (4.0, 2.0, -1.0, -0.5), -0.5, 0.5)
+    others = sorted((q for q in vecs if q != "p0"), key=lambda q: -float(vecs[q] @ vecs["p0"]))
+    fields = contributions(vecs["p0"], [vecs[q] for q in others], layout)  # as the worker computes them
+    nl = NeighbourList("p0", 1, [Neighbour(q, round(float(vecs[q] @ vecs["p0"]), 6), f, p) for q, f, p in
+                                 zip(others, fields, match.of_entries(fields, weights))], "m", 0, None)
+    stored = {pid: (1, v) for pid, v in vecs.items()}
+    decision = Decision(match, weights, layout)
+    assert decision.agrees(nl, stored)
+    first = nl.neighbours[0]
+    off = dataclasses.replace(first, match_probability=first.match_probability + 0.01)
+    assert not decision.agrees(NeighbourList(nl.product_id, nl.version, [off, *nl.neighbours[1:]], "m", 0, None), stored)
+    bare = dataclasses.replace(first, match_probability=None)
+    assert not decision.agrees(NeighbourList(nl.product_id, nl.version, [bare, *nl.neighbours[1:]], "m", 0, None), stored)
 
 
 @pytest.mark.integration

@@ -284,3 +284,40 @@ def test_field_shares_of_pairs_are_each_pairs_own_contributions() -> None:
         assert fields.keys() == alone.keys()
         assert all(abs(fields[f] - alone[f]) <= 2e-6 for f in fields), (fields, alone)
     assert FieldShares(layout).pairs(queries[:0], rows[:0]) == []
+
+
+def test_published_entries_carry_the_match_probability_the_oracle_computes(small_store):
+    """With a match decision every published entry gets its probability, computed from the entry's
+    contributions; the oracle's from the two stored vectors agrees, and a list built without a
+    decision carries none (the wire form then has no such key)."""
+    from simstream.index.neighbours import match_probabilities
+    from simstream.match import MatchModel
+    from simstream.records import NeighbourList
+
+    rng = np.random.default_rng(11)
+    vecs = {f"p{i:03d}": v for i, v in enumerate(unit(rng, 60))}
+    for pid in ("p001", "p007", "p020"):
+        vecs[pid][8:] = 0  # field "b" missing on these
+    put(small_store, vecs)
+    layout = {"a": slice(0, 8), "b": slice(8, 16)}
+    weights = {"a": 0.6, "b": 0.4}
+    match = MatchModel(("a", "b"), (3.0, 2.0, -0.5, -0.7), 0.5, 0.5)
+    with pytest.raises(ValueError, match="weights"):
+        ListBuilder(small_store, k=5, layout=layout, model="m", match=match)
+    builder = ListBuilder(small_store, k=5, layout=layout, model="m", match=match, weights=weights)
+    plain = ListBuilder(small_store, k=5, layout=layout, model="m")
+    products = small_store.get_products(list(vecs))
+    lists = builder.build_explained(products, {})
+    without = plain.build_explained(products, {})
+    missing_seen = False
+    for pid, b in lists.items():
+        entries = b.published.neighbours
+        want = match_probabilities(match, weights, layout, vecs[pid], np.stack([vecs[n.product_id] for n in entries]))
+        assert [n.match_probability for n in entries] == pytest.approx(want, abs=1e-4)
+        assert all(0.0 <= n.match_probability <= 1.0 for n in entries)
+        missing_seen |= any("b" not in n.fields for n in entries)
+        wire = NeighbourList.from_json(b.published.to_json())
+        assert [n.match_probability for n in wire.neighbours] == [n.match_probability for n in entries]
+        assert all(n.match_probability is None for n in without[pid].published.neighbours)
+        assert b"match_probability" not in without[pid].published.to_json()
+    assert missing_seen

@@ -116,7 +116,17 @@ def test_eval_match_decision_metrics_and_plots(abt_slice: tuple[Path, Path, Path
     assert result.exit_code == 0, result.output
     assert "match (simstream, top-10): P" in result.output and "euclidean" in result.output
     report = orjson.loads(out.read_bytes())
-    assert set(report["match"]) == {"simstream", "simstream_euclidean", "tfidf"}
+    assert set(report["match"]) == {"simstream", "simstream_euclidean", "tfidf", "simstream_match"}
+    # the model's own decision: every top-10 pair's match probability at the model's threshold
+    from simstream.encoders.fusion import load_match_model
+    from simstream.settings import Settings
+
+    decided = report["match"]["simstream_match"]
+    assert decided["threshold"] == load_match_model(Settings()).threshold and decided["gold_pairs"] == 80
+    assert 0 < decided["precision"] <= 1 and 0 < decided["recall"] <= 1 and decided["called"] > 0
+    assert "match (match probability, top-10): P" in result.output
+    pr = report["curves"]["simstream_match"]["pr"]
+    assert all(0 <= t <= 1 for t in pr["threshold"]) and "recall_at_k" not in report["curves"]["simstream_match"]
     ours = report["match"]["simstream"]
     assert ours["threshold"] == 0.5 and ours["gold_pairs"] == 80 and 0 < ours["precision"] <= 1 and 0 < ours["recall"] <= 1
     curve = report["curves"]["simstream"]

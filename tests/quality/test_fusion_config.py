@@ -61,7 +61,7 @@ def test_config_command_prints_what_is_in_force(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SIMSTREAM_TEXT_MODEL", "some-model")
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 0, result.output
-    assert "fusion-weights-v4" in result.output and "some-model  [SIMSTREAM_TEXT_MODEL]" in result.output
+    assert "fusion-weights-v5" in result.output and "some-model  [SIMSTREAM_TEXT_MODEL]" in result.output
     assert "lexicon" in result.output and "fitted by the next simstream migrate" in result.output
     monkeypatch.setenv("SIMSTREAM_FUSION_CONFIG", "v9")
     result = CliRunner().invoke(main, ["config"])
@@ -71,4 +71,27 @@ def test_config_command_prints_what_is_in_force(monkeypatch: pytest.MonkeyPatch)
 def test_the_shipped_configs_are_package_data() -> None:
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"configs/*.json"' in pyproject and CONFIG_DIR.name == "configs" and CONFIG_DIR.parent.name == "encoders"
-    assert {"v1", "v2", "v3", "v4"} <= set(shipped_configs())
+    assert {"v1", "v2", "v3", "v4", "v5"} <= set(shipped_configs())
+
+
+def test_v5_is_v4_plus_a_match_decision() -> None:
+    """The same vectors (equal field specs: a migration from v4 carries every segment) under another
+    model tag (``-m<digest>``), because the lists gain each entry's match probability."""
+    from simstream.encoders.fusion import ProductEncoder, load_match_model
+
+    v4, v5 = (ProductEncoder(Settings(fusion_config=v, image_enabled=False)) for v in ("v4", "v5"))
+    assert v4.match is None and load_match_model(Settings(fusion_config="v4")) is None
+    assert v5.match is not None and v5.match == load_match_model(Settings(fusion_config="v5"))
+    assert v5.field_specs() == v4.field_specs() and v5.weights == v4.weights
+    assert v5.model == v4.model.replace(":", f"-m{v5.match.digest}:", 1) != v4.model
+    assert set(v5.match.fields) <= set(v5.fields) and 0 < v5.match.threshold < 1
+
+
+def test_a_match_block_over_an_unknown_field_is_refused(tmp_path: Path) -> None:
+    from simstream.encoders.fusion import load_match_model
+
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(orjson.dumps({"weights": {"text": 1.0}, "match": {"fields": ["colour"], "coef": [1.0, 0.0],
+                                                                     "intercept": 0.0, "threshold": 0.5}}))
+    with pytest.raises(ValueError, match="colour"):
+        load_match_model(Settings(fusion_config=bad))

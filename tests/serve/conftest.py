@@ -54,7 +54,8 @@ def write_catalog(store: VectorStore, encoder: QueryEncoder, docs: list[dict], *
     assert not batch.failures, batch.failures
     store.upsert_products([product_row(p, v, h, encoder.model, now)
                            for p, v, h in zip(batch.products, batch.vectors, batch.hashes)])
-    builder = ListBuilder(store, k=TOP_K, layout=encoder.layout, model=encoder.model, depth=depth)
+    builder = ListBuilder(store, k=TOP_K, layout=encoder.layout, model=encoder.model, depth=depth,
+                          match=encoder.match, weights=encoder.weights)
     products = store.get_products([e.product_id for e in events])
     built = builder.build_explained(products, {e.product_id: e.event_time for e in events}, as_of=now)
     store.upsert_lists([builder.stored_form(b) for b in built.values()])
@@ -77,7 +78,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
     store.upsert_lists([StoredList(DELETED, [], float("inf"), b"")])
     # the other lists no longer hold it: record them again without it
     rest = [d for d in docs if d["product_id"] != DELETED]
-    builder = ListBuilder(store, k=TOP_K, layout=encoder.layout, model=encoder.model, depth=10)
+    builder = ListBuilder(store, k=TOP_K, layout=encoder.layout, model=encoder.model, depth=10,
+                          match=encoder.match, weights=encoder.weights)
     products = store.get_products([d["product_id"] for d in rest])
     built = builder.build_explained(products, {}, as_of=int(time.time() * 1000))
     store.upsert_lists([builder.stored_form(b) for b in built.values()])

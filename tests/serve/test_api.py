@@ -33,6 +33,12 @@ def check_contributions(neighbours: list[dict]) -> None:
         assert abs(sum(n["fields"].values()) - n["score"]) < 1e-4, n
 
 
+def check_match(catalog, neighbours: list[dict]) -> None:
+    """Each entry's match probability is the model's decision on its own contributions."""
+    want = catalog.encoder.match.of_entries([n["fields"] for n in neighbours], catalog.encoder.weights)
+    assert [n["match_probability"] for n in neighbours] == pytest.approx(want, abs=1e-4)
+
+
 def test_product_view_and_its_image(client: TestClient, catalog) -> None:
     pid = "hp-sony-xm5-blk"
     doc = catalog.docs[pid]
@@ -55,6 +61,7 @@ def test_published_list_is_the_exact_top_k_with_freshness(client: TestClient, ca
         assert got["computed_at"] > 0 and got["source_event_time"] > 0
         assert all(n["product"]["title"] == catalog.docs[n["product_id"]]["title"] for n in got["neighbors"])
         check_contributions(got["neighbors"])
+        check_match(catalog, got["neighbors"])  # as published by the list builder
         short = client.get(f"/v1/products/{pid}/neighbors?k=2").json()["neighbors"]
         assert short == got["neighbors"][:2]
 
@@ -87,6 +94,7 @@ def test_filtered_neighbours_are_the_exact_filtered_top_k(client: TestClient, ca
         assert [n["product_id"] for n in got["neighbors"]] == want, params
         assert got["source"] == "live"
         check_contributions(got["neighbors"])
+        check_match(catalog, got["neighbors"])  # computed with the live hits
         for n in got["neighbors"]:
             assert abs(n["score"] - float(vectors[n["product_id"]] @ vectors[pid])) < 1e-5
 
@@ -102,6 +110,7 @@ def test_search_ranks_by_the_query_text_alone(client: TestClient, catalog) -> No
     assert [n["product_id"] for n in got["neighbors"]] == exact(qv, vectors, 5)
     for n in got["neighbors"]:
         assert set(n["fields"]) <= set(got["query_fields"])
+        assert "match_probability" not in n  # a text is not a product: no match decision
     check_contributions(got["neighbors"])
     filtered = client.get("/v1/search", params={"q": q, "brand": "JBL"}).json()["neighbors"]
     assert [n["product_id"] for n in filtered] == exact(qv, vectors, 10, keep=lambda x: x == "hp-jbl-t510")
@@ -114,6 +123,10 @@ def test_query_by_example(client: TestClient, catalog) -> None:
     assert got["neighbors"][0]["product_id"] == "hp-sony-xm5-blk"
     assert got["neighbors"][0]["score"] > 0.95 and "image" in got["query_fields"]
     check_contributions(got["neighbors"])
+    check_match(catalog, got["neighbors"])
+    assert got["neighbors"][0]["match_probability"] >= catalog.encoder.match.threshold  # the same product
+    weighted = client.post("/v1/similar", json={"product": doc, "k": 3, "weights": {"image": 0}}).json()
+    assert all("match_probability" not in n for n in weighted["neighbors"])  # fitted on the stored weights only
     # the product itself, named: left out of its own results
     named = client.post("/v1/similar", json={"product": {**doc, "product_id": "hp-sony-xm5-blk"}, "k": 3}).json()
     assert "hp-sony-xm5-blk" not in [n["product_id"] for n in named["neighbors"]]

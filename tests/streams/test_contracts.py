@@ -58,6 +58,28 @@ def test_neighbor_list_round_trips_and_matches_schema():
     assert not nl.same_content(NeighbourList("a", 4, [Neighbour("b", 0.5, {})], "m", 1, 2))
 
 
+def test_the_match_probability_is_additive_on_the_wire():
+    """An entry's match probability validates against the schema, and against the schema of the
+    lists published before it (entries never refused unknown keys), and reads back."""
+    import copy
+    from importlib import resources
+
+    import jsonschema
+
+    nl = NeighbourList("a", 3, [Neighbour("b", 0.5, {"text": 0.3, "price": 0.2}, 0.8731)], "m", 1, 2)
+    doc = orjson.loads(nl.to_json())
+    assert doc["neighbors"][0]["match_probability"] == 0.8731
+    assert not list(neighbour_list_validator().iter_errors(doc))
+    schema = orjson.loads(resources.files("simstream.streams.schemas").joinpath("neighbor_list.schema.json").read_text())
+    before = copy.deepcopy(schema)  # the schema as it was: the same, less the new property
+    del before["properties"]["neighbors"]["items"]["properties"]["match_probability"]
+    assert "additionalProperties" not in before["properties"]["neighbors"]["items"]
+    assert not list(jsonschema.Draft202012Validator(before).iter_errors(doc))
+    assert NeighbourList.from_json(nl.to_json()) == nl
+    bad = {**doc, "neighbors": [{**doc["neighbors"][0], "match_probability": 1.5}]}
+    assert list(neighbour_list_validator().iter_errors(bad))
+
+
 # --- The contract accepts nothing Milvus rejects (INT64, VARCHAR bytes) and only ever raises BadEvent.
 
 def event_bytes(**fields: str) -> bytes:
