@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         keys = ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills", "faults", "backfill",
-                "milvus", "side_index", "bulk_rounds", "every_list_passes")
+                "milvus", "side_index", "match_decision", "bulk_rounds", "every_list_passes")
         doc = {k: report[k] for k in keys} | {"processing_s": report["details"]["processing_s"],
+                                              "max_vector_error": report["details"]["max_vector_error"],
                                               "seed": report["details"]["seed"], "bulk_min_backlog": a.bulk_min_backlog}
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
     ok = report["equal"] == report["products"] and report["lost"] == 0 and report["resurrected"] == 0

@@ -113,15 +113,20 @@ def load_lexicon(settings: Settings) -> Lexicon | None:
 
 
 def load_match_model(settings: Settings) -> MatchModel | None:
-    """The match decision of the fusion config in force (its ``"match"`` block), None without one.
+    """The match decision of the fusion config in force (its ``"match"`` block), None without one,
+    and None when ``SIMSTREAM_TEXT_MODEL`` overrides the text model the config was fitted with: the
+    coefficients read that model's cosines, another model's mean something else.
 
     Raises:
         ValueError: a block that is not a valid match model, or one over a field the vectors lack.
     """
     from simstream.encoders.fusion_config import read_fusion_config
 
-    block = read_fusion_config(settings).get("match")
+    config = read_fusion_config(settings)
+    block = config.get("match")
     if not block:
+        return None
+    if settings.text_model and settings.text_model != (config.get("options") or {}).get("text_model"):
         return None
     model = MatchModel.from_config(block)
     unknown = set(model.fields) - set(FIELDS)

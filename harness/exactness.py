@@ -194,6 +194,11 @@ class Options:
     keep: bool = False
     data_dir: Path | None = None
     log: Callable[[str], None] = print
+    # A given stream instead of the synthetic one (e.g. a real catalog's creates: bench/mixed_catalog.py)
+    stream: Stream | None = None
+    # Filled, when given, with what the proof compared: "topic" (product_id -> the latest list) and
+    # "stored" (product_id -> (version, vector)), for measurements beyond exactness.
+    collect: dict[str, Any] | None = None
 
 
 def milvus_for(opts: Options, data_dir: Path, *, shared: bool) -> tuple[str, MilvusServer | None]:
@@ -223,8 +228,8 @@ def run_exactness(opts: Options) -> dict[str, Any]:
     say = opts.log
     started = time.monotonic()
     deadline = started + opts.timeout_s
-    stream = generate_stream(opts.products, opts.events, opts.seed)
-    say(f"generated {len(stream.events)} events over {len(stream.final)} products "
+    stream = opts.stream or generate_stream(opts.products, opts.events, opts.seed)
+    say(f"{'given' if opts.stream else 'generated'} {len(stream.events)} events over {len(stream.final)} products "
         f"({len(stream.live)} live at the end, {len(stream.deleted)} deleted): {dict(sorted(stream.kinds.items()))}")
     for doc in stream.events:  # the stream must be valid input: no dead letters expected
         parse_event(doc["product_id"].encode(), json.dumps(doc).encode())
@@ -326,6 +331,8 @@ def run_exactness(opts: Options) -> dict[str, Any]:
 
     decision = Decision.of(Settings(image_enabled=False))
     result = compare(stream, topic, stored, opts.top_k, decision)
+    if opts.collect is not None:
+        opts.collect.update(topic=topic, stored=stored)
     if opts.reencode_check:
         result.max_vector_error = reencode_error(stream, stored)
     report: dict[str, Any] = {
@@ -427,4 +434,6 @@ def summary_line(report: dict[str, Any]) -> str:
     return (f"equal: {report['equal']}/{report['products']} = {report['equal_share']:.4%}   "
             f"lost: {report['lost']}   resurrected: {report['resurrected']}   "
             f"(workers {report['workers']}, kills {report['kills']}, faults {report.get('faults') or 'none'}, "
-            f"bulk rounds {report.get('bulk_rounds', 0)}, every-list passes {report.get('every_list_passes', 0)})")
+            f"bulk rounds {report.get('bulk_rounds', 0)}, every-list passes {report.get('every_list_passes', 0)}"
+            + (f", match probabilities checked: m{report['match_decision']}" if report.get("match_decision") else "")
+            + ")")

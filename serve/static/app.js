@@ -104,13 +104,17 @@ function image(src, alt) {
 
 function price(p) { return p && p.price != null ? `${p.price.toFixed(2)} ${p.currency || ""}`.trim() : "–"; }
 
-function bar(score, fields) {
+function bar(score, fields, match) {
   const b = el("div", {class: "bar", title: Object.entries(fields || {}).map(([f, v]) => `${f} ${v.toFixed(3)}`).join(", ")});
   for (const [f, v] of Object.entries(fields || {})) {
     if (v <= 0) continue;
     b.append(el("div", {class: "seg", "data-field": f, style: `width:${(100 * v).toFixed(2)}%;background:${COLORS[f] || "#999"}`}));
   }
-  return el("div", {}, b, el("div", {class: "score", text: `score ${score.toFixed(3)}`}));
+  const line = el("div", {class: "score", text: `score ${score.toFixed(3)}`});
+  // the model's match decision (docs/events.md): how likely the neighbour is the same product
+  if (match != null) line.append(el("span", {class: "match", title: "match probability: the same product?",
+                                             text: ` · same product ${Math.round(100 * match)} %`}));
+  return el("div", {}, b, line);
 }
 
 function card(n, cls) {
@@ -120,7 +124,7 @@ function card(n, cls) {
     image(p.image_src, p.title),
     el("div", {class: "title", text: p.title || n.product_id}),
     el("div", {class: "meta", text: `${p.brand || "–"} · ${price(p)}`}),
-    bar(n.score, n.fields));
+    bar(n.score, n.fields, n.match_probability));
   const open = () => go("/product/" + encodeURIComponent(n.product_id));
   c.addEventListener("click", open);
   c.addEventListener("keydown", (ev) => {

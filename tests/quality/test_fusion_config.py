@@ -85,6 +85,9 @@ def test_v5_is_v4_plus_a_match_decision() -> None:
     assert v5.field_specs() == v4.field_specs() and v5.weights == v4.weights
     assert v5.model == v4.model.replace(":", f"-m{v5.match.digest}:", 1) != v4.model
     assert set(v5.match.fields) <= set(v5.fields) and 0 < v5.match.threshold < 1
+    # fitted on its text model's cosines: another text model gets no decision
+    assert load_match_model(Settings(fusion_config="v5", text_model="use:multilingual-v3")) is None
+    assert load_match_model(Settings(fusion_config="v5", text_model="minilm-products-v2")) is not None
 
 
 def test_a_match_block_over_an_unknown_field_is_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ the contribution bars. Skips only when no chromium is installed (scripts/setup.s
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import socket
 import threading
@@ -90,6 +91,11 @@ def test_search_product_neighbour_walk_and_screenshot(base_url: str, catalog, tm
         assert "published list" in page.text_content("#freshness")
         cards = page.locator(".neighbor-card")
         assert cards.count() == 5
+        # each card says how likely it is the same product, as the published list does
+        listed = page.evaluate(f"fetch('/v1/products/{first_id}/neighbors').then(r => r.json())")["neighbors"]
+        badges = [cards.nth(i).locator(".match").text_content() for i in range(5)]
+        # Math.round: halves go up (Python's round would go to even)
+        assert badges == [f" · same product {math.floor(100 * n['match_probability'] + 0.5)} %" for n in listed]
         page.wait_for_function("[...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)")
 
         neighbour = cards.first.get_attribute("data-id")
