@@ -22,6 +22,9 @@ compare the two rows, not these figures with docs/quality.md's full-table ones.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=MAX_TOP_K)
     parser.add_argument("--kills", type=int, default=1)
     parser.add_argument("--timeout-s", type=float, default=3000.0)
+    parser.add_argument("--lexicon", action="store_true",
+                        help="fit the catalog's lexicon first (as `simstream lexicon fit` does for a first generation) "
+                             "and run every process with SIMSTREAM_LEXICON pointing at it")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     benches = [EMBER, next(b for b in BENCHMARKS if b.name == args.english)]
@@ -109,6 +115,15 @@ def main(argv: list[str] | None = None) -> None:
     order = np.random.default_rng(5).permutation(len(docs))  # the two languages interleaved
     docs = [docs[i] for i in order]
     stream = Stream(docs, {d["product_id"]: d for d in docs}, {"create": len(docs)})
+    lexicon = None
+    if args.lexicon:  # the workers, the backfill and the oracle's encoder all read it from the environment
+        from simstream.encoders.lexicon import Lexicon
+        from simstream.streams.contracts import parse_event
+
+        lexicon = Lexicon.fit(parse_event(d["product_id"].encode(), orjson.dumps(d)) for d in docs)
+        path = lexicon.save(Path(tempfile.mkdtemp(prefix="simstream-mixed-")) / f"lexicon-{lexicon.digest}.npz")
+        os.environ["SIMSTREAM_LEXICON"] = str(path)
+        print(f"lexicon {lexicon.digest}: fitted over {len(docs)} products")
     collected: dict[str, Any] = {}
     t0 = time.monotonic()
     report = run_exactness(Options(products=len(docs), events=len(docs), workers=1, kills=args.kills,
@@ -130,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<14} {method:<10} " + " ".join(f"{k} {m[k]:.4f}" for k in ("hit@1", "hit@10", "recall@10", "mrr"))
                   + f"  ({m['queries']} queries, {m['right_in_list']} right-table products per list)")
     out = {"products": len(docs), "sets": {n: len(s["docs"]) for n, s in sets.items()}, "top_k": args.top_k,
+           "lexicon": lexicon.digest if lexicon is not None else None,
            "models": sorted(models), "exactness": {k: v for k, v in report.items() if k != "details"},
            "details": {k: v for k, v in report["details"].items() if k not in ("data_dir",)}, "quality": quality,
            "wall_s": round(time.monotonic() - t0, 1), "machine": machine()}
     if args.json:
         args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    if lexicon is not None:
+        shutil.rmtree(Path(os.environ["SIMSTREAM_LEXICON"]).parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def test_a_chinese_and_english_catalog_through_the_worker(tmp_path, monkeypatch)
                                    log=lambda _: None))
     assert report["lost"] == 0 and report["resurrected"] == 0, report["details"]
     assert report["equal_share"] == 1.0, report["details"]
-    assert report["details"]["max_vector_error"] == 0.0
+    # every stored vector is a fresh encoding of its product, to one step of the int8 grid (USE runs
+    # numpy matmuls, whose last bits depend on the batch's shape)
+    assert report["details"]["max_vector_error"] <= 2.0 ** -13
     assert report["match_decision"] is None  # the multilingual config has none (v5's reads MiniLM cosines)
     lists = collected["topic"]
     assert {nl.model.split("+")[0] for nl in lists.values()} == {"use-multilingual-v3"}
