@@ -75,3 +75,18 @@ def write_csv(path: Path, header: list[str], rows: list[dict[str, str]]) -> Path
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def zh_en_pairs() -> list[tuple[str, str]]:
+    """(English, Chinese) titles of one product each: the multilingual encoders' and the mixed-catalog tests'."""
+    return [
+        ("Sony WH-1000XM5 wireless noise cancelling headphones", "索尼 WH-1000XM5 无线降噪耳机"),
+        ("32oz stainless steel insulated water bottle", "32盎司不锈钢保温水瓶"),
+        ("women's leather shoulder handbag", "女士真皮单肩手提包"),
+        ("kids wooden building blocks toy set", "儿童木制积木玩具套装"),
+        ("USB-C fast charging cable 1m", "USB-C 快充数据线 1米"),
+        ("ceramic coffee mug 350ml", "陶瓷咖啡杯 350毫升"),
+        ("cotton crew neck t-shirt, white", "白色纯棉圆领T恤"),
+        ("stainless steel kitchen knife set", "不锈钢厨房刀具套装"),
+    ]

