@@ -141,3 +141,25 @@ def test_bm25_baseline_weighs_words_by_the_catalog_and_scores_wordless_queries_z
     assert int(scores[0].argmax()) == 2  # the rare word decides
     assert scores[1, 3] == 0 and scores[1, 0] > 0  # a common word still scores, a missing one not
     assert not scores[2:].any()  # stop words only, or nothing: 0 everywhere
+
+
+def test_a_vector_stage_folds_into_the_match_model_the_stream_applies() -> None:
+    """``SecondStage.match_model``: the standardisation folded into raw coefficients gives the fitted
+    pipeline's probabilities (to the 4 decimals the stream keeps); only a vector stage can run there."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from simstream.match import pair_features as vector_features
+    from simstream.quality.second_stage import SecondStage
+
+    rng = np.random.default_rng(0)
+    fields = ["text", "mpn", "price"]
+    x = vector_features(rng.uniform(-1, 1, (400, 3)), np.ones(3, bool), rng.random((400, 3)) > 0.2)
+    y = (x[:, 0] + 2 * x[:, 1] - x[:, 4] + rng.normal(0, 0.3, 400)) > 0.5
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    model = SecondStage(fields, pipeline, threshold=0.4, kind="vector").match_model()
+    assert model.fields == tuple(fields) and model.threshold == 0.4
+    np.testing.assert_allclose(model.probabilities(x), pipeline.predict_proba(x)[:, 1], atol=1e-4)
+    with pytest.raises(ValueError, match="vector"):
+        SecondStage(fields, pipeline).match_model()
