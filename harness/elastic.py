@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
-from simstream.harness.exactness import Decision, Options, compare, metric_total, milvus_for, proof_env, read_catalog
+from simstream.harness.exactness import (Decision, Options, compare, metric_total, milvus_for, proof_env, read_catalog,
+                                         workers_encoder)
 from simstream.harness.synthetic import Stream, generate_stream
 from simstream.settings import Settings
 from simstream.streams.neighbour_reader import NeighbourReader
@@ -324,7 +325,7 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
         if server is not None:
             server.stop()
 
-    result = compare(stream, topic, stored, opts.top_k, Decision.of(Settings(image_enabled=False)))
+    result = compare(stream, topic, stored, opts.top_k, Decision.of(workers_encoder()))
     lags = freshness_of(sent, arrivals)
     first_quarter_end = windows[0].start if windows else float("inf")
     warm_until = t_pub + WARM_UP_SHARE * (first_quarter_end - t_pub)

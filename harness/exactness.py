@@ -45,7 +45,7 @@ from simstream.streams.producer import EventProducer
 __all__ = [
     "SCORE_TOLERANCE", "PROBABILITY_TOLERANCE", "metric_total", "oracle_lists", "Comparison", "Decision", "compare", "Options", "milvus_for", "proof_env",
     "run_exactness", "run_backfill",
-    "inject", "read_catalog", "reencode_error", "explain", "summary_line"
+    "inject", "read_catalog", "workers_encoder", "reencode_error", "explain", "summary_line"
 ]
 
 SCORE_TOLERANCE = 1e-4
@@ -87,19 +87,17 @@ class Decision:
     layout: dict[str, slice]
 
     @classmethod
-    def of(cls, settings: Settings) -> "Decision | None":
-        from simstream.encoders.fusion import ProductEncoder
-
-        encoder = ProductEncoder(settings)
+    def of(cls, encoder: Any) -> "Decision | None":
+        """The decision of the workers' ``ProductEncoder`` (None: its model has none)."""
         return cls(encoder.match, dict(encoder.weights), dict(encoder.layout)) if encoder.match is not None else None
 
     def agrees(self, nl: NeighbourList, stored: dict[str, tuple[int, np.ndarray]]) -> bool:
         """Every entry carries the probability the oracle computes from the two stored vectors (to
         one unit of its last decimal: a rounding boundary may fall between two float summations)."""
-        owner = stored[nl.product_id][1]
-        want = match_probabilities(self.match, self.weights, self.layout, owner,
-                                   np.stack([stored[n.product_id][1] for n in nl.neighbours]) if nl.neighbours
-                                   else np.zeros((0, len(owner)), np.float32))
+        if not nl.neighbours:
+            return True
+        want = match_probabilities(self.match, self.weights, self.layout, stored[nl.product_id][1],
+                                   np.stack([stored[n.product_id][1] for n in nl.neighbours]))
         return all(n.match_probability is not None and abs(n.match_probability - p) <= PROBABILITY_TOLERANCE
                    for n, p in zip(nl.neighbours, want))
 
@@ -329,12 +327,13 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         if server is not None:
             server.stop()
 
-    decision = Decision.of(Settings(image_enabled=False))
+    encoder = workers_encoder()  # loaded once: the oracle's match decision and the re-encoding check
+    decision = Decision.of(encoder)
     result = compare(stream, topic, stored, opts.top_k, decision)
     if opts.collect is not None:
         opts.collect.update(topic=topic, stored=stored)
     if opts.reencode_check:
-        result.max_vector_error = reencode_error(stream, stored)
+        result.max_vector_error = reencode_error(stream, stored, encoder)
     report: dict[str, Any] = {
         "products": result.products, "equal": result.equal, "equal_share": result.equal_share,
         "lost": len(result.lost), "resurrected": len(result.resurrected), "workers": opts.workers,
@@ -405,12 +404,16 @@ def read_catalog(milvus_uri: str, opts: Options, *, collection: str = "simstream
         store.close()
 
 
-def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]]) -> float:
-    """Re-encode the expected final catalog from scratch; the largest |stored - fresh| element."""
+def workers_encoder() -> Any:
+    """The ``ProductEncoder`` the proof's workers run (their environment, images off: ``proof_env``)."""
     from simstream.encoders.fusion import ProductEncoder
 
-    settings = Settings(image_enabled=False)
-    encoder = ProductEncoder(settings)
+    return ProductEncoder(Settings(image_enabled=False))
+
+
+def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]], encoder: Any = None) -> float:
+    """Re-encode the expected final catalog from scratch; the largest |stored - fresh| element."""
+    encoder = encoder or workers_encoder()
     events = [parse_event(pid.encode(), json.dumps(doc).encode()) for pid, doc in sorted(stream.live.items())
               if pid in stored]
     worst = 0.0

@@ -338,10 +338,9 @@ class ListBuilder:
         vectors.update(self.store.snapshot_vectors(wanted - vectors.keys()))
         shares = FieldShares(self.layout)
         for pid, b in todo.items():
-            have = [n.product_id for n in b.published.neighbours if n.product_id in vectors]
-            if have:  # the entries' fields were left empty for this (``_finish``): filled in place
-                entries = [n for n in b.published.neighbours if n.product_id in vectors]
-                for n, fields in zip(entries, shares.of(owners[pid], np.stack([vectors[m] for m in have]))):
+            entries = [n for n in b.published.neighbours if n.product_id in vectors]
+            if entries:  # the entries' fields were left empty for this (``_finish``): filled in place
+                for n, fields in zip(entries, shares.of(owners[pid], np.stack([vectors[n.product_id] for n in entries]))):
                     n.fields.update(fields)
             out[pid] = dataclasses.replace(b, explained=True)
         if self.match is not None:

@@ -233,10 +233,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, row in results.items():
         print(name, "lodo weights", {f: round(w, 3) for f, w in row["weights"].items()})
         for label in [m for m in row if m.endswith("match")]:
-            if label in row:
-                m = row[label]
-                print(name, f"{label} decision at threshold {m['threshold']} (chosen on the others): precision "
-                            f"{m['precision']}, recall {m['recall']}, F1 {m['f1']}")
+            m = row[label]
+            print(name, f"{label} decision at threshold {m['threshold']} (chosen on the others): precision "
+                        f"{m['precision']}, recall {m['recall']}, F1 {m['f1']}")
     if args.write_config and args.match_for:
         source = next(path for label, _, path in (x.partition("=") for x in args.fixed) if label == args.match_for)
         config = with_match(orjson.loads(Path(source).read_bytes()), datasets, args.version or args.write_config.stem,

@@ -146,7 +146,6 @@ class SecondStage:
             out[ds.left.ids[i]] = [ds.right.ids[j] for j in ids[:limit]]
         return out
 
-
     def match_model(self) -> MatchModel:
         """This stage (``kind="vector"``) as the stream applies it: the standardisation folded into
         the coefficients, which then apply to the raw features."""

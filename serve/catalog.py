@@ -77,10 +77,7 @@ def card(p: ServedProduct | None) -> dict[str, Any] | None:
 
 def neighbour_view(n: Neighbour, product: ServedProduct | None) -> dict[str, Any]:
     """One published entry as the API shows it: the wire fields (docs/events.md) and its card."""
-    view = {"product_id": n.product_id, "score": n.score, "fields": n.fields, "product": card(product)}
-    if n.match_probability is not None:
-        view["match_probability"] = n.match_probability
-    return view
+    return {**n.to_wire(), "product": card(product)}
 
 
 class Catalog:
