@@ -43,13 +43,15 @@ class AllPairs:
     """A blocked, symmetric scan of rows [0, used) of ``rows``, a few pairs of blocks per ``advance``."""
 
     def __init__(self, rows: PackedRows, live: np.ndarray, used: int, limit: int, *, keep: int | None = None,
-                 block: int | None = None, resident: DeviceRows | None = None, started_ms: int | None = None) -> None:
+                 block: int | None = None, resident: DeviceRows | None = None, started_ms: int | None = None,
+                 offsets: np.ndarray | None = None) -> None:
         """``keep``: scan scores held per row (default 2 x ``limit``, at least ``limit`` + 16).
         ``resident``: the rows decoded on a device (a GPU: index/device_rows.py), multiplied there
         in float32, with the kept scores on the device too until the pass is done; else the packed
         rows on the CPU. ``block``: rows per block (default ``ALL_PAIRS_BLOCK``, on a GPU
         ``DEVICE_BLOCK``). ``started_ms``: when the state it scans was read (default now): the
-        lists it gives count as computed then."""
+        lists it gives count as computed then. ``offsets``: the ``l2`` metric's per-row terms
+        (simstream.metric) of rows [0, used), added to both sides of every pair's score."""
         self.started_ms = now_ms() if started_ms is None else started_ms
         self.rows = rows
         self.used = used
@@ -62,6 +64,7 @@ class AllPairs:
         self._scores = torch.full((used, self.keep), -torch.inf, dtype=torch.float32, device=self.device)
         self._ids = torch.full((used, self.keep), -1, dtype=torch.int32, device=self.device)
         self._norms = np.zeros(used, np.float64)
+        self._offsets = None if offsets is None else torch.from_numpy(np.asarray(offsets[:used], np.float32)).to(self.device)
         self._widest = rows.dim if self.decoded else 0  # widest run of columns summed in float32
         self._band, self._next = 0, 0  # the next pair of blocks to multiply: (band, next)
         self._mine = np.zeros((0, rows.dim), np.float32)  # block ``band``, decoded
@@ -103,6 +106,8 @@ class AllPairs:
                     self._widest = max(self._widest, self._queries.widest_float)
             j_first, j_stop = j * self.block, min(self.used, (j + 1) * self.block)
             scores = self._pair_scores(first, stop, j_first, j_stop)  # block j's rows x block i's
+            if self._offsets is not None:  # score = dot + offset(row) + offset(query), either way round
+                scores.add_(self._offsets[j_first:j_stop, None]).add_(self._offsets[None, first:stop])
             dead_i, dead_j = ~self._live[first:stop], ~self._live[j_first:j_stop]
             if bool(dead_j.any()):
                 scores[dead_j] = -torch.inf
@@ -189,7 +194,7 @@ class AllPairs:
         else:
             # kept scores are in descending order (topk, sorted)
             win = window(self.rows.dim, self._widest, len(self.rows.segments),
-                         float(self._norms[row]), self.rows.max_norm)
+                         float(self._norms[row]), self.rows.max_norm, offsets=self._offsets is not None)
             bar = scores[self.limit - 1] - win
             if count == self.keep and scores[self.keep - 1] >= bar:
                 return None  # rows at or above the bar may have been dropped

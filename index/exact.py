@@ -1,4 +1,4 @@
-"""Exact top-K by inner product, and the one ranking rule every list uses.
+"""Exact top-K by the model's metric (simstream.metric), and the one ranking rule every list uses.
 
 The side index, the exactness oracle, the benchmarks' preloads and ``eval`` all rank through here,
 so "exact top-K" has one definition: higher score first, equal scores (to ``SCORE_DECIMALS``)
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from simstream.metric import IP, Metric
 
 __all__ = ["SCORE_DECIMALS", "rank_key", "top_k_rows", "exact_top_k"]
 
@@ -42,15 +44,15 @@ def _order(part: np.ndarray, top: np.ndarray) -> np.ndarray:
 
 
 def exact_top_k(vectors: np.ndarray, ids: Sequence[str], k: int, *, block: int = 1024,
-                margin: int = 64) -> list[list[tuple[str, float]]]:
+                margin: int = 64, metric: Metric = IP) -> list[list[tuple[str, float]]]:
     """Every row's exact top-``k`` among the others (self excluded), ranked by ``rank_key`` on
-    float32 dot products computed the way the worker computes them."""
+    the metric's scores computed the way the worker computes them (``Metric.pair``)."""
     mat = np.asarray(vectors, np.float32)
     n = len(ids)
     out: list[list[tuple[str, float]]] = []
     pre = min(n, k + margin)
     for start in range(0, n, block):
-        sims = mat[start:start + block] @ mat.T
+        sims = metric.matrix(mat[start:start + block], mat)
         rows = np.arange(len(sims))
         sims[rows, start + rows] = -np.inf
         cand, _ = top_k_rows(sims, pre)
@@ -60,6 +62,6 @@ def exact_top_k(vectors: np.ndarray, ids: Sequence[str], k: int, *, block: int =
             pool = set(cand[r].tolist()) | set(np.flatnonzero(sims[r] >= kth - 1e-5).tolist())
             pool.discard(start + r)
             me = mat[start + r]
-            scored = sorted(((float(mat[j] @ me), ids[j]) for j in pool), key=lambda t: rank_key(t[0], t[1]))[:k]
+            scored = sorted(((metric.pair(mat[j], me), ids[j]) for j in pool), key=lambda t: rank_key(t[0], t[1]))[:k]
             out.append([(pid, score) for score, pid in scored])
     return out

@@ -30,7 +30,7 @@ from simstream.index.packed_rows import PackedRows
 from simstream.logs import get_logger
 from simstream.vector_codec import I8_MAX, Segment, pack
 
-__all__ = ["BLOCK_ROWS", "CHUNK_BLOCKS", "DEVICE_CHUNK_ROWS", "LOWEST_FLOAT32", "QUERY_DIGITS", "MIN_DIGIT_EXPONENT", "UNIT_ROUNDOFF", "i8_digits", "Candidates", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
+__all__ = ["BLOCK_ROWS", "CHUNK_BLOCKS", "DEVICE_CHUNK_ROWS", "LOWEST_FLOAT32", "QUERY_DIGITS", "MIN_DIGIT_EXPONENT", "UNIT_ROUNDOFF", "i8_digits", "Candidates", "Offsets", "PackedQueries", "block_scores", "gamma", "window", "windows_of",
            "scan_candidates", "subset_reaching"]
 
 # rows per block: a block's scores (rows x queries, int32 then float32) stay in the core's cache
@@ -57,7 +57,7 @@ def gamma(n: int) -> float:
 
 
 def window(dim: int, widest_float_segment: int, segments: int, query_norm: float, row_norm: float,
-           scan_norm: float | None = None, residual: float = 0.0) -> float:
+           scan_norm: float | None = None, residual: float = 0.0, offsets: bool = False) -> float:
     """How far below the ``limit``-th best scan score a row of the exact top-``limit`` can score.
 
     With A = sum |q_i v_i| <= |q| |v|: the scan's error is at most (gamma(widest float segment)
@@ -65,7 +65,11 @@ def window(dim: int, widest_float_segment: int, segments: int, query_norm: float
     oracle's float32 dot product over ``dim`` columns is within gamma(dim) A of the real value. A
     row ranks in the top ``limit`` only if its oracle score reaches the ``limit``-th best oracle
     score (less 1e-6: ranking rounds to 6 decimals and then orders by id), so its scan score is at
-    least t - 2 (scan error + oracle error) - 2e-6, where t is the ``limit``-th best scan score."""
+    least t - 2 (scan error + oracle error) - 2e-6, where t is the ``limit``-th best scan score.
+
+    ``offsets`` (the ``l2`` metric, simstream.metric): the scan also adds each row's float32 offset
+    (at most |v|^2 / 2) to its float32 score and compares with float32 bars less the query's offset:
+    three more roundings, each within u of the sum's size."""
     # A query off the i8 grid is multiplied as a sum of int8 digits (``PackedQueries``): the scan
     # then sums ``segments`` products (one per part) of norm at most ``scan_norm`` x the row's, and
     # misses the digits' remainder, whose product with the row is at most ``residual`` x its norm.
@@ -73,18 +77,21 @@ def window(dim: int, widest_float_segment: int, segments: int, query_norm: float
     a_scan = max(scan_norm or 0.0, query_norm) * row_norm
     scan = (gamma(widest_float_segment) + gamma(segments + 1) + UNIT_ROUNDOFF) * a_scan * (1 + 1e-6) \
         + residual * row_norm * (1 + 1e-6)
+    if offsets:
+        scan += 3 * UNIT_ROUNDOFF * (a_scan + (query_norm ** 2 + row_norm ** 2) / 2) * (1 + 1e-6)
     return 2 * (scan + gamma(dim) * a) + 3e-6  # 1e-6 more: the float32 comparison with t - window
 
 
 def windows_of(rows: PackedRows, queries: np.ndarray, widest_float_segment: int,
-               packed: PackedQueries | None = None) -> np.ndarray:
+               packed: PackedQueries | None = None, offsets: bool = False) -> np.ndarray:
     """``window`` per query (float32 rows of ``queries``): norms in float64, rows bounded by the
-    largest norm ever written; ``packed``: how the scan multiplies them (digits and their remainder)."""
+    largest norm ever written; ``packed``: how the scan multiplies them (digits and their remainder);
+    ``offsets``: the scan adds the rows' offsets (``window``)."""
     norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
     terms = max(len(rows.segments), packed.terms if packed is not None else 0)
     return np.array([window(rows.dim, widest_float_segment, terms, float(n), rows.max_norm,
                             float(packed.scan_norm[j]) if packed is not None else None,
-                            float(packed.residual[j]) if packed is not None else 0.0)
+                            float(packed.residual[j]) if packed is not None else 0.0, offsets)
                      for j, n in enumerate(norms)])
 
 
@@ -96,6 +103,15 @@ class Candidates:
     rows: list[np.ndarray]
     scores: list[np.ndarray]
     reaching: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offsets:
+    """The ``l2`` metric's per-vector terms (simstream.metric): one float32 per row of the packed
+    rows (indexed by row number) and one per query."""
+
+    rows: np.ndarray
+    queries: np.ndarray
 
 
 def i8_digits(x: np.ndarray, count: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
@@ -258,17 +274,21 @@ def block_scores(rows: PackedRows, q: PackedQueries, first: int, stop: int, coun
                                   count, BLOCK_ROWS)
 
 
-def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, bars: np.ndarray) -> list[np.ndarray]:
+def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, bars: np.ndarray,
+                    offsets: Offsets | None = None) -> list[np.ndarray]:
     """Per query j, the positions i in ``subset`` (row numbers, all live) whose oracle score with
     query j may reach ``bars[j]``: a superset, every row whose scan score is within the scan's and
-    the oracle's error bounds of it. The subset's packed values are gathered, not decoded."""
+    the oracle's error bounds of it. The subset's packed values are gathered, not decoded.
+    ``offsets``: the metric's per-vector terms (``Offsets``), added to each score."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
     out: list[list[np.ndarray]] = [[] for _ in range(count)]
     if not len(subset) or not count:
         return [np.zeros(0, np.int64) for _ in range(count)]
     q = PackedQueries(queries, rows.segments, QUERY_DIGITS)
-    slack = windows_of(rows, queries, rows.dim if rows.loose_rows else q.widest_float, q) / 2
+    slack = windows_of(rows, queries, rows.dim if rows.loose_rows else q.widest_float, q, offsets is not None) / 2
+    if offsets is not None:  # score = scan + row offset + query offset: the query's moves to the bar
+        slack = slack + offsets.queries.astype(np.float64)
     need = torch.from_numpy(np.asarray(np.asarray(bars, np.float64) - slack, np.float32))
     loose = dict(rows.loose_items())
     qf = torch.from_numpy(np.ascontiguousarray(queries))
@@ -281,6 +301,8 @@ def subset_reaching(rows: PackedRows, subset: np.ndarray, queries: np.ndarray, b
             for i, r in enumerate(subset[first:stop].tolist()):
                 if (vec := loose.get(r)) is not None:
                     acc[i] = qf @ torch.from_numpy(vec)
+        if offsets is not None:
+            acc.add_(torch.from_numpy(offsets.rows[subset[first:stop]])[:, None])
         hit_rows, hit_queries = torch.nonzero(acc >= need[None, :], as_tuple=True)
         if len(hit_rows):
             _split(hit_rows.numpy() + first, hit_queries.numpy(), count, out)
@@ -305,7 +327,7 @@ def _split(hr: np.ndarray, hq: np.ndarray, count: int, into: list[list[np.ndarra
 def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.ndarray, limit: int,
                     resident: DeviceRows | None = None, bars: np.ndarray | None = None,
                     margin: float = 0.0, *, allowed: np.ndarray | None = None,
-                    sel: np.ndarray | None = None) -> Candidates:
+                    sel: np.ndarray | None = None, offsets: Offsets | None = None) -> Candidates:
     """Every live row among [0, used) whose scan score is within ``window`` of query j's
     ``limit``-th best: a superset of each query's exact top-``limit``. Rows held loose (float32,
     off the grid) are scored with a float32 dot product instead (within the same bound).
@@ -320,7 +342,10 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
 
     ``allowed`` (queries x rows, bool): which rows each query may return besides being live (a
     query's filters; simstream serve), without ``bars``. ``sel`` (row numbers, ascending): scan only those rows,
-    gathered still packed (a selective filter's rows), on the CPU and without ``bars``."""
+    gathered still packed (a selective filter's rows), on the CPU and without ``bars``.
+
+    ``offsets`` (the ``l2`` metric): each row's offset is added to its scan scores (the scores
+    returned hold it, not the query's), and each query's to the bars' side of the comparison."""
     queries = np.asarray(queries, np.float32)
     count = len(queries)
     assert bars is None or allowed is None, "bars are answered over every live row"
@@ -329,7 +354,7 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
         resident, sel = None, np.asarray(sel, np.int64)
     q = None if resident is not None else PackedQueries(queries, rows.segments, QUERY_DIGITS)
     widest = rows.dim if q is None or rows.loose_rows else q.widest_float  # all float32 there
-    windows = windows_of(rows, queries, widest, q)
+    windows = windows_of(rows, queries, widest, q, offsets is not None)
     win = torch.from_numpy(np.asarray(windows, np.float32))
     loose = [] if resident is not None else rows.loose_items()  # the resident rows already hold them
     q_device = torch.from_numpy(queries).to(resident.device) if resident is not None else None
@@ -338,7 +363,8 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
     qf = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
     reaching: list[list[np.ndarray]] = [[] for _ in range(count)]
     # scan error + oracle error = (window - 3e-6) / 2; the 1.5e-6 left covers the float32 subtraction
-    slack = torch.from_numpy(np.asarray(margin + windows / 2, np.float32))
+    slack = torch.from_numpy(np.asarray(margin + windows / 2 + (offsets.queries.astype(np.float64)
+                                                                 if offsets is not None else 0.0), np.float32))
     scanned = used if sel is None else len(sel)
     if sel is not None and loose:  # where each loose row sits among the rows scanned (``sel`` ascends)
         at = np.searchsorted(sel, [r for r, _ in loose])
@@ -357,6 +383,8 @@ def scan_candidates(rows: PackedRows, live: np.ndarray, used: int, queries: np.n
         for r, vec in loose:  # positions in the rows scanned
             if first <= r < stop:
                 acc[r - first] = qf @ torch.from_numpy(vec)
+        if offsets is not None:
+            acc.add_(torch.from_numpy(offsets.rows[here]).to(acc.device)[:, None])
         dead = torch.from_numpy(~live[here]).to(acc.device)
         if bool(dead.any()):
             acc[dead] = -torch.inf

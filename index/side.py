@@ -28,9 +28,10 @@ from simstream.index.all_pairs import AllPairs
 from simstream.index.device_rows import DeviceRows
 from simstream.index.exact import rank_key
 from simstream.index.packed_rows import PackedRows
-from simstream.index.packed_scan import scan_candidates, subset_reaching
+from simstream.index.packed_scan import Offsets, scan_candidates, subset_reaching
 from simstream.index.rows import StoredProduct
 from simstream.logs import get_logger
+from simstream.metric import IP, Metric
 from simstream.vector_codec import Segment
 
 __all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "SUBSET_ROWS", "SUBSET_SHARE", "ProductMeta", "SideIndex"]
@@ -151,19 +152,22 @@ class ProductMeta:
 
 
 class SideIndex:
-    """Exact inner-product top-k over the live products (rows of a growable, compact matrix).
+    """Exact top-k by the model's metric (simstream.metric) over the live products (rows of a
+    growable, compact matrix).
 
     ``segments`` say how each run of columns is stored (simstream.vector_codec); vectors come back
     bit-identical, so searches score exactly what Milvus holds. None: plain float32.
     """
 
     def __init__(self, dim: int, *, capacity: int = MIN_CAPACITY, segments: Sequence[Segment] | None = None,
-                 device: torch.device | None = None, resident: bool | None = None) -> None:
+                 device: torch.device | None = None, resident: bool | None = None, metric: Metric = IP) -> None:
         """``capacity``: rows allocated up front (the expected product count). ``device``: where
         the scans multiply (default: the GPU when there is one). ``resident``: keep the rows
         decoded on that device, in step with writes (index/device_rows.py; default: on a GPU),
-        so a scan copies nothing; off the GPU only tests ask for it."""
+        so a scan copies nothing; off the GPU only tests ask for it. ``metric``: what a score is
+        (``l2`` keeps each row's offset beside it)."""
         self.dim = dim
+        self.metric = metric
         capacity = max(int(capacity), 1)
         self._rows = PackedRows(dim, segments, capacity)
         self._meta = ProductMeta(capacity)
@@ -171,6 +175,8 @@ class SideIndex:
         # Per row, the boundary of its product's recorded list (+inf: none): a changed product
         # enters that list only if it scores at least this (``search_reaching``).
         self._bars = np.full(capacity, np.inf, np.float32)
+        # Per row, the metric's offset (``l2``: -|v|^2 / 2), added to every score of the row.
+        self._offsets = np.zeros(capacity if metric.has_offsets else 0, np.float32)
         # Every write (a put of a row, a delete) gets the next sequence number, ``applied``: a step
         # that read the index when it stood at s saw exactly the rows put at or before s, so only
         # the writes after s can have changed what it computed (``changes_after``).
@@ -217,7 +223,8 @@ class SideIndex:
     def nbytes(self) -> int:
         """Bytes allocated by the arrays (rows, metadata, live flags): the deterministic part of
         the index's memory; ids and the id->row dict come on top (measured as RSS)."""
-        return self._rows.nbytes + self._meta.nbytes + self._live.nbytes + self._bars.nbytes + self._put_seq.nbytes
+        return (self._rows.nbytes + self._meta.nbytes + self._live.nbytes + self._bars.nbytes + self._put_seq.nbytes
+                + self._offsets.nbytes)
 
     @property
     def loose_rows(self) -> int:
@@ -239,14 +246,14 @@ class SideIndex:
     @classmethod
     def restored(cls, dim: int, arrays: dict[str, np.ndarray], tables: dict[str, object], *, capacity: int,
                  segments: Sequence[Segment] | None = None, device: torch.device | None = None,
-                 resident: bool | None = None) -> "SideIndex":
+                 resident: bool | None = None, metric: Metric = IP) -> "SideIndex":
         """The index ``export`` described, with room for ``capacity`` rows. Raises ValueError (or
         KeyError) when the arrays do not fit ``dim`` and ``segments``."""
         ids = tables["ids"]
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError("ids are not a list of strings")
         n = len(ids)
-        side = cls(dim, capacity=max(capacity, n), segments=segments, device=device, resident=resident)
+        side = cls(dim, capacity=max(capacity, n), segments=segments, device=device, resident=resident, metric=metric)
         side._rows.load(arrays, n)
         side._meta.load(arrays, tables, n)
         interned = [sys.intern(pid) for pid in ids]
@@ -255,10 +262,14 @@ class SideIndex:
         if len(side._row) != n:
             raise ValueError("an id appears twice")
         side._live[:n] = True
-        if (resident_rows := side._resident) is not None:
+        if side._resident is not None or metric.has_offsets:
             for start in range(0, n, 65_536):
                 block = np.arange(start, min(n, start + 65_536))
-                resident_rows.write(block, side._rows.read(block))
+                decoded = side._rows.read(block)
+                if side._resident is not None:
+                    side._resident.write(block, decoded)
+                if metric.has_offsets:
+                    side._offsets[block] = metric.offsets(decoded)
         return side
 
     # --- writes -----------------------------------------------------------------------------
@@ -283,6 +294,10 @@ class SideIndex:
         put_seq = np.zeros(new, np.int64)
         put_seq[:cap] = self._put_seq
         self._put_seq = put_seq
+        if self.metric.has_offsets:
+            offsets = np.zeros(new, np.float32)
+            offsets[:cap] = self._offsets
+            self._offsets = offsets
 
     def put(self, products: Sequence[StoredProduct]) -> None:
         """Insert or replace products, vector and metadata."""
@@ -306,8 +321,12 @@ class SideIndex:
             rows[i] = r
             self._meta.write(r, p)
         self._rows.write(rows, np.stack([p.vector for p in products]))
-        if self._resident is not None:
-            self._resident.write(rows, self._rows.read(rows))  # the grid's values, as every scan reads them
+        if self._resident is not None or self.metric.has_offsets:
+            decoded = self._rows.read(rows)  # the grid's values, as every scan reads them
+            if self._resident is not None:
+                self._resident.write(rows, decoded)
+            if self.metric.has_offsets:
+                self._offsets[rows] = self.metric.offsets(decoded)
         self._live[rows] = True
         self._put_seq[rows] = np.arange(self._seq + 1, self._seq + 1 + len(rows))
         self._seq += len(rows)
@@ -436,7 +455,8 @@ class SideIndex:
         for g in np.unique(group[prefix > 0]).tolist():
             members = np.flatnonzero((group == g) & (prefix > 0))
             longest = int(prefix[members].max())
-            found = subset_reaching(self._rows, rows[:longest], q[members], bar[members])
+            found = subset_reaching(self._rows, rows[:longest], q[members], bar[members],
+                                    self._offsets_for(q[members]))
             for j, at in zip(members.tolist(), found):
                 hits[j] = at[at < prefix[j]]  # positions in the newest-first order
         wanted = np.unique(np.concatenate(hits))
@@ -462,6 +482,12 @@ class SideIndex:
         return out.tolist()
 
     # --- search -----------------------------------------------------------------------------
+    def _offsets_for(self, queries: np.ndarray) -> Offsets | None:
+        """The metric's offsets of the rows and of ``queries`` for a scan (None under ``ip``)."""
+        if not self.metric.has_offsets:
+            return None
+        return Offsets(self._offsets, self.metric.offsets(queries))
+
     def _top(self, vectors: np.ndarray, limit: int, chunk: int = 256, reach_margin: float | None = None,
              ) -> Iterator[tuple[list[tuple[list[int], list[float]]], np.ndarray, dict[int, int], list[np.ndarray] | None]]:
         """Per chunk of queries: each query's exact top-``limit`` live rows by the ranking rule
@@ -476,7 +502,7 @@ class SideIndex:
         for start in range(0, len(q), chunk):
             queries = np.ascontiguousarray(q[start:start + chunk])
             cand = scan_candidates(self._rows, self._live, len(self._ids), queries, limit, resident=self._resident,
-                                   bars=bars, margin=reach_margin or 0.0)
+                                   bars=bars, margin=reach_margin or 0.0, offsets=self._offsets_for(queries))
             tops, decoded, at = self._rescored(queries, cand.rows, limit)
             yield tops, decoded, at, cand.reaching
 
@@ -489,10 +515,13 @@ class SideIndex:
         decoded = self._rows.read(unique)
         at = {int(r): i for i, r in enumerate(unique.tolist())}
         tops = []
-        for query, rows in zip(queries, candidates):
+        query_offsets = self.metric.offsets(queries)
+        for query, q_offset, rows in zip(queries, query_offsets, candidates):
             # vecdot runs numpy's float32 dot (BLAS sdot) once per row: bit for bit the oracle's
-            # ``float(row @ query)`` (a matrix-vector product would sum in another order)
-            scores = np.vecdot(decoded[np.searchsorted(unique, rows)], query).tolist()
+            # ``float(row @ query)`` (a matrix-vector product would sum in another order); with the
+            # metric's offsets added as ``Metric.pair`` adds them
+            mine = decoded[np.searchsorted(unique, rows)]
+            scores = self.metric.with_offsets(np.vecdot(mine, query), self.metric.offsets(mine), q_offset).tolist()
             scored = sorted(zip(scores, (ids[r] for r in rows.tolist()), rows.tolist()),
                             key=lambda t: rank_key(t[0], t[1]))[:limit]  # type: ignore[arg-type]
             tops.append(([r for _, _, r in scored], [sc for sc, _, _ in scored]))
@@ -502,13 +531,14 @@ class SideIndex:
         """A pass giving every live product's candidates for its top-``limit`` at once (each pair
         multiplied once: index/all_pairs.py); ``advance`` it to ``done``, then hand it to
         ``search``. Writes from now on are told to it."""
-        scan = AllPairs(self._rows, self._live, len(self._ids), limit, resident=self._resident, started_ms=started_ms)
+        scan = AllPairs(self._rows, self._live, len(self._ids), limit, resident=self._resident, started_ms=started_ms,
+                        offsets=self._offsets[: len(self._ids)].copy() if self.metric.has_offsets else None)
         self._passes.add(scan)
         return scan
 
     def search(self, vectors: np.ndarray, limit: int, *, ids: Sequence[str] | None = None,
                scan: AllPairs | None = None) -> list[list[tuple[str, np.ndarray]]]:
-        """Top-``limit`` live products per query by inner product, best first: (id, vector) pairs.
+        """Top-``limit`` live products per query by the metric's score, best first: (id, vector) pairs.
         With ``scan`` (a finished ``all_pairs`` of this index, at least as wide) and ``ids`` (each
         query's own product): queries the scan holds candidates for are rescored from them, the
         others searched."""
@@ -582,14 +612,15 @@ class SideIndex:
 
     def _ranked(self, queries: np.ndarray, limit: int, *, allowed: np.ndarray | None = None,
                 sel: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
-        cand = scan_candidates(self._rows, self._live, len(self._ids), np.ascontiguousarray(queries), limit,
-                               resident=self._resident, allowed=allowed, sel=sel)
+        queries = np.ascontiguousarray(queries, np.float32)
+        cand = scan_candidates(self._rows, self._live, len(self._ids), queries, limit,
+                               resident=self._resident, allowed=allowed, sel=sel, offsets=self._offsets_for(queries))
         tops, _, _ = self._rescored(queries, cand.rows, limit)
         ids = self._ids
         return [[(ids[r], sc) for r, sc in zip(rows, scores)] for rows, scores in tops]  # type: ignore[misc]
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
-        """Top-``limit`` (id, inner product) per query, best first."""
+        """Top-``limit`` (id, score) per query, best first."""
         return [[(self._ids[r], sc) for r, sc in zip(rows, scores)]  # type: ignore[misc]
                 for tops, _, _, _ in self._top(vectors, limit) for rows, scores in tops]
 

@@ -95,21 +95,30 @@ class Dataset:
                 scores[n, cols] = -np.inf
         return scores
 
-    def scores(self, weights: Mapping[str, float], queries: Sequence[int]) -> np.ndarray:
-        """Fused scores [len(queries), n_right] for ``weights`` (any scale)."""
+    def scores(self, weights: Mapping[str, float], queries: Sequence[int], metric: str = "ip") -> np.ndarray:
+        """Fused scores [len(queries), n_right] for ``weights`` (any scale): inner product, or with
+        ``metric`` "l2" minus half the squared Euclidean distance of the fused vectors (a field's
+        segment weighs sqrt(w) times its unit vector, zero where a product lacks it; a channel has
+        no per-product vector and counts as present on both sides)."""
         out = np.zeros((len(queries), len(self.right.ids)), np.float32)
         for f, w in weights.items():
             if w > 0 and f in self.channels:
                 out += w * self.channels[f][queries]
             elif w > 0 and f in self.left_fv:
                 out += w * (self.left_fv[f][queries] @ self.right_fv[f].T)
+                if metric == "l2":
+                    left, right = self.left_fv[f][queries], self.right_fv[f]
+                    out -= 0.5 * w * ((left * left).sum(1)[:, None] + (right * right).sum(1)[None, :])
+            elif w > 0 and metric == "l2":
+                out -= w
         return out
 
-    def metrics(self, weights: Mapping[str, float], split: str, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    def metrics(self, weights: Mapping[str, float], split: str, ks: Sequence[int] = DEFAULT_KS,
+                metric: str = "ip") -> dict[str, float]:
         gold = self.gold[split]
         pos = {rid: i for i, rid in enumerate(self.left.ids)}
         queries = [pos[q] for q in gold if q in pos]
-        scores = self.mask(self.scores(weights, queries), queries)
+        scores = self.mask(self.scores(weights, queries, metric), queries)
         limit = max(ks)
         ranked = {self.left.ids[i]: [self.right.ids[j] for j in top_k(scores[n], limit)]
                   for n, i in enumerate(queries)}

@@ -76,19 +76,24 @@ def tfidf_metrics(ds: Dataset, ks: Sequence[int], *, bm25: bool = False) -> dict
 
 def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS,
                   fixed: Mapping[str, Mapping[str, float]] | None = None,
-                  second_stage: bool = False, match_for: str | None = None) -> dict[str, Any]:
+                  second_stage: bool = False, match_for: str | None = None,
+                  metrics: Sequence[str] = ("ip",)) -> dict[str, Any]:
     """For each dataset: weights fitted on the others' train + valid labels, measured on its full gold;
     with ``second_stage``, also a second stage fitted on the others (simstream.quality.second_stage)
     reordering the fused top-M (``lodo+stage2``: by probability; ``lodo+promote``: the pairs it
     calls matches first; ``@10``: only the top 10, a published list) and its match decision
     (``match``), each with the title's facts and (``v``) with the stream's vector features alone;
     ``fixed`` weightings (e.g. a shipped config) and TF-IDF measured on the same gold; ``match_for``:
-    one of ``fixed``, whose fused score a vector stage is also fitted over (``LABEL+v...``)."""
+    one of ``fixed``, whose fused score a vector stage is also fitted over (``LABEL+v...``);
+    ``metrics`` other than "ip" (inner product): the fitted and fixed weightings ranked by that metric
+    too (``lodo:l2``, ``LABEL:l2``)."""
     out: dict[str, Any] = {}
     for held in datasets:
         others = [d for d in datasets if d is not held]
         raw, shipped, learned = fit_weights(others, splits=("train", "valid"))
         row: dict[str, Any] = {"weights": shipped, "lodo": held.metrics(shipped, "full", ks)}
+        for metric in (m for m in metrics if m != "ip"):
+            row[f"lodo:{metric}"] = held.metrics(shipped, "full", ks, metric)
         if second_stage:
             row.update(_stage_rows(held, others, shipped, learned, "lodo+", "", "facts", ks))
             row.update(_stage_rows(held, others, shipped, vector_fields(shipped), "lodo+v", "v", "vector", ks))
@@ -96,6 +101,8 @@ def leave_one_out(datasets: Sequence[Dataset], *, ks: Sequence[int] = DEFAULT_KS
         row["bm25"] = tfidf_metrics(held, ks, bm25=True)
         for label, weights in (fixed or {}).items():
             row[label] = held.metrics(weights, "full", ks)
+            for metric in (m for m in metrics if m != "ip"):
+                row[f"{label}:{metric}"] = held.metrics(weights, "full", ks, metric)
             if label == match_for:
                 row.update(_stage_rows(held, others, weights, vector_fields(weights), f"{label}+v", f"{label}:v",
                                        "vector", ks))
@@ -199,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--write-config", type=Path, default=None, metavar="OUT.json",
                         help="also fit the judged method on every set and write it as a fusion config")
     parser.add_argument("--version", default=None, help="the version stored in --write-config's config")
+    parser.add_argument("--metric", default="ip", help="ip and/or l2, comma-separated: rank the fitted and fixed "
+                                                       "weightings by each (l2: the fused vectors' Euclidean distance)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -226,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             with_catalog_lexicon(ds.left_fv, ds.right_fv, ds.left, ds.right)
     if args.match_for and args.match_for not in [x.partition("=")[0] for x in args.fixed]:
         raise SystemExit(f"--match-for {args.match_for}: not one of the --fixed labels")
-    results = leave_one_out(datasets, fixed=fixed, second_stage=args.second_stage, match_for=args.match_for)
+    results = leave_one_out(datasets, fixed=fixed, second_stage=args.second_stage, match_for=args.match_for,
+                            metrics=[m.strip() for m in args.metric.split(",") if m.strip()])
     print(f"text model {encoder.text.name}, options {orjson.dumps(options).decode()}, lexical channels "
           f"{[s.name for s in specs] or 'none'}, lexicon {args.lexicon}, second stage {'yes' if args.second_stage else 'no'}")
     print(format_table(results))

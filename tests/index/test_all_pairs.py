@@ -11,12 +11,22 @@ from simstream.index.rows import StoredProduct
 from simstream.index.side import SideIndex
 from simstream.vector_codec import Segment
 
-from tests.index.test_packed_scan import DIM, SEGMENTS, brute_force, catalog, fill
+from simstream.metric import Metric
+
+from tests.index.test_packed_scan import DIM, METRICS, SEGMENTS, brute_force, catalog, fill
 
 
 def finished(scan: AllPairs) -> AllPairs:
     while not scan.done:
         scan.advance(pairs=3)
+    return scan
+
+
+def side_pass(side: SideIndex, used: int, limit: int, **kwargs: object) -> AllPairs:
+    """An all-pairs pass of ``side`` with a chosen block size (as ``SideIndex.all_pairs`` makes it)."""
+    offsets = side._offsets[:used].copy() if side.metric.has_offsets else None
+    scan = AllPairs(side._rows, side._live, used, limit, started_ms=0, offsets=offsets, **kwargs)  # type: ignore[arg-type]
+    side._passes.add(scan)
     return scan
 
 
@@ -27,27 +37,26 @@ def scanned_lists(side: SideIndex, scan: AllPairs, x: np.ndarray, ids: list[str]
     return [[pid for pid, _ in hits] for hits in got]
 
 
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("block", [97, 2_048])
-def test_every_row_equals_brute_force_with_ties_deletes_and_block_edges(block: int) -> None:
-    x = catalog(1_300, seed=5, duplicates=30)
+def test_every_row_equals_brute_force_with_ties_deletes_and_block_edges(block: int, metric: Metric) -> None:
+    x = catalog(1_300, seed=5, duplicates=30, missing=True)
     rng = np.random.default_rng(6)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
-    side = fill(x, ids, capacity=2_048)
+    side = fill(x, ids, capacity=2_048, metric=metric)
     gone = rng.choice(len(x) - 30, 150, replace=False)
     side.delete(ids[i] for i in gone)
     live = np.ones(len(x), bool)
     live[gone] = False
     limit = 21
-    scan = AllPairs(side._rows, side._live, len(x), limit, block=block, started_ms=0)
-    side._passes.add(scan)
-    finished(scan)
+    scan = finished(side_pass(side, len(x), limit, block=block))
     rows = np.flatnonzero(live)
     held = [c for r in rows if (c := scan.candidates(int(r))) is not None]
     # a query scoring the 31 identical rows (row 0 and its twins) equally at its limit-th place
     # ties past keep and is searched instead: a few
     assert 0.9 * len(rows) < len(held) < len(rows)
     assert np.mean([len(c) for c in held]) < scan.keep
-    assert scanned_lists(side, scan, x, ids, live, limit) == brute_force(x, ids, live, x[rows], limit)
+    assert scanned_lists(side, scan, x, ids, live, limit) == brute_force(x, ids, live, x[rows], limit, metric)
 
 
 def test_ties_past_keep_are_searched_instead() -> None:
@@ -77,24 +86,23 @@ def test_a_near_tie_within_rounding_goes_to_the_smaller_id(monkeypatch: pytest.M
     side.put([StoredProduct(pid, x[i], 1, {}, "m", 1, 2) for i, pid in enumerate(ids)])
     scan = finished(side.all_pairs(2))
     assert [pid for pid, _ in side.search(x[:1], 2, ids=["q"], scan=scan)[0]] == ["q", "a"]
-    monkeypatch.setattr(all_pairs, "window", lambda *a: 0.0)
+    monkeypatch.setattr(all_pairs, "window", lambda *a, **k: 0.0)
     assert [pid for pid, _ in side.search(x[:1], 2, ids=["q"], scan=scan)[0]] == ["q", "z"]
 
 
-def test_loose_rows_and_decoded_products() -> None:
-    x = catalog(500, seed=8)
+@pytest.mark.parametrize("metric", METRICS)
+def test_loose_rows_and_decoded_products(metric: Metric) -> None:
+    x = catalog(500, seed=8, missing=True)
     x[3, 70] = 0.25  # outside every segment: held loose
     x[9, :24] += np.float32(1e-4)  # off the f16 grid
     ids = [f"p{i:04d}" for i in range(len(x))]
     live = np.ones(len(x), bool)
-    want = brute_force(x, ids, live, x, 15)
+    want = brute_force(x, ids, live, x, 15, metric)
     for resident in (False, True):  # packed, or decoded on a device (the CPU here) as on a GPU
-        side = fill(x, ids, resident=resident)
+        side = fill(x, ids, resident=resident, metric=metric)
         assert side.loose_rows == 2
-        scan = AllPairs(side._rows, side._live, len(x), 15, block=128, resident=side._resident, started_ms=0)
+        scan = finished(side_pass(side, len(x), 15, block=128, resident=side._resident))
         assert scan.decoded == resident
-        side._passes.add(scan)
-        finished(scan)
         assert scan.candidates(3) is not None and scan.candidates(9) is not None
         assert scanned_lists(side, scan, x, ids, live, 15) == want
 

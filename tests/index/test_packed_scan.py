@@ -10,16 +10,21 @@ from simstream.index import packed_scan
 from simstream.index.exact import rank_key
 from simstream.index.rows import StoredProduct
 from simstream.index.side import SideIndex
+from simstream.metric import IP, Metric
 from simstream.vector_codec import Segment, canonical_rows
 
 SEGMENTS = [Segment("text", 0, 24, "f16"), Segment("lex", 24, 56, "i8"), Segment("brand", 56, 64, "i8"),
             Segment("price", 64, 68, "f16")]
 DIM = 72  # columns 68..71 belong to no segment (zero on the grid)
+L2 = Metric("l2")
+METRICS = [pytest.param(IP, id="ip"), pytest.param(L2, id="l2")]
 
 
-def catalog(n: int, seed: int, *, duplicates: int = 0) -> np.ndarray:
+def catalog(n: int, seed: int, *, duplicates: int = 0, missing: bool = False) -> np.ndarray:
     """Unit-norm rows on the grid, with blocks of identical rows (exact ties) and coarse values
-    (many near ties), like hashed n-gram counts and one-hot slots."""
+    (many near ties), like hashed n-gram counts and one-hot slots; ``missing``: some rows lack
+    the brand or the price segment (shorter rows, as products with fields missing: what makes
+    ``l2`` rank differently from ``ip``)."""
     rng = np.random.default_rng(seed)
     x = np.zeros((n, DIM), np.float32)
     x[:, :24] = rng.standard_normal((n, 24))
@@ -30,39 +35,45 @@ def catalog(n: int, seed: int, *, duplicates: int = 0) -> np.ndarray:
         seg = x[:, s.start:s.stop]
         seg /= np.maximum(np.linalg.norm(seg, axis=1, keepdims=True), 1e-9)
         seg *= 0.5
+    if missing:
+        x[rng.random(n) < 0.3, 56:64] = 0
+        x[rng.random(n) < 0.3, 64:68] = 0
     if duplicates:
         x[n - duplicates:] = x[0]
     canonical_rows(x, SEGMENTS)
     return x
 
 
-def brute_force(x: np.ndarray, ids: list[str], live: np.ndarray, queries: np.ndarray, k: int) -> list[list[str]]:
-    """The definition: float32 dot products one by one, ranked by rank_key over every live row."""
+def brute_force(x: np.ndarray, ids: list[str], live: np.ndarray, queries: np.ndarray, k: int,
+                metric: Metric = IP) -> list[list[str]]:
+    """The definition: the metric's scores one by one (float32 dot products, plus the offsets
+    under ``l2``), ranked by rank_key over every live row."""
     out = []
     for q in queries:
-        scored = sorted((rank_key(float(x[j] @ q), ids[j]) for j in np.flatnonzero(live)))
+        scored = sorted((rank_key(metric.pair(x[j], q), ids[j]) for j in np.flatnonzero(live)))
         out.append([pid for _, pid in scored[:k]])
     return out
 
 
-def fill(x: np.ndarray, ids: list[str], capacity: int = 1024, resident: bool = False) -> SideIndex:
+def fill(x: np.ndarray, ids: list[str], capacity: int = 1024, resident: bool = False, metric: Metric = IP) -> SideIndex:
     """A side index of ``x``; ``resident``: its rows also decoded on a device (the CPU here), as on a GPU."""
-    side = SideIndex(DIM, capacity=capacity, segments=SEGMENTS, resident=resident)
+    side = SideIndex(DIM, capacity=capacity, segments=SEGMENTS, resident=resident, metric=metric)
     side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, 2) for i in range(len(x))])
     return side
 
 
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("block_rows,resident", [(97, False), (8_192, False), (97, True)])
 def test_equals_brute_force_with_ties_deletes_and_block_edges(monkeypatch: pytest.MonkeyPatch, block_rows: int,
-                                                              resident: bool) -> None:
+                                                              resident: bool, metric: Metric) -> None:
     """``resident``: the rows decoded on a device (the CPU here) and multiplied in float32, as on a
-    GPU, kept in step with the deletes."""
+    GPU, kept in step with the deletes. Under both metrics, over rows of different lengths."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
-    x = catalog(1_500, seed=3, duplicates=40)
+    x = catalog(1_500, seed=3, duplicates=40, missing=True)
     rng = np.random.default_rng(4)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]  # id order unrelated to row order
-    side = fill(x, ids, resident=resident)
+    side = fill(x, ids, resident=resident, metric=metric)
     gone = rng.choice(len(x), 200, replace=False)
     side.delete(ids[i] for i in gone)
     live = np.ones(len(x), bool)
@@ -70,9 +81,11 @@ def test_equals_brute_force_with_ties_deletes_and_block_edges(monkeypatch: pytes
     queries = np.concatenate([x[:30], x[-5:]])  # the duplicates' twin among them
     for k in (1, 10, 70):
         got = side.search_scores(queries, k)
-        assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, queries, k)
+        assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, queries, k, metric)
         for q, row in zip(queries, got):
-            assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)  # the oracle's own numbers
+            assert all(sc == metric.pair(x[ids.index(pid)], q) for pid, sc in row)  # the oracle's own numbers
+    if metric is L2:  # the metric changes the answer on these rows
+        assert brute_force(x, ids, live, queries, 10, L2) != brute_force(x, ids, live, queries, 10)
 
 
 def test_a_near_tie_within_rounding_goes_to_the_smaller_id() -> None:
@@ -85,19 +98,20 @@ def test_a_near_tie_within_rounding_goes_to_the_smaller_id() -> None:
     assert [pid for pid, _ in side.search_scores(np.array([[1, 0, 0, 0]], np.float32), 1)[0]] == ["a"]
 
 
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("resident", [False, True])
-def test_loose_rows_and_queries_off_the_grid(resident: bool) -> None:
-    x = catalog(600, seed=5)
+def test_loose_rows_and_queries_off_the_grid(resident: bool, metric: Metric) -> None:
+    x = catalog(600, seed=5, missing=True)
     ids = [f"q{i:04d}" for i in range(len(x))]
     odd = x[7].copy()
     odd[30] += 1e-3  # not on the i8 grid: kept loose, scored in float32
     odd[70] = 0.01  # outside every segment
     x[7] = odd
-    side = fill(x, ids, resident=resident)
+    side = fill(x, ids, resident=resident, metric=metric)
     assert side.loose_rows == 1
     queries = np.concatenate([x[:5], x[7:8], np.random.default_rng(6).standard_normal((3, DIM)).astype(np.float32)])
     got = side.search_scores(queries, 15)
-    assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, np.ones(len(x), bool), queries, 15)
+    assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, np.ones(len(x), bool), queries, 15, metric)
 
 
 def test_fewer_live_rows_than_the_limit() -> None:
@@ -118,27 +132,29 @@ def test_the_window_covers_the_proven_bound() -> None:
 
 
 def reach_brute_force(x: np.ndarray, ids: list[str], live: np.ndarray, bars: np.ndarray, q: np.ndarray,
-                      margin: float) -> set[str]:
-    """The definition: rows whose float32 dot product with ``q`` is at least their bar - margin."""
-    return {ids[j] for j in np.flatnonzero(live) if float(x[j] @ q) >= float(bars[j]) - margin}
+                      margin: float, metric: Metric = IP) -> set[str]:
+    """The definition: rows whose score with ``q`` is at least their bar - margin."""
+    return {ids[j] for j in np.flatnonzero(live) if metric.pair(x[j], q) >= float(bars[j]) - margin}
 
 
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("block_rows", [97, 8_192])
-def test_reaching_holds_every_row_whose_bar_the_query_reaches(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+def test_reaching_holds_every_row_whose_bar_the_query_reaches(monkeypatch: pytest.MonkeyPatch, block_rows: int,
+                                                              metric: Metric) -> None:
     """Bars set exactly at the oracle's score of a query (the edge), -inf (a list holding
     everyone), +inf (no list) and random; deleted rows never reached; extra rows only within the
     proven error bound."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
-    x = catalog(1_200, seed=11, duplicates=20)
+    x = catalog(1_200, seed=11, duplicates=20, missing=True)
     rng = np.random.default_rng(12)
     ids = [f"b{v:05d}" for v in rng.permutation(len(x))]
-    side = fill(x, ids)
+    side = fill(x, ids, metric=metric)
     queries = np.concatenate([x[:6], x[-2:], rng.standard_normal((2, DIM)).astype(np.float32)])
-    bars = rng.uniform(0.2, 1.0, len(x)).astype(np.float32)
+    bars = rng.uniform(0.2, 1.0, len(x)).astype(np.float32) - (1.0 if metric is L2 else 0.0)
     for q in queries[:4]:  # at the edge: exactly the oracle's score for a query, for many rows
         edge = rng.choice(len(x), 150, replace=False)
-        bars[edge] = [np.float32(float(x[j] @ q)) for j in edge]
+        bars[edge] = [np.float32(metric.pair(x[j], q)) for j in edge]
     bars[rng.choice(len(x), 5, replace=False)] = -np.inf
     bars[rng.choice(len(x), 300, replace=False)] = np.inf
     side.set_bars({ids[j]: float(bars[j]) for j in range(len(x))})
@@ -149,36 +165,39 @@ def test_reaching_holds_every_row_whose_bar_the_query_reaches(monkeypatch: pytes
     bars[gone] = np.inf  # a deleted row has no bar
     margin = 0.0  # the bound alone must cover the scan's rounding at the edge
     rows, reaching = side.search_reaching(queries, 20, margin)
-    assert [[pid for pid, _ in r] for r in rows] == brute_force(x, ids, live, queries, 20)
+    assert [[pid for pid, _ in r] for r in rows] == brute_force(x, ids, live, queries, 20, metric)
     for q, got in zip(queries, reaching):
-        must = reach_brute_force(x, ids, live, bars, q, margin)
+        must = reach_brute_force(x, ids, live, bars, q, margin, metric)
         assert must <= got
-        assert got <= reach_brute_force(x, ids, live, bars, q, margin + 1e-3)  # within the bound, no more
+        assert got <= reach_brute_force(x, ids, live, bars, q, margin + 1e-3, metric)  # within the bound, no more
     assert any(reaching)
 
 
-def test_rows_written_since_that_reach_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("metric", METRICS)
+def test_rows_written_since_that_reach_a_bar(monkeypatch: pytest.MonkeyPatch, metric: Metric) -> None:
     """The merge's pre-filter: per query, the products written since its cut whose oracle score
     reaches its bar (edge bars at the exact score, -inf: all of them, a loose row), and no row
     written before the cut, with the vectors bit-identical."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", 61)
-    x = catalog(900, seed=13)
+    x = catalog(900, seed=13, missing=True)
     x[5, 30] += 1e-3  # off the grid: a loose row
     rng = np.random.default_rng(14)
     ids = [f"w{i:04d}" for i in range(len(x))]
-    side = SideIndex(DIM, capacity=1024, segments=SEGMENTS)
+    side = SideIndex(DIM, capacity=1024, segments=SEGMENTS, metric=metric)
     stamps = rng.integers(0, 1_000, len(x))
     side.put([StoredProduct(ids[i], x[i], 1, {}, "m", 1, int(stamps[i])) for i in range(len(x))])
     side.delete(ids[:50])
     queries = np.concatenate([x[100:104], x[5:6], x[200:260]])
     cuts = [500, 0, 900, 999, 200] + [0] * 60
     edge = rng.choice(np.arange(50, len(x)), 60)  # bars exactly at a row's oracle score
-    bars = [0.1, 0.3, -np.inf, 0.9, 0.2] + [float(np.float32(float(x[j] @ q))) for j, q in zip(edge, x[200:260])]
+    shift = -1.0 if metric is L2 else 0.0
+    bars = [0.1 + shift, 0.3 + shift, -np.inf, 0.9 + shift, 0.2 + shift] + [
+        float(np.float32(metric.pair(x[j], q))) for j, q in zip(edge, x[200:260])]
     got = side.reaching_written_since(queries, cuts, bars)
     for q, cut, bar, row in zip(queries, cuts, bars, got):
         ids_got = {pid for pid, _ in row}
-        want = {ids[j] for j in range(50, len(x)) if stamps[j] >= cut and float(x[j] @ q) >= bar}
-        near = {ids[j] for j in range(50, len(x)) if stamps[j] >= cut and float(x[j] @ q) >= bar - 1e-3}
+        want = {ids[j] for j in range(50, len(x)) if stamps[j] >= cut and metric.pair(x[j], q) >= bar}
+        near = {ids[j] for j in range(50, len(x)) if stamps[j] >= cut and metric.pair(x[j], q) >= bar - 1e-3}
         assert want <= ids_got <= near
         assert all(np.array_equal(vec, x[ids.index(pid)]) for pid, vec in row)
     assert {pid for pid, _ in got[2]} == {ids[j] for j in range(50, len(x)) if stamps[j] >= 900}
@@ -221,9 +240,10 @@ def test_a_catalog_that_outgrows_the_device_is_scanned_on_the_host(monkeypatch: 
     assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, np.ones(len(x), bool), x[:10], 12)
 
 
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("block_rows,subset_rows,resident", [(97, 0, False), (97, 100_000, False), (8_192, 300, True)])
 def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: pytest.MonkeyPatch, block_rows: int,
-                                                                   subset_rows: int, resident: bool) -> None:
+                                                                   subset_rows: int, resident: bool, metric: Metric) -> None:
     """Per-query masks (serve's filters): the full pass with masks (subset_rows 0), the subset scan
     of the allowed rows alone (every mask small enough; queries with the same rows in one scan),
     and both in one call; re-weighted queries (off the i8 grid), rows held loose and an empty mask
@@ -234,12 +254,12 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
     monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
     monkeypatch.setattr(side_module, "SUBSET_ROWS", subset_rows)
     monkeypatch.setattr(side_module, "SUBSET_SHARE", 1)
-    x = catalog(1_500, seed=5, duplicates=30)
+    x = catalog(1_500, seed=5, duplicates=30, missing=True)
     loose = [3, 700, 1_200]
     x[loose, 68:72] = 0.5  # columns outside every segment: held loose (float32), absent from the packed values
     rng = np.random.default_rng(6)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
-    side = fill(x, ids, resident=resident)
+    side = fill(x, ids, resident=resident, metric=metric)
     assert resident or side.loose_rows == 3
     gone = rng.choice(len(x), 150, replace=False)
     side.delete(ids[i] for i in gone)
@@ -270,21 +290,23 @@ def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: p
         for j, (q, row) in enumerate(zip(queries, got)):
             allowed = live.copy() if masks[j] is None else live & np.array(
                 [bool(masks[j][rows[pid]]) if pid in rows else False for pid in ids])  # type: ignore[index]
-            assert [pid for pid, _ in row] == brute_force(x, ids, allowed, q[None, :], k)[0], (j, k)
-            assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)
+            assert [pid for pid, _ in row] == brute_force(x, ids, allowed, q[None, :], k, metric)[0], (j, k)
+            assert all(sc == metric.pair(x[ids.index(pid)], q) for pid, sc in row)
 
 
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("block_rows", [97, 8_192])
-def test_queries_off_the_grid_are_exact_with_int8_digits(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+def test_queries_off_the_grid_are_exact_with_int8_digits(monkeypatch: pytest.MonkeyPatch, block_rows: int,
+                                                         metric: Metric) -> None:
     """Queries off the i8 grid (serve: means of products, query-time weights), multiplied as int8
     digits with their remainder in the window: the same top-k as a float32 brute force, with exact
     ties (duplicated rows) and near ties; the digits' remainder is tiny and accounted for."""
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
-    x = catalog(1_500, seed=11, duplicates=40)
+    x = catalog(1_500, seed=11, duplicates=40, missing=True)
     rng = np.random.default_rng(12)
     ids = [f"p{v:05d}" for v in rng.permutation(len(x))]
-    side = fill(x, ids)
+    side = fill(x, ids, metric=metric)
     live = np.ones(len(x), bool)
     means = np.stack([(x[a] + x[b] + x[c]) / 3 - 0.5 * x[d] for a, b, c, d in rng.integers(0, len(x), (12, 4))])
     scaled = x[:12].copy()
@@ -297,9 +319,9 @@ def test_queries_off_the_grid_are_exact_with_int8_digits(monkeypatch: pytest.Mon
     assert (packed.residual < 1e-5 * norms).all() and (packed.residual > 0).any()
     for k in (1, 10, 70):
         got = side.search_scores(queries, k)
-        assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, queries, k), k
+        assert [[pid for pid, _ in row] for row in got] == brute_force(x, ids, live, queries, k, metric), k
         for q, row in zip(queries, got):
-            assert all(sc == float(x[ids.index(pid)] @ q) for pid, sc in row)
+            assert all(sc == metric.pair(x[ids.index(pid)], q) for pid, sc in row)
 
 
 def test_int8_digits_rebuild_the_query() -> None:
