@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=15.0, help="--elastic: events per second offered (about half of "
                                                             "what one worker sustains)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (worker logs, milvus)")
+    ap.add_argument("--metric", choices=("ip", "l2"), default=None,
+                    help="SIMSTREAM_METRIC for the workers and the oracle (default: the model's, inner product)")
     ap.add_argument("--json", type=Path, default=None, help="write the result document here")
     a = ap.parse_args(argv)
     faults = [(kind, float(sec)) for kind, _, sec in (f.partition(":") for f in a.fault)]
@@ -72,15 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                                    candidate_pool=a.candidate_pool, quiet_s=a.quiet, timeout_s=a.timeout,
                                    reencode_check=not a.no_reencode, keep=a.keep, backfill=a.backfill,
                                    milvus_uri=a.milvus_uri, side_index=not a.no_side_index,
-                                   bulk_min_backlog=a.bulk_min_backlog))
+                                   bulk_min_backlog=a.bulk_min_backlog, metric=a.metric))
     print(json.dumps(report["details"], indent=2, default=str))
     print(summary_line(report))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         keys = ("products", "equal", "equal_share", "lost", "resurrected", "workers", "kills", "faults", "backfill",
-                "milvus", "side_index", "match_decision", "bulk_rounds", "every_list_passes")
+                "milvus", "side_index", "match_decision", "metric", "bulk_rounds", "every_list_passes")
         doc = {k: report[k] for k in keys} | {"processing_s": report["details"]["processing_s"],
                                               "max_vector_error": report["details"]["max_vector_error"],
+                                              "lists_other_than_ip": report["details"].get("lists_other_than_ip"),
                                               "seed": report["details"]["seed"], "bulk_min_backlog": a.bulk_min_backlog}
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
     ok = report["equal"] == report["products"] and report["lost"] == 0 and report["resurrected"] == 0

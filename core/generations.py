@@ -43,7 +43,7 @@ __all__ = [
 #: The settings that decide what a generation stores (its vectors and its lists): changing any of
 #: them needs a new generation; the rest (timeouts, batch sizes, ports) are the deployment's.
 MODEL_SETTINGS = ("fusion_config", "text_model", "weights", "vector_codec", "image_enabled", "text_max_tokens",
-                  "top_k", "list_depth", "lexicon")
+                  "top_k", "list_depth", "lexicon", "metric")
 
 #: A migration's phases, in order (``Migration.phase``); a crash resumes the recorded one.
 PHASES = (

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     # until then); "none" = never; "catalog" = fitted over the catalog by ``simstream migrate`` into
     # the new generation; or the path of a fitted file (``simstream lexicon fit``). SIMSTREAM_LEXICON
     lexicon: str = ""
+    # What "similar" means (simstream.metric): "" = as the fusion config says (its option ``metric``;
+    # inner product when it says nothing), "ip", or "l2" (Euclidean). Part of the model: its tag,
+    # the Milvus collections' metric_type; change it with `simstream migrate --set metric=l2`.
+    metric: Literal["", "ip", "l2"] = ""  # SIMSTREAM_METRIC
 
     # --- Process ---------------------------------------------------------------------------
     data_dir: Path = Path(".simstream")

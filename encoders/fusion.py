@@ -40,12 +40,13 @@ from simstream.encoders.text import text_of
 from simstream.records import FUSED_FIELDS, ProductEvent
 from simstream.errors import EncodeError
 from simstream.match import MatchModel
+from simstream.metric import Metric
 from simstream.settings import Settings
 from simstream.vector_codec import Codec, Segment, canonical
 
 __all__ = [
     "FUSION_VERSION", "FIELDS", "OPTIONAL_FIELDS", "COMPACT_CODECS", "TEXT_WORDS_DIM", "text_of", "field_contents",
-    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "load_match_model", "wants_catalog_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
+    "content_hash", "load_weights", "load_fusion_options", "load_lexicon", "load_metric", "load_match_model", "wants_catalog_lexicon", "EncodedBatch", "ProductEncoder", "layout_of",
 ]
 
 FUSION_VERSION = "fusion-v1"
@@ -112,10 +113,23 @@ def load_lexicon(settings: Settings) -> Lexicon | None:
     return _load_lexicon(path, path.stat().st_mtime_ns)
 
 
+def load_metric(settings: Settings) -> Metric:
+    """The similarity rule in force: ``SIMSTREAM_METRIC``, else the fusion config's option
+    ``metric``, else inner product.
+
+    Raises:
+        ValueError: a config option naming no metric.
+    """
+    return Metric(settings.metric or str(load_fusion_options(settings).get("metric") or "ip"))  # type: ignore[arg-type]
+
+
 def load_match_model(settings: Settings) -> MatchModel | None:
     """The match decision of the fusion config in force (its ``"match"`` block), None without one,
     and None when ``SIMSTREAM_TEXT_MODEL`` overrides the text model the config was fitted with: the
-    coefficients read that model's cosines, another model's mean something else.
+    coefficients read that model's cosines, another model's mean something else; None under the
+    ``l2`` metric too: an entry's contributions are then its fields' share of a distance, from which
+    the cosines it was fitted on cannot be read back (a field one side lacks looks like a cosine of
+    one half).
 
     Raises:
         ValueError: a block that is not a valid match model, or one over a field the vectors lack.
@@ -127,6 +141,8 @@ def load_match_model(settings: Settings) -> MatchModel | None:
     if not block:
         return None
     if settings.text_model and settings.text_model != (config.get("options") or {}).get("text_model"):
+        return None
+    if load_metric(settings).has_offsets:
         return None
     model = MatchModel.from_config(block)
     unknown = set(model.fields) - set(FIELDS)
@@ -187,6 +203,8 @@ class ProductEncoder:
         self.lexicon = lexicon if lexicon is not None else load_lexicon(settings)
         self.weights = load_weights(settings)
         self.options = load_fusion_options(settings)
+        # what a score is (simstream.metric): part of the model, in its tag
+        self.metric = load_metric(settings)
         # each list entry's match probability (simstream.match): part of the model, in its tag
         self.match = load_match_model(settings)
         # SIMSTREAM_TEXT_MODEL wins; else the text model the fusion config's weights were fitted with.
@@ -232,7 +250,8 @@ class ProductEncoder:
         method = (FUSION_VERSION + ("-mpnt" if self.mpn.from_title else "")
                   + ("-q" if settings.vector_codec == "compact" else "")
                   + (f"-idf{self.lexicon.digest}" if self.lexicon is not None else "")
-                  + (f"-m{self.match.digest}" if self.match is not None else ""))
+                  + (f"-m{self.match.digest}" if self.match is not None else "")
+                  + self.metric.tag)
         self.model = f"{self.text.name}+{ImageEncoder.name}+{method}:{weights_tag}"
         self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_threads, thread_name_prefix="image-fetch")
 

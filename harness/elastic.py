@@ -325,7 +325,8 @@ def run_elastic(opts: Options, rate: float) -> dict[str, Any]:
         if server is not None:
             server.stop()
 
-    result = compare(stream, topic, stored, opts.top_k, Decision.of(workers_encoder()))
+    encoder = workers_encoder(opts.metric)
+    result = compare(stream, topic, stored, opts.top_k, Decision.of(encoder), encoder.metric)
     lags = freshness_of(sent, arrivals)
     first_quarter_end = windows[0].start if windows else float("inf")
     warm_until = t_pub + WARM_UP_SHARE * (first_quarter_end - t_pub)

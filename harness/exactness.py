@@ -36,6 +36,7 @@ from simstream.harness.synthetic import Stream, generate_stream
 from simstream.index.exact import exact_top_k
 from simstream.index.neighbours import match_probabilities
 from simstream.match import PROBABILITY_DECIMALS, MatchModel
+from simstream.metric import IP, Metric
 from simstream.records import NeighbourList
 from simstream.settings import Settings
 from simstream.streams.contracts import parse_event
@@ -52,12 +53,12 @@ SCORE_TOLERANCE = 1e-4
 PROBABILITY_TOLERANCE = 10.0 ** -PROBABILITY_DECIMALS  # one unit of the last decimal
 
 # --- the oracle -----------------------------------------------------------------------------
-def oracle_lists(vectors: dict[str, np.ndarray], k: int) -> dict[str, list[tuple[str, float]]]:
-    """Exact top-k by inner product over ``vectors``, ties (to 1e-6) broken by product_id."""
+def oracle_lists(vectors: dict[str, np.ndarray], k: int, metric: Metric = IP) -> dict[str, list[tuple[str, float]]]:
+    """Exact top-k by the model's metric over ``vectors``, ties (to 1e-6) broken by product_id."""
     ids = sorted(vectors)
     if not ids:
         return {}
-    rows = exact_top_k(np.stack([vectors[i] for i in ids]), ids, k)
+    rows = exact_top_k(np.stack([vectors[i] for i in ids]), ids, k, metric=metric)
     return dict(zip(ids, rows))
 
 
@@ -103,15 +104,15 @@ class Decision:
 
 
 def compare(stream: Stream, topic: dict[str, NeighbourList | None], stored: dict[str, tuple[int, np.ndarray]],
-            k: int, decision: Decision | None = None) -> Comparison:
+            k: int, decision: Decision | None = None, metric: Metric = IP) -> Comparison:
     """``stored``: product_id -> (version, vector) read back from Milvus after the run; ``decision``:
-    also check every entry's match probability against it."""
+    also check every entry's match probability against it; ``metric``: the workers' model's."""
     live, deleted = stream.live, stream.deleted
     lost = sorted(pid for pid in live if pid not in stored or topic.get(pid) is None)
     resurrected = sorted(pid for pid in deleted if pid in stored or topic.get(pid) is not None)
     wrong_version = sorted(pid for pid in live if pid in stored and stored[pid][0] != live[pid]["version"])
     strays = sorted(set(stored) - set(stream.final))
-    oracle = oracle_lists({pid: vec for pid, (_, vec) in stored.items() if pid in live}, k)
+    oracle = oracle_lists({pid: vec for pid, (_, vec) in stored.items() if pid in live}, k, metric)
     equal = 0
     unequal: list[str] = []
     near: list[str] = []
@@ -189,6 +190,8 @@ class Options:
     # SIMSTREAM_BULK_MIN_BACKLOG for the workers (None: their default, which these streams never
     # reach): a published chunk then arrives as a backlog the workers load in bulk (streams/bulk.py).
     bulk_min_backlog: int | None = None
+    # SIMSTREAM_METRIC for the workers and the oracle (simstream.metric); None: their default
+    metric: str | None = None
     keep: bool = False
     data_dir: Path | None = None
     log: Callable[[str], None] = print
@@ -218,7 +221,7 @@ def proof_env(opts: Options, broker_url: str, app_id: str, milvus_uri: str) -> d
         "SIMSTREAM_IMAGE_ENABLED": "false", "SIMSTREAM_SESSION_TIMEOUT_S": "6",
         "SIMSTREAM_TOPIC_PARTITIONS": str(opts.partitions), "SIMSTREAM_TOP_K": str(opts.top_k),
         "SIMSTREAM_LOG_FORMAT": "json", "SIMSTREAM_LOG_LEVEL": "INFO",
-    }
+    } | ({"SIMSTREAM_METRIC": opts.metric} if opts.metric else {})
 
 
 def run_exactness(opts: Options) -> dict[str, Any]:
@@ -327,9 +330,9 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         if server is not None:
             server.stop()
 
-    encoder = workers_encoder()  # loaded once: the oracle's match decision and the re-encoding check
+    encoder = workers_encoder(opts.metric)  # loaded once: the oracle's metric and match decision, the re-encoding check
     decision = Decision.of(encoder)
-    result = compare(stream, topic, stored, opts.top_k, decision)
+    result = compare(stream, topic, stored, opts.top_k, decision, encoder.metric)
     if opts.collect is not None:
         opts.collect.update(topic=topic, stored=stored)
     if opts.reencode_check:
@@ -340,6 +343,7 @@ def run_exactness(opts: Options) -> dict[str, Any]:
         "kills": kills_done, "faults": faults_done, "backfill": opts.backfill,
         "milvus": "external" if opts.milvus_uri else ("milvus-lite server" if server is not None else "milvus-lite file"),
         "side_index": opts.side_index, "match_decision": decision.match.digest if decision else None,
+        "metric": encoder.metric.name,
         "bulk_rounds": _logged(data_dir, "bulk load round done"),
         "every_list_passes": _logged(data_dir, "every list refreshed"),
         "details": {
@@ -354,8 +358,13 @@ def run_exactness(opts: Options) -> dict[str, Any]:
             "data_dir": str(data_dir),
         },
     }
+    if encoder.metric.has_offsets:  # how many lists the metric decides: the proof is not ip's in disguise
+        live = {pid: vec for pid, (_, vec) in stored.items() if pid in stream.live}
+        by_ip, by_metric = oracle_lists(live, opts.top_k), oracle_lists(live, opts.top_k, encoder.metric)
+        report["details"]["lists_other_than_ip"] = sum(
+            [q for q, _ in by_ip[pid]] != [q for q, _ in by_metric[pid]] for pid in live)
     if result.unequal:
-        report["details"]["first_unequal"] = explain(result.unequal[0], topic, stored, stream, opts.top_k)
+        report["details"]["first_unequal"] = explain(result.unequal[0], topic, stored, stream, opts.top_k, encoder.metric)
     if not opts.keep and result.equal == result.products and opts.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return report
@@ -404,11 +413,13 @@ def read_catalog(milvus_uri: str, opts: Options, *, collection: str = "simstream
         store.close()
 
 
-def workers_encoder() -> Any:
-    """The ``ProductEncoder`` the proof's workers run (their environment, images off: ``proof_env``)."""
+def workers_encoder(metric: str | None = None) -> Any:
+    """The ``ProductEncoder`` the proof's workers run (their environment, images off, ``metric``:
+    ``proof_env``)."""
     from simstream.encoders.fusion import ProductEncoder
 
-    return ProductEncoder(Settings(image_enabled=False))
+    settings = Settings(image_enabled=False)
+    return ProductEncoder(settings.model_copy(update={"metric": metric}) if metric else settings)
 
 
 def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]], encoder: Any = None) -> float:
@@ -425,9 +436,9 @@ def reencode_error(stream: Stream, stored: dict[str, tuple[int, np.ndarray]], en
 
 
 def explain(pid: str, topic: dict[str, NeighbourList | None], stored: dict[str, tuple[int, np.ndarray]],
-            stream: Stream, k: int) -> dict[str, Any]:
+            stream: Stream, k: int, metric: Metric = IP) -> dict[str, Any]:
     nl = topic.get(pid)
-    oracle = oracle_lists({p: v for p, (_, v) in stored.items() if p in stream.live}, k).get(pid, [])
+    oracle = oracle_lists({p: v for p, (_, v) in stored.items() if p in stream.live}, k, metric).get(pid, [])
     return {"product_id": pid, "published": [(n.product_id, n.score) for n in nl.neighbours] if nl else None,
             "published_version": nl.version if nl else None, "expected_version": stream.final[pid]["version"],
             "oracle": [(a, round(b, 6)) for a, b in oracle]}
@@ -439,4 +450,5 @@ def summary_line(report: dict[str, Any]) -> str:
             f"(workers {report['workers']}, kills {report['kills']}, faults {report.get('faults') or 'none'}, "
             f"bulk rounds {report.get('bulk_rounds', 0)}, every-list passes {report.get('every_list_passes', 0)}"
             + (f", match probabilities checked: m{report['match_decision']}" if report.get("match_decision") else "")
+            + (f", metric {report['metric']}" if report.get("metric", "ip") != "ip" else "")
             + ")")

@@ -43,6 +43,7 @@ from simstream.limits import (
     MAX_MODEL_BYTES, MILVUS_KEY_PAGE_ROWS, MILVUS_PAGE_ROWS, MILVUS_WRITE_ROWS, search_hit_bytes, search_queries_per_call,
 )
 from simstream.logs import get_logger
+from simstream.metric import IP, Metric
 
 __all__ = ["DEFAULT_TIMEOUT_S", "LITE_OPEN_TIMEOUT_S", "opening_timeout", "GRPC_OPTIONS", "quote_ids", "MilvusStore", "open_client", "close_client"]
 
@@ -114,10 +115,13 @@ class MilvusStore:
     """One client, plain rows in and out, like ``MilvusClient`` itself."""
 
     def __init__(self, client: MilvusClient, uri: str, prefix: str, dim: int | None, *, flush_every_rows: int = 20_000,
-                 index_type: str = "FLAT", exclusive: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 index_type: str = "FLAT", exclusive: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 metric: Metric = IP) -> None:
         """``dim`` None: open collections that must exist already, at whatever dimension they have
-        (readers such as the exactness proof). ``timeout_s``: the deadline of every call."""
+        (readers such as the exactness proof). ``timeout_s``: the deadline of every call.
+        ``metric``: the similarity the products collection is indexed and searched by."""
         self.client = client
+        self.metric = metric
         self.uri = uri
         self.timeout_s = timeout_s
         self.dim = dim or 0
@@ -185,12 +189,14 @@ class MilvusStore:
             s.add_field("brand_key", DataType.VARCHAR, max_length=MAX_BRAND_BYTES, default_value="")  # rows.brand_key
             s.add_field("category_key", DataType.VARCHAR, max_length=MAX_CATEGORY_KEY_BYTES, default_value="")
             idx = c.prepare_index_params()
-            # FLAT = exact inner product: the exactness promise of the neighbour topic rests on it.
-            idx.add_index("vector", index_type=self.index_type, metric_type="IP")
+            # FLAT = exact search: the exactness promise of the neighbour topic rests on it.
+            idx.add_index("vector", index_type=self.index_type, metric_type=self.metric.milvus_type)
             self._create(self.products, s, idx)
         elif (have := self._vector_dim()) != self.dim:
             raise ValueError(f"collection {self.products} has dim {have} but the encoders give {self.dim}; "
                              "set SIMSTREAM_COLLECTION to a new name and run `simstream reconcile`")
+        else:
+            self._check_metric()
         if not self._call(c.has_collection, self.lists):
             s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             s.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
@@ -226,6 +232,23 @@ class MilvusStore:
         # simstream serve's fields (rows.SERVING_FIELDS): absent in collections made before it existed
         self.serving_fields = tuple(f for f in SERVING_FIELDS if f in product_fields)
         self.products_display = set(self.serving_fields) == set(SERVING_FIELDS)
+
+    def _check_metric(self) -> None:
+        """An existing products collection is searched by the metric it is indexed by: a reader
+        (``dim`` None) adopts it; a writer whose model ranks by another one is refused (ValueError)."""
+        names = self._call(self.client.list_indexes, self.products, field_name="vector")
+        if not names:
+            return
+        described = self._call(self.client.describe_index, self.products, names[0])
+        have = str((described or {}).get("metric_type") or "").upper() if isinstance(described, dict) else ""
+        if not have or have == self.metric.milvus_type:
+            return
+        if not self._dim_given and have in ("IP", "L2"):
+            self.metric = Metric("l2" if have == "L2" else "ip")
+            return
+        raise ValueError(f"collection {self.products} is indexed by {have} but the model ranks by "
+                         f"{self.metric.milvus_type}: `simstream migrate --set metric={self.metric.name}` builds a "
+                         "generation indexed by it")
 
     def _vector_dim(self) -> int:
         fields = {f["name"]: f for f in self._call(self.client.describe_collection, self.products)["fields"]}
@@ -391,21 +414,22 @@ class MilvusStore:
         step = search_queries_per_call(limit, search_hit_bytes(self.dim, with_vector=True))
         for start in range(0, len(vectors), step):
             hits = self._call(self.client.search, self.products, data=vectors[start:start + step].tolist(),
-                              limit=limit, output_fields=["vector"], search_params={"metric_type": "IP"},
+                              limit=limit, output_fields=["vector"], search_params={"metric_type": self.metric.milvus_type},
                               **_CONSISTENCY)
             out.extend([[(_hit_id(h), np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
                         for row in hits])
         return out
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
-        """Top-``limit`` (id, inner product as Milvus computes it) per query; no vectors fetched."""
+        """Top-``limit`` (id, score as Milvus computes it: ``Metric.from_milvus``) per query; no vectors fetched."""
         out: list[list[tuple[str, float]]] = []
         step = search_queries_per_call(limit, search_hit_bytes(self.dim, with_vector=False))
         for start in range(0, len(vectors), step):
             hits = self._call(self.client.search, self.products, data=vectors[start:start + step].tolist(),
-                              limit=limit, output_fields=["version"], search_params={"metric_type": "IP"},
+                              limit=limit, output_fields=["version"], search_params={"metric_type": self.metric.milvus_type},
                               **_CONSISTENCY)
-            out.extend([[(_hit_id(h), float(h["distance"])) for h in row] for row in hits])
+            score = self.metric.from_milvus
+            out.extend([[(_hit_id(h), score(h["distance"])) for h in row] for row in hits])
         return out
 
     def _fit_products(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -540,7 +564,7 @@ class MilvusStore:
         that rank rescore the vectors themselves (float32, ``index.exact.rank_key``)."""
         hits = self._call(self.client.search, self.products, data=[vector.tolist()], limit=limit, filter=expr,
                           output_fields=self.display_fields(with_vectors=with_vectors),
-                          search_params={"metric_type": "IP"}, **_CONSISTENCY)
+                          search_params={"metric_type": self.metric.milvus_type}, **_CONSISTENCY)
         return [served_product(_hit_id(h), h["entity"]) for h in hits[0]]
 
     # --- tombstones -----------------------------------------------------------------------

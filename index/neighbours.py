@@ -33,6 +33,7 @@ from simstream.index.exact import SCORE_DECIMALS, rank_key
 from simstream.index.rows import ListHead, StoredList, StoredProduct, stored_boundary
 from simstream.index.store import VectorStore
 from simstream.match import MatchModel
+from simstream.metric import IP, Metric
 from simstream.records import Neighbour, NeighbourList
 
 __all__ = [
@@ -45,21 +46,26 @@ MARGIN = 1e-5  # affected-set comparisons use Milvus' float32 scores: err toward
 RECENT_SEARCHES_MIN = 1024  # searches kept for their product's own list at least (RecentSearches)
 
 
-def contributions(a: np.ndarray, bs: Sequence[np.ndarray] | np.ndarray, layout: Mapping[str, slice]) -> list[dict[str, float]]:
-    """Per-field "why similar" of ``a`` with each of ``bs``: the field's share of the fused dot
-    product, for every field present (non-zero) in both; the shares sum to the score."""
+def contributions(a: np.ndarray, bs: Sequence[np.ndarray] | np.ndarray, layout: Mapping[str, slice],
+                  metric: Metric = IP) -> list[dict[str, float]]:
+    """Per-field "why similar" of ``a`` with each of ``bs``: the field's share of the score, which
+    the shares sum to. Inner product: the field's dot product, for every field present (non-zero)
+    in both. ``l2``: minus half the field's squared distance, for every field present in either (a
+    field only one side holds counts against the pair)."""
     if not len(bs):
         return []
-    return FieldShares(layout).of(np.asarray(a), np.asarray(bs) if isinstance(bs, np.ndarray) else np.stack(bs))
+    return FieldShares(layout, metric).of(np.asarray(a), np.asarray(bs) if isinstance(bs, np.ndarray) else np.stack(bs))
 
 
 class FieldShares:
     """Per-field dot products of one vector with many: one product per field the first vector
     holds (a field it lacks has no share, so an unused field, e.g. images off, costs nothing), and
     which fields each of the others holds from one segmented ``np.logical_or.reduceat`` over the
-    field boundaries instead of one pass per field."""
+    field boundaries instead of one pass per field. Under ``l2``, each field's share of the distance
+    (``_distance_shares``)."""
 
-    def __init__(self, layout: Mapping[str, slice]) -> None:
+    def __init__(self, layout: Mapping[str, slice], metric: Metric = IP) -> None:
+        self.metric = metric
         fields = sorted(((f, s) for f, s in layout.items() if s.stop > s.start), key=lambda t: t[1].start)
         for (_, s), (_, t) in zip(fields, fields[1:]):
             if s.stop > t.start:
@@ -74,6 +80,8 @@ class FieldShares:
         """``contributions`` of ``a`` with each row of ``bs``."""
         if not self.fields:
             return [{} for _ in range(len(bs))]
+        if self.metric.has_offsets:
+            return self._distance_shares(np.broadcast_to(a, bs.shape), bs)
         mine = np.logical_or.reduceat(a[: self.stop] != 0, self.starts)[self.pick]
         used = [fs for fs, has in zip(self.fields, mine.tolist()) if has]
         if not used:
@@ -91,6 +99,8 @@ class FieldShares:
         may differ in the last decimal)."""
         if not self.fields or not len(rows):
             return [{} for _ in range(len(rows))]
+        if self.metric.has_offsets:
+            return self._distance_shares(queries, rows)
         products = np.multiply(queries[:, : self.stop], rows[:, : self.stop], dtype=np.float64)
         shares = np.round(np.add.reduceat(products, self.starts, axis=1)[:, self.pick], SCORE_DECIMALS)
         both = (np.logical_or.reduceat(queries[:, : self.stop] != 0, self.starts, axis=1)
@@ -98,6 +108,21 @@ class FieldShares:
         names = [f for f, _ in self.fields]
         return [{f: v for f, v, has in zip(names, row, held) if has}
                 for row, held in zip(shares.tolist(), both.tolist())]
+
+
+    def _distance_shares(self, queries: np.ndarray, rows: np.ndarray) -> list[dict[str, float]]:
+        """``l2``: each field's -|q_f - r_f|^2 / 2 (as a . b - (|a|^2 + |b|^2) / 2, in float64) for
+        every field either side holds."""
+        q = np.asarray(queries[:, : self.stop], np.float64)
+        r = np.asarray(rows[:, : self.stop], np.float64)
+        dots = np.add.reduceat(q * r, self.starts, axis=1)[:, self.pick]
+        squares = np.add.reduceat(q * q + r * r, self.starts, axis=1)[:, self.pick]
+        shares = np.round(dots - squares / 2, SCORE_DECIMALS)
+        either = (np.logical_or.reduceat(q != 0, self.starts, axis=1)
+                  | np.logical_or.reduceat(r != 0, self.starts, axis=1))[:, self.pick]
+        names = [f for f, _ in self.fields]
+        return [{f: v for f, v, has in zip(names, row, held) if has}
+                for row, held in zip(shares.tolist(), either.tolist())]
 
 
 def match_probabilities(match: MatchModel, weights: Mapping[str, float], layout: Mapping[str, slice],
@@ -237,7 +262,7 @@ def affected_by(store: VectorStore, changes: Sequence[Change], *, pool: int, max
             changed = [c for c in changes if c.vector is not None]
             cmat = np.stack([c.vector for c in changed])  # type: ignore[misc]
             owners = list(vectors)
-            scores = np.stack([vectors[o] for o in owners]) @ cmat.T  # one row per loose list
+            scores = store.metric.matrix(np.stack([vectors[o] for o in owners]), cmat)  # one row per loose list
             # A product never enters its own list.
             scores[np.array(owners)[:, None] == np.array([c.product_id for c in changed])[None, :]] = -np.inf
             loose_bars = np.array([loose[o] for o in owners], np.float64)
@@ -305,6 +330,9 @@ class ListBuilder:
             raise ValueError("a match decision reads cosines from shares: it needs the fusion weights")
         self.match = match
         self.weights = dict(weights or {})
+        # every score as the store's searches compute it (simstream.metric); a builder with no store
+        # (unit tests of the merge) ranks by inner product
+        self.metric: Metric = getattr(store, "metric", IP)
 
     def _finish(self, product: StoredProduct, ranked: list[tuple[float, str, float]], boundary: float,
                 as_of: int, computed_at: int, event_time: int | None) -> BuiltList:
@@ -336,7 +364,7 @@ class ListBuilder:
         wanted = {n.product_id for b in todo.values() for n in b.published.neighbours}
         vectors = {m: v for m in wanted if (v := known.get(m)) is not None}
         vectors.update(self.store.snapshot_vectors(wanted - vectors.keys()))
-        shares = FieldShares(self.layout)
+        shares = FieldShares(self.layout, self.metric)
         for pid, b in todo.items():
             entries = [n for n in b.published.neighbours if n.product_id in vectors]
             if entries:  # the entries' fields were left empty for this (``_finish``): filled in place
@@ -373,9 +401,10 @@ class ListBuilder:
                                  scan=scan)
         computed_at = now_ms()
         out: dict[str, BuiltList] = {}
+        score = self.metric.pair
         for pid, row in zip(ids, hits):
             me = products[pid].vector
-            scored = in_rank_order([(float(vec @ me), nid) for nid, vec in row if nid != pid])
+            scored = in_rank_order([(score(vec, me), nid) for nid, vec in row if nid != pid])
             # Beyond the deep list everyone scores at most its last score; -inf: it holds everyone.
             boundary = scored[self.depth - 1][2] if len(scored) > self.depth else -np.inf
             out[pid] = self._finish(products[pid], scored, boundary, as_of, computed_at, event_times.get(pid))
@@ -405,15 +434,16 @@ class ListBuilder:
         pid, me = product.product_id, product.vector
         complete = head.holds_everyone
         entries: list[tuple[float, str]] = []
+        pair = self.metric.pair
         for c, vec in reach:
-            score = float(vec @ me)
+            score = pair(vec, me)
             if c != pid and (complete or score > head.boundary + MARGIN):
                 entries.append((score, c))
         known = head.member_scores()
         if known is not None:
             entries += [(sc, m) for m, sc in zip(head.neighbour_ids, known) if m != pid and m not in changed]
         else:
-            entries += [(float(members[m] @ me), m) for m in head.neighbour_ids
+            entries += [(pair(members[m], me), m) for m in head.neighbour_ids
                         if m != pid and m not in changed and m in members]
         ranked = in_rank_order(entries)
         boundary = -np.inf if complete else head.boundary
@@ -434,7 +464,7 @@ class ListBuilder:
 
 
 def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.ndarray],
-                changed: Mapping[str, StoredProduct], deleted: set[str], *, k: int) -> set[str]:
+                changed: Mapping[str, StoredProduct], deleted: set[str], *, k: int, metric: Metric = IP) -> set[str]:
     """Lists computed from a search that may have missed products written meanwhile.
 
     ``changed``/``deleted``: products written since the search began. A list is stale when it
@@ -450,7 +480,7 @@ def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.nda
     cmat = np.stack([changed[c].vector for c in cids]) if cids else None
     # One matrix product scores every changed product against every list's owner (a pre-filter
     # with a 1e-5 tolerance; the rank comparisons below use each pair's own dot product).
-    all_scores = cmat @ np.stack([vectors[pid] for pid in owners]).T if cmat is not None else None
+    all_scores = metric.matrix(cmat, np.stack([vectors[pid] for pid in owners])) if cmat is not None else None
     for j, pid in enumerate(owners):
         nl, me = lists[pid], vectors[pid]
         if pid in changed and not np.allclose(changed[pid].vector, me, atol=1e-6):
@@ -466,14 +496,14 @@ def stale_lists(lists: Mapping[str, NeighbourList], vectors: Mapping[str, np.nda
         scores = all_scores[:, j]
         # Only changed products the list holds, or that score within reach of its k-th, can make it
         # stale; test just those (the same tests as a loop over every changed product).
-        if any(cid != pid and (i := where.get(cid)) is not None and abs(held[cid] - float(cmat[i] @ me)) > 1e-5
+        if any(cid != pid and (i := where.get(cid)) is not None and abs(held[cid] - metric.pair(cmat[i], me)) > 1e-5
                for cid in held):
             stale.add(pid)
             continue
         last = rank_key(kth, nl.neighbours[-1].product_id if nl.neighbours else "")
         for hit in np.flatnonzero(scores >= kth - 2e-5):
             cid = cids[int(hit)]
-            if cid != pid and cid not in held and rank_key(float(cmat[hit] @ me), cid) < last:
+            if cid != pid and cid not in held and rank_key(metric.pair(cmat[hit], me), cid) < last:
                 stale.add(pid)
                 break
     return stale

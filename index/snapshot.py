@@ -28,6 +28,7 @@ import orjson
 
 from simstream.index.list_mirror import ListMirror
 from simstream.index.side import SideIndex
+from simstream.metric import IP, Metric
 from simstream.index.tombstone_mirror import TombstoneMirror
 from simstream.logs import get_logger
 from simstream.vector_codec import Segment
@@ -106,7 +107,7 @@ def write_snapshot(path: Path, ident: dict[str, Any], *, side: SideIndex, mirror
 
 
 def read_snapshot(path: Path, ident: dict[str, Any], *, capacity: int, max_bytes: int | None = None,
-                  segments: Sequence[Segment] | None = None) -> Snapshot | None:
+                  segments: Sequence[Segment] | None = None, metric: Metric = IP) -> Snapshot | None:
     """The copies held in ``path`` if it is a whole snapshot matching ``ident`` (see ``identity``)
     and no larger than ``max_bytes`` unpacked; else None, with the reason logged. ``capacity``:
     the side index's rows at least (room to grow, as a build would size it)."""
@@ -132,7 +133,8 @@ def read_snapshot(path: Path, ident: dict[str, Any], *, capacity: int, max_bytes
                 name, _, field = key.partition(".")
                 if name in parts and field:
                     parts[name][field] = z[key]
-        side = SideIndex.restored(int(ident["dim"]), parts["side"], tables["side"], capacity=capacity, segments=segments)
+        side = SideIndex.restored(int(ident["dim"]), parts["side"], tables["side"], capacity=capacity, segments=segments,
+                                  metric=metric)
         mirror = ListMirror.restored(parts["mirror"], tables["mirror"]) if "mirror" in tables else None
         tombstones = TombstoneMirror.restored(parts["tombstones"], tables["tombstones"])
         if len(side) != manifest["products"] or (mirror is not None and len(mirror) != manifest["lists"]):

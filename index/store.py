@@ -77,6 +77,7 @@ class VectorStore:
         ``segments``: how the side index stores the vectors (the encoder's, simstream.vector_codec);
         None: float32."""
         self.milvus = milvus
+        self.metric = milvus.metric  # what a score is (simstream.metric): the collections' own
         self.dim = milvus.dim
         self.segments = list(segments) if segments else None
         self.memory_limit_bytes = memory_limit_bytes
@@ -132,7 +133,7 @@ class VectorStore:
             return
         t0 = time.perf_counter()
         started = now_ms()
-        side = SideIndex(self.dim, capacity=side_capacity(need.products), segments=self.segments)
+        side = SideIndex(self.dim, capacity=side_capacity(need.products), segments=self.segments, metric=self.metric)
         for page in self.milvus.iter_products(BUILD_PAGE_ROWS, with_vectors=True):
             side.put(page)
         self.side, self._side_synced_at = side, started
@@ -187,7 +188,7 @@ class VectorStore:
         snapshot (the caller builds from Milvus)."""
         t0 = time.perf_counter()
         snap = read_snapshot(path, self._identity(), capacity=side_capacity(need.products), max_bytes=limit,
-                             segments=self.segments)
+                             segments=self.segments, metric=self.metric)
         if snap is None:
             return False
         read_s = time.perf_counter() - t0
@@ -474,7 +475,7 @@ class VectorStore:
         return side.search_reaching(vectors, limit, margin)
 
     def search_scores(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
-        """Top-``limit`` (id, inner product) per query vector; cheap enough for wide candidate searches."""
+        """Top-``limit`` (id, score) per query vector; cheap enough for wide candidate searches."""
         if len(vectors) == 0:
             return []
         if (side := self._synced_side()) is not None:

@@ -26,6 +26,7 @@ import orjson
 
 from simstream.clock import now_ms
 from simstream.index.exact import top_k_rows
+from simstream.metric import IP
 from simstream.quality.datasets import MAPPABLE, Table, read_gold, read_table
 from simstream.records import ProductEvent
 from simstream.settings import Settings
@@ -131,13 +132,15 @@ def milvus_rankings(vectors_left: np.ndarray, right: Table, vectors_right: np.nd
 
 def milvus_scored(vectors_left: np.ndarray, right: Table, vectors_right: np.ndarray, left: Table,
                   queries: Sequence[int], limit: int, encoder: Any, workdir: Path) -> dict[str, list[tuple[str, float]]]:
-    """``milvus_rankings`` with each neighbour's exact inner product (the score the stream publishes)."""
+    """``milvus_rankings`` with each neighbour's exact score under the model's metric (the score the
+    stream publishes)."""
     from simstream.index.rows import product_row
     from simstream.index.store import VectorStore
 
     # An offline run on a shared machine: a generous deadline (the stream's default is 10 s per call).
+    metric = getattr(encoder, "metric", IP)
     store = VectorStore.connect(str(workdir / "eval.db"), "eval", int(vectors_right.shape[1]),
-                                flush_every_rows=0, timeout_s=300)
+                                flush_every_rows=0, timeout_s=300, metric=metric)
     try:
         now = now_ms()
         rows = [product_row(p, v, encoder.field_hashes(p), encoder.model, now)
@@ -148,7 +151,7 @@ def milvus_scored(vectors_left: np.ndarray, right: Table, vectors_right: np.ndar
     finally:
         store.close()
     by_pid = {p.product_id: rid for p, rid in zip(right.events, right.ids)}
-    return {left.ids[i]: [(by_pid[pid], float(np.dot(vec, vectors_left[i]))) for pid, vec in row]
+    return {left.ids[i]: [(by_pid[pid], metric.pair(vec, vectors_left[i])) for pid, vec in row]
             for i, row in zip(queries, hits)}
 
 
@@ -218,8 +221,9 @@ def evaluate(left_csv: Path, right_csv: Path, gold_csv: Path, fields: Mapping[st
     Besides retrieval: the match decision (``quality/match.py``) on every query's top-``match_k``,
     its threshold chosen on ``threshold_files`` (default train/valid beside GOLD) unless given, and
     the recall@K and precision-recall curves (``curves``, drawn by ``quality/plots.py``).
-    ``metrics``: "cosine" (inner product of the fused vectors, as the stream ranks, via Milvus)
-    and/or "euclidean" (the same vectors by Euclidean distance, exact, numpy).
+    ``metrics``: "cosine" (the fused vectors ranked as the stream ranks them, via Milvus: inner
+    product, or Euclidean under a model whose metric is ``l2``, simstream.metric) and/or "euclidean"
+    (the same vectors by Euclidean distance, exact, numpy).
     """
     from simstream.quality import match
     from simstream.encoders.fusion import ProductEncoder

@@ -94,7 +94,7 @@ def _exact(store: MilvusStore, queries: Mapping[str, np.ndarray], k: int) -> dic
     matrix = np.stack([queries[q] for q in ids]).astype(np.float32) if ids else np.zeros((0, 0), np.float32)
     for page in store.iter_products(_PAGE, with_vectors=True):
         page_ids = [p.product_id for p in page]
-        scores = matrix @ np.stack([p.vector for p in page]).astype(np.float32).T
+        scores = store.metric.matrix(matrix, np.stack([p.vector for p in page]))
         for row, q in enumerate(ids):
             merged = best[q] + [(float(s), pid) for s, pid in zip(scores[row], page_ids) if pid != q]
             merged.sort(key=lambda t: (-round(t[0], 6), t[1]))

@@ -50,6 +50,7 @@ from simstream.index.budget import MemoryBudgetExceeded
 from simstream.index.control import ControlStore
 from simstream.index.milvus import MilvusStore, close_client, open_client
 from simstream.logs import get_logger
+from simstream.metric import IP
 from simstream.serve.batcher import MicroBatcher
 from simstream.serve.catalog import Catalog, NotFound
 from simstream.serve.copy import SYNC_BUSY_SHARE, ServedCopy
@@ -106,7 +107,8 @@ def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) ->
             raise
         log.warning("serve's in-memory copy does not fit; live queries go to Milvus", reason=str(exc)[:400])
         return None
-    return ServedCopy.build(milvus, segments, need.products, passes=settings.serve_passes)
+    return ServedCopy.build(milvus, segments, need.products, passes=settings.serve_passes,
+                            metric=getattr(encoder, "metric", IP))
 
 
 class Services:
@@ -197,6 +199,10 @@ class Services:
         if encoder.dim != milvus.dim:
             raise ValueError(f"the encoders give dim {encoder.dim} but {milvus.products} has "
                              f"{milvus.dim}: serve with the worker's fusion config and text model")
+        metric = getattr(encoder, "metric", IP)
+        if metric != milvus.metric:
+            raise ValueError(f"the model ranks by {metric.name} but {milvus.products} is indexed by "
+                             f"{milvus.metric.name}: serve with the worker's fusion config and SIMSTREAM_METRIC")
 
     def open(self) -> None:
         if self.milvus is None:

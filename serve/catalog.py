@@ -26,6 +26,7 @@ from simstream.index.rows import ServedProduct, brand_key
 from simstream.index.exact import SCORE_DECIMALS
 from simstream.limits import MAX_ID_BYTES
 from simstream.match import MatchModel
+from simstream.metric import IP, Metric
 from simstream.records import Neighbour, NeighbourList
 from simstream.serve.filters import FilterError, Filters, quote
 from simstream.serve.published import PublishedLists
@@ -90,7 +91,8 @@ class Catalog:
         self.live = live
         self.encoder = encoder
         self.layout = dict(encoder.layout)
-        self.shares = FieldShares(self.layout)  # each live hit's per-field contributions, computed in its pass
+        self.metric: Metric = getattr(encoder, "metric", IP)
+        self.shares = FieldShares(self.layout, self.metric)  # each live hit's per-field contributions, computed in its pass
         self.stored_weights: Mapping[str, float] = getattr(encoder, "weights", {})
         self.match: MatchModel | None = getattr(encoder, "match", None)  # each product-to-product hit's decision
         self.max_k = max_k
@@ -186,6 +188,9 @@ class Catalog:
         page = self._page(o, cursor_key)
         if o.weights and not self.stored_weights:
             raise FilterError("weights: this encoder does not say how its fields are weighted")
+        if o.weights and self.metric.has_offsets:
+            raise FilterError("weights: query-time weights re-weight an inner product; this model ranks by l2 "
+                              "distance, whose stored rows cannot be re-weighted from the query")
         vector = reweigh(vector, self.layout, self.stored_weights, o.weights)
         ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude, shares=self.shares)
         return self._view(vector, ranked, page, cursor_key, filters, o, decide and not o.weights)

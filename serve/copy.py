@@ -36,6 +36,7 @@ from simstream.index.neighbours import FieldShares
 from simstream.index.rows import ServedProduct, StoredProduct, brand_key, category_key
 from simstream.index.side import SideIndex
 from simstream.logs import get_logger
+from simstream.metric import IP, Metric
 from simstream.memory import current_rss, memory_limit
 from simstream.serve.batcher import MicroBatcher
 from simstream.serve.filters import Filters
@@ -178,9 +179,11 @@ class FilterColumns:
 class ServedCopy:
     """The catalog as serve answers live queries from it; build with ``build``, keep with ``sync``."""
 
-    def __init__(self, dim: int, segments: Sequence[Segment] | None, capacity: int, passes: int = 1) -> None:
-        """``passes``: live-query passes that may run at once (SIMSTREAM_SERVE_PASSES)."""
-        self.side = SideIndex(dim, capacity=capacity, segments=segments)
+    def __init__(self, dim: int, segments: Sequence[Segment] | None, capacity: int, passes: int = 1,
+                 metric: Metric = IP) -> None:
+        """``passes``: live-query passes that may run at once (SIMSTREAM_SERVE_PASSES); ``metric``:
+        the model's (simstream.metric)."""
+        self.side = SideIndex(dim, capacity=capacity, segments=segments, metric=metric)
         self.columns = FilterColumns(self.side.capacity)
         self.products: dict[str, ServedProduct] = {}  # without vectors: cards, attributes, seeds
         self.lock = fasteners.ReaderWriterLock()
@@ -204,11 +207,11 @@ class ServedCopy:
 
     @classmethod
     def build(cls, milvus: MilvusStore, segments: Sequence[Segment] | None, products: int = 0,
-              passes: int = 1) -> "ServedCopy":
+              passes: int = 1, metric: Metric = IP) -> "ServedCopy":
         """Every product Milvus holds, read page by page; ``as_of`` is when the reading began."""
         t0 = time.perf_counter()
         started = now_ms()
-        copy = cls(milvus.dim, segments, side_capacity(products), passes)
+        copy = cls(milvus.dim, segments, side_capacity(products), passes, metric)
         copy.display = milvus.products_display
         for page in milvus.iter_served(BUILD_PAGE_ROWS, with_vectors=True):
             copy.apply(page, ())

@@ -83,6 +83,7 @@ class QueryEncoder:
         # as stored, for the fields the vectors hold: query-time weights rescale these
         self.weights: Mapping[str, float] = {f: self.encoder.weights[f] for f in self.encoder.fields}
         self.match = self.encoder.match  # the model's match decision on a product-to-product hit
+        self.metric = self.encoder.metric  # what a score is (simstream.metric)
         # one encode at a time, each for every query asked meanwhile (serve/batcher.py)
         # concurrent queries' documents encoded in one call
         self.batcher: MicroBatcher[ProductEvent, np.ndarray] = MicroBatcher(self._encode_many, BATCH_QUERIES,

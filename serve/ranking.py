@@ -99,7 +99,7 @@ class MilvusLive:
                                  "filters need it (re-ingest into a new SIMSTREAM_COLLECTION)")
             expr = q.filters.expression(q.exclude)
             hits = self.milvus.search_served(q.vector, min(q.limit + TIE_MARGIN, MILVUS_MAX_LIMIT), expr)
-            scored = sorted(((float(h.vector @ q.vector), h.product_id, h.vector) for h in hits),
+            scored = sorted(((self.milvus.metric.pair(h.vector, q.vector), h.product_id, h.vector) for h in hits),
                             key=lambda t: rank_key(t[0], t[1]))[: q.limit]
             count = 0 if q.shares is None else len(scored) if q.fields_for is None else min(len(scored), q.fields_for)
             fields = q.shares.of(q.vector, np.stack([v for _, _, v in scored[:count]])) if q.shares and count else []

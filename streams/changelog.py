@@ -185,8 +185,8 @@ def bootstrap_from(settings: Settings, records: Iterable[RawRecord]) -> Bootstra
     from simstream.streams.runtime import generation_of, open_store, read_control
 
     _, live = generation_of(settings, read_control(settings, wait=True), "live")  # type: ignore[misc]
-    dim = ProductEncoder(live).dim
-    store = open_store(live.model_copy(update={"side_index": False}), dim, wait=True)
+    encoder = ProductEncoder(live)
+    store = open_store(live.model_copy(update={"side_index": False}), encoder.dim, wait=True, metric=encoder.metric)
     try:
         with ConfluentTransport(settings) as transport:
             return bootstrap(records, store.milvus, Outbox(transport, settings))

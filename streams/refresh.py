@@ -256,4 +256,4 @@ class Refresher:
         the writes applied to the side index after ``view``; without one, every write since
         ``started_ms`` less the skew allowance (docs/exactness.md §2a)."""
         changed, deleted = self.store.changes_after(view, started_ms - RACE_LOOKBACK_MS)
-        return stale_lists(lists, vectors, changed, deleted, k=self.builder.k)
+        return stale_lists(lists, vectors, changed, deleted, k=self.builder.k, metric=self.builder.metric)

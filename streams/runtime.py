@@ -24,6 +24,7 @@ from simstream.index.snapshot import snapshot_path
 from simstream.index.store import VectorStore
 from simstream.logs import configure_logging, get_logger
 from simstream.memory import memory_limit
+from simstream.metric import IP, Metric
 from simstream.settings import Settings
 from simstream.streams.app import Worker
 from simstream.streams.fence import Fence
@@ -43,10 +44,12 @@ log = get_logger(__name__)
 
 
 def open_store(settings: Settings, dim: int, *, wait: bool = False,
-               segments: Sequence[Segment] | None = None, snapshot: Path | None = None) -> VectorStore:
+               segments: Sequence[Segment] | None = None, snapshot: Path | None = None,
+               metric: Metric = IP) -> VectorStore:
     """Connect to Milvus; with ``wait``, a Milvus that is down or starting is waited for (jittered
     backoff, a log line per attempt) instead of the worker crash-looping. ``snapshot``: restore the
-    in-memory copies from it when it fits (index/snapshot.py)."""
+    in-memory copies from it when it fits (index/snapshot.py). ``metric``: the model's (its
+    collections are created and searched by it)."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
 
     def connect() -> VectorStore:
@@ -54,7 +57,7 @@ def open_store(settings: Settings, dim: int, *, wait: bool = False,
                                    flush_every_rows=settings.flush_every_rows, in_memory=settings.side_index,
                                    timeout_s=settings.milvus_timeout_s,
                                    memory_limit_bytes=settings.memory_limit_bytes, segments=segments,
-                                   snapshot=snapshot)
+                                   snapshot=snapshot, metric=metric)
 
     if not wait:
         return connect()
@@ -128,7 +131,8 @@ def worker_snapshot(settings: Settings) -> Path | None:
 def build_steps(settings: Settings, encoder: ProductEncoder | None = None, *,
                 wait_for_milvus: bool = False, snapshot: Path | None = None) -> tuple[Ingest, Refresher]:
     encoder = encoder or ProductEncoder(settings)
-    store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments, snapshot=snapshot)
+    store = open_store(settings, encoder.dim, wait=wait_for_milvus, segments=encoder.segments, snapshot=snapshot,
+                       metric=encoder.metric)
     builder = ListBuilder(store, k=settings.top_k, layout=encoder.layout, model=encoder.model,
                           depth=settings.resolved_list_depth, match=encoder.match, weights=encoder.weights)
     # The ingest's search around each changed product is its own list's starting point (one pass per

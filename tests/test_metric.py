@@ -49,3 +49,29 @@ def test_exact_top_k_ranks_by_the_metric() -> None:
         others = sorted(((-round(l2.pair(x[j], x[i]), 6), ids[j]) for j in range(len(x)) if j != i))[:5]
         assert [pid for pid, _ in row] == [pid for _, pid in others]
     assert got != exact_top_k(x, ids, 5)
+
+
+def test_the_metric_is_part_of_the_model(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+    """SIMSTREAM_METRIC, else the fusion config's option, else ip; l2 tags the model and drops the
+    match decision (fitted on inner-product cosines); a config naming no known metric is refused."""
+    from pathlib import Path
+
+    import orjson
+
+    from simstream.encoders.fusion import ProductEncoder, load_match_model, load_metric
+
+    v5 = settings.model_copy(update={"fusion_config": "v5", "image_enabled": False})
+    assert load_metric(v5) == IP and load_match_model(v5) is not None
+    assert load_metric(v5.model_copy(update={"metric": "l2"})) == Metric("l2")
+    assert load_match_model(v5.model_copy(update={"metric": "l2"})) is None
+    config = Path(tmp_path) / "l2.json"
+    config.write_bytes(orjson.dumps({"weights": {"text": 0.7, "title_lexical": 0.3}, "options": {"metric": "l2"}}))
+    by_config = settings.model_copy(update={"fusion_config": str(config), "image_enabled": False})
+    assert load_metric(by_config) == Metric("l2")
+    assert load_metric(by_config.model_copy(update={"metric": "ip"})) == IP
+    plain, l2 = ProductEncoder(by_config.model_copy(update={"metric": "ip"})), ProductEncoder(by_config)
+    assert l2.metric == Metric("l2") and "-l2:" in l2.model and l2.model.replace("-l2", "") == plain.model
+    assert l2.field_specs() == plain.field_specs()  # the same segments: a migration carries every one
+    config.write_bytes(orjson.dumps({"weights": {"text": 1.0}, "options": {"metric": "cosine"}}))
+    with pytest.raises(ValueError, match="unknown metric"):
+        load_metric(by_config)

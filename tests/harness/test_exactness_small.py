@@ -43,6 +43,19 @@ def test_neighbour_topic_equals_exact_oracle(tmp_path) -> None:
     assert report["match_decision"] is not None
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_the_topic_is_exact_under_the_l2_metric(tmp_path) -> None:
+    """SIMSTREAM_METRIC=l2 through the real worker: every list equals the l2 oracle's, and the metric
+    decides lists (some differ from inner product's), with a worker killed once."""
+    report = run_exactness(Options(products=60, events=300, workers=1, kills=1, seed=12, quiet_s=8.0, metric="l2",
+                                   timeout_s=360.0, data_dir=tmp_path / "run", log=lambda _: None))
+    assert report["metric"] == "l2" and report["match_decision"] is None  # the decision is fitted for ip
+    assert report["lost"] == 0 and report["resurrected"] == 0, report["details"]
+    assert report["equal_share"] == 1.0, report["details"]
+    assert report["details"]["lists_other_than_ip"] > 0
+
+
 def test_the_oracle_checks_every_entry_match_probability() -> None:
     """``Decision.agrees``: the probabilities a worker computes pass; one off by more than a unit of
     the last decimal, or one missing, fails the list."""
