@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from simstream.encoders.fusion import load_metric
 from simstream.generations import ControlRecord, generation_settings
 from simstream.harness.embedded import EmbeddedBroker, MilvusServer, WorkerProcess, free_port
 from simstream.harness.exactness import Options, compare, metric_total, milvus_for, proof_env, read_catalog
@@ -219,10 +220,11 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
             say(f"migrated {source or 'first'} -> {target} ({new_model}); waiting until quiet")
             all_new_at = _quiet(fleet, reader, stream, opts, tick, new_model)
             fleet.stop()
-            base = Settings(collection=collection)
-            stored = read_catalog(uri, opts, collection=generation_settings(base, record.generations[target]).collection)
+            base = Settings(collection=collection, **({"metric": opts.metric} if opts.metric else {}))  # type: ignore[arg-type]
+            new_settings = generation_settings(base, record.generations[target])
+            stored = read_catalog(uri, opts, collection=new_settings.collection)
             topic = dict(reader.latest)
-            result = compare(stream, topic, stored, opts.top_k)
+            result = compare(stream, topic, stored, opts.top_k, metric=load_metric(new_settings))
             old_after = sum(1 for t, m in reader.seen if t > switched_at and m == old_model)
             new_times = [t for t, m in reader.seen if t > switched_at and m == new_model]
             report = _section(result, topic, new_model) | {
@@ -252,7 +254,8 @@ def run_migration(opts: Options, to: str, *, sets: tuple[str, ...] = ()) -> dict
             fleet.stop()
             stored = read_catalog(uri, opts, collection=collection)
             topic = dict(reader.latest)
-            result = compare(stream, topic, stored, opts.top_k)
+            old_settings = generation_settings(base, record.generations.get(source) if source else None)
+            result = compare(stream, topic, stored, opts.top_k, metric=load_metric(old_settings))
             new_after = sum(1 for t, m in reader.seen if t > back_at and m == new_model)
             report["rollback"] = _section(result, topic, old_model) | {
                 "new_model_messages_after_switch": new_after, "seconds": round(back_at - rolled_at, 1),

@@ -202,7 +202,8 @@ def reweigh(vector: np.ndarray, layout: Mapping[str, slice], stored: Mapping[str
 def combine(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], negative_weight: float) -> np.ndarray:
     """The recommend query vector: mean(positives) - negative_weight x mean(negatives), so a
     product's score is its mean score with the positives less ``negative_weight`` times its mean
-    score with the negatives (inner products are linear: one exact ranking, no second pass)."""
+    score with the negatives (inner products are linear: one exact ranking, no second pass). Under
+    the ``l2`` metric the products rank by their distance to this point (simstream.metric)."""
     if not positives:
         raise FilterError("recommend needs at least one positive example")
     q = np.mean(np.asarray(positives, np.float64), axis=0)
