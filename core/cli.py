@@ -384,6 +384,7 @@ def config_(as_json: bool) -> None:
                + f"  [{info['weights']['source']}]")
     click.echo("options        " + (", ".join(f"{k}={v}" for k, v in info["options"].items()) or "-"))
     click.echo(f"lexicon        {info['lexicon']['value']}  [{info['lexicon']['source']}]")
+    click.echo(f"metric         {info['metric']['value']}  [{info['metric']['source']}]")
 
 
 @main.command("eval")

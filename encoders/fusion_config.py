@@ -88,6 +88,12 @@ def describe(settings: Settings, weights: Mapping[str, float]) -> dict[str, Any]
         lexicon = {"value": "none (uniform IDF)", "source": "SIMSTREAM_LEXICON" if named else "default"}
     else:
         lexicon = {"value": named, "source": "SIMSTREAM_LEXICON"}
+    if settings.metric:
+        metric = {"value": settings.metric, "source": "SIMSTREAM_METRIC"}
+    elif options.get("metric"):
+        metric = {"value": str(options["metric"]), "source": f"fusion config {config.get('version', path)}"}
+    else:
+        metric = {"value": "ip", "source": "default"}
     return {
         "fusion_config": {"value": str(settings.fusion_config), "path": str(path) if path else None,
                           "version": config.get("version"), "source": config_source},
@@ -95,4 +101,5 @@ def describe(settings: Settings, weights: Mapping[str, float]) -> dict[str, Any]
         "weights": {"value": dict(weights), "source": weights_source},
         "options": options,
         "lexicon": lexicon,
+        "metric": metric,
     }

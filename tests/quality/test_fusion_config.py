@@ -63,6 +63,9 @@ def test_config_command_prints_what_is_in_force(monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0, result.output
     assert "fusion-weights-v5" in result.output and "some-model  [SIMSTREAM_TEXT_MODEL]" in result.output
     assert "lexicon" in result.output and "fitted by the next simstream migrate" in result.output
+    assert "metric         ip  [default]" in result.output
+    monkeypatch.setenv("SIMSTREAM_METRIC", "l2")
+    assert "metric         l2  [SIMSTREAM_METRIC]" in CliRunner().invoke(main, ["config"]).output
     monkeypatch.setenv("SIMSTREAM_FUSION_CONFIG", "v9")
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 1 and "v9" in result.output
