@@ -408,7 +408,7 @@ class MilvusStore:
             yield [_product(r) for r in page]
 
     def search(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, np.ndarray]]]:
-        """Top-``limit`` (id, vector) per query vector by inner product, in as few calls as keep
+        """Top-``limit`` (id, vector) per query vector by the collection's metric, in as few calls as keep
         each answer under Milvus' response cap (``search_queries_per_call``)."""
         out: list[list[tuple[str, np.ndarray]]] = []
         step = search_queries_per_call(limit, search_hit_bytes(self.dim, with_vector=True))
@@ -559,7 +559,7 @@ class MilvusStore:
 
     def search_served(self, vector: np.ndarray, limit: int, expr: str = "", *,
                       with_vectors: bool = True) -> list[ServedProduct]:
-        """Exact top-``limit`` products by inner product among those matching the Milvus filter
+        """Exact top-``limit`` products by the collection's metric among those matching the Milvus filter
         ``expr`` (built by the caller from structured, quoted parts), in Milvus' order; callers
         that rank rescore the vectors themselves (float32, ``index.exact.rank_key``)."""
         hits = self._call(self.client.search, self.products, data=[vector.tolist()], limit=limit, filter=expr,

@@ -1,7 +1,7 @@
 """An exact side index for the neighbour searches: the fused vectors in one in-memory matrix.
 
 Milvus stays the system of record and what recommenders query; this matrix only answers the
-searches of the ingest (affected set) and refresh steps, as exact inner-product top-``limit``
+searches of the ingest (affected set) and refresh steps, as exact top-``limit`` by the model's metric
 (the same answer Milvus FLAT gives, computed on the packed rows, index/packed_scan.py, instead of a round trip
 through milvus-lite, which is pure Python in-process: ~13x slower than numpy brute force at
 10,000 products, ~2.4x at 100,000; see docs/benchmarks.md, row e).

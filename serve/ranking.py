@@ -1,7 +1,8 @@
 """Exact ranked pages: what every live query (filtered neighbours, search, by example, recommend)
 comes down to once its query vector is known.
 
-A page is defined on the exact ranking (float32 inner product, ties by id: index/exact.py) of
+A page is defined on the exact ranking (the model's metric: float32 inner product, or -|q - r|^2 / 2
+under ``l2``; ties by id: index/exact.py) of
 the products its filters allow, so an oracle can reproduce it from the catalog alone:
 
 - ``min_score``: the ranking cut where the score falls below it;

@@ -55,7 +55,8 @@ class CardBody(ResponseBody):
 
 class NeighbourBody(ResponseBody):
     product_id: str
-    score: float = Field(description="inner product of the fused vectors (with query-time weights if asked)")
+    score: float = Field(description="inner product of the fused vectors (with query-time weights if asked); "
+                                     "under an l2 model, minus half their squared Euclidean distance")
     fields: dict[str, float] = Field(description="per-field contributions; they sum to the score")
     match_probability: float | None = Field(
         None, ge=0, le=1, description="how likely it is the same product (the model's match decision, docs/events.md): "
