@@ -9,8 +9,10 @@ catalog never had get the largest IDF a catalog token can have (smooth IDF with 
 every left-out set.
 
 A spec names the text and the analyzer: ``title:char3`` (character 3-grams within word
-boundaries, like the TF-IDF baseline) or ``text:word`` (words), where ``title`` is the product
-title and ``text`` what the text encoder reads (title, brand, start of the description).
+boundaries, like the TF-IDF baseline), ``text:word`` (words) or ``title:num`` (only the words that
+hold a digit: sizes, capacities, model numbers, the facts the WDC sets' offers differ by), where
+``title`` is the product title and ``text`` what the text encoder reads (title, brand, start of the
+description).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ __all__ = ["SOURCES", "ANALYZERS", "LexicalSpec", "parse_specs", "channel_cosine
            "STREAM_LEXICAL_FIELDS", "with_catalog_lexicon"]
 
 SOURCES = ("title", "text")
-ANALYZERS = ("char3", "word")
+ANALYZERS = ("char3", "word", "num")
+NUMBER_PATTERN = r"(?u)\b\w*\d[\w.]*\b"  # a word holding a digit ("500gb", "i7-8550u" gives "i7", "8550u")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ def _counter(analyzer: str):  # type: ignore[no-untyped-def]
 
     if analyzer == "char3":
         return CountVectorizer(analyzer="char_wb", ngram_range=(3, 3), lowercase=True)
+    if analyzer == "num":
+        return CountVectorizer(analyzer="word", token_pattern=NUMBER_PATTERN, lowercase=True)
     return CountVectorizer(analyzer="word", token_pattern=WORD_PATTERN, lowercase=True)
 
 

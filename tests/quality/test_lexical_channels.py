@@ -52,6 +52,15 @@ def test_a_rare_shared_word_outweighs_common_ones_because_the_catalog_says_so() 
     assert cos[0, 0] == pytest.approx(2 * common ** 2 / (np.linalg.norm(q) * common * math.sqrt(2)), rel=1e-6)
 
 
+def test_the_numbers_channel_reads_only_words_with_a_digit() -> None:
+    """``title:num``: two offers of one drive agree on their numbers whatever their words; a title
+    without a number has none to agree on."""
+    catalog = _table(["Samsung 860 EVO 500GB SSD", "Samsung 860 EVO 1TB SSD", "Samsung portable SSD"], "r")
+    query = _table(["SSD 860 evo 500gb samsung internal drive"], "l")
+    cos = channel_cosines(parse_specs("title:num")[0], query, catalog)
+    assert cos[0, 0] == pytest.approx(1.0) and 0 < cos[0, 1] < 1 and cos[0, 2] == 0
+
+
 def test_empty_titles_give_zero_cosines_not_an_error() -> None:
     assert not channel_cosines(LexicalSpec("title", "char3"), _table([""], "l"), _table(["", ""], "r")).any()
 
