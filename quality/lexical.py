@@ -26,7 +26,7 @@ from simstream.encoders.fusion import text_of
 from simstream.encoders.lexicon import WORD_PATTERN, catalog_idf  # the stream's: IDF counted in the catalog only
 from simstream.quality.datasets import Table
 
-__all__ = ["SOURCES", "ANALYZERS", "LexicalSpec", "parse_specs", "channel_cosines", "channels_of",
+__all__ = ["SOURCES", "ANALYZERS", "NUMBER_PATTERN", "LexicalSpec", "parse_specs", "channel_cosines", "channels_of",
            "STREAM_LEXICAL_FIELDS", "with_catalog_lexicon"]
 
 SOURCES = ("title", "text")
