@@ -521,7 +521,9 @@ class SideIndex:
             # ``float(row @ query)`` (a matrix-vector product would sum in another order); with the
             # metric's offsets added as ``Metric.pair`` adds them
             mine = decoded[np.searchsorted(unique, rows)]
-            scores = self.metric.with_offsets(np.vecdot(mine, query), self.metric.offsets(mine), q_offset).tolist()
+            dots = np.vecdot(mine, query)
+            scores = (self.metric.with_offsets(dots, self._offsets[rows], q_offset) if self.metric.has_offsets
+                      else dots).tolist()
             scored = sorted(zip(scores, (ids[r] for r in rows.tolist()), rows.tolist()),
                             key=lambda t: rank_key(t[0], t[1]))[:limit]  # type: ignore[arg-type]
             tops.append(([r for _, _, r in scored], [sc for sc, _, _ in scored]))
