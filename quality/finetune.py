@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from simstream.encoders.finetuned import BASE_NAME, DELTA, MANIFEST, base_sha256
+from simstream.encoders.finetuned import BASE_NAME, DELTA, MANIFEST, apply_delta, base_sha256
 from simstream.encoders.fusion import text_of
 from simstream.encoders.text import clean_text, default_text_model
 from simstream.quality.datasets import parse_field_map, read_gold, read_table
@@ -105,12 +105,14 @@ def load_corpora(specs: Sequence[tuple[Path, str]], *, id_column: str = "id",
 class TopLayers:
     """The base model split at ``len(layers) - train_layers``: a frozen cache below, trainable layers above."""
 
-    def __init__(self, train_layers: int, max_length: int) -> None:
+    def __init__(self, train_layers: int, max_length: int, start: Path | None = None) -> None:
+        """``start``: a fine-tuned model's folder whose delta is applied first (default: the base)."""
         from transformers import AutoModel, AutoTokenizer
 
         path = default_text_model()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.start = apply_delta(self.model, start) if start is not None else None
         n_layers = len(self.model.encoder.layer)
         if not 1 <= train_layers <= n_layers:
             raise ValueError(f"train_layers must be in 1..{n_layers}")
@@ -155,9 +157,12 @@ class TopLayers:
 
     def embed(self, idx: Sequence[int]) -> torch.Tensor:
         """Unit sentence vectors [len(idx), dim] through the trainable layers (grad if enabled)."""
+        return self.embed_states([self.cache[i] for i in idx])
+
+    def embed_states(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``embed`` for cached hidden states given directly (e.g. with some tokens dropped)."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        rows = [self.cache[i] for i in idx]
         width = max(r.shape[0] for r in rows)
         hidden = torch.zeros(len(rows), width, rows[0].shape[1])
         mask = torch.zeros(len(rows), width, dtype=torch.long)

@@ -13,23 +13,26 @@ gold, for ranking, fitting and TF-IDF alike.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
 
-from simstream.encoders.fusion import FIELDS, ProductEncoder
-from simstream.quality.datasets import parse_field_map, read_gold
+from simstream.encoders.finetuned import MANIFEST
+from simstream.encoders.fusion import FIELDS, ProductEncoder, text_of
+from simstream.quality.adapt import AdaptRecipe, adapt_text_model
+from simstream.quality.datasets import parse_field_map, read_gold, read_table
 from simstream.quality.evaluate import DEFAULT_KS, bm25_scores, build_settings, retrieval_metrics, tfidf_scores, top_k
 from simstream.quality.fit_weights import Dataset, fit_weights, load_dataset, unit_config
 from simstream.quality.lexical import channels_of, parse_specs, with_catalog_lexicon
 from simstream.quality.second_stage import best_threshold, fit_second_stage, match_scores, pr_curve
 from simstream.settings import DEFAULT_WEIGHTS
 
-__all__ = ["Benchmark", "BENCHMARKS", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "fitted_config", "with_match", "vector_fields",
+__all__ = ["Benchmark", "BENCHMARKS", "adapted_text_model", "load_benchmark", "tfidf_metrics", "leave_one_out", "format_table", "fitted_config", "with_match", "vector_fields",
            "main"]
 
 
@@ -61,6 +64,19 @@ def load_benchmark(root: Path, bench: Benchmark, encoder: ProductEncoder, cache_
     for split, gold in ds.gold.items():
         ds.gold[split] = {q: rs - twins.get(q, set()) for q, rs in gold.items() if rs - twins.get(q, set())}
     return ds
+
+
+def adapted_text_model(root: Path, bench: Benchmark, encoder: ProductEncoder, start: str | None,
+                       directory: Path, recipe: AdaptRecipe = AdaptRecipe()) -> Path:
+    """The text model adapted to ``bench``'s catalog (its right table, what a worker indexes; no
+    label read), kept in ``directory`` under a name of the texts, start and recipe (reused)."""
+    right = read_table(root / "tableB.csv", parse_field_map(bench.fields.split(",")), "id", prefix="r:")
+    texts = [text_of(e, encoder.brand_in_text) for e in right.events]
+    key = hashlib.blake2b(orjson.dumps([texts, start, asdict(recipe)]), digest_size=6).hexdigest()
+    out = Path(directory) / f"adapted-{bench.name}-{key}"
+    if not (out / MANIFEST).is_file():
+        adapt_text_model(texts, out, recipe, start=start)
+    return out
 
 
 def tfidf_metrics(ds: Dataset, ks: Sequence[int], *, bm25: bool = False) -> dict[str, float]:
@@ -208,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--version", default=None, help="the version stored in --write-config's config")
     parser.add_argument("--metric", default="ip", help="ip and/or l2, comma-separated: rank the fitted and fixed "
                                                        "weightings by each (l2: the fused vectors' Euclidean distance)")
+    parser.add_argument("--adapt", action="store_true",
+                        help="adapt the text model to each set's catalog first (unsupervised, simstream.quality.adapt)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -227,7 +245,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="simstream-lodo-") as tmp:
         settings = build_settings({"title": ""}, weights_file=unit_config(options, Path(tmp)))
         encoder = ProductEncoder(settings)
-        datasets = [load_benchmark(args.data / b.name, b, encoder, args.cache_dir) for b in present]
+        text_models: dict[str, str] = {}
+        if args.adapt:  # each set through the text model adapted to its own catalog (no labels read)
+            datasets = []
+            for b in present:
+                adapted = adapted_text_model(args.data / b.name, b, encoder, args.text_model,
+                                             args.cache_dir or Path(tmp))
+                unit = unit_config({**options, "text_model": str(adapted)}, Path(tmp))
+                own = ProductEncoder(build_settings({"title": ""}, weights_file=unit))
+                datasets.append(load_benchmark(args.data / b.name, b, own, args.cache_dir))
+                text_models[b.name] = own.text.name
+        else:
+            datasets = [load_benchmark(args.data / b.name, b, encoder, args.cache_dir) for b in present]
+            text_models = {b.name: encoder.text.name for b in present}
     specs = parse_specs(args.lexical)
     for ds in datasets:  # IDF from each set's own right table: the catalog a worker would index
         ds.channels = channels_of(specs, ds.left, ds.right)
@@ -258,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.write_config.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"wrote {args.write_config}: " + ", ".join(f"{f}={w:.3f}" for f, w in config["weights"].items() if w > 0))
     if args.json:
-        args.json.write_bytes(orjson.dumps({"options": options, "model": encoder.model, "lexical": args.lexical,
+        args.json.write_bytes(orjson.dumps({"options": options, "model": encoder.model, "adapt": args.adapt,
+                                            "text_models": text_models,
+                                            "lexical": args.lexical,
                                             "lexicon": args.lexicon, "second_stage": args.second_stage, "results": results},
                                            option=orjson.OPT_INDENT_2))
 
