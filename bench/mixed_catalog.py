@@ -39,9 +39,9 @@ from simstream.harness.synthetic import Stream  # noqa: E402
 from simstream.limits import MAX_TOP_K  # noqa: E402
 from simstream.quality.datasets import parse_field_map, read_gold, read_table  # noqa: E402
 from simstream.quality.evaluate import retrieval_metrics  # noqa: E402
-from simstream.quality.generalise import BENCHMARKS, Benchmark  # noqa: E402
+from simstream.quality.generalise import BENCHMARKS, EMBER_ALI, Benchmark  # noqa: E402
 
-EMBER = Benchmark("ember_ali", "title=title,category=cate_level_name", "matches_full_24304.csv", "exact_twins.csv")
+EMBER = EMBER_ALI
 KS = (1, 5, 10)
 EVENT_KEYS = ("title", "description", "brand", "category", "price", "mpn")
 

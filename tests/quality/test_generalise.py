@@ -101,3 +101,11 @@ def test_missing_data_is_named(tmp_path, capsys) -> None:  # type: ignore[no-unt
     with pytest.raises(SystemExit, match="at least 2 benchmarks"):
         main(["--data", str(tmp_path)])
     assert "skipping" in capsys.readouterr().out
+
+
+def test_sets_name_the_benchmarks_judged(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit, match="unknown \\['no_such_set'\\]"):
+        main(["--data", str(tmp_path), "--sets", "abt_buy,no_such_set"])
+    with pytest.raises(SystemExit, match="at least 2 benchmarks"):
+        main(["--data", str(tmp_path), "--sets", "abt_buy,ember_ali"])
+    assert "abt_buy, ember_ali" in capsys.readouterr().out  # the sets asked for, named as missing
