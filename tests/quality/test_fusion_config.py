@@ -74,7 +74,7 @@ def test_config_command_prints_what_is_in_force(monkeypatch: pytest.MonkeyPatch)
 def test_the_shipped_configs_are_package_data() -> None:
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"configs/*.json"' in pyproject and CONFIG_DIR.name == "configs" and CONFIG_DIR.parent.name == "encoders"
-    assert {"v1", "v2", "v3", "v4", "v5"} <= set(shipped_configs())
+    assert {"v1", "v2", "v3", "v4", "v5", "multilingual-v1", "multilingual-v2"} <= set(shipped_configs())
 
 
 def test_v5_is_v4_plus_a_match_decision() -> None:
@@ -101,3 +101,18 @@ def test_a_match_block_over_an_unknown_field_is_refused(tmp_path: Path) -> None:
                                                                      "intercept": 0.0, "threshold": 0.5}}))
     with pytest.raises(ValueError, match="colour"):
         load_match_model(Settings(fusion_config=bad))
+
+
+def test_multilingual_v2_is_v1_plus_a_decision_on_its_own_text_models_cosines() -> None:
+    from simstream.encoders.fusion import load_match_model
+    from simstream.encoders.fusion_config import read_fusion_config
+
+    v1, v2 = (read_fusion_config(Settings(fusion_config=v)) for v in ("multilingual-v1", "multilingual-v2"))
+    assert v2["weights"] == v1["weights"] and v2["options"] == v1["options"]
+    assert v2["options"]["text_model"] == "use:multilingual-v3"
+    assert load_match_model(Settings(fusion_config="multilingual-v1")) is None
+    decision = load_match_model(Settings(fusion_config="multilingual-v2"))
+    assert decision is not None and 0 < decision.threshold < 1
+    assert {d["data"] for d in v2["match"]["trained_on"]} >= {"abt_buy", "ember_ali"}
+    # another text model than the one it was fitted with: no decision
+    assert load_match_model(Settings(fusion_config="multilingual-v2", text_model="minilm-products-v2")) is None
