@@ -41,7 +41,6 @@ from simstream.quality.datasets import parse_field_map, read_gold, read_table  #
 from simstream.quality.evaluate import retrieval_metrics  # noqa: E402
 from simstream.quality.generalise import BENCHMARKS, EMBER_ALI, Benchmark  # noqa: E402
 
-EMBER = EMBER_ALI
 KS = (1, 5, 10)
 EVENT_KEYS = ("title", "description", "brand", "category", "price", "mpn")
 
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                              "and run every process with SIMSTREAM_LEXICON pointing at it")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    benches = [EMBER, next(b for b in BENCHMARKS if b.name == args.english)]
+    benches = [EMBER_ALI, next(b for b in BENCHMARKS if b.name == args.english)]
     missing = [b.name for b in benches if not (args.data / b.name / "tableA.csv").exists()]
     if missing:
         raise SystemExit(f"skipped: {', '.join(missing)} not in {args.data} (the shared benchmarks)")

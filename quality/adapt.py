@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from simstream.encoders.finetuned import BASE_NAME, base_sha256, finetuned_dir, read_manifest
+from simstream.encoders.finetuned import BASE_NAME, base_sha256, finetuned_dir
 from simstream.encoders.text import clean_text
 from simstream.quality.finetune import TopLayers, mnrl_loss, save_model
 
@@ -128,4 +128,4 @@ def adapt_text_model(texts: Sequence[str], out: Path, recipe: AdaptRecipe = Adap
         manifest["text_input"] = model.start["text_input"]
     save_model(model, Path(out), manifest)
     log(f"adapted {start_name} to {len(cleaned)} texts in {cost['total_s']} s: {name}")
-    return read_manifest(Path(out))
+    return manifest
