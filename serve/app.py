@@ -12,7 +12,9 @@
 
 Live queries are answered from serve's exact in-memory copy of the catalog (serve/copy.py), or
 from Milvus search when it does not fit (SIMSTREAM_SERVE_COPY). Every query option (filters,
-weights, paging) is spelled once, in serve/requests.py.
+weights, paging) is spelled once, in serve/requests.py. What memory holds whole (a product by id, a
+published list) is answered on the event loop itself (``Catalog.held_*``); everything that may
+wait (a pass, a Milvus read, an encoder) runs in a request thread.
 
 Exposure (API keys, body cap, rate limit, CORS, deadline) and the error format, RFC 9457
 problem details with stable codes, are in serve/guard.py; every request is logged once, with its
@@ -23,11 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -41,6 +46,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from simstream import compute
@@ -69,7 +75,7 @@ from simstream.serve.requests import (
 )
 from simstream.settings import Settings
 
-__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "QUERY_ERRORS", "INTERNAL", "ok", "JSON", "answer_of", "request_id_ok", "Conflict", "Served", "Services", "open_copy", "create_app"]
+__all__ = ["STATIC", "BATCH_THREADS", "FOLLOW_S", "PAGE_PARAMS", "ERRORS", "QUERY_ERRORS", "INTERNAL", "ok", "JSON", "answer_of", "request_id_ok", "new_request_id", "Conflict", "Served", "Services", "open_copy", "create_app"]
 
 log = get_logger(__name__)
 # the real folder (the strict editable install links each file from a tree of its own)
@@ -92,6 +98,13 @@ class Served:
     def live(self) -> LiveIndex:
         assert self.milvus is not None
         return CopyLive(self.copy) if self.copy is not None else MilvusLive(self.milvus)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """What the routes read through, made once per generation (it holds no request's state)."""
+        assert self.milvus is not None and self.encoder is not None
+        return Catalog(self.milvus, self.live, self.encoder, max_k=self.settings.serve_max_k,
+                       top_k=self.settings.top_k, lists=self.lists)
 
 
 def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) -> ServedCopy | None:
@@ -157,10 +170,7 @@ class Services:
     @property
     def catalog(self) -> Catalog:
         """The catalog of one generation (a switch may happen between two reads of ``current``)."""
-        served = self.current
-        assert served.milvus is not None and served.encoder is not None
-        return Catalog(served.milvus, served.live, served.encoder, max_k=served.settings.serve_max_k,
-                       top_k=served.settings.top_k, lists=served.lists)
+        return self.current.catalog
 
     def _control(self, client: Any) -> ControlStore:
         return ControlStore(client, self.base.collection, timeout_s=self.base.milvus_timeout_s)
@@ -302,6 +312,16 @@ QUERY_ERRORS: tuple[tuple[type[Exception], int, str, Callable[[Exception], str]]
 )
 INTERNAL = "internal error; the request id is in the server's log"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+# made ids: this process's random prefix and a count. uuid4 per request (the middleware's default)
+# reads the kernel's random source each time: ~30 us a request here, a sixth of the event loop's
+# work on the cheap routes. An id only correlates log lines, so unique is all it needs to be.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNT = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts (random prefix) and within one (count)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNT):x}"
 
 
 def request_id_ok(value: str) -> bool:
@@ -474,7 +494,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(Deadline, seconds=settings.serve_deadline_s, done=answered)  # type: ignore[arg-type]
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID",  # type: ignore[arg-type]
-                       validator=request_id_ok)
+                       generator=new_request_id, validator=request_id_ok)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -509,7 +529,7 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
 
     @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K",
              responses=ok(RankingBody))
-    def neighbors(request: Request, product_id: str,
+    async def neighbors(request: Request, product_id: str,
                   k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
                   brand: list[str] | None = Query(None, description="any of these brands (repeat the parameter)"),
                   category: list[str] | None = Query(None, description="path prefixes: any of them"),
@@ -521,7 +541,9 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
         top-K; with ``weights`` (``text:2,image:0``) or ``cursor``: live."""
         filters, rest = Filters.from_query(request.query_params.multi_items(), PAGE_PARAMS)
         q = _model(NeighborsQuery, product_id=product_id, **_options(rest))
-        return JSON(services.catalog.neighbors(q, filters))
+        catalog = services.catalog
+        held = catalog.held_neighbors(q, filters)
+        return JSON(held if held is not None else await run_in_threadpool(catalog.neighbors, q, filters))
 
     @app.get("/v1/products/{product_id:path}/image", summary="A file: image of a product (guarded)", responses=ERRORS)
     def image(product_id: str) -> Response:
@@ -534,8 +556,10 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
                                                          "X-Content-Type-Options": "nosniff"})
 
     @app.get("/v1/products/{product_id:path}", summary="What is stored about a product", responses=ok(ProductBody))
-    def product(product_id: str) -> JSON:
-        return JSON(services.catalog.product(product_id))
+    async def product(product_id: str) -> JSON:
+        catalog = services.catalog
+        held = catalog.held_product(product_id)
+        return JSON(held if held is not None else await run_in_threadpool(catalog.product, product_id))
 
     @app.get("/v1/search", summary="Search ranking: query text in the fused space", responses=ok(SearchBody))
     def search(request: Request, q: str | None = Query(None, description="1..500 characters"),

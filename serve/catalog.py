@@ -138,6 +138,32 @@ class Catalog:
         products = self.live.served(n.product_id for n in entries)
         return self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in entries], k)
 
+    # --- answers memory holds: the event loop's own, without a hop to a request thread ---------
+    def held_product(self, pid: str) -> dict[str, Any] | None:
+        """``product(pid)`` when memory holds it, else None: ask ``product`` off the event loop (it
+        reads Milvus, or says why there is none)."""
+        held = self.live.held([pid])
+        found = held.get(pid) if held is not None else None
+        return product_view(found) if found is not None else None
+
+    def held_neighbors(self, q: NeighborsQuery, filters: Filters) -> dict[str, Any] | None:
+        """``neighbors(q, filters)`` when it is a published list that memory holds whole (no
+        options that need the seed or a ranking), else None: ask ``neighbors`` off the event loop."""
+        if (q.weights or q.cursor or not filters.empty or filters.exclude or q.min_score is not None
+                or q.per_brand is not None):
+            return None
+        payload = self.lists.held(q.product_id)
+        if not payload:
+            return None
+        doc, k = NeighbourList.from_json(payload), self._k(q)
+        if k > len(doc.neighbours) and len(doc.neighbours) >= self.top_k:
+            return None  # deeper than the list: live
+        entries = doc.neighbours[:k]
+        products = self.live.held(n.product_id for n in entries)
+        if products is None:
+            return None
+        return self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in entries], k)
+
     def _published_view(self, doc: NeighbourList, neighbours: list[dict[str, Any]], k: int) -> dict[str, Any]:
         return {"product_id": doc.product_id, "version": doc.version, "source": "published", "model": doc.model,
                 "computed_at": doc.computed_at, "source_event_time": doc.source_event_time,

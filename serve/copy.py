@@ -336,6 +336,13 @@ class ServedCopy:
             ready = _Masked(self._writes, self._mask(query, self.side.used))
         return self.batcher((query, ready))
 
+    def held(self, ids: Iterable[str]) -> dict[str, ServedProduct]:
+        """``served(ids)`` without the lock, for the event loop, which must never wait on a sync's
+        write (a pending writer makes readers wait behind a whole pass). Safe: one dict read per
+        id, atomic under the GIL, and a held product is never changed, only replaced."""
+        products = self.products
+        return {pid: p for pid in ids if (p := products.get(pid)) is not None}
+
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
         """What is held of each product among ``ids`` (with its stored vector on request)."""
         with self.lock.read_lock():

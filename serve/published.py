@@ -47,6 +47,16 @@ class PublishedLists:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def held(self, product_id: str) -> bytes | None:
+        """The payload when the cache holds it and its lock is free at once, else None (then
+        ``payload`` answers, off the event loop)."""
+        if not self.enabled or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._cache.get(product_id)
+        finally:
+            self._lock.release()
+
     def payload(self, product_id: str) -> bytes | None:
         if not self.enabled:
             return self.milvus.read_list_payload(product_id)

@@ -57,6 +57,9 @@ class LiveIndex(Protocol):
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]: ...
 
+    def held(self, ids: Iterable[str]) -> dict[str, ServedProduct] | None:
+        """``served(ids)`` from memory without waiting on anything, or None when it would read Milvus."""
+
 
 class CopyLive:
     """Rankings from serve's in-memory copy."""
@@ -79,6 +82,9 @@ class CopyLive:
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
         return self.copy.served(ids, with_vectors=with_vectors)
+
+    def held(self, ids: Iterable[str]) -> dict[str, ServedProduct] | None:
+        return self.copy.held(ids)
 
 
 class MilvusLive:
@@ -109,6 +115,9 @@ class MilvusLive:
 
     def served(self, ids: Iterable[str], *, with_vectors: bool = False) -> dict[str, ServedProduct]:
         return self.milvus.read_served(list(ids), with_vectors=with_vectors)
+
+    def held(self, ids: Iterable[str]) -> dict[str, ServedProduct] | None:
+        return None  # every read is a Milvus call
 
 
 @dataclass(frozen=True)

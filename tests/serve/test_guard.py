@@ -12,7 +12,7 @@ import structlog
 from fastapi.testclient import TestClient
 
 from simstream.index.milvus import MilvusStore
-from simstream.serve.app import create_app
+from simstream.serve.app import create_app, request_id_ok
 from simstream.settings import Settings
 from tests.serve.test_stores import StandIn, rows
 
@@ -94,7 +94,8 @@ def test_cors_request_ids_and_problem_details(tmp_path: Path, store: MilvusStore
         assert "access-control-allow-origin" not in other.headers
         r = c.get("/v1/products/p1", headers={"X-Request-ID": "abcdef0123456789"})
         assert r.headers["x-request-id"] == "abcdef0123456789"
-        assert len(c.get("/v1/products/p1").headers["x-request-id"]) >= 16  # made when not given
+        made = [c.get("/v1/products/p1").headers["x-request-id"] for _ in range(2)]  # made when not given
+        assert made[0] != made[1] and all(len(m) >= 16 and request_id_ok(m) for m in made)
         is_problem(c.get("/v1/products/nope"), 404, "not_found")
         is_problem(c.get("/v1/products/p1/neighbors", params={"k": "zero"}), 400, "invalid_query")
         is_problem(c.post("/v1/similar", json={"product": {"title": "x"}, "expr": "1"}), 422, "invalid_request")
