@@ -61,3 +61,21 @@ def test_safe_dump_masks_url_passwords():
     assert dumped["kafka"] == "kafka://app:***@b1:9093;kafka://b2:9093"
     assert not [x for x in SECRETS if x in str(dumped)]
     assert Settings(milvus_uri="http://milvus:19530").safe_dump()["milvus_uri"] == "http://milvus:19530"
+
+
+def test_a_line_below_the_level_costs_no_masking(capfd, restore_logging):
+    """The access log writes a line per request: under WARNING it must be dropped before the
+    processors run (masking renders and scans every value)."""
+    rendered = []
+
+    class Seen:
+        def __repr__(self) -> str:
+            rendered.append(1)
+            return "seen"
+
+    configure_logging("json", "WARNING")
+    log = get_logger("simstream.serve.access")
+    log.info("request", thing=Seen())
+    assert not rendered and not lines(capfd)
+    log.warning("request", thing=Seen())
+    assert rendered and [line["event"] for line in lines(capfd)] == ["request"]
