@@ -176,12 +176,15 @@ async def load(base: str, gen: Callable[[random.Random], tuple[str, str, Any]], 
 
 
 def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: str = "auto",
-                  threads: int | None = None, milvus_uri: str | None = None) -> subprocess.Popen[bytes]:
-    """``threads``: SIMSTREAM_TORCH_THREADS (None: serve's default, every core)."""
+                  threads: int | None = None, milvus_uri: str | None = None,
+                  log_level: str = "INFO") -> subprocess.Popen[bytes]:
+    """``threads``: SIMSTREAM_TORCH_THREADS (None: serve's default, every core); ``log_level``:
+    INFO, serve's default, writes an access line per request into ``log`` (runs before session 27:
+    WARNING, without them)."""
     env = {**os.environ, "SIMSTREAM_DATA_DIR": str(data_dir), "SIMSTREAM_COLLECTION": collection,
            "SIMSTREAM_SERVE_COPY": copy, **({"SIMSTREAM_TORCH_THREADS": str(threads)} if threads else {}),
            "SIMSTREAM_SERVE_RATE_LIMIT": "",  # the load generator is one client: no per-client limit
-           "SIMSTREAM_LOG_LEVEL": "WARNING", "SIMSTREAM_LOG_FORMAT": "json",
+           "SIMSTREAM_LOG_LEVEL": log_level, "SIMSTREAM_LOG_FORMAT": "json",
            **({"SIMSTREAM_MILVUS_URI": milvus_uri} if milvus_uri else {})}
     exe = Path(sys.executable).with_name("simstream")
     out = open(log, "ab")
@@ -202,7 +205,8 @@ def serve_process(data_dir: Path, collection: str, port: int, log: Path, copy: s
 
 
 def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", threads: int | None = None,
-                only: str = "", milvus_uri: str | None = None, keep: Path | None = None) -> dict[str, Any]:
+                only: str = "", milvus_uri: str | None = None, keep: Path | None = None,
+                log_level: str = "INFO") -> dict[str, Any]:
     """``milvus_uri``: a Milvus server to write the catalog into and serve from (else a milvus-lite file).
     ``keep``: a folder that keeps the written milvus-lite catalog between runs (written once per size)."""
     work = keep / str(n) if keep else Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -220,7 +224,7 @@ def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", thread
         print(f"[{n}] written in {info['seconds']} s (dim {info['dim']}); starting simstream serve ...", flush=True)
         port = free_port()
         t_start = time.perf_counter()
-        proc = serve_process(work, collection, port, work / "serve.log", copy, threads, milvus_uri)
+        proc = serve_process(work, collection, port, work / "serve.log", copy, threads, milvus_uri, log_level)
         ready_s = round(time.perf_counter() - t_start, 1)
         deadline = time.monotonic() + 600  # the published lists are read in the background after ready
         while time.monotonic() < deadline:
@@ -233,7 +237,7 @@ def latency_run(n: int, clients: int, seconds: float, copy: str = "auto", thread
         try:
             out: dict[str, Any] = {"products": n, "clients": clients, "seconds": seconds, "write_s": info["seconds"],
                                    "milvus": "server " + milvus_uri if milvus_uri else "milvus-lite file",
-                                   "serve_copy": copy, "torch_threads": threads or f"default ({os.cpu_count()} cores)", "serve_ready_s": ready_s,
+                                   "serve_copy": copy, "log_level": log_level, "torch_threads": threads or f"default ({os.cpu_count()} cores)", "serve_ready_s": ready_s,
                                    "published_lists_read_s": lists_s,
                                    "endpoints": {}}
             base = f"http://127.0.0.1:{port}"
@@ -336,6 +340,8 @@ def main() -> None:
                                                        "$SIMSTREAM_TEST_MILVUS_URI); default a milvus-lite file")
     ap.add_argument("--keep", type=Path, default=None, help="keep the written catalogs in this folder and reuse "
                                                             "them on the next run (milvus-lite only)")
+    ap.add_argument("--log-level", default="INFO", help="serve's SIMSTREAM_LOG_LEVEL: INFO (its default) writes "
+                                                        "an access line per request; WARNING, none (runs before session 27)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--quality", action="store_true", help="also measure search quality (Abt-Buy, Amazon-Google)")
     ap.add_argument("--json", type=Path, default=None)
@@ -344,7 +350,7 @@ def main() -> None:
     if not args.skip_latency:
         for n in [int(x) for x in args.sizes.split(",") if x]:
             report["latency"].append(latency_run(n, args.clients, args.seconds, args.copy, args.threads, args.only,
-                                                 args.milvus_uri, args.keep))
+                                                 args.milvus_uri, args.keep, args.log_level))
     if args.quality:
         report["quality"] = quality_run(list(QUALITY))
     if args.json:
