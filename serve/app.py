@@ -530,10 +530,10 @@ def create_app(settings: Settings, *, milvus: MilvusStore | None = None,
     @app.get("/v1/products/{product_id:path}/neighbors", summary="Neighbours: published list, or exact live top-K",
              responses=ok(RankingBody))
     async def neighbors(request: Request, product_id: str,
-                  k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
-                  brand: list[str] | None = Query(None, description="any of these brands (repeat the parameter)"),
-                  category: list[str] | None = Query(None, description="path prefixes: any of them"),
-                  price_min: str | None = None, price_max: str | None = None) -> JSON:
+                        k: str | None = Query(None, description="1..SIMSTREAM_SERVE_MAX_K, default 10"),
+                        brand: list[str] | None = Query(None, description="any of these brands (repeat the parameter)"),
+                        category: list[str] | None = Query(None, description="path prefixes: any of them"),
+                        price_min: str | None = None, price_max: str | None = None) -> JSON:
         """Without options: the list as last published. With filters (``brand``, ``brand_not``,
         ``category``, ``category_not``, ``price_min``, ``price_max``, ``attr.NAME=VALUE``,
         ``exclude``, ``same_brand``, ``same_category``, ``price_within_pct``), ``min_score`` or
