@@ -120,8 +120,11 @@ def open_copy(settings: Settings, milvus: MilvusStore, encoder: QueryEncoder) ->
             raise
         log.warning("serve's in-memory copy does not fit; live queries go to Milvus", reason=str(exc)[:400])
         return None
-    return ServedCopy.build(milvus, segments, need.products, passes=settings.serve_passes,
+    copy = ServedCopy.build(milvus, segments, need.products, passes=settings.serve_passes,
                             metric=getattr(encoder, "metric", IP))
+    # a query's encode comes before its pass: a pass waits for the encodes in flight (serve/batcher.py)
+    copy.batcher.upstream = getattr(encoder, "batcher", None)
+    return copy
 
 
 class Services:

@@ -191,3 +191,34 @@ def test_a_copys_passes_run_on_the_compute_thread() -> None:
     copy.side.search_filtered = recorded  # type: ignore[method-assign]
     assert [pid for pid, *_ in copy.top_one(LiveQuery(np.ones(4, np.float32), Filters.build(), 5))] == ["a"]
     assert seen and seen[0].startswith(compute.THREAD_PREFIX)
+
+
+@pytest.mark.parametrize("linked", [True, False])
+def test_a_pass_waits_for_the_callers_still_in_the_stage_before_it(linked: bool) -> None:
+    """Two stages (encode, then rank): callers that reach the second while others are still in the
+    first wait for them (``upstream``), so two cohorts merge into one pass instead of alternating
+    for good; without the link the pass goes with those that came."""
+    passes: list[int] = []
+
+    def encode(items):
+        time.sleep(0.2)
+        return list(items)
+
+    def rank(items):
+        passes.append(len(items))
+        return list(items)
+
+    first = MicroBatcher(encode, max_items=64)
+    second = MicroBatcher(rank, max_items=64)
+    first._last_run_s, first._last_size = 0.5, 3  # an encode of three takes about this long: how much longer a pass may wait
+    second._last_run_s = 0.02  # a short last pass: its share alone would not cover an encode
+    second._last_size = 3
+    if linked:
+        second.upstream = first
+    with ThreadPoolExecutor(8) as pool:
+        late = [pool.submit(lambda x: second(first(x)), f"late{i}") for i in range(3)]
+        time.sleep(0.05)  # they are being encoded
+        early = [pool.submit(second, f"early{i}") for i in range(3)]
+        assert [f.result(5) for f in early + late] == [f"early{i}" for i in range(3)] + [f"late{i}" for i in range(3)]
+    assert passes == [6] if linked else passes[0] == 3  # unlinked: the early three went alone
+    assert first.in_flight == 0 and second.in_flight == 0
