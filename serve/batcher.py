@@ -116,7 +116,7 @@ class MicroBatcher(Generic[T, R]):
         up = self.upstream
         if up is not None and up.in_flight:
             until += up._last_run_s
-        want = self._want()
+        want = 0
         while len(self._queue) < (want := max(want, self._want())):  # once seen coming, expected
             left = until - time.monotonic()
             if left <= 0:

@@ -132,11 +132,23 @@ class Catalog:
             raise NotFound(f"product {pid[:80]!r} has no published list yet")
         raise self._not_found(pid, " (deleted)" if payload == b"" else "")
 
-    def published(self, doc: NeighbourList, k: int) -> dict[str, Any]:
-        """A list as last published (its first ``k`` entries), with freshness."""
+    def published(self, doc: NeighbourList, k: int,
+                  products: Mapping[str, ServedProduct] | None = None) -> dict[str, Any]:
+        """A list as last published (its first ``k`` entries), with freshness; ``products``: its
+        entries' stored products when already read."""
         entries = doc.neighbours[:k]
-        products = self.live.served(n.product_id for n in entries)
+        if products is None:
+            products = self.live.served(n.product_id for n in entries)
         return self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in entries], k)
+
+    @staticmethod
+    def _plain(q: NeighborsQuery, filters: Filters) -> bool:
+        """No option that the published list cannot answer as it stands (filters, a score floor, diversity)."""
+        return filters.empty and not filters.exclude and q.min_score is None and q.per_brand is None
+
+    def _answers(self, doc: NeighbourList, k: int) -> bool:
+        """Whether ``doc``'s first ``k`` entries are the exact top ``k``: k within it, or a list that holds everyone."""
+        return k <= len(doc.neighbours) or len(doc.neighbours) < self.top_k
 
     # --- answers memory holds: the event loop's own, without a hop to a request thread ---------
     def held_product(self, pid: str) -> dict[str, Any] | None:
@@ -149,20 +161,16 @@ class Catalog:
     def held_neighbors(self, q: NeighborsQuery, filters: Filters) -> dict[str, Any] | None:
         """``neighbors(q, filters)`` when it is a published list that memory holds whole (no
         options that need the seed or a ranking), else None: ask ``neighbors`` off the event loop."""
-        if (q.weights or q.cursor or not filters.empty or filters.exclude or q.min_score is not None
-                or q.per_brand is not None):
+        if q.weights or q.cursor or not self._plain(q, filters):
             return None
         payload = self.lists.held(q.product_id)
         if not payload:
             return None
         doc, k = NeighbourList.from_json(payload), self._k(q)
-        if k > len(doc.neighbours) and len(doc.neighbours) >= self.top_k:
+        if not self._answers(doc, k):
             return None  # deeper than the list: live
-        entries = doc.neighbours[:k]
-        products = self.live.held(n.product_id for n in entries)
-        if products is None:
-            return None
-        return self._published_view(doc, [neighbour_view(n, products.get(n.product_id)) for n in entries], k)
+        products = self.live.held(n.product_id for n in doc.neighbours[:k])
+        return None if products is None else self.published(doc, k, products)
 
     def _published_view(self, doc: NeighbourList, neighbours: list[dict[str, Any]], k: int) -> dict[str, Any]:
         return {"product_id": doc.product_id, "version": doc.version, "source": "published", "model": doc.model,
@@ -252,7 +260,7 @@ class Catalog:
     def neighbors(self, q: NeighborsQuery, filters: Filters | None = None) -> dict[str, Any]:
         """Neighbours of a stored product: the published list when it is the exact answer, else live."""
         filters = q.filters.build() if filters is None else filters
-        plain = filters.empty and not filters.exclude and q.min_score is None and q.per_brand is None
+        plain = self._plain(q, filters)
         k = self._k(q)
         doc = None
         if not q.weights and not q.cursor:
@@ -266,7 +274,7 @@ class Catalog:
             reason = ("query-time weights" if q.weights else "a cursor" if q.cursor
                       else "no published list yet")
         elif plain:
-            if k <= len(doc.neighbours) or len(doc.neighbours) < self.top_k:
+            if self._answers(doc, k):
                 return self.published(doc, k)
             reason = f"k={k} is deeper than the published list (TOP_K={self.top_k})"
         else:
