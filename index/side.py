@@ -34,7 +34,7 @@ from simstream.logs import get_logger
 from simstream.metric import IP, Metric
 from simstream.vector_codec import Segment
 
-__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "SUBSET_ROWS", "SUBSET_SHARE", "ProductMeta", "SideIndex"]
+__all__ = ["GROWTH", "MIN_CAPACITY", "HASH_SLOTS", "DELETE_LOG", "SUBSET_ROWS", "SUBSET_SHARE", "SUBSET_COST", "ProductMeta", "SideIndex"]
 
 log = get_logger(__name__)
 
@@ -54,6 +54,10 @@ DELETE_LOG = 65_536
 # with the other queries (gathering most of the rows per query costs more than that shared pass).
 SUBSET_ROWS = 16_384
 SUBSET_SHARE = 16
+# ... unless the pass over every row runs anyway, or the subsets' rows together cost more than it: a
+# gathered row costs about this many rows of that pass (100k rows, 32 queries: 2,000-row subsets
+# 3.3 ms each, the whole pass 50-54 ms for 4 to 32 queries, each query more in it ~0.3 ms)
+SUBSET_COST = 3
 
 
 class ProductMeta:
@@ -581,7 +585,8 @@ class SideIndex:
         those rows ranks (index/exact.py). A query whose mask leaves few rows (``SUBSET_ROWS``,
         ``SUBSET_SHARE``) scans just those, together with the queries that leave the same rows (a
         product over the rows costs about the same for one query as for 32: most of it is packing
-        the rows); the others share one pass."""
+        the rows); the others share one pass, which the selective ones join when it runs anyway or
+        when their own scans would cost more (``SUBSET_COST``)."""
         q = np.asarray(vectors, np.float32)
         n = len(self._ids)
         out: list[list[tuple[str, float]] | None] = [None] * len(q)
@@ -600,6 +605,9 @@ class SideIndex:
                         out[j] = []
                     continue
             wide.append(j)
+        if SUBSET_COST * sum(len(rows) for rows, _ in subsets.values()) > (0 if wide else n):
+            wide += [j for _, members in subsets.values() for j in members]  # they join that pass
+            subsets = {}
         for rows, members in subsets.values():
             for j, hits in zip(members, self._ranked(q[members], limit, sel=rows)):
                 out[j] = hits

@@ -241,18 +241,21 @@ def test_a_catalog_that_outgrows_the_device_is_scanned_on_the_host(monkeypatch: 
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("block_rows,subset_rows,resident", [(97, 0, False), (97, 100_000, False), (8_192, 300, True)])
+@pytest.mark.parametrize("block_rows,subset_rows,resident,subset_cost", [
+    (97, 0, False, 3), (97, 100_000, False, 0), (97, 100_000, False, 3), (8_192, 300, True, 0)])
 def test_filtered_search_equals_brute_force_over_the_allowed_rows(monkeypatch: pytest.MonkeyPatch, block_rows: int,
-                                                                   subset_rows: int, resident: bool, metric: Metric) -> None:
+                                                                   subset_rows: int, resident: bool, subset_cost: int,
+                                                                   metric: Metric) -> None:
     """Per-query masks (serve's filters): the full pass with masks (subset_rows 0), the subset scan
     of the allowed rows alone (every mask small enough; queries with the same rows in one scan),
-    and both in one call; re-weighted queries (off the i8 grid), rows held loose and an empty mask
-    included."""
+    and both in one call; or the small masks' queries joining the full pass (subset_cost 3: it runs
+    anyway); re-weighted queries (off the i8 grid), rows held loose and an empty mask included."""
     from simstream.index import side as side_module
 
     monkeypatch.setattr(packed_scan, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(packed_scan, "DEVICE_CHUNK_ROWS", block_rows)
     monkeypatch.setattr(side_module, "SUBSET_ROWS", subset_rows)
+    monkeypatch.setattr(side_module, "SUBSET_COST", subset_cost)
     monkeypatch.setattr(side_module, "SUBSET_SHARE", 1)
     x = catalog(1_500, seed=5, duplicates=30, missing=True)
     loose = [3, 700, 1_200]
@@ -355,3 +358,32 @@ def test_a_segments_digits_are_one_product_with_the_same_sums() -> None:
     got = packed_scan.block_scores(rows, packed, 0, len(x), len(queries))
     want = packed_scan.block_scores(rows, one_each, 0, len(x), len(queries))
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("rows,k", [(64 * 40, 10), (64 * 40 + 17, 10), (64 * 3 + 5, 10), (30, 10), (64 * 12, 12)])
+def test_near_top_keeps_every_score_within_the_window_of_the_kth(rows: int, k: int) -> None:
+    """The bound from groups' maxima: every finite score within the window of its query's k-th best
+    is returned (with its score), nothing barred (-inf) is, and little more than needed: ties and
+    groups holding two of the best included, chunks shorter than k groups and a ragged tail too."""
+    rng = np.random.default_rng(rows)
+    count = 7
+    acc = torch.from_numpy(rng.standard_normal((rows, count)).astype(np.float32))
+    acc[rng.random((rows, count)) < 0.2] = -torch.inf  # barred by a filter, or dead
+    acc[:5, 0] = 9.0  # the best of query 0 in one group: its k-th best lies elsewhere
+    acc[:, 1] = -torch.inf
+    acc[rng.choice(rows, 3, replace=False), 1] = 1.0  # fewer allowed rows than k
+    acc[:, 2] = torch.round(acc[:, 2] * 4) / 4  # many exact ties
+    win = torch.full((count,), 0.05)
+    got_rows, got_queries, got_scores = packed_scan.near_top(acc, k, win)
+    got = set(zip(got_rows.tolist(), got_queries.tolist()))
+    assert len(got) == len(got_rows)
+    assert torch.equal(got_scores, acc[got_rows, got_queries])
+    assert bool(torch.isfinite(got_scores).all())
+    for j in range(count):
+        col = acc[:, j]
+        finite = col[torch.isfinite(col)]
+        kth = torch.topk(finite, min(k, len(finite))).values.min() if len(finite) >= k else -torch.inf
+        need = {int(r) for r in torch.nonzero(torch.isfinite(col) & (col >= kth - win[j])).flatten()}
+        mine = {r for r, q in got if q == j}
+        assert need <= mine, j
+        assert len(mine) <= len(need) + 4 * 64 or len(finite) < k, j  # a few groups' worth at most
