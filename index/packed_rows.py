@@ -161,8 +161,11 @@ class PackedRows:
         sel: np.ndarray | slice = rows if isinstance(rows, slice) else np.asarray(rows, np.int64)
         n = (rows.stop - rows.start) if isinstance(rows, slice) else len(sel)  # type: ignore[arg-type]
         out = np.zeros((n, self.dim), np.float32)
-        for s, values, exps in zip(self.segments, self._values, self._exponents):
-            unpack(Packed(values[sel], None if exps is None else exps[sel]), s.codec, out[:, s.start:s.stop])
+        for s, values, scales in zip(self.segments, self._values, self._scales):
+            if scales is None:
+                out[:, s.start:s.stop] = values[sel]
+            else:  # q * 2**e with the powers held (``unpack``'s numbers, without recomputing them)
+                np.multiply(values[sel], scales[sel][:, None], out=out[:, s.start:s.stop])
         if self._loose:
             if isinstance(rows, slice):  # a scan block: visit the few loose rows, not every row
                 for r, vec in self._loose.items():

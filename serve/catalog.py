@@ -14,6 +14,7 @@ with fewer, or with weights or a cursor, it answers live and says why (``fallbac
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote as url_quote
 
@@ -69,11 +70,13 @@ def product_view(p: ServedProduct) -> dict[str, Any]:
 
 
 def card(p: ServedProduct | None) -> dict[str, Any] | None:
-    """The short form of a neighbour's product, for cards (None: it is gone since the list was published)."""
+    """The short form of a neighbour's product, for cards (None: it is gone since the list was
+    published): ``product_view``'s fields a card shows, without the rest of it (attributes copied)."""
     if p is None:
         return None
-    v = product_view(p)
-    return {k: v[k] for k in ("title", "image_src", "brand", "category", "price", "currency", "version")}
+    d = p.display
+    return {"title": d.title, "image_src": image_src(p.product_id, d.image_url), "brand": p.brand,
+            "category": p.category, "price": p.price, "currency": d.currency, "version": p.version}
 
 
 def neighbour_view(n: Neighbour, product: ServedProduct | None) -> dict[str, Any]:
@@ -95,6 +98,9 @@ class Catalog:
         self.shares = FieldShares(self.layout, self.metric)  # each live hit's per-field contributions, computed in its pass
         self.stored_weights: Mapping[str, float] = getattr(encoder, "weights", {})
         self.match: MatchModel | None = getattr(encoder, "match", None)  # each product-to-product hit's decision
+        # ... at the stored weights (the decision was fitted on them): one object, so that a pass
+        # decides for every query naming it in one call (serve/copy.py)
+        self.decide = None if self.match is None else partial(self.match.of_entries, weights=self.stored_weights)
         self.max_k = max_k
         self.top_k = top_k
 
@@ -226,8 +232,10 @@ class Catalog:
             raise FilterError("weights: query-time weights re-weight an inner product; this model ranks by l2 "
                               "distance, whose stored rows cannot be re-weighted from the query")
         vector = reweigh(vector, self.layout, self.stored_weights, o.weights)
-        ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude, shares=self.shares)
-        return self._view(vector, ranked, page, cursor_key, filters, o, decide and not o.weights)
+        decide = decide and not o.weights
+        ranked = rank(self.live, vector, filters, page, max_k=self.max_k, exclude=exclude, shares=self.shares,
+                      decide=self.decide if decide else None)
+        return self._view(vector, ranked, page, cursor_key, filters, o, decide)
 
     def _view(self, vector: np.ndarray, ranked: Ranked, page: Page, key: bytes, filters: Filters,
               o: QueryOptions, decide: bool = False) -> dict[str, Any]:
@@ -244,9 +252,12 @@ class Catalog:
         neighbours: list[dict[str, Any]] = [
             {"product_id": h.product_id, "score": sc, "fields": f, "product": card(products[h.product_id])}
             for h, sc, f in zip(hits, scores, shares)]
-        if decide and self.match is not None:
-            for n, p in zip(neighbours, self.match.of_entries(shares, self.stored_weights)):
-                n["match_probability"] = p
+        if decide and self.decide is not None:
+            # decided in the pass, with the contributions; hits without (Milvus, per_brand's deeper) here
+            todo = [j for j, h in enumerate(hits) if h.match_probability is None]
+            late = dict(zip(todo, self.decide([shares[j] for j in todo]))) if todo else {}
+            for j, (n, h) in enumerate(zip(neighbours, hits)):
+                n["match_probability"] = late[j] if h.match_probability is None else h.match_probability
         out: dict[str, Any] = {
             "source": "live", "index": ranked.source, "as_of": ranked.as_of, "model": self.encoder.model,
             "filters": filters.view(),

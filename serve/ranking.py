@@ -155,16 +155,19 @@ def diverse(items: Sequence[T], brand_of: Callable[[T], str], cap: int) -> list[
 
 
 def rank(index: LiveIndex, vector: np.ndarray, filters: Filters, page: Page, *, max_k: int,
-         exclude: Iterable[str] = (), shares: FieldShares | None = None) -> Ranked:
+         exclude: Iterable[str] = (), shares: FieldShares | None = None,
+         decide: Callable[[Sequence[Mapping[str, float]]], list[float]] | None = None) -> Ranked:
     """The exact ``page`` of the ranking of ``vector`` over the products ``filters`` allow. With
     ``shares`` (the field layout), the ranking's first ``offset + k`` hits come with their
-    per-field contributions (a page that ``per_brand`` reads deeper for may hold hits without)."""
+    per-field contributions (a page that ``per_brand`` reads deeper for may hold hits without),
+    and with ``decide`` also their match probabilities, where the index computes them in its pass
+    (serve's copy; Milvus: the caller does)."""
     want = page.offset + page.k + 1  # one more: whether there is a next page (want <= max_k + 1)
     limit = want
     as_of = index.as_of()
     vector, left_out = np.asarray(vector, np.float32), frozenset(exclude)
     while True:
-        hits = index.top([LiveQuery(vector, filters, limit, left_out, shares, page.offset + page.k)])[0]
+        hits = index.top([LiveQuery(vector, filters, limit, left_out, shares, page.offset + page.k, decide)])[0]
         complete = len(hits) < limit  # the whole filtered catalog was ranked
         if page.min_score is not None:
             kept = [h for h in hits if h.score >= page.min_score]

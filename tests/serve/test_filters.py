@@ -118,13 +118,17 @@ def test_hostile_values_round_trip_through_milvus(hostile_store: MilvusStore) ->
 def test_milvus_expression_copy_mask_and_predicate_select_the_same_products(hostile_store: MilvusStore) -> None:
     """One ``Filters``, answered three ways (Milvus' expression, serve's copy, the predicate used on
     published entries), selects the same products, hostile values and IN / NOT lists included."""
-    from simstream.serve.copy import LiveQuery, ServedCopy
+    from simstream.serve.copy import FEW_CODES, LiveQuery, ServedCopy
 
+    assert FEW_CODES < 12  # the cases below take both ways of matching codes
     copy = ServedCopy.build(hostile_store, None)
     q = np.ones(4, np.float32)
     everyone = {p.product_id: p for p in hostile_store.search_served(q, 100, "")}
     cases = [Filters.build(brand=[f"brand {HOSTILE[0]}", f"brand {HOSTILE[5]}"]),
              Filters.build(brand_not=[f"brand {h}" for h in HOSTILE[:6]]),
+             # more codes than FEW_CODES: looked up in a table, not compared one by one
+             Filters.build(brand=[f"brand {h}" for h in HOSTILE[2:14]]),
+             Filters.build(brand_not=[f"brand {h}" for h in HOSTILE[:12]]),
              Filters.build(category=["x > y", "x?"], category_not=["x>y>z"]),
              Filters.build(category_not=["x", "y"], price_max=10),
              Filters.build(exclude=["p1", "c3", 'a"b'], price_min=2),
@@ -245,3 +249,50 @@ def test_a_pass_gives_each_hit_its_contributions_when_its_query_asks(pairs_at_on
     first3 = copy.top([LiveQuery(qa, Filters.build(), 8, shares=shares, fields_for=3)])[0]
     assert [h.fields for h in first3[:3]] == [h.fields for h in got_a[:3]]
     assert all(h.fields is None for h in first3[3:]) and len(first3) == 8
+
+
+def test_a_pass_decides_the_match_of_each_hit_whose_query_asks() -> None:
+    """Queries naming a match decision get each hit's probability from the pass, in one call per
+    decision for all of them, equal to deciding each hit alone from its contributions; a query
+    without a decision, or hits without contributions, get none."""
+    from functools import partial
+
+    from simstream.index.neighbours import FieldShares
+    from simstream.index.rows import Display, ServedProduct
+    from simstream.match import MatchModel
+    from simstream.serve.copy import LiveQuery, ServedCopy
+
+    layout = {"text": slice(0, 4), "brand": slice(4, 6)}
+    rng = np.random.default_rng(8)
+    vectors = rng.normal(size=(40, 6)).astype(np.float32)
+    vectors[::4, 4:6] = 0  # some products without a brand segment: "missing" reads in the decision
+    copy = ServedCopy(6, None, 64)
+    copy.apply([ServedProduct(f"p{i:02d}", 1, "acme", "Home", 1.0, "m", 0, 0, Display(), vector=v)
+                for i, v in enumerate(vectors)], ())
+    weights = {"text": 0.7, "brand": 0.3}
+    calls: list[int] = []
+
+    def counted(model: MatchModel):  # type: ignore[no-untyped-def]
+        def decide(shares):  # type: ignore[no-untyped-def]
+            calls.append(len(shares))
+            return model.of_entries(shares, weights)
+        return decide
+
+    first = MatchModel(("text", "brand"), (3.0, 1.5, -0.5, -2.0), -0.4, 0.5)
+    second = MatchModel(("text", "brand"), (1.0, 4.0, 0.0, -1.0), 0.2, 0.5)
+    one, other = counted(first), counted(second)
+    shares = FieldShares(layout)
+    qs = rng.normal(size=(4, 6)).astype(np.float32)
+    got = copy.top([LiveQuery(qs[0], Filters.build(), 6, shares=shares, decide=one),
+                    LiveQuery(qs[1], Filters.build(), 5, shares=shares, decide=one),
+                    LiveQuery(qs[2], Filters.build(), 4, shares=shares, decide=other),
+                    LiveQuery(qs[3], Filters.build(), 4, shares=shares),
+                    LiveQuery(qs[0], Filters.build(), 6, shares=shares, fields_for=2, decide=one)])
+    assert sorted(calls) == [4, 6 + 5 + 2]  # one call per decision, every asking hit in it
+    for hits, model in ((got[0], first), (got[1], first), (got[2], second)):
+        alone = [model.of_entries([h.fields], weights)[0] for h in hits if h.fields is not None]
+        assert [h.match_probability for h in hits] == alone and len(alone) == len(hits)
+    assert all(h.match_probability is None for h in got[3])
+    assert [h.match_probability for h in got[4][:2]] == [h.match_probability for h in got[0][:2]]
+    assert all(h.match_probability is None and h.fields is None for h in got[4][2:])
+    assert partial(first.of_entries, weights=weights)([got[0][0].fields]) == [got[0][0].match_probability]
