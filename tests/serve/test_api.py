@@ -210,6 +210,11 @@ def test_health_readiness_metrics_docs(client: TestClient) -> None:
         documented = paths[path][method]["responses"]
         assert documented["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + model), path
         assert documented["404"]["content"]["application/problem+json"]["schema"]["$ref"].endswith("/ProblemBody")
+    # the query parameters the routes read themselves are listed too (the path's own once)
+    filters = {"k", "brand", "category", "price_min", "price_max"}
+    for path, names in (("/v1/products/{product_id}/neighbors", filters | {"product_id"}), ("/v1/search", filters | {"q"})):
+        listed = [p["name"] for p in paths[path]["get"]["parameters"]]
+        assert set(listed) == names and len(listed) == len(names), (path, listed)
     assert "simstream explorer" in client.get("/").text
 
 
