@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from simstream.vector_codec import Packed, Segment, bytes_per_row, pack, unpack
+from simstream.vector_codec import Segment, bytes_per_row, pack
 
 __all__ = ["DTYPES", "PackedRows", "memory_per_row"]
 

@@ -97,10 +97,10 @@ class Catalog:
         self.metric: Metric = getattr(encoder, "metric", IP)
         self.shares = FieldShares(self.layout, self.metric)  # each live hit's per-field contributions, computed in its pass
         self.stored_weights: Mapping[str, float] = getattr(encoder, "weights", {})
-        self.match: MatchModel | None = getattr(encoder, "match", None)  # each product-to-product hit's decision
-        # ... at the stored weights (the decision was fitted on them): one object, so that a pass
-        # decides for every query naming it in one call (serve/copy.py)
-        self.decide = None if self.match is None else partial(self.match.of_entries, weights=self.stored_weights)
+        # each product-to-product hit's match decision, at the stored weights (the decision was fitted
+        # on them): one object, so that a pass decides for every query naming it in one call (serve/copy.py)
+        match: MatchModel | None = getattr(encoder, "match", None)
+        self.decide = None if match is None else partial(match.of_entries, weights=self.stored_weights)
         self.max_k = max_k
         self.top_k = top_k
 
